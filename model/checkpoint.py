@@ -1,0 +1,131 @@
+"""Checkpoints: safetensors weights + a JSON config and vocabulary, versioned by content hash.
+
+A checkpoint is a directory holding ``model.safetensors`` and ``config.json``
+(``{"config": RankerConfig, "items": [...], "actions": [...], "meta": {...}}``).
+No pickle: loading never executes code from the files.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from model.config import RankerConfig
+from model.ranker import NO_ACTION, OOV_ITEM, Ranker
+
+WEIGHTS_FILE = "model.safetensors"
+CONFIG_FILE = "config.json"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint directory is missing, incomplete or inconsistent."""
+
+
+@dataclass(frozen=True)
+class Vocabulary:
+    """Item and action vocabularies. Row 0 of each table is reserved (OOV / no action).
+
+    ``items[i]`` is the external id (as a string) of item row i+1; likewise ``actions``.
+    """
+
+    items: tuple[str, ...]
+    actions: tuple[str, ...] = ()
+    _item_index: dict[str, int] = field(init=False, repr=False, compare=False)
+    _action_index: dict[str, int] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        item_index = {item: i + 1 for i, item in enumerate(self.items)}
+        action_index = {action: i + 1 for i, action in enumerate(self.actions)}
+        if len(item_index) != len(self.items) or len(action_index) != len(self.actions):
+            raise CheckpointError("vocabulary holds duplicate ids")
+        object.__setattr__(self, "_item_index", item_index)
+        object.__setattr__(self, "_action_index", action_index)
+
+    @property
+    def n_items(self) -> int:
+        """Rows of the item table, including the OOV row."""
+        return len(self.items) + 1
+
+    @property
+    def n_actions(self) -> int:
+        return len(self.actions) + 1
+
+    def item_row(self, item_id: int | str) -> int:
+        """Row of an external item id (ints and their decimal strings are the same id)."""
+        return self._item_index.get(str(item_id), OOV_ITEM)
+
+    def action_row(self, action: str | None) -> int:
+        return self._action_index.get(action, NO_ACTION) if action else NO_ACTION
+
+    def knows_item(self, item_id: int | str) -> bool:
+        return str(item_id) in self._item_index
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """A loaded model: the ranker (eval mode), its vocabulary and its content-hash version."""
+
+    ranker: Ranker
+    vocab: Vocabulary
+    version: str
+    meta: dict[str, Any]
+
+
+def save_checkpoint(
+    directory: str | Path, ranker: Ranker, vocab: Vocabulary, meta: dict[str, Any] | None = None
+) -> str:
+    """Write the checkpoint to ``directory`` and return its version (content hash)."""
+    path = Path(directory)
+    path.mkdir(parents=True, exist_ok=True)
+    if vocab.n_items != ranker.config.n_items or vocab.n_actions != ranker.config.n_actions:
+        raise CheckpointError(
+            f"vocabulary ({vocab.n_items} items, {vocab.n_actions} actions) does not match the "
+            f"model ({ranker.config.n_items}, {ranker.config.n_actions})"
+        )
+    tensors = {k: v.detach().cpu().contiguous() for k, v in ranker.state_dict().items()}
+    save_file(tensors, str(path / WEIGHTS_FILE))
+    document = {
+        "config": ranker.config.to_dict(),
+        "items": list(vocab.items),
+        "actions": list(vocab.actions),
+        "meta": meta or {},
+    }
+    (path / CONFIG_FILE).write_text(json.dumps(document, indent=1, sort_keys=True))
+    return checkpoint_version(path)
+
+
+def checkpoint_version(directory: str | Path) -> str:
+    """First 16 hex digits of the SHA-256 of the config and the weights."""
+    path = Path(directory)
+    digest = hashlib.sha256()
+    for name in (CONFIG_FILE, WEIGHTS_FILE):
+        try:
+            digest.update((path / name).read_bytes())
+        except FileNotFoundError as exc:
+            raise CheckpointError(f"checkpoint {path} has no {name}") from exc
+    return digest.hexdigest()[:16]
+
+
+def load_checkpoint(directory: str | Path, device: str | torch.device = "cpu") -> Checkpoint:
+    """Load a checkpoint written by :func:`save_checkpoint` (safetensors only, no pickle)."""
+    path = Path(directory)
+    version = checkpoint_version(path)
+    try:
+        document = json.loads((path / CONFIG_FILE).read_text())
+        config = RankerConfig.from_dict(document["config"])
+        vocab = Vocabulary(tuple(document["items"]), tuple(document.get("actions", ())))
+    except (KeyError, TypeError, json.JSONDecodeError) as exc:
+        raise CheckpointError(f"checkpoint {path}: malformed {CONFIG_FILE}: {exc}") from exc
+    ranker = Ranker(config)
+    try:
+        ranker.load_state_dict(load_file(str(path / WEIGHTS_FILE)))
+    except RuntimeError as exc:
+        raise CheckpointError(f"checkpoint {path}: weights do not match the config: {exc}") from exc
+    ranker.to(device).eval()
+    return Checkpoint(ranker=ranker, vocab=vocab, version=version, meta=document.get("meta", {}))

@@ -1,0 +1,71 @@
+"""The ranker's configuration: one frozen dataclass, carried inside every checkpoint."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from typing import Any, Literal, get_args
+
+from model.lowrank import DEFAULT_OVERSAMPLE
+
+AttentionMode = Literal["svd", "svd_exact", "softmax", "linear", "elastic", "mean"]
+ATTENTION_MODES: tuple[str, ...] = get_args(AttentionMode)
+# Modes the service can answer from the stored factors and the event log.
+SERVING_MODES: tuple[str, ...] = ("svd", "svd_exact", "softmax")
+
+
+class ConfigError(ValueError):
+    """An invalid ranker configuration value."""
+
+
+@dataclass(frozen=True)
+class RankerConfig:
+    """Hyper-parameters of :class:`model.ranker.Ranker`.
+
+    Attributes:
+        n_items: rows of the item table; row 0 is the shared out-of-vocabulary row.
+        n_actions: rows of the action table; row 0 is "no action".
+        dim: embedding size d.
+        heads: attention heads H (d must be divisible by H).
+        rank: served rank r (interest tokens).
+        oversample: extra factors p kept by the incremental state (ℓ = r + p).
+        mode: attention mode the model was trained with.
+        mlp_hidden: width of the scoring MLP.
+        half_life_s: recency half-life in seconds, None for no decay.
+        elastic_tokens: k learnable interest queries of the ELASTIC-style dispatcher.
+    """
+
+    n_items: int
+    n_actions: int = 1
+    dim: int = 64
+    heads: int = 4
+    rank: int = 32
+    oversample: int = DEFAULT_OVERSAMPLE
+    mode: AttentionMode = "svd"
+    mlp_hidden: int = 128
+    half_life_s: float | None = None
+    elastic_tokens: int = 32
+
+    def __post_init__(self) -> None:
+        if self.n_items < 1 or self.n_actions < 1:
+            raise ConfigError(
+                f"n_items and n_actions must be ≥ 1: {self.n_items}, {self.n_actions}"
+            )
+        if self.dim % self.heads:
+            raise ConfigError(f"dim {self.dim} is not divisible by heads {self.heads}")
+        if not 1 <= self.rank <= self.dim:
+            raise ConfigError(f"rank must be in [1, dim={self.dim}], got {self.rank}")
+        if self.mode not in ATTENTION_MODES:
+            raise ConfigError(f"unknown mode {self.mode!r}; expected one of {ATTENTION_MODES}")
+        if self.half_life_s is not None and not self.half_life_s > 0:
+            raise ConfigError(f"half_life_s must be positive or None, got {self.half_life_s}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> RankerConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise ConfigError(f"unknown config keys: {sorted(unknown)}")
+        return cls(**data)

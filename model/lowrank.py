@@ -1,0 +1,405 @@
+"""Per-user low-rank state: the truncated SVD of a (recency-weighted) behaviour history.
+
+For a history X (N×d) with weights w, the state holds the rank-ℓ truncated SVD
+W^{1/2} X ≈ U diag(σ) Vᵀ without U, plus s = Σ w_j x_j, n_eff = Σ w_j, the event count n,
+the reference time t_ref and the residual energy ρ dropped by truncation (DESIGN §2).
+
+Invariants kept by every constructor and by :meth:`LowRankState.append`:
+
+* ``sigma`` (ℓ,) is non-negative and descending; ``V`` (d×ℓ) has orthonormal columns;
+* sign convention: every column v_k of V satisfies v_kᵀ s ≥ 0;
+* ℓ = min(rank + oversample, d) is fixed for the life of the state.
+
+Arithmetic is float64 in memory; :meth:`LowRankState.to_bytes` stores float32.
+"""
+
+from __future__ import annotations
+
+import math
+import struct
+import zlib
+from dataclasses import dataclass, replace
+
+import numpy as np
+from numpy.typing import ArrayLike, NDArray
+
+DEFAULT_OVERSAMPLE = 16
+ORTHO_TOLERANCE = 1e-5
+
+Array = NDArray[np.float64]
+
+_MAGIC = b"SOLR"
+_FORMAT_VERSION = 1
+# magic, format version, d, ell, rank, flags, n, n_eff, t_ref, residual, len(model_version)
+_HEADER = struct.Struct("<4sHHHHHQdddB")
+_CRC = struct.Struct("<I")
+_FLAG_HAS_T_REF = 1
+_MAX_TAG_BYTES = 64
+
+
+class LowRankError(ValueError):
+    """Invalid input to a low-rank state operation (shape, finiteness, emptiness)."""
+
+
+class StateFormatError(LowRankError):
+    """A serialized state blob is truncated, corrupted or of an unknown version."""
+
+
+@dataclass(frozen=True)
+class Decay:
+    """Exponential recency decay: an event of age a seconds weighs exp(-a / tau).
+
+    ``half_life_s`` is the age at which an event weighs one half; tau = half_life / ln 2.
+    """
+
+    half_life_s: float
+
+    def __post_init__(self) -> None:
+        if not (math.isfinite(self.half_life_s) and self.half_life_s > 0):
+            raise LowRankError(
+                f"half_life_s must be a positive finite number, got {self.half_life_s}"
+            )
+
+    @property
+    def tau_s(self) -> float:
+        return self.half_life_s / math.log(2.0)
+
+    def weights(self, ts: Array, t_ref: float) -> Array:
+        """Weights exp(-(t_ref - t)/tau) of events at times ``ts`` (N,) seen from ``t_ref``."""
+        return np.exp(-(t_ref - ts) / self.tau_s)
+
+
+def _as_rows(X: ArrayLike, d: int | None = None) -> Array:
+    """Validate and convert rows to a float64 (N, d) array."""
+    if hasattr(X, "detach"):  # torch tensor
+        X = X.detach().cpu().numpy()  # type: ignore[union-attr]
+    arr = np.asarray(X, dtype=np.float64)
+    if arr.ndim == 1:
+        arr = arr[None, :]
+    if arr.ndim != 2:
+        raise LowRankError(f"rows must be a 2-D (N, d) array, got shape {arr.shape}")
+    if arr.shape[0] == 0 or arr.shape[1] == 0:
+        raise LowRankError(f"rows must be non-empty, got shape {arr.shape}")
+    if d is not None and arr.shape[1] != d:
+        raise LowRankError(f"rows have dimension {arr.shape[1]}, the state has d={d}")
+    if not np.all(np.isfinite(arr)):
+        raise LowRankError("rows contain NaN or infinite values")
+    return arr
+
+
+def _as_vector(v: ArrayLike | None, n: int, name: str) -> Array | None:
+    if v is None:
+        return None
+    if hasattr(v, "detach"):
+        v = v.detach().cpu().numpy()  # type: ignore[union-attr]
+    arr = np.asarray(v, dtype=np.float64).reshape(-1)
+    if arr.shape[0] != n:
+        raise LowRankError(f"{name} has {arr.shape[0]} entries for {n} rows")
+    if not np.all(np.isfinite(arr)):
+        raise LowRankError(f"{name} contain NaN or infinite values")
+    return arr
+
+
+def _orient(V: Array, s: Array) -> Array:
+    """Flip columns of V so that v_kᵀ s ≥ 0 (removes the SVD sign ambiguity)."""
+    signs = np.where(V.T @ s < 0.0, -1.0, 1.0)
+    return V * signs[None, :]
+
+
+def _is_orthonormal(V: Array) -> bool:
+    gram = V.T @ V
+    np.fill_diagonal(gram, np.diag(gram) - 1.0)
+    return float(np.abs(gram).max()) <= ORTHO_TOLERANCE
+
+
+@dataclass(frozen=True)
+class LowRankState:
+    """Rank-ℓ factors of one user's weighted history. Immutable: updates return a new state.
+
+    Attributes:
+        rank: served rank r (interest tokens used at scoring time), r ≤ ℓ.
+        sigma: (ℓ,) singular values, descending.
+        V: (d, ℓ) right singular vectors, orthonormal columns.
+        s: (d,) weighted row sum Σ w_j x_j.
+        n_eff: Σ w_j (equals n without decay).
+        n: number of events absorbed.
+        t_ref: reference time in unix seconds (latest event time seen), or None.
+        residual: energy ρ = Σ of squared singular values dropped by truncation.
+        model_version: version tag of the model whose embeddings produced the rows.
+    """
+
+    rank: int
+    sigma: Array
+    V: Array
+    s: Array
+    n_eff: float
+    n: int
+    t_ref: float | None = None
+    residual: float = 0.0
+    model_version: str = ""
+
+    # ----------------------------------------------------------------- constructors
+    @staticmethod
+    def _ell(rank: int, oversample: int, d: int) -> int:
+        if rank < 1:
+            raise LowRankError(f"rank must be ≥ 1, got {rank}")
+        if oversample < 0:
+            raise LowRankError(f"oversample must be ≥ 0, got {oversample}")
+        if rank > d:
+            raise LowRankError(f"rank {rank} exceeds the embedding dimension d={d}")
+        return min(rank + oversample, d)
+
+    @classmethod
+    def empty(
+        cls, d: int, rank: int, oversample: int = DEFAULT_OVERSAMPLE, model_version: str = ""
+    ) -> LowRankState:
+        """The state of a user with no history: σ = 0 and V the first ℓ unit vectors."""
+        ell = cls._ell(rank, oversample, d)
+        return cls(
+            rank=rank,
+            sigma=np.zeros(ell),
+            V=np.eye(d)[:, :ell].copy(),
+            s=np.zeros(d),
+            n_eff=0.0,
+            n=0,
+            model_version=model_version,
+        )
+
+    @classmethod
+    def from_rows(
+        cls,
+        X: ArrayLike,
+        rank: int,
+        weights: ArrayLike | None = None,
+        *,
+        oversample: int = DEFAULT_OVERSAMPLE,
+        ts: ArrayLike | None = None,
+        decay: Decay | None = None,
+        model_version: str = "",
+    ) -> LowRankState:
+        """Batch truncated SVD of the rows X (N×d), the reference the incremental path matches.
+
+        ``weights`` (N,) multiply the rows' squared contribution (rows are scaled by sqrt(w)).
+        With ``ts`` (N,) and ``decay``, each weight is further multiplied by
+        exp(-(max(ts) - t_j)/tau); ``ts`` alone only sets t_ref.
+        """
+        rows = _as_rows(X)
+        N, d = rows.shape
+        ell = cls._ell(rank, oversample, d)
+        w = _as_vector(weights, N, "weights")
+        w = np.ones(N) if w is None else w
+        if np.any(w < 0):
+            raise LowRankError("weights must be non-negative")
+        t = _as_vector(ts, N, "timestamps")
+        t_ref = float(t.max()) if t is not None else None
+        if decay is not None:
+            if t is None or t_ref is None:
+                raise LowRankError("decay needs timestamps")
+            w = w * decay.weights(t, t_ref)
+        scaled = rows * np.sqrt(w)[:, None]
+        # full_matrices gives a complete orthonormal V even when N < ℓ.
+        _, sv, Vt = np.linalg.svd(scaled, full_matrices=True)
+        sigma_all = np.zeros(d)
+        sigma_all[: sv.shape[0]] = sv
+        s = (rows * w[:, None]).sum(axis=0)
+        V = _orient(Vt.T[:, :ell], s)
+        return cls(
+            rank=rank,
+            sigma=sigma_all[:ell].copy(),
+            V=np.ascontiguousarray(V),
+            s=s,
+            n_eff=float(w.sum()),
+            n=N,
+            t_ref=t_ref,
+            residual=float(np.sum(sigma_all[ell:] ** 2)),
+            model_version=model_version,
+        )
+
+    # ----------------------------------------------------------------- properties
+    @property
+    def d(self) -> int:
+        return int(self.V.shape[0])
+
+    @property
+    def ell(self) -> int:
+        return int(self.sigma.shape[0])
+
+    @property
+    def residual_ratio(self) -> float:
+        """ρ / (Σσ² + ρ): the share of the history's energy the factors no longer hold."""
+        total = float(np.sum(self.sigma**2)) + self.residual
+        return self.residual / total if total > 0 else 0.0
+
+    def interests(self, r: int | None = None) -> Array:
+        """The r interest tokens I = diag(σ_1..σ_r) V_rᵀ / sqrt(n_eff), shape (r, d).
+
+        IᵀI ≈ Xᵀ W X / n_eff (weighted second moment). A user with no history gets zeros.
+        """
+        r = self.rank if r is None else r
+        if not 1 <= r <= self.ell:
+            raise LowRankError(f"r must be in [1, {self.ell}], got {r}")
+        if self.n_eff <= 0:
+            return np.zeros((r, self.d))
+        return (self.sigma[:r, None] * self.V[:, :r].T) / math.sqrt(self.n_eff)
+
+    # ----------------------------------------------------------------- updates
+    def decayed_to(self, t: float, decay: Decay) -> LowRankState:
+        """The state seen from a later time t: σ·e^{-Δ/2τ}; s, n_eff, ρ ·e^{-Δ/τ}."""
+        if self.t_ref is None or t <= self.t_ref:
+            return replace(self, t_ref=t if self.t_ref is None else self.t_ref)
+        factor = math.exp(-(t - self.t_ref) / decay.tau_s)
+        return replace(
+            self,
+            sigma=self.sigma * math.sqrt(factor),
+            s=self.s * factor,
+            n_eff=self.n_eff * factor,
+            residual=self.residual * factor,
+            t_ref=t,
+        )
+
+    def append(
+        self,
+        rows: ArrayLike,
+        weights: ArrayLike | None = None,
+        *,
+        ts: ArrayLike | None = None,
+        decay: Decay | None = None,
+    ) -> LowRankState:
+        """Absorb new rows (b×d) with a Brand thin-SVD block update; returns the new state.
+
+        ``weights`` (b,) as in :meth:`from_rows`. With ``ts`` and ``decay`` the state is first
+        decayed to max(t_ref, max(ts)) and each new row weighted by its age from there, so
+        events may arrive out of order. Cost O(b·d·ℓ + (ℓ+b)³), independent of history length.
+        """
+        B = _as_rows(rows, self.d)
+        b = B.shape[0]
+        w = _as_vector(weights, b, "weights")
+        w = np.ones(b) if w is None else w
+        if np.any(w < 0):
+            raise LowRankError("weights must be non-negative")
+        t = _as_vector(ts, b, "timestamps")
+        state = self
+        if t is not None:
+            t_new = float(t.max())
+            if decay is not None:
+                state = state.decayed_to(t_new, decay)
+                assert state.t_ref is not None
+                w = w * decay.weights(t, state.t_ref)
+            else:
+                state = replace(state, t_ref=max(t_new, state.t_ref or t_new))
+        elif decay is not None:
+            raise LowRankError("decay needs timestamps")
+
+        scaled = B * np.sqrt(w)[:, None]
+        sigma, V, residual = state.sigma, state.V, state.residual
+        # Chunks no wider than the orthogonal complement keep [V, Q] orthonormal.
+        chunk = max(1, self.d - self.ell)
+        for start in range(0, b, chunk):
+            sigma, V, dropped = _brand_update(sigma, V, scaled[start : start + chunk])
+            residual += dropped
+        if not _is_orthonormal(V):
+            sigma, V = _reorthonormalize(sigma, V)
+        s = state.s + (B * w[:, None]).sum(axis=0)
+        return replace(
+            state,
+            sigma=sigma,
+            V=np.ascontiguousarray(_orient(V, s)),
+            s=s,
+            n_eff=state.n_eff + float(w.sum()),
+            n=state.n + b,
+            residual=residual,
+        )
+
+    # ----------------------------------------------------------------- serialization
+    def to_bytes(self) -> bytes:
+        """Versioned little-endian blob: header, σ (ℓ f32), V (d·ℓ f32, row-major), s (d f32),
+        CRC32. 12,830 bytes at d=64, ℓ=48 (plus the model version tag)."""
+        tag = self.model_version.encode("utf-8")
+        if len(tag) > _MAX_TAG_BYTES:
+            raise LowRankError(f"model_version longer than {_MAX_TAG_BYTES} bytes: {tag!r}")
+        flags = _FLAG_HAS_T_REF if self.t_ref is not None else 0
+        header = _HEADER.pack(
+            _MAGIC, _FORMAT_VERSION, self.d, self.ell, self.rank, flags, self.n,
+            self.n_eff, self.t_ref if self.t_ref is not None else 0.0, self.residual, len(tag),
+        )  # fmt: skip
+        body = b"".join(
+            (
+                header,
+                tag,
+                self.sigma.astype("<f4").tobytes(),
+                self.V.astype("<f4").tobytes(order="C"),
+                self.s.astype("<f4").tobytes(),
+            )
+        )
+        return body + _CRC.pack(zlib.crc32(body))
+
+    @classmethod
+    def from_bytes(cls, blob: bytes) -> LowRankState:
+        """Inverse of :meth:`to_bytes`; raises StateFormatError on any malformed blob."""
+        blob = bytes(blob)
+        if len(blob) < _HEADER.size + _CRC.size:
+            raise StateFormatError(f"state blob truncated: {len(blob)} bytes")
+        if blob[:4] != _MAGIC:
+            raise StateFormatError(f"not a solar state blob (magic {blob[:4]!r})")
+        (_, version, d, ell, rank, flags, n, n_eff, t_ref, residual, tag_len) = _HEADER.unpack_from(
+            blob
+        )
+        if version != _FORMAT_VERSION:
+            raise StateFormatError(f"unsupported state format version {version}")
+        expected = _HEADER.size + tag_len + 4 * (ell + d * ell + d) + _CRC.size
+        if len(blob) != expected:
+            raise StateFormatError(f"state blob has {len(blob)} bytes, expected {expected}")
+        body, (crc,) = blob[: -_CRC.size], _CRC.unpack(blob[-_CRC.size :])
+        if zlib.crc32(body) != crc:
+            raise StateFormatError("state blob checksum mismatch (corrupted)")
+        if not (1 <= rank <= ell <= d):
+            raise StateFormatError(f"inconsistent dimensions rank={rank} ell={ell} d={d}")
+        off = _HEADER.size
+        tag = blob[off : off + tag_len].decode("utf-8", errors="strict")
+        off += tag_len
+        arrays = np.frombuffer(blob, dtype="<f4", count=ell + d * ell + d, offset=off)
+        arrays = arrays.astype(np.float64)
+        sigma, V, s = arrays[:ell], arrays[ell : ell + d * ell].reshape(d, ell), arrays[-d:]
+        if not (np.all(np.isfinite(arrays)) and math.isfinite(n_eff) and math.isfinite(residual)):
+            raise StateFormatError("state blob holds non-finite values")
+        return cls(
+            rank=rank,
+            sigma=sigma.copy(),
+            V=V.copy(),
+            s=s.copy(),
+            n_eff=n_eff,
+            n=n,
+            t_ref=t_ref if flags & _FLAG_HAS_T_REF else None,
+            residual=residual,
+            model_version=tag,
+        )
+
+
+def _brand_update(sigma: Array, V: Array, B: Array) -> tuple[Array, Array, float]:
+    """One Brand row update of diag(σ)Vᵀ by the rows B (b×d), b ≤ d - ℓ (or 1).
+
+    P = B V; H = B - P Vᵀ; Hᵀ = Q R; K = [[diag σ, 0], [P, Rᵀ]]; K = U_k diag(σ') W_kᵀ;
+    V ← [V, Q] W_k; keep the first ℓ. Returns (σ', V', dropped energy Σ dropped σ'²).
+    """
+    ell = sigma.shape[0]
+    b = B.shape[0]
+    P = B @ V  # (b, ℓ)
+    H = B - P @ V.T  # (b, d)
+    # A second projection (DGKS) keeps H orthogonal to V in floating point.
+    correction = H @ V  # (b, ℓ)
+    H -= correction @ V.T
+    P += correction
+    Q, R = np.linalg.qr(H.T)  # Q (d, b), R (b, b)
+    K = np.zeros((ell + b, ell + b))
+    K[:ell, :ell] = np.diag(sigma)
+    K[ell:, :ell] = P
+    K[ell:, ell:] = R.T
+    _, sigma_k, Wt = np.linalg.svd(K)  # K = U_k diag(σ') W_kᵀ
+    V_new = np.hstack((V, Q)) @ Wt[:ell].T  # (d, ℓ)
+    return sigma_k[:ell].copy(), V_new, float(np.sum(sigma_k[ell:] ** 2))
+
+
+def _reorthonormalize(sigma: Array, V: Array) -> tuple[Array, Array]:
+    """Restore orthonormal V while keeping the Gram matrix V diag(σ²) Vᵀ exactly."""
+    U, sv, _ = np.linalg.svd(V * sigma[None, :], full_matrices=False)  # U (d, ℓ) orthonormal
+    return sv, U

@@ -1,0 +1,226 @@
+"""The SOLAR ranker: score(c | user) = MLP([e_c, o_c, e_c ⊙ o_c]) with o_c the attention output.
+
+Event rows are x_j = E_item[i_j] + E_action[a_j] (d-vectors); candidates are E_item[c].
+One :class:`TargetAttention` is shared by the `svd`, `svd_exact` and `softmax` modes, so a
+model trained in one of them can be served in any other; `linear`, `elastic` and `mean`
+are the baselines of the evaluation and own extra layers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from model.config import SERVING_MODES, RankerConfig
+from model.layers import (
+    ElasticDispatcher,
+    LinearTargetAttention,
+    TargetAttention,
+    interest_tokens,
+    principal_basis,
+    project_rows,
+)
+
+OOV_ITEM = 0
+NO_ACTION = 0
+
+
+class RankerInputError(ValueError):
+    """Inputs to the ranker have the wrong shape, dtype or mode."""
+
+
+@dataclass(frozen=True)
+class HistoryBatch:
+    """Padded histories of B users.
+
+    Attributes:
+        items: (B, N) long item rows (0 = OOV / padding).
+        actions: (B, N) long action rows.
+        mask: (B, N) bool, True for real events.
+        weights: (B, N) float recency weights w_j (1 without decay).
+    """
+
+    items: Tensor
+    actions: Tensor
+    mask: Tensor
+    weights: Tensor
+
+
+@dataclass(frozen=True)
+class ScoreRequest:
+    """One user's serving input.
+
+    Attributes:
+        candidates: (M,) long item rows.
+        interests: (r, d) tokens from the user's factors (`svd`); zeros for no history.
+        history_items / history_actions: (N,) long rows of the event log (`svd_exact`, `softmax`).
+        weights: (N,) recency weights of those events.
+        basis: (d, r) V_r of the user's factors (`svd_exact`).
+    """
+
+    candidates: Tensor
+    interests: Tensor | None = None
+    history_items: Tensor | None = None
+    history_actions: Tensor | None = None
+    weights: Tensor | None = None
+    basis: Tensor | None = None
+
+
+class Ranker(nn.Module):
+    """Embeddings, target attention in any mode, and the scoring MLP."""
+
+    def __init__(self, config: RankerConfig) -> None:
+        super().__init__()
+        self.config = config
+        d = config.dim
+        self.item_emb = nn.Embedding(config.n_items, d)
+        self.action_emb = nn.Embedding(config.n_actions, d)
+        nn.init.normal_(self.item_emb.weight, std=0.1)
+        nn.init.zeros_(self.action_emb.weight)
+        self.attn = TargetAttention(d, config.heads)
+        self.linear_attn = (
+            LinearTargetAttention(d, config.heads) if config.mode == "linear" else None
+        )
+        self.elastic = (
+            ElasticDispatcher(d, config.heads, config.elastic_tokens)
+            if config.mode == "elastic"
+            else None
+        )
+        self.mean_proj = nn.Linear(d, d, bias=False) if config.mode == "mean" else None
+        self.mlp = nn.Sequential(
+            nn.Linear(3 * d, config.mlp_hidden),
+            nn.GELU(),
+            nn.Linear(config.mlp_hidden, config.mlp_hidden // 2),
+            nn.GELU(),
+            nn.Linear(config.mlp_hidden // 2, 1),
+        )
+
+    # ------------------------------------------------------------------ embeddings
+    def embed_events(self, items: Tensor, actions: Tensor) -> Tensor:
+        """(…, N) item and action rows → (…, N, d) event rows x_j."""
+        return self.item_emb(items) + self.action_emb(actions)
+
+    def embed_items(self, items: Tensor) -> Tensor:
+        """(…, M) candidate rows → (…, M, d)."""
+        return self.item_emb(items)
+
+    def score_outputs(self, cand: Tensor, out: Tensor) -> Tensor:
+        """cand, out (B, M, d) → logits (B, M)."""
+        return self.mlp(torch.cat((cand, out, cand * out), dim=-1)).squeeze(-1)
+
+    # ------------------------------------------------------------------ training path
+    def attend(self, mode: str, cand: Tensor, history: HistoryBatch) -> Tensor:
+        """Attention output o (B, M, d) for candidates cand (B, M, d) in any mode."""
+        rows = self.embed_events(history.items, history.actions)  # (B, N, d)
+        mask, weights = history.mask, history.weights
+        log_w = torch.log(weights.clamp_min(1e-30))
+        r = self.config.rank
+        if mode == "svd":
+            tokens = interest_tokens(rows, mask, weights, r)  # (B, r, d)
+            return self.attn(cand, tokens, mask.any(dim=1, keepdim=True).expand(-1, r))
+        if mode == "svd_exact":
+            basis = principal_basis(rows, mask, weights, r)  # (B, d, r)
+            return self.attn(cand, project_rows(rows, basis), mask, log_w)
+        if mode == "softmax":
+            return self.attn(cand, rows, mask, log_w)
+        if mode == "linear" and self.linear_attn is not None:
+            return self.linear_attn(cand, rows, mask, weights)
+        if mode == "elastic" and self.elastic is not None:
+            tokens = self.elastic(rows, mask, log_w)  # (B, k, d)
+            k = tokens.shape[1]
+            return self.attn(cand, tokens, mask.any(dim=1, keepdim=True).expand(-1, k))
+        if mode == "mean" and self.mean_proj is not None:
+            w = weights * mask.to(weights.dtype)
+            pooled = (rows * w.unsqueeze(-1)).sum(1) / w.sum(1, keepdim=True).clamp_min(1e-12)
+            return self.mean_proj(pooled).unsqueeze(1).expand_as(cand)  # (B, M, d)
+        raise RankerInputError(
+            f"mode {mode!r} is not available for a model trained as {self.config.mode!r}"
+        )
+
+    def forward(self, candidates: Tensor, history: HistoryBatch, mode: str | None = None) -> Tensor:
+        """candidates (B, M) long → logits (B, M), in ``mode`` (default: the trained mode)."""
+        cand = self.embed_items(candidates)  # (B, M, d)
+        return self.score_outputs(cand, self.attend(mode or self.config.mode, cand, history))
+
+    # ------------------------------------------------------------------ serving path
+    def score_requests(self, mode: str, requests: Sequence[ScoreRequest]) -> list[Tensor]:
+        """Score many users in one batched pass; returns one (M_i,) logit tensor per request.
+
+        Candidates and context tokens are padded to the batch maximum and masked.
+        """
+        if mode not in SERVING_MODES:
+            raise RankerInputError(f"serving mode must be one of {SERVING_MODES}, got {mode!r}")
+        if not requests:
+            return []
+        device = self.item_emb.weight.device
+        cand_items, _ = _pad_1d([req.candidates for req in requests], device)  # (B, M)
+        cand = self.embed_items(cand_items)  # (B, M, d)
+        if mode == "svd":
+            out = self._attend_interests(cand, requests, device)
+        else:
+            out = self._attend_history(mode, cand, requests, device)
+        logits = self.score_outputs(cand, out)  # (B, M)
+        return [logits[i, : req.candidates.shape[0]] for i, req in enumerate(requests)]
+
+    def _attend_interests(
+        self, cand: Tensor, requests: Sequence[ScoreRequest], device: torch.device
+    ) -> Tensor:
+        d = self.config.dim
+        tokens_list = []
+        for req in requests:
+            if req.interests is None or req.interests.dim() != 2 or req.interests.shape[1] != d:
+                raise RankerInputError(f"svd mode needs (r, {d}) interests per request")
+            tokens_list.append(req.interests.to(device=device, dtype=cand.dtype))
+        r = max(t.shape[0] for t in tokens_list)
+        tokens = torch.zeros(len(requests), r, d, device=device, dtype=cand.dtype)  # (B, r, d)
+        mask = torch.zeros(len(requests), r, dtype=torch.bool, device=device)  # (B, r)
+        for i, t in enumerate(tokens_list):
+            tokens[i, : t.shape[0]] = t
+            mask[i, : t.shape[0]] = bool(t.abs().sum() > 0)  # a user with no history: o = 0
+        return self.attn(cand, tokens, mask)
+
+    def _attend_history(
+        self, mode: str, cand: Tensor, requests: Sequence[ScoreRequest], device: torch.device
+    ) -> Tensor:
+        empty = torch.zeros(0, dtype=torch.long)
+        items, mask = _pad_1d([_or(req.history_items, empty) for req in requests], device)  # (B, N)
+        actions, _ = _pad_1d(
+            [
+                _or(req.history_actions, torch.zeros_like(_or(req.history_items, empty)))
+                for req in requests
+            ],
+            device,
+        )
+        weights, _ = _pad_1d(
+            [_or(req.weights, torch.ones(mask.shape[1])).float() for req in requests], device
+        )
+        rows = self.embed_events(items, actions)  # (B, N, d)
+        log_w = torch.log(weights.clamp_min(1e-30))
+        if mode == "svd_exact":
+            bases = [req.basis for req in requests]
+            if any(b is None for b in bases):
+                raise RankerInputError("svd_exact mode needs a (d, r) basis per request")
+            basis = torch.stack(
+                [b.to(device=device, dtype=rows.dtype) for b in bases if b is not None]
+            )
+            rows = project_rows(rows, basis)
+        return self.attn(cand, rows, mask, log_w)
+
+
+def _or(value: Tensor | None, default: Tensor) -> Tensor:
+    return default if value is None else value
+
+
+def _pad_1d(seqs: Sequence[Tensor], device: torch.device) -> tuple[Tensor, Tensor]:
+    """Right-pad 1-D tensors to (B, L_max) with zeros; returns (padded, bool mask)."""
+    length = max((s.shape[0] for s in seqs), default=0)
+    dtype = seqs[0].dtype if seqs else torch.long
+    padded = torch.zeros(len(seqs), length, dtype=dtype, device=device)
+    mask = torch.zeros(len(seqs), length, dtype=torch.bool, device=device)
+    for i, s in enumerate(seqs):
+        padded[i, : s.shape[0]] = s.to(device)
+        mask[i, : s.shape[0]] = True
+    return padded, mask
