@@ -1,0 +1,41 @@
+"""Shared fixtures.
+
+Async tests use the anyio pytest plugin on asyncio only: mark them ``@pytest.mark.anyio``
+(or set ``pytestmark = pytest.mark.anyio``); async fixtures then run in the test's event loop.
+
+Store tests use a real, private ``redis-server`` (``tests/redis_server.py``) started once per
+session on a free loopback port (never 6379); ``redis_url`` flushes it before each test. A
+missing redis-server binary fails the tests that need it instead of skipping them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from tests.redis_server import RedisServer
+
+
+@pytest.fixture(scope="session")
+def anyio_backend() -> str:
+    """Run ``@pytest.mark.anyio`` tests on asyncio only."""
+    return "asyncio"
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """A private redis-server for the whole session; tests may stop/pause/start it."""
+    server = RedisServer(tmp_path_factory.mktemp("redis"))
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def redis_url(redis_server: RedisServer) -> str:
+    """URL of the session's Redis, running and empty (FLUSHDB) at the start of the test."""
+    redis_server.flush()
+    return redis_server.url
