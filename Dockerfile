@@ -1,0 +1,69 @@
+# syntax=docker/dockerfile:1
+# solar: the ranking service image.
+#
+#   docker build -t solar .                         # CPU torch (default)
+#   docker build -t solar:cuda \
+#     --build-arg BASE_IMAGE=nvidia/cuda:12.6.3-cudnn-runtime-ubuntu24.04 \
+#     --build-arg TORCH_INDEX_URL=https://download.pytorch.org/whl/cu126 .
+#   docker build -t solar:baked --target baked .    # bakes artifacts/default-model in
+#
+# By default the model is mounted at /models/default (see docker-compose.yml); build with
+# `--target baked` after `make model` to ship it inside the image instead.
+
+ARG BASE_IMAGE=python:3.11-slim
+
+# ---- build: a self-contained virtual environment in /opt/venv -------------------------------
+FROM ${BASE_IMAGE} AS build
+# The CPU wheel index keeps the image ~1 GB smaller than PyPI's CUDA build of torch; the
+# version itself (torch==2.13.0) is pinned by pyproject.toml.
+ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
+ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 DEBIAN_FRONTEND=noninteractive
+# CUDA base images have no Python: install the distribution's one (python:* images skip this).
+RUN if ! command -v python3 >/dev/null 2>&1; then \
+        apt-get update && apt-get install -y --no-install-recommends python3 python3-venv \
+        && rm -rf /var/lib/apt/lists/*; \
+    fi
+RUN python3 -m venv /opt/venv
+ENV PATH=/opt/venv/bin:$PATH
+WORKDIR /src
+COPY pyproject.toml README.md ./
+COPY model ./model
+COPY service ./service
+RUN pip install --upgrade pip \
+    && pip install --extra-index-url "${TORCH_INDEX_URL}" . \
+    && python -c "import torch, service.cli; print('torch', torch.__version__)"
+
+# ---- runtime: the venv, a non-root user, nothing else ---------------------------------------
+FROM ${BASE_IMAGE} AS runtime
+ENV DEBIAN_FRONTEND=noninteractive
+RUN if ! command -v python3 >/dev/null 2>&1; then \
+        apt-get update && apt-get install -y --no-install-recommends python3 \
+        && rm -rf /var/lib/apt/lists/*; \
+    fi \
+    && groupadd --system --gid 10001 solar \
+    && useradd --system --uid 10001 --gid solar --home-dir /home/solar --create-home solar \
+    && mkdir -p /models && chown solar:solar /models
+COPY --from=build /opt/venv /opt/venv
+# OPENBLAS_NUM_THREADS=1: factor updates are many tiny SVDs, which a multi-threaded
+# OpenBLAS makes far slower on a busy machine; torch keeps its own intra-op threads.
+ENV PATH=/opt/venv/bin:$PATH \
+    PYTHONUNBUFFERED=1 \
+    OPENBLAS_NUM_THREADS=1 \
+    SOLAR_HOST=0.0.0.0 \
+    SOLAR_PORT=8000 \
+    SOLAR_MODEL_PATH=/models/default \
+    SOLAR_DEVICE=auto
+USER solar
+WORKDIR /home/solar
+EXPOSE 8000
+# /healthz only says the process is alive; orchestration should gate traffic on /readyz.
+HEALTHCHECK --interval=10s --timeout=3s --start-period=30s --retries=3 \
+    CMD ["python3", "-c", "import os, sys, urllib.request; sys.exit(0 if urllib.request.urlopen('http://127.0.0.1:%s/healthz' % os.environ.get('SOLAR_PORT', '8000'), timeout=2).status == 200 else 1)"]
+CMD ["sh", "-c", "exec solar serve --host \"$SOLAR_HOST\" --port \"$SOLAR_PORT\""]
+
+# ---- baked: the same image with the default model inside (docker build --target baked) ------
+FROM runtime AS baked
+COPY --chown=solar:solar artifacts/default-model /models/default
+
+# ---- default target: the runtime image, model mounted at /models/default --------------------
+FROM runtime AS serve

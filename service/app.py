@@ -1,0 +1,163 @@
+"""The FastAPI application: ``create_app`` builds it, the lifespan brings it up and down.
+
+Startup loads the checkpoint, connects the store (bounded retries), scores one warm-up request
+per mode and starts the micro-batcher. Shutdown (after uvicorn stopped accepting requests)
+drains the batch queue and closes the store.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import asynccontextmanager
+from typing import Any
+
+import torch
+from fastapi import FastAPI
+from fastapi.openapi.utils import get_openapi
+
+from model.ranker import ScoreRequest
+from service.batcher import MicroBatcher
+from service.bodies import BodyLimitMiddleware
+from service.errors import install_error_handlers
+from service.ingest import Ingestor
+from service.metrics import Metrics
+from service.middleware import RequestMetricsMiddleware
+from service.ranking import Ranked, Ranking, RankJob, make_scorer
+from service.routes import health_router, ingest_router, rank_router, users_router
+from service.runtime import ServingModel, load_serving_model
+from service.schemas import IngestRequest
+from service.settings import Settings
+from service.store import MemoryStore, RedisStore, Store
+
+__all__ = ["create_app"]
+
+logger = logging.getLogger(__name__)
+
+_DESCRIPTION = (
+    "Online ranking with SOLAR SVD-Attention: per-user low-rank factors of lifelong "
+    "histories, updated incrementally as events arrive; candidates attend to the r interest "
+    "tokens in one micro-batched pass."
+)
+
+
+async def connect_store(settings: Settings, metrics: Metrics) -> Store:
+    """The embedded store, or Redis once it answers (``StoreUnavailable`` after retries)."""
+    observer = metrics.store_observer()
+    if not settings.redis_url:
+        logger.info("store: embedded (in-process, not shared, not persistent)")
+        return MemoryStore(observer=observer)
+    store = await RedisStore.connect(
+        settings.redis_url,
+        timeout_s=settings.store_timeout_s,
+        retries=settings.store_connect_retries,
+        backoff_s=settings.store_backoff_s,
+        observer=observer,
+    )
+    logger.info("store: redis at %s", store.url)
+    return store
+
+
+def warm_up(model: ServingModel, scorer: Callable[[Sequence[RankJob]], list[Ranked]]) -> None:
+    """Score one small request per mode so the first real request pays no lazy set-up."""
+    n = min(8, model.checkpoint.vocab.n_items)
+    candidates = torch.arange(n, dtype=torch.long)  # (n,)
+    history = torch.arange(n, dtype=torch.long)  # (n,)
+    r, d = model.rank, model.dim
+    jobs = [
+        RankJob("svd", ScoreRequest(candidates, interests=torch.randn(r, d)), n),
+        RankJob(
+            "svd_exact",
+            ScoreRequest(candidates, history_items=history, basis=torch.eye(d)[:, :r]),
+            n,
+        ),
+        RankJob("softmax", ScoreRequest(candidates, history_items=history), n),
+    ]
+    scorer(jobs)
+
+
+def _set_torch_threads(settings: Settings) -> None:
+    """Leave one core to the event loop (JSON, HTTP) unless configured otherwise."""
+    threads = settings.torch_threads or max(1, (os.cpu_count() or 2) - 1)
+    if torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
+
+
+@asynccontextmanager
+async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    settings: Settings = app.state.settings
+    metrics: Metrics = app.state.metrics
+    _set_torch_threads(settings)
+    model = await asyncio.to_thread(load_serving_model, settings)
+    metrics.set_model(model.version, model.rank, model.dim)
+    store = await connect_store(settings, metrics)
+    try:
+        scorer = make_scorer(model, settings.history_batch_elements)
+        if settings.warmup:
+            await asyncio.to_thread(warm_up, model, scorer)
+        batcher: MicroBatcher[RankJob, Ranked] = MicroBatcher(
+            scorer,
+            max_batch=settings.max_batch,
+            max_wait_s=settings.max_wait_s,
+            max_queue=settings.max_queue,
+            workers=settings.batch_threads,
+            metrics=metrics,
+        )
+        batcher.start()
+        app.state.model = model
+        app.state.store = store
+        app.state.batcher = batcher
+        app.state.ranking = Ranking(store=store, model=model, metrics=metrics, batcher=batcher)
+        app.state.ingestor = Ingestor(store=store, model=model, settings=settings, metrics=metrics)
+        logger.info("solar ready: model %s, max_batch %d", model.version, settings.max_batch)
+        try:
+            yield
+        finally:
+            await batcher.stop()
+            app.state.model = None
+    finally:
+        await store.close()
+        app.state.store = None
+
+
+def _openapi(app: FastAPI) -> Callable[[], dict[str, Any]]:
+    """OpenAPI generator adding the schemas of the hand-read /ingest body."""
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            document = get_openapi(
+                title=app.title,
+                version=app.version,
+                description=app.description,
+                routes=app.routes,
+            )
+            schemas = document.setdefault("components", {}).setdefault("schemas", {})
+            body = IngestRequest.model_json_schema(ref_template="#/components/schemas/{model}")
+            schemas.update(body.pop("$defs", {}))
+            schemas["IngestRequest"] = body
+            app.openapi_schema = document
+        return app.openapi_schema
+
+    return openapi
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """Build the app (no I/O here: the lifespan loads the model and connects the store).
+
+    Args:
+        settings: configuration; ``Settings()`` (the ``SOLAR_*`` environment) when None.
+    """
+    settings = settings if settings is not None else Settings()
+    metrics = Metrics()
+    app = FastAPI(title="solar", version="0.1.0", description=_DESCRIPTION, lifespan=lifespan)
+    app.state.settings = settings
+    app.state.metrics = metrics
+    install_error_handlers(app)
+    app.add_middleware(BodyLimitMiddleware, max_body_bytes=settings.max_body_bytes)
+    app.add_middleware(RequestMetricsMiddleware, metrics=metrics)  # outermost: times all
+    for router in (rank_router, ingest_router, users_router, health_router):
+        app.include_router(router)
+    app.openapi = _openapi(app)  # type: ignore[method-assign]
+    return app

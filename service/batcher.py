@@ -1,0 +1,205 @@
+"""A micro-batcher in the style of Ray Serve's ``batching.py``.
+
+``submit(item)`` enqueues one input and awaits its output. A consumer task waits for the first
+queued input, then fills the batch until ``max_batch`` inputs or ``max_wait_s`` seconds, drops
+callers that were cancelled meanwhile, and runs the synchronous ``handler`` on the whole batch
+in a worker thread (model compute never runs on the event loop). A failure of the handler is
+set on every future of its batch; a handler returning a different number of outputs than
+inputs fails the batch too. A full queue raises ``QueueFull`` at once (503 + Retry-After).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Generic, TypeVar
+
+from service.errors import BatcherClosed, QueueFull
+from service.metrics import Metrics
+
+__all__ = ["BatchSizeMismatch", "MicroBatcher"]
+
+logger = logging.getLogger(__name__)
+
+In = TypeVar("In")
+Out = TypeVar("Out")
+
+
+class BatchSizeMismatch(RuntimeError):
+    """The handler returned a different number of outputs than it was given inputs."""
+
+    def __init__(self, inputs: int, outputs: int) -> None:
+        super().__init__(f"batch handler returned {outputs} outputs for {inputs} inputs")
+
+
+@dataclass
+class _Pending(Generic[In, Out]):
+    item: In
+    future: asyncio.Future[Out]
+    enqueued_s: float = field(default_factory=time.perf_counter)
+
+
+class MicroBatcher(Generic[In, Out]):
+    """Batches ``submit`` calls into ``handler(list_of_inputs) -> list_of_outputs`` calls.
+
+    Args:
+        handler: synchronous batch function, run in a worker thread; outputs in input order.
+        max_batch: most inputs per handler call.
+        max_wait_s: how long a batch keeps filling after its first input, seconds.
+        max_queue: most inputs waiting; beyond it ``submit`` raises ``QueueFull``.
+        workers: batches processed concurrently (threads).
+        metrics: records batch size, queue wait, compute time and queue depth.
+    """
+
+    def __init__(
+        self,
+        handler: Callable[[Sequence[In]], Sequence[Out]],
+        *,
+        max_batch: int,
+        max_wait_s: float,
+        max_queue: int,
+        workers: int = 1,
+        metrics: Metrics | None = None,
+    ) -> None:
+        if max_batch < 1 or max_queue < 1 or workers < 1 or max_wait_s < 0:
+            raise ValueError("max_batch, max_queue and workers must be ≥ 1, max_wait_s ≥ 0")
+        self._handler = handler
+        self.max_batch = max_batch
+        self.max_wait_s = max_wait_s
+        self.max_queue = max_queue
+        self._workers = workers
+        self._metrics = metrics
+        self._queue: asyncio.Queue[_Pending[In, Out]] = asyncio.Queue(maxsize=max_queue)
+        self._executor: ThreadPoolExecutor | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._closed = False
+
+    @property
+    def depth(self) -> int:
+        """Inputs waiting in the queue."""
+        return self._queue.qsize()
+
+    def start(self) -> None:
+        """Start the consumer tasks (call from a running event loop)."""
+        if self._tasks:
+            return
+        self._closed = False
+        self._executor = ThreadPoolExecutor(self._workers, thread_name_prefix="solar-batch")
+        self._tasks = [
+            asyncio.create_task(self._consume(), name=f"solar-batcher-{i}")
+            for i in range(self._workers)
+        ]
+
+    async def submit(self, item: In) -> Out:
+        """Enqueue ``item`` and wait for its output.
+
+        Raises:
+            QueueFull: ``max_queue`` inputs are already waiting.
+            BatcherClosed: the batcher is stopping or was never started.
+            Exception: whatever the handler raised for this input's batch.
+        """
+        if self._closed or not self._tasks:
+            raise BatcherClosed()
+        pending: _Pending[In, Out] = _Pending(item, asyncio.get_running_loop().create_future())
+        try:
+            self._queue.put_nowait(pending)
+        except asyncio.QueueFull as exc:
+            raise QueueFull(self.max_queue) from exc
+        self._record_depth()
+        return await pending.future
+
+    async def stop(self, drain_timeout_s: float = 10.0) -> None:
+        """Refuse new inputs, finish the queued ones (up to ``drain_timeout_s``), stop."""
+        self._closed = True
+        if not self._tasks:
+            return
+        try:
+            await asyncio.wait_for(self._queue.join(), drain_timeout_s)
+        except TimeoutError:
+            logger.warning("batcher: %d requests still queued at shutdown", self.depth)
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks = []
+        self._fail_queued()
+        if self._executor is not None:
+            self._executor.shutdown(wait=True)
+            self._executor = None
+
+    def _fail_queued(self) -> None:
+        while not self._queue.empty():
+            _fail([self._queue.get_nowait()], BatcherClosed())
+            self._queue.task_done()
+
+    def _record_depth(self) -> None:
+        if self._metrics is not None:
+            self._metrics.queue_depth.set(self._queue.qsize())
+
+    async def _fill(self, batch: list[_Pending[In, Out]]) -> None:
+        """Wait for one input, then fill until ``max_batch`` or ``max_wait_s`` after it."""
+        batch.append(await self._queue.get())
+        deadline = time.perf_counter() + self.max_wait_s
+        while len(batch) < self.max_batch:
+            if not self._queue.empty():
+                batch.append(self._queue.get_nowait())
+                continue
+            remaining_s = deadline - time.perf_counter()
+            if remaining_s <= 0:
+                break
+            try:
+                batch.append(await asyncio.wait_for(self._queue.get(), remaining_s))
+            except TimeoutError:
+                break
+        self._record_depth()
+
+    async def _consume(self) -> None:
+        while True:
+            batch: list[_Pending[In, Out]] = []
+            try:
+                await self._fill(batch)
+                await self._run(batch)
+            except asyncio.CancelledError:
+                _fail(batch, BatcherClosed())  # stopped mid-batch: nobody waits forever
+                raise
+            finally:
+                for _ in batch:
+                    self._queue.task_done()
+
+    async def _run(self, batch: list[_Pending[In, Out]]) -> None:
+        live = [p for p in batch if not p.future.done()]  # skip cancelled callers
+        if not live:
+            return
+        now = time.perf_counter()
+        if self._metrics is not None:
+            self._metrics.batch_size.observe(len(live))
+            for pending in live:
+                self._metrics.batch_queue_seconds.observe(now - pending.enqueued_s)
+        loop = asyncio.get_running_loop()
+        try:
+            outputs = await loop.run_in_executor(self._executor, self._call, [p.item for p in live])
+        except Exception as exc:  # every caller of the batch gets the failure
+            logger.exception("batch of %d failed", len(live))
+            _fail(live, exc)
+            return
+        for pending, output in zip(live, outputs, strict=True):
+            if not pending.future.done():
+                pending.future.set_result(output)
+
+    def _call(self, items: list[In]) -> Sequence[Out]:
+        start = time.perf_counter()
+        outputs = self._handler(items)
+        if self._metrics is not None:
+            self._metrics.batch_compute_seconds.observe(time.perf_counter() - start)
+        if len(outputs) != len(items):
+            raise BatchSizeMismatch(len(items), len(outputs))
+        return outputs
+
+
+def _fail(batch: Sequence[_Pending[In, Out]], exc: BaseException) -> None:
+    for pending in batch:
+        if not pending.future.done():
+            pending.future.set_exception(exc)

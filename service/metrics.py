@@ -1,0 +1,137 @@
+"""Every Prometheus object of the service (DESIGN §6), on a per-app ``CollectorRegistry``.
+
+Several apps in one process (tests, two replicas sharing a Redis) each own a ``Metrics`` and
+never collide. Labels are low-cardinality: never a user or an item. Durations in seconds.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
+
+__all__ = ["REQUEST_BUCKETS_S", "Metrics", "StoreMetrics"]
+
+# 0.5 ms … 1 s (DESIGN §6).
+REQUEST_BUCKETS_S = (
+    0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05, 0.075,
+    0.1, 0.2, 0.5, 1.0,
+)  # fmt: skip
+_FAST_BUCKETS_S = (
+    0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
+    0.5, 1.0,
+)  # fmt: skip
+_CANDIDATE_BUCKETS = (1, 10, 50, 100, 250, 500, 1_000, 2_048, 4_096, 10_000)
+_BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+_RATIO_BUCKETS = (0.0, 0.001, 0.01, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0)
+
+
+class Metrics:
+    """The service's metrics; ``registry`` is what ``GET /metrics`` exposes."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry()
+        reg = self.registry
+        self.request_duration = Histogram(
+            "solar_request_duration_seconds",
+            "HTTP request latency by route template and status code",
+            ["route", "status"],
+            buckets=REQUEST_BUCKETS_S,
+            registry=reg,
+        )
+        self.rank_candidates = Histogram(
+            "solar_rank_candidates",
+            "Candidates per /rank request",
+            buckets=_CANDIDATE_BUCKETS,
+            registry=reg,
+        )
+        self.batch_size = Histogram(
+            "solar_batch_size", "Requests per micro-batch", buckets=_BATCH_BUCKETS, registry=reg
+        )
+        self.batch_queue_seconds = Histogram(
+            "solar_batch_queue_seconds",
+            "Time a /rank request waited in the micro-batch queue",
+            buckets=_FAST_BUCKETS_S,
+            registry=reg,
+        )
+        self.batch_compute_seconds = Histogram(
+            "solar_batch_compute_seconds",
+            "Time of one batched ranker pass",
+            buckets=_FAST_BUCKETS_S,
+            registry=reg,
+        )
+        self.queue_depth = Gauge(
+            "solar_queue_depth", "Requests waiting in the micro-batch queue", registry=reg
+        )
+        self.ingest_events = Counter(
+            "solar_ingest_events_total",
+            "Ingested events by result",
+            ["result"],
+            registry=reg,
+        )
+        self.factor_update_seconds = Histogram(
+            "solar_factor_update_seconds",
+            "Time to update (or rebuild) one user's factors",
+            buckets=_FAST_BUCKETS_S,
+            registry=reg,
+        )
+        self.store_seconds = Histogram(
+            "solar_store_seconds",
+            "Store operation latency by operation",
+            ["op"],
+            buckets=_FAST_BUCKETS_S,
+            registry=reg,
+        )
+        self.store_conflicts = Counter(
+            "solar_store_conflicts_total",
+            "Compare-and-set writes that lost a race and were retried",
+            registry=reg,
+        )
+        self.rejected = Counter(
+            "solar_rejected_total", "Requests refused, by reason", ["reason"], registry=reg
+        )
+        self.unknown_items = Counter(
+            "solar_unknown_items_total",
+            "Candidate ids outside the model's vocabulary (scored through the OOV row)",
+            registry=reg,
+        )
+        self.factor_residual_ratio = Histogram(
+            "solar_factor_residual_ratio",
+            "Residual energy ratio ρ/(Σσ²+ρ) of states after an update",
+            buckets=_RATIO_BUCKETS,
+            registry=reg,
+        )
+        self.model_info = Gauge(
+            "solar_model_info",
+            "The loaded model (value 1)",
+            ["version", "rank", "dim"],
+            registry=reg,
+        )
+        # process_cpu_seconds_total, memory, open fds (as on the default registry).
+        ProcessCollector(registry=reg)
+        # Not in DESIGN §6: states rebuilt from the event log (model change, drift, config).
+        self.state_rebuilds = Counter(
+            "solar_state_rebuilds_total",
+            "User states rebuilt from the event log, by reason",
+            ["reason"],
+            registry=reg,
+        )
+
+    def set_model(self, version: str, rank: int, dim: int) -> None:
+        """Expose the loaded model as ``solar_model_info{version,rank,dim} 1``."""
+        self.model_info.clear()
+        self.model_info.labels(version=version, rank=str(rank), dim=str(dim)).set(1)
+
+    def store_observer(self) -> StoreMetrics:
+        return StoreMetrics(self)
+
+
+class StoreMetrics:
+    """Adapter implementing ``service.store.StoreObserver`` on top of :class:`Metrics`."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self._metrics = metrics
+
+    def op_seconds(self, op: str, seconds: float) -> None:
+        self._metrics.store_seconds.labels(op=op).observe(seconds)
+
+    def conflict(self) -> None:
+        self._metrics.store_conflicts.inc()

@@ -1,0 +1,107 @@
+"""Service configuration: one ``Settings`` object read from ``SOLAR_*`` environment variables.
+
+It is created once where the app is built (``service.app.create_app`` or ``solar serve``) and
+passed down; no other module reads the environment. Units are in the names (``_s``, ``_ms``,
+``_bytes``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+__all__ = ["DEFAULT_MODEL_PATH", "Settings"]
+
+DEFAULT_MODEL_PATH = Path("artifacts/default-model")
+
+Device = Literal["auto", "cpu", "cuda"]
+
+
+class Settings(BaseSettings):
+    """Every knob of the service (DESIGN §7 plus operational limits)."""
+
+    model_config = SettingsConfigDict(env_prefix="SOLAR_", extra="ignore", frozen=True)
+
+    # --- DESIGN §7
+    redis_url: str | None = Field(
+        default=None,
+        description="redis://host:port/db of the store; unset or empty: embedded store",
+    )
+    model_path: Path = Field(
+        default=DEFAULT_MODEL_PATH,
+        description="checkpoint directory (`make model` writes the default)",
+    )
+    device: Device = Field(default="auto", description="torch device: auto picks CUDA when present")
+    rank: int | None = Field(
+        default=None, ge=1, description="served rank r; unset: the checkpoint's rank"
+    )
+    oversample: int | None = Field(
+        default=None, ge=0, description="oversampling p (ℓ = r + p); unset: the checkpoint's value"
+    )
+    half_life_s: float | None = Field(
+        default=None,
+        ge=0,
+        description="recency half-life in seconds; unset: the checkpoint's; 0: no decay",
+    )
+    log_cap: int = Field(default=16_384, ge=1, description="events kept in each user's log")
+    max_candidates: int = Field(default=10_000, ge=1, description="candidates per /rank request")
+    max_events: int = Field(default=10_000, ge=1, description="events per /ingest request")
+    max_batch: int = Field(default=32, ge=1, description="requests per micro-batch")
+    max_wait_ms: float = Field(default=2.0, ge=0, description="how long a batch waits to fill, ms")
+    max_queue: int = Field(default=1_024, ge=1, description="queued /rank requests before 503")
+    api_token: SecretStr | None = Field(
+        default=None, description="bearer token required on /rank, /ingest and /users when set"
+    )
+    host: str = Field(default="127.0.0.1", description="`solar serve` bind address")
+    port: int = Field(default=8000, ge=0, le=65_535, description="`solar serve` port")
+
+    # --- operational extras
+    workers: int = Field(default=1, ge=1, description="uvicorn worker processes for `solar serve`")
+    store_timeout_s: float = Field(default=1.0, gt=0, description="Redis connect/reply timeout")
+    store_connect_retries: int = Field(
+        default=5, ge=0, description="Redis connect retries at startup"
+    )
+    store_backoff_s: float = Field(
+        default=0.2, ge=0, description="first connect retry delay (doubles)"
+    )
+    max_body_bytes: int = Field(default=8 << 20, ge=1_024, description="request body limit, bytes")
+    cas_retries: int = Field(
+        default=16, ge=0, description="compare-and-set retries per user ingest"
+    )
+    torch_threads: int | None = Field(
+        default=None,
+        ge=1,
+        description="torch intra-op threads; unset: CPUs - 1 (one core stays with the event loop)",
+    )
+    batch_threads: int = Field(default=1, ge=1, description="micro-batches scored concurrently")
+    history_batch_elements: int = Field(
+        default=1 << 26,
+        ge=1,
+        description="svd_exact/softmax: max B·M·N per scoring pass (bounds attention memory)",
+    )
+    rebuild_residual_ratio: float = Field(
+        default=0.5,
+        gt=0,
+        le=1,
+        description="rebuild a state from its log when ρ/(Σσ²+ρ) exceeds this after an update",
+    )
+    retry_after_s: int = Field(default=1, ge=1, description="Retry-After on 503 answers, seconds")
+    warmup: bool = Field(default=True, description="score one dummy request per mode at startup")
+
+    @field_validator("redis_url")
+    @classmethod
+    def _empty_is_none(cls, value: str | None) -> str | None:
+        return value or None
+
+    @property
+    def max_wait_s(self) -> float:
+        return self.max_wait_ms / 1_000.0
+
+    def token(self) -> str | None:
+        """The configured bearer token, or None when authentication is off."""
+        if self.api_token is None or not self.api_token.get_secret_value():
+            return None
+        return self.api_token.get_secret_value()

@@ -1,0 +1,220 @@
+"""The locust load: its pure parts in-process, and one short headless run against a stub.
+
+locust monkey-patches the standard library (gevent) when imported, so the locustfile itself
+only ever runs in a subprocess; ``loadtest/workload.py`` holds what can be tested here.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+import threading
+from collections import Counter
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+LOADTEST = ROOT / "loadtest"
+
+
+def _load(name: str) -> ModuleType:
+    spec = importlib.util.spec_from_file_location(f"loadtest_{name}", LOADTEST / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+workload = _load("workload")
+compare = _load("compare")
+
+
+def _config(**env: str) -> Any:
+    return workload.LoadConfig(env)
+
+
+def test_defaults_match_the_issue() -> None:
+    c = _config()
+    assert (c.rank_weight, c.ingest_weight) == (80, 20)
+    assert (c.candidates, c.top_k, c.max_events, c.mode) == (2048, 100, 50, "svd")
+    assert c.rate == 100 and c.users == 20
+
+
+def test_env_overrides_and_validation() -> None:
+    c = _config(SOLAR_LT_CANDIDATES="10", SOLAR_LT_MODE="softmax", SOLAR_LT_RATE="0")
+    assert (c.candidates, c.mode, c.rate) == (10, "softmax", 0)
+    with pytest.raises(ValueError):
+        _config(SOLAR_LT_RANK_WEIGHT="0", SOLAR_LT_INGEST_WEIGHT="0")
+    with pytest.raises(ValueError):
+        _config(SOLAR_LT_USERS="0")
+
+
+def test_only_loopback_by_default() -> None:
+    c = _config()
+    c.check_host("http://127.0.0.1:8000")
+    c.check_host("http://lb:8080")
+    with pytest.raises(ValueError, match="refusing"):
+        c.check_host("http://example.com")
+    _config(SOLAR_LT_ALLOW_REMOTE="1").check_host("http://example.com")
+
+
+def test_zipf_users_are_skewed_and_in_range() -> None:
+    import random
+
+    sampler = workload.ZipfSampler(20, 1.1, random.Random(0))
+    counts = Counter(sampler.sample() for _ in range(20_000))
+    assert set(counts) <= set(range(20))
+    assert counts[0] > counts[1] > counts[5] > counts[19]
+    uniform = workload.ZipfSampler(4, 0.0, random.Random(0))
+    shares = Counter(uniform.sample() for _ in range(8_000))
+    assert all(1_700 < shares[k] < 2_300 for k in range(4))
+
+
+def test_rank_body_has_m_vocabulary_candidates() -> None:
+    items = [str(i) for i in range(1, 3001)]
+    w = workload.Workload(_config(SOLAR_LT_CANDIDATES="2048", SOLAR_LT_TOP_K="100"), items)
+    body = json.loads(w.rank_body())
+    assert len(body["candidates"]) == 2048 == len(set(body["candidates"]))
+    assert {str(c) for c in body["candidates"]} <= set(items)
+    assert body["top_k"] == 100 and body["mode"] == "svd"
+    assert body["user_id"].startswith("u") and 0 <= int(body["user_id"][1:]) < 20
+
+
+def test_vocabulary_from_a_checkpoint_config(tmp_path: Path) -> None:
+    (tmp_path / "config.json").write_text(json.dumps({"items": ["1", "22", "Heat (1995)"]}))
+    ids = workload.vocabulary_ids("http://127.0.0.1:9", None, str(tmp_path / "config.json"))
+    assert ids == ["1", "22", '"Heat (1995)"']
+    assert workload.vocabulary_ids("http://127.0.0.1:9", 3) == ["1", "2", "3"]
+
+
+def test_small_vocabulary_is_drawn_with_replacement_and_strings_stay_strings() -> None:
+    w = workload.Workload(_config(SOLAR_LT_CANDIDATES="50"), ['"Heat (1995)"', '"Up (2009)"'])
+    body = json.loads(w.rank_body())
+    assert len(body["candidates"]) == 50
+    assert set(body["candidates"]) <= {"Heat (1995)", "Up (2009)"}
+
+
+def test_ingest_bodies_hold_1_to_50_events() -> None:
+    w = workload.Workload(_config(), ["1", "2", "3"])
+    sizes = [len(json.loads(w.ingest_body())["events"]) for _ in range(400)]
+    assert min(sizes) >= 1 and max(sizes) <= 50 and len(set(sizes)) > 20
+    event = json.loads(w.ingest_body())["events"][0]
+    assert set(event) >= {"user_id", "item_id", "ts"} and event["item_id"] in (1, 2, 3)
+
+
+def test_summarize_percentiles_and_rates() -> None:
+    latencies = {"/rank": [float(i) for i in range(1, 101)], "/ingest": [2.0, 4.0]}
+    summary = workload.summarize(latencies, {"/ingest": 1}, duration_s=10.0)
+    rank = summary["endpoints"]["/rank"]
+    assert rank["p50_ms"] == pytest.approx(50.5) and rank["p99_ms"] == pytest.approx(99.01)
+    assert rank["requests_per_s"] == pytest.approx(10.0) and rank["failures"] == 0
+    ingest = summary["endpoints"]["/ingest"]
+    assert ingest["requests"] == 3 and ingest["failures"] == 1
+    assert summary["endpoints"]["total"]["requests"] == 103
+    empty = workload.summarize({}, {"/rank": 2}, 1.0)["endpoints"]["/rank"]
+    assert empty["p99_ms"] is None and empty["failures"] == 2
+
+
+def test_compare_prints_ratios(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    def doc(p99: float, rps: float) -> dict[str, Any]:
+        row = {"p50_ms": p99 / 2, "p95_ms": p99, "p99_ms": p99, "requests_per_s": rps}
+        return {"config": {"mode": "x"}, "endpoints": {"/rank": row}}
+
+    a, b = tmp_path / "a.json", tmp_path / "b.json"
+    a.write_text(json.dumps(doc(10.0, 200.0)))
+    b.write_text(json.dumps(doc(250.0, 10.0)))
+    assert compare.compare(doc(10.0, 200.0), doc(250.0, 10.0))["/rank"]["p99_ms"] == 25.0
+    assert compare.main([str(a), str(b)]) == 0
+    out = capsys.readouterr().out
+    assert "25.00x" in out and "20.00x" in out
+    with pytest.raises(SystemExit):
+        compare.main([str(a)])  # one summary needs --show
+    assert compare.main(["--show", str(a)]) == 0
+    (tmp_path / "bad.json").write_text("{}")
+    assert compare.main([str(a), str(tmp_path / "bad.json")]) == 2
+
+
+class _Stub(BaseHTTPRequestHandler):
+    """A fake solar: /model gives 30 items, /rank and /ingest answer 200 and are counted."""
+
+    seen: Counter[str] = Counter()
+    bodies: list[dict[str, Any]] = []
+
+    def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+        self._reply({"version": "stub", "n_items": 31})
+
+    def do_POST(self) -> None:  # noqa: N802
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        _Stub.seen[self.path] += 1
+        _Stub.bodies.append(body)
+        self._reply({"items": []} if self.path == "/rank" else {"accepted": 1})
+
+    def _reply(self, document: dict[str, Any]) -> None:
+        data = json.dumps(document).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+@pytest.fixture
+def stub_url() -> Iterator[str]:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Stub)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.mark.e2e
+def test_headless_run_writes_a_summary(stub_url: str, tmp_path: Path) -> None:
+    """4 s of locust at 50 requests/s: the mix, the rate and the summary file."""
+    _Stub.seen.clear()
+    _Stub.bodies.clear()
+    summary = tmp_path / "summary.json"
+    env = dict(os.environ, SOLAR_LT_RATE="50", SOLAR_LT_LOCUST_USERS="5",
+               SOLAR_LT_CANDIDATES="16", SOLAR_LT_SUMMARY=str(summary))  # fmt: skip
+    locust = Path(sys.executable).with_name("locust")
+    subprocess.run(
+        [str(locust), "-f", str(LOADTEST / "locustfile.py"), "--headless", "--host", stub_url,
+         "--users", "5", "--spawn-rate", "5", "--run-time", "4s", "--only-summary",
+         "--loglevel", "WARNING"],
+        env=env, cwd=tmp_path, check=True, timeout=60, capture_output=True,
+    )  # fmt: skip
+    document = json.loads(summary.read_text())
+    endpoints = document["endpoints"]
+    total = endpoints["total"]["requests"]
+    assert 120 <= total <= 260, total  # ~50/s for ~4 s
+    assert 0.65 <= endpoints["/rank"]["requests"] / total <= 0.95
+    assert endpoints["total"]["failures"] == 0 and endpoints["/rank"]["p99_ms"] > 0
+    rank_bodies = [b for b in _Stub.bodies if "candidates" in b]
+    assert all(len(b["candidates"]) == 16 for b in rank_bodies)
+    assert {c for b in rank_bodies for c in b["candidates"]} <= set(range(1, 31))
+
+
+@pytest.mark.e2e
+def test_refuses_a_remote_host(tmp_path: Path) -> None:
+    locust = Path(sys.executable).with_name("locust")
+    run = subprocess.run(
+        [str(locust), "-f", str(LOADTEST / "locustfile.py"), "--headless",
+         "--host", "http://192.0.2.1:8000", "--users", "1", "--run-time", "2s",
+         "--only-summary"],
+        cwd=tmp_path, timeout=60, capture_output=True, text=True,
+    )  # fmt: skip
+    assert "refusing to send load" in run.stdout + run.stderr
