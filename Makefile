@@ -7,7 +7,7 @@ MODEL_DIR ?= artifacts/default-model
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: run test lint install data model bench clean
+.PHONY: run test lint install data model bench bench-serve bench-report loadtest prometheus-check clean
 
 install: $(INSTALLED)
 
@@ -44,6 +44,18 @@ test: install lint
 
 bench: install
 	$(PY) bench/kernels.py
+
+bench-serve: install model
+	$(PY) bench/serve.py
+
+bench-report: install
+	$(PY) bench/report.py
+
+loadtest: install model
+	loadtest/run.sh
+
+prometheus-check: install model
+	loadtest/prometheus_check.sh
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from model.config import RankerConfig
@@ -109,23 +110,48 @@ def checkpoint_version(directory: str | Path) -> str:
             digest.update((path / name).read_bytes())
         except FileNotFoundError as exc:
             raise CheckpointError(f"checkpoint {path} has no {name}") from exc
+        except OSError as exc:  # not a directory, a directory named like the file, ...
+            raise CheckpointError(f"checkpoint {path}: cannot read {name}: {exc}") from exc
     return digest.hexdigest()[:16]
+
+
+def _read_document(path: Path) -> tuple[RankerConfig, Vocabulary, dict[str, Any]]:
+    """config.json → (config, vocabulary, meta); CheckpointError if anything is off."""
+    try:
+        document = json.loads((path / CONFIG_FILE).read_text(encoding="utf-8"))
+        if not isinstance(document, dict):
+            raise TypeError(f"expected a JSON object, got {type(document).__name__}")
+        config = RankerConfig.from_dict(document["config"])
+        # Ids are strings; a hand-written file may hold numbers (the same ids).
+        items = tuple(str(item) for item in document["items"])
+        actions = tuple(str(action) for action in document.get("actions", ()))
+        meta = document.get("meta", {})
+        if not isinstance(meta, dict):
+            raise TypeError(f"meta must be an object, got {type(meta).__name__}")
+    except (KeyError, TypeError, ValueError) as exc:  # ValueError: JSON, UTF-8, ConfigError
+        raise CheckpointError(f"checkpoint {path}: malformed {CONFIG_FILE}: {exc!r}") from exc
+    vocab = Vocabulary(items, actions)
+    if vocab.n_items != config.n_items or vocab.n_actions != config.n_actions:
+        raise CheckpointError(
+            f"checkpoint {path}: vocabulary ({vocab.n_items} items, {vocab.n_actions} actions) "
+            f"does not match the config ({config.n_items}, {config.n_actions})"
+        )
+    return config, vocab, meta
 
 
 def load_checkpoint(directory: str | Path, device: str | torch.device = "cpu") -> Checkpoint:
     """Load a checkpoint written by :func:`save_checkpoint` (safetensors only, no pickle)."""
     path = Path(directory)
     version = checkpoint_version(path)
+    config, vocab, meta = _read_document(path)
     try:
-        document = json.loads((path / CONFIG_FILE).read_text())
-        config = RankerConfig.from_dict(document["config"])
-        vocab = Vocabulary(tuple(document["items"]), tuple(document.get("actions", ())))
-    except (KeyError, TypeError, json.JSONDecodeError) as exc:
-        raise CheckpointError(f"checkpoint {path}: malformed {CONFIG_FILE}: {exc}") from exc
+        tensors = load_file(str(path / WEIGHTS_FILE))
+    except (SafetensorError, OSError) as exc:
+        raise CheckpointError(f"checkpoint {path}: unreadable {WEIGHTS_FILE}: {exc}") from exc
     ranker = Ranker(config)
     try:
-        ranker.load_state_dict(load_file(str(path / WEIGHTS_FILE)))
+        ranker.load_state_dict(tensors)
     except RuntimeError as exc:
         raise CheckpointError(f"checkpoint {path}: weights do not match the config: {exc}") from exc
     ranker.to(device).eval()
-    return Checkpoint(ranker=ranker, vocab=vocab, version=version, meta=document.get("meta", {}))
+    return Checkpoint(ranker=ranker, vocab=vocab, version=version, meta=meta)

@@ -50,6 +50,11 @@ class RankerConfig:
             raise ConfigError(
                 f"n_items and n_actions must be ≥ 1: {self.n_items}, {self.n_actions}"
             )
+        for name in ("dim", "heads", "mlp_hidden", "elastic_tokens"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be ≥ 1, got {getattr(self, name)}")
+        if self.oversample < 0:
+            raise ConfigError(f"oversample must be ≥ 0, got {self.oversample}")
         if self.dim % self.heads:
             raise ConfigError(f"dim {self.dim} is not divisible by heads {self.heads}")
         if not 1 <= self.rank <= self.dim:

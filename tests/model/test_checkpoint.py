@@ -1,0 +1,167 @@
+"""Checkpoints: round trip (same scores, same version), content versioning, CheckpointError."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from model.checkpoint import (
+    CONFIG_FILE,
+    WEIGHTS_FILE,
+    CheckpointError,
+    Vocabulary,
+    checkpoint_version,
+    load_checkpoint,
+    save_checkpoint,
+)
+from model.config import RankerConfig
+from model.ranker import NO_ACTION, OOV_ITEM, Ranker, ScoreRequest
+
+VOCAB = Vocabulary(tuple(str(i) for i in range(100, 120)), ("click", "like"))
+CONFIG = RankerConfig(n_items=VOCAB.n_items, n_actions=VOCAB.n_actions, dim=16, heads=2, rank=4)
+
+
+def make_ranker(seed: int = 0) -> Ranker:
+    torch.manual_seed(seed)
+    return Ranker(CONFIG).eval()
+
+
+def scores(ranker: Ranker) -> list[torch.Tensor]:
+    """Scores of two users in the three serving modes."""
+    gen = torch.Generator().manual_seed(5)
+    tokens = torch.randn(4, 16, generator=gen)
+    basis = torch.linalg.qr(torch.randn(16, 4, generator=gen))[0]
+    req = ScoreRequest(
+        candidates=torch.arange(1, 21),
+        interests=tokens,
+        history_items=torch.tensor([3, 5, 7, 5]),
+        history_actions=torch.tensor([1, 2, 0, 1]),
+        weights=torch.tensor([0.2, 0.5, 0.9, 1.0]),
+        basis=basis,
+    )
+    with torch.no_grad():
+        return [
+            s
+            for mode in ("svd", "svd_exact", "softmax")
+            for s in ranker.score_requests(mode, [req])
+        ]
+
+
+@pytest.fixture
+def saved(tmp_path: Path) -> tuple[Path, Ranker, str]:
+    ranker = make_ranker()
+    version = save_checkpoint(tmp_path / "ckpt", ranker, VOCAB, meta={"auc": 0.75})
+    return tmp_path / "ckpt", ranker, version
+
+
+def test_round_trip_gives_same_scores_and_version(saved: tuple[Path, Ranker, str]) -> None:
+    path, ranker, version = saved
+    loaded = load_checkpoint(path)
+    assert loaded.version == version == checkpoint_version(path)
+    assert len(version) == 16 and int(version, 16) >= 0
+    assert loaded.ranker.config == CONFIG
+    assert not loaded.ranker.training
+    assert loaded.meta == {"auc": 0.75}
+    assert loaded.vocab == VOCAB
+    for a, b in zip(scores(ranker), scores(loaded.ranker), strict=True):
+        torch.testing.assert_close(a, b, atol=0, rtol=0)
+
+
+def test_version_is_the_content(saved: tuple[Path, Ranker, str], tmp_path: Path) -> None:
+    path, ranker, version = saved
+    assert save_checkpoint(tmp_path / "again", ranker, VOCAB, meta={"auc": 0.75}) == version
+    with torch.no_grad():
+        ranker.mlp[0].bias[0] += 1e-3
+    changed = save_checkpoint(tmp_path / "changed", ranker, VOCAB, meta={"auc": 0.75})
+    assert changed != version
+    assert save_checkpoint(tmp_path / "other", make_ranker(seed=1), VOCAB) != version
+    assert load_checkpoint(tmp_path / "changed").version == changed
+
+
+def test_vocabulary_lookups() -> None:
+    assert VOCAB.item_row(100) == VOCAB.item_row("100") == 1
+    assert VOCAB.item_row("999") == OOV_ITEM and not VOCAB.knows_item(999)
+    assert VOCAB.action_row("like") == 2
+    assert VOCAB.action_row(None) == VOCAB.action_row("share") == NO_ACTION
+    with pytest.raises(CheckpointError, match="duplicate"):
+        Vocabulary(("a", "a"))
+
+
+def test_save_rejects_a_vocabulary_of_another_size(tmp_path: Path) -> None:
+    with pytest.raises(CheckpointError, match="does not match"):
+        save_checkpoint(tmp_path / "x", make_ranker(), Vocabulary(("1", "2")))
+
+
+def _edit_config(path: Path, edit: object) -> None:
+    document = json.loads((path / CONFIG_FILE).read_text())
+    (path / CONFIG_FILE).write_text(json.dumps(edit(document) if callable(edit) else edit))
+
+
+def _with(document: dict[str, object], **changes: object) -> dict[str, object]:
+    return {**document, **changes}
+
+
+@pytest.mark.parametrize(
+    ("edit", "match"),
+    [
+        ("not json {", "malformed"),
+        ([1, 2, 3], "malformed"),
+        (lambda doc: _with(doc, config=_with(doc["config"], heads=3)), "malformed"),
+        (lambda doc: _with(doc, config=_with(doc["config"], colour="red")), "malformed"),
+        (lambda doc: {k: v for k, v in doc.items() if k != "items"}, "malformed"),
+        (lambda doc: _with(doc, items=doc["items"][:-1]), "vocabulary"),
+        (lambda doc: _with(doc, items=doc["items"][:-1] + doc["items"][:1]), "duplicate"),
+        (lambda doc: _with(doc, meta=[1]), "malformed"),
+        (lambda doc: _with(doc, config=_with(doc["config"], dim=32, heads=4)), "weights"),
+    ],
+)
+def test_malformed_config_is_a_checkpoint_error(
+    saved: tuple[Path, Ranker, str], edit: object, match: str
+) -> None:
+    path, _, _ = saved
+    if isinstance(edit, str):
+        (path / CONFIG_FILE).write_text(edit)
+    else:
+        _edit_config(path, edit)
+    with pytest.raises(CheckpointError, match=match):
+        load_checkpoint(path)
+
+
+def test_numeric_item_ids_in_a_hand_written_config(saved: tuple[Path, Ranker, str]) -> None:
+    path, _, _ = saved
+    _edit_config(path, lambda doc: _with(doc, items=[int(i) for i in doc["items"]]))
+    assert load_checkpoint(path).vocab.item_row(105) == 6
+
+
+def test_missing_or_unreadable_files_are_checkpoint_errors(
+    saved: tuple[Path, Ranker, str], tmp_path: Path
+) -> None:
+    path, _, _ = saved
+    with pytest.raises(CheckpointError, match="has no"):
+        load_checkpoint(tmp_path / "nowhere")
+    with pytest.raises(CheckpointError, match="cannot read"):
+        load_checkpoint(path / WEIGHTS_FILE)  # a file, not a directory
+    (path / CONFIG_FILE).write_bytes(b"\xff\xfe{}")
+    with pytest.raises(CheckpointError, match="malformed"):
+        load_checkpoint(path)
+
+    no_weights = tmp_path / "no-weights"
+    shutil.copytree(path, no_weights)
+    (no_weights / WEIGHTS_FILE).unlink()
+    with pytest.raises(CheckpointError, match=f"has no {WEIGHTS_FILE}"):
+        load_checkpoint(no_weights)
+
+
+def test_corrupt_weights_are_checkpoint_errors(saved: tuple[Path, Ranker, str]) -> None:
+    path, _, _ = saved
+    blob = (path / WEIGHTS_FILE).read_bytes()
+    (path / WEIGHTS_FILE).write_bytes(blob[: len(blob) // 2])
+    with pytest.raises(CheckpointError, match="unreadable"):
+        load_checkpoint(path)
+    (path / WEIGHTS_FILE).write_bytes(b"garbage" * 10)
+    with pytest.raises(CheckpointError, match="unreadable"):
+        load_checkpoint(path)
