@@ -97,12 +97,20 @@ def measure_rank(
     (so a server that falls behind is charged for it).
     """
     rng = random.Random(seed)
-    m = min(candidates, len(items))
+    pool = list(items)
+
+    def draw() -> list[str]:
+        # A vocabulary smaller than M (ml-100k has 1,682 items) is sampled with replacement,
+        # so that every request really carries M candidates.
+        if candidates <= len(pool):
+            return rng.sample(pool, candidates)
+        return rng.choices(pool, k=candidates)
+
     bodies = [
         json.dumps(
             {
                 "user_id": rng.choice(list(users)),
-                "candidates": rng.sample(list(items), m),
+                "candidates": draw(),
                 "top_k": top_k,
                 "mode": mode,
             }

@@ -65,7 +65,20 @@ class TargetAttention(nn.Module):
         log_weights: Tensor | None = None,
     ) -> Tensor:
         """queries (B, M, d), tokens (B, T, d), mask/log_weights (B, T) → (B, M, d)."""
-        q = _split_heads(self.w_q(queries), self.heads)  # (B, H, M, d_h)
+        return self.attend(self.w_q(queries), tokens, mask, log_weights)
+
+    def attend(
+        self,
+        projected_queries: Tensor,
+        tokens: Tensor,
+        mask: Tensor | None = None,
+        log_weights: Tensor | None = None,
+    ) -> Tensor:
+        """Like :meth:`forward` with queries already multiplied by W_Q: (B, M, d) → (B, M, d).
+
+        Serving passes rows of a per-item table E W_Qᵀ here instead of projecting anew.
+        """
+        q = _split_heads(projected_queries, self.heads)  # (B, H, M, d_h)
         k = _split_heads(self.w_k(tokens), self.heads)  # (B, H, T, d_h)
         v = _split_heads(self.w_v(tokens), self.heads)  # (B, H, T, d_h)
         attn_mask = _logit_mask(mask, log_weights, q.dtype)

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from model.config import SERVING_MODES, RankerConfig
@@ -107,9 +108,42 @@ class Ranker(nn.Module):
         """(…, M) candidate rows → (…, M, d)."""
         return self.item_emb(items)
 
-    def score_outputs(self, cand: Tensor, out: Tensor) -> Tensor:
-        """cand, out (B, M, d) → logits (B, M)."""
-        return self.mlp(torch.cat((cand, out, cand * out), dim=-1)).squeeze(-1)
+    def score_outputs(self, cand: Tensor, out: Tensor, item_hidden: Tensor | None = None) -> Tensor:
+        """cand, out (B, M, d) → logits (B, M).
+
+        ``item_hidden`` (B, M, hidden), when given, is the candidates' precomputed share
+        W1[:, :d] e_c + b1 of the MLP's first layer (see :meth:`serving_tables`).
+        """
+        if item_hidden is None:
+            return self.mlp(torch.cat((cand, out, cand * out), dim=-1)).squeeze(-1)
+        first: nn.Linear = self.mlp[0]  # type: ignore[assignment]
+        B, M, d = cand.shape
+        w_out, w_prod = first.weight[:, d : 2 * d], first.weight[:, 2 * d :]  # (hidden, d) each
+        flat_out = out.reshape(B * M, d)
+        hidden = torch.addmm(item_hidden.reshape(B * M, -1), flat_out, w_out.T)
+        hidden = torch.addmm(hidden, cand.reshape(B * M, d) * flat_out, w_prod.T)  # (B·M, hidden)
+        return self.mlp[1:](hidden).view(B, M)
+
+    def serving_tables(self) -> tuple[Tensor, Tensor]:
+        """Per-item precomputations of the serving path, rebuilt whenever a weight changes.
+
+        Returns (E W_Qᵀ (n_items, d), E W1[:, :d]ᵀ + b1 (n_items, hidden)): the parts of the
+        query projection and of the MLP's first layer that depend on the candidate alone, so a
+        request gathers rows instead of multiplying M×d by d×(d + hidden) again (~27% of the
+        FLOPs of an `svd` request at M=2,048).
+        """
+        first: nn.Linear = self.mlp[0]  # type: ignore[assignment]
+        params = (self.item_emb.weight, self.attn.w_q.weight, first.weight, first.bias)
+        key = tuple((p.data_ptr(), p._version, p.device) for p in params)
+        if getattr(self, "_tables_key", None) != key:
+            d = self.config.dim
+            # Plain tensors (not inference tensors), usable whatever mode the caller is in.
+            with torch.inference_mode(False), torch.no_grad():
+                emb = self.item_emb.weight
+                tables = (emb @ self.attn.w_q.weight.T, emb @ first.weight[:, :d].T + first.bias)
+            self._tables: tuple[Tensor, Tensor] = tables
+            self._tables_key = key
+        return self._tables
 
     # ------------------------------------------------------------------ training path
     def attend(self, mode: str, cand: Tensor, history: HistoryBatch) -> Tensor:
@@ -158,32 +192,34 @@ class Ranker(nn.Module):
         device = self.item_emb.weight.device
         cand_items, _ = _pad_1d([req.candidates for req in requests], device)  # (B, M)
         cand = self.embed_items(cand_items)  # (B, M, d)
+        query_table, hidden_table = self.serving_tables()
+        queries = F.embedding(cand_items, query_table)  # (B, M, d) = cand W_Qᵀ
         if mode == "svd":
-            out = self._attend_interests(cand, requests, device)
+            out = self._attend_interests(queries, requests, device)
         else:
-            out = self._attend_history(mode, cand, requests, device)
-        logits = self.score_outputs(cand, out)  # (B, M)
+            out = self._attend_history(mode, queries, requests, device)
+        logits = self.score_outputs(cand, out, F.embedding(cand_items, hidden_table))  # (B, M)
         return [logits[i, : req.candidates.shape[0]] for i, req in enumerate(requests)]
 
     def _attend_interests(
-        self, cand: Tensor, requests: Sequence[ScoreRequest], device: torch.device
+        self, queries: Tensor, requests: Sequence[ScoreRequest], device: torch.device
     ) -> Tensor:
         d = self.config.dim
         tokens_list = []
         for req in requests:
             if req.interests is None or req.interests.dim() != 2 or req.interests.shape[1] != d:
                 raise RankerInputError(f"svd mode needs (r, {d}) interests per request")
-            tokens_list.append(req.interests.to(device=device, dtype=cand.dtype))
+            tokens_list.append(req.interests.to(device=device, dtype=queries.dtype))
         r = max(t.shape[0] for t in tokens_list)
-        tokens = torch.zeros(len(requests), r, d, device=device, dtype=cand.dtype)  # (B, r, d)
+        tokens = torch.zeros(len(requests), r, d, device=device, dtype=queries.dtype)  # (B, r, d)
         mask = torch.zeros(len(requests), r, dtype=torch.bool, device=device)  # (B, r)
         for i, t in enumerate(tokens_list):
             tokens[i, : t.shape[0]] = t
             mask[i, : t.shape[0]] = bool(t.abs().sum() > 0)  # a user with no history: o = 0
-        return self.attn(cand, tokens, mask)
+        return self.attn.attend(queries, tokens, mask)
 
     def _attend_history(
-        self, mode: str, cand: Tensor, requests: Sequence[ScoreRequest], device: torch.device
+        self, mode: str, queries: Tensor, requests: Sequence[ScoreRequest], device: torch.device
     ) -> Tensor:
         empty = torch.zeros(0, dtype=torch.long)
         items, mask = _pad_1d([_or(req.history_items, empty) for req in requests], device)  # (B, N)
@@ -207,7 +243,7 @@ class Ranker(nn.Module):
                 [b.to(device=device, dtype=rows.dtype) for b in bases if b is not None]
             )
             rows = project_rows(rows, basis)
-        return self.attn(cand, rows, mask, log_w)
+        return self.attn.attend(queries, rows, mask, log_w)
 
 
 def _or(value: Tensor | None, default: Tensor) -> Tensor:

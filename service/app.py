@@ -26,11 +26,12 @@ from service.ingest import Ingestor
 from service.metrics import Metrics
 from service.middleware import RequestMetricsMiddleware
 from service.ranking import Ranked, Ranking, RankJob, make_scorer
+from service.redis_store import RedisStore
 from service.routes import health_router, ingest_router, rank_router, users_router
 from service.runtime import ServingModel, load_serving_model
 from service.schemas import IngestRequest
 from service.settings import Settings
-from service.store import MemoryStore, RedisStore, Store
+from service.store import MemoryStore, Store
 
 __all__ = ["create_app"]
 

@@ -148,3 +148,37 @@ def test_serving_input_errors(ranker: Ranker, users: list[User]) -> None:
             torch.ones(1, 2),
         )
         ranker(torch.ones(1, 3, dtype=torch.long), history, "linear")
+
+
+def test_serving_tables_follow_weight_updates() -> None:
+    """The per-item serving tables are rebuilt after an optimiser step changes the weights."""
+    torch.manual_seed(3)
+    model = Ranker(RankerConfig(n_items=40, n_actions=2, dim=16, heads=2, rank=4))
+    history = HistoryBatch(
+        items=torch.randint(1, 40, (1, 12)),
+        actions=torch.zeros(1, 12, dtype=torch.long),
+        mask=torch.ones(1, 12, dtype=torch.bool),
+        weights=torch.ones(1, 12),
+    )
+    candidates = torch.arange(1, 21).unsqueeze(0)  # (1, 20)
+    rows = model.embed_events(history.items[0], history.actions[0]).detach()
+
+    def served() -> torch.Tensor:
+        state = LowRankState.from_rows(rows.double().numpy(), 4)
+        interests = torch.from_numpy(state.interests()).float()
+        with torch.inference_mode():
+            return model.score_requests("softmax", [ScoreRequest(
+                candidates=candidates[0], history_items=history.items[0],
+                history_actions=history.actions[0], weights=torch.ones(12),
+                interests=interests,
+            )])[0]  # fmt: skip
+
+    before = served()
+    optimiser = torch.optim.SGD(model.parameters(), lr=0.5)
+    model(candidates, history, "softmax").sum().backward()
+    optimiser.step()
+    after = served()
+    with torch.no_grad():
+        expected = model(candidates, history, "softmax")[0]
+    assert not torch.allclose(before, after)
+    torch.testing.assert_close(after, expected, rtol=1e-5, atol=1e-5)

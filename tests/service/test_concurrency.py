@@ -15,7 +15,8 @@ import pytest
 
 from model.lowrank import LowRankState
 from service.eventlog import decode_log
-from service.store import RedisStore, StoreUnavailable
+from service.redis_store import RedisStore
+from service.store import StoreUnavailable
 from tests.redis_server import RedisServer, free_port
 from tests.service.conftest import SettingsFactory
 from tests.service.support import event, gram, ingest, reference_state, running_app

@@ -15,9 +15,9 @@ import redis.exceptions
 
 from service.eventlog import RECORD_SIZE, LogFormatError, encode_events
 from service.keys import InvalidUserId, user_keys
+from service.redis_store import RedisStore
 from service.store import (
     MemoryStore,
-    RedisStore,
     Store,
     StoreError,
     StoreUnavailable,
