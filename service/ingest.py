@@ -3,10 +3,12 @@
 Per user, one optimistic transaction (DESIGN §3, §4): read the state, its version and the last
 10,000 log records → drop duplicates → Brand-update the factors off the event loop → write
 the state and append the new records if the version did not move. A lost race re-runs the
-transaction (bounded, with jittered backoff), then answers 503. A state written under another
-model or configuration, unreadable, or whose residual ratio passes the threshold is rebuilt
-from the whole log and written with ``replace``. The caller acknowledges only after every
-user's write was confirmed; a retried request is harmless because ingest is idempotent.
+transaction (bounded, with jittered backoff), then answers 503; inside one process a user's
+transactions queue on a lock instead of racing. The users of one request run concurrently.
+A state written under another model or configuration, unreadable, or whose residual ratio
+passes the threshold is rebuilt from the whole log and written with ``replace``. The caller
+acknowledges only after every user's write was confirmed; a retried request is harmless
+because ingest is idempotent.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import logging
 import random
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import NamedTuple
 
 import numpy as np
@@ -30,6 +32,7 @@ from service.runtime import ServingModel
 from service.schemas import Event
 from service.settings import Settings
 from service.store import Store
+from service.userlocks import UserLocks
 
 __all__ = ["IngestResult", "Ingestor", "group_by_user"]
 
@@ -75,6 +78,7 @@ class Ingestor:
     model: ServingModel
     settings: Settings
     metrics: Metrics
+    _user_locks: UserLocks = field(default_factory=UserLocks, init=False, repr=False)
 
     async def ingest(self, events: Sequence[Event]) -> IngestResult:
         """Absorb ``events``; returns counts once every write is confirmed.
@@ -84,14 +88,20 @@ class Ingestor:
             StoreBusy: too many lost write races for one user (503).
         """
         groups = group_by_user(events)
-        accepted = duplicates = 0
-        for user_id, user_events in groups.items():
-            outcome = await self._ingest_user(user_id, _records(user_events))
-            accepted += outcome.accepted
-            duplicates += outcome.duplicates
+        # Users are independent: their transactions overlap (store round trips, factor updates
+        # in worker threads). All must succeed before the request is acknowledged.
+        outcomes = await asyncio.gather(
+            *(self._ingest_locked(user_id, _records(evs)) for user_id, evs in groups.items())
+        )
+        accepted = sum(outcome.accepted for outcome in outcomes)
+        duplicates = sum(outcome.duplicates for outcome in outcomes)
         self.metrics.ingest_events.labels(result="accepted").inc(accepted)
         self.metrics.ingest_events.labels(result="duplicate").inc(duplicates)
         return IngestResult(accepted=accepted, duplicates=duplicates, users=len(groups))
+
+    async def _ingest_locked(self, user_id: str, records: np.ndarray) -> _Outcome:
+        async with self._user_locks.hold(user_id):
+            return await self._ingest_user(user_id, records)
 
     async def _ingest_user(self, user_id: str, records: np.ndarray) -> _Outcome:
         attempts = self.settings.cas_retries + 1
