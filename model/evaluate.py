@@ -94,7 +94,10 @@ def score_split(
         logits = ranker(cands.to(device), hist, mode).double().cpu().numpy()  # (B, M)
         for i, (u, t) in enumerate(zip(batch, targets, strict=True)):
             if spec.negatives is None:
+                if data.items[t] == 0:  # an OOV target is not in the catalogue: nothing to rank
+                    continue
                 seen = data.items[data.offsets[u] : t]
+                seen = seen[seen > 0]  # OOV history rows are no catalogue items either
                 keep = np.ones(logits.shape[1], dtype=bool)
                 keep[seen - 1] = False
                 keep[data.items[t] - 1] = False

@@ -42,12 +42,8 @@ def _logit_mask(
     return bias[:, None, None, :]
 
 
-class TargetAttention(nn.Module):
-    """Multi-head softmax target attention: candidates attend to context tokens.
-
-    O = W_O · concat_h softmax(Q_h K_hᵀ / sqrt(d_h) + bias) V_h, with Q = C W_Q,
-    K = T W_K, V = T W_V (no biases, so zero tokens give zero values).
-    """
+class _Projected(nn.Module):
+    """The H-head query, key, value and output projections (d×d, no biases) of an attention."""
 
     def __init__(self, dim: int, heads: int) -> None:
         super().__init__()
@@ -56,6 +52,14 @@ class TargetAttention(nn.Module):
         self.w_k = nn.Linear(dim, dim, bias=False)
         self.w_v = nn.Linear(dim, dim, bias=False)
         self.w_o = nn.Linear(dim, dim, bias=False)
+
+
+class TargetAttention(_Projected):
+    """Multi-head softmax target attention: candidates attend to context tokens.
+
+    O = W_O · concat_h softmax(Q_h K_hᵀ / sqrt(d_h) + bias) V_h, with Q = C W_Q,
+    K = T W_K, V = T W_V (no biases, so zero tokens give zero values).
+    """
 
     def forward(
         self,
@@ -88,19 +92,11 @@ class TargetAttention(nn.Module):
         return out
 
 
-class LinearTargetAttention(nn.Module):
+class LinearTargetAttention(_Projected):
     """Decayed elu+1 linear attention with projections (a FuXi-Linear-style retention channel).
 
     State S_h = Σ_j w_j φ(k_j) v_jᵀ and z_h = Σ_j w_j φ(k_j): O(d²) per user, O(d²) per event.
     """
-
-    def __init__(self, dim: int, heads: int) -> None:
-        super().__init__()
-        self.heads = heads
-        self.w_q = nn.Linear(dim, dim, bias=False)
-        self.w_k = nn.Linear(dim, dim, bias=False)
-        self.w_v = nn.Linear(dim, dim, bias=False)
-        self.w_o = nn.Linear(dim, dim, bias=False)
 
     def forward(self, queries: Tensor, tokens: Tensor, mask: Tensor, weights: Tensor) -> Tensor:
         """queries (B, M, d), tokens (B, N, d), mask (B, N) bool, weights (B, N) → (B, M, d)."""

@@ -22,6 +22,7 @@ from model.ranker import ScoreRequest
 from service.batcher import MicroBatcher
 from service.bodies import BodyLimitMiddleware
 from service.errors import install_error_handlers
+from service.eventlog import DEDUP_WINDOW
 from service.ingest import Ingestor
 from service.metrics import Metrics
 from service.middleware import RequestMetricsMiddleware
@@ -112,6 +113,11 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.batcher = batcher
         app.state.ranking = Ranking(store=store, model=model, metrics=metrics, batcher=batcher)
         app.state.ingestor = Ingestor(store=store, model=model, settings=settings, metrics=metrics)
+        if settings.log_cap < DEDUP_WINDOW:
+            logger.warning(
+                "SOLAR_LOG_CAP=%d < %d: re-sent events are recognised only within the last %d",
+                settings.log_cap, DEDUP_WINDOW, settings.log_cap,
+            )  # fmt: skip
         logger.info("solar ready: model %s, max_batch %d", model.version, settings.max_batch)
         try:
             yield

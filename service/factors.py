@@ -19,17 +19,24 @@ class ParsedState(NamedTuple):
     """A stored state and, when it cannot be used as is, why it must be rebuilt.
 
     ``rebuild`` is None (usable), ``"model_version"`` (written under another model),
-    ``"config"`` (another rank, ℓ or d) or ``"corrupt"`` (unreadable blob, ``state`` None).
+    ``"config"`` (another rank, ℓ or d), ``"corrupt"`` (unreadable blob, ``state`` None) or
+    ``"missing"`` (no blob but an event log: the state key alone was lost, e.g. evicted).
     """
 
     state: LowRankState | None
     rebuild: str | None
 
 
-def parse_state(blob: bytes | None, model: ServingModel) -> ParsedState:
-    """Decode a state blob (None: a user with no state) and check it against the model."""
+def parse_state(
+    blob: bytes | None, model: ServingModel, *, log_present: bool = False
+) -> ParsedState:
+    """Decode a state blob (None: no state) and check it against the model.
+
+    ``log_present``: the user has event-log records. Without a blob, that means the history
+    must be rebuilt from the log, never restarted from nothing (which would lose it silently).
+    """
     if blob is None:
-        return ParsedState(None, None)
+        return ParsedState(None, "missing" if log_present else None)
     try:
         state = LowRankState.from_bytes(blob)
     except StateFormatError:

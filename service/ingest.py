@@ -38,6 +38,9 @@ __all__ = ["IngestResult", "Ingestor", "group_by_user"]
 
 logger = logging.getLogger(__name__)
 
+# Users of one request in flight at once: enough to overlap store round trips, few enough
+# not to drain the connection pool (64) or the default thread pool.
+_USERS_IN_FLIGHT = 16
 _BACKOFF_BASE_S = 0.001
 _BACKOFF_MAX_S = 0.05
 
@@ -90,9 +93,13 @@ class Ingestor:
         groups = group_by_user(events)
         # Users are independent: their transactions overlap (store round trips, factor updates
         # in worker threads). All must succeed before the request is acknowledged.
-        outcomes = await asyncio.gather(
-            *(self._ingest_locked(user_id, _records(evs)) for user_id, evs in groups.items())
-        )
+        in_flight = asyncio.Semaphore(_USERS_IN_FLIGHT)
+
+        async def one(user_id: str, user_events: list[Event]) -> _Outcome:
+            async with in_flight:
+                return await self._ingest_locked(user_id, _records(user_events))
+
+        outcomes = await asyncio.gather(*(one(u, evs) for u, evs in groups.items()))
         accepted = sum(outcome.accepted for outcome in outcomes)
         duplicates = sum(outcome.duplicates for outcome in outcomes)
         self.metrics.ingest_events.labels(result="accepted").inc(accepted)
@@ -121,7 +128,7 @@ class Ingestor:
         outcome = _Outcome(accepted=int(fresh.shape[0]), duplicates=int(duplicate.sum()))
         if fresh.shape[0] == 0:
             return outcome
-        parsed = parse_state(record.state, self.model)
+        parsed = parse_state(record.state, self.model, log_present=len(record.log) > 0)
         reason = parsed.rebuild
         if reason is None:
             state = await asyncio.to_thread(self._update, parsed.state, fresh)

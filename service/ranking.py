@@ -193,11 +193,16 @@ class Ranking:
         )
 
     async def _svd_input(self, user_id: str, candidates: torch.Tensor) -> tuple[ScoreRequest, int]:
-        parsed = parse_state(await self.store.get_state(user_id), self.model)
+        blob = await self.store.get_state(user_id)  # the one round trip of a known user
+        parsed = parse_state(blob, self.model)
         state = parsed.state
-        if parsed.rebuild is not None:
+        if blob is None or parsed.rebuild is not None:
+            # A new user, or a state to rebuild: the log tells whether history exists.
             record = await self.store.read(user_id, with_log=True)
-            state = await self._rebuild(user_id, record.log, record.version, parsed.rebuild)
+            parsed = parse_state(record.state, self.model, log_present=len(record.log) > 0)
+            state = parsed.state
+            if parsed.rebuild is not None:
+                state = await self._rebuild(user_id, record.log, record.version, parsed.rebuild)
         r = self.model.rank
         if state is None:
             interests = torch.zeros(r, self.model.dim)  # no history: o_c = 0
@@ -209,7 +214,7 @@ class Ranking:
         self, user_id: str, candidates: torch.Tensor, mode: str
     ) -> tuple[ScoreRequest, int]:
         record = await self.store.read(user_id, with_log=True)
-        parsed = parse_state(record.state, self.model)
+        parsed = parse_state(record.state, self.model, log_present=len(record.log) > 0)
         state = parsed.state
         if parsed.rebuild is not None:
             state = await self._rebuild(user_id, record.log, record.version, parsed.rebuild)

@@ -125,9 +125,19 @@ def _item_index(checkpoint: Checkpoint) -> dict[int | str, int]:
     index: dict[int | str, int] = {}
     for row, item in enumerate(checkpoint.vocab.items, start=1):
         index[item] = row
-        if item.lstrip("-").isdigit() and str(int(item)) == item:
-            index[int(item)] = row
+        number = _canonical_int(item)
+        if number is not None:
+            index[number] = row
     return index
+
+
+def _canonical_int(item: str) -> int | None:
+    """The int whose ``str`` is exactly ``item`` ("42" → 42; "042", "²", " 4" → None)."""
+    try:
+        number = int(item)
+    except ValueError:
+        return None
+    return number if str(number) == item else None
 
 
 def _action_table(checkpoint: Checkpoint) -> np.ndarray:

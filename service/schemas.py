@@ -154,10 +154,20 @@ class RankResponse(BaseModel):
     )
 
 
+# 2100-01-01 in unix seconds. With decay, one event dated far ahead (a timestamp in
+# milliseconds, say) would move t_ref there and decay every earlier event to nothing.
+MAX_TS = 4_102_444_800.0
+
+
 class Event(_Strict):
     user_id: UserId
     item_id: ItemId
-    ts: float = Field(ge=0, allow_inf_nan=False, description="event time, unix seconds")
+    ts: float = Field(
+        ge=0,
+        le=MAX_TS,
+        allow_inf_nan=False,
+        description="event time, unix seconds (≤ 2100-01-01: milliseconds are refused)",
+    )
     action: str | None = Field(
         None, min_length=1, max_length=64, description="action name, e.g. click; none: plain"
     )

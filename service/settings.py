@@ -46,7 +46,11 @@ class Settings(BaseSettings):
         ge=0,
         description="recency half-life in seconds; unset: the checkpoint's; 0: no decay",
     )
-    log_cap: int = Field(default=16_384, ge=1, description="events kept in each user's log")
+    log_cap: int = Field(
+        default=16_384,
+        ge=1,
+        description="events kept in each user's log; dedup looks back min(10,000, log_cap)",
+    )
     max_candidates: int = Field(default=10_000, ge=1, description="candidates per /rank request")
     max_events: int = Field(default=10_000, ge=1, description="events per /ingest request")
     max_batch: int = Field(default=32, ge=1, description="requests per micro-batch")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import math
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -90,10 +91,13 @@ class Interactions:
         )
 
 
+_INTEGER = re.compile(r"-?[0-9]+")
+
+
 def _id_order(ids: Iterable[str]) -> list[str]:
     """Distinct ids sorted numerically when they all are integers, else lexicographically."""
     distinct = set(ids)
-    if all(s.lstrip("-").isdigit() for s in distinct):
+    if all(_INTEGER.fullmatch(s) for s in distinct):
         return sorted(distinct, key=int)
     return sorted(distinct)
 

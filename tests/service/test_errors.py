@@ -46,6 +46,7 @@ BAD_RANK: list[tuple[str, Any, str]] = [
 
 BAD_EVENTS: list[tuple[str, Any, str]] = [
     ("negative ts", event("u1", 1, -1.0), "ts"),
+    ("ts in milliseconds", event("u1", 1, 1.7e12), "ts"),
     ("string ts", {"user_id": "u1", "item_id": 1, "ts": "now"}, "ts"),
     ("missing ts", {"user_id": "u1", "item_id": 1}, "ts"),
     ("missing item", {"user_id": "u1", "ts": 1.0}, "item_id"),

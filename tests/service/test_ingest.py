@@ -7,6 +7,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+import redis
 
 from model.lowrank import LowRankState
 from service.errors import StoreBusy
@@ -17,7 +18,7 @@ from service.runtime import load_serving_model
 from service.schemas import Event
 from service.store import MemoryStore
 from tests.service.conftest import SettingsFactory
-from tests.service.support import event, gram, reference_state
+from tests.service.support import event, gram, ingest, reference_state, running_app
 
 pytestmark = pytest.mark.anyio
 
@@ -175,3 +176,26 @@ async def test_too_many_lost_races_give_up(make_settings: SettingsFactory) -> No
     with pytest.raises(StoreBusy):
         await ingestor.ingest(_events([event("u", 1, 1.0)]))
     assert await ingestor.store.get_state("u") is None
+
+
+@pytest.mark.parametrize("path", ["ingest", "rank"])
+async def test_lost_state_key_is_rebuilt_from_the_log(
+    make_settings: SettingsFactory, redis_url: str, path: str
+) -> None:
+    """Only the state key gone (an eviction): history comes back from the log, not from zero."""
+    history = [event("u1", item, 100.0 + i) for i, item in enumerate([1, 2, 3, 4, 5, 6])]
+    async with running_app(make_settings(redis_url=redis_url)) as (_, client):
+        await ingest(client, history)
+        with redis.Redis.from_url(redis_url) as raw:
+            assert raw.delete("solar:{u1}:state") == 1
+        if path == "ingest":
+            await ingest(client, [event("u1", 7, 200.0)])
+            expected = len(history) + 1
+        else:
+            response = await client.post("/rank", json={"user_id": "u1", "candidates": [1, 2]})
+            assert response.json()["history_length"] == len(history)
+            expected = len(history)
+        user = (await client.get("/users/u1")).json()
+        assert user["history_length"] == expected
+        metrics = (await client.get("/metrics")).text
+        assert 'solar_state_rebuilds_total{reason="missing"} 1.0' in metrics
