@@ -6,22 +6,20 @@ Tests swap any of them with ``app.dependency_overrides[get_store] = ...``.
 from __future__ import annotations
 
 import hmac
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from service.batcher import MicroBatcher
-from service.errors import Unauthorized
+from service.errors import NotReady, Unauthorized
 from service.ingest import Ingestor
 from service.metrics import Metrics
-from service.ranking import Ranked, Ranking, RankJob
+from service.ranking import Ranking
 from service.runtime import ServingModel
 from service.settings import Settings
 from service.store import Store
 
 __all__ = [
-    "BatcherDep",
     "IngestorDep",
     "MetricsDep",
     "ModelDep",
@@ -30,6 +28,14 @@ __all__ = [
     "StoreDep",
     "require_token",
 ]
+
+
+def _running(request: Request, name: str) -> Any:
+    """``app.state.<name>``, or 503 while the app is starting or stopping (it is None then)."""
+    value = getattr(request.app.state, name, None)
+    if value is None:
+        raise NotReady(name)
+    return value
 
 
 def get_settings(request: Request) -> Settings:
@@ -43,27 +49,22 @@ def get_metrics(request: Request) -> Metrics:
 
 
 def get_store(request: Request) -> Store:
-    store: Store = request.app.state.store
+    store: Store = _running(request, "store")
     return store
 
 
 def get_model(request: Request) -> ServingModel:
-    model: ServingModel = request.app.state.model
+    model: ServingModel = _running(request, "model")
     return model
 
 
-def get_batcher(request: Request) -> MicroBatcher[RankJob, Ranked]:
-    batcher: MicroBatcher[RankJob, Ranked] = request.app.state.batcher
-    return batcher
-
-
 def get_ranking(request: Request) -> Ranking:
-    ranking: Ranking = request.app.state.ranking
+    ranking: Ranking = _running(request, "ranking")
     return ranking
 
 
 def get_ingestor(request: Request) -> Ingestor:
-    ingestor: Ingestor = request.app.state.ingestor
+    ingestor: Ingestor = _running(request, "ingestor")
     return ingestor
 
 
@@ -71,7 +72,6 @@ SettingsDep = Annotated[Settings, Depends(get_settings)]
 MetricsDep = Annotated[Metrics, Depends(get_metrics)]
 StoreDep = Annotated[Store, Depends(get_store)]
 ModelDep = Annotated[ServingModel, Depends(get_model)]
-BatcherDep = Annotated[MicroBatcher[RankJob, Ranked], Depends(get_batcher)]
 RankingDep = Annotated[Ranking, Depends(get_ranking)]
 IngestorDep = Annotated[Ingestor, Depends(get_ingestor)]
 

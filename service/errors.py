@@ -23,6 +23,7 @@ __all__ = [
     "BatcherClosed",
     "InvalidInput",
     "PayloadTooLarge",
+    "NotReady",
     "QueueFull",
     "ServiceError",
     "ServiceUnavailable",
@@ -78,6 +79,14 @@ class ServiceUnavailable(ServiceError):
 
     status_code = 503
     reason = "unavailable"
+
+
+class NotReady(ServiceUnavailable):
+    """The app is starting or stopping: ``component`` is not there."""
+
+    def __init__(self, component: str) -> None:
+        super().__init__(f"service not ready ({component} not loaded)")
+        self.component = component
 
 
 class QueueFull(ServiceUnavailable):

@@ -19,8 +19,8 @@ class ParsedState(NamedTuple):
     """A stored state and, when it cannot be used as is, why it must be rebuilt.
 
     ``rebuild`` is None (usable), ``"model_version"`` (written under another model),
-    ``"config"`` (another rank, ℓ or d), ``"corrupt"`` (unreadable blob, ``state`` None) or
-    ``"missing"`` (no blob but an event log: the state key alone was lost, e.g. evicted).
+    ``"config"`` (another rank, ℓ, d or half-life), ``"corrupt"`` (unreadable blob, ``state``
+    None) or ``"missing"`` (no blob but an event log: the state key alone was lost).
     """
 
     state: LowRankState | None
@@ -41,15 +41,16 @@ def parse_state(
         state = LowRankState.from_bytes(blob)
     except StateFormatError:
         return ParsedState(None, "corrupt")
-    if state.model_version != model.version:
-        return ParsedState(state, "model_version")
+    if state.model_version != model.state_tag:
+        written_by = state.model_version.split("@", 1)[0]
+        return ParsedState(state, "model_version" if written_by != model.version else "config")
     if (state.rank, state.ell, state.d) != (model.rank, model.ell, model.dim):
         return ParsedState(state, "config")
     return ParsedState(state, None)
 
 
 def empty_state(model: ServingModel) -> LowRankState:
-    return LowRankState.empty(model.dim, model.rank, model.oversample, model.version)
+    return LowRankState.empty(model.dim, model.rank, model.oversample, model.state_tag)
 
 
 def batch_state(rows: np.ndarray, ts: np.ndarray, model: ServingModel) -> LowRankState:
@@ -61,7 +62,7 @@ def batch_state(rows: np.ndarray, ts: np.ndarray, model: ServingModel) -> LowRan
         oversample=model.oversample,
         ts=ts,
         decay=model.decay,
-        model_version=model.version,
+        model_version=model.state_tag,
     )
 
 

@@ -79,6 +79,17 @@ class ServingModel:
         return self.checkpoint.version
 
     @property
+    def state_tag(self) -> str:
+        """Tag of the states this model writes: its version, plus the half-life when decaying.
+
+        A state tagged otherwise was built with other embeddings or other weights, and is
+        rebuilt from the log rather than mixed with new events.
+        """
+        if self.decay is None:
+            return self.version
+        return f"{self.version}@h{self.decay.half_life_s:g}"
+
+    @property
     def dim(self) -> int:
         return self.checkpoint.ranker.config.dim
 

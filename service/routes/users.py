@@ -51,7 +51,7 @@ async def get_user(user_id: UserIdPath, store: StoreDep, model: ModelDep) -> Use
         singular_values=[float(x) for x in state.sigma],
         residual_ratio=state.residual_ratio,
         last_ts=state.t_ref,
-        model_version=state.model_version,
+        model_version=state.model_version.split("@", 1)[0],  # the tag without the half-life
     )
 
 

@@ -279,3 +279,20 @@ async def test_whole_floats_are_integers(client: httpx.AsyncClient) -> None:
     response = await client.post("/rank", json=body)
     assert response.status_code == 200, response.text
     assert response.json()["items"][0]["item_id"] in (1, 2)
+
+
+async def test_requests_before_startup_get_503_not_500(make_settings: SettingsFactory) -> None:
+    """Without the lifespan (starting or stopping) the routes answer 503 with Retry-After."""
+    app = create_app(make_settings())
+    transport = httpx.ASGITransport(app=app)  # runs no lifespan: nothing is loaded
+    requests = [
+        ("POST", "/rank", {"user_id": "u1", "candidates": [1]}),
+        ("POST", "/ingest", {"events": [event("u1", 1, 1.0)]}),
+        ("GET", "/users/u1", None),
+        ("GET", "/model", None),
+    ]
+    async with httpx.AsyncClient(transport=transport, base_url="http://solar") as client:
+        for method, path, body in requests:
+            response = await client.request(method, path, json=body)
+            assert response.status_code == 503, (path, response.text)
+            assert "Retry-After" in response.headers

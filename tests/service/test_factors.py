@@ -39,7 +39,8 @@ def test_batch_state_uses_the_model_configuration(
     assert np.all(got.V.T @ got.s >= 0)  # the sign convention
     assert got.n_eff == pytest.approx(w.sum())
     assert got.residual == pytest.approx(evals[::-1][8:].sum())
-    assert got.model_version == model.version
+    assert got.model_version == model.state_tag
+    assert got.model_version.startswith(model.version)
 
 
 def test_incremental_with_decay_matches_batch(make_settings: SettingsFactory) -> None:

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import redis
 
-from model.lowrank import LowRankState
+from model.lowrank import Decay, LowRankState
 from service.errors import StoreBusy
 from service.eventlog import RECORD_SIZE, decode_log, encode_events
 from service.ingest import Ingestor, group_by_user
@@ -199,3 +199,23 @@ async def test_lost_state_key_is_rebuilt_from_the_log(
         assert user["history_length"] == expected
         metrics = (await client.get("/metrics")).text
         assert 'solar_state_rebuilds_total{reason="missing"} 1.0' in metrics
+
+
+async def test_changed_half_life_rebuilds_instead_of_mixing_weights(
+    make_settings: SettingsFactory,
+) -> None:
+    """States built without decay are not mixed with decayed updates after a config change."""
+    store = MemoryStore()
+    plain = _ingestor(make_settings, store=store)
+    raw = [event("u", i, 100.0 * i) for i in range(1, 11)]
+    await plain.ingest(_events(raw[:6]))
+    decayed = _ingestor(make_settings, store=store, half_life_s=300.0)
+    await decayed.ingest(_events(raw[6:]))
+    state = await _state(decayed, "u")
+    assert state.model_version == decayed.model.state_tag != plain.model.state_tag
+    ts = np.array([e["ts"] for e in raw])
+    assert state.n_eff == pytest.approx(float(Decay(300.0).weights(ts, ts.max()).sum()))
+    rebuilds = decayed.metrics.registry.get_sample_value(
+        "solar_state_rebuilds_total", {"reason": "config"}
+    )
+    assert rebuilds == 1
