@@ -102,17 +102,32 @@ def save_checkpoint(
 
 
 def checkpoint_version(directory: str | Path) -> str:
-    """First 16 hex digits of the SHA-256 of the config and the weights."""
+    """First 16 hex digits of the SHA-256 of what defines the model: the config, the
+    vocabularies and the weights. ``meta`` (training wall time, metrics) is left out, so
+    retraining with the same data, settings and seed gives the same version."""
     path = Path(directory)
     digest = hashlib.sha256()
     for name in (CONFIG_FILE, WEIGHTS_FILE):
         try:
-            digest.update((path / name).read_bytes())
+            content = (path / name).read_bytes()
         except FileNotFoundError as exc:
             raise CheckpointError(f"checkpoint {path} has no {name}") from exc
         except OSError as exc:  # not a directory, a directory named like the file, ...
             raise CheckpointError(f"checkpoint {path}: cannot read {name}: {exc}") from exc
+        digest.update(_model_defining(content) if name == CONFIG_FILE else content)
     return digest.hexdigest()[:16]
+
+
+def _model_defining(config_json: bytes) -> bytes:
+    """config.json without its ``meta``, canonically encoded (the raw bytes if unparsable:
+    loading then reports the error)."""
+    try:
+        document = json.loads(config_json)
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        return config_json
+    if isinstance(document, dict):
+        document.pop("meta", None)
+    return json.dumps(document, sort_keys=True, separators=(",", ":")).encode()
 
 
 def _read_document(path: Path) -> tuple[RankerConfig, Vocabulary, dict[str, Any]]:

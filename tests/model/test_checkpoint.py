@@ -82,6 +82,14 @@ def test_version_is_the_content(saved: tuple[Path, Ranker, str], tmp_path: Path)
     assert load_checkpoint(tmp_path / "changed").version == changed
 
 
+def test_version_ignores_training_metadata(saved: tuple[Path, Ranker, str], tmp_path: Path) -> None:
+    """Retraining with the same seed gives the same version, whatever the wall time was."""
+    path, ranker, version = saved
+    assert save_checkpoint(tmp_path / "slow", ranker, VOCAB, meta={"wall_s": 129.2}) == version
+    other_vocab = Vocabulary(VOCAB.items[::-1], VOCAB.actions)  # same sizes, other ids
+    assert save_checkpoint(tmp_path / "renamed", ranker, other_vocab) != version
+
+
 def test_vocabulary_lookups() -> None:
     assert VOCAB.item_row(100) == VOCAB.item_row("100") == 1
     assert VOCAB.item_row("999") == OOV_ITEM and not VOCAB.knows_item(999)
