@@ -13,8 +13,10 @@ from model.secular import arrow_eigh
 def check_decomposition(sig: np.ndarray, z: np.ndarray) -> None:
     """arrow_eigh's result is an accurate, orthonormal eigen-decomposition.
 
-    Eigenvalues within 5e-13 of LAPACK's (relative to ‖A‖): the solver certifies a backward
-    error ‖ẑ - z‖ ≤ 1e-13 ‖z‖, which moves eigenvalues by at most ~2e-13 ‖z‖².
+    Eigenvalues within 2e-12 of LAPACK's (relative to ‖A‖): the solver certifies a backward
+    error ‖ẑ - z‖ ≤ 1e-13 ‖z‖ (~2e-13 ‖z‖² on eigenvalues), and the LAPACK reference carries
+    its own O(n·eps·‖A‖) error; hypothesis found a case 5.3e-13·‖A‖ apart, so a bound at the
+    certified value alone would flake. (The factors need 1e-3; this is 1e-12.)
     """
     result = arrow_eigh(sig, z)
     assert result is not None
@@ -24,7 +26,7 @@ def check_decomposition(sig: np.ndarray, z: np.ndarray) -> None:
     scale = float(sig[0] ** 2 + z @ z)
     reference = np.linalg.eigvalsh(A)[::-1]
     assert np.all(np.diff(lam) < 0)
-    np.testing.assert_allclose(lam, reference, rtol=0, atol=5e-13 * scale)
+    np.testing.assert_allclose(lam, reference, rtol=0, atol=2e-12 * scale)
     np.testing.assert_allclose(W.T @ W, np.eye(n), atol=1e-13)
     np.testing.assert_allclose(A @ W, W * lam, rtol=0, atol=1e-12 * scale)
 
