@@ -208,8 +208,10 @@ class UserDeleted(BaseModel):
 
 class ModelInfo(BaseModel):
     version: str
-    dim: int = Field(description="embedding dimension d")
-    rank: int = Field(description="served rank r")
+    d: int = Field(description="embedding dimension d (DESIGN §5)")
+    r: int = Field(description="served rank r (DESIGN §5)")
+    dim: int = Field(description="embedding dimension d (same as `d`)")
+    rank: int = Field(description="served rank r (same as `r`)")
     oversample: int = Field(description="extra factors p kept by each state")
     half_life_s: float | None = Field(description="recency half-life, None for no decay")
     n_items: int = Field(description="rows of the item table: vocabulary size + the OOV row")

@@ -72,6 +72,8 @@ async def model_info(model: ModelDep) -> ModelInfo:
     vocab = model.checkpoint.vocab
     return ModelInfo(
         version=model.version,
+        d=config.dim,
+        r=model.rank,
         dim=config.dim,
         rank=model.rank,
         oversample=model.oversample,

@@ -127,7 +127,7 @@ async def test_health_routes(client: httpx.AsyncClient, checkpoint_dir: Path) ->
     assert ready.status_code == 200 and ready.json() == {"status": "ready"}
     model = (await client.get("/model")).json()
     assert model["version"] == load_checkpoint(checkpoint_dir).version
-    assert (model["dim"], model["rank"]) == (16, RANK)
+    assert (model["d"], model["r"]) == (model["dim"], model["rank"]) == (16, RANK)
     assert model["modes"] == ["svd", "svd_exact", "softmax"]
     assert model["n_items"] == len(ITEMS) + 1 and model["items"] == list(ITEMS)
     metrics = await client.get("/metrics")
