@@ -79,7 +79,9 @@ class ZipfSampler:
 
 def _json_id(item: object) -> str:
     """An item id as a JSON fragment; decimal strings as integers (the same id, shorter)."""
-    return str(int(str(item))) if str(item).isdigit() else json.dumps(item)
+    text = str(item)
+    canonical = text.isascii() and text.isdigit() and str(int(text)) == text
+    return text if canonical else json.dumps(text)  # "007" stays a string: 7 is another id
 
 
 def vocabulary_ids(base_url: str, fallback: int | None, items_file: str | None = None) -> list[str]:

@@ -146,10 +146,19 @@ async def wait_ready(client: httpx.AsyncClient, timeout_s: float) -> None:
     raise ReplayError(f"{client.base_url} not ready after {timeout_s} s ({last})")
 
 
+def _item_id(value: object) -> int | str:
+    """A vocabulary id as sent in JSON: an int when that is the same id ("42" → 42), else the
+    string ("007" stays "007": as 7 it would be another item)."""
+    text = str(value)
+    if text.isascii() and text.isdigit() and str(int(text)) == text:
+        return int(text)
+    return text
+
+
 def checkpoint_items(model_dir: str) -> list[int | str]:
     """A checkpoint's item ids (``config.json`` ``items``), decimal strings as integers."""
     document = json.loads((Path(model_dir) / "config.json").read_text())
-    return [int(i) if str(i).isdigit() else str(i) for i in document["items"]]
+    return [_item_id(i) for i in document["items"]]
 
 
 async def vocabulary(client: httpx.AsyncClient, fallback: int | None) -> list[int | str]:
@@ -165,7 +174,7 @@ async def vocabulary(client: httpx.AsyncClient, fallback: int | None) -> list[in
     except (httpx.TransportError, ValueError) as exc:
         logger.warning("GET /model failed (%s); using ids 1..%d", exc, _DEFAULT_ITEMS)
     if isinstance(info.get("items"), list) and info["items"]:
-        return [int(i) if str(i).isdigit() else str(i) for i in info["items"]]
+        return [_item_id(i) for i in info["items"]]
     if isinstance(info.get("n_items"), int):  # table rows: the vocabulary + the OOV row
         return list(range(1, int(info["n_items"])))
     return list(range(1, _DEFAULT_ITEMS + 1))

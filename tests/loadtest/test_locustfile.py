@@ -90,9 +90,11 @@ def test_rank_body_has_m_vocabulary_candidates() -> None:
 
 
 def test_vocabulary_from_a_checkpoint_config(tmp_path: Path) -> None:
-    (tmp_path / "config.json").write_text(json.dumps({"items": ["1", "22", "Heat (1995)"]}))
+    items = ["1", "22", "Heat (1995)", "007", "²"]
+    (tmp_path / "config.json").write_text(json.dumps({"items": items}))
     ids = workload.vocabulary_ids("http://127.0.0.1:9", None, str(tmp_path / "config.json"))
-    assert ids == ["1", "22", '"Heat (1995)"']
+    # JSON fragments: 007 stays a string (as 7 it would be another item), as does "²".
+    assert [json.loads(i) for i in ids] == [1, 22, "Heat (1995)", "007", "²"]
     assert workload.vocabulary_ids("http://127.0.0.1:9", 3) == ["1", "2", "3"]
 
 

@@ -147,3 +147,9 @@ async def test_replay_into_the_real_app_builds_histories(
             assert body["history_length"] == 120, body
         rank = await client.post("/rank", json={"user_id": "u0", "candidates": items, "top_k": 5})
         assert rank.status_code == 200 and len(rank.json()["items"]) == 5
+
+
+def test_checkpoint_items_keep_ids_that_are_not_canonical_integers(tmp_path: Path) -> None:
+    items = ["42", "007", "²", "Heat (1995)"]
+    (tmp_path / "config.json").write_text(json.dumps({"items": items}))
+    assert checkpoint_items(str(tmp_path)) == [42, "007", "²", "Heat (1995)"]
