@@ -23,10 +23,9 @@ from dataclasses import dataclass, replace
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
-from model.secular import arrow_eigh
+from model.brand import brand_update, is_orthonormal, orient, reorthonormalize
 
 DEFAULT_OVERSAMPLE = 16
-ORTHO_TOLERANCE = 1e-5
 
 Array = NDArray[np.float64]
 
@@ -100,18 +99,6 @@ def _as_vector(v: ArrayLike | None, n: int, name: str) -> Array | None:
     if not np.all(np.isfinite(arr)):
         raise LowRankError(f"{name} contain NaN or infinite values")
     return arr
-
-
-def _orient(V: Array, s: Array) -> Array:
-    """Flip columns of V so that v_kᵀ s ≥ 0 (removes the SVD sign ambiguity)."""
-    signs = np.where(V.T @ s < 0.0, -1.0, 1.0)
-    return V * signs[None, :]
-
-
-def _is_orthonormal(V: Array) -> bool:
-    gram = V.T @ V  # (ℓ, ℓ)
-    gram.flat[:: gram.shape[0] + 1] -= 1.0
-    return float(np.abs(gram).max()) <= ORTHO_TOLERANCE
 
 
 @dataclass(frozen=True)
@@ -205,7 +192,7 @@ class LowRankState:
         sigma_all = np.zeros(d)
         sigma_all[: sv.shape[0]] = sv
         s = (rows * w[:, None]).sum(axis=0)
-        V = _orient(Vt.T[:, :ell], s)
+        V = orient(Vt.T[:, :ell], s)
         return cls(
             rank=rank,
             sigma=sigma_all[:ell].copy(),
@@ -302,17 +289,17 @@ class LowRankState:
         # Chunks no wider than the orthogonal complement keep [V, Q] orthonormal.
         chunk = max(1, self.d - self.ell)
         for start in range(0, b, chunk):
-            sigma, V, dropped = _brand_update(sigma, V, scaled[start : start + chunk])
+            sigma, V, dropped = brand_update(sigma, V, scaled[start : start + chunk])
             residual += dropped
             # Checked per chunk: the next projection needs an orthonormal V. (A row already
             # in span(V) leaves Q arbitrary; with ties at σ = 0 the SVD may mix it into V.)
-            if not _is_orthonormal(V):
-                sigma, V = _reorthonormalize(sigma, V)
+            if not is_orthonormal(V):
+                sigma, V = reorthonormalize(sigma, V)
         s = state.s + (B * w[:, None]).sum(axis=0)
         return replace(
             state,
             sigma=sigma,
-            V=np.ascontiguousarray(_orient(V, s)),
+            V=np.ascontiguousarray(orient(V, s)),
             s=s,
             n_eff=state.n_eff + float(w.sum()),
             n=state.n + b,
@@ -387,58 +374,3 @@ class LowRankState:
             residual=residual,
             model_version=tag,
         )
-
-
-def _brand_update(sigma: Array, V: Array, B: Array) -> tuple[Array, Array, float]:
-    """One Brand row update of diag(σ)Vᵀ by the rows B (b×d), b ≤ d - ℓ (or 1).
-
-    P = B V; H = B - P Vᵀ; Hᵀ = Q R; K = [[diag σ, 0], [P, Rᵀ]]; K = U_k diag(σ') W_kᵀ;
-    V ← [V, Q] W_k; keep the first ℓ. Returns (σ', V', dropped energy Σ dropped σ'²).
-    """
-    ell = sigma.shape[0]
-    b = B.shape[0]
-    P = B @ V  # (b, ℓ)
-    H = B - P @ V.T  # (b, d)
-    # A second projection (DGKS) keeps H orthogonal to V in floating point.
-    correction = H @ V  # (b, ℓ)
-    H -= correction @ V.T
-    P += correction
-    if b == 1:
-        fast = _rank_one_update(sigma, V, P[0], H[0])
-        if fast is not None:
-            return fast
-    Q, R = np.linalg.qr(H.T)  # Q (d, b), R (b, b)
-    K = np.zeros((ell + b, ell + b))
-    K[:ell, :ell] = np.diag(sigma)
-    K[ell:, :ell] = P
-    K[ell:, ell:] = R.T
-    _, sigma_k, Wt = np.linalg.svd(K)  # K = U_k diag(σ') W_kᵀ
-    V_new = np.hstack((V, Q)) @ Wt[:ell].T  # (d, ℓ)
-    return sigma_k[:ell].copy(), V_new, float(np.sum(sigma_k[ell:] ** 2))
-
-
-def _rank_one_update(
-    sigma: Array, V: Array, p: Array, h: Array
-) -> tuple[Array, Array, float] | None:
-    """The b = 1 case of :func:`_brand_update` through the secular equation, or None.
-
-    K = [[diag σ, 0], [p, ρ]] with ρ = ‖h‖: its right singular vectors are the eigenvectors
-    of diag(σ², 0) + z zᵀ, z = [p, ρ] (:mod:`model.secular`): ~0.55× the time of LAPACK's SVD.
-    """
-    ell = sigma.shape[0]
-    rho = math.sqrt(float(h @ h))
-    if rho == 0.0:
-        return None
-    eig = arrow_eigh(np.append(sigma, 0.0), np.append(p, rho))
-    if eig is None:
-        return None
-    lam, W = eig
-    V_new = V @ W[:ell, :ell]  # (d, ℓ)
-    V_new += np.multiply.outer(h / rho, W[ell, :ell])  # + q w_ℓᵀ, q = h / ρ
-    return np.sqrt(lam[:ell]), V_new, float(lam[ell])
-
-
-def _reorthonormalize(sigma: Array, V: Array) -> tuple[Array, Array]:
-    """Restore orthonormal V while keeping the Gram matrix V diag(σ²) Vᵀ exactly."""
-    U, sv, _ = np.linalg.svd(V * sigma[None, :], full_matrices=False)  # U (d, ℓ) orthonormal
-    return sv, U

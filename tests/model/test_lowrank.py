@@ -19,9 +19,9 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from model.brand import ORTHO_TOLERANCE
 from model.lowrank import (
     DEFAULT_OVERSAMPLE,
-    ORTHO_TOLERANCE,
     Decay,
     LowRankError,
     LowRankState,
