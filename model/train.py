@@ -26,6 +26,7 @@ from tqdm import tqdm
 
 from model.checkpoint import save_checkpoint
 from model.config import ATTENTION_MODES, RankerConfig
+from model.device import resolve_device
 from model.evaluate import EvalSpec, evaluate
 from model.events.interactions import Interactions
 from model.events.windows import history_batch, training_positions
@@ -73,13 +74,6 @@ class TrainResult:
     val_auc: list[float]
     wall_s: float
     steps: int
-
-
-def resolve_device(name: str) -> torch.device:
-    """ "auto" → CUDA when available, else CPU."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 class NegativeSampler:

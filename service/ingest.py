@@ -26,8 +26,9 @@ import numpy as np
 from model.lowrank import LowRankState
 from service.errors import StoreBusy
 from service.eventlog import DEDUP_WINDOW, RECORD_SIZE, decode_log, duplicate_mask, make_records
-from service.factors import append_rows, parse_state, rebuild_from_log
+from service.factors import append_rows, parse_state
 from service.metrics import Metrics
+from service.rebuild import rebuild_and_replace
 from service.runtime import ServingModel
 from service.schemas import Event
 from service.settings import Settings
@@ -152,22 +153,13 @@ class Ingestor:
         self.metrics.factor_residual_ratio.observe(updated.residual_ratio)
         return updated
 
-    def _rebuilt(self, log: bytes) -> LowRankState:
-        start = time.perf_counter()
-        state = rebuild_from_log(decode_log(log), self.model)
-        self.metrics.factor_update_seconds.observe(time.perf_counter() - start)
-        self.metrics.factor_residual_ratio.observe(state.residual_ratio)
-        return state
-
     async def _rebuild(self, user_id: str, version: int, fresh: np.ndarray, reason: str) -> bool:
         """Rebuild the user's factors from the whole (capped) log plus ``fresh``; replace."""
         full = await self.store.read(user_id, with_log=True)
         if full.version != version:
             return False
         log = (full.log + fresh.tobytes())[-self.settings.log_cap * RECORD_SIZE :]
-        state = await asyncio.to_thread(self._rebuilt, log)
-        written = await self.store.replace(user_id, version, state.to_bytes(), log)
-        if written:
-            self.metrics.state_rebuilds.labels(reason=reason).inc()
-            logger.info("user state rebuilt from %d events (%s)", len(log) // RECORD_SIZE, reason)
+        _, written = await rebuild_and_replace(
+            self.store, self.model, self.metrics, user_id, version, log, reason
+        )
         return written

@@ -9,7 +9,6 @@ rebuilt from the log on first access and written back. The scoring itself is
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -24,8 +23,9 @@ from model.ranker import OOV_ITEM, ScoreRequest
 from service.batcher import MicroBatcher
 from service.errors import InvalidInput
 from service.eventlog import decode_log
-from service.factors import parse_state, rebuild_from_log
+from service.factors import parse_state
 from service.metrics import Metrics
+from service.rebuild import rebuild_and_replace
 from service.runtime import ServingModel
 from service.schemas import (
     ITEM_ID_ERROR,
@@ -243,10 +243,9 @@ class Ranking:
 
     async def _rebuild(self, user_id: str, log: bytes, version: int, reason: str) -> LowRankState:
         """Rebuild a stale state from the log and write it back unless someone else wrote."""
-        state = await asyncio.to_thread(rebuild_from_log, decode_log(log), self.model)
-        if await self.store.replace(user_id, version, state.to_bytes(), log):
-            self.metrics.state_rebuilds.labels(reason=reason).inc()
-            logger.info("user state rebuilt on read (%s)", reason)
+        state, _ = await rebuild_and_replace(
+            self.store, self.model, self.metrics, user_id, version, log, reason
+        )
         return state
 
 

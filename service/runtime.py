@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from model.checkpoint import WEIGHTS_FILE, Checkpoint, CheckpointError, load_checkpoint
+from model.device import resolve_device as model_device
 from model.lowrank import Decay
 from service.eventlog import action_key, item_key
 from service.settings import Settings
@@ -36,11 +37,9 @@ class ModelUnavailable(RuntimeError):
 
 def resolve_device(setting: str) -> torch.device:
     """``auto`` → CUDA when present, else CPU; ``cuda`` without a GPU is an error."""
-    if setting == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if setting == "cuda" and not torch.cuda.is_available():
         raise ModelUnavailable("SOLAR_DEVICE=cuda but torch sees no CUDA device")
-    return torch.device(setting)
+    return model_device(setting)
 
 
 def _digest_u64(digests: np.ndarray) -> np.ndarray:
