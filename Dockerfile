@@ -29,9 +29,11 @@ WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY model ./model
 COPY service ./service
+COPY solar_tools ./solar_tools
+COPY bench ./bench
 RUN pip install --upgrade pip \
     && pip install --extra-index-url "${TORCH_INDEX_URL}" . \
-    && python -c "import torch, service.cli; print('torch', torch.__version__)"
+    && python -c "import torch, service.cli, bench.kernels, solar_tools.replay; print('torch', torch.__version__)"
 
 # ---- runtime: the venv, a non-root user, nothing else ---------------------------------------
 FROM ${BASE_IMAGE} AS runtime

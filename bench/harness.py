@@ -32,11 +32,11 @@ from pathlib import Path
 import httpx
 
 REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:  # `tests.redis_server` and `model` when run as a script
+if str(REPO) not in sys.path:  # `solar_tools.redis_server` and `model` when run as a script
     sys.path.insert(0, str(REPO))
 
 from bench.load import RankResult, headers, measure_rank, percentile  # noqa: E402
-from tests.redis_server import RedisServer, free_port  # noqa: E402
+from solar_tools.redis_server import RedisServer, free_port  # noqa: E402
 
 __all__ = [
     "RankResult",

@@ -36,6 +36,9 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
+# A checkout writes its report into docs/; an installed wheel (`solar bench`) prints it only,
+# unless --markdown/--png name files.
+IN_CHECKOUT = (REPO / "pyproject.toml").is_file()
 if str(REPO) not in sys.path:  # `model` when run as `python bench/kernels.py` from anywhere
     sys.path.insert(0, str(REPO))
 
@@ -322,8 +325,9 @@ def plot(rows: Sequence[KernelRow], appends: Sequence[AppendRow], path: Path) ->
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="smaller grid and fewer repeats")
-    parser.add_argument("--png", type=Path, default=REPO / "docs" / "kernels.png")
-    parser.add_argument("--markdown", type=Path, default=REPO / "docs" / "KERNELS.md")
+    docs = REPO / "docs" if IN_CHECKOUT else None
+    parser.add_argument("--png", type=Path, default=docs and docs / "kernels.png")
+    parser.add_argument("--markdown", type=Path, default=docs and docs / "KERNELS.md")
     parser.add_argument("--no-write", action="store_true", help="print only")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
@@ -349,8 +353,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     command = " ".join(["python bench/kernels.py", *(argv if argv is not None else sys.argv[1:])])
     report = render(command, args.clock, rows, appends, sizes, time.perf_counter() - started)
     print(report)
-    if not args.no_write:
-        plot(rows, appends, args.png)
+    if args.no_write:
+        return 0
+    if args.png is not None:
+        try:
+            plot(rows, appends, args.png)
+        except ImportError:
+            print("matplotlib is not installed: no plot written", file=sys.stderr)
+    if args.markdown is not None:
         args.markdown.parent.mkdir(parents=True, exist_ok=True)
         args.markdown.write_text(report)
     return 0

@@ -18,6 +18,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from model.config import RankerConfig
+from model.heads import upgrade_state_dict
 from model.ranker import NO_ACTION, OOV_ITEM, Ranker
 
 WEIGHTS_FILE = "model.safetensors"
@@ -33,19 +34,19 @@ class Vocabulary:
     """Item and action vocabularies. Row 0 of each table is reserved (OOV / no action).
 
     ``items[i]`` is the external id (as a string) of item row i+1; likewise ``actions``.
+    An integer id and its decimal string are one id (7 and "7"; "007" is another id).
     """
 
     items: tuple[str, ...]
     actions: tuple[str, ...] = ()
-    _item_index: dict[str, int] = field(init=False, repr=False, compare=False)
+    _item_index: dict[int | str, int] = field(init=False, repr=False, compare=False)
     _action_index: dict[str, int] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        item_index = {item: i + 1 for i, item in enumerate(self.items)}
         action_index = {action: i + 1 for i, action in enumerate(self.actions)}
-        if len(item_index) != len(self.items) or len(action_index) != len(self.actions):
+        if len(set(self.items)) != len(self.items) or len(action_index) != len(self.actions):
             raise CheckpointError("vocabulary holds duplicate ids")
-        object.__setattr__(self, "_item_index", item_index)
+        object.__setattr__(self, "_item_index", _item_index(self.items))
         object.__setattr__(self, "_action_index", action_index)
 
     @property
@@ -57,15 +58,37 @@ class Vocabulary:
     def n_actions(self) -> int:
         return len(self.actions) + 1
 
+    @property
+    def item_index(self) -> dict[int | str, int]:
+        """External id → row (the one mapping; read-only by convention). Decimal ids are
+        keyed by their int too, so a lookup needs no ``str()`` per id."""
+        return self._item_index
+
     def item_row(self, item_id: int | str) -> int:
-        """Row of an external item id (ints and their decimal strings are the same id)."""
-        return self._item_index.get(str(item_id), OOV_ITEM)
+        """Row of an external item id, ``OOV_ITEM`` when unknown."""
+        return self._item_index.get(item_id, OOV_ITEM)
 
     def action_row(self, action: str | None) -> int:
         return self._action_index.get(action, NO_ACTION) if action else NO_ACTION
 
-    def knows_item(self, item_id: int | str) -> bool:
-        return str(item_id) in self._item_index
+
+def _item_index(items: tuple[str, ...]) -> dict[int | str, int]:
+    index: dict[int | str, int] = {}
+    for row, item in enumerate(items, start=1):
+        index[item] = row
+        number = _canonical_int(item)
+        if number is not None:
+            index[number] = row
+    return index
+
+
+def _canonical_int(item: str) -> int | None:
+    """The int whose ``str`` is exactly ``item`` ("42" → 42; "042", "²", " 4" → None)."""
+    try:
+        number = int(item)
+    except ValueError:
+        return None
+    return number if str(number) == item else None
 
 
 @dataclass(frozen=True)
@@ -165,7 +188,7 @@ def load_checkpoint(directory: str | Path, device: str | torch.device = "cpu") -
         raise CheckpointError(f"checkpoint {path}: unreadable {WEIGHTS_FILE}: {exc}") from exc
     ranker = Ranker(config)
     try:
-        ranker.load_state_dict(tensors)
+        ranker.load_state_dict(upgrade_state_dict(tensors))
     except RuntimeError as exc:
         raise CheckpointError(f"checkpoint {path}: weights do not match the config: {exc}") from exc
     ranker.to(device).eval()

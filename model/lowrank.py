@@ -16,34 +16,17 @@ Arithmetic is float64 in memory; :meth:`LowRankState.to_bytes` stores float32.
 from __future__ import annotations
 
 import math
-import struct
-import zlib
 from dataclasses import dataclass, replace
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
 from model.brand import brand_update, is_orthonormal, orient, reorthonormalize
+from model.state_blob import LowRankError, decode_state, encode_state
 
 DEFAULT_OVERSAMPLE = 16
 
 Array = NDArray[np.float64]
-
-_MAGIC = b"SOLR"
-_FORMAT_VERSION = 1
-# magic, format version, d, ell, rank, flags, n, n_eff, t_ref, residual, len(model_version)
-_HEADER = struct.Struct("<4sHHHHHQdddB")
-_CRC = struct.Struct("<I")
-_FLAG_HAS_T_REF = 1
-_MAX_TAG_BYTES = 64
-
-
-class LowRankError(ValueError):
-    """Invalid input to a low-rank state operation (shape, finiteness, emptiness)."""
-
-
-class StateFormatError(LowRankError):
-    """A serialized state blob is truncated, corrupted or of an unknown version."""
 
 
 @dataclass(frozen=True)
@@ -114,7 +97,8 @@ class LowRankState:
         n: number of events absorbed.
         t_ref: reference time in unix seconds (latest event time seen), or None.
         residual: energy ρ = Σ of squared singular values dropped by truncation.
-        model_version: version tag of the model whose embeddings produced the rows.
+        tag: state tag naming the model (and settings) whose embeddings produced the rows;
+            a state whose tag differs from the serving model's is rebuilt from the log.
     """
 
     rank: int
@@ -125,7 +109,7 @@ class LowRankState:
     n: int
     t_ref: float | None = None
     residual: float = 0.0
-    model_version: str = ""
+    tag: str = ""
 
     # ----------------------------------------------------------------- constructors
     @staticmethod
@@ -140,7 +124,7 @@ class LowRankState:
 
     @classmethod
     def empty(
-        cls, d: int, rank: int, oversample: int = DEFAULT_OVERSAMPLE, model_version: str = ""
+        cls, d: int, rank: int, oversample: int = DEFAULT_OVERSAMPLE, tag: str = ""
     ) -> LowRankState:
         """The state of a user with no history: σ = 0 and V the first ℓ unit vectors."""
         ell = cls._ell(rank, oversample, d)
@@ -151,7 +135,7 @@ class LowRankState:
             s=np.zeros(d),
             n_eff=0.0,
             n=0,
-            model_version=model_version,
+            tag=tag,
         )
 
     @classmethod
@@ -164,7 +148,7 @@ class LowRankState:
         oversample: int = DEFAULT_OVERSAMPLE,
         ts: ArrayLike | None = None,
         decay: Decay | None = None,
-        model_version: str = "",
+        tag: str = "",
     ) -> LowRankState:
         """Batch truncated SVD of the rows X (N×d), the reference the incremental path matches.
 
@@ -202,7 +186,7 @@ class LowRankState:
             n=N,
             t_ref=t_ref,
             residual=float(np.sum(sigma_all[ell:] ** 2)),
-            model_version=model_version,
+            tag=tag,
         )
 
     # ----------------------------------------------------------------- properties
@@ -308,69 +292,10 @@ class LowRankState:
 
     # ----------------------------------------------------------------- serialization
     def to_bytes(self) -> bytes:
-        """Versioned little-endian blob: header, σ (ℓ f32), V (d·ℓ f32, row-major), s (d f32),
-        CRC32. 12,787 bytes at d=64, ℓ=48 (plus the model version tag), whatever n is."""
-        tag = self.model_version.encode("utf-8")
-        if len(tag) > _MAX_TAG_BYTES:
-            raise LowRankError(f"model_version longer than {_MAX_TAG_BYTES} bytes: {tag!r}")
-        flags = _FLAG_HAS_T_REF if self.t_ref is not None else 0
-        header = _HEADER.pack(
-            _MAGIC, _FORMAT_VERSION, self.d, self.ell, self.rank, flags, self.n,
-            self.n_eff, self.t_ref if self.t_ref is not None else 0.0, self.residual, len(tag),
-        )  # fmt: skip
-        body = b"".join(
-            (
-                header,
-                tag,
-                self.sigma.astype("<f4").tobytes(),
-                self.V.astype("<f4").tobytes(order="C"),
-                self.s.astype("<f4").tobytes(),
-            )
-        )
-        return body + _CRC.pack(zlib.crc32(body))
+        """The versioned little-endian blob of ``model.state_blob`` (≤ 16 KB at d=64, ℓ=48)."""
+        return encode_state(self)
 
     @classmethod
     def from_bytes(cls, blob: bytes) -> LowRankState:
         """Inverse of :meth:`to_bytes`; raises StateFormatError on any malformed blob."""
-        blob = bytes(blob)
-        if len(blob) < _HEADER.size + _CRC.size:
-            raise StateFormatError(f"state blob truncated: {len(blob)} bytes")
-        if blob[:4] != _MAGIC:
-            raise StateFormatError(f"not a solar state blob (magic {blob[:4]!r})")
-        (_, version, d, ell, rank, flags, n, n_eff, t_ref, residual, tag_len) = _HEADER.unpack_from(
-            blob
-        )
-        if version != _FORMAT_VERSION:
-            raise StateFormatError(f"unsupported state format version {version}")
-        expected = _HEADER.size + tag_len + 4 * (ell + d * ell + d) + _CRC.size
-        if len(blob) != expected:
-            raise StateFormatError(f"state blob has {len(blob)} bytes, expected {expected}")
-        body, (crc,) = blob[: -_CRC.size], _CRC.unpack(blob[-_CRC.size :])
-        if zlib.crc32(body) != crc:
-            raise StateFormatError("state blob checksum mismatch (corrupted)")
-        if not (1 <= rank <= ell <= d):
-            raise StateFormatError(f"inconsistent dimensions rank={rank} ell={ell} d={d}")
-        off = _HEADER.size
-        try:
-            tag = blob[off : off + tag_len].decode("utf-8", errors="strict")
-        except UnicodeDecodeError as exc:
-            raise StateFormatError(f"state blob model version tag is not UTF-8: {exc}") from exc
-        off += tag_len
-        arrays = np.frombuffer(blob, dtype="<f4", count=ell + d * ell + d, offset=off)
-        arrays = arrays.astype(np.float64)
-        sigma, V, s = arrays[:ell], arrays[ell : ell + d * ell].reshape(d, ell), arrays[-d:]
-        if not (np.all(np.isfinite(arrays)) and math.isfinite(n_eff) and math.isfinite(residual)):
-            raise StateFormatError("state blob holds non-finite values")
-        if n_eff < 0 or residual < 0 or np.any(sigma < 0):
-            raise StateFormatError("state blob holds negative weights, energies or σ")
-        return cls(
-            rank=rank,
-            sigma=sigma.copy(),
-            V=V.copy(),
-            s=s.copy(),
-            n_eff=n_eff,
-            n=n,
-            t_ref=t_ref if flags & _FLAG_HAS_T_REF else None,
-            residual=residual,
-            model_version=tag,
-        )
+        return cls(**decode_state(blob)._asdict())

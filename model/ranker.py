@@ -10,20 +10,15 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from model.config import SERVING_MODES, RankerConfig
-from model.layers import (
-    ElasticDispatcher,
-    LinearTargetAttention,
-    TargetAttention,
-    interest_tokens,
-    principal_basis,
-    project_rows,
-)
+from model.heads import BaselineHead, ScoringMLP, baseline_heads
+from model.layers import TargetAttention, interest_tokens, principal_basis, project_rows
 
 OOV_ITEM = 0
 NO_ACTION = 0
@@ -81,23 +76,9 @@ class Ranker(nn.Module):
         self.action_emb = nn.Embedding(config.n_actions, d)
         nn.init.normal_(self.item_emb.weight, std=0.1)
         nn.init.zeros_(self.action_emb.weight)
-        self.attn = TargetAttention(d, config.heads)
-        self.linear_attn = (
-            LinearTargetAttention(d, config.heads) if config.mode == "linear" else None
-        )
-        self.elastic = (
-            ElasticDispatcher(d, config.heads, config.elastic_tokens)
-            if config.mode == "elastic"
-            else None
-        )
-        self.mean_proj = nn.Linear(d, d, bias=False) if config.mode == "mean" else None
-        self.mlp = nn.Sequential(
-            nn.Linear(3 * d, config.mlp_hidden),
-            nn.GELU(),
-            nn.Linear(config.mlp_hidden, config.mlp_hidden // 2),
-            nn.GELU(),
-            nn.Linear(config.mlp_hidden // 2, 1),
-        )
+        self.attn = TargetAttention(d, config.heads)  # shared by svd, svd_exact, softmax
+        self.baselines = baseline_heads(config)  # {trained mode: head} for a baseline mode
+        self.mlp = ScoringMLP(d, config.mlp_hidden)
 
     # ------------------------------------------------------------------ embeddings
     def embed_events(self, items: Tensor, actions: Tensor) -> Tensor:
@@ -115,14 +96,14 @@ class Ranker(nn.Module):
         W1[:, :d] e_c + b1 of the MLP's first layer (see :meth:`serving_tables`).
         """
         if item_hidden is None:
-            return self.mlp(torch.cat((cand, out, cand * out), dim=-1)).squeeze(-1)
-        first: nn.Linear = self.mlp[0]  # type: ignore[assignment]
+            return self.mlp(torch.cat((cand, out, cand * out), dim=-1))
+        first = self.mlp.fc1
         B, M, d = cand.shape
         w_out, w_prod = first.weight[:, d : 2 * d], first.weight[:, 2 * d :]  # (hidden, d) each
         flat_out = out.reshape(B * M, d)
         hidden = torch.addmm(item_hidden.reshape(B * M, -1), flat_out, w_out.T)
         hidden = torch.addmm(hidden, cand.reshape(B * M, d) * flat_out, w_prod.T)  # (B·M, hidden)
-        return self.mlp[1:](hidden).view(B, M)
+        return self.mlp.after_fc1(hidden).view(B, M)
 
     def serving_tables(self) -> tuple[Tensor, Tensor]:
         """Per-item precomputations of the serving path, rebuilt whenever a weight changes.
@@ -132,7 +113,7 @@ class Ranker(nn.Module):
         request gathers rows instead of multiplying M×d by d×(d + hidden) again (~27% of the
         FLOPs of an `svd` request at M=2,048).
         """
-        first: nn.Linear = self.mlp[0]  # type: ignore[assignment]
+        first = self.mlp.fc1
         params = (self.item_emb.weight, self.attn.w_q.weight, first.weight, first.bias)
         key = tuple((p.data_ptr(), p._version, p.device) for p in params)
         if getattr(self, "_tables_key", None) != key:
@@ -150,6 +131,9 @@ class Ranker(nn.Module):
         """Attention output o (B, M, d) for candidates cand (B, M, d) in any mode."""
         rows = self.embed_events(history.items, history.actions)  # (B, N, d)
         mask, weights = history.mask, history.weights
+        if mode in self.baselines:
+            head = cast(BaselineHead, self.baselines[mode])
+            return head(self.attn, cand, rows, mask, weights)
         log_w = torch.log(weights.clamp_min(1e-30))
         r = self.config.rank
         if mode == "svd":
@@ -160,16 +144,6 @@ class Ranker(nn.Module):
             return self.attn(cand, project_rows(rows, basis), mask, log_w)
         if mode == "softmax":
             return self.attn(cand, rows, mask, log_w)
-        if mode == "linear" and self.linear_attn is not None:
-            return self.linear_attn(cand, rows, mask, weights)
-        if mode == "elastic" and self.elastic is not None:
-            tokens = self.elastic(rows, mask, log_w)  # (B, k, d)
-            k = tokens.shape[1]
-            return self.attn(cand, tokens, mask.any(dim=1, keepdim=True).expand(-1, k))
-        if mode == "mean" and self.mean_proj is not None:
-            w = weights * mask.to(weights.dtype)
-            pooled = (rows * w.unsqueeze(-1)).sum(1) / w.sum(1, keepdim=True).clamp_min(1e-12)
-            return self.mean_proj(pooled).unsqueeze(1).expand_as(cand)  # (B, M, d)
         raise RankerInputError(
             f"mode {mode!r} is not available for a model trained as {self.config.mode!r}"
         )

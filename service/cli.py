@@ -10,10 +10,10 @@ from collections.abc import Callable, Sequence
 # Sub-command → "module:function" taking argv and returning an exit code. Imported lazily so
 # `solar train` does not import the web stack and `solar serve` does not import training.
 COMMANDS: dict[str, tuple[str, str]] = {
-    "serve": ("service.server:main", "run the HTTP service under uvicorn"),
+    "serve": ("service.api.server:main", "run the HTTP service under uvicorn"),
     "train": ("model.train:main", "train a ranker and write a checkpoint"),
     "eval": ("model.evaluate:main", "evaluate checkpoints or modes offline"),
-    "replay": ("service.replay:main", "stream a dataset's events into POST /ingest"),
+    "replay": ("solar_tools.replay:main", "stream a dataset's events into POST /ingest"),
     "bench": ("bench.kernels:main", "attention kernel benchmark"),
 }
 

@@ -1,38 +1,31 @@
-"""Domain exceptions of the service and the one handler that maps every failure to HTTP.
+"""Domain exceptions of the service; ``service.api.errors`` maps them to HTTP in one handler.
 
-Bad input is 422 (naming the offending field) or 413 (over a limit), a missing or wrong token
-401, an unreachable store, a full queue or a lost write race 503 with ``Retry-After``. Only a
-bug yields a 500.
+This module imports neither FastAPI nor Redis, so the store, the batcher and the use cases
+raise them without knowing about the web layer. Each class carries the HTTP status it means
+(bad input 422 or 413, a missing token 401, "try again later" 503) and a ``reason`` that
+labels ``solar_rejected_total``.
 """
 
 from __future__ import annotations
 
-import logging
-from collections.abc import Iterable, Sequence
-from typing import Any
-
-from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
-from starlette.exceptions import HTTPException as StarletteHTTPException
-
-from service.keys import InvalidUserId
-from service.store import StoreError
-
 __all__ = [
     "BatcherClosed",
     "InvalidInput",
-    "PayloadTooLarge",
+    "InvalidUserId",
     "NotReady",
+    "PayloadTooLarge",
     "QueueFull",
     "ServiceError",
     "ServiceUnavailable",
     "StoreBusy",
+    "StoreError",
+    "StateUnreadable",
+    "StoreUnavailable",
     "Unauthorized",
-    "install_error_handlers",
+    "UnknownUser",
 ]
 
-logger = logging.getLogger(__name__)
+MAX_USER_ID_LENGTH = 128
 
 
 class ServiceError(Exception):
@@ -42,7 +35,7 @@ class ServiceError(Exception):
     reason = "error"
 
 
-class InvalidInput(ServiceError):
+class InvalidInput(ServiceError, ValueError):
     """Malformed input; ``field`` is a dotted path such as ``body.events.3.ts``."""
 
     status_code = 422
@@ -114,89 +107,49 @@ class StoreBusy(ServiceUnavailable):
         self.attempts = attempts
 
 
-def _field(loc: Iterable[Any]) -> str:
-    return ".".join(str(part) for part in loc)
+class UnknownUser(ServiceError):
+    """Nothing is stored for the user."""
+
+    status_code = 404
+    reason = "unknown_user"
+
+    def __init__(self, user_id: str) -> None:
+        super().__init__(f"unknown user {user_id!r}")
+        self.user_id = user_id
 
 
-def _validation_errors(errors: Sequence[Any]) -> list[dict[str, str]]:
-    return [
-        {
-            "field": _field(e.get("loc", ())),
-            "message": str(e.get("msg", "")),
-            "type": str(e.get("type", "")),
-        }
-        for e in errors
-    ]
+class StateUnreadable(ServiceError):
+    """The user's stored state does not decode (it is rebuilt on the next /ingest or /rank)."""
+
+    status_code = 409
+    reason = "state_unreadable"
+
+    def __init__(self, user_id: str) -> None:
+        super().__init__(f"the stored state of user {user_id!r} is unreadable")
+        self.user_id = user_id
 
 
-def _value_error(field: str, message: str) -> dict[str, str]:
-    return {"field": field, "message": message, "type": "value_error"}
+class InvalidUserId(InvalidInput):
+    """A user id that is empty, longer than 128 characters or uses a forbidden character."""
+
+    def __init__(self, user_id: object) -> None:
+        super().__init__(
+            "user_id",
+            f"invalid user_id {user_id!r}: expected 1-{MAX_USER_ID_LENGTH} characters "
+            "of [A-Za-z0-9_.:@-]",
+        )
+        self.user_id = user_id
 
 
-def _classify(exc: Exception) -> tuple[int, str, str, list[dict[str, str]]]:
-    """(status, metric reason, detail, field errors) of any exception the handler receives."""
-    if isinstance(exc, RequestValidationError):
-        errors = _validation_errors(exc.errors())
-        first = errors[0]["field"] if errors else "body"
-        return 422, "invalid", f"invalid request: {first}", errors
-    if isinstance(exc, InvalidInput):
-        return 422, exc.reason, str(exc), [_value_error(exc.field, exc.message)]
-    if isinstance(exc, InvalidUserId):
-        return 422, "invalid", str(exc), [_value_error("user_id", str(exc))]
-    if isinstance(exc, ServiceError):
-        return exc.status_code, exc.reason, str(exc), []
-    if isinstance(exc, StoreError):
-        return 503, "store_unavailable", f"store unavailable: {exc}", []
-    if isinstance(exc, StarletteHTTPException) and exc.status_code == 400:
-        # FastAPI's body reader answers 400 for a body it cannot decode (not UTF-8).
-        return 422, "invalid", "malformed request body", [_value_error("body", str(exc.detail))]
-    if isinstance(exc, StarletteHTTPException):
-        reason = {401: "unauthorized", 413: "too_large"}.get(exc.status_code, "http")
-        return exc.status_code, reason, str(exc.detail), []
-    return 500, "error", "internal error", []
+class StoreError(Exception):
+    """Base class of every store failure; redis exceptions never escape as themselves.
+
+    Answered with 503 like :class:`StoreUnavailable`: the request was fine, the store was not.
+    """
+
+    status_code = 503
+    reason = "store_unavailable"
 
 
-def _allowed_methods(request: Request) -> str:
-    """Every method documented for the route template that matched the path (Starlette's 405
-    names only the methods of the first matching route, and GET and DELETE /users/{user_id}
-    are two routes)."""
-    route = request.scope.get("route")
-    methods = set(getattr(route, "methods", None) or ())
-    paths = request.app.openapi().get("paths", {})
-    methods |= {method.upper() for method in paths.get(getattr(route, "path", None), {})}
-    return ", ".join(sorted(methods))
-
-
-async def handle_error(request: Request, exc: Exception) -> JSONResponse:
-    """The single exception handler: a JSON ``{"detail", "errors"}`` body with the status."""
-    status, reason, detail, errors = _classify(exc)
-    headers: dict[str, str] = {}
-    if status == 503:
-        settings = getattr(request.app.state, "settings", None)
-        headers["Retry-After"] = str(getattr(settings, "retry_after_s", 1))
-        logger.warning("%s %s: 503 %s", request.method, request.url.path, detail)
-    elif status == 401:
-        headers["WWW-Authenticate"] = "Bearer"
-    if isinstance(exc, StarletteHTTPException) and exc.headers:
-        headers.update(exc.headers)
-    if status == 405:
-        headers["Allow"] = _allowed_methods(request)
-    metrics = getattr(request.app.state, "metrics", None)
-    if metrics is not None and status >= 400 and status not in (404, 405):
-        metrics.rejected.labels(reason=reason).inc()
-    body: dict[str, Any] = {"detail": detail}
-    if errors:
-        body["errors"] = errors
-    return JSONResponse(body, status_code=status, headers=headers)
-
-
-def install_error_handlers(app: FastAPI) -> None:
-    """Route every domain, store, validation and HTTP error through :func:`handle_error`."""
-    for exc_type in (
-        ServiceError,
-        StoreError,
-        InvalidUserId,
-        RequestValidationError,
-        StarletteHTTPException,
-    ):
-        app.add_exception_handler(exc_type, handle_error)
+class StoreUnavailable(StoreError):
+    """The store is unreachable or timed out (HTTP 503 with Retry-After)."""

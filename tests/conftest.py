@@ -14,7 +14,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.redis_server import RedisServer
+from solar_tools.redis_server import RedisServer
 
 
 @pytest.fixture(scope="session")

@@ -27,7 +27,7 @@ from model.checkpoint import Vocabulary, save_checkpoint
 from model.config import RankerConfig
 from model.ranker import Ranker
 from service.settings import Settings
-from tests.redis_server import REDIS_SERVER_BIN, free_port
+from solar_tools.redis_server import REDIS_SERVER_BIN, free_port
 from tests.service.support import running_app
 
 ROOT = Path(__file__).resolve().parents[1]

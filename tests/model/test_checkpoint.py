@@ -75,7 +75,7 @@ def test_version_is_the_content(saved: tuple[Path, Ranker, str], tmp_path: Path)
     path, ranker, version = saved
     assert save_checkpoint(tmp_path / "again", ranker, VOCAB, meta={"auc": 0.75}) == version
     with torch.no_grad():
-        ranker.mlp[0].bias[0] += 1e-3
+        ranker.mlp.fc1.bias[0] += 1e-3
     changed = save_checkpoint(tmp_path / "changed", ranker, VOCAB, meta={"auc": 0.75})
     assert changed != version
     assert save_checkpoint(tmp_path / "other", make_ranker(seed=1), VOCAB) != version
@@ -92,11 +92,42 @@ def test_version_ignores_training_metadata(saved: tuple[Path, Ranker, str], tmp_
 
 def test_vocabulary_lookups() -> None:
     assert VOCAB.item_row(100) == VOCAB.item_row("100") == 1
-    assert VOCAB.item_row("999") == OOV_ITEM and not VOCAB.knows_item(999)
+    assert VOCAB.item_row("999") == VOCAB.item_row(999) == OOV_ITEM
     assert VOCAB.action_row("like") == 2
     assert VOCAB.action_row(None) == VOCAB.action_row("share") == NO_ACTION
     with pytest.raises(CheckpointError, match="duplicate"):
         Vocabulary(("a", "a"))
+
+
+def test_decimal_ids_are_ints_too_but_padded_ones_are_not() -> None:
+    vocab = Vocabulary(("7", "007", "²", "x"))
+    assert vocab.item_row(7) == vocab.item_row("7") == 1
+    assert vocab.item_row("007") == 2 and vocab.item_row("²") == 3
+    assert vocab.item_index == {"7": 1, 7: 1, "007": 2, "²": 3, "x": 4}
+
+
+def test_legacy_parameter_names_still_load(saved: tuple[Path, Ranker, str], tmp_path: Path) -> None:
+    """Checkpoints written when the MLP was an nn.Sequential (mlp.0/2/4) keep loading."""
+    from safetensors.torch import load_file, save_file
+
+    from model.checkpoint import WEIGHTS_FILE, load_checkpoint
+
+    path, ranker, _ = saved
+    tensors = load_file(str(path / WEIGHTS_FILE))
+    legacy = {
+        k.replace("mlp.fc1.", "mlp.0.")
+        .replace("mlp.fc2.", "mlp.2.")
+        .replace("mlp.out.", "mlp.4."): v
+        for k, v in tensors.items()
+    }
+    assert "mlp.0.weight" in legacy
+    old = tmp_path / "legacy"
+    old.mkdir()
+    (old / "config.json").write_bytes((path / "config.json").read_bytes())
+    save_file(legacy, str(old / WEIGHTS_FILE))
+    loaded = load_checkpoint(old)
+    for name, tensor in ranker.state_dict().items():
+        torch.testing.assert_close(loaded.ranker.state_dict()[name], tensor)
 
 
 def test_save_rejects_a_vocabulary_of_another_size(tmp_path: Path) -> None:

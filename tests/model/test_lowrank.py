@@ -1,4 +1,4 @@
-"""LowRankState: incremental factors equal batch factors, invariances, serialisation, errors.
+"""LowRankState: incremental factors equal batch factors, invariances, errors.
 
 DESIGN §10 tolerances for incremental vs batch: singular values within 1e-3 relative and a
 subspace angle ≤ 1e-2 rad. Where the rows have rank ≤ ℓ no truncation happens and the
@@ -9,8 +9,6 @@ V diag(σ²) Vᵀ = Xᵀ W X, which is defined whatever the multiplicity of the 
 from __future__ import annotations
 
 import math
-import struct
-import zlib
 from dataclasses import replace
 
 import numpy as np
@@ -25,7 +23,6 @@ from model.lowrank import (
     Decay,
     LowRankError,
     LowRankState,
-    StateFormatError,
 )
 
 D, R = 64, 32
@@ -321,98 +318,6 @@ def test_t_ref_without_decay_keeps_the_latest_time() -> None:
     assert state.append(np.ones(4), ts=[-5.0]).t_ref == 0.0  # not the earlier event's time
     assert state.append(np.ones(4), ts=[7.0]).t_ref == 7.0
     assert state.append(np.ones(4)).t_ref == 0.0
-
-
-# ---------------------------------------------------------------------------- serialisation
-def _state(n: int, seed: int = 0, **kwargs: object) -> LowRankState:
-    rng = np.random.default_rng(seed)
-    return LowRankState.from_rows(low_rank_rows(rng, n), R, **kwargs)  # type: ignore[arg-type]
-
-
-@pytest.mark.parametrize("n", [1, 100, 10_000])
-def test_round_trip_through_float32(n: int) -> None:
-    state = _state(n, ts=np.linspace(0.0, 9.0, n), decay=Decay(3.0), model_version="abc123")
-    blob = state.to_bytes()
-    assert len(blob) <= 16 * 1024  # DESIGN §10, whatever N is
-    assert len(blob) == len(_state(5).to_bytes()) + len("abc123")
-    back = LowRankState.from_bytes(blob)
-    assert (back.rank, back.ell, back.d, back.n) == (state.rank, state.ell, state.d, state.n)
-    assert (back.n_eff, back.t_ref, back.residual) == (state.n_eff, state.t_ref, state.residual)
-    assert back.model_version == "abc123"
-    np.testing.assert_allclose(back.sigma, state.sigma, rtol=1e-6)
-    np.testing.assert_allclose(back.V, state.V, atol=1e-6)
-    np.testing.assert_allclose(back.s, state.s, rtol=1e-6)
-    np.testing.assert_allclose(back.interests(), state.interests(), atol=1e-6)
-    assert back.to_bytes() == blob  # float32 values survive a second trip exactly
-    assert back.append(np.ones(D)).n == n + 1  # a restored state keeps updating
-
-
-def test_round_trip_without_t_ref() -> None:
-    state = LowRankState.empty(D, R)
-    back = LowRankState.from_bytes(state.to_bytes())
-    assert back.t_ref is None and back.n == 0
-    np.testing.assert_array_equal(back.V, state.V)
-
-
-def _reseal(body: bytes) -> bytes:
-    """A blob with a valid CRC over ``body`` (to reach the checks behind the checksum)."""
-    return body + struct.pack("<I", zlib.crc32(body))
-
-
-HEADER_SIZE = struct.calcsize("<4sHHHHHQdddB")
-
-
-def test_corrupted_blobs_are_rejected() -> None:
-    blob = _state(50, model_version="v1").to_bytes()
-    body = blob[:-4]
-    cases = {
-        "truncated": blob[:-1],
-        "header only": blob[:HEADER_SIZE],
-        "empty": b"",
-        "magic": b"XXXX" + blob[4:],
-        "version": _reseal(body[:4] + struct.pack("<H", 2) + body[6:]),
-        "length": blob + b"\0",
-        "crc": blob[:-4] + bytes([blob[-4] ^ 1]) + blob[-3:],
-        "flipped byte": blob[:200] + bytes([blob[200] ^ 0x40]) + blob[201:],
-        # σ_1 follows the header and the 2-byte tag; n_eff is at offset 22 of the header.
-        "nan sigma": _reseal(
-            body[: HEADER_SIZE + 2] + struct.pack("<f", math.nan) + body[HEADER_SIZE + 6 :]
-        ),
-        "inf n_eff": _reseal(body[:22] + struct.pack("<d", math.inf) + body[30:]),
-        "rank > ell": _reseal(body[:10] + struct.pack("<H", 60) + body[12:]),
-        "bad tag": _reseal(body[:HEADER_SIZE] + b"\xff\xfe" + body[HEADER_SIZE + 2 :]),
-    }
-    messages = {
-        "magic": "magic",
-        "version": "version",
-        "length": "bytes",
-        "crc": "checksum",
-        "flipped byte": "checksum",
-        "nan sigma": "non-finite",
-        "inf n_eff": "non-finite",
-        "rank > ell": "dimensions",
-        "bad tag": "version tag",
-    }
-    for name, bad in cases.items():
-        with pytest.raises(StateFormatError, match=messages.get(name, "truncated|bytes")):
-            LowRankState.from_bytes(bad)
-
-
-@given(data=st.data())
-@settings(max_examples=60, deadline=None)
-def test_any_single_byte_corruption_or_truncation_is_detected(data: st.DataObject) -> None:
-    blob = _state(20, model_version="m").to_bytes()
-    pos = data.draw(st.integers(0, len(blob) - 1))
-    mask = data.draw(st.integers(1, 255))
-    with pytest.raises(StateFormatError):
-        LowRankState.from_bytes(blob[:pos] + bytes([blob[pos] ^ mask]) + blob[pos + 1 :])
-    with pytest.raises(StateFormatError):
-        LowRankState.from_bytes(blob[:pos])
-
-
-def test_model_version_tag_is_bounded() -> None:
-    with pytest.raises(LowRankError, match="model_version"):
-        replace(_state(3), model_version="x" * 65).to_bytes()
 
 
 # ---------------------------------------------------------------------------- input errors

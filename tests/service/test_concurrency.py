@@ -14,10 +14,10 @@ import numpy as np
 import pytest
 
 from model.lowrank import LowRankState
-from service.eventlog import decode_log
-from service.redis_store import RedisStore
-from service.store import StoreUnavailable
-from tests.redis_server import RedisServer, free_port
+from service.errors import StoreUnavailable
+from service.store.eventlog import decode_log
+from service.store.redis_store import RedisStore
+from solar_tools.redis_server import RedisServer, free_port
 from tests.service.conftest import SettingsFactory
 from tests.service.support import event, gram, ingest, reference_state, running_app
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.redis_server import free_port
+from solar_tools.redis_server import free_port
 from tests.service.support import event
 
 pytestmark = pytest.mark.e2e

@@ -8,7 +8,7 @@ from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from service.metrics import Metrics, StoreMetrics
-from service.store import StoreObserver
+from service.store.base import StoreObserver
 from tests.service.support import event, ingest
 
 DESIGN_METRICS = {

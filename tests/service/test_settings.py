@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
+from service.api.server import main
 from service.app import create_app
-from service.runtime import ModelUnavailable
-from service.server import main
+from service.core.serving_model import ModelUnavailable
 from service.settings import DEFAULT_MODEL_PATH, Settings
 from tests.service.conftest import SettingsFactory
 

@@ -1,0 +1,131 @@
+"""The FastAPI application: ``create_app`` builds it, the lifespan brings it up and down.
+
+Startup loads the checkpoint, connects the store (bounded retries), scores one warm-up request
+per mode and starts the micro-batcher. Shutdown (after uvicorn stopped accepting requests)
+drains the batch queue and closes the store.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+import torch
+from fastapi import FastAPI
+from fastapi.openapi.utils import get_openapi
+
+from service.api.errors import install_error_handlers
+from service.api.middleware import BodyLimitMiddleware, RequestMetricsMiddleware
+from service.api.routes import health_router, ingest_router, rank_router, users_router
+from service.api.schemas import IngestRequest
+from service.core.serving_model import load_serving_model
+from service.core.userlocks import UserLocks
+from service.metrics import Metrics
+from service.scoring.batcher import MicroBatcher
+from service.scoring.scorer import BatchScorer, Ranked, RankJob
+from service.settings import Settings
+from service.store.eventlog import DEDUP_WINDOW
+from service.store.factory import open_store
+
+__all__ = ["create_app"]
+
+logger = logging.getLogger(__name__)
+
+_DESCRIPTION = (
+    "Online ranking with SOLAR SVD-Attention: per-user low-rank factors of lifelong "
+    "histories, updated incrementally as events arrive; candidates attend to the r interest "
+    "tokens in one micro-batched pass."
+)
+
+
+def _set_torch_threads(settings: Settings) -> None:
+    """Leave one core to the event loop (JSON, HTTP) unless configured otherwise."""
+    threads = settings.torch_threads or max(1, (os.cpu_count() or 2) - 1)
+    if torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
+
+
+@asynccontextmanager
+async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    settings: Settings = app.state.settings
+    metrics: Metrics = app.state.metrics
+    _set_torch_threads(settings)
+    model = await asyncio.to_thread(load_serving_model, settings)
+    metrics.set_model(model.version, model.rank, model.dim)
+    store = await open_store(settings, metrics.store_observer())
+    try:
+        scorer = BatchScorer(model.checkpoint.ranker, settings.history_batch_elements)
+        if settings.warmup:
+            await asyncio.to_thread(scorer.warm_up, model.rank)
+        batcher: MicroBatcher[RankJob, Ranked] = MicroBatcher(
+            scorer,
+            max_batch=settings.max_batch,
+            max_wait_s=settings.max_wait_s,
+            max_queue=settings.max_queue,
+            workers=settings.batch_threads,
+            metrics=metrics,
+        )
+        batcher.start()
+        app.state.model = model
+        app.state.store = store
+        app.state.batcher = batcher
+        app.state.user_locks = UserLocks()
+        if settings.log_cap < DEDUP_WINDOW:
+            logger.warning(
+                "SOLAR_LOG_CAP=%d < %d: re-sent events are recognised only within the last %d",
+                settings.log_cap, DEDUP_WINDOW, settings.log_cap,
+            )  # fmt: skip
+        logger.info("solar ready: model %s, max_batch %d", model.version, settings.max_batch)
+        try:
+            yield
+        finally:
+            await batcher.stop()
+            app.state.model = app.state.batcher = app.state.user_locks = None
+    finally:
+        await store.close()
+        app.state.store = None
+
+
+def _openapi(app: FastAPI) -> Callable[[], dict[str, Any]]:
+    """OpenAPI generator adding the schemas of the hand-read /ingest body."""
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            document = get_openapi(
+                title=app.title,
+                version=app.version,
+                description=app.description,
+                routes=app.routes,
+            )
+            schemas = document.setdefault("components", {}).setdefault("schemas", {})
+            body = IngestRequest.model_json_schema(ref_template="#/components/schemas/{model}")
+            schemas.update(body.pop("$defs", {}))
+            schemas["IngestRequest"] = body
+            app.openapi_schema = document
+        return app.openapi_schema
+
+    return openapi
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """Build the app (no I/O here: the lifespan loads the model and connects the store).
+
+    Args:
+        settings: configuration; ``Settings()`` (the ``SOLAR_*`` environment) when None.
+    """
+    settings = settings if settings is not None else Settings()
+    metrics = Metrics()
+    app = FastAPI(title="solar", version="0.1.0", description=_DESCRIPTION, lifespan=lifespan)
+    app.state.settings = settings
+    app.state.metrics = metrics
+    install_error_handlers(app)
+    app.add_middleware(BodyLimitMiddleware, max_body_bytes=settings.max_body_bytes)
+    app.add_middleware(RequestMetricsMiddleware, metrics=metrics)  # outermost: times all
+    for router in (rank_router, ingest_router, users_router, health_router):
+        app.include_router(router)
+    app.openapi = _openapi(app)  # type: ignore[method-assign]
+    return app

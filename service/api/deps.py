@@ -1,0 +1,140 @@
+"""FastAPI dependencies: typed ``Annotated`` aliases for what the lifespan puts on ``app.state``.
+
+The long-lived objects (settings, metrics, store, model, batcher, per-user locks) are read from
+``app.state``; the use cases (``UserStates``, ``Ranking``, ``Ingestor``) are cheap dataclasses
+built per request from them. So a test swaps any one piece with
+``app.dependency_overrides[get_store] = lambda: other_store`` and every use case follows.
+"""
+
+from __future__ import annotations
+
+import hmac
+from typing import Annotated, Any
+
+from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from service.core.ingest import Ingestor
+from service.core.ranking import Ranking
+from service.core.serving_model import ServingModel
+from service.core.userlocks import UserLocks
+from service.core.users import UserStates
+from service.errors import NotReady, Unauthorized
+from service.metrics import Metrics
+from service.scoring.batcher import MicroBatcher
+from service.scoring.scorer import Ranked, RankJob
+from service.settings import Settings
+from service.store.base import Store
+
+__all__ = [
+    "BatcherDep",
+    "IngestorDep",
+    "MetricsDep",
+    "ModelDep",
+    "RankingDep",
+    "SettingsDep",
+    "StoreDep",
+    "UserStatesDep",
+    "get_batcher",
+    "get_ingestor",
+    "get_locks",
+    "get_metrics",
+    "get_model",
+    "get_ranking",
+    "get_settings",
+    "get_store",
+    "get_user_states",
+    "require_token",
+]
+
+RankBatcher = MicroBatcher[RankJob, Ranked]
+
+
+def _running(request: Request, name: str) -> Any:
+    """``app.state.<name>``, or 503 while the app is starting or stopping (it is None then)."""
+    value = getattr(request.app.state, name, None)
+    if value is None:
+        raise NotReady(name)
+    return value
+
+
+def get_settings(request: Request) -> Settings:
+    settings: Settings = request.app.state.settings
+    return settings
+
+
+def get_metrics(request: Request) -> Metrics:
+    metrics: Metrics = request.app.state.metrics
+    return metrics
+
+
+def get_store(request: Request) -> Store:
+    store: Store = _running(request, "store")
+    return store
+
+
+def get_model(request: Request) -> ServingModel:
+    model: ServingModel = _running(request, "model")
+    return model
+
+
+def get_batcher(request: Request) -> RankBatcher:
+    batcher: RankBatcher = _running(request, "batcher")
+    return batcher
+
+
+def get_locks(request: Request) -> UserLocks:
+    locks: UserLocks = _running(request, "user_locks")
+    return locks
+
+
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+MetricsDep = Annotated[Metrics, Depends(get_metrics)]
+StoreDep = Annotated[Store, Depends(get_store)]
+ModelDep = Annotated[ServingModel, Depends(get_model)]
+BatcherDep = Annotated[RankBatcher, Depends(get_batcher)]
+LocksDep = Annotated[UserLocks, Depends(get_locks)]
+
+
+def get_user_states(
+    store: StoreDep, model: ModelDep, metrics: MetricsDep, settings: SettingsDep
+) -> UserStates:
+    return UserStates(store, model, metrics, settings.rebuild_residual_ratio)
+
+
+UserStatesDep = Annotated[UserStates, Depends(get_user_states)]
+
+
+def get_ranking(users: UserStatesDep, metrics: MetricsDep, batcher: BatcherDep) -> Ranking:
+    return Ranking(users=users, metrics=metrics, batcher=batcher)
+
+
+def get_ingestor(
+    users: UserStatesDep, metrics: MetricsDep, locks: LocksDep, settings: SettingsDep
+) -> Ingestor:
+    return Ingestor(
+        users=users,
+        metrics=metrics,
+        locks=locks,
+        cas_retries=settings.cas_retries,
+        log_cap=settings.log_cap,
+    )
+
+
+RankingDep = Annotated[Ranking, Depends(get_ranking)]
+IngestorDep = Annotated[Ingestor, Depends(get_ingestor)]
+
+_bearer = HTTPBearer(auto_error=False, description="SOLAR_API_TOKEN, when configured")
+
+
+def require_token(
+    settings: SettingsDep,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> None:
+    """401 unless no token is configured or the bearer token matches (constant-time)."""
+    expected = settings.token()
+    if expected is None:
+        return
+    given = credentials.credentials if credentials is not None else ""
+    if not hmac.compare_digest(given.encode("utf-8"), expected.encode("utf-8")):
+        raise Unauthorized()

@@ -1,0 +1,51 @@
+"""GET and DELETE /users/{user_id}: inspect or forget a user (DESIGN §5)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Path
+
+from service.api.deps import StoreDep, UserStatesDep, require_token
+from service.api.routes.common import errors
+from service.api.schemas import USER_ID_REGEX, UserDeleted, UserInfo
+from service.errors import MAX_USER_ID_LENGTH
+
+__all__ = ["router"]
+
+router = APIRouter(tags=["users"], dependencies=[Depends(require_token)])
+
+UserIdPath = Annotated[
+    str,
+    Path(
+        min_length=1,
+        max_length=MAX_USER_ID_LENGTH,
+        pattern=USER_ID_REGEX,
+        description="1-128 characters of [A-Za-z0-9_.:@-]",
+    ),
+]
+
+
+@router.get(
+    "/users/{user_id}",
+    response_model=UserInfo,
+    responses=errors(401, 404, 409, 422, 503),
+    summary="Inspect a user's factors",
+)
+async def get_user(user_id: UserIdPath, users: UserStatesDep) -> UserInfo:
+    """History length, rank, the r served singular values, residual ratio, last event time and
+    the model version of the stored factors (as stored: a state of another model is rebuilt on
+    the next /rank or /ingest)."""
+    view = await users.view(user_id)
+    return UserInfo(user_id=user_id, **view._asdict())
+
+
+@router.delete(
+    "/users/{user_id}",
+    response_model=UserDeleted,
+    responses=errors(401, 422, 503),
+    summary="Forget a user",
+)
+async def delete_user(user_id: UserIdPath, store: StoreDep) -> UserDeleted:
+    """Delete the user's state and event log."""
+    return UserDeleted(user_id=user_id, deleted=await store.delete(user_id))

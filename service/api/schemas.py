@@ -1,0 +1,221 @@
+"""Request and response bodies of the HTTP API (DESIGN §5), with descriptions for /docs.
+
+Limits that depend on settings (candidates and events per request) are checked by the routes
+and answered with 413; everything else malformed is a 422 naming the field.
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+from typing import Annotated, Any
+
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PlainValidator,
+    WithJsonSchema,
+)
+
+from service.core.items import ITEM_ID_ERROR, MAX_ITEM_ID_LENGTH, item_id_or_none
+from service.errors import MAX_USER_ID_LENGTH
+
+__all__ = [
+    "MAX_LISTED_ITEMS",
+    "MAX_TOP_K",
+    "ErrorResponse",
+    "Event",
+    "FieldError",
+    "Health",
+    "IngestRequest",
+    "IngestResponse",
+    "CandidateId",
+    "ItemId",
+    "Mode",
+    "ModelInfo",
+    "RankRequest",
+    "RankResponse",
+    "RankedItem",
+    "UserDeleted",
+    "UserId",
+    "UserInfo",
+]
+
+MAX_TOP_K = 10_000
+MAX_LISTED_ITEMS = 20_000  # GET /model lists the vocabulary up to this size
+# Anchored: pydantic's `pattern` searches, it does not full-match.
+USER_ID_REGEX = r"^[A-Za-z0-9_.:@-]{1,128}$"
+
+UserId = Annotated[
+    str,
+    Field(
+        min_length=1,
+        max_length=MAX_USER_ID_LENGTH,
+        pattern=USER_ID_REGEX,
+        description="1-128 characters of [A-Za-z0-9_.:@-] (no braces)",
+        examples=["u1"],
+    ),
+]
+
+
+def _whole(value: object) -> object:
+    """JSON Schema counts 3.0 as an integer: accept it as 3 (3.5 stays a float and fails)."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+def _item_id(value: object) -> int | str:
+    """An integer (not a bool) or a 1-256 character string; one error location per item."""
+    item = item_id_or_none(value)
+    if item is None:
+        raise ValueError(ITEM_ID_ERROR)
+    return item
+
+
+_ITEM_ID_SCHEMA = {
+    "anyOf": [
+        {"type": "integer"},
+        {"type": "string", "minLength": 1, "maxLength": MAX_ITEM_ID_LENGTH},
+    ],
+    "description": "item id as in the model's vocabulary: an integer or a string",
+}
+ItemId = Annotated[int | str, PlainValidator(_item_id), WithJsonSchema(_ITEM_ID_SCHEMA)]
+# Candidates are type-checked by `service.core.items.candidate_rows` in the same pass that maps
+# them to model rows (thousands per request: a per-item Python validator would cost twice that).
+CandidateId = Annotated[Any, WithJsonSchema(_ITEM_ID_SCHEMA)]
+
+
+TopK = Annotated[int, Field(ge=1, le=MAX_TOP_K), BeforeValidator(_whole)]
+
+
+class Mode(str, Enum):
+    """Attention mode used to score the candidates."""
+
+    svd = "svd"
+    svd_exact = "svd_exact"
+    softmax = "softmax"
+
+
+class _Strict(BaseModel):
+    """Request bodies: unknown fields and type coercions (``"1.5"``, ``true`` as a number) are
+    refused, so what the schema documents is exactly what is accepted."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+class RankRequest(_Strict):
+    user_id: UserId
+    candidates: list[CandidateId] = Field(
+        min_length=1,
+        description="candidate item ids to score (at most SOLAR_MAX_CANDIDATES, else 413)",
+    )
+    top_k: TopK | None = Field(
+        None, description="return the k best candidates; default: all, best first"
+    )
+    mode: Mode = Field(
+        Mode.svd,
+        strict=False,  # FastAPI validates parsed JSON: the enum arrives as a string
+        description="svd: factors only (fast); svd_exact: softmax over all events through "
+        "the factors; softmax: full attention over the event log (exact baseline)",
+    )
+
+
+class RankedItem(BaseModel):
+    item_id: ItemId
+    score: float = Field(description="logit of the scoring MLP (higher is better)")
+
+
+class RankResponse(BaseModel):
+    user_id: str
+    model_version: str = Field(description="content hash of the checkpoint that scored")
+    mode: Mode
+    history_length: int = Field(description="events absorbed into the user's factors")
+    items: list[RankedItem] = Field(description="top candidates, descending score")
+    unknown_items: list[ItemId] = Field(
+        description="candidates outside the vocabulary, scored through the shared OOV row"
+    )
+
+
+# 2100-01-01 in unix seconds. With decay, one event dated far ahead (a timestamp in
+# milliseconds, say) would move t_ref there and decay every earlier event to nothing.
+MAX_TS = 4_102_444_800.0
+
+
+class Event(_Strict):
+    user_id: UserId
+    item_id: ItemId
+    ts: float = Field(
+        ge=0,
+        le=MAX_TS,
+        allow_inf_nan=False,
+        description="event time, unix seconds (≤ 2100-01-01: milliseconds are refused)",
+    )
+    action: str | None = Field(
+        None, min_length=1, max_length=64, description="action name, e.g. click; none: plain"
+    )
+    event_id: str | None = Field(
+        None,
+        min_length=1,
+        max_length=128,
+        description="idempotency key; without it (user, item, ts, action) identifies the event",
+    )
+
+
+class IngestRequest(_Strict):
+    events: list[Event] = Field(
+        min_length=1, description="events to absorb (at most SOLAR_MAX_EVENTS, else 413)"
+    )
+
+
+class IngestResponse(BaseModel):
+    accepted: int = Field(description="events absorbed into factors and logs")
+    duplicates: int = Field(description="events already seen (same event_id or identity)")
+    users: int = Field(description="distinct users in the request")
+
+
+class UserInfo(BaseModel):
+    user_id: str
+    history_length: int = Field(description="events absorbed")
+    rank: int = Field(description="served rank r")
+    singular_values: list[float] = Field(description="the r served singular values σ, descending")
+    residual_ratio: float = Field(description="ρ / (Σσ² + ρ): energy dropped by truncation")
+    last_ts: float | None = Field(description="latest event time, unix seconds")
+    model_version: str = Field(description="model whose embeddings produced the factors")
+
+
+class UserDeleted(BaseModel):
+    user_id: str
+    deleted: bool = Field(description="False when the user was not stored")
+
+
+class ModelInfo(BaseModel):
+    version: str
+    d: int = Field(description="embedding dimension d (DESIGN §5)")
+    r: int = Field(description="served rank r (DESIGN §5)")
+    dim: int = Field(description="embedding dimension d (same as `d`)")
+    rank: int = Field(description="served rank r (same as `r`)")
+    oversample: int = Field(description="extra factors p kept by each state")
+    half_life_s: float | None = Field(description="recency half-life, None for no decay")
+    n_items: int = Field(description="rows of the item table: vocabulary size + the OOV row")
+    items: list[str] | None = Field(
+        description="the vocabulary's item ids (as strings), None above MAX_LISTED_ITEMS"
+    )
+    modes: list[Mode]
+    device: str
+
+
+class Health(BaseModel):
+    status: str
+
+
+class FieldError(BaseModel):
+    field: str = Field(description="dotted location, e.g. body.events.3.ts")
+    message: str
+    type: str
+
+
+class ErrorResponse(BaseModel):
+    detail: str
+    errors: list[FieldError] = Field(default_factory=list)

@@ -1,0 +1,100 @@
+"""The /rank use case: map candidate ids to rows, fetch the user's context, await the batched
+pass, return the top k as plain values.
+
+``svd`` needs one GET of the state; ``svd_exact`` and ``softmax`` also read the event log and
+rebuild the history rows from it (``service.core.users`` loads, and rebuilds when stale). The
+scoring itself runs in the micro-batcher (``service.scoring``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import numpy as np
+import torch
+
+from model.ranker import ScoreRequest
+from service.core.items import ItemId, candidate_rows
+from service.core.users import LoadedUser, UserStates
+from service.metrics import Metrics
+from service.scoring.batcher import MicroBatcher
+from service.scoring.scorer import Ranked, RankJob
+
+__all__ = ["RankOutcome", "Ranking"]
+
+
+class RankOutcome(NamedTuple):
+    """The answer to one /rank request, best first."""
+
+    items: list[tuple[ItemId, float]]  # (item id, logit)
+    unknown_items: list[ItemId]
+    history_length: int
+    model_version: str
+
+
+@dataclass
+class Ranking:
+    """Builds ranker inputs from the user's state and awaits the micro-batcher."""
+
+    users: UserStates
+    metrics: Metrics
+    batcher: MicroBatcher[RankJob, Ranked]
+
+    async def rank(
+        self, user_id: str, candidates: Sequence[object], top_k: int | None, mode: str
+    ) -> RankOutcome:
+        """Score ``candidates`` for ``user_id`` in ``mode``; unknown ids use the OOV row.
+
+        Raises:
+            InvalidInput: a candidate that is not an item id (422 naming it).
+            StoreError, QueueFull, BatcherClosed: 503, try again.
+        """
+        model = self.users.model
+        ids, rows, unknown = candidate_rows(candidates, model.item_index)
+        self.metrics.rank_candidates.observe(len(rows))
+        self.metrics.unknown_items.inc(len(unknown))
+        cand = torch.tensor(rows, dtype=torch.long)  # (M,)
+        user = await self.users.load(user_id, with_log=mode != "svd")
+        request = (
+            self._svd_input(cand, user) if mode == "svd" else self._history_input(cand, user, mode)
+        )
+        k = top_k if top_k is not None else len(rows)
+        ranked = await self.batcher.submit(RankJob(mode, request, k))
+        return RankOutcome(
+            items=[(ids[i], s) for i, s in zip(ranked.indices, ranked.scores, strict=True)],
+            unknown_items=unknown,
+            history_length=0 if user.state is None else user.state.n,
+            model_version=model.version,
+        )
+
+    def _svd_input(self, candidates: torch.Tensor, user: LoadedUser) -> ScoreRequest:
+        model = self.users.model
+        if user.state is None:
+            interests = torch.zeros(model.rank, model.dim)  # no history: o_c = 0
+        else:
+            interests = torch.from_numpy(user.state.interests(model.rank)).float()  # (r, d)
+        return ScoreRequest(candidates=candidates, interests=interests)
+
+    def _history_input(self, candidates: torch.Tensor, user: LoadedUser, mode: str) -> ScoreRequest:
+        model = self.users.model
+        items, actions = model.log_rows(user.log)
+        ts = np.asarray(user.log["ts"], dtype=np.float64)
+        if model.decay is not None and ts.size:
+            weights = model.decay.weights(ts, float(ts.max()))  # (N,) relative to the latest
+        else:
+            weights = np.ones(ts.shape[0])
+        r = model.rank
+        basis = (
+            torch.from_numpy(np.ascontiguousarray(user.state.V[:, :r])).float()  # (d, r)
+            if user.state is not None
+            else torch.zeros(model.dim, r)
+        )
+        return ScoreRequest(
+            candidates=candidates,
+            history_items=torch.from_numpy(items),
+            history_actions=torch.from_numpy(actions),
+            weights=torch.from_numpy(weights).float(),
+            basis=basis if mode == "svd_exact" else None,
+        )

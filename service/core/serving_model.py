@@ -1,0 +1,226 @@
+"""The loaded model as the service uses it: checkpoint, device, serving rank, decay, key maps.
+
+Request ids map to rows through the vocabulary's one index (``Vocabulary.item_index``). Event
+logs store item and action *digests* (``service.store.eventlog``) so that a log survives a
+model change; each loaded model therefore builds, from the same vocabulary, the log-side
+tables: item digest → row and action code → row. Unknown ids and digests map to the shared
+OOV row 0 / "no action" row 0.
+
+A state carries a :class:`StateTag` (model version and half-life); it is built and parsed here
+alone.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+import torch
+
+from model.checkpoint import WEIGHTS_FILE, Checkpoint, CheckpointError, load_checkpoint
+from model.device import resolve_device as model_device
+from model.lowrank import Decay
+from service.settings import Settings
+from service.store.eventlog import action_key, item_key
+
+__all__ = [
+    "ModelUnavailable",
+    "ServingModel",
+    "StateTag",
+    "load_serving_model",
+    "require_checkpoint",
+    "resolve_device",
+]
+
+logger = logging.getLogger(__name__)
+
+
+class ModelUnavailable(RuntimeError):
+    """The checkpoint is missing or unreadable; the message says what to do."""
+
+
+def resolve_device(setting: str) -> torch.device:
+    """``auto`` → CUDA when present, else CPU; ``cuda`` without a GPU is an error."""
+    if setting == "cuda" and not torch.cuda.is_available():
+        raise ModelUnavailable("SOLAR_DEVICE=cuda but torch sees no CUDA device")
+    return model_device(setting)
+
+
+class StateTag(NamedTuple):
+    """What a stored state was built with: the model version and the recency half-life.
+
+    Written into every state blob as ``"<version>"`` or ``"<version>@h<half_life_s>"``; a
+    state whose tag differs from the serving model's is rebuilt from the log rather than
+    mixed with new events.
+    """
+
+    model_version: str
+    half_life_s: float | None = None
+
+    def __str__(self) -> str:
+        if self.half_life_s is None:
+            return self.model_version
+        return f"{self.model_version}@h{self.half_life_s:g}"
+
+    @classmethod
+    def parse(cls, text: str) -> StateTag:
+        """Inverse of ``str()``; an unreadable half-life parses as NaN (matches no model)."""
+        version, sep, half_life = text.partition("@h")
+        if not sep:
+            return cls(version)
+        try:
+            return cls(version, float(half_life))
+        except ValueError:
+            return cls(version, math.nan)
+
+
+def _digest_u64(digests: np.ndarray) -> np.ndarray:
+    """(N,) 6-byte void digests → (N,) uint64 (zero-padded little-endian) for searchsorted."""
+    raw = np.zeros((digests.shape[0], 8), dtype=np.uint8)
+    raw[:, :6] = np.ascontiguousarray(digests).view(np.uint8).reshape(-1, 6)
+    return raw.view("<u8").reshape(-1)
+
+
+@dataclass(frozen=True)
+class ServingModel:
+    """A checkpoint ready to serve.
+
+    Attributes:
+        checkpoint: ranker (eval mode, on ``device``), vocabulary and version.
+        rank: served rank r (settings override, else the checkpoint's).
+        oversample: p, so a state keeps ℓ = min(r + p, d) factors.
+        decay: recency decay, or None.
+        item_keys / item_rows: sorted uint64 item digests and their embedding rows.
+        action_rows: (256,) embedding row of each action code (0 where unknown).
+    """
+
+    checkpoint: Checkpoint
+    device: torch.device
+    rank: int
+    oversample: int
+    decay: Decay | None
+    item_keys: np.ndarray
+    item_rows: np.ndarray
+    action_rows: np.ndarray
+
+    @property
+    def version(self) -> str:
+        return self.checkpoint.version
+
+    @property
+    def item_index(self) -> dict[int | str, int]:
+        """External item id → row (the vocabulary's index)."""
+        return self.checkpoint.vocab.item_index
+
+    @property
+    def state_tag(self) -> StateTag:
+        """Tag of the states this model writes."""
+        return StateTag(self.version, None if self.decay is None else self.decay.half_life_s)
+
+    @property
+    def dim(self) -> int:
+        return self.checkpoint.ranker.config.dim
+
+    @property
+    def ell(self) -> int:
+        return min(self.rank + self.oversample, self.dim)
+
+    def log_rows(self, records: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Item and action embedding rows (N,) int64 of decoded log records (N,)."""
+        if records.shape[0] == 0:
+            return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
+        actions = self.action_rows[records["action"].astype(np.int64)]
+        if self.item_keys.size == 0:
+            return np.zeros(records.shape[0], dtype=np.int64), actions
+        keys = _digest_u64(records["item"])
+        pos = np.searchsorted(self.item_keys, keys).clip(max=self.item_keys.size - 1)
+        items = np.where(self.item_keys[pos] == keys, self.item_rows[pos], 0)
+        return items.astype(np.int64), actions
+
+    def embed(self, items: np.ndarray, actions: np.ndarray) -> np.ndarray:
+        """Event rows x_j = E_item[i_j] + E_action[a_j] as float64 (N, d), via the ranker."""
+        ranker = self.checkpoint.ranker
+        with torch.inference_mode():
+            rows = ranker.embed_events(
+                torch.as_tensor(items, dtype=torch.long, device=self.device),
+                torch.as_tensor(actions, dtype=torch.long, device=self.device),
+            )  # (N, d)
+            return rows.double().cpu().numpy()
+
+
+def _item_tables(checkpoint: Checkpoint) -> tuple[np.ndarray, np.ndarray]:
+    items = checkpoint.vocab.items
+    digests = np.frombuffer(b"".join(item_key(i) for i in items), dtype="V6")
+    keys = _digest_u64(digests) if items else np.zeros(0, dtype=np.uint64)
+    order = np.argsort(keys, kind="stable")
+    keys, rows = keys[order], (np.arange(len(items), dtype=np.int64) + 1)[order]
+    if keys.size > 1 and np.any(keys[1:] == keys[:-1]):
+        logger.warning("item digests collide in the vocabulary; logs map them to one row")
+    return keys, rows
+
+
+def _action_table(checkpoint: Checkpoint) -> np.ndarray:
+    table = np.zeros(256, dtype=np.int64)
+    for row, action in enumerate(checkpoint.vocab.actions, start=1):
+        code = action_key(action)
+        if table[code]:
+            logger.warning("action %r shares its log code with another action", action)
+            continue
+        table[code] = row
+    return table
+
+
+def _decay(settings: Settings, checkpoint: Checkpoint) -> Decay | None:
+    half_life_s = settings.half_life_s
+    if half_life_s is None:
+        half_life_s = checkpoint.ranker.config.half_life_s
+    return Decay(half_life_s) if half_life_s else None
+
+
+def require_checkpoint(path: str | Path) -> Path:
+    """``path`` if it holds a checkpoint, else ModelUnavailable saying how to make one."""
+    path = Path(path)
+    if not (path / WEIGHTS_FILE).is_file():
+        raise ModelUnavailable(
+            f"no model checkpoint at {path.resolve()} (expected {WEIGHTS_FILE} there): "
+            "run `make model` to train the default one, or set SOLAR_MODEL_PATH"
+        )
+    return path
+
+
+def load_serving_model(settings: Settings) -> ServingModel:
+    """Load ``settings.model_path`` onto the configured device.
+
+    Raises:
+        ModelUnavailable: naming the path and how to create the default model.
+    """
+    path = require_checkpoint(settings.model_path)
+    device = resolve_device(settings.device)
+    try:
+        checkpoint = load_checkpoint(path, device=device)
+    except CheckpointError as exc:
+        raise ModelUnavailable(f"cannot load the model at {path.resolve()}: {exc}") from exc
+    config = checkpoint.ranker.config
+    rank = settings.rank if settings.rank is not None else config.rank
+    if rank > config.dim:
+        raise ModelUnavailable(f"SOLAR_RANK={rank} exceeds the model dimension {config.dim}")
+    oversample = settings.oversample if settings.oversample is not None else config.oversample
+    keys, rows = _item_tables(checkpoint)
+    logger.info(
+        "model %s loaded from %s on %s (d=%d, r=%d, %d items)",
+        checkpoint.version, path, device, config.dim, rank, len(checkpoint.vocab.items),
+    )  # fmt: skip
+    return ServingModel(
+        checkpoint=checkpoint,
+        device=device,
+        rank=rank,
+        oversample=oversample,
+        decay=_decay(settings, checkpoint),
+        item_keys=keys,
+        item_rows=rows,
+        action_rows=_action_table(checkpoint),
+    )

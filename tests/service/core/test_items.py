@@ -1,0 +1,36 @@
+"""Item ids: validation and the mapping to model rows."""
+
+from __future__ import annotations
+
+import pytest
+
+from service.core.items import candidate_rows, item_id_or_none
+from service.errors import InvalidInput
+
+
+def test_candidate_rows_validates_and_maps() -> None:
+    index: dict[int | str, int] = {"7": 1, 7: 1, "alpha": 2}
+    assert candidate_rows([7, "7", "alpha", 9, "zz"], index) == (
+        [7, "7", "alpha", 9, "zz"],
+        [1, 1, 2, 0, 0],
+        [9, "zz"],
+    )
+    assert candidate_rows([7.0, "alpha"], index) == ([7, "alpha"], [1, 2], [])
+    for bad in ([1, True], [1, 1.5], [1, ""], [1, {}], [1, "x" * 257], [1, None]):
+        with pytest.raises(InvalidInput) as info:
+            candidate_rows(bad, index)
+        assert info.value.field == "body.candidates.1"
+
+
+def test_item_id_or_none() -> None:
+    assert item_id_or_none(3) == 3 and item_id_or_none(3.0) == 3 and item_id_or_none("x") == "x"
+    for bad in (True, 3.5, "", "x" * 257, None, [1]):
+        assert item_id_or_none(bad) is None
+
+
+def test_a_string_only_request_takes_the_fast_path_and_still_checks_lengths() -> None:
+    index: dict[int | str, int] = {"a": 1}
+    assert candidate_rows(["a", "b"], index) == (["a", "b"], [1, 0], ["b"])
+    with pytest.raises(InvalidInput) as info:
+        candidate_rows(["a", "b", ""], index)
+    assert info.value.field == "body.candidates.2"

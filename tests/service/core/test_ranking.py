@@ -1,0 +1,118 @@
+"""Ranking: scores equal the ranker's own computation, modes agree where theory says so,
+batches mix modes, and a state of another model is rebuilt on first access."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import torch
+
+from model.checkpoint import load_checkpoint
+from model.ranker import ScoreRequest
+from tests.service.conftest import SettingsFactory
+from tests.service.support import RANK, event, ingest, reference_state, running_app
+
+pytestmark = pytest.mark.anyio
+
+CANDIDATES: list[Any] = [1, 5, 9, "alpha", 17, 23, 42, "beta", 3]
+
+
+def _scores(body: dict[str, Any]) -> dict[Any, float]:
+    return {item["item_id"]: item["score"] for item in body["items"]}
+
+
+async def _rank(client: httpx.AsyncClient, mode: str, **kw: Any) -> dict[str, Any]:
+    payload = {"user_id": "u", "candidates": CANDIDATES, "mode": mode, **kw}
+    response = await client.post("/rank", json=payload)
+    assert response.status_code == 200, response.text
+    result: dict[str, Any] = response.json()
+    return result
+
+
+async def test_svd_scores_equal_the_ranker_on_batch_factors(
+    client: httpx.AsyncClient, checkpoint_dir: Path
+) -> None:
+    history = [event("u", i % 43 + 1, float(i), ("click", None)[i % 2]) for i in range(30)]
+    await ingest(client, history)
+    got = _scores(await _rank(client, "svd"))
+    ckpt = load_checkpoint(checkpoint_dir)
+    interests = reference_state(str(checkpoint_dir), history).interests(RANK)
+    rows = torch.tensor([ckpt.vocab.item_row(c) for c in CANDIDATES])
+    with torch.inference_mode():
+        (logits,) = ckpt.ranker.score_requests(
+            "svd", [ScoreRequest(rows, interests=torch.from_numpy(interests).float())]
+        )
+    for c, expected in zip(CANDIDATES, logits.tolist(), strict=True):
+        assert got[c] == pytest.approx(expected, abs=1e-4)
+
+
+async def test_softmax_scores_equal_the_ranker_on_the_log(
+    client: httpx.AsyncClient, checkpoint_dir: Path
+) -> None:
+    history = [event("u", i % 43 + 1, float(i), ("like", None)[i % 2]) for i in range(25)]
+    await ingest(client, history)
+    got = _scores(await _rank(client, "softmax"))
+    ckpt = load_checkpoint(checkpoint_dir)
+    request = ScoreRequest(
+        candidates=torch.tensor([ckpt.vocab.item_row(c) for c in CANDIDATES]),
+        history_items=torch.tensor([ckpt.vocab.item_row(e["item_id"]) for e in history]),
+        history_actions=torch.tensor([ckpt.vocab.action_row(e.get("action")) for e in history]),
+    )
+    with torch.inference_mode():
+        (logits,) = ckpt.ranker.score_requests("softmax", [request])
+    for c, expected in zip(CANDIDATES, logits.tolist(), strict=True):
+        assert got[c] == pytest.approx(expected, abs=1e-5)
+
+
+async def test_svd_exact_equals_softmax_on_low_rank_history(client: httpx.AsyncClient) -> None:
+    # three distinct rows (rank 3 ≤ r = 4), repeated: svd_exact is then exact.
+    history = [event("u", (1, 2, "gamma")[i % 3], float(i)) for i in range(24)]
+    await ingest(client, history)
+    exact = _scores(await _rank(client, "svd_exact"))
+    full = _scores(await _rank(client, "softmax"))
+    for c in CANDIDATES:
+        assert exact[c] == pytest.approx(full[c], abs=1e-4)
+
+
+async def test_top_k_larger_than_the_candidates(client: httpx.AsyncClient) -> None:
+    body = await _rank(client, "svd", top_k=100)
+    assert len(body["items"]) == len(CANDIDATES)
+
+
+async def test_concurrent_requests_in_mixed_modes_match_sequential_ones(
+    client: httpx.AsyncClient,
+) -> None:
+    await ingest(client, [event("u", i, float(i), "share") for i in range(1, 12)])
+    modes = ["svd", "svd_exact", "softmax"] * 4
+    sequential = [_scores(await _rank(client, m)) for m in modes[:3]]
+    together = await asyncio.gather(*(_rank(client, m) for m in modes))
+    for i, body in enumerate(together):
+        for c, score in _scores(body).items():
+            assert score == pytest.approx(sequential[i % 3][c], abs=1e-5)
+
+
+async def test_state_of_another_model_is_rebuilt_on_rank(
+    make_settings: SettingsFactory, redis_url: str, other_checkpoint_dir: Path
+) -> None:
+    history = [event("u", i, float(i)) for i in range(1, 15)]
+    async with running_app(make_settings(redis_url=redis_url, model_path=other_checkpoint_dir)) as (
+        _,
+        old,
+    ):
+        await ingest(old, history)
+        old_version = (await old.get("/model")).json()["version"]
+    async with running_app(make_settings(redis_url=redis_url)) as (app, new):
+        assert (await new.get("/users/u")).json()["model_version"] == old_version
+        body = await _rank(new, "svd")
+        assert body["history_length"] == len(history)
+        user = (await new.get("/users/u")).json()
+        assert user["model_version"] == body["model_version"] != old_version
+        registry = app.state.metrics.registry
+        rebuilds = {"reason": "model_version"}
+        assert registry.get_sample_value("solar_state_rebuilds_total", rebuilds) == 1
+        await _rank(new, "softmax")  # already rebuilt: no second rebuild
+        assert registry.get_sample_value("solar_state_rebuilds_total", rebuilds) == 1

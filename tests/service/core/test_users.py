@@ -1,0 +1,173 @@
+"""User states: checks against the model, batch and incremental factors, rebuilds, the view."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from model.lowrank import Decay, LowRankState
+from service.core.serving_model import ServingModel, load_serving_model
+from service.core.users import UserStates, append_rows, batch_state, parse_state
+from service.errors import StateUnreadable, UnknownUser
+from service.metrics import Metrics
+from service.store.eventlog import make_records
+from service.store.memory import MemoryStore
+from tests.service.conftest import SettingsFactory
+from tests.service.support import gram
+
+
+@pytest.fixture
+def model(make_settings: SettingsFactory) -> ServingModel:
+    return load_serving_model(make_settings())
+
+
+@pytest.mark.parametrize("half_life_s", [None, 50.0])
+def test_batch_state_uses_the_model_configuration(
+    make_settings: SettingsFactory, half_life_s: float | None
+) -> None:
+    """σ², V against the eigendecomposition of Xᵀ W X with the configured rank and decay."""
+    model = load_serving_model(make_settings(half_life_s=half_life_s, rank=3, oversample=5))
+    rng = np.random.default_rng(0)
+    rows = rng.normal(size=(600, model.dim))
+    ts = rng.uniform(0, 1_000, size=600)
+    w = Decay(half_life_s).weights(ts, ts.max()) if half_life_s else np.ones(600)
+    evals, evecs = np.linalg.eigh((rows * w[:, None]).T @ rows)  # ascending
+    got = batch_state(rows, ts, model)
+    assert (got.rank, got.ell, got.n, got.t_ref) == (3, 8, 600, ts.max())
+    np.testing.assert_allclose(got.sigma**2, evals[::-1][:8], rtol=1e-9)
+    np.testing.assert_allclose(np.abs(got.V.T @ evecs[:, ::-1][:, :8]), np.eye(8), atol=1e-6)
+    assert np.all(got.V.T @ got.s >= 0)  # the sign convention
+    assert got.n_eff == pytest.approx(w.sum())
+    assert got.residual == pytest.approx(evals[::-1][8:].sum())
+    assert got.tag == str(model.state_tag)
+    assert got.tag.startswith(model.version)
+
+
+def test_incremental_with_decay_matches_batch(make_settings: SettingsFactory) -> None:
+    model = load_serving_model(make_settings(half_life_s=30.0))
+    rng = np.random.default_rng(1)
+    rows = rng.normal(size=(50, model.dim))
+    ts = np.sort(rng.uniform(0, 200, size=50))
+    state = None
+    for start in range(0, 50, 8):
+        state = append_rows(state, rows[start : start + 8], ts[start : start + 8], model)
+    assert state is not None
+    ref = batch_state(rows, ts, model)
+    np.testing.assert_allclose(gram(state), gram(ref), atol=1e-8)
+    assert state.n_eff == pytest.approx(ref.n_eff)
+
+
+def test_parse_state_reasons(model: ServingModel) -> None:
+    fresh = append_rows(None, np.ones((2, model.dim)), np.array([1.0, 2.0]), model)
+    assert parse_state(None, model) == (None, None)
+    assert parse_state(fresh.to_bytes(), model).rebuild is None
+    other = replace(fresh, tag="another")
+    assert parse_state(other.to_bytes(), model).rebuild == "model_version"
+    narrow = LowRankState.empty(model.dim, 2, 1, model.version)
+    assert parse_state(narrow.to_bytes(), model).rebuild == "config"
+    assert parse_state(b"junk", model) == (None, "corrupt")
+
+
+def test_rebuild_from_log_maps_items_and_actions(model: ServingModel, checkpoint_dir: Path) -> None:
+    records = make_records(
+        [1.0, 2.0, 3.0], [1, "alpha", "unknown"], ["click", None, "nope"], [None] * 3
+    )
+    items, actions = model.log_rows(records)
+    vocab = model.checkpoint.vocab
+    assert items.tolist() == [vocab.item_row(1), vocab.item_row("alpha"), 0]
+    assert actions.tolist() == [vocab.action_row("click"), 0, 0]
+    users = UserStates(MemoryStore(), model, Metrics())
+    state = users.from_log(records)
+    assert state.n == 3 and state.t_ref == 3.0
+    assert users.from_log(records[:0]).n == 0
+
+
+@pytest.mark.parametrize(("rank", "oversample"), [(4, 4), (4, 12)])  # ℓ < d and ℓ = d
+def test_large_blocks_of_repeated_items_stay_exact(
+    make_settings: SettingsFactory, rank: int, oversample: int
+) -> None:
+    """200 events over 6 distinct rows (rank 6 ≤ ℓ) in one request: exact factors."""
+    model = load_serving_model(make_settings(rank=rank, oversample=oversample))
+    rng = np.random.default_rng(2)
+    distinct = rng.normal(size=(6, model.dim))
+    rows = distinct[rng.integers(0, 6, size=200)]
+    ts = np.arange(200.0)
+    state = append_rows(None, rows, ts, model)
+    ref = batch_state(rows, ts, model)
+    np.testing.assert_allclose(state.sigma, ref.sigma, atol=1e-9)
+    np.testing.assert_allclose(gram(state), gram(ref), atol=1e-9)
+    assert state.residual_ratio < 1e-12
+
+
+# ---- round trips through a real store (embedded and Redis) -----------------------------------
+def _records(n: int, start: int = 1) -> np.ndarray:
+    items = [(i % 40) + 1 for i in range(start, start + n)]
+    return make_records([float(i) for i in range(start, start + n)], items, [None] * n, [None] * n)
+
+
+async def _users(model: ServingModel, store_url: str | None) -> UserStates:
+    from service.settings import Settings
+    from service.store.factory import open_store
+
+    return UserStates(await open_store(Settings(redis_url=store_url)), model, Metrics())
+
+
+@pytest.mark.anyio
+async def test_extend_then_load_gives_the_batch_factors(
+    model: ServingModel, store_url: str | None
+) -> None:
+    users = await _users(model, store_url)
+    try:
+        assert (await users.load("u")).state is None  # unknown user: no history
+        first, second = _records(7), _records(5, start=8)
+        assert await users.extend("u", await users.store.read("u"), first, log_cap=100)
+        assert await users.extend("u", await users.store.read("u"), second, log_cap=100)
+        loaded = await users.load("u", with_log=True)
+        assert loaded.state is not None and loaded.state.n == 12
+        assert loaded.log["ts"].tolist() == [float(i) for i in range(1, 13)]
+        ref = users.from_log(np.concatenate([first, second]))
+        np.testing.assert_allclose(gram(loaded.state), gram(ref), atol=1e-5)  # float32 blob
+        assert (await users.load("u")).log.shape == (0,)  # the log only when asked for
+    finally:
+        await users.store.close()
+
+
+@pytest.mark.anyio
+async def test_a_stale_version_loses_the_write(model: ServingModel, store_url: str | None) -> None:
+    users = await _users(model, store_url)
+    try:
+        before = await users.store.read("u")
+        assert await users.extend("u", before, _records(3), log_cap=100)
+        assert not await users.extend("u", before, _records(2, start=4), log_cap=100)
+        assert (await users.view("u")).history_length == 3
+    finally:
+        await users.store.close()
+
+
+@pytest.mark.anyio
+async def test_load_rebuilds_a_corrupt_or_missing_state_once_and_writes_it_back(
+    model: ServingModel, store_url: str | None
+) -> None:
+    users = await _users(model, store_url)
+    try:
+        log = _records(9).tobytes()
+        assert await users.store.replace("u", 0, b"garbage", log)
+        with pytest.raises(StateUnreadable):
+            await users.view("u")
+        loaded = await users.load("u")
+        assert loaded.state is not None and loaded.state.n == 9
+        view = await users.view("u")  # written back: readable now
+        assert view.history_length == 9 and view.model_version == model.version
+        assert len(view.singular_values) == model.rank  # the r served values, not ℓ
+        rebuilt = users.metrics.registry.get_sample_value(
+            "solar_state_rebuilds_total", {"reason": "corrupt"}
+        )
+        assert rebuilt == 1
+        with pytest.raises(UnknownUser):
+            await users.view("nobody")
+        assert (await users.load("nobody")).state is None
+    finally:
+        await users.store.close()

@@ -1,0 +1,64 @@
+"""BatchScorer: passes split to bound memory give the same results; mixed modes; warm-up."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from model.ranker import ScoreRequest
+from service.core.serving_model import load_serving_model
+from service.scoring.scorer import BatchScorer, RankJob, split_jobs
+from tests.service.conftest import SettingsFactory
+from tests.service.support import RANK
+
+
+def test_scorer_splits_history_batches(make_settings: SettingsFactory) -> None:
+    model = load_serving_model(make_settings())
+    history = torch.arange(1, 21)
+    jobs = [
+        RankJob("softmax", ScoreRequest(torch.arange(1, 9), history_items=history), 3),
+        RankJob("svd", ScoreRequest(torch.arange(1, 9), interests=torch.ones(RANK, 16)), 8),
+        RankJob("softmax", ScoreRequest(torch.arange(1, 9), history_items=history[:5]), 8),
+    ]
+    together = BatchScorer(model.checkpoint.ranker, history_batch_elements=10**9)(jobs)
+    split = BatchScorer(model.checkpoint.ranker, history_batch_elements=1)(
+        jobs
+    )  # one request per pass
+    assert [len(r.indices) for r in together] == [3, 8, 8]
+    for a, b in zip(together, split, strict=True):
+        assert a.indices == b.indices
+        assert a.scores == pytest.approx(b.scores, abs=1e-5)
+
+
+def _job(m: int, n: int | None) -> RankJob:
+    history = None if n is None else torch.arange(1, n + 1)
+    interests = torch.ones(RANK, 16) if n is None else None
+    request = ScoreRequest(torch.arange(1, m + 1), interests=interests, history_items=history)
+    return RankJob("svd" if n is None else "softmax", request, m)
+
+
+def test_split_jobs_bounds_b_m_n() -> None:
+    jobs = [_job(4, 10), _job(4, 10), _job(8, 10), _job(2, 1)]
+    assert split_jobs(jobs, [0, 1, 2, 3], 10**6) == [[0, 1, 2, 3]]
+    assert split_jobs(jobs, [0, 1, 2, 3], 80) == [[0, 1], [2], [3]]  # 2·4·10, then 1·8·10
+    assert split_jobs(jobs, [0, 1, 2, 3], 1) == [[0], [1], [2], [3]]  # never an empty pass
+    svd = [_job(2_048, None) for _ in range(5)]
+    assert split_jobs(svd, list(range(5)), 8_192) == [[0, 1, 2, 3], [4]]  # N counts as 1
+
+
+def test_warm_up_scores_every_serving_mode(make_settings: SettingsFactory) -> None:
+    model = load_serving_model(make_settings())
+    seen: list[str] = []
+    scorer = BatchScorer(model.checkpoint.ranker, history_batch_elements=10**6)
+    real = scorer.ranker.score_requests
+
+    def spy(mode: str, requests: list[ScoreRequest]) -> list[torch.Tensor]:
+        seen.append(mode)
+        return real(mode, requests)
+
+    scorer.ranker.score_requests = spy  # type: ignore[method-assign]
+    try:
+        scorer.warm_up(model.rank)
+    finally:
+        del scorer.ranker.score_requests
+    assert sorted(seen) == ["softmax", "svd", "svd_exact"]

@@ -1,0 +1,63 @@
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from service.errors import InvalidUserId
+from service.store.keys import USER_ID_PATTERN, user_keys, validate_user_id
+
+
+def _hash_tag(key: str) -> str:
+    """The part of a key that Redis Cluster hashes: between the first '{' and the next '}'."""
+    start = key.index("{")
+    return key[start + 1 : key.index("}", start + 1)]
+
+
+def test_key_layout() -> None:
+    keys = user_keys("alice@example.com")
+    assert keys == (
+        "solar:{alice@example.com}:state",
+        "solar:{alice@example.com}:log",
+        "solar:{alice@example.com}:ver",
+    )
+    assert (keys.state, keys.log, keys.version) == tuple(keys)
+
+
+@pytest.mark.parametrize("user_id", ["a", "A-Z_0.9:x@y", "x" * 128, "123", "user:42"])
+def test_keys_of_one_user_share_one_hash_tag(user_id: str) -> None:
+    tags = {_hash_tag(k) for k in user_keys(user_id)}
+    assert tags == {user_id}
+
+
+def test_keys_of_different_users_differ() -> None:
+    assert len(set(user_keys("a")) | set(user_keys("b"))) == 6
+
+
+@pytest.mark.parametrize("user_id", ["a", "Z9", "a.b-c_d:e@f", "x" * 128])
+def test_valid_user_ids_pass_unchanged(user_id: str) -> None:
+    assert validate_user_id(user_id) == user_id
+    assert re.fullmatch(USER_ID_PATTERN, user_id)
+
+
+@pytest.mark.parametrize(
+    "user_id",
+    ["", "x" * 129, "a{b", "a}b", "{a}", "a b", "a/b", "é", "a\n", "\na", "a\x00", "a*"],
+)
+def test_invalid_user_ids_are_rejected_with_the_value_in_the_message(user_id: str) -> None:
+    with pytest.raises(InvalidUserId) as info:
+        validate_user_id(user_id)
+    assert repr(user_id) in str(info.value)
+    assert isinstance(info.value, ValueError)
+    assert info.value.user_id == user_id
+
+
+@pytest.mark.parametrize("user_id", [None, 42, b"abc"])
+def test_non_strings_are_rejected(user_id: object) -> None:
+    with pytest.raises(InvalidUserId):
+        validate_user_id(user_id)  # type: ignore[arg-type]
+
+
+def test_user_keys_validate() -> None:
+    with pytest.raises(InvalidUserId):
+        user_keys("bad}id")
