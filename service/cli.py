@@ -1,4 +1,4 @@
-"""The `solar` console script: `solar serve | train | eval | replay | bench`."""
+"""The `solar` console script: `solar serve | worker | train | eval | replay | bench`."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from collections.abc import Callable, Sequence
 # `solar train` does not import the web stack and `solar serve` does not import training.
 COMMANDS: dict[str, tuple[str, str]] = {
     "serve": ("service.api.server:main", "run the HTTP service under uvicorn"),
+    "worker": ("service.worker:main", "apply ingested events to user states (Redis)"),
     "train": ("model.train:main", "train a ranker and write a checkpoint"),
     "eval": ("model.evaluate:main", "evaluate checkpoints or modes offline"),
     "replay": ("solar_tools.replay:main", "stream a dataset's events into POST /ingest"),

@@ -9,6 +9,7 @@ labels ``solar_rejected_total``.
 from __future__ import annotations
 
 __all__ = [
+    "ApplyTimeout",
     "BatcherClosed",
     "InvalidInput",
     "InvalidUserId",
@@ -127,6 +128,19 @@ class StateUnreadable(ServiceError):
     def __init__(self, user_id: str) -> None:
         super().__init__(f"the stored state of user {user_id!r} is unreadable")
         self.user_id = user_id
+
+
+class ApplyTimeout(ServiceUnavailable):
+    """``POST /ingest?wait=true``: the events were stored but not applied in time."""
+
+    reason = "apply_timeout"
+
+    def __init__(self, users: int, wait_s: float) -> None:
+        super().__init__(
+            f"events stored, but {users} user(s) not applied within {wait_s:g} s: "
+            "retry the request (it is idempotent) or read without wait"
+        )
+        self.users = users
 
 
 class InvalidUserId(InvalidInput):

@@ -21,6 +21,10 @@ _FAST_BUCKETS_S = (
 )  # fmt: skip
 _CANDIDATE_BUCKETS = (1, 10, 50, 100, 250, 500, 1_000, 2_048, 4_096, 10_000)
 _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+_LAG_BUCKETS_S = (
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+)  # fmt: skip
+_APPLY_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 1_024, 4_096, 16_384)
 _RATIO_BUCKETS = (0.0, 0.001, 0.01, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0)
 
 
@@ -112,6 +116,25 @@ class Metrics:
             "solar_state_rebuilds_total",
             "User states rebuilt from the event log, by reason",
             ["reason"],
+            registry=reg,
+        )
+
+        self.apply_lag_seconds = Histogram(
+            "solar_apply_lag_seconds",
+            "Time from an event's acknowledgement to its user's state covering it",
+            buckets=_LAG_BUCKETS_S,
+            registry=reg,
+        )
+        self.ingest_pending = Gauge(
+            "solar_ingest_pending",
+            "Notices on an owned ingest partition not yet acknowledged by an applier",
+            ["partition"],
+            registry=reg,
+        )
+        self.apply_batch_events = Histogram(
+            "solar_apply_batch_events",
+            "Events folded into one user's state in one block update",
+            buckets=_APPLY_BUCKETS,
             registry=reg,
         )
 

@@ -49,7 +49,7 @@ class Settings(BaseSettings):
     log_cap: int = Field(
         default=16_384,
         ge=1,
-        description="events kept in each user's log; dedup looks back min(10,000, log_cap)",
+        description="events kept in each user's log (dedup looks back 10,000 events)",
     )
     max_candidates: int = Field(default=10_000, ge=1, description="candidates per /rank request")
     max_events: int = Field(default=10_000, ge=1, description="events per /ingest request")
@@ -60,6 +60,17 @@ class Settings(BaseSettings):
     max_queue: int = Field(default=1_024, ge=1, description="queued /rank requests before 503")
     api_token: SecretStr | None = Field(
         default=None, description="bearer token required on /rank, /ingest and /users when set"
+    )
+    redis_cluster: bool = Field(
+        default=False,
+        description="use the Redis Cluster client (also implied by a redis+cluster:// URL)",
+    )
+    partitions: int = Field(
+        default=16, ge=1, le=1_024, description="partitions P of the ingest stream"
+    )
+    applier: Literal["inline", "external"] = Field(
+        default="inline",
+        description="inline: `solar serve` also runs an applier; external: `solar worker` only",
     )
     host: str = Field(default="127.0.0.1", description="`solar serve` bind address")
     port: int = Field(default=8000, ge=0, le=65_535, description="`solar serve` port")
@@ -74,9 +85,6 @@ class Settings(BaseSettings):
         default=0.2, ge=0, description="first connect retry delay (doubles)"
     )
     max_body_bytes: int = Field(default=8 << 20, ge=1_024, description="request body limit, bytes")
-    cas_retries: int = Field(
-        default=16, ge=0, description="compare-and-set retries per user ingest"
-    )
     torch_threads: int | None = Field(
         default=None,
         ge=1,
@@ -95,6 +103,14 @@ class Settings(BaseSettings):
         description="rebuild a state from its log when ρ/(Σσ²+ρ) exceeds this after an update",
     )
     retry_after_s: int = Field(default=1, ge=1, description="Retry-After on 503 answers, seconds")
+    ingest_wait_s: float = Field(
+        default=5.0, gt=0, le=60, description="POST /ingest?wait=true: longest wait, seconds"
+    )
+    apply_lease_s: float = Field(
+        default=5.0,
+        gt=0,
+        description="partition lease of an applier: a dead one's work is taken over after it",
+    )
     warmup: bool = Field(default=True, description="score one dummy request per mode at startup")
 
     @field_validator("redis_url")

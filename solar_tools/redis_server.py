@@ -12,11 +12,12 @@ import signal
 import socket
 import subprocess
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import redis
 
-__all__ = ["RedisServer", "RedisServerError", "free_port"]
+__all__ = ["RedisClusterServers", "RedisServer", "RedisServerError", "free_port"]
 
 logger = logging.getLogger(__name__)
 
@@ -28,20 +29,26 @@ class RedisServerError(RuntimeError):
     """redis-server is missing, exited early or did not answer PING in time."""
 
 
-def free_port() -> int:
-    """A loopback TCP port that nothing listens on right now (never 6379)."""
+def free_port(max_port: int = 65_535) -> int:
+    """A loopback TCP port ≤ ``max_port`` that nothing listens on right now (never 6379)."""
     while True:
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
             sock.bind(("127.0.0.1", 0))
             port = int(sock.getsockname()[1])
-        if port != _DEFAULT_REDIS_PORT:
+        if port != _DEFAULT_REDIS_PORT and port <= max_port:
             return port
 
 
 class RedisServer:
     """One redis-server child process on ``127.0.0.1:port`` with its files under ``workdir``."""
 
-    def __init__(self, workdir: Path, port: int | None = None, start_timeout_s: float = 10.0):
+    def __init__(
+        self,
+        workdir: Path,
+        port: int | None = None,
+        start_timeout_s: float = 10.0,
+        extra_args: Sequence[str] = (),
+    ):
         if not Path(REDIS_SERVER_BIN).is_file():
             raise RedisServerError(
                 f"redis-server not found (looked for {REDIS_SERVER_BIN}); install it, "
@@ -52,6 +59,7 @@ class RedisServer:
         if self.port == _DEFAULT_REDIS_PORT:
             raise RedisServerError("refusing port 6379: it may belong to a real Redis")
         self.start_timeout_s = start_timeout_s
+        self.extra_args = tuple(extra_args)  # e.g. ("--appendonly", "yes") or cluster mode
         self._proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -79,6 +87,7 @@ class RedisServer:
             "--appendonly", "no",
             "--daemonize", "no",
             "--dir", str(self.workdir),
+            *self.extra_args,
         ]  # fmt: skip
         with self.log_path.open("ab") as log:
             self._proc = subprocess.Popen(
@@ -129,6 +138,14 @@ class RedisServer:
             proc.kill()
             proc.wait(timeout=5)
 
+    def kill(self) -> None:
+        """SIGKILL the server (a crash: no shutdown save); a no-op when stopped."""
+        proc, self._proc = self._proc, None
+        if proc is None or proc.poll() is not None:
+            return
+        proc.kill()
+        proc.wait(timeout=5)
+
     def pause(self) -> None:
         """Freeze the server (SIGSTOP): it keeps accepting TCP connections but never replies."""
         if self._proc is None:
@@ -149,3 +166,62 @@ class RedisServer:
             client.flushdb()
         finally:
             client.close()
+
+
+REDIS_CLI_BIN = shutil.which("redis-cli") or "/usr/bin/redis-cli"
+
+
+class RedisClusterServers:
+    """A real Redis Cluster of ``masters`` redis-server processes (no replicas) on free
+    loopback ports, created with ``redis-cli --cluster create``."""
+
+    def __init__(self, workdir: Path, masters: int = 3, start_timeout_s: float = 20.0) -> None:
+        self.start_timeout_s = start_timeout_s
+        self.nodes = []
+        for i in range(masters):
+            node_dir = workdir / f"node{i}"
+            node_dir.mkdir(parents=True, exist_ok=True)
+            args = ("--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
+                    "--cluster-node-timeout", "2000")  # fmt: skip
+            # The cluster bus listens on port + 10,000.
+            port = free_port(max_port=55_535)
+            self.nodes.append(RedisServer(node_dir, port=port, extra_args=args))
+
+    @property
+    def url(self) -> str:
+        """``redis+cluster://127.0.0.1:<port of the first node>`` (the others are discovered)."""
+        return f"redis+cluster://127.0.0.1:{self.nodes[0].port}"
+
+    def start(self) -> None:
+        for node in self.nodes:
+            node.start()
+        addresses = [f"127.0.0.1:{node.port}" for node in self.nodes]
+        subprocess.run(
+            [REDIS_CLI_BIN, "--cluster", "create", *addresses, "--cluster-yes"],
+            check=True,
+            capture_output=True,
+            timeout=self.start_timeout_s,
+        )
+        self._wait_ok()
+        logger.info("redis cluster ready at %s", ", ".join(addresses))
+
+    def _wait_ok(self) -> None:
+        deadline = time.monotonic() + self.start_timeout_s
+        for node in self.nodes:
+            client = redis.Redis(host="127.0.0.1", port=node.port, socket_timeout=1.0)
+            try:
+                while client.cluster("INFO").get("cluster_state") != "ok":
+                    if time.monotonic() > deadline:
+                        raise RedisServerError("redis cluster did not reach cluster_state:ok")
+                    time.sleep(0.05)
+            finally:
+                client.close()
+
+    def flush(self) -> None:
+        """FLUSHALL on every master."""
+        for node in self.nodes:
+            node.flush()
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            node.stop()

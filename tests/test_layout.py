@@ -1,8 +1,9 @@
 """The architecture, checked: layers import only downwards, no import circle, small modules.
 
-Layers of ``service/`` from the top: ``api`` (HTTP) → ``core`` (use cases, user state, the
-loaded model) → ``scoring`` (batcher, batch scorer) and ``store`` (storage) → the shared
-``errors``, ``settings`` and ``metrics``. ``model/`` is a library that never imports the
+Layers of ``service/`` from the top: ``api`` (HTTP) and ``worker`` → ``core`` (use cases,
+user state, the applier, the loaded model) and ``backends`` → ``scoring`` (batcher, batch
+scorer), ``store`` (storage) and ``stream`` (the ingest stream) → the shared ``errors``,
+``settings`` and ``metrics``. ``model/`` is a library that never imports the
 service, FastAPI or Redis.
 """
 
@@ -23,8 +24,11 @@ SERVICE_LAYERS = {
     "service.app": 5,
     "service.cli": 5,
     "service.core": 3,
+    "service.backends": 3,
+    "service.worker": 5,
     "service.scoring": 2,
     "service.store": 2,
+    "service.stream": 2,
     "service.errors": 0,
     "service.settings": 0,
     "service.metrics": 0,

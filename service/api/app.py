@@ -22,14 +22,13 @@ from service.api.errors import install_error_handlers
 from service.api.middleware import BodyLimitMiddleware, RequestMetricsMiddleware
 from service.api.routes import health_router, ingest_router, rank_router, users_router
 from service.api.schemas import IngestRequest
+from service.backends import open_backends
+from service.core.applier import Applier
 from service.core.serving_model import load_serving_model
-from service.core.userlocks import UserLocks
 from service.metrics import Metrics
 from service.scoring.batcher import MicroBatcher
 from service.scoring.scorer import BatchScorer, Ranked, RankJob
 from service.settings import Settings
-from service.store.eventlog import DEDUP_WINDOW
-from service.store.factory import open_store
 
 __all__ = ["create_app"]
 
@@ -56,7 +55,9 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     _set_torch_threads(settings)
     model = await asyncio.to_thread(load_serving_model, settings)
     metrics.set_model(model.version, model.rank, model.dim)
-    store = await open_store(settings, metrics.store_observer())
+    backends = await open_backends(settings, metrics.store_observer())
+    applier: Applier | None = None
+    applier_task: asyncio.Task[None] | None = None
     try:
         scorer = BatchScorer(model.checkpoint.ranker, settings.history_batch_elements)
         if settings.warmup:
@@ -70,24 +71,28 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             metrics=metrics,
         )
         batcher.start()
+        if settings.applier == "inline":
+            applier = Applier.create(settings, backends.store, backends.stream, model, metrics)
+            applier_task = asyncio.create_task(applier.run(), name="solar-applier")
         app.state.model = model
-        app.state.store = store
+        app.state.store = backends.store
+        app.state.stream = backends.stream
         app.state.batcher = batcher
-        app.state.user_locks = UserLocks()
-        if settings.log_cap < DEDUP_WINDOW:
-            logger.warning(
-                "SOLAR_LOG_CAP=%d < %d: re-sent events are recognised only within the last %d",
-                settings.log_cap, DEDUP_WINDOW, settings.log_cap,
-            )  # fmt: skip
-        logger.info("solar ready: model %s, max_batch %d", model.version, settings.max_batch)
+        logger.info(
+            "solar ready: model %s, max_batch %d, applier %s",
+            model.version, settings.max_batch, settings.applier,
+        )  # fmt: skip
         try:
             yield
         finally:
             await batcher.stop()
-            app.state.model = app.state.batcher = app.state.user_locks = None
+            app.state.model = app.state.batcher = None
     finally:
-        await store.close()
-        app.state.store = None
+        if applier is not None and applier_task is not None:
+            applier.stop()
+            await asyncio.gather(applier_task, return_exceptions=True)
+        await backends.close()
+        app.state.store = app.state.stream = None
 
 
 def _openapi(app: FastAPI) -> Callable[[], dict[str, Any]]:

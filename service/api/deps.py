@@ -1,6 +1,6 @@
 """FastAPI dependencies: typed ``Annotated`` aliases for what the lifespan puts on ``app.state``.
 
-The long-lived objects (settings, metrics, store, model, batcher, per-user locks) are read from
+The long-lived objects (settings, metrics, store, stream, model, batcher) are read from
 ``app.state``; the use cases (``UserStates``, ``Ranking``, ``Ingestor``) are cheap dataclasses
 built per request from them. So a test swaps any one piece with
 ``app.dependency_overrides[get_store] = lambda: other_store`` and every use case follows.
@@ -17,7 +17,6 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from service.core.ingest import Ingestor
 from service.core.ranking import Ranking
 from service.core.serving_model import ServingModel
-from service.core.userlocks import UserLocks
 from service.core.users import UserStates
 from service.errors import NotReady, Unauthorized
 from service.metrics import Metrics
@@ -25,6 +24,7 @@ from service.scoring.batcher import MicroBatcher
 from service.scoring.scorer import Ranked, RankJob
 from service.settings import Settings
 from service.store.base import Store
+from service.stream.base import IngestStream
 
 __all__ = [
     "BatcherDep",
@@ -34,10 +34,11 @@ __all__ = [
     "RankingDep",
     "SettingsDep",
     "StoreDep",
+    "StreamDep",
     "UserStatesDep",
     "get_batcher",
     "get_ingestor",
-    "get_locks",
+    "get_stream",
     "get_metrics",
     "get_model",
     "get_ranking",
@@ -83,9 +84,9 @@ def get_batcher(request: Request) -> RankBatcher:
     return batcher
 
 
-def get_locks(request: Request) -> UserLocks:
-    locks: UserLocks = _running(request, "user_locks")
-    return locks
+def get_stream(request: Request) -> IngestStream:
+    stream: IngestStream = _running(request, "stream")
+    return stream
 
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]
@@ -93,7 +94,7 @@ MetricsDep = Annotated[Metrics, Depends(get_metrics)]
 StoreDep = Annotated[Store, Depends(get_store)]
 ModelDep = Annotated[ServingModel, Depends(get_model)]
 BatcherDep = Annotated[RankBatcher, Depends(get_batcher)]
-LocksDep = Annotated[UserLocks, Depends(get_locks)]
+StreamDep = Annotated[IngestStream, Depends(get_stream)]
 
 
 def get_user_states(
@@ -110,14 +111,14 @@ def get_ranking(users: UserStatesDep, metrics: MetricsDep, batcher: BatcherDep) 
 
 
 def get_ingestor(
-    users: UserStatesDep, metrics: MetricsDep, locks: LocksDep, settings: SettingsDep
+    store: StoreDep, stream: StreamDep, metrics: MetricsDep, settings: SettingsDep
 ) -> Ingestor:
     return Ingestor(
-        users=users,
+        store=store,
+        stream=stream,
         metrics=metrics,
-        locks=locks,
-        cas_retries=settings.cas_retries,
         log_cap=settings.log_cap,
+        wait_s=settings.ingest_wait_s,
     )
 
 

@@ -170,14 +170,15 @@ class IngestRequest(_Strict):
 
 
 class IngestResponse(BaseModel):
-    accepted: int = Field(description="events absorbed into factors and logs")
+    accepted: int = Field(description="new events stored (applied to the factors shortly after)")
     duplicates: int = Field(description="events already seen (same event_id or identity)")
     users: int = Field(description="distinct users in the request")
 
 
 class UserInfo(BaseModel):
     user_id: str
-    history_length: int = Field(description="events absorbed")
+    history_length: int = Field(description="events applied to the factors")
+    pending: int = Field(description="events acknowledged but not applied yet")
     rank: int = Field(description="served rank r")
     singular_values: list[float] = Field(description="the r served singular values σ, descending")
     residual_ratio: float = Field(description="ρ / (Σσ² + ρ): energy dropped by truncation")

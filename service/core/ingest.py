@@ -1,20 +1,22 @@
-"""The /ingest use case: group events by user, drop duplicates, update factors, write atomically.
+"""The /ingest use case: group events by user and, per user, one atomic store step; no factor
+update in the request (DESIGN §3).
 
-Per user, one optimistic transaction (DESIGN §3, §4): read the state, its version and the last
-10,000 log records → drop duplicates → absorb the fresh records (``UserStates.extend``: a Brand
-update off the event loop, or a rebuild of a stale state) → write the state and append the
-records if the version did not move. A lost race re-runs the transaction (bounded, with
-jittered backoff), then answers 503; inside one process a user's transactions queue on a lock
-instead of racing. The users of one request run concurrently. The caller acknowledges only
-after every user's write was confirmed; a retried request is harmless because ingest is
-idempotent.
+Per user: ``Store.append_events`` drops the events already among the user's last 10,000,
+appends the fresh records to the log and returns the user's new position; a notice then goes
+to the user's partition of the ingest stream, where an applier folds the events into the
+state. The request is acknowledged once every user's step and notice are confirmed, with exact
+counts. A notice is posted whenever the user has unapplied events, duplicates only included,
+so a client retrying after a failure between the two steps leaves nothing unannounced.
+
+``wait=True`` (``POST /ingest?wait=true``) returns only once every user's state covers the
+position of this request (read-your-writes), polling the positions up to ``wait_s``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import random
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
@@ -22,21 +24,20 @@ from typing import NamedTuple
 import numpy as np
 
 from service.core.items import ItemId
-from service.core.userlocks import UserLocks
-from service.core.users import UserStates
-from service.errors import StoreBusy
+from service.errors import ApplyTimeout
 from service.metrics import Metrics
-from service.store.eventlog import DEDUP_WINDOW, decode_log, duplicate_mask, make_records
+from service.store.base import Store
+from service.store.eventlog import DEDUP_WINDOW, identity_keys, make_records
+from service.stream.base import IngestStream
 
 __all__ = ["EventColumns", "IngestResult", "Ingestor"]
 
 logger = logging.getLogger(__name__)
 
 # Users of one request in flight at once: enough to overlap store round trips, few enough
-# not to drain the connection pool (64) or the default thread pool.
+# not to drain the connection pool (64).
 _USERS_IN_FLIGHT = 16
-_BACKOFF_BASE_S = 0.001
-_BACKOFF_MAX_S = 0.05
+_WAIT_POLL_S = (0.001, 0.05)  # first and longest pause between position polls
 
 
 class EventColumns(NamedTuple):
@@ -64,65 +65,71 @@ class IngestResult(NamedTuple):
     users: int
 
 
-class _Outcome(NamedTuple):
+class _Appended(NamedTuple):
     accepted: int
     duplicates: int
+    seq: int
 
 
 @dataclass
 class Ingestor:
-    """Applies validated events to the store.
+    """Appends validated events to the store and announces them on the ingest stream."""
 
-    ``locks`` is shared by every request of one process (one writer per user in it);
-    ``cas_retries`` bounds the lost races per user, ``log_cap`` the events kept per log.
-    """
-
-    users: UserStates
+    store: Store
+    stream: IngestStream
     metrics: Metrics
-    locks: UserLocks
-    cas_retries: int
     log_cap: int
+    wait_s: float = 5.0
 
-    async def ingest(self, events: EventColumns) -> IngestResult:
-        """Absorb ``events``; returns counts once every write is confirmed.
+    async def ingest(self, events: EventColumns, *, wait: bool = False) -> IngestResult:
+        """Store ``events``; returns exact counts once every user's step is confirmed.
 
         Raises:
-            StoreUnavailable / StoreError: the store failed (503).
-            StoreBusy: too many lost write races for one user (503).
+            StoreUnavailable / StoreError: the store failed (503; retrying is safe).
+            ApplyTimeout: ``wait`` and the events were not applied within ``wait_s`` (503).
         """
         groups = events.by_user()
-        # Users are independent: their transactions overlap (store round trips, factor updates
-        # in worker threads). All must succeed before the request is acknowledged.
         in_flight = asyncio.Semaphore(_USERS_IN_FLIGHT)
 
-        async def one(user_id: str, records: np.ndarray) -> _Outcome:
-            async with in_flight, self.locks.hold(user_id):
-                return await self._ingest_user(user_id, records)
+        async def one(user_id: str, records: np.ndarray) -> _Appended:
+            async with in_flight:
+                return await self._append(user_id, records)
 
-        outcomes = await asyncio.gather(*(one(u, recs) for u, recs in groups.items()))
-        accepted = sum(outcome.accepted for outcome in outcomes)
-        duplicates = sum(outcome.duplicates for outcome in outcomes)
+        done = await asyncio.gather(*(one(u, recs) for u, recs in groups.items()))
+        accepted = sum(d.accepted for d in done)
+        duplicates = sum(d.duplicates for d in done)
         self.metrics.ingest_events.labels(result="accepted").inc(accepted)
         self.metrics.ingest_events.labels(result="duplicate").inc(duplicates)
+        if wait:
+            await self._wait_applied({u: d.seq for u, d in zip(groups, done, strict=True)})
         return IngestResult(accepted=accepted, duplicates=duplicates, users=len(groups))
 
-    async def _ingest_user(self, user_id: str, records: np.ndarray) -> _Outcome:
-        attempts = self.cas_retries + 1
-        for attempt in range(attempts):
-            outcome = await self._attempt(user_id, records)
-            if outcome is not None:
-                return outcome
-            delay_s = min(_BACKOFF_BASE_S * 2**attempt, _BACKOFF_MAX_S)
-            await asyncio.sleep(random.uniform(0.0, delay_s))  # jitter spreads the racers
-        raise StoreBusy(attempts)
+    async def _append(self, user_id: str, records: np.ndarray) -> _Appended:
+        result = await self.store.append_events(
+            user_id,
+            records.tobytes(),
+            identity_keys(records),
+            log_cap=self.log_cap,
+            dedup_window=DEDUP_WINDOW,
+        )
+        if result.seq > result.applied:
+            await self.stream.post(user_id, result.seq, time.time())
+        return _Appended(result.accepted, result.duplicates, result.seq)
 
-    async def _attempt(self, user_id: str, records: np.ndarray) -> _Outcome | None:
-        """One optimistic transaction; None when another writer got there first."""
-        record = await self.users.store.read(user_id, with_log=True, log_tail=DEDUP_WINDOW)
-        duplicate = duplicate_mask(decode_log(record.log), records)
-        fresh = records[~duplicate]
-        outcome = _Outcome(accepted=int(fresh.shape[0]), duplicates=int(duplicate.sum()))
-        if fresh.shape[0] == 0:
-            return outcome
-        written = await self.users.extend(user_id, record, fresh, self.log_cap)
-        return outcome if written else None
+    async def _wait_applied(self, targets: dict[str, int]) -> None:
+        deadline = time.monotonic() + self.wait_s
+        pause_s = _WAIT_POLL_S[0]
+        waiting = dict(targets)
+        while waiting:
+            positions = await asyncio.gather(*(self.store.position(u) for u in waiting))
+            waiting = {
+                u: seq
+                for (u, seq), pos in zip(waiting.items(), positions, strict=True)
+                if pos.applied < seq
+            }
+            if not waiting:
+                return
+            if time.monotonic() + pause_s > deadline:
+                raise ApplyTimeout(len(waiting), self.wait_s)
+            await asyncio.sleep(pause_s)
+            pause_s = min(2 * pause_s, _WAIT_POLL_S[1])

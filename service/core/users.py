@@ -1,19 +1,23 @@
-"""A user's state: the one place that loads it, checks it against the model, rebuilds it from
-the event log when it is stale, and writes it back.
+"""A user's state: the one place that loads it, checks it against the model, applies the
+pending events to it, rebuilds it from the event log when it is stale, and writes it back.
 
-A stored state is usable when it decodes and carries the serving model's tag and shape. It is
-rebuilt from the log (batch factors, O(N·d²), off the event loop) when it was written under
-another model (``model_version``) or configuration (``config``), is unreadable (``corrupt``),
-is missing while a log exists (``missing``: the state key alone was lost) or has drifted past
-the residual threshold (``residual``). A rebuilt state is written back with a compare-and-set,
-so a concurrent writer wins and nothing is overwritten blindly.
+A stored state is usable when it decodes and carries the serving model's tag and shape. The
+applier folds a user's unapplied log records into it as ONE Brand block update. It is rebuilt
+from the log (batch factors, O(N·d²), off the event loop) when it was written under another
+model (``model_version``) or configuration (``config``), is unreadable (``corrupt``), is
+missing while the log holds applied events (``missing``: the state key alone was lost), has
+drifted past the residual threshold (``residual``), or when unapplied events were trimmed from
+the log before being applied (``truncated``). Every write is ``Store.commit_state``: fenced on
+the position read, so a concurrent writer wins and a deleted user stays deleted.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -22,12 +26,13 @@ import numpy as np
 from model.lowrank import LowRankState
 from model.state_blob import StateFormatError
 from service.core.serving_model import ServingModel, StateTag
-from service.errors import StateUnreadable, UnknownUser
+from service.errors import StateUnreadable, StoreBusy, UnknownUser
 from service.metrics import Metrics
-from service.store.base import Store, UserRecord
-from service.store.eventlog import RECORD_SIZE, decode_log
+from service.store.base import LogSlice, Store
+from service.store.eventlog import decode_log
 
 __all__ = [
+    "Applied",
     "LoadedUser",
     "ParsedState",
     "UserStates",
@@ -53,15 +58,16 @@ class ParsedState(NamedTuple):
 
 
 def parse_state(
-    blob: bytes | None, model: ServingModel, *, log_present: bool = False
+    blob: bytes | None, model: ServingModel, *, applied_in_log: bool = False
 ) -> ParsedState:
     """Decode a state blob (None: no state) and check it against the model.
 
-    ``log_present``: the user has event-log records. Without a blob, that means the history
-    must be rebuilt from the log, never restarted from nothing (which would lose it silently).
+    ``applied_in_log``: the log holds events the state should cover. Without a blob, that
+    means the history must be rebuilt from the log, never restarted from nothing (which would
+    lose it silently).
     """
     if blob is None:
-        return ParsedState(None, "missing" if log_present else None)
+        return ParsedState(None, "missing" if applied_in_log else None)
     try:
         state = LowRankState.from_bytes(blob)
     except StateFormatError:
@@ -104,7 +110,7 @@ def append_rows(
 
 
 class LoadedUser(NamedTuple):
-    """A user's usable state (None: no history) and, when asked for, its decoded log."""
+    """A user's usable state (None: no history applied) and, when asked for, its decoded log."""
 
     state: LowRankState | None
     log: np.ndarray  # structured EVENT_DTYPE records, oldest first; empty unless requested
@@ -114,6 +120,7 @@ class UserView(NamedTuple):
     """What ``GET /users/{id}`` shows of a stored state (as stored, stale or not)."""
 
     history_length: int
+    pending: int
     rank: int
     singular_values: list[float]  # the r served σ, descending
     residual_ratio: float
@@ -121,14 +128,28 @@ class UserView(NamedTuple):
     model_version: str
 
 
+class Applied(NamedTuple):
+    """What one ``UserStates.apply_pending`` call did."""
+
+    events: int  # events folded into the state (0: nothing was pending)
+    rebuilt: str | None  # why the state was rebuilt from the log instead, if it was
+
+
+def _parse(snapshot: LogSlice, model: ServingModel) -> ParsedState:
+    # The log holds applied events when it holds more than the unapplied ones.
+    applied_in_log = snapshot.length > snapshot.seq - snapshot.applied
+    return parse_state(snapshot.state, model, applied_in_log=applied_in_log)
+
+
 @dataclass
 class UserStates:
-    """Loads, rebuilds and writes back user states in one store for one model."""
+    """Loads, updates, rebuilds and writes back user states in one store for one model."""
 
     store: Store
     model: ServingModel
     metrics: Metrics
     rebuild_residual_ratio: float = 0.5  # rebuild when ρ/(Σσ²+ρ) passes this after an update
+    commit_attempts: int = 8  # fenced writes lost to another writer before giving up
 
     # ------------------------------------------------------------------ compute
     def from_log(self, records: np.ndarray) -> LowRankState:
@@ -139,95 +160,111 @@ class UserStates:
         rows = self.model.embed(items, actions)  # (N, d)
         return batch_state(rows, np.asarray(records["ts"], dtype=np.float64), self.model)
 
-    def appended(self, state: LowRankState | None, records: np.ndarray) -> LowRankState:
+    def _updated(self, state: LowRankState | None, records: np.ndarray) -> LowRankState:
         """One Brand block update of ``state`` (None: a new user) with the new records."""
-        start = time.perf_counter()
         items, actions = self.model.log_rows(records)
         rows = self.model.embed(items, actions)  # (b, d)
         ts = np.asarray(records["ts"], dtype=np.float64)
-        updated = append_rows(state, rows, ts, self.model)
-        self.metrics.factor_update_seconds.observe(time.perf_counter() - start)
-        self.metrics.factor_residual_ratio.observe(updated.residual_ratio)
-        return updated
+        return append_rows(state, rows, ts, self.model)
 
-    # ------------------------------------------------------------------ store round trips
+    def _timed(self, compute: Callable[[], LowRankState]) -> LowRankState:
+        start = time.perf_counter()
+        state = compute()
+        self.metrics.factor_update_seconds.observe(time.perf_counter() - start)
+        self.metrics.factor_residual_ratio.observe(state.residual_ratio)
+        return state
+
+    # ------------------------------------------------------------------ the applier's step
+    async def apply_pending(self, user_id: str) -> Applied:
+        """Fold every unapplied event of the user into its state as one block update (or a
+        rebuild when the state is stale) and commit it, fenced on the position read.
+
+        Re-running it applies nothing twice: the state covers a prefix of the log.
+
+        Raises:
+            StoreBusy: ``commit_attempts`` fenced writes lost in a row.
+            StoreUnavailable: the store failed.
+        """
+        for _ in range(self.commit_attempts):
+            snapshot = await self.store.read_log(user_id, unapplied_only=True)
+            parsed = _parse(snapshot, self.model)
+            reason = parsed.rebuild or ("truncated" if snapshot.truncated else None)
+            if reason is None and snapshot.seq == snapshot.applied:
+                return Applied(0, None)
+            if reason is None:
+                records = decode_log(snapshot.records)
+                update = functools.partial(self._updated, parsed.state, records)
+                state = await asyncio.to_thread(self._timed, update)
+                if state.residual_ratio > self.rebuild_residual_ratio:
+                    reason = "residual"
+                elif await self._commit(user_id, snapshot, state):
+                    return Applied(int(records.shape[0]), None)
+                else:
+                    continue
+            if await self._rebuild(user_id, reason):
+                return Applied(snapshot.seq - snapshot.applied, reason)
+        raise StoreBusy(self.commit_attempts)
+
+    async def _commit(self, user_id: str, snapshot: LogSlice, state: LowRankState) -> bool:
+        return await self.store.commit_state(
+            user_id,
+            state.to_bytes(),
+            gen=snapshot.gen,
+            expected_applied=snapshot.applied,
+            applied=snapshot.seq,
+        )
+
+    async def _rebuild(self, user_id: str, reason: str) -> LowRankState | None:
+        """Batch factors of the whole log, committed as covering it; None if the fence moved."""
+        snapshot = await self.store.read_log(user_id, unapplied_only=False)
+        records = decode_log(snapshot.records)
+        state = await asyncio.to_thread(self._timed, functools.partial(self.from_log, records))
+        if not await self._commit(user_id, snapshot, state):
+            return None
+        self.metrics.state_rebuilds.labels(reason=reason).inc()
+        logger.info("user state rebuilt from %d events (%s)", records.shape[0], reason)
+        return state
+
+    # ------------------------------------------------------------------ the rank path
     async def load(self, user_id: str, *, with_log: bool = False) -> LoadedUser:
         """The user's usable state, rebuilding (and writing back) a stale one.
 
         Without ``with_log`` a known user costs one GET of the state; the log is read only
-        for a new user (to tell whether history exists) or a state to rebuild.
+        for a user without a usable state (to tell whether history exists) or to rebuild.
         """
         if not with_log:
             parsed = parse_state(await self.store.get_state(user_id), self.model)
             if parsed.state is not None and parsed.rebuild is None:
                 return LoadedUser(parsed.state, decode_log(b""))
-        record = await self.store.read(user_id, with_log=True)
-        parsed = parse_state(record.state, self.model, log_present=len(record.log) > 0)
+        snapshot = await self.store.read_log(user_id, unapplied_only=False)
+        parsed = _parse(snapshot, self.model)
         state = parsed.state
         if parsed.rebuild is not None:
-            state, _ = await self.rebuild(user_id, record.version, record.log, parsed.rebuild)
-        return LoadedUser(state, decode_log(record.log if with_log else b""))
+            rebuilt = await self._rebuild(user_id, parsed.rebuild)
+            # Lost the fence to the applier (or a delete): serve what was read, rebuilt here.
+            state = rebuilt if rebuilt is not None else self.from_log(decode_log(snapshot.records))
+        return LoadedUser(state, decode_log(snapshot.records if with_log else b""))
 
-    async def extend(
-        self, user_id: str, record: UserRecord, fresh: np.ndarray, log_cap: int
-    ) -> bool:
-        """Absorb the records ``fresh`` into the user read as ``record`` and append them to the
-        log, in one compare-and-set; False when another writer moved the version first.
-
-        ``record.log`` may be a tail of the log (ingest reads only the dedup window): a state
-        to rebuild is rebuilt from the whole log, read again, plus ``fresh``.
-        """
-        parsed = parse_state(record.state, self.model, log_present=len(record.log) > 0)
-        reason = parsed.rebuild
-        if reason is None:
-            state = await asyncio.to_thread(self.appended, parsed.state, fresh)
-            if state.residual_ratio <= self.rebuild_residual_ratio:
-                return await self.store.write_if_unchanged(
-                    user_id, record.version, state.to_bytes(), fresh.tobytes(), log_cap
-                )
-            reason = "residual"
-        full = await self.store.read(user_id, with_log=True)
-        if full.version != record.version:
-            return False
-        log = (full.log + fresh.tobytes())[-log_cap * RECORD_SIZE :]
-        _, written = await self.rebuild(user_id, record.version, log, reason)
-        return written
-
-    async def rebuild(
-        self, user_id: str, version: int, log: bytes, reason: str
-    ) -> tuple[LowRankState, bool]:
-        """Batch factors of ``log`` (off the event loop), written with ``log`` as the user's
-        whole log unless the version moved. Returns (state, whether it was written)."""
-
-        def compute() -> LowRankState:
-            start = time.perf_counter()
-            state = self.from_log(decode_log(log))
-            self.metrics.factor_update_seconds.observe(time.perf_counter() - start)
-            self.metrics.factor_residual_ratio.observe(state.residual_ratio)
-            return state
-
-        state = await asyncio.to_thread(compute)
-        written = await self.store.replace(user_id, version, state.to_bytes(), log)
-        if written:
-            self.metrics.state_rebuilds.labels(reason=reason).inc()
-            logger.info("user state rebuilt from %d events (%s)", len(log) // RECORD_SIZE, reason)
-        return state, written
-
+    # ------------------------------------------------------------------ inspection
     async def view(self, user_id: str) -> UserView:
-        """The stored state as it is (no rebuild).
+        """The stored state as it is (no rebuild) and the events still pending.
 
         Raises:
             UnknownUser: nothing is stored for the user (404).
             StateUnreadable: the blob does not decode (409; rebuilt on the next touch).
         """
         parsed = parse_state(await self.store.get_state(user_id), self.model)
+        position = await self.store.position(user_id)
         state = parsed.state
+        if parsed.rebuild == "corrupt":
+            raise StateUnreadable(user_id)
         if state is None:
-            if parsed.rebuild == "corrupt":
-                raise StateUnreadable(user_id)
-            raise UnknownUser(user_id)
+            if position.pending == 0:
+                raise UnknownUser(user_id)
+            state = empty_state(self.model)  # events acknowledged, none applied yet
         return UserView(
             history_length=state.n,
+            pending=position.pending,
             rank=state.rank,
             singular_values=[float(x) for x in state.sigma[: state.rank]],
             residual_ratio=state.residual_ratio,

@@ -1,20 +1,25 @@
-"""The store interface: a LowRankState blob, a capped event log and a compare-and-set version
-per user.
+"""The store interface (DESIGN §3, §4): per user a state blob, a capped event log, a dedup set
+and a position record.
 
-Two implementations of one ``Store`` protocol with the same semantics:
+Every event a user ever had gets an absolute sequence number ``seq`` (1, 2, …). The log keeps
+the newest ``log_cap`` records, so it holds the events ``(seq - len, seq]``; the state covers
+the prefix up to ``applied``, so ``seq - applied`` events are acknowledged but not yet applied.
 
-- ``RedisStore`` (production, ``service.store.redis_store``): redis-py asyncio over a
-  blocking connection pool. The three keys of a user share a hash tag (``service.store.keys``);
-  writes are one Lua script, so the compare-and-set is atomic across processes and replicas.
-- ``MemoryStore`` (embedded default, ``service.store.memory``): a dict under an asyncio lock.
+- ``append_events`` (the /ingest step, one atomic operation per user): drop events whose
+  identity is among the user's last ``dedup_window`` events (or earlier in the same call),
+  append the fresh records, trim the log's head (never copying the whole log), return the
+  counts and the new ``seq``. O(1) in the history length per event.
+- ``read_log``: one consistent snapshot of state, position and the unapplied (or all) records.
+- ``commit_state``: write a state covering ``applied`` iff the user's fence (``gen`` and the
+  ``applied`` read before) did not move: a compare-and-set on the covered position, so two
+  appliers, or an applier and a /rank rebuild, never overwrite each other, and a late writer
+  after ``delete`` (which bumps ``gen``) cannot resurrect the user.
 
-Versions start at 0 for an unknown user and grow by one per successful write. ``delete``
-drops the version too, so a writer holding a version read before a delete may succeed against
-a re-created user that reached the same version (ABA); that needs a delete and as many
-re-writes between one read and its write.
-
-Latency (seconds, per op name) and CAS conflicts go to an optional ``StoreObserver`` so
-that every Prometheus object stays in ``service.metrics``.
+Two implementations with the same semantics: ``RedisStore`` (``redis_store``: one Lua script
+per operation, all keys of a user in one hash slot, so it works on Redis Cluster) and
+``MemoryStore`` (``memory``: the embedded default). Latency (seconds, per op) and lost
+compare-and-sets go to an optional ``StoreObserver``, so every Prometheus object stays in
+``service.metrics``.
 """
 
 from __future__ import annotations
@@ -22,27 +27,66 @@ from __future__ import annotations
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from typing import NamedTuple, Protocol, runtime_checkable
 
-from service.store.eventlog import RECORD_SIZE, LogFormatError
+from service.store.eventlog import IDENTITY_SIZE, RECORD_SIZE, LogFormatError
 
-__all__ = ["ObservedStore", "Store", "StoreObserver", "UserRecord", "check_counts", "check_log"]
+__all__ = [
+    "AppendResult",
+    "LogSlice",
+    "ObservedStore",
+    "Store",
+    "StoreObserver",
+    "UserPosition",
+    "check_append",
+]
 
 
-@dataclass(frozen=True)
-class UserRecord:
-    """One consistent snapshot of a user.
+class AppendResult(NamedTuple):
+    """Outcome of ``append_events``: exact counts and the user's position afterwards."""
+
+    accepted: int
+    duplicates: int
+    seq: int  # sequence number of the user's newest event
+    applied: int  # sequence number the stored state covers
+
+
+class UserPosition(NamedTuple):
+    """Where a user's state stands against its log."""
+
+    seq: int
+    applied: int
+
+    @property
+    def pending(self) -> int:
+        """Events acknowledged but not yet applied to the state."""
+        return self.seq - self.applied
+
+
+class LogSlice(NamedTuple):
+    """One consistent snapshot of a user, as ``read_log`` returns it.
 
     Attributes:
-        state: LowRankState blob (opaque here), None when the user is unknown.
-        log: concatenated 20-byte event records, oldest first; b"" if none or not requested.
-        version: compare-and-set token; 0 when the user does not exist.
+        state: the state blob, None when there is none.
+        seq, applied: the position (see the module docstring).
+        gen: the user's generation; ``delete`` bumps it (part of the write fence).
+        length: records the (capped) log holds: the events ``(seq - length, seq]``.
+        records: concatenated 20-byte records, oldest first: those after ``applied`` (as many
+            as the log still holds) or the whole log, as asked.
     """
 
     state: bytes | None
-    log: bytes
-    version: int
+    seq: int
+    applied: int
+    gen: int
+    length: int
+    records: bytes
+
+    @property
+    def truncated(self) -> bool:
+        """Some unapplied events were trimmed from the log before being applied (the state
+        must then be rebuilt from what the log holds)."""
+        return self.seq - self.applied > self.length
 
 
 class StoreObserver(Protocol):
@@ -57,18 +101,24 @@ class StoreObserver(Protocol):
 class Store(Protocol):
     """Storage of user states and event logs; see the module docstring for the semantics."""
 
+    async def append_events(
+        self,
+        user_id: str,
+        records: bytes,
+        identities: bytes,
+        *,
+        log_cap: int,
+        dedup_window: int,
+    ) -> AppendResult: ...
+
     async def get_state(self, user_id: str) -> bytes | None: ...
 
-    async def read(
-        self, user_id: str, *, with_log: bool = True, log_tail: int | None = None
-    ) -> UserRecord: ...
+    async def position(self, user_id: str) -> UserPosition: ...
 
-    async def write_if_unchanged(
-        self, user_id: str, expected_version: int, state: bytes, append_log: bytes, log_cap: int
-    ) -> bool: ...
+    async def read_log(self, user_id: str, *, unapplied_only: bool) -> LogSlice: ...
 
-    async def replace(
-        self, user_id: str, expected_version: int, state: bytes, log: bytes
+    async def commit_state(
+        self, user_id: str, state: bytes, *, gen: int, expected_applied: int, applied: int
     ) -> bool: ...
 
     async def delete(self, user_id: str) -> bool: ...
@@ -78,20 +128,20 @@ class Store(Protocol):
     async def close(self) -> None: ...
 
 
-def check_log(blob: bytes) -> None:
-    if len(blob) % RECORD_SIZE:
-        raise LogFormatError(len(blob))
-
-
-def check_counts(log_tail: int | None = None, log_cap: int = 0) -> None:
-    if log_tail is not None and log_tail < 0:
-        raise ValueError(f"log_tail must be >= 0 or None, got {log_tail}")
-    if log_cap < 0:
-        raise ValueError(f"log_cap must be >= 0, got {log_cap}")
+def check_append(records: bytes, identities: bytes, log_cap: int, dedup_window: int) -> int:
+    """The number of records in an ``append_events`` call; ValueError if the blobs disagree."""
+    if len(records) % RECORD_SIZE:
+        raise LogFormatError(len(records))
+    n = len(records) // RECORD_SIZE
+    if len(identities) != n * IDENTITY_SIZE:
+        raise ValueError(f"{len(identities)} identity bytes for {n} records")
+    if log_cap < 1 or dedup_window < 0:
+        raise ValueError(f"log_cap must be ≥ 1 and dedup_window ≥ 0: {log_cap}, {dedup_window}")
+    return n
 
 
 class ObservedStore:
-    """Times each operation and reports it (and conflicts) to the optional observer."""
+    """Times each operation and reports it (and lost compare-and-sets) to the observer."""
 
     def __init__(self, observer: StoreObserver | None) -> None:
         self._observer = observer

@@ -27,18 +27,20 @@ import numpy.typing as npt
 __all__ = [
     "DEDUP_WINDOW",
     "EVENT_DTYPE",
+    "IDENTITY_SIZE",
     "RECORD_SIZE",
     "LogFormatError",
     "action_key",
     "decode_log",
-    "duplicate_mask",
     "event_id_key",
+    "identity_keys",
     "item_key",
     "make_records",
 ]
 
 EVENT_DTYPE = np.dtype([("ts", "<f8"), ("item", "V6"), ("action", "u1"), ("event_id", "V5")])
 RECORD_SIZE = 20
+IDENTITY_SIZE = 16
 DEDUP_WINDOW = 10_000
 _NO_EVENT_ID = bytes(5)
 
@@ -116,45 +118,17 @@ def decode_log(blob: bytes | bytearray | memoryview) -> np.ndarray:
     return np.frombuffer(blob, dtype=EVENT_DTYPE)
 
 
-def _identity_keys(records: np.ndarray) -> list[bytes]:
-    """One 16-byte identity per record: tag 1 + event_id, or tag 2 + (ts, item, action).
+def identity_keys(records: np.ndarray) -> bytes:
+    """One 16-byte identity per record, concatenated (16·n bytes): what dedup compares.
 
-    The tag keeps the two key spaces apart: a record with an event id never matches one
-    without. ts is compared bit for bit.
+    Tag 1 + the 5-byte event id when the record has one, else tag 2 + the first 15 bytes of
+    the record (ts bit for bit, item digest, action). The tag keeps the two key spaces apart:
+    a record with an event id never matches one without.
     """
     raw = np.ascontiguousarray(records, dtype=EVENT_DTYPE).view(np.uint8).reshape(-1, RECORD_SIZE)
-    keys = np.zeros((raw.shape[0], 16), dtype=np.uint8)  # (n, 16)
+    keys = np.zeros((raw.shape[0], IDENTITY_SIZE), dtype=np.uint8)  # (n, 16)
     has_id = raw[:, 15:20].any(axis=1)  # (n,)
     keys[:, 0] = np.where(has_id, 1, 2)
     keys[has_id, 1:6] = raw[has_id, 15:20]
     keys[~has_id, 1:16] = raw[~has_id, 0:15]
-    return keys.view("V16").reshape(-1).tolist()
-
-
-def duplicate_mask(log: np.ndarray, new: np.ndarray, window: int = DEDUP_WINDOW) -> np.ndarray:
-    """Flag the records of ``new`` that repeat an event already seen.
-
-    A new record is a duplicate when it matches one of the last ``window`` records of ``log``
-    or an earlier record of ``new`` itself. With a non-zero event id it matches any record with
-    the same event id; with a zero event id it matches a record that also has no event id and
-    the same (ts, item, action).
-
-    Args:
-        log: structured ``EVENT_DTYPE`` array (L,), oldest first.
-        new: structured ``EVENT_DTYPE`` array (B,), in arrival order.
-        window: how many of the newest log records to consider (>= 0).
-
-    Returns:
-        bool array (B,). Cost O(window + B) with hashing.
-    """
-    if window < 0:
-        raise ValueError(f"window must be >= 0, got {window}")
-    recent = log[len(log) - min(window, len(log)) :]
-    seen = set(_identity_keys(recent)) if len(recent) else set()
-    mask = np.zeros(len(new), dtype=bool)
-    for i, key in enumerate(_identity_keys(new) if len(new) else []):
-        if key in seen:
-            mask[i] = True
-        else:
-            seen.add(key)
-    return mask
+    return keys.tobytes()

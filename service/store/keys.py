@@ -1,4 +1,4 @@
-"""Redis key layout and user-id validation.
+"""Redis key layout (users, ingest partitions) and user-id validation.
 
 All keys of one user share the hash tag ``{<user_id>}`` so that Redis Cluster places them in
 one slot and a Lua script may touch all of them atomically. Braces are therefore forbidden in
@@ -8,11 +8,22 @@ user ids: a ``}`` inside an id would end the hash tag early.
 from __future__ import annotations
 
 import re
+import zlib
 from typing import NamedTuple
 
 from service.errors import InvalidUserId
 
-__all__ = ["KEY_PREFIX", "USER_ID_PATTERN", "UserKeys", "user_keys", "validate_user_id"]
+__all__ = [
+    "APPLIERS_KEY",
+    "KEY_PREFIX",
+    "USER_ID_PATTERN",
+    "UserKeys",
+    "lease_key",
+    "partition_of",
+    "stream_key",
+    "user_keys",
+    "validate_user_id",
+]
 
 KEY_PREFIX = "solar"
 USER_ID_PATTERN = r"[A-Za-z0-9_.:@-]{1,128}"
@@ -20,13 +31,17 @@ _USER_ID_RE = re.compile(USER_ID_PATTERN)
 
 
 class UserKeys(NamedTuple):
-    """The three keys of one user, in the order the store's Lua scripts expect them:
-    ``solar:{<user_id>}:state`` (the state blob), ``:log`` (20-byte event records) and
-    ``:ver`` (the compare-and-set counter, a decimal integer)."""
+    """The keys of one user, in the order the store's Lua scripts expect them.
+
+    ``solar:{<user_id>}:state`` (the state blob), ``:log`` (a list of chunks of 20-byte event
+    records, oldest first), ``:pos`` (a hash: ``seq``, ``applied``, ``len``, ``gen``) and
+    ``:dedup`` (a sorted set of the identities of the last events, scored by ``seq``).
+    """
 
     state: str
     log: str
-    version: str
+    pos: str
+    dedup: str
 
 
 def validate_user_id(user_id: str) -> str:
@@ -41,6 +56,25 @@ def validate_user_id(user_id: str) -> str:
 
 
 def user_keys(user_id: str) -> UserKeys:
-    """All three keys of a user, validating the id once."""
+    """All keys of a user, validating the id once."""
     tag = f"{KEY_PREFIX}:{{{validate_user_id(user_id)}}}"
-    return UserKeys(state=f"{tag}:state", log=f"{tag}:log", version=f"{tag}:ver")
+    return UserKeys(state=f"{tag}:state", log=f"{tag}:log", pos=f"{tag}:pos", dedup=f"{tag}:dedup")
+
+
+def partition_of(user_id: str, partitions: int) -> int:
+    """The ingest-stream partition of a user: a stable hash (CRC-32 of the UTF-8 id) mod P."""
+    return zlib.crc32(user_id.encode("utf-8")) % partitions
+
+
+def stream_key(partition: int) -> str:
+    """The stream of one partition, ``solar:ingest:{p<k>}``: its own hash tag, so a cluster
+    spreads the partitions over its masters."""
+    return f"{KEY_PREFIX}:ingest:{{p{partition}}}"
+
+
+def lease_key(partition: int) -> str:
+    """Who applies partition k now (same slot as its stream)."""
+    return f"{stream_key(partition)}:lease"
+
+
+APPLIERS_KEY = f"{KEY_PREFIX}:appliers"  # sorted set: applier id → last heartbeat (ms)

@@ -1,258 +1,196 @@
-"""The production store: redis-py asyncio over a blocking connection pool (DESIGN §4).
+"""The production store on Redis or Redis Cluster (DESIGN §4): one Lua script per operation.
 
-The three keys of a user share a hash tag (``service.store.keys``), so Redis Cluster keeps them in
-one slot; every write is one Lua compare-and-set on the user's version counter, atomic across
-processes and replicas. Semantics are those of ``service.store.base.Store``.
+The keys of a user share a hash tag (``service.store.keys``), so each script touches one
+slot and runs atomically on one master. The log is a list of chunks of ``CHUNK_RECORDS``
+records: an append rewrites at most the tail chunk and trimming drops (or shortens) head
+chunks, so no write copies the log whole. Semantics are those of ``service.store.base``.
 """
 
 from __future__ import annotations
 
-import asyncio
-import logging
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
-from typing import cast
-from urllib.parse import urlsplit, urlunsplit
+from typing import Any, cast
 
-import redis.asyncio as aioredis
-from redis import exceptions as redis_exc
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
-
-from service.errors import StoreError, StoreUnavailable
-from service.store.base import ObservedStore, StoreObserver, UserRecord, check_counts, check_log
-from service.store.eventlog import RECORD_SIZE
-from service.store.keys import user_keys
-
-__all__ = ["RedisStore"]
-
-logger = logging.getLogger(__name__)
-
-_MAX_CONNECT_BACKOFF_S = 5.0
-# Errors that mean "the store cannot be reached now" (HTTP 503), not "the request is wrong".
-# redis BusyLoadingError, AuthenticationError and MaxConnectionsError are ConnectionErrors.
-_UNAVAILABLE = (
-    redis_exc.ConnectionError,
-    redis_exc.TimeoutError,
-    redis_exc.ReadOnlyError,
-    OSError,  # includes the builtin (and asyncio) TimeoutError
+from service.store.base import (
+    AppendResult,
+    LogSlice,
+    ObservedStore,
+    StoreObserver,
+    UserPosition,
+    check_append,
 )
+from service.store.keys import user_keys
+from service.store.redis_client import RedisClient, redis_errors
 
-# KEYS: state, log, version. ARGV: expected version, state, log bytes, mode, log cap (bytes).
-# mode "append": append to the log and keep its last `cap` bytes; "replace": set the log.
-_CAS_LUA = """
-local current = tonumber(redis.call('GET', KEYS[3]) or '0')
-if current ~= tonumber(ARGV[1]) then
-  return 0
+__all__ = ["CHUNK_RECORDS", "DELETED_FENCE_TTL_S", "RedisStore"]
+
+CHUNK_RECORDS = 256  # 5 KB per list element
+DELETED_FENCE_TTL_S = 7 * 24 * 3600  # a deleted user's position outlives any late applier
+
+# KEYS: log, pos, dedup. ARGV: records, identities, log cap, dedup window, chunk bytes.
+_APPEND_LUA = """
+local recs, ids = ARGV[1], ARGV[2]
+local cap, window, chunk = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
+local pos = redis.call('HMGET', KEYS[2], 'seq', 'applied', 'len')
+local seq, applied, len = tonumber(pos[1] or '0'), tonumber(pos[2] or '0'), tonumber(pos[3] or '0')
+local n = #recs / 20
+local fresh = {}
+for i = 0, n - 1 do
+  local id = string.sub(ids, i * 16 + 1, i * 16 + 16)
+  if not redis.call('ZSCORE', KEYS[3], id) then
+    seq = seq + 1
+    redis.call('ZADD', KEYS[3], seq, id)
+    fresh[#fresh + 1] = string.sub(recs, i * 20 + 1, i * 20 + 20)
+  end
 end
-redis.call('SET', KEYS[1], ARGV[2])
-if ARGV[4] == 'replace' then
-  if #ARGV[3] > 0 then
-    redis.call('SET', KEYS[2], ARGV[3])
-  else
-    redis.call('DEL', KEYS[2])
+if #fresh > 0 then
+  local data = table.concat(fresh)
+  local tail = redis.call('LINDEX', KEYS[1], -1)
+  if tail and #tail < chunk then
+    local room = chunk - #tail
+    redis.call('LSET', KEYS[1], -1, tail .. string.sub(data, 1, room))
+    data = string.sub(data, room + 1)
   end
-else
-  local length = redis.call('STRLEN', KEYS[2])
-  if #ARGV[3] > 0 then
-    length = redis.call('APPEND', KEYS[2], ARGV[3])
+  while #data > 0 do
+    redis.call('RPUSH', KEYS[1], string.sub(data, 1, chunk))
+    data = string.sub(data, chunk + 1)
   end
-  local cap = tonumber(ARGV[5])
-  if length > cap then
-    if cap > 0 then
-      redis.call('SET', KEYS[2], redis.call('GETRANGE', KEYS[2], length - cap, -1))
+  len = len + #fresh
+  while len > cap do
+    local head = redis.call('LINDEX', KEYS[1], 0)
+    local excess, held = len - cap, #head / 20
+    if held <= excess then
+      redis.call('LPOP', KEYS[1])
+      len = len - held
     else
-      redis.call('DEL', KEYS[2])
+      redis.call('LSET', KEYS[1], 0, string.sub(head, excess * 20 + 1))
+      len = cap
     end
   end
+  redis.call('HSET', KEYS[2], 'seq', seq, 'len', len)
+  redis.call('PERSIST', KEYS[2])
+  redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', seq - window)
 end
-return redis.call('INCR', KEYS[3])
+return {#fresh, n - #fresh, seq, applied}
+"""
+
+# KEYS: state, log, pos. ARGV: "unapplied" | "all", chunk records.
+_READ_LUA = """
+local pos = redis.call('HMGET', KEYS[3], 'seq', 'applied', 'len', 'gen')
+local seq, applied = tonumber(pos[1] or '0'), tonumber(pos[2] or '0')
+local len, gen = tonumber(pos[3] or '0'), tonumber(pos[4] or '0')
+local want = len
+if ARGV[1] == 'unapplied' then want = math.min(len, seq - applied) end
+local records = ''
+if want > 0 then
+  local chunks = math.floor(want / tonumber(ARGV[2])) + 2
+  records = table.concat(redis.call('LRANGE', KEYS[2], -chunks, -1))
+  records = string.sub(records, #records - want * 20 + 1)
+end
+return {redis.call('GET', KEYS[1]) or false, seq, applied, gen, len, records}
+"""
+
+# KEYS: state, pos. ARGV: state blob, gen, expected applied, new applied.
+_COMMIT_LUA = """
+local pos = redis.call('HMGET', KEYS[2], 'seq', 'applied', 'gen')
+local seq, applied, gen = tonumber(pos[1] or '0'), tonumber(pos[2] or '0'), tonumber(pos[3] or '0')
+if gen ~= tonumber(ARGV[2]) or applied ~= tonumber(ARGV[3]) or seq < tonumber(ARGV[4]) then
+  return 0
+end
+redis.call('SET', KEYS[1], ARGV[1])
+redis.call('HSET', KEYS[2], 'applied', ARGV[4])
+return 1
+"""
+
+# KEYS: state, log, pos, dedup. ARGV: fence ttl (s). The position stays as a fence.
+_DELETE_LUA = """
+local existed = redis.call('EXISTS', KEYS[1], KEYS[2])
+local pos = redis.call('HMGET', KEYS[3], 'seq', 'gen')
+local seq, gen = tonumber(pos[1] or '0'), tonumber(pos[2] or '0')
+redis.call('DEL', KEYS[1], KEYS[2], KEYS[4])
+if seq > 0 or existed > 0 then
+  redis.call('HSET', KEYS[3], 'seq', seq, 'applied', seq, 'len', 0, 'gen', gen + 1)
+  redis.call('EXPIRE', KEYS[3], tonumber(ARGV[1]))
+end
+return existed
 """
 
 
-def _redact(url: str) -> str:
-    """The URL without its password, for error messages and logs."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = f"{parts.username or ''}:***@{parts.hostname}"
-    netloc += f":{parts.port}" if parts.port is not None else ""
-    return urlunsplit(parts._replace(netloc=netloc))
-
-
 class RedisStore(ObservedStore):
-    """Redis-backed store (redis-py asyncio, blocking connection pool).
+    """Redis-backed store over a redis-py asyncio client (single server or cluster).
 
     Args:
-        url: ``redis://[[user]:password@]host:port/db`` (``rediss://`` for TLS).
-        socket_timeout: seconds to wait for a reply before ``StoreUnavailable``.
-        socket_connect_timeout: seconds to wait for a TCP connect.
-        max_connections: pool size; callers beyond it wait up to ``pool_timeout`` seconds.
-        pool_timeout: seconds to wait for a free pooled connection.
-        command_retries: immediate retries of a command after a connection error or timeout,
-            e.g. to replace a pooled connection that died while Redis restarted.
-        observer: receives op latencies and CAS conflicts.
-
-    The constructor does not connect; use ``await RedisStore.connect(url)`` to wait for Redis.
+        client: from ``service.store.redis_client.connect_redis``; closed by :meth:`close`.
+        url: the URL shown in errors (password hidden).
+        observer: receives op latencies and lost compare-and-sets.
     """
 
     def __init__(
-        self,
-        url: str,
-        *,
-        socket_timeout: float = 1.0,
-        socket_connect_timeout: float = 1.0,
-        max_connections: int = 64,
-        pool_timeout: float = 1.0,
-        command_retries: int = 1,
-        observer: StoreObserver | None = None,
+        self, client: RedisClient, url: str, *, observer: StoreObserver | None = None
     ) -> None:
         super().__init__(observer)
-        self.url = _redact(url)
-        pool = aioredis.BlockingConnectionPool.from_url(
-            url,
-            max_connections=max_connections,
-            timeout=pool_timeout,
-            socket_timeout=socket_timeout,
-            socket_connect_timeout=socket_connect_timeout,
-            retry=Retry(NoBackoff(), command_retries),
-        )
-        self._client = aioredis.Redis.from_pool(pool)
-        self._cas = self._client.register_script(_CAS_LUA)  # EVALSHA, loads on NOSCRIPT
+        self.url = url
+        self._client = client
+        self._append = client.register_script(_APPEND_LUA)  # EVALSHA, loads on NOSCRIPT
+        self._read = client.register_script(_READ_LUA)
+        self._commit = client.register_script(_COMMIT_LUA)
+        self._delete = client.register_script(_DELETE_LUA)
 
-    @classmethod
-    async def connect(
-        cls,
-        url: str,
+    async def _call(self, op: str, script: Any, keys: list[str], args: list[Any]) -> Any:
+        async with self._timed(op), redis_errors(op, self.url):
+            return await script(keys=keys, args=args)
+
+    async def append_events(
+        self,
+        user_id: str,
+        records: bytes,
+        identities: bytes,
         *,
-        timeout_s: float = 1.0,
-        retries: int = 5,
-        backoff_s: float = 0.2,
-        max_connections: int = 64,
-        command_retries: int = 1,
-        observer: StoreObserver | None = None,
-    ) -> RedisStore:
-        """Create a store and wait until Redis answers PING.
-
-        Tries ``1 + retries`` times, sleeping ``backoff_s * 2**attempt`` seconds (at most 5 s)
-        between attempts. ``timeout_s`` is the connect, reply and pool-wait timeout.
-
-        Raises:
-            StoreUnavailable: naming the URL (password hidden) and the number of attempts.
-        """
-        if retries < 0:
-            raise ValueError(f"retries must be >= 0, got {retries}")
-        store = cls(
-            url,
-            socket_timeout=timeout_s,
-            socket_connect_timeout=timeout_s,
-            pool_timeout=timeout_s,
-            max_connections=max_connections,
-            command_retries=command_retries,
-            observer=observer,
-        )
-        try:
-            for attempt in range(retries):
-                try:
-                    await store.ping()
-                    return store
-                except StoreUnavailable as exc:
-                    delay_s = min(backoff_s * 2**attempt, _MAX_CONNECT_BACKOFF_S)
-                    logger.warning(
-                        "redis at %s unreachable (attempt %d/%d), retrying in %.2f s: %s",
-                        store.url,
-                        attempt + 1,
-                        retries + 1,
-                        delay_s,
-                        exc,
-                    )
-                    await asyncio.sleep(delay_s)
-            try:
-                await store.ping()
-            except StoreUnavailable as exc:
-                raise StoreUnavailable(
-                    f"redis at {store.url} unreachable after {retries + 1} attempts: {exc}"
-                ) from exc
-        except BaseException:
-            await store.close()
-            raise
-        return store
-
-    @asynccontextmanager
-    async def _op(self, op: str) -> AsyncIterator[None]:
-        """Time ``op`` and translate redis failures into store exceptions."""
-        async with self._timed(op):
-            try:
-                yield
-            except _UNAVAILABLE as exc:
-                raise StoreUnavailable(
-                    f"redis {op} at {self.url} failed: {type(exc).__name__}: {exc}"
-                ) from exc
-            except redis_exc.RedisError as exc:
-                raise StoreError(
-                    f"redis {op} at {self.url} failed: {type(exc).__name__}: {exc}"
-                ) from exc
+        log_cap: int,
+        dedup_window: int,
+    ) -> AppendResult:
+        keys = user_keys(user_id)
+        check_append(records, identities, log_cap, dedup_window)
+        args = [records, identities, log_cap, dedup_window, CHUNK_RECORDS * 20]
+        reply = await self._call("append", self._append, [keys.log, keys.pos, keys.dedup], args)
+        accepted, duplicates, seq, applied = (int(x) for x in reply)
+        return AppendResult(accepted, duplicates, seq, applied)
 
     async def get_state(self, user_id: str) -> bytes | None:
         key = user_keys(user_id).state
-        async with self._op("get_state"):
+        async with self._timed("get_state"), redis_errors("get_state", self.url):
             state = await self._client.get(key)
         return cast("bytes | None", state)  # decode_responses is off: replies are bytes
 
-    async def read(
-        self, user_id: str, *, with_log: bool = True, log_tail: int | None = None
-    ) -> UserRecord:
-        keys = user_keys(user_id)
-        check_counts(log_tail=log_tail)
-        async with self._op("read"):
-            # MULTI/EXEC: one round trip and a consistent snapshot of the three keys.
-            async with self._client.pipeline(transaction=True) as pipe:
-                pipe.get(keys.state)
-                pipe.get(keys.version)
-                if with_log and log_tail is None:
-                    pipe.get(keys.log)
-                elif with_log and log_tail:
-                    pipe.getrange(keys.log, -log_tail * RECORD_SIZE, -1)
-                results = await pipe.execute()
-        state, version = results[0], results[1]
-        log = results[2] if len(results) > 2 and results[2] is not None else b""
-        return UserRecord(state=state, log=log, version=int(version or 0))
+    async def position(self, user_id: str) -> UserPosition:
+        key = user_keys(user_id).pos
+        async with self._timed("position"), redis_errors("position", self.url):
+            seq, applied = await self._client.hmget(key, ["seq", "applied"])
+        return UserPosition(int(seq or 0), int(applied or 0))
 
-    async def _cas_call(self, op: str, user_id: str, args: list[bytes | int | str]) -> bool:
+    async def read_log(self, user_id: str, *, unapplied_only: bool) -> LogSlice:
         keys = user_keys(user_id)
-        async with self._op(op):
-            new_version = await self._cas(keys=list(keys), args=args)
-        return self._cas_result(bool(new_version))
+        args = ["unapplied" if unapplied_only else "all", CHUNK_RECORDS]
+        reply = await self._call("read_log", self._read, [keys.state, keys.log, keys.pos], args)
+        state, seq, applied, gen, length, records = reply
+        return LogSlice(state, int(seq), int(applied), int(gen), int(length), bytes(records or b""))
 
-    async def write_if_unchanged(
-        self, user_id: str, expected_version: int, state: bytes, append_log: bytes, log_cap: int
+    async def commit_state(
+        self, user_id: str, state: bytes, *, gen: int, expected_applied: int, applied: int
     ) -> bool:
-        check_log(append_log)
-        check_counts(log_cap=log_cap)
-        args: list[bytes | int | str] = [
-            expected_version,
-            bytes(state),
-            bytes(append_log),
-            "append",
-            log_cap * RECORD_SIZE,
-        ]
-        return await self._cas_call("write", user_id, args)
-
-    async def replace(self, user_id: str, expected_version: int, state: bytes, log: bytes) -> bool:
-        check_log(log)
-        args: list[bytes | int | str] = [expected_version, bytes(state), bytes(log), "replace", 0]
-        return await self._cas_call("replace", user_id, args)
+        keys = user_keys(user_id)
+        args = [bytes(state), gen, expected_applied, applied]
+        ok = await self._call("commit", self._commit, [keys.state, keys.pos], args)
+        return self._cas_result(bool(ok))
 
     async def delete(self, user_id: str) -> bool:
         keys = user_keys(user_id)
-        async with self._op("delete"):
-            removed = await self._client.delete(*keys)
-        return int(removed) > 0
+        existed = await self._call("delete", self._delete, list(keys), [DELETED_FENCE_TTL_S])
+        return int(existed) > 0
 
     async def ping(self) -> None:
-        async with self._op("ping"):
+        async with self._timed("ping"), redis_errors("ping", self.url):
             await self._client.ping()
 
     async def close(self) -> None:
-        """Close the client and disconnect its pool; safe to call more than once."""
+        """Close the client and its connections; safe to call more than once."""
         await self._client.aclose()

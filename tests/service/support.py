@@ -67,7 +67,7 @@ def gram(state: LowRankState) -> np.ndarray:
 
 
 async def ingest(client: httpx.AsyncClient, events: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    response = await client.post("/ingest", json={"events": list(events)})
+    response = await client.post("/ingest?wait=true", json={"events": list(events)})
     assert response.status_code == 200, response.text
     body: dict[str, Any] = response.json()
     return body

@@ -16,6 +16,7 @@ import pytest
 from model.lowrank import LowRankState
 from service.errors import StoreUnavailable
 from service.store.eventlog import decode_log
+from service.store.redis_client import connect_redis
 from service.store.redis_store import RedisStore
 from solar_tools.redis_server import RedisServer, free_port
 from tests.service.conftest import SettingsFactory
@@ -53,11 +54,14 @@ async def test_concurrent_ingest_on_two_replicas_equals_a_batch_recompute(
         batch = [e for u in USERS for e in rng.sample(pool[u], rng.randint(1, 6))]
         rng.shuffle(batch)
         requests.append(batch)
-    settings = make_settings(redis_url=redis_url, cas_retries=200)
+    settings = make_settings(redis_url=redis_url)
     async with running_app(settings) as (app_a, a), running_app(settings) as (app_b, b):
         clients = (a, b)
         responses = await asyncio.gather(
-            *(clients[i % 2].post("/ingest", json={"events": r}) for i, r in enumerate(requests))
+            *(
+                clients[i % 2].post("/ingest?wait=true", json={"events": r})
+                for i, r in enumerate(requests)
+            )
         )
         assert all(r.status_code == 200 for r in responses), [r.text for r in responses]
         bodies = [r.json() for r in responses]
@@ -72,13 +76,13 @@ async def test_concurrent_ingest_on_two_replicas_equals_a_batch_recompute(
         assert sum(b["accepted"] for b in bodies) == len(seen)
         assert sum(b["duplicates"] for b in bodies) == len(sent) - len(seen)
 
-        store = await RedisStore.connect(redis_url)
+        store = RedisStore(await connect_redis(redis_url), redis_url)
         try:
             for u in USERS:
-                record = await store.read(u)
-                assert record.state is not None
+                record = await store.read_log(u, unapplied_only=False)
+                assert record.state is not None and record.seq == record.applied
                 state = LowRankState.from_bytes(record.state)
-                log = decode_log(record.log)
+                log = decode_log(record.records)
                 assert state.n == len(log) == len(distinct[u])
                 assert sorted(log["ts"].tolist()) == sorted(e["ts"] for e in distinct[u])
                 ref = reference_state(str(checkpoint_dir), distinct[u])
@@ -91,7 +95,9 @@ async def test_concurrent_ingest_on_two_replicas_equals_a_batch_recompute(
             app.state.metrics.registry.get_sample_value("solar_store_conflicts_total") or 0.0
             for app in (app_a, app_b)
         )
-        assert conflicts > 0  # the replicas did race, and every race was retried
+        # Two appliers share the partitions by lease: a user has one writer, so the fenced
+        # commit (almost) never loses; a take-over race may cost one.
+        assert conflicts <= 2
 
 
 async def _wait_ready(client: httpx.AsyncClient, timeout_s: float) -> None:
@@ -122,7 +128,7 @@ async def test_redis_outage_is_503_and_the_service_recovers(
         finally:
             redis_server.start()
         await _wait_ready(client, timeout_s=5.0)
-        assert (await client.post("/ingest", json=events)).status_code == 200
+        assert (await client.post("/ingest?wait=true", json=events)).status_code == 200
         response = await client.post("/rank", json=rank)
         assert response.status_code == 200
         assert response.json()["history_length"] == 1  # a fresh Redis: only the new event

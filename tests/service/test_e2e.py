@@ -77,7 +77,7 @@ def test_serve_end_to_end(server: str) -> None:
         assert response.json() == {"accepted": 10, "duplicates": 0, "users": 1}
         ndjson = "\n".join(json.dumps(e) for e in events[5:])
         response = client.post(
-            "/ingest", content=ndjson, headers={"content-type": "application/x-ndjson"}
+            "/ingest?wait=true", content=ndjson, headers={"content-type": "application/x-ndjson"}
         )
         assert response.json() == {"accepted": 10, "duplicates": 5, "users": 1}
         for mode in ("svd", "svd_exact", "softmax"):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -142,8 +144,12 @@ async def test_replay_into_the_real_app_builds_histories(
         assert (result.accepted, result.duplicates) == (360, 0)
         again = await replay(client, events[:100], batch_size=50)
         assert (again.accepted, again.duplicates) == (0, 100)
-        for user in ("u0", "u1", "u2"):
-            body = (await client.get(f"/users/{user}")).json()
+        for user in ("u0", "u1", "u2"):  # acknowledged; applied shortly after
+            for _ in range(500):
+                body = (await client.get(f"/users/{user}")).json()
+                if body.get("pending") == 0:
+                    break
+                await asyncio.sleep(0.01)
             assert body["history_length"] == 120, body
         rank = await client.post("/rank", json={"user_id": "u0", "candidates": items, "top_k": 5})
         assert rank.status_code == 200 and len(rank.json()["items"]) == 5

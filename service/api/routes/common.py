@@ -15,7 +15,8 @@ _DESCRIPTIONS = {
     413: "body or list over its limit (SOLAR_MAX_CANDIDATES, SOLAR_MAX_EVENTS, body bytes)",
     415: "unsupported Content-Type",
     422: "malformed input; `errors` names the offending fields",
-    503: "store unreachable, scoring queue full or shutting down; see Retry-After",
+    503: "store unreachable, scoring queue full, shutting down, or wait=true timed out; "
+    "see Retry-After",
 }
 
 

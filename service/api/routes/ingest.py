@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends, Query, Request
 from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException
@@ -64,8 +64,21 @@ async def _json_events(request: Request, max_events: int) -> list[Event]:
     openapi_extra=_BODY_DOC,
     summary="Ingest events",
 )
-async def ingest(request: Request, ingestor: IngestorDep, settings: SettingsDep) -> IngestResponse:
-    """Absorb events into each user's factors and event log; acknowledged once stored.
+async def ingest(
+    request: Request,
+    ingestor: IngestorDep,
+    settings: SettingsDep,
+    wait: Annotated[
+        bool,
+        Query(
+            description="answer only once every user's factors cover these events "
+            "(read-your-writes); 503 with Retry-After if that takes over SOLAR_INGEST_WAIT_S"
+        ),
+    ] = False,
+) -> IngestResponse:
+    """Store events in each user's log and announce them to the appliers; acknowledged once
+    stored. The factors follow asynchronously (see `pending` in GET /users/{id}), or before
+    the answer with `wait=true`.
 
     Re-sent events (same `event_id`, or without one the same user, item, ts and action)
     among a user's last 10,000 events are counted as duplicates and change nothing.
@@ -81,7 +94,8 @@ async def ingest(request: Request, ingestor: IngestorDep, settings: SettingsDep)
             items=[e.item_id for e in events],
             actions=[e.action for e in events],
             event_ids=[e.event_id for e in events],
-        )
+        ),
+        wait=wait,
     )
     return IngestResponse(
         accepted=result.accepted, duplicates=result.duplicates, users=result.users

@@ -33,9 +33,9 @@ UserIdPath = Annotated[
     summary="Inspect a user's factors",
 )
 async def get_user(user_id: UserIdPath, users: UserStatesDep) -> UserInfo:
-    """History length, rank, the r served singular values, residual ratio, last event time and
-    the model version of the stored factors (as stored: a state of another model is rebuilt on
-    the next /rank or /ingest)."""
+    """Events applied and pending, rank, the r served singular values, residual ratio, last
+    event time and the model version of the stored factors (as stored: a state of another
+    model is rebuilt when next touched)."""
     view = await users.view(user_id)
     return UserInfo(user_id=user_id, **view._asdict())
 
@@ -47,5 +47,6 @@ async def get_user(user_id: UserIdPath, users: UserStatesDep) -> UserInfo:
     summary="Forget a user",
 )
 async def delete_user(user_id: UserIdPath, store: StoreDep) -> UserDeleted:
-    """Delete the user's state and event log."""
+    """Delete the user's state, event log and dedup data, atomically; an applier still
+    holding the user's events cannot bring it back."""
     return UserDeleted(user_id=user_id, deleted=await store.delete(user_id))

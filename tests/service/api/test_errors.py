@@ -191,7 +191,13 @@ class _DownStore(MemoryStore):
     async def get_state(self, user_id: str) -> bytes | None:
         raise StoreUnavailable("down")
 
-    async def read(self, user_id: str, **kwargs: Any) -> Any:
+    async def read_log(self, user_id: str, **kwargs: Any) -> Any:
+        raise StoreUnavailable("down")
+
+    async def append_events(self, user_id: str, *args: Any, **kwargs: Any) -> Any:
+        raise StoreUnavailable("down")
+
+    async def position(self, user_id: str) -> Any:
         raise StoreUnavailable("down")
 
     async def delete(self, user_id: str) -> bool:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 from typing import Any
 
@@ -10,14 +11,15 @@ import pytest
 import redis
 
 from model.lowrank import Decay, LowRankState
-from service.core.ingest import EventColumns, Ingestor
+from service.core.applier import Applier
+from service.core.ingest import EventColumns, Ingestor, IngestResult
 from service.core.serving_model import load_serving_model
-from service.core.userlocks import UserLocks
-from service.core.users import UserStates
-from service.errors import StoreBusy
+from service.errors import ApplyTimeout, StoreBusy
 from service.metrics import Metrics
-from service.store.eventlog import RECORD_SIZE, decode_log, make_records
+from service.store.eventlog import decode_log, make_records
+from service.store.keys import partition_of
 from service.store.memory import MemoryStore
+from service.stream.memory import MemoryStream
 from tests.service.conftest import SettingsFactory
 from tests.service.support import event, gram, ingest, reference_state, running_app
 
@@ -40,28 +42,46 @@ def _events(raw: list[dict[str, Any]]) -> EventColumns:
     )
 
 
-def _ingestor(
-    make_settings: SettingsFactory, store: MemoryStore | None = None, **kw: Any
-) -> Ingestor:
-    settings = make_settings(**kw)
-    metrics = Metrics()
-    store = store if store is not None else MemoryStore(observer=metrics.store_observer())
-    users = UserStates(
-        store, load_serving_model(settings), metrics, settings.rebuild_residual_ratio
-    )
-    return Ingestor(
-        users=users,
-        metrics=metrics,
-        locks=UserLocks(),
-        cas_retries=settings.cas_retries,
-        log_cap=settings.log_cap,
-    )
+class Pipeline:
+    """Ingest → stream → applier over one store, as a serve process with its applier."""
 
+    def __init__(
+        self, make_settings: SettingsFactory, store: MemoryStore | None = None, **kw: Any
+    ) -> None:
+        settings = make_settings(**kw)
+        self.metrics = Metrics()
+        self.store = store if store is not None else MemoryStore()
+        self.stream = MemoryStream(settings.partitions)
+        self.model = load_serving_model(settings)
+        self.ingestor = Ingestor(self.store, self.stream, self.metrics, settings.log_cap, 0.5)
+        self.applier = Applier.create(settings, self.store, self.stream, self.model, self.metrics)
+        self.users = self.applier.users
 
-async def _state(ingestor: Ingestor, user_id: str) -> LowRankState:
-    blob = await ingestor.users.store.get_state(user_id)
-    assert blob is not None
-    return LowRankState.from_bytes(blob)
+    async def ingest(self, raw: list[dict[str, Any]], *, apply: bool = True) -> IngestResult:
+        result = await self.ingestor.ingest(_events(raw))
+        if apply:
+            await self.drain()
+        return result
+
+    async def drain(self) -> int:
+        """Apply every notice on the stream; the number of notices."""
+        seen = 0
+        for k in range(self.stream.partitions):
+            notices = await self.stream.read(k, self.applier.consumer, 10_000, block_s=0)
+            if notices:
+                assert await self.applier.apply(k, notices)
+            seen += len(notices)
+        return seen
+
+    async def state(self, user_id: str) -> LowRankState:
+        blob = await self.store.get_state(user_id)
+        assert blob is not None
+        return LowRankState.from_bytes(blob)
+
+    def rebuilds(self, reason: str) -> float | None:
+        return self.metrics.registry.get_sample_value(
+            "solar_state_rebuilds_total", {"reason": reason}
+        )
 
 
 def test_events_are_grouped_by_user_in_arrival_order() -> None:
@@ -78,11 +98,11 @@ def test_events_are_grouped_by_user_in_arrival_order() -> None:
 async def test_factors_equal_a_batch_recompute(
     make_settings: SettingsFactory, checkpoint_dir: Path
 ) -> None:
-    ingestor = _ingestor(make_settings)
+    pipe = Pipeline(make_settings)
     raw = [event("u", i % 43 + 1, float(i), ("click", None, "like")[i % 3]) for i in range(60)]
-    for start in range(0, 60, 7):  # several requests: incremental Brand updates
-        await ingestor.ingest(_events(raw[start : start + 7]))
-    state = await _state(ingestor, "u")
+    for start in range(0, 60, 7):  # several requests, each applied: incremental Brand updates
+        await pipe.ingest(raw[start : start + 7])
+    state = await pipe.state("u")
     ref = reference_state(str(checkpoint_dir), raw)
     assert state.n == 60 and state.t_ref == 59.0
     np.testing.assert_allclose(state.sigma, ref.sigma, rtol=1e-4, atol=1e-5)
@@ -90,118 +110,164 @@ async def test_factors_equal_a_batch_recompute(
     np.testing.assert_allclose(state.interests(4), ref.interests(4), atol=1e-4)
 
 
+async def test_the_request_updates_no_factor_and_the_applier_coalesces(
+    make_settings: SettingsFactory, checkpoint_dir: Path
+) -> None:
+    pipe = Pipeline(make_settings)
+    raw = [event("u", i % 40 + 1, float(i)) for i in range(30)]
+    for start in range(0, 30, 5):
+        result = await pipe.ingest(raw[start : start + 5], apply=False)
+        assert result.accepted == 5
+    assert await pipe.store.get_state("u") is None  # nothing applied in the requests
+    assert (await pipe.store.position("u")).pending == 30
+    assert await pipe.drain() == 6  # six notices ...
+    registry = pipe.metrics.registry
+    assert registry.get_sample_value("solar_apply_batch_events_count") == 1  # ... one update
+    assert registry.get_sample_value("solar_apply_batch_events_sum") == 30
+    assert registry.get_sample_value("solar_apply_lag_seconds_count") == 1
+    assert (await pipe.store.position("u")).pending == 0
+    ref = reference_state(str(checkpoint_dir), raw)
+    np.testing.assert_allclose(gram(await pipe.state("u")), gram(ref), atol=1e-4)
+    assert await pipe.drain() == 0
+
+
 async def test_duplicates_by_event_id_and_by_identity(make_settings: SettingsFactory) -> None:
-    ingestor = _ingestor(make_settings)
-    first = await ingestor.ingest(
-        _events([event("u", 1, 1.0, event_id="x"), event("u", 2, 2.0, "click")])
-    )
+    pipe = Pipeline(make_settings)
+    first = await pipe.ingest([event("u", 1, 1.0, event_id="x"), event("u", 2, 2.0, "click")])
     assert (first.accepted, first.duplicates, first.users) == (2, 0, 1)
-    again = await ingestor.ingest(
-        _events(
-            [
-                event("u", 9, 9.0, event_id="x"),  # same id, other content: duplicate
-                event("u", 2, 2.0, "click"),  # same identity: duplicate
-                event("u", 2, 2.0, "like"),  # other action: new
-                event("u", 2, 2.5, "click"),  # other time: new
-            ]
-        )
+    again = await pipe.ingest(
+        [
+            event("u", 9, 9.0, event_id="x"),  # same id, other content: duplicate
+            event("u", 2, 2.0, "click"),  # same identity: duplicate
+            event("u", 2, 2.0, "like"),  # other action: new
+            event("u", 2, 2.5, "click"),  # other time: new
+        ]
     )
     assert (again.accepted, again.duplicates) == (2, 2)
-    assert (await _state(ingestor, "u")).n == 4
-    registry = ingestor.metrics.registry
+    assert (await pipe.state("u")).n == 4
+    registry = pipe.metrics.registry
     assert registry.get_sample_value("solar_ingest_events_total", {"result": "accepted"}) == 4
     assert registry.get_sample_value("solar_ingest_events_total", {"result": "duplicate"}) == 2
 
 
-async def test_a_request_of_only_duplicates_writes_nothing(make_settings: SettingsFactory) -> None:
-    ingestor = _ingestor(make_settings)
-    events = _events([event("u", 1, 1.0)])
-    await ingestor.ingest(events)
-    version = (await ingestor.users.store.read("u", with_log=False)).version
-    await ingestor.ingest(events)
-    assert (await ingestor.users.store.read("u", with_log=False)).version == version
+async def test_a_retry_of_only_duplicates_announces_only_what_is_unapplied(
+    make_settings: SettingsFactory,
+) -> None:
+    pipe = Pipeline(make_settings)
+    raw = [event("u", 1, 1.0), event("u", 2, 2.0)]
+    await pipe.ingest(raw, apply=False)  # stored, announced, not applied yet
+    assert (await pipe.ingest(raw, apply=False)).duplicates == 2
+    assert await pipe.drain() == 2  # the retry announced again: nothing can be left behind
+    assert (await pipe.ingest(raw, apply=False)).duplicates == 2
+    assert await pipe.drain() == 0  # all applied: a duplicate retry posts nothing
+    assert (await pipe.state("u")).n == 2
+
+
+async def test_wait_returns_once_applied_or_times_out(make_settings: SettingsFactory) -> None:
+    pipe = Pipeline(make_settings)
+    with pytest.raises(ApplyTimeout, match="not applied within 0.5 s"):
+        await pipe.ingestor.ingest(_events([event("u", 1, 1.0)]), wait=True)  # no applier
+    runner = asyncio.create_task(pipe.applier.run())
+    try:
+        result = await pipe.ingestor.ingest(_events([event("u", 2, 2.0)]), wait=True)
+        assert result.accepted == 1
+        assert (await pipe.store.position("u")).pending == 0
+        assert (await pipe.state("u")).n == 2
+    finally:
+        pipe.applier.stop()
+        await runner
 
 
 async def test_log_is_appended_and_capped(make_settings: SettingsFactory) -> None:
-    ingestor = _ingestor(make_settings, log_cap=5)
-    await ingestor.ingest(_events([event("u", i, float(i)) for i in range(1, 9)]))
-    log = decode_log((await ingestor.users.store.read("u")).log)
-    assert list(log["ts"]) == [4.0, 5.0, 6.0, 7.0, 8.0]
-    assert (await _state(ingestor, "u")).n == 8  # the factors keep every event
+    pipe = Pipeline(make_settings, log_cap=5)
+    await pipe.ingest([event("u", i, float(i)) for i in range(1, 4)])
+    await pipe.ingest([event("u", i, float(i)) for i in range(4, 9)])
+    snapshot = await pipe.store.read_log("u", unapplied_only=False)
+    assert list(decode_log(snapshot.records)["ts"]) == [4.0, 5.0, 6.0, 7.0, 8.0]
+    assert (await pipe.state("u")).n == 8  # the factors keep every applied event
+
+
+async def test_unapplied_events_trimmed_away_rebuild_from_the_log(
+    make_settings: SettingsFactory,
+) -> None:
+    pipe = Pipeline(make_settings, log_cap=5)
+    await pipe.ingest([event("u", i, float(i)) for i in range(1, 9)])  # 8 > cap, unapplied
+    assert pipe.rebuilds("truncated") == 1
+    assert (await pipe.state("u")).n == 5  # what the log still held
 
 
 async def test_state_of_another_model_is_rebuilt_from_the_log(
     make_settings: SettingsFactory, other_checkpoint_dir: Path, checkpoint_dir: Path
 ) -> None:
     store = MemoryStore()
-    old = _ingestor(make_settings, store=store, model_path=other_checkpoint_dir)
+    old = Pipeline(make_settings, store=store, model_path=other_checkpoint_dir)
     raw = [event("u", i, float(i), "share") for i in range(1, 11)]
-    await old.ingest(_events(raw[:6]))
-    new = _ingestor(make_settings, store=store)
-    assert (await _state(new, "u")).tag == old.users.model.version
-    await new.ingest(_events(raw[6:]))
-    state = await _state(new, "u")
-    assert state.tag == new.users.model.version
+    await old.ingest(raw[:6])
+    new = Pipeline(make_settings, store=store)
+    assert (await new.state("u")).tag == old.model.version
+    await new.ingest(raw[6:])
+    state = await new.state("u")
+    assert state.tag == new.model.version and state.n == 10
     ref = reference_state(str(checkpoint_dir), raw)
     np.testing.assert_allclose(gram(state), gram(ref), atol=1e-4)
-    assert (
-        new.metrics.registry.get_sample_value(
-            "solar_state_rebuilds_total", {"reason": "model_version"}
-        )
-        == 1
-    )
+    assert new.rebuilds("model_version") == 1
 
 
 async def test_corrupt_state_is_rebuilt(make_settings: SettingsFactory) -> None:
-    ingestor = _ingestor(make_settings)
-    log = encode_events([1.0, 2.0], [1, 2], [None, None], [None, None])
-    assert await ingestor.users.store.replace("u", 0, b"garbage", log)
-    result = await ingestor.ingest(_events([event("u", 3, 3.0)]))
-    assert result.accepted == 1
-    state = await _state(ingestor, "u")
-    assert state.n == 3
-    assert len((await ingestor.users.store.read("u")).log) == 3 * RECORD_SIZE
+    pipe = Pipeline(make_settings)
+    await pipe.ingest([event("u", 1, 1.0), event("u", 2, 2.0)])
+    snapshot = await pipe.store.read_log("u", unapplied_only=False)
+    assert await pipe.store.commit_state("u", b"garbage", gen=0, expected_applied=2, applied=2)
+    assert (await pipe.ingest([event("u", 3, 3.0)])).accepted == 1
+    assert (await pipe.state("u")).n == 3
+    assert pipe.rebuilds("corrupt") == 1
+    assert snapshot.length == 2
 
 
 async def test_residual_over_threshold_triggers_a_rebuild(make_settings: SettingsFactory) -> None:
     # rank 2 with no oversampling keeps ℓ = 2 < d: a varied history leaves a large residual.
-    ingestor = _ingestor(make_settings, rank=2, oversample=0, rebuild_residual_ratio=0.05)
-    await ingestor.ingest(_events([event("u", i, float(i)) for i in range(1, 30)]))
-    await ingestor.ingest(_events([event("u", i, 100.0 + i) for i in range(1, 10)]))
-    rebuilds = ingestor.metrics.registry.get_sample_value(
-        "solar_state_rebuilds_total", {"reason": "residual"}
-    )
+    pipe = Pipeline(make_settings, rank=2, oversample=0, rebuild_residual_ratio=0.05)
+    await pipe.ingest([event("u", i, float(i)) for i in range(1, 30)])
+    await pipe.ingest([event("u", i, 100.0 + i) for i in range(1, 10)])
+    rebuilds = pipe.rebuilds("residual")
     assert rebuilds is not None and rebuilds >= 1
-    state = await _state(ingestor, "u")
+    state = await pipe.state("u")
     assert state.n == 38 and state.ell == 2
 
 
 class _RacingStore(MemoryStore):
-    """Loses the first ``losses`` compare-and-set writes, as if another replica wrote first."""
+    """Loses the first ``losses`` fenced commits, as if another applier wrote first."""
 
     def __init__(self, losses: int) -> None:
         super().__init__()
         self.losses = losses
 
-    async def write_if_unchanged(self, user_id: str, expected_version: int, *args: Any) -> bool:
+    async def commit_state(self, user_id: str, state: bytes, **fence: int) -> bool:
         if self.losses > 0:
             self.losses -= 1
             return False
-        return await super().write_if_unchanged(user_id, expected_version, *args)
+        return await super().commit_state(user_id, state, **fence)
 
 
-async def test_lost_races_are_retried(make_settings: SettingsFactory) -> None:
-    ingestor = _ingestor(make_settings, store=_RacingStore(losses=3), cas_retries=3)
-    result = await ingestor.ingest(_events([event("u", 1, 1.0)]))
-    assert result.accepted == 1
-    assert (await _state(ingestor, "u")).n == 1
+async def test_lost_commits_are_retried(make_settings: SettingsFactory) -> None:
+    pipe = Pipeline(make_settings, store=_RacingStore(losses=3))
+    await pipe.ingest([event("u", 1, 1.0)])
+    assert (await pipe.state("u")).n == 1
 
 
-async def test_too_many_lost_races_give_up(make_settings: SettingsFactory) -> None:
-    ingestor = _ingestor(make_settings, store=_RacingStore(losses=10), cas_retries=2)
+async def test_too_many_lost_commits_leave_the_notice_pending(
+    make_settings: SettingsFactory,
+) -> None:
+    pipe = Pipeline(make_settings, store=_RacingStore(losses=100))
+    await pipe.ingestor.ingest(_events([event("u", 1, 1.0)]))
     with pytest.raises(StoreBusy):
-        await ingestor.ingest(_events([event("u", 1, 1.0)]))
-    assert await ingestor.users.store.get_state("u") is None
+        await pipe.users.apply_pending("u")
+    k = partition_of("u", pipe.stream.partitions)
+    assert await pipe.stream.backlog(k) == 1
+    notices = await pipe.stream.read(k, "a", 10, block_s=0)
+    assert not await pipe.applier.apply(k, notices)  # failed: not acknowledged
+    assert await pipe.stream.backlog(k) == 1
+    assert await pipe.store.get_state("u") is None
 
 
 @pytest.mark.parametrize("path", ["ingest", "rank"])
@@ -232,16 +298,13 @@ async def test_changed_half_life_rebuilds_instead_of_mixing_weights(
 ) -> None:
     """States built without decay are not mixed with decayed updates after a config change."""
     store = MemoryStore()
-    plain = _ingestor(make_settings, store=store)
+    plain = Pipeline(make_settings, store=store)
     raw = [event("u", i, 100.0 * i) for i in range(1, 11)]
-    await plain.ingest(_events(raw[:6]))
-    decayed = _ingestor(make_settings, store=store, half_life_s=300.0)
-    await decayed.ingest(_events(raw[6:]))
-    state = await _state(decayed, "u")
-    assert state.tag == str(decayed.users.model.state_tag) != str(plain.users.model.state_tag)
+    await plain.ingest(raw[:6])
+    decayed = Pipeline(make_settings, store=store, half_life_s=300.0)
+    await decayed.ingest(raw[6:])
+    state = await decayed.state("u")
+    assert state.tag == str(decayed.model.state_tag) != str(plain.model.state_tag)
     ts = np.array([e["ts"] for e in raw])
     assert state.n_eff == pytest.approx(float(Decay(300.0).weights(ts, ts.max()).sum()))
-    rebuilds = decayed.metrics.registry.get_sample_value(
-        "solar_state_rebuilds_total", {"reason": "config"}
-    )
-    assert rebuilds == 1
+    assert decayed.rebuilds("config") == 1

@@ -13,7 +13,7 @@ from service.core.serving_model import ServingModel, load_serving_model
 from service.core.users import UserStates, append_rows, batch_state, parse_state
 from service.errors import StateUnreadable, UnknownUser
 from service.metrics import Metrics
-from service.store.eventlog import make_records
+from service.store.eventlog import identity_keys, make_records
 from service.store.memory import MemoryStore
 from tests.service.conftest import SettingsFactory
 from tests.service.support import gram
@@ -109,52 +109,67 @@ def _records(n: int, start: int = 1) -> np.ndarray:
 
 
 async def _users(model: ServingModel, store_url: str | None) -> UserStates:
+    from service.backends import open_backends
     from service.settings import Settings
-    from service.store.factory import open_store
 
-    return UserStates(await open_store(Settings(redis_url=store_url)), model, Metrics())
+    backends = await open_backends(Settings(redis_url=store_url))
+    return UserStates(backends.store, model, Metrics())
+
+
+async def _append(users: UserStates, records: np.ndarray) -> None:
+    await users.store.append_events(
+        "u", records.tobytes(), identity_keys(records), log_cap=100, dedup_window=1_000
+    )
 
 
 @pytest.mark.anyio
-async def test_extend_then_load_gives_the_batch_factors(
+async def test_apply_then_load_gives_the_batch_factors(
     model: ServingModel, store_url: str | None
 ) -> None:
     users = await _users(model, store_url)
     try:
         assert (await users.load("u")).state is None  # unknown user: no history
         first, second = _records(7), _records(5, start=8)
-        assert await users.extend("u", await users.store.read("u"), first, log_cap=100)
-        assert await users.extend("u", await users.store.read("u"), second, log_cap=100)
+        await _append(users, first)
+        assert (await users.apply_pending("u")).events == 7
+        await _append(users, second)
+        assert (await users.apply_pending("u")).events == 5
+        assert (await users.apply_pending("u")).events == 0  # nothing twice
         loaded = await users.load("u", with_log=True)
         assert loaded.state is not None and loaded.state.n == 12
         assert loaded.log["ts"].tolist() == [float(i) for i in range(1, 13)]
         ref = users.from_log(np.concatenate([first, second]))
         np.testing.assert_allclose(gram(loaded.state), gram(ref), atol=1e-5)  # float32 blob
         assert (await users.load("u")).log.shape == (0,)  # the log only when asked for
+        view = await users.view("u")
+        assert (view.history_length, view.pending) == (12, 0)
     finally:
         await users.store.close()
 
 
 @pytest.mark.anyio
-async def test_a_stale_version_loses_the_write(model: ServingModel, store_url: str | None) -> None:
-    users = await _users(model, store_url)
-    try:
-        before = await users.store.read("u")
-        assert await users.extend("u", before, _records(3), log_cap=100)
-        assert not await users.extend("u", before, _records(2, start=4), log_cap=100)
-        assert (await users.view("u")).history_length == 3
-    finally:
-        await users.store.close()
-
-
-@pytest.mark.anyio
-async def test_load_rebuilds_a_corrupt_or_missing_state_once_and_writes_it_back(
+async def test_view_shows_pending_events_before_they_are_applied(
     model: ServingModel, store_url: str | None
 ) -> None:
     users = await _users(model, store_url)
     try:
-        log = _records(9).tobytes()
-        assert await users.store.replace("u", 0, b"garbage", log)
+        await _append(users, _records(3))
+        view = await users.view("u")
+        assert (view.history_length, view.pending) == (0, 3)
+        await users.apply_pending("u")
+        assert (await users.view("u")).pending == 0
+    finally:
+        await users.store.close()
+
+
+@pytest.mark.anyio
+async def test_load_rebuilds_a_corrupt_state_once_and_writes_it_back(
+    model: ServingModel, store_url: str | None
+) -> None:
+    users = await _users(model, store_url)
+    try:
+        await _append(users, _records(9))
+        assert await users.store.commit_state("u", b"garbage", gen=0, expected_applied=0, applied=9)
         with pytest.raises(StateUnreadable):
             await users.view("u")
         loaded = await users.load("u")
@@ -169,5 +184,21 @@ async def test_load_rebuilds_a_corrupt_or_missing_state_once_and_writes_it_back(
         with pytest.raises(UnknownUser):
             await users.view("nobody")
         assert (await users.load("nobody")).state is None
+    finally:
+        await users.store.close()
+
+
+@pytest.mark.anyio
+async def test_a_deleted_user_is_not_brought_back_by_an_apply(
+    model: ServingModel, store_url: str | None
+) -> None:
+    users = await _users(model, store_url)
+    try:
+        await _append(users, _records(4))
+        assert await users.store.delete("u")
+        assert (await users.apply_pending("u")).events == 0
+        assert await users.store.get_state("u") is None
+        with pytest.raises(UnknownUser):
+            await users.view("u")
     finally:
         await users.store.close()

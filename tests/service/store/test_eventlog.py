@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import asyncio
 import struct
 from types import SimpleNamespace
 from typing import Any
@@ -16,11 +17,12 @@ from service.store.eventlog import (
     LogFormatError,
     action_key,
     decode_log,
-    duplicate_mask,
     event_id_key,
+    identity_keys,
     item_key,
     make_records,
 )
+from service.store.memory import MemoryStore
 
 
 def encode_events(*columns: Any) -> bytes:
@@ -141,82 +143,34 @@ def test_all_zero_digest_is_flipped(monkeypatch: pytest.MonkeyPatch) -> None:
     assert key[1:] == bytes(4)  # exactly one byte changed
 
 
-# ---- duplicate_mask ----------------------------------------------------------------------
+# ---- identity_keys: what dedup compares (the store's window is tested in test_store) ------
 
 
-def test_same_event_id_is_a_duplicate_whatever_the_fields() -> None:
-    log = _records([(1.0, 1, "click", "e1")])
-    new = _records([(2.0, 2, "buy", "e1"), (1.0, 1, "click", "e2")])
-    assert duplicate_mask(log, new).tolist() == [True, False]
+def _identity(event: tuple[float, int | str, str | None, str | None]) -> bytes:
+    return identity_keys(_records([event]))
 
 
-def test_without_event_id_equal_fields_are_a_duplicate() -> None:
-    log = _records([(1.0, 1, "click", None)])
-    new = _records(
-        [
-            (1.0, 1, "click", None),  # same
-            (1.0, "1", "click", None),  # same item, other spelling
-            (1.0, 1, "buy", None),  # other action
-            (1.5, 1, "click", None),  # other ts
-            (1.0, 2, "click", None),  # other item
-        ]
-    )
-    assert duplicate_mask(log, new).tolist() == [True, True, False, False, False]
+def test_same_event_id_is_the_same_identity_whatever_the_fields() -> None:
+    assert _identity((1.0, 1, "click", "e1")) == _identity((2.0, 2, "buy", "e1"))
+    assert _identity((1.0, 1, "click", "e1")) != _identity((1.0, 1, "click", "e2"))
+
+
+def test_without_event_id_the_fields_are_the_identity() -> None:
+    base = _identity((1.0, 1, "click", None))
+    assert base == _identity((1.0, "1", "click", None))  # same item, other spelling
+    for other in ((1.0, 1, "buy", None), (1.5, 1, "click", None), (1.0, 2, "click", None)):
+        assert base != _identity(other), other
 
 
 def test_event_id_and_no_event_id_never_match() -> None:
-    with_id = _records([(1.0, 1, "click", "e1")])
-    without = _records([(1.0, 1, "click", None)])
-    assert duplicate_mask(with_id, without).tolist() == [False]
-    assert duplicate_mask(without, with_id).tolist() == [False]
+    assert _identity((1.0, 1, "click", "e1")) != _identity((1.0, 1, "click", None))
 
 
-def test_duplicates_within_one_batch_keep_the_first() -> None:
-    empty = _records([])
-    new = _records(
-        [
-            (1.0, 1, None, "e1"),
-            (2.0, 2, None, "e1"),
-            (3.0, 3, None, None),
-            (3.0, 3, None, None),
-            (3.0, 3, None, "e3"),
-            (1.0, 1, None, "e1"),
-        ]
-    )
-    assert duplicate_mask(empty, new).tolist() == [False, True, False, True, False, True]
-
-
-def test_window_limits_the_log_lookback() -> None:
-    log = _records([(float(i), i, None, f"e{i}") for i in range(100)])
-    new = _records([(0.0, 0, None, "e0"), (0.0, 0, None, "e90"), (0.0, 0, None, "e89")])
-    assert duplicate_mask(log, new, window=10).tolist() == [False, True, False]
-    assert duplicate_mask(log, new, window=11).tolist() == [False, True, True]
-    assert duplicate_mask(log, new, window=1000).tolist() == [True, True, True]
-    assert duplicate_mask(log, new).tolist() == [True, True, True]  # default 10,000
-
-
-def test_window_zero_still_checks_the_batch() -> None:
-    log = _records([(1.0, 1, None, "e1")])
-    new = _records([(1.0, 1, None, "e1"), (1.0, 1, None, "e1")])
-    assert duplicate_mask(log, new, window=0).tolist() == [False, True]
-
-
-def test_negative_window_is_rejected() -> None:
-    with pytest.raises(ValueError, match="-1"):
-        duplicate_mask(_records([]), _records([]), window=-1)
-
-
-def test_empty_inputs() -> None:
-    empty = _records([])
-    assert duplicate_mask(empty, empty).shape == (0,)
-    assert duplicate_mask(_records([(1.0, 1, None, None)]), empty).dtype == np.bool_
-
-
-def test_works_on_decoded_read_only_logs() -> None:
-    blob = encode_events([1.0, 2.0], [1, 2], [None, None], ["a", None])
-    log = decode_log(blob)
-    assert not log.flags.writeable
-    assert duplicate_mask(log, decode_log(blob)).tolist() == [True, True]
+def test_identities_are_16_bytes_each_in_record_order() -> None:
+    events = [(float(i), i, None, f"e{i}" if i % 2 else None) for i in range(5)]
+    keys = identity_keys(_records(events))
+    assert len(keys) == 16 * 5
+    assert [keys[16 * i : 16 * (i + 1)] for i in range(5)] == [_identity(e) for e in events]
 
 
 def _reference_mask(log: list[Event], new: list[Event], window: int) -> list[bool]:
@@ -242,13 +196,27 @@ _events = st.lists(
 )
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=150, deadline=None)
 @given(log=_events, new=_events, window=st.integers(min_value=0, max_value=40))
-def test_duplicate_mask_matches_pairwise_definition(
+def test_store_dedup_matches_the_pairwise_definition(
     log: list[Event], new: list[Event], window: int
 ) -> None:
-    got = duplicate_mask(_records(log), _records(new), window=window)
-    assert got.tolist() == _reference_mask(log, new, window)
+    """MemoryStore (which has RedisStore's semantics, checked in test_store) drops exactly the
+    events that match one of the last ``window`` stored events or an earlier one of the call."""
+    store = MemoryStore()
+
+    async def run() -> bytes:
+        for records in (_records(log), _records(new)):
+            await store.append_events(
+                "u", records.tobytes(), identity_keys(records), log_cap=1_000, dedup_window=window
+            )
+        return (await store.read_log("u", unapplied_only=False)).records
+
+    kept_log = [e for e, dup in zip(log, _reference_mask([], log, window), strict=True) if not dup]
+    kept_new = [
+        e for e, dup in zip(new, _reference_mask(kept_log, new, window), strict=True) if not dup
+    ]
+    assert asyncio.run(run()) == _records(kept_log + kept_new).tobytes()
 
 
 @settings(deadline=None)

@@ -5,7 +5,14 @@ import re
 import pytest
 
 from service.errors import InvalidUserId
-from service.store.keys import USER_ID_PATTERN, user_keys, validate_user_id
+from service.store.keys import (
+    USER_ID_PATTERN,
+    lease_key,
+    partition_of,
+    stream_key,
+    user_keys,
+    validate_user_id,
+)
 
 
 def _hash_tag(key: str) -> str:
@@ -19,9 +26,10 @@ def test_key_layout() -> None:
     assert keys == (
         "solar:{alice@example.com}:state",
         "solar:{alice@example.com}:log",
-        "solar:{alice@example.com}:ver",
+        "solar:{alice@example.com}:pos",
+        "solar:{alice@example.com}:dedup",
     )
-    assert (keys.state, keys.log, keys.version) == tuple(keys)
+    assert (keys.state, keys.log, keys.pos, keys.dedup) == tuple(keys)
 
 
 @pytest.mark.parametrize("user_id", ["a", "A-Z_0.9:x@y", "x" * 128, "123", "user:42"])
@@ -31,7 +39,15 @@ def test_keys_of_one_user_share_one_hash_tag(user_id: str) -> None:
 
 
 def test_keys_of_different_users_differ() -> None:
-    assert len(set(user_keys("a")) | set(user_keys("b"))) == 6
+    assert len(set(user_keys("a")) | set(user_keys("b"))) == 8
+
+
+def test_partition_keys_carry_their_own_hash_tag() -> None:
+    assert stream_key(3) == "solar:ingest:{p3}"
+    assert lease_key(3) == "solar:ingest:{p3}:lease"
+    assert _hash_tag(stream_key(3)) == _hash_tag(lease_key(3)) == "p3"
+    assert {partition_of(f"u{i}", 16) for i in range(100)} == set(range(16))
+    assert partition_of("alice", 16) == partition_of("alice", 16) < 16
 
 
 @pytest.mark.parametrize("user_id", ["a", "Z9", "a.b-c_d:e@f", "x" * 128])

@@ -1,0 +1,201 @@
+"""The applier (DESIGN §3): owns partitions of the ingest stream and folds the notified users'
+events into their states.
+
+One ``Applier`` per process (``solar worker``, or inside ``solar serve`` unless
+``SOLAR_APPLIER=external``). Every ``lease_s / 3`` it heartbeats, renews the leases it holds
+and takes free ones up to its share, ``ceil(P / live appliers)``; each partition it holds runs
+a task that first claims the partition's pending notices (a dead owner's), then reads new
+ones, coalesces them per user, applies each user ONCE (``UserStates.apply_pending``: all of
+the user's unapplied records as one block update, fenced on the position read) and only then
+acknowledges. A user whose apply failed keeps its notices pending; the task claims them again.
+A task whose lease was lost stops after its current batch; the fence keeps the overlap safe.
+Stopping is a flag (:meth:`Applier.stop`), not cancellation; see there.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import os
+import socket
+import time
+import uuid
+from dataclasses import dataclass, field
+
+from service.core.serving_model import ServingModel
+from service.core.users import UserStates
+from service.errors import StoreBusy, StoreError
+from service.metrics import Metrics
+from service.settings import Settings
+from service.store.base import Store
+from service.stream.base import IngestStream, Notice
+
+__all__ = ["Applier", "ApplierConfig"]
+
+logger = logging.getLogger(__name__)
+
+_FAILURE_PAUSE_S = 0.2
+
+
+@dataclass(frozen=True)
+class ApplierConfig:
+    """Knobs of an applier (from ``Settings``)."""
+
+    lease_s: float = 5.0  # a dead applier's partitions are taken over after this
+    read_count: int = 512  # notices per read
+    block_s: float = 0.2  # how long a read waits for notices
+    users_in_flight: int = 16  # users applied concurrently within a partition batch
+
+
+def applier_id() -> str:
+    """A consumer name unique to this process: host, pid and a random suffix."""
+    return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+
+
+@dataclass
+class Applier:
+    users: UserStates
+    stream: IngestStream
+    metrics: Metrics
+    config: ApplierConfig = field(default_factory=ApplierConfig)
+    consumer: str = field(default_factory=applier_id)
+    _tasks: dict[int, asyncio.Task[None]] = field(default_factory=dict, init=False, repr=False)
+    _held: set[int] = field(default_factory=set, init=False, repr=False)
+    _stopping: bool = field(default=False, init=False, repr=False)
+    _wake: asyncio.Event | None = field(default=None, init=False, repr=False)
+
+    @classmethod
+    def create(
+        cls,
+        settings: Settings,
+        store: Store,
+        stream: IngestStream,
+        model: ServingModel,
+        metrics: Metrics,
+    ) -> Applier:
+        """The applier of a process, configured by ``settings``."""
+        users = UserStates(store, model, metrics, settings.rebuild_residual_ratio)
+        return cls(users, stream, metrics, ApplierConfig(lease_s=settings.apply_lease_s))
+
+    @property
+    def owned(self) -> list[int]:
+        """Partitions this applier holds now."""
+        return sorted(self._held)
+
+    async def run(self) -> None:
+        """Hold leases and apply until :meth:`stop` (or cancellation); then let the partition
+        tasks finish their batch and release the leases."""
+        self._wake = asyncio.Event()
+        try:
+            while not self._stopping:
+                try:
+                    await self._rebalance()
+                except StoreError as exc:
+                    logger.warning("applier %s: lease round failed: %s", self.consumer, exc)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), self.config.lease_s / 3)
+        finally:
+            self._stopping = True
+            await self._shutdown()
+
+    def stop(self) -> None:
+        """Ask :meth:`run` to return (each partition task ends after its current batch).
+
+        A stop flag, not task cancellation: redis-py can swallow the cancellation of a
+        command in flight, so a cancelled loop might go on."""
+        self._stopping = True
+        if self._wake is not None:
+            self._wake.set()
+
+    def _reap(self) -> None:
+        """Forget partition tasks that ended (a bug, logged): this round may take them again."""
+        for k, task in list(self._tasks.items()):
+            if task.done():
+                del self._tasks[k]
+                self._held.discard(k)
+                if not task.cancelled() and task.exception() is not None:
+                    logger.error("applier partition %d failed", k, exc_info=task.exception())
+
+    async def _rebalance(self) -> None:
+        self._reap()
+        live = await self.stream.heartbeat(self.consumer, 3 * self.config.lease_s)
+        share = math.ceil(self.stream.partitions / max(1, live))
+        for k in self.owned:  # renew first: a lost lease ends its task after the batch
+            if not await self.stream.acquire(k, self.consumer, self.config.lease_s):
+                logger.warning("applier %s lost partition %d", self.consumer, k)
+                self._held.discard(k)
+        for k in self.owned[share:]:  # give back what is over the share, once its task ended
+            self._held.discard(k)
+            await self._tasks.pop(k)
+            await self.stream.release(k, self.consumer)
+        for k in range(self.stream.partitions):
+            if len(self._held) >= share or self._stopping:
+                break
+            if k not in self._tasks and await self.stream.acquire(
+                k, self.consumer, self.config.lease_s
+            ):
+                self._held.add(k)
+                self._tasks[k] = asyncio.create_task(self._partition(k), name=f"apply-p{k}")
+
+    async def _shutdown(self) -> None:
+        self._held.clear()
+        tasks = dict(self._tasks)
+        self._tasks.clear()
+        if tasks:
+            _, late = await asyncio.wait(tasks.values(), timeout=4 * self.config.block_s + 1.0)
+            for task in late:
+                task.cancel()
+        for k in tasks:
+            try:
+                await self.stream.release(k, self.consumer)
+            except StoreError:
+                pass  # the lease expires by itself
+
+    async def _partition(self, k: int) -> None:
+        claim = True  # a new owner first takes over what the last one left pending
+        while k in self._held and not self._stopping:
+            try:
+                if claim:
+                    notices = await self.stream.claim(k, self.consumer, self.config.read_count)
+                    claim = len(notices) == self.config.read_count
+                else:
+                    notices = await self.stream.read(
+                        k, self.consumer, self.config.read_count, self.config.block_s
+                    )
+                if notices:
+                    claim = not await self.apply(k, notices) or claim
+                self.metrics.ingest_pending.labels(partition=str(k)).set(
+                    await self.stream.backlog(k)
+                )
+            except StoreError as exc:
+                logger.warning("applier %s partition %d: %s", self.consumer, k, exc)
+                claim = True
+                await asyncio.sleep(_FAILURE_PAUSE_S)
+
+    async def apply(self, partition: int, notices: list[Notice]) -> bool:
+        """Apply every notified user once and acknowledge their notices; False when some
+        user failed (its notices stay pending)."""
+        by_user: dict[str, list[Notice]] = {}
+        for notice in notices:
+            by_user.setdefault(notice.user_id, []).append(notice)
+        gate = asyncio.Semaphore(self.config.users_in_flight)
+
+        async def one(user_id: str, user_notices: list[Notice]) -> list[str]:
+            async with gate:
+                try:
+                    applied = await self.users.apply_pending(user_id)
+                except (StoreError, StoreBusy) as exc:
+                    logger.warning("apply %s failed, will retry: %s", user_id, exc)
+                    return []
+            if applied.events:
+                self.metrics.apply_batch_events.observe(applied.events)
+                oldest_s = min(n.posted_s for n in user_notices)
+                self.metrics.apply_lag_seconds.observe(max(0.0, time.time() - oldest_s))
+            return [n.entry_id for n in user_notices]
+
+        done = await asyncio.gather(*(one(u, ns) for u, ns in by_user.items()))
+        acked = [entry for entries in done for entry in entries]
+        await self.stream.ack(partition, acked)
+        return len(acked) == len(notices)

@@ -1,0 +1,60 @@
+"""The ingest-stream interface: post a notice per user and ingest call; appliers lease
+partitions, read new notices, take over the pending ones of a dead owner, and acknowledge.
+
+Semantics shared by both implementations:
+
+- ``post`` appends a notice to the user's partition (``keys.partition_of``).
+- A partition is applied by the holder of its lease (``acquire`` takes a free or expired one,
+  or renews one's own, for ``lease_s`` seconds). So a user, who lives in one partition, is
+  written by one applier at a time; the state write is still fenced (``Store.commit_state``).
+- ``read`` delivers notices no consumer has seen yet; they stay pending until ``ack``.
+- ``claim`` hands every pending notice of the partition, the caller's own included, to the
+  caller (after a take-over: the previous owner died, or lost its lease, before
+  acknowledging; or after a failed apply, to retry).
+- ``backlog`` counts the notices not yet acknowledged (delivered or not).
+- ``heartbeat`` records that an applier is alive and returns how many are (for sharing the
+  partitions out).
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple, Protocol, runtime_checkable
+
+__all__ = ["IngestStream", "Notice"]
+
+
+class Notice(NamedTuple):
+    """One stream entry: ``user_id`` has events up to ``seq``, acknowledged at ``posted_s``."""
+
+    partition: int
+    entry_id: str
+    user_id: str
+    seq: int
+    posted_s: float  # unix seconds
+
+
+@runtime_checkable
+class IngestStream(Protocol):
+    """Partitioned notices for the appliers; see the module docstring."""
+
+    partitions: int
+
+    async def post(self, user_id: str, seq: int, posted_s: float) -> None: ...
+
+    async def acquire(self, partition: int, consumer: str, lease_s: float) -> bool: ...
+
+    async def release(self, partition: int, consumer: str) -> None: ...
+
+    async def read(
+        self, partition: int, consumer: str, count: int, block_s: float
+    ) -> list[Notice]: ...
+
+    async def claim(self, partition: int, consumer: str, count: int) -> list[Notice]: ...
+
+    async def ack(self, partition: int, entry_ids: list[str]) -> None: ...
+
+    async def backlog(self, partition: int) -> int: ...
+
+    async def heartbeat(self, consumer: str, ttl_s: float) -> int: ...
+
+    async def close(self) -> None: ...

@@ -1,0 +1,145 @@
+"""The ingest stream on Redis Streams: one stream per partition, one consumer group.
+
+Partition k is the stream ``solar:ingest:{p<k>}`` with its lease ``…:lease`` in the same slot,
+so on Redis Cluster the partitions spread over the masters. Entries are deleted once
+acknowledged (XACK + XDEL), so XLEN is the backlog; no MAXLEN trimming ever drops a notice
+that was not applied.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from redis import exceptions as redis_exc
+
+from service.store.keys import APPLIERS_KEY, lease_key, partition_of, stream_key
+from service.store.redis_client import RedisClient, redis_errors
+from service.stream.base import Notice
+
+__all__ = ["GROUP", "RedisStream"]
+
+GROUP = "appliers"
+
+# KEYS: lease. ARGV: consumer, lease ms. Take a free lease or renew one's own.
+_ACQUIRE_LUA = """
+local holder = redis.call('GET', KEYS[1])
+if holder and holder ~= ARGV[1] then return 0 end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', tonumber(ARGV[2]))
+return 1
+"""
+
+_RELEASE_LUA = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+class RedisStream:
+    """Redis Streams implementation of ``service.stream.base.IngestStream``."""
+
+    def __init__(self, client: RedisClient, url: str, partitions: int) -> None:
+        if partitions < 1:
+            raise ValueError(f"partitions must be ≥ 1, got {partitions}")
+        self.partitions = partitions
+        self.url = url
+        self._client = client
+        self._acquire = client.register_script(_ACQUIRE_LUA)
+        self._release = client.register_script(_RELEASE_LUA)
+        self._groups: set[int] = set()
+
+    async def _ensure_group(self, partition: int) -> None:
+        if partition in self._groups:
+            return
+        try:
+            await self._client.xgroup_create(stream_key(partition), GROUP, id="0", mkstream=True)
+        except redis_exc.ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+        self._groups.add(partition)
+
+    def _forget_group_if_gone(self, partition: int, exc: redis_exc.ResponseError) -> None:
+        if "NOGROUP" in str(exc):  # Redis restarted without the stream: create it again
+            self._groups.discard(partition)
+
+    def _notices(self, partition: int, entries: Any) -> list[Notice]:
+        notices = []
+        for entry_id, fields in entries or ():
+            if not fields:  # deleted while pending: nothing left to apply
+                continue
+            values = {_text(k): _text(v) for k, v in fields.items()}
+            notices.append(
+                Notice(
+                    partition, _text(entry_id), values["u"], int(values["s"]), float(values["t"])
+                )
+            )
+        return notices
+
+    async def post(self, user_id: str, seq: int, posted_s: float) -> None:
+        key = stream_key(partition_of(user_id, self.partitions))
+        async with redis_errors("post", self.url):
+            await self._client.xadd(key, {"u": user_id, "s": seq, "t": f"{posted_s:.6f}"})
+
+    async def acquire(self, partition: int, consumer: str, lease_s: float) -> bool:
+        async with redis_errors("acquire", self.url):
+            await self._ensure_group(partition)
+            ok = await self._acquire(
+                keys=[lease_key(partition)], args=[consumer, max(1, int(lease_s * 1000))]
+            )
+        return bool(ok)
+
+    async def release(self, partition: int, consumer: str) -> None:
+        async with redis_errors("release", self.url):
+            await self._release(keys=[lease_key(partition)], args=[consumer])
+
+    async def read(self, partition: int, consumer: str, count: int, block_s: float) -> list[Notice]:
+        key = stream_key(partition)
+        async with redis_errors("read", self.url):
+            await self._ensure_group(partition)
+            try:
+                reply: Any = await self._client.xreadgroup(
+                    GROUP, consumer, {key: ">"}, count=count, block=max(1, int(block_s * 1000))
+                )
+            except redis_exc.ResponseError as exc:
+                self._forget_group_if_gone(partition, exc)
+                raise
+        if isinstance(reply, dict):  # RESP3 answers a map
+            reply = list(reply.items())
+        return [n for _, entries in reply or () for n in self._notices(partition, entries)]
+
+    async def claim(self, partition: int, consumer: str, count: int) -> list[Notice]:
+        key = stream_key(partition)
+        async with redis_errors("claim", self.url):
+            await self._ensure_group(partition)
+            try:
+                reply = await self._client.xautoclaim(key, GROUP, consumer, 0, "0-0", count=count)
+            except redis_exc.ResponseError as exc:
+                self._forget_group_if_gone(partition, exc)
+                raise
+        return self._notices(partition, reply[1])
+
+    async def ack(self, partition: int, entry_ids: list[str]) -> None:
+        if not entry_ids:
+            return
+        key = stream_key(partition)
+        async with redis_errors("ack", self.url):
+            await self._client.xack(key, GROUP, *entry_ids)
+            await self._client.xdel(key, *entry_ids)
+
+    async def backlog(self, partition: int) -> int:
+        async with redis_errors("backlog", self.url):
+            return int(await self._client.xlen(stream_key(partition)))
+
+    async def heartbeat(self, consumer: str, ttl_s: float) -> int:
+        now_ms = time.time() * 1000
+        async with redis_errors("heartbeat", self.url):
+            await self._client.zadd(APPLIERS_KEY, {consumer: now_ms})
+            await self._client.zremrangebyscore(APPLIERS_KEY, "-inf", now_ms - ttl_s * 1000)
+            return int(await self._client.zcard(APPLIERS_KEY))
+
+    async def close(self) -> None:
+        return  # the client belongs to the store, which closes it

@@ -1,0 +1,76 @@
+"""`solar worker`: a process that only applies ingested events (DESIGN §3).
+
+It loads the model (the applier embeds events with it), connects to Redis and runs one
+:class:`Applier` until SIGTERM or SIGINT, then releases its partition leases. Run as many as
+the ingest rate needs: they share the partitions out (``ceil(P / workers)`` each) and take
+over a dead one's partitions after ``SOLAR_APPLY_LEASE_S``. It needs a shared store: with the
+embedded store, ``solar serve`` applies in-process instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+from collections.abc import Sequence
+
+from pydantic import ValidationError
+
+from service.settings import Settings
+
+__all__ = ["main"]
+
+logger = logging.getLogger(__name__)
+
+
+async def run_worker(settings: Settings) -> None:
+    """Apply until a termination signal arrives."""
+    from service.backends import open_backends
+    from service.core.applier import Applier
+    from service.core.serving_model import load_serving_model
+    from service.metrics import Metrics
+
+    metrics = Metrics()
+    model = await asyncio.to_thread(load_serving_model, settings)
+    backends = await open_backends(settings, metrics.store_observer())
+    applier = Applier.create(settings, backends.store, backends.stream, model, metrics)
+    loop = asyncio.get_running_loop()
+    task = asyncio.create_task(applier.run(), name="solar-worker")
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, applier.stop)
+    logger.info("solar worker %s: model %s, %d partitions", applier.consumer, model.version,
+                settings.partitions)  # fmt: skip
+    try:
+        await task
+        logger.info("solar worker %s: stopped", applier.consumer)
+    finally:
+        await backends.close()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Parse the arguments, check the configuration, run the applier; the exit code."""
+    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # tiny SVDs: threads only cost
+    parser = argparse.ArgumentParser(
+        prog="solar worker", description="apply ingested events to user states (needs Redis)"
+    )
+    parser.parse_args(list(argv) if argv is not None else None)
+    try:
+        settings = Settings()
+    except ValidationError as exc:
+        logger.error("invalid SOLAR_* configuration:\n%s", exc)
+        return 2
+    if not settings.redis_url:
+        logger.error("solar worker needs a shared store: set SOLAR_REDIS_URL")
+        return 2
+    from service.core.serving_model import ModelUnavailable, require_checkpoint
+    from service.errors import StoreUnavailable
+
+    try:
+        require_checkpoint(settings.model_path)
+        asyncio.run(run_worker(settings))
+    except (ModelUnavailable, StoreUnavailable) as exc:
+        logger.error("%s", exc)
+        return 1
+    return 0

@@ -1,0 +1,130 @@
+"""The Redis client: connect retries, 503-type errors while Redis is away, recovery."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import anyio
+import pytest
+import redis
+
+from service.errors import StoreUnavailable
+from service.store.eventlog import identity_keys, make_records
+from service.store.redis_client import connect_redis, make_client, redact
+from service.store.redis_store import RedisStore
+from solar_tools.redis_server import RedisServer, free_port
+
+pytestmark = pytest.mark.anyio
+
+
+def _one_event() -> tuple[bytes, bytes]:
+    recs = make_records([1.0], [1], [None], ["e1"])
+    return recs.tobytes(), identity_keys(recs)
+
+
+async def test_unavailable_while_stopped_then_recovers(redis_server: RedisServer) -> None:
+    redis_server.flush()
+    url = redis_server.url
+    store = RedisStore(make_client(url, timeout_s=0.5), url)
+    recs, idents = _one_event()
+    try:
+        await store.append_events("u", recs, idents, log_cap=10, dedup_window=10)
+        redis_server.stop()
+        for call in (
+            store.ping,
+            lambda: store.get_state("u"),
+            lambda: store.position("u"),
+            lambda: store.read_log("u", unapplied_only=True),
+            lambda: store.append_events("u", recs, idents, log_cap=10, dedup_window=10),
+            lambda: store.commit_state("u", b"S", gen=0, expected_applied=0, applied=1),
+            lambda: store.delete("u"),
+        ):
+            start = time.perf_counter()
+            with pytest.raises(StoreUnavailable) as info:
+                await call()  # type: ignore[operator]
+            assert time.perf_counter() - start < 3.0
+            assert url.split("/")[2] in str(info.value)
+            assert not isinstance(info.value, redis.exceptions.RedisError)
+    finally:
+        redis_server.start()
+    try:
+        # Same client, no reconnect call: the pool replaces its dead connections and the
+        # scripts are loaded again (the restarted server has no data and no scripts).
+        await store.ping()
+        result = await store.append_events("u", recs, idents, log_cap=10, dedup_window=10)
+        assert result.accepted == 1 and result.seq == 1
+    finally:
+        await store.close()
+
+
+async def test_timeout_of_a_frozen_server_is_unavailable(redis_server: RedisServer) -> None:
+    redis_server.flush()
+    store = RedisStore(make_client(redis_server.url, timeout_s=0.2), redis_server.url)
+    try:
+        await store.ping()
+        redis_server.pause()
+        try:
+            start = time.perf_counter()
+            with pytest.raises(StoreUnavailable):
+                await store.get_state("u")
+            assert time.perf_counter() - start < 3.0
+        finally:
+            redis_server.resume()
+        assert await store.get_state("u") is None
+    finally:
+        await store.close()
+
+
+async def test_connect_retries_then_fails_clearly(caplog: pytest.LogCaptureFixture) -> None:
+    port = free_port()  # nothing listens there
+    start = time.perf_counter()
+    with caplog.at_level(logging.WARNING, logger="service.store.redis_client"):
+        with pytest.raises(StoreUnavailable) as info:
+            await connect_redis(
+                f"redis://:hunter2@127.0.0.1:{port}/0", timeout_s=0.2, retries=2, backoff_s=0.05
+            )
+    elapsed = time.perf_counter() - start
+    message = str(info.value)
+    assert f"127.0.0.1:{port}" in message and "3 attempts" in message
+    assert "hunter2" not in message and "hunter2" not in caplog.text
+    assert len([r for r in caplog.records if r.levelno == logging.WARNING]) == 2
+    assert 0.05 + 0.1 <= elapsed < 5.0  # slept the two backoffs, then gave up
+
+
+async def test_connect_waits_for_a_late_server(redis_server: RedisServer) -> None:
+    redis_server.stop()
+
+    def start_later() -> None:
+        time.sleep(0.3)
+        redis_server.start()
+
+    try:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(anyio.to_thread.run_sync, start_later)
+            client = await connect_redis(redis_server.url, retries=20, backoff_s=0.05)
+        try:
+            assert await client.ping()
+        finally:
+            await client.aclose()
+    finally:
+        redis_server.start()
+
+
+async def test_connect_rejects_negative_retries(redis_url: str) -> None:
+    with pytest.raises(ValueError, match="retries"):
+        await connect_redis(redis_url, retries=-1)
+
+
+async def test_a_cluster_url_uses_the_cluster_client(cluster_url: str) -> None:
+    client = await connect_redis(cluster_url)
+    try:
+        assert type(client).__name__ == "RedisCluster"
+        assert len(client.get_primaries()) == 3
+    finally:
+        await client.aclose()
+
+
+def test_redact_hides_the_password() -> None:
+    assert redact("redis://:pw@h:1/0") == "redis://:***@h:1/0"
+    assert redact("redis://h:1/0") == "redis://h:1/0"

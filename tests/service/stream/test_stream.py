@@ -1,0 +1,94 @@
+"""Ingest-stream semantics, identical in process, on Redis and on a Redis Cluster: partitions,
+leases, delivery once per consumer group, pending entries, take-over, backlog."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import pytest
+
+from service.store.keys import partition_of
+from service.store.redis_client import connect_redis
+from service.stream.base import IngestStream
+from service.stream.memory import MemoryStream
+from service.stream.redis_stream import RedisStream
+
+pytestmark = pytest.mark.anyio
+P = 4
+
+
+@pytest.fixture(params=["memory", "redis", "cluster"])
+async def stream(request: pytest.FixtureRequest) -> AsyncIterator[IngestStream]:
+    if request.param == "memory":
+        yield MemoryStream(P)
+        return
+    fixture = "redis_url" if request.param == "redis" else "cluster_url"
+    url: str = request.getfixturevalue(fixture)
+    client = await connect_redis(url)
+    yield RedisStream(client, url, P)
+    await client.aclose()
+
+
+def _users_of(partition: int, n: int) -> list[str]:
+    users = [f"u{i}" for i in range(200) if partition_of(f"u{i}", P) == partition]
+    return users[:n]
+
+
+async def test_partition_of_is_stable_and_spread() -> None:
+    assert partition_of("alice", 16) == partition_of("alice", 16)
+    assert len({partition_of(f"u{i}", 16) for i in range(200)}) == 16
+
+
+async def test_notices_reach_one_reader_once_and_stay_pending_until_acked(
+    stream: IngestStream,
+) -> None:
+    users = _users_of(1, 3)
+    for seq, user in enumerate(users, start=1):
+        await stream.post(user, seq, 1_000.0 + seq)
+    assert await stream.backlog(1) == 3
+    got = await stream.read(1, "a", count=10, block_s=0.05)
+    assert [(n.user_id, n.seq, n.posted_s) for n in got] == [
+        (u, i, 1_000.0 + i) for i, u in enumerate(users, start=1)
+    ]
+    assert all(n.partition == 1 for n in got)
+    assert await stream.read(1, "b", count=10, block_s=0.05) == []  # delivered already
+    await stream.ack(1, [got[0].entry_id])
+    assert await stream.backlog(1) == 2
+    # A take-over hands the unacknowledged ones to the new owner.
+    claimed = await stream.claim(1, "b", count=10)
+    assert [n.entry_id for n in claimed] == [n.entry_id for n in got[1:]]
+    await stream.ack(1, [n.entry_id for n in claimed])
+    assert await stream.backlog(1) == 0
+    assert await stream.claim(1, "b", count=10) == []
+
+
+async def test_a_blocked_read_wakes_on_a_post(stream: IngestStream) -> None:
+    user = _users_of(2, 1)[0]
+    reader = asyncio.create_task(stream.read(2, "a", count=10, block_s=2.0))
+    await asyncio.sleep(0.1)
+    await stream.post(user, 7, 1.0)
+    got = await asyncio.wait_for(reader, 3.0)
+    assert [n.seq for n in got] == [7]
+
+
+async def test_a_lease_has_one_holder_until_it_expires_or_is_released(
+    stream: IngestStream,
+) -> None:
+    assert await stream.acquire(0, "a", lease_s=0.3)
+    assert not await stream.acquire(0, "b", lease_s=0.3)
+    assert await stream.acquire(0, "a", lease_s=0.3)  # renewing one's own
+    await asyncio.sleep(0.45)
+    assert await stream.acquire(0, "b", lease_s=5.0)  # expired: taken over
+    assert not await stream.acquire(0, "a", lease_s=5.0)
+    await stream.release(0, "a")  # not the holder: no effect
+    assert not await stream.acquire(0, "a", lease_s=5.0)
+    await stream.release(0, "b")
+    assert await stream.acquire(0, "a", lease_s=5.0)
+
+
+async def test_heartbeats_count_live_appliers(stream: IngestStream) -> None:
+    assert await stream.heartbeat("a", ttl_s=0.3) == 1
+    assert await stream.heartbeat("b", ttl_s=0.3) == 2
+    await asyncio.sleep(0.4)
+    assert await stream.heartbeat("b", ttl_s=0.3) == 1
