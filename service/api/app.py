@@ -20,7 +20,13 @@ from fastapi.openapi.utils import get_openapi
 
 from service.api.errors import install_error_handlers
 from service.api.middleware import BodyLimitMiddleware, RequestMetricsMiddleware
-from service.api.routes import health_router, ingest_router, rank_router, users_router
+from service.api.routes import (
+    health_router,
+    ingest_router,
+    model_router,
+    rank_router,
+    users_router,
+)
 from service.api.schemas import IngestRequest
 from service.core.serving_model import load_serving_model
 from service.core.userlocks import UserLocks
@@ -125,7 +131,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_error_handlers(app)
     app.add_middleware(BodyLimitMiddleware, max_body_bytes=settings.max_body_bytes)
     app.add_middleware(RequestMetricsMiddleware, metrics=metrics)  # outermost: times all
-    for router in (rank_router, ingest_router, users_router, health_router):
+    for router in (rank_router, ingest_router, users_router, model_router, health_router):
         app.include_router(router)
     app.openapi = _openapi(app)  # type: ignore[method-assign]
     return app
