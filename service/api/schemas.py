@@ -180,7 +180,10 @@ class UserInfo(BaseModel):
     user_id: str
     history_length: int = Field(description="events absorbed")
     rank: int = Field(description="served rank r")
-    singular_values: list[float] = Field(description="the r served singular values σ, descending")
+    singular_values: list[float] = Field(
+        description="the r served singular values σ_1 ≥ … ≥ σ_r; 0 past the history's rank "
+        "(fewer than r independent events)"
+    )
     residual_ratio: float = Field(description="ρ / (Σσ² + ρ): energy dropped by truncation")
     last_ts: float | None = Field(description="latest event time, unix seconds")
     model_version: str = Field(description="model whose embeddings produced the factors")

@@ -124,6 +124,13 @@ async def test_users_get_and_delete(client: httpx.AsyncClient, checkpoint_dir: P
     assert rank.json()["history_length"] == 0
 
 
+async def test_a_short_history_shows_zeros_not_noise(client: httpx.AsyncClient) -> None:
+    await ingest(client, [event("short", 1, 10.0), event("short", 2, 11.0)])  # rank 2 < r
+    values = (await client.get("/users/short")).json()["singular_values"]
+    assert len(values) == RANK and values[0] >= values[1] > 1e-3 * values[0]
+    assert values[2:] == [0.0] * (RANK - 2)  # no ~1e-16 rounding noise
+
+
 async def test_health_routes(client: httpx.AsyncClient, checkpoint_dir: Path) -> None:
     assert (await client.get("/healthz")).json() == {"status": "ok"}
     ready = await client.get("/readyz")

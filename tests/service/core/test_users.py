@@ -10,7 +10,13 @@ import pytest
 
 from model.lowrank import Decay, LowRankState
 from service.core.serving_model import ServingModel, load_serving_model
-from service.core.users import UserStates, append_rows, batch_state, parse_state
+from service.core.users import (
+    UserStates,
+    append_rows,
+    batch_state,
+    parse_state,
+    served_singular_values,
+)
 from service.errors import StateUnreadable, UnknownUser
 from service.metrics import Metrics
 from service.store.eventlog import make_records
@@ -171,3 +177,9 @@ async def test_load_rebuilds_a_corrupt_or_missing_state_once_and_writes_it_back(
         assert (await users.load("nobody")).state is None
     finally:
         await users.store.close()
+
+
+def test_served_singular_values_drop_rounding_noise() -> None:
+    sigma = np.array([2.0, 1.0, 3e-7, 8.8e-17, 5.0])  # ℓ = 5 (the tail beyond r unused)
+    assert served_singular_values(sigma, 4) == [2.0, 1.0, 0.0, 0.0]
+    assert served_singular_values(np.zeros(3), 2) == [0.0, 0.0]  # no history at all
