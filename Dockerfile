@@ -31,9 +31,11 @@ COPY model ./model
 COPY service ./service
 COPY solar_tools ./solar_tools
 COPY bench ./bench
+# The import check runs from / : in /src, `import service` would find the copied sources,
+# not the installed package the runtime stage ships.
 RUN pip install --upgrade pip \
     && pip install --extra-index-url "${TORCH_INDEX_URL}" . \
-    && python -c "import torch, service.cli, bench.kernels, solar_tools.replay; print('torch', torch.__version__)"
+    && cd / && python -c "import torch, service.cli, bench.kernels, solar_tools.replay; print('torch', torch.__version__)"
 
 # ---- runtime: the venv, a non-root user, nothing else ---------------------------------------
 FROM ${BASE_IMAGE} AS runtime

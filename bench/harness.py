@@ -29,13 +29,12 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
-
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # `solar_tools.redis_server` and `model` when run as a script
     sys.path.insert(0, str(REPO))
 
-from bench.load import RankResult, headers, measure_rank, percentile  # noqa: E402
+from bench.load import RankResult, measure_rank, percentile  # noqa: E402
+from solar_tools.client import AsyncSolarClient, SolarClient, SolarUnavailable  # noqa: E402
 from solar_tools.redis_server import RedisServer, free_port  # noqa: E402
 
 __all__ = [
@@ -111,16 +110,20 @@ def _wait_ready(
     base_url: str, proc: subprocess.Popen[bytes], log_path: Path, timeout_s: float
 ) -> None:
     deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"solar serve exited ({proc.returncode}):\n{log_path.read_text()}")
-        try:
-            if httpx.get(f"{base_url}/readyz", timeout=2.0).status_code == 200:
+    with SolarClient(base_url, timeout_s=2.0) as solar:
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(
+                    f"solar serve exited ({proc.returncode}):\n{log_path.read_text()}"
+                )
+            try:
+                solar.wait_ready(timeout_s=min(1.0, max(0.1, deadline - time.monotonic())))
                 return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.1)
-    raise RuntimeError(f"solar serve not ready in {timeout_s} s:\n{log_path.read_text()}")
+            except SolarUnavailable:
+                if time.monotonic() >= deadline:
+                    raise RuntimeError(
+                        f"solar serve not ready in {timeout_s} s:\n{log_path.read_text()}"
+                    ) from None
 
 
 def _stop(proc: subprocess.Popen[bytes]) -> None:
@@ -211,29 +214,32 @@ def seed_users(
     kinds: Sequence[str] = (),
     token: str | None = None,
 ) -> SeedResult:
-    """POST ``n_events`` events per user to /ingest in bodies of ``batch`` events, with up to
-    ``concurrency`` bodies in flight (one user each, so no write races); times the whole."""
+    """POST ``n_events`` events per user to /ingest (``solar_tools.client``) in bodies of
+    ``batch`` events, with up to ``concurrency`` bodies in flight; each body holds one user's
+    events and a user's bodies go in order, so concurrent bodies rarely share a user. Times
+    the whole (the events are generated before the clock starts)."""
     bodies = []
     for user in users:
         events = user_events(user, n_events, items, seed, kinds)
-        bodies += [json.dumps({"events": events[i : i + batch]}) for i in range(0, n_events, batch)]
+        bodies += [events[i : i + batch] for i in range(0, n_events, batch)]
     start = time.perf_counter()
     accepted = asyncio.run(_post_all(base_url, bodies, concurrency, token))
     return SeedResult(events=n_events * len(users), seconds=time.perf_counter() - start,
                       accepted=accepted)  # fmt: skip
 
 
-async def _post_all(base_url: str, bodies: list[str], concurrency: int, token: str | None) -> int:
+async def _post_all(
+    base_url: str, bodies: list[list[dict[str, object]]], concurrency: int, token: str | None
+) -> int:
     queue = list(reversed(bodies))
     accepted = 0
-    async with httpx.AsyncClient(base_url=base_url, timeout=120.0, headers=headers(token)) as c:
+    async with AsyncSolarClient(base_url, token=token, timeout_s=120.0) as solar:
 
         async def worker() -> None:
             nonlocal accepted
             while queue:
-                response = await c.post("/ingest", content=queue.pop())
-                response.raise_for_status()
-                accepted += int(response.json()["accepted"])
+                answer = await solar.ingest(queue.pop())  # awaited before `accepted` is read
+                accepted += answer.accepted
 
         await asyncio.gather(*(worker() for _ in range(concurrency)))
     return accepted

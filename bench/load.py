@@ -1,5 +1,9 @@
 """/rank load generation for the benchmarks: closed loop (saturation) or open loop (a fixed
 request rate), 127.0.0.1 only, bounded in requests and time. Used through ``bench.harness``.
+
+Raw httpx with request bodies encoded before the clock starts, not ``solar_tools.client``:
+the client's JSON encoding and answer decoding (2,048 candidates per request) would be
+charged to the service's latency, and a load generator must not retry its 503s.
 """
 
 from __future__ import annotations

@@ -22,7 +22,14 @@ logger = logging.getLogger("solar.locust")
 CANDIDATE_POOL_SIZE = 64  # pre-encoded candidate lists: keeps the generator's CPU low
 LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
 COMPOSE_HOSTS = frozenset({"lb", "solar-1", "solar-2"})  # docker-compose.yml service names
-__all__ = ["LoadConfig", "Workload", "ZipfSampler", "summarize", "vocabulary_ids"]
+__all__ = [
+    "LoadConfig",
+    "Workload",
+    "ZipfSampler",
+    "served_items",
+    "summarize",
+    "vocabulary_ids",
+]
 
 
 class LoadConfig:
@@ -84,30 +91,47 @@ def _json_id(item: object) -> str:
     return text if canonical else json.dumps(text)  # "007" stays a string: 7 is another id
 
 
+def _get_json(url: str) -> Any:
+    with urllib.request.urlopen(url, timeout=5) as response:
+        return json.loads(response.read())
+
+
+def served_items(base_url: str, page: int = 10_000, max_items: int = 1_000_000) -> list[str]:
+    """The served model's item ids (``GET /model/items``, page by page), as JSON fragments.
+
+    Standard library only (the locust image has nothing else); ``solar_tools.client`` is the
+    full client. At most ``max_items`` ids: candidates are sampled from them.
+    """
+    ids: list[str] = []
+    while len(ids) < max_items:
+        document = _get_json(f"{base_url}/model/items?offset={len(ids)}&limit={page}")
+        batch = document["items"]
+        ids += [_json_id(item) for item in batch]
+        if len(batch) < page:
+            break
+    return ids
+
+
 def vocabulary_ids(base_url: str, fallback: int | None, items_file: str | None = None) -> list[str]:
     """Item ids to draw candidates from, as JSON fragments (``1`` or ``"title"``).
 
     In order: the checkpoint's ``config.json`` ``items`` (``SOLAR_LT_ITEMS_FILE``), else
-    ``SOLAR_LT_ITEMS`` (ids 1..K), else ``GET /model``'s ``items`` list or ``n_items`` (table
-    rows, OOV included: ids 1..n_items-1), else MovieLens-100K's 1..1,682.
+    ``SOLAR_LT_ITEMS`` (ids 1..K), else the served vocabulary (``GET /model/items``), else
+    MovieLens-100K's 1..1,682.
     """
     if items_file:
         with open(items_file, encoding="utf-8") as handle:
             items = json.load(handle)["items"]
         return [_json_id(item) for item in items]
-    count = fallback
-    if count is None:
-        info: dict[str, Any] = {}
+    if fallback is None:
         try:
-            with urllib.request.urlopen(f"{base_url}/model", timeout=5) as response:
-                info = json.loads(response.read())
-        except (OSError, ValueError) as exc:
-            logger.warning("GET /model failed (%s); using integer item ids", exc)
-        if isinstance(info.get("items"), list) and info["items"]:
-            return [_json_id(item) for item in info["items"]]
-        if isinstance(info.get("n_items"), int):  # table rows: the vocabulary + the OOV row
-            count = int(info["n_items"]) - 1
-    return [str(i) for i in range(1, (count or 1682) + 1)]
+            served = served_items(base_url)
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            logger.warning("GET /model/items failed (%s); using integer item ids", exc)
+        else:
+            if served:
+                return served
+    return [str(i) for i in range(1, (fallback or 1682) + 1)]
 
 
 class Workload:

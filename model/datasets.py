@@ -2,20 +2,30 @@
 
 Names: ``ml-100k`` and ``ml-1m`` (RecBole ``.inter`` files under ``data_dir``, ratings as
 actions "r1".."r5"), ``synthetic`` (:mod:`model.synthetic`), or a path to a CSV / TSV /
-Parquet log (see :func:`model.events.interactions.load_log`).
+Parquet log with any column names (see :func:`model.events.logfile.load_log`).
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+from collections.abc import Mapping
 from pathlib import Path
 
 from model.events.fetch import SOURCES, FetchError, extract_member, fetch
-from model.events.interactions import DatasetError, Interactions, load_log
+from model.events.interactions import DatasetError, Interactions
+from model.events.logfile import load_log, parse_columns
 from model.synthetic import SyntheticConfig, generate
 
-__all__ = ["DatasetError", "FetchError", "extract_member", "fetch", "load_dataset"]
+__all__ = [
+    "DatasetError",
+    "FetchError",
+    "extract_member",
+    "fetch",
+    "columns_argument",
+    "load_dataset",
+    "parse_columns",
+]
 
 log = logging.getLogger(__name__)
 
@@ -26,8 +36,15 @@ def load_dataset(
     *,
     sort: bool = False,
     synthetic: SyntheticConfig | None = None,
+    columns: Mapping[str, str] | None = None,
 ) -> Interactions:
-    """Load a dataset by name or path; raises DatasetError with a hint when files are missing."""
+    """Load a dataset by name or path; raises DatasetError with a hint when files are missing.
+
+    ``columns`` (role → column name, see :func:`model.events.logfile.parse_columns`) applies
+    to a log file only; the named datasets have their own fixed columns.
+    """
+    if columns and (name in SOURCES or name == "synthetic"):
+        raise DatasetError(f"--columns applies to a log file, not to the dataset {name!r}")
     if name in SOURCES:
         path = Path(data_dir) / name / SOURCES[name].filename
         if not path.is_file():
@@ -36,7 +53,21 @@ def load_dataset(
         return load_log(path, sort=True)
     if name == "synthetic":
         return generate(synthetic or SyntheticConfig()).interactions
-    return load_log(name, sort=sort)
+    return load_log(name, sort=sort, columns=columns)
+
+
+def columns_argument(text: str) -> dict[str, str]:
+    """argparse ``type=`` of ``--columns``: :func:`parse_columns` with argparse's error."""
+    try:
+        return parse_columns(text)
+    except DatasetError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
+
+
+COLUMNS_HELP = (
+    "a log file's column names by role: user=NAME,item=NAME,ts=NAME[,action=NAME] "
+    "(ts: unix seconds, ISO 8601 or datetimes)"
+)
 
 
 def main(argv: list[str] | None = None) -> int:

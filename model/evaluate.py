@@ -20,6 +20,7 @@ from numpy.typing import NDArray
 
 from model.checkpoint import load_checkpoint
 from model.config import ATTENTION_MODES
+from model.datasets import COLUMNS_HELP, DatasetError, columns_argument, load_dataset
 from model.events.interactions import Interactions
 from model.events.windows import history_batch
 from model.metrics import RankingMetrics, ranking_metrics
@@ -120,6 +121,8 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--checkpoint", type=Path, default=Path("artifacts/default-model"))
     p.add_argument("--dataset", default="ml-100k", help="ml-100k | ml-1m | synthetic | file")
     p.add_argument("--data-dir", type=Path, default=Path("data"))
+    p.add_argument("--columns", type=columns_argument, help=COLUMNS_HELP)
+    p.add_argument("--sort", action="store_true", help="sort a file's events by time")
     p.add_argument("--modes", nargs="+", default=None, choices=ATTENTION_MODES)
     p.add_argument("--split", choices=("test", "valid"), default="test")
     p.add_argument("--negatives", type=int, default=None, help="sampled negatives (default: all)")
@@ -134,15 +137,13 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     """`solar eval`: metrics of a checkpoint on a dataset, one row per attention mode."""
-    from model.datasets import DatasetError, load_dataset
-
     args = _parse(argv)
     torch.set_num_threads(args.threads)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     ckpt = load_checkpoint(args.checkpoint, args.device)
     meta = ckpt.meta
     try:
-        data = load_dataset(args.dataset, args.data_dir)
+        data = load_dataset(args.dataset, args.data_dir, sort=args.sort, columns=args.columns)
     except DatasetError as exc:
         log.error("%s", exc)
         return 1

@@ -26,6 +26,7 @@ from tqdm import tqdm
 
 from model.checkpoint import save_checkpoint
 from model.config import ATTENTION_MODES, RankerConfig
+from model.datasets import COLUMNS_HELP, DatasetError, columns_argument, load_dataset
 from model.device import resolve_device
 from model.evaluate import EvalSpec, evaluate
 from model.events.interactions import Interactions
@@ -215,11 +216,15 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--time-budget-s",
         type=float,
-        default=150.0,
-        help="stop training after this many seconds (keeps the best epoch; 0: no limit)",
+        default=0.0,
+        help="also stop after this many seconds (0: no limit); the model then depends on the "
+        "machine's speed, so prefer --max-steps",
     )
-    p.add_argument("--max-steps", type=int, default=None)
+    p.add_argument(
+        "--max-steps", type=int, default=None, help="stop after this many optimiser steps"
+    )
     p.add_argument("--sort", action="store_true", help="sort a file's events by time")
+    p.add_argument("--columns", type=columns_argument, help=COLUMNS_HELP)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
     p.add_argument("--threads", type=int, default=1, help="CPU threads (1: robust when shared)")
@@ -228,14 +233,12 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """`solar train`: load a dataset, train, write a checkpoint to ``--out``."""
-    from model.datasets import DatasetError, load_dataset
-
     args = _parser().parse_args(argv)
     # Intra-op threads spin-wait: on a busy 2-core host 2 threads ran ~15x slower than 1.
     torch.set_num_threads(args.threads)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
-        data = load_dataset(args.dataset, args.data_dir, sort=args.sort)
+        data = load_dataset(args.dataset, args.data_dir, sort=args.sort, columns=args.columns)
     except DatasetError as exc:
         log.error("%s", exc)
         return 1

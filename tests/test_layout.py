@@ -135,3 +135,17 @@ def test_modules_stay_small() -> None:
         if (n := len(path.read_text().splitlines())) > MAX_LINES
     }
     assert not long, long
+
+
+def test_the_client_imports_neither_the_service_nor_the_model() -> None:
+    """solar_tools.client is what a caller of the API installs: httpx and tqdm, no server."""
+    for name in ("solar_tools.client", "solar_tools.protocol", "solar_tools.results"):
+        roots = {imported.split(".")[0] for imported in _imports(_modules()[name])}
+        assert not roots & {"service", "model", "fastapi", "starlette", "redis", "torch"}, name
+    code = (
+        "import sys, solar_tools.client; "
+        "print(sorted(m for m in ('service', 'model', 'torch', 'fastapi') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"

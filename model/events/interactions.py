@@ -1,4 +1,4 @@
-"""Interaction logs in a compact per-user layout, and loaders for CSV / TSV / Parquet files.
+"""Interaction logs in a compact per-user layout (files are read by ``model.events.logfile``).
 
 A log holds events (user, item, timestamp, optional action). :class:`Interactions` keeps
 them grouped by user and sorted by time (CSR layout: ``offsets`` into flat arrays), with
@@ -7,23 +7,14 @@ items and actions already mapped to embedding rows of a :class:`Vocabulary`.
 
 from __future__ import annotations
 
-import csv
-import math
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 from numpy.typing import NDArray
 
 from model.checkpoint import Vocabulary
-
-USER_COLUMNS = ("user_id", "user", "userid")
-ITEM_COLUMNS = ("item_id", "item", "itemid")
-TIME_COLUMNS = ("timestamp", "ts", "time")
-ACTION_COLUMNS = ("action",)
-RATING_COLUMNS = ("rating",)
 
 
 class DatasetError(ValueError):
@@ -148,93 +139,4 @@ def build_interactions(
         actions=action_rows[order],
         ts=ts[order].astype(np.float64),
         vocab=vocab,
-    )
-
-
-def _find(header: list[str], names: tuple[str, ...]) -> int | None:
-    return next((i for i, col in enumerate(header) if col in names), None)
-
-
-def _require(header: list[str], names: tuple[str, ...], path: Path) -> int:
-    index = _find(header, names)
-    if index is None:
-        raise DatasetError(f"{path}: missing column, expected one of {names}; header is {header}")
-    return index
-
-
-def _parse_ts(values: list[str], path: Path) -> NDArray[np.float64]:
-    try:
-        ts = np.array([float(v) for v in values], dtype=np.float64)
-    except ValueError as exc:
-        raise DatasetError(f"{path}: non-numeric timestamp ({exc})") from exc
-    if not np.all(np.isfinite(ts)):
-        raise DatasetError(f"{path}: timestamps must be finite numbers")
-    return ts
-
-
-def _rating_action(value: str) -> str:
-    rating = float(value)
-    return f"r{int(rating)}" if math.isfinite(rating) and rating == int(rating) else f"r{value}"
-
-
-def _read_rows(path: Path) -> tuple[list[str], list[list[str]]]:
-    """Header (type suffixes like ':token' stripped, lower-cased) and rows of a text/Parquet log."""
-    if path.suffix == ".parquet":
-        try:
-            import pyarrow.parquet as pq  # optional dependency, imported only for Parquet
-        except ImportError as exc:
-            raise DatasetError("reading Parquet needs pyarrow (pip install pyarrow)") from exc
-        table = pq.read_table(path)
-        columns = [[str(v) for v in col.to_pylist()] for col in table.columns]
-        return [c.lower() for c in table.column_names], [
-            list(r) for r in zip(*columns, strict=True)
-        ]
-    is_csv = path.suffix == ".csv"
-    with path.open(newline="", encoding="utf-8") as f:
-        # TSV fields (e.g. MovieLens titles) may hold quote characters: no quoting there.
-        if is_csv:
-            reader = csv.reader(f, delimiter=",", quoting=csv.QUOTE_MINIMAL)
-        else:
-            reader = csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
-        try:
-            header = [h.split(":")[0].strip().lower() for h in next(reader)]
-        except StopIteration as exc:
-            raise DatasetError(f"{path}: empty file") from exc
-        rows = [row for row in reader if row]
-    return header, rows
-
-
-def load_log(
-    path: str | Path, *, sort: bool = False, rating_as_action: bool = True
-) -> Interactions:
-    """Load an interaction log: CSV (``.csv``), TSV (``.tsv``, ``.inter``, others) or Parquet.
-
-    Columns (header names, case-insensitive, RecBole ``:type`` suffixes ignored): user
-    (user_id|user), item (item_id|item), timestamp (timestamp|ts|time, unix seconds),
-    optional action; without one, a rating column becomes actions "r1".."r5" when
-    ``rating_as_action``. Events must be time-ordered per user unless ``sort``.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise DatasetError(f"no such file: {path}")
-    header, rows = _read_rows(path)
-    cu = _require(header, USER_COLUMNS, path)
-    ci = _require(header, ITEM_COLUMNS, path)
-    ct = _require(header, TIME_COLUMNS, path)
-    ca = _find(header, ACTION_COLUMNS)
-    cr = _find(header, RATING_COLUMNS) if rating_as_action else None
-    if any(len(row) != len(header) for row in rows):
-        bad = next(i for i, row in enumerate(rows) if len(row) != len(header))
-        raise DatasetError(f"{path}: row {bad + 2} has {len(rows[bad])} fields, not {len(header)}")
-    actions: list[str] | None = None
-    if ca is not None:
-        actions = [row[ca] for row in rows]
-    elif cr is not None:
-        actions = [_rating_action(row[cr]) for row in rows]
-    return build_interactions(
-        [row[cu] for row in rows],
-        [row[ci] for row in rows],
-        _parse_ts([row[ct] for row in rows], path),
-        actions,
-        sort=sort,
     )

@@ -18,9 +18,16 @@ import torch
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
+from service.api.docs import install_docs
 from service.api.errors import install_error_handlers
 from service.api.middleware import BodyLimitMiddleware, RequestMetricsMiddleware
-from service.api.routes import health_router, ingest_router, rank_router, users_router
+from service.api.routes import (
+    health_router,
+    ingest_router,
+    model_router,
+    rank_router,
+    users_router,
+)
 from service.api.schemas import IngestRequest
 from service.backends import open_backends
 from service.core.applier import Applier
@@ -124,13 +131,21 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     """
     settings = settings if settings is not None else Settings()
     metrics = Metrics()
-    app = FastAPI(title="solar", version="0.1.0", description=_DESCRIPTION, lifespan=lifespan)
+    app = FastAPI(
+        title="solar",
+        version="0.1.0",
+        description=_DESCRIPTION,
+        lifespan=lifespan,
+        docs_url=None,  # FastAPI's pages load assets from CDNs: install_docs serves them
+        redoc_url=None,
+    )
     app.state.settings = settings
     app.state.metrics = metrics
     install_error_handlers(app)
     app.add_middleware(BodyLimitMiddleware, max_body_bytes=settings.max_body_bytes)
     app.add_middleware(RequestMetricsMiddleware, metrics=metrics)  # outermost: times all
-    for router in (rank_router, ingest_router, users_router, health_router):
+    for router in (rank_router, ingest_router, users_router, model_router, health_router):
         app.include_router(router)
+    install_docs(app)
     app.openapi = _openapi(app)  # type: ignore[method-assign]
     return app

@@ -22,7 +22,7 @@ from service.core.items import ITEM_ID_ERROR, MAX_ITEM_ID_LENGTH, item_id_or_non
 from service.errors import MAX_USER_ID_LENGTH
 
 __all__ = [
-    "MAX_LISTED_ITEMS",
+    "MAX_ITEMS_PAGE",
     "MAX_TOP_K",
     "ErrorResponse",
     "Event",
@@ -30,6 +30,7 @@ __all__ = [
     "Health",
     "IngestRequest",
     "IngestResponse",
+    "ItemsPage",
     "CandidateId",
     "ItemId",
     "Mode",
@@ -43,7 +44,7 @@ __all__ = [
 ]
 
 MAX_TOP_K = 10_000
-MAX_LISTED_ITEMS = 20_000  # GET /model lists the vocabulary up to this size
+MAX_ITEMS_PAGE = 10_000  # GET /model/items: the largest `limit` (422 above)
 # Anchored: pydantic's `pattern` searches, it does not full-match.
 USER_ID_REGEX = r"^[A-Za-z0-9_.:@-]{1,128}$"
 
@@ -180,7 +181,10 @@ class UserInfo(BaseModel):
     history_length: int = Field(description="events applied to the factors")
     pending: int = Field(description="events acknowledged but not applied yet")
     rank: int = Field(description="served rank r")
-    singular_values: list[float] = Field(description="the r served singular values σ, descending")
+    singular_values: list[float] = Field(
+        description="the r served singular values σ_1 ≥ … ≥ σ_r; 0 past the history's rank "
+        "(fewer than r independent events)"
+    )
     residual_ratio: float = Field(description="ρ / (Σσ² + ρ): energy dropped by truncation")
     last_ts: float | None = Field(description="latest event time, unix seconds")
     model_version: str = Field(description="model whose embeddings produced the factors")
@@ -192,19 +196,29 @@ class UserDeleted(BaseModel):
 
 
 class ModelInfo(BaseModel):
-    version: str
-    d: int = Field(description="embedding dimension d (DESIGN §5)")
-    r: int = Field(description="served rank r (DESIGN §5)")
+    """The loaded model in a few numbers; the vocabulary itself is paged by /model/items."""
+
+    version: str = Field(description="content hash of the checkpoint")
+    d: int = Field(description="embedding dimension d")
+    r: int = Field(description="served rank r (interest tokens per user)")
     dim: int = Field(description="embedding dimension d (same as `d`)")
     rank: int = Field(description="served rank r (same as `r`)")
-    oversample: int = Field(description="extra factors p kept by each state")
-    half_life_s: float | None = Field(description="recency half-life, None for no decay")
-    n_items: int = Field(description="rows of the item table: vocabulary size + the OOV row")
-    items: list[str] | None = Field(
-        description="the vocabulary's item ids (as strings), None above MAX_LISTED_ITEMS"
-    )
-    modes: list[Mode]
-    device: str
+    oversample: int = Field(description="extra factors p kept by each state (ℓ = r + p)")
+    half_life_s: float | None = Field(description="recency half-life, seconds; None: no decay")
+    vocabulary_size: int = Field(description="item ids in the vocabulary (GET /model/items)")
+    n_items: int = Field(description="rows of the item table: vocabulary_size + the OOV row")
+    actions: list[str] = Field(description="action names the model knows (others: no action)")
+    modes: list[Mode] = Field(description="attention modes /rank serves")
+    device: str = Field(description="torch device scoring the candidates")
+
+
+class ItemsPage(BaseModel):
+    """One page of the vocabulary, in row order (stable for a model version)."""
+
+    offset: int = Field(description="index of the first id of this page")
+    limit: int = Field(description="page size asked for")
+    total: int = Field(description="vocabulary size (ids over all pages)")
+    items: list[ItemId] = Field(description="item ids, decimal ids as integers; empty past the end")
 
 
 class Health(BaseModel):

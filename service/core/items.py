@@ -19,7 +19,9 @@ __all__ = [
     "MAX_ITEM_ID_LENGTH",
     "ItemId",
     "candidate_rows",
+    "external_id",
     "item_id_or_none",
+    "vocabulary_page",
 ]
 
 ItemId = int | str
@@ -38,6 +40,22 @@ def item_id_or_none(value: object) -> ItemId | None:
     if isinstance(value, float) and value.is_integer():
         return int(value)
     return None
+
+
+def external_id(text: str) -> ItemId:
+    """A vocabulary id as the API writes it: an int when its decimal string is exactly
+    ``text`` ("42" → 42), else the string ("007", "²" and " 4" stay strings: other ids)."""
+    try:
+        number = int(text)
+    except ValueError:
+        return text
+    return number if str(number) == text else text
+
+
+def vocabulary_page(items: Sequence[str], offset: int, limit: int) -> list[ItemId]:
+    """Ids ``offset .. offset+limit-1`` of the vocabulary (row order), as :func:`external_id`
+    writes them; empty past the end. ``offset`` ≥ 0, ``limit`` ≥ 1."""
+    return [external_id(text) for text in items[offset : offset + limit]]
 
 
 def candidate_rows(

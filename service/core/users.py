@@ -41,6 +41,7 @@ __all__ = [
     "batch_state",
     "empty_state",
     "parse_state",
+    "served_singular_values",
 ]
 
 logger = logging.getLogger(__name__)
@@ -109,6 +110,18 @@ def append_rows(
     return base.append(rows, ts=ts, decay=model.decay)
 
 
+# σ_k ≤ this × σ_1 is rounding noise (~1e-16 for a history of rank < r), not an interest.
+RELATIVE_SIGMA_FLOOR = 1e-6
+
+
+def served_singular_values(sigma: np.ndarray, rank: int) -> list[float]:
+    """The ``rank`` served singular values of a state's σ (ℓ, descending): values at or below
+    ``RELATIVE_SIGMA_FLOOR``·σ_1 (a history shorter than r, or of lower rank) read 0.0."""
+    served = np.asarray(sigma[:rank], dtype=np.float64)  # (r,)
+    floor = RELATIVE_SIGMA_FLOOR * float(served[0]) if served.size else 0.0
+    return [float(x) if x > floor else 0.0 for x in served]
+
+
 class LoadedUser(NamedTuple):
     """A user's usable state (None: no history applied) and, when asked for, its decoded log."""
 
@@ -122,7 +135,7 @@ class UserView(NamedTuple):
     history_length: int
     pending: int
     rank: int
-    singular_values: list[float]  # the r served σ, descending
+    singular_values: list[float]  # the r served σ, descending; 0.0 past the history's rank
     residual_ratio: float
     last_ts: float | None
     model_version: str
@@ -266,7 +279,7 @@ class UserStates:
             history_length=state.n,
             pending=position.pending,
             rank=state.rank,
-            singular_values=[float(x) for x in state.sigma[: state.rank]],
+            singular_values=served_singular_values(state.sigma, state.rank),
             residual_ratio=state.residual_ratio,
             last_ts=state.t_ref,
             model_version=StateTag.parse(state.tag).model_version,

@@ -18,6 +18,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from types import ModuleType
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
@@ -146,13 +147,21 @@ def test_compare_prints_ratios(tmp_path: Path, capsys: pytest.CaptureFixture[str
 
 
 class _Stub(BaseHTTPRequestHandler):
-    """A fake solar: /model gives 30 items, /rank and /ingest answer 200 and are counted."""
+    """A fake solar: /model/items pages 30 items, /rank and /ingest answer 200, counted."""
 
     seen: Counter[str] = Counter()
     bodies: list[dict[str, Any]] = []
+    vocabulary: list[int | str] = list(range(1, 31))
 
     def do_GET(self) -> None:  # noqa: N802 - http.server's naming
-        self._reply({"version": "stub", "n_items": 31})
+        url = urlsplit(self.path)
+        if url.path != "/model/items":
+            self._reply({"version": "stub", "vocabulary_size": len(self.vocabulary)})
+            return
+        query = {k: int(v[0]) for k, v in parse_qs(url.query).items()}
+        offset, limit = query.get("offset", 0), query.get("limit", 1000)
+        page = self.vocabulary[offset : offset + limit]
+        self._reply({"offset": offset, "limit": limit, "total": 30, "items": page})
 
     def do_POST(self) -> None:  # noqa: N802
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
@@ -182,6 +191,14 @@ def stub_url() -> Iterator[str]:
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_vocabulary_pages_through_model_items(stub_url: str) -> None:
+    assert workload.served_items(stub_url, page=7) == [str(i) for i in range(1, 31)]
+    assert workload.served_items(stub_url, page=7, max_items=10) == [str(i) for i in range(1, 15)]
+    assert workload.vocabulary_ids(stub_url, None) == [str(i) for i in range(1, 31)]
+    # Nothing listening: the MovieLens-100K ids.
+    assert len(workload.vocabulary_ids("http://127.0.0.1:9", None)) == 1682
 
 
 @pytest.mark.e2e

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import zipfile
 from pathlib import Path
 
@@ -56,19 +55,19 @@ def test_csv_with_action_column(tmp_path: Path) -> None:
 
 def test_missing_column(tmp_path: Path) -> None:
     path = _write(tmp_path / "log.csv", "user,item\nu1,a\n")
-    with pytest.raises(DatasetError, match="missing column.*timestamp"):
+    with pytest.raises(DatasetError, match="log.csv: missing the ts column.*timestamp"):
         load_dataset(str(path))
 
 
 def test_non_numeric_timestamp(tmp_path: Path) -> None:
     path = _write(tmp_path / "log.csv", "user,item,timestamp\nu1,a,yesterday\n")
-    with pytest.raises(DatasetError, match="non-numeric timestamp"):
+    with pytest.raises(DatasetError, match="'timestamp', data row 1: cannot read 'yesterday'"):
         load_dataset(str(path))
 
 
 def test_ragged_row_and_missing_file(tmp_path: Path) -> None:
     path = _write(tmp_path / "log.csv", "user,item,timestamp\nu1,a\n")
-    with pytest.raises(DatasetError, match="row 2"):
+    with pytest.raises(DatasetError, match="data row 1 has 2 fields"):
         load_dataset(str(path))
     with pytest.raises(DatasetError, match="no such file"):
         load_dataset(str(tmp_path / "absent.csv"))
@@ -76,18 +75,9 @@ def test_ragged_row_and_missing_file(tmp_path: Path) -> None:
         load_dataset("ml-100k", tmp_path)
 
 
-def test_parquet_is_optional(tmp_path: Path) -> None:
-    path = tmp_path / "log.parquet"
-    if importlib.util.find_spec("pyarrow") is None:
-        path.write_bytes(b"PAR1")
-        with pytest.raises(DatasetError, match="pyarrow"):
-            load_dataset(str(path))
-    else:  # pragma: no cover - exercised where pyarrow is installed
-        import pyarrow as pa
-        import pyarrow.parquet as pq
-
-        pq.write_table(pa.table({"user": ["u"], "item": ["a"], "timestamp": [1.0]}), path)
-        assert load_dataset(str(path)).n_events == 1
+def test_columns_apply_to_files_only(tmp_path: Path) -> None:
+    with pytest.raises(DatasetError, match="log file, not to the dataset 'ml-100k'"):
+        load_dataset("ml-100k", tmp_path, columns={"user": "customer_id"})
 
 
 def test_subset_keeps_user_events(tmp_path: Path) -> None:

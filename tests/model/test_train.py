@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
@@ -88,3 +89,47 @@ def test_cli_trains_from_a_file(tmp_path: Path, data: Interactions) -> None:
     ckpt = load_checkpoint(out)
     assert ckpt.ranker.config.mode == "softmax" and ckpt.meta["dataset"] == str(path)
     assert main(["--dataset", str(tmp_path / "absent.tsv"), "--out", str(out)]) == 1
+
+
+def _shop_log(path: Path, data: Interactions, users: int = 10, events: int = 30) -> Path:
+    """The first users of ``data`` as a shop's export: other column names, ISO 8601 times."""
+    lines = ["customer_id,sku,event_time,kind"]
+    for u in range(users):
+        for e in range(int(data.offsets[u]), int(data.offsets[u]) + events):
+            when = datetime.fromtimestamp(1.7e9 + float(data.ts[e]), tz=timezone.utc)
+            item = data.vocab.items[data.items[e] - 1]
+            lines.append(f"{data.users[u]},sku-{item},{when.isoformat()},view")
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_cli_trains_and_evaluates_a_log_with_other_column_names(
+    tmp_path: Path, data: Interactions, caplog: pytest.LogCaptureFixture
+) -> None:
+    from model.evaluate import main as eval_main
+
+    path = _shop_log(tmp_path / "shop.csv", data)
+    columns = ["--columns", "user=customer_id,item=sku,ts=event_time,action=kind"]
+    out = tmp_path / "ckpt"
+    argv = ["--dataset", str(path), "--out", str(out), "--max-steps", "5", "--max-len", "10"]
+    assert main([*argv, *columns, "--device", "cpu"]) == 0
+    ckpt = load_checkpoint(out)
+    assert ckpt.vocab.items[0].startswith("sku-") and ckpt.vocab.actions == ("view",)
+    assert eval_main(["--checkpoint", str(out), "--dataset", str(path), *columns,
+                      "--negatives", "20", "--json"]) == 0  # fmt: skip
+    assert main([*argv, "--columns", "user=customer_id,item=product,ts=event_time"]) == 1
+    assert "no column 'product'" in caplog.text and str(path) in caplog.text
+    with pytest.raises(SystemExit) as exc:
+        main([*argv, "--columns", "buyer=customer_id"])
+    assert exc.value.code == 2
+
+
+def test_a_step_budget_trains_the_same_model_twice(tmp_path: Path, data: Interactions) -> None:
+    path = _shop_log(tmp_path / "shop.csv", data, users=20)
+    argv = ["--dataset", str(path), "--columns", "user=customer_id,item=sku,ts=event_time",
+            "--max-steps", "6", "--batch-size", "32", "--max-len", "10"]  # fmt: skip
+    assert main([*argv, "--out", str(tmp_path / "a")]) == 0
+    assert main([*argv, "--out", str(tmp_path / "b")]) == 0
+    a, b = load_checkpoint(tmp_path / "a"), load_checkpoint(tmp_path / "b")
+    assert a.version == b.version and a.meta["train"]["max_steps"] == 6
+    assert a.meta["train"]["time_budget_s"] is None  # no wall clock unless asked for

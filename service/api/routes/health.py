@@ -1,4 +1,4 @@
-"""Operational routes: /healthz, /readyz, /metrics and /model (DESIGN §5)."""
+"""Operational routes: /healthz, /readyz and /metrics (DESIGN §5)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from service.api.deps import MetricsDep, ModelDep, SettingsDep, StoreDep
-from service.api.schemas import MAX_LISTED_ITEMS, Health, Mode, ModelInfo
+from service.api.schemas import Health
 from service.errors import StoreError
 
 __all__ = ["router"]
@@ -60,23 +60,3 @@ def _not_ready(status: str, retry_after_s: int) -> JSONResponse:
 async def metrics(metrics: MetricsDep) -> Response:
     """All solar_* metrics of this process in the Prometheus text format."""
     return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
-
-
-@router.get("/model", response_model=ModelInfo, summary="The loaded model")
-async def model_info(model: ModelDep) -> ModelInfo:
-    """Version (content hash), dimensions, served rank, modes and the vocabulary."""
-    config = model.checkpoint.ranker.config
-    vocab = model.checkpoint.vocab
-    return ModelInfo(
-        version=model.version,
-        d=config.dim,
-        r=model.rank,
-        dim=config.dim,
-        rank=model.rank,
-        oversample=model.oversample,
-        half_life_s=model.decay.half_life_s if model.decay is not None else None,
-        n_items=vocab.n_items,
-        items=list(vocab.items) if len(vocab.items) <= MAX_LISTED_ITEMS else None,
-        modes=list(Mode),
-        device=str(model.device),
-    )

@@ -110,7 +110,10 @@ async def test_users_get_and_delete(client: httpx.AsyncClient, checkpoint_dir: P
     assert info["user_id"] == "u1"
     assert info["history_length"] == len(HISTORY)
     assert info["rank"] == RANK
+    # The r served singular values (not ℓ = r + p padded with ~1e-16 noise), descending.
+    assert len(info["singular_values"]) == RANK < len(HISTORY)
     assert info["singular_values"] == sorted(info["singular_values"], reverse=True)
+    assert min(info["singular_values"]) > 1e-6 * info["singular_values"][0]
     assert 0.0 <= info["residual_ratio"] <= 1.0
     assert info["last_ts"] == HISTORY[-1]["ts"]
     assert info["model_version"] == load_checkpoint(checkpoint_dir).version
@@ -121,15 +124,20 @@ async def test_users_get_and_delete(client: httpx.AsyncClient, checkpoint_dir: P
     assert rank.json()["history_length"] == 0
 
 
+async def test_a_short_history_shows_zeros_not_noise(client: httpx.AsyncClient) -> None:
+    await ingest(client, [event("short", 1, 10.0), event("short", 2, 11.0)])  # rank 2 < r
+    values = (await client.get("/users/short")).json()["singular_values"]
+    assert len(values) == RANK and values[0] >= values[1] > 1e-3 * values[0]
+    assert values[2:] == [0.0] * (RANK - 2)  # no ~1e-16 rounding noise
+
+
 async def test_health_routes(client: httpx.AsyncClient, checkpoint_dir: Path) -> None:
     assert (await client.get("/healthz")).json() == {"status": "ok"}
     ready = await client.get("/readyz")
     assert ready.status_code == 200 and ready.json() == {"status": "ready"}
     model = (await client.get("/model")).json()
     assert model["version"] == load_checkpoint(checkpoint_dir).version
-    assert (model["d"], model["r"]) == (model["dim"], model["rank"]) == (16, RANK)
-    assert model["modes"] == ["svd", "svd_exact", "softmax"]
-    assert model["n_items"] == len(ITEMS) + 1 and model["items"] == list(ITEMS)
+    assert model["vocabulary_size"] == len(ITEMS)  # the rest: tests/service/api/routes/
     metrics = await client.get("/metrics")
     assert metrics.status_code == 200
     assert metrics.headers["content-type"].startswith("text/plain")
@@ -146,6 +154,7 @@ async def test_openapi_describes_every_field(client: httpx.AsyncClient) -> None:
         "/readyz",
         "/metrics",
         "/model",
+        "/model/items",
     } <= set(document["paths"])
     schemas = document["components"]["schemas"]
     for name in ("RankRequest", "Event", "IngestRequest", "RankResponse", "UserInfo"):
@@ -173,7 +182,7 @@ async def test_bearer_token(make_settings: SettingsFactory) -> None:
         assert (await client.get("/users/u1")).status_code == 401
         assert (await client.get("/users/u1", headers=good)).status_code == 200
         assert (await client.delete("/users/u1")).status_code == 401
-        for path in ("/healthz", "/readyz", "/metrics", "/model"):
+        for path in ("/healthz", "/readyz", "/metrics", "/model", "/model/items"):
             assert (await client.get(path)).status_code == 200, path
 
 

@@ -10,7 +10,13 @@ import pytest
 
 from model.lowrank import Decay, LowRankState
 from service.core.serving_model import ServingModel, load_serving_model
-from service.core.users import UserStates, append_rows, batch_state, parse_state
+from service.core.users import (
+    UserStates,
+    append_rows,
+    batch_state,
+    parse_state,
+    served_singular_values,
+)
 from service.errors import StateUnreadable, UnknownUser
 from service.metrics import Metrics
 from service.store.eventlog import identity_keys, make_records
@@ -202,3 +208,9 @@ async def test_a_deleted_user_is_not_brought_back_by_an_apply(
             await users.view("u")
     finally:
         await users.store.close()
+
+
+def test_served_singular_values_drop_rounding_noise() -> None:
+    sigma = np.array([2.0, 1.0, 3e-7, 8.8e-17, 5.0])  # ℓ = 5 (the tail beyond r unused)
+    assert served_singular_values(sigma, 4) == [2.0, 1.0, 0.0, 0.0]
+    assert served_singular_values(np.zeros(3), 2) == [0.0, 0.0]  # no history at all
