@@ -106,6 +106,12 @@ class Settings(BaseSettings):
     ingest_wait_s: float = Field(
         default=5.0, gt=0, le=60, description="POST /ingest?wait=true: longest wait, seconds"
     )
+    worker_metrics_port: int | None = Field(
+        default=None,
+        ge=0,
+        le=65_535,
+        description="`solar worker`: serve /metrics on this port (unset: no endpoint)",
+    )
     apply_lease_s: float = Field(
         default=5.0,
         gt=0,

@@ -33,6 +33,12 @@ async def run_worker(settings: Settings) -> None:
     from service.metrics import Metrics
 
     metrics = Metrics()
+    if settings.worker_metrics_port is not None:
+        from prometheus_client import start_http_server
+
+        start_http_server(
+            settings.worker_metrics_port, addr=settings.host, registry=metrics.registry
+        )
     model = await asyncio.to_thread(load_serving_model, settings)
     backends = await open_backends(settings, metrics.store_observer())
     applier = Applier.create(settings, backends.store, backends.stream, model, metrics)
