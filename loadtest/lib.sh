@@ -71,6 +71,16 @@ start_service() {
     STARTED_PIDS+=("$!")
 }
 
+# start_worker REDIS_URL MODEL_DIR LOGFILE [VAR=VALUE ...]: a `solar worker` (the applier).
+start_worker() {
+    local redis_url="$1" model_dir="$2" logfile="$3"
+    shift 3
+    env OPENBLAS_NUM_THREADS="${OPENBLAS_NUM_THREADS:-1}" \
+        SOLAR_REDIS_URL="$redis_url" SOLAR_MODEL_PATH="$model_dir" "$@" \
+        "$VENV_BIN/solar" worker >"$logfile" 2>&1 &
+    STARTED_PIDS+=("$!")
+}
+
 # wait_ready URL TIMEOUT_S: poll URL/readyz until it answers 200.
 wait_ready() {
     local url="$1" timeout_s="$2" deadline=$((SECONDS + $2))

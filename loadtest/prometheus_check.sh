@@ -42,6 +42,7 @@ ensure_installed "$MODEL_DIR"
 redis_port="$(free_port)"
 port_a="$(free_port)"
 port_b="$(free_port)"
+port_w="$(free_port)"
 prom_port="$(free_port)"
 url_a="http://127.0.0.1:$port_a"
 url_b="http://127.0.0.1:$port_b"
@@ -49,7 +50,8 @@ prom_url="http://127.0.0.1:$prom_port"
 
 # The compose files, checked by promtool: the adapted config and the dashboard's PromQL.
 "$VENV_BIN/python" loadtest/promql.py adapt docker/prometheus.yml "$WORK/prometheus.yml" \
-    "solar-1:8000=127.0.0.1:$port_a" "solar-2:8000=127.0.0.1:$port_b"
+    "solar-1:8000=127.0.0.1:$port_a" "solar-2:8000=127.0.0.1:$port_b" \
+    "worker:9100=127.0.0.1:$port_w"
 "$VENV_BIN/python" loadtest/promql.py rules docker/grafana/dashboards/solar.json "$WORK/rules.yml"
 promtool check config "$WORK/prometheus.yml" >&2
 promtool check rules "$WORK/rules.yml" >&2
@@ -57,8 +59,9 @@ promtool check rules "$WORK/rules.yml" >&2
 log "redis 127.0.0.1:$redis_port, replicas $url_a $url_b, prometheus $prom_url"
 start_redis "$redis_port" "$WORK"
 redis_url="redis://127.0.0.1:$redis_port/0"
-start_service "$port_a" "$redis_url" "$MODEL_DIR" "$WORK/solar-a.log"
-start_service "$port_b" "$redis_url" "$MODEL_DIR" "$WORK/solar-b.log"
+start_service "$port_a" "$redis_url" "$MODEL_DIR" "$WORK/solar-a.log" SOLAR_APPLIER=external
+start_service "$port_b" "$redis_url" "$MODEL_DIR" "$WORK/solar-b.log" SOLAR_APPLIER=external
+start_worker "$redis_url" "$MODEL_DIR" "$WORK/worker.log" SOLAR_WORKER_METRICS_PORT="$port_w"
 prometheus --config.file="$WORK/prometheus.yml" --storage.tsdb.path="$WORK/tsdb" \
     --web.listen-address="127.0.0.1:$prom_port" --log.level=warn >"$WORK/prometheus.log" 2>&1 &
 STARTED_PIDS+=("$!")

@@ -10,7 +10,9 @@
 # 0 = unpaced, to measure saturation throughput), MODE (svd|svd_exact|softmax), SEED_USERS
 # (20), HISTORY (events per seeded user, 10000), CANDIDATES (2048), TOP_K (100), OUT
 # (loadtest/out), MODEL_DIR (artifacts/default-model), SERVICE_ENV (extra VAR=VALUE words
-# for the service, e.g. "SOLAR_MAX_BATCH=16"). Any SOLAR_LT_* variable reaches the locustfile.
+# for the service, e.g. "SOLAR_MAX_BATCH=16"), APPLIER (external: one `solar worker` beside
+# the service, the default; inline: the service applies in-process). Any SOLAR_LT_* variable
+# reaches the locustfile.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 cd "$REPO_ROOT"
@@ -26,6 +28,7 @@ TOP_K="${TOP_K:-100}"
 OUT="${OUT:-loadtest/out}"
 MODEL_DIR="${MODEL_DIR:-artifacts/default-model}"
 SERVICE_ENV="${SERVICE_ENV:-}"
+APPLIER="${APPLIER:-external}"
 HOST="${HOST:-}"
 
 WORK="$(mktemp -d -t solar-loadtest.XXXXXX)"
@@ -46,7 +49,12 @@ if [[ -z "$HOST" ]]; then
     start_redis "$redis_port" "$WORK"
     # shellcheck disable=SC2086  # SERVICE_ENV is a list of VAR=VALUE words
     start_service "$service_port" "redis://127.0.0.1:$redis_port/0" "$MODEL_DIR" \
-        "$OUT/service.log" $SERVICE_ENV
+        "$OUT/service.log" SOLAR_APPLIER="$APPLIER" $SERVICE_ENV
+    if [[ "$APPLIER" == external ]]; then
+        # shellcheck disable=SC2086
+        start_worker "redis://127.0.0.1:$redis_port/0" "$MODEL_DIR" "$OUT/worker.log" \
+            $SERVICE_ENV
+    fi
     wait_ready "$HOST" 120
     log "seeding $SEED_USERS users x $HISTORY events (solar replay)"
     seed_start=$SECONDS

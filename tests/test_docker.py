@@ -49,6 +49,9 @@ DESIGN_METRICS = {
     "solar_unknown_items_total": "counter",
     "solar_factor_residual_ratio": "histogram",
     "solar_model_info": "gauge",
+    "solar_apply_lag_seconds": "histogram",
+    "solar_ingest_pending": "gauge",
+    "solar_apply_batch_events": "histogram",
 }
 _SUFFIXES = {"histogram": ("_bucket", "_sum", "_count"), "counter": ("",), "gauge": ("",)}
 METRIC_RE = re.compile(r"\bsolar_[a-z0-9_]*[a-z0-9]\b")
@@ -152,7 +155,13 @@ def test_prometheus_scrapes_every_replica(compose: dict[str, Any]) -> None:
     targets = {t for job in config["scrape_configs"] for s in job["static_configs"]
                for t in s["targets"]}  # fmt: skip
     replicas = _replicas(compose)
-    assert targets == {f"{n}:{s['environment']['SOLAR_PORT']}" for n, s in replicas.items()}
+    worker = compose["services"]["worker"]
+    assert worker["command"] == ["solar", "worker"]
+    worker_target = f"worker:{worker['environment']['SOLAR_WORKER_METRICS_PORT']}"
+    assert targets == {
+        f"{n}:{s['environment']['SOLAR_PORT']}" for n, s in replicas.items()
+    } | {worker_target}
+    assert all(s["environment"]["SOLAR_APPLIER"] == "external" for s in replicas.values())
     prometheus = compose["services"]["prometheus"]
     mounted = _mounts(prometheus)["/etc/prometheus/prometheus.yml"]
     assert mounted == "./docker/prometheus.yml"
