@@ -158,9 +158,9 @@ def test_prometheus_scrapes_every_replica(compose: dict[str, Any]) -> None:
     worker = compose["services"]["worker"]
     assert worker["command"] == ["solar", "worker"]
     worker_target = f"worker:{worker['environment']['SOLAR_WORKER_METRICS_PORT']}"
-    assert targets == {
-        f"{n}:{s['environment']['SOLAR_PORT']}" for n, s in replicas.items()
-    } | {worker_target}
+    assert targets == {f"{n}:{s['environment']['SOLAR_PORT']}" for n, s in replicas.items()} | {
+        worker_target
+    }
     assert all(s["environment"]["SOLAR_APPLIER"] == "external" for s in replicas.values())
     prometheus = compose["services"]["prometheus"]
     mounted = _mounts(prometheus)["/etc/prometheus/prometheus.yml"]

@@ -1,10 +1,11 @@
 """The /ingest use case: group events by user and, per user, one atomic store step; no factor
 update in the request (DESIGN §3).
 
-Per user: ``Store.append_events`` drops the events already among the user's last 10,000,
-appends the fresh records to the log and returns the user's new position; a notice then goes
-to the user's partition of the ingest stream, where an applier folds the events into the
-state. The request is acknowledged once every user's step and notice are confirmed, with exact
+Per user: ``Store.append_events`` (for all users of the request in one round trip,
+``append_batch``) drops the events already among the user's last 10,000, appends the fresh
+records to the log and returns the user's new position; a notice then goes to the user's
+partition of the ingest stream (one more round trip), where an applier folds the events into
+the state. The request is acknowledged once every user's step and notice are confirmed, with exact
 counts. A notice is posted whenever the user has unapplied events, duplicates only included,
 so a client retrying after a failure between the two steps leaves nothing unannounced.
 
@@ -26,7 +27,7 @@ import numpy as np
 from service.core.items import ItemId
 from service.errors import ApplyTimeout
 from service.metrics import Metrics
-from service.store.base import Store
+from service.store.base import AppendRequest, Store
 from service.store.eventlog import DEDUP_WINDOW, identity_keys, make_records
 from service.stream.base import IngestStream
 
@@ -34,9 +35,6 @@ __all__ = ["EventColumns", "IngestResult", "Ingestor"]
 
 logger = logging.getLogger(__name__)
 
-# Users of one request in flight at once: enough to overlap store round trips, few enough
-# not to drain the connection pool (64).
-_USERS_IN_FLIGHT = 16
 _WAIT_POLL_S = (0.001, 0.05)  # first and longest pause between position polls
 
 
@@ -65,12 +63,6 @@ class IngestResult(NamedTuple):
     users: int
 
 
-class _Appended(NamedTuple):
-    accepted: int
-    duplicates: int
-    seq: int
-
-
 @dataclass
 class Ingestor:
     """Appends validated events to the store and announces them on the ingest stream."""
@@ -89,32 +81,22 @@ class Ingestor:
             ApplyTimeout: ``wait`` and the events were not applied within ``wait_s`` (503).
         """
         groups = events.by_user()
-        in_flight = asyncio.Semaphore(_USERS_IN_FLIGHT)
-
-        async def one(user_id: str, records: np.ndarray) -> _Appended:
-            async with in_flight:
-                return await self._append(user_id, records)
-
-        done = await asyncio.gather(*(one(u, recs) for u, recs in groups.items()))
-        accepted = sum(d.accepted for d in done)
-        duplicates = sum(d.duplicates for d in done)
-        self.metrics.ingest_events.labels(result="accepted").inc(accepted)
-        self.metrics.ingest_events.labels(result="duplicate").inc(duplicates)
-        if wait:
-            await self._wait_applied({u: d.seq for u, d in zip(groups, done, strict=True)})
-        return IngestResult(accepted=accepted, duplicates=duplicates, users=len(groups))
-
-    async def _append(self, user_id: str, records: np.ndarray) -> _Appended:
-        result = await self.store.append_events(
-            user_id,
-            records.tobytes(),
-            identity_keys(records),
+        results = await self.store.append_batch(
+            [AppendRequest(u, recs.tobytes(), identity_keys(recs)) for u, recs in groups.items()],
             log_cap=self.log_cap,
             dedup_window=DEDUP_WINDOW,
         )
-        if result.seq > result.applied:
-            await self.stream.post(user_id, result.seq, time.time())
-        return _Appended(result.accepted, result.duplicates, result.seq)
+        # Announce every user with unapplied events, duplicates-only ones included: a retry
+        # after a failure between the two steps then leaves nothing unannounced.
+        unapplied = [(u, r.seq) for u, r in zip(groups, results, strict=True) if r.seq > r.applied]
+        await self.stream.post_batch(unapplied, time.time())
+        accepted = sum(r.accepted for r in results)
+        duplicates = sum(r.duplicates for r in results)
+        self.metrics.ingest_events.labels(result="accepted").inc(accepted)
+        self.metrics.ingest_events.labels(result="duplicate").inc(duplicates)
+        if wait:
+            await self._wait_applied({u: r.seq for u, r in zip(groups, results, strict=True)})
+        return IngestResult(accepted=accepted, duplicates=duplicates, users=len(groups))
 
     async def _wait_applied(self, targets: dict[str, int]) -> None:
         deadline = time.monotonic() + self.wait_s

@@ -25,13 +25,14 @@ compare-and-sets go to an optional ``StoreObserver``, so every Prometheus object
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import NamedTuple, Protocol, runtime_checkable
 
 from service.store.eventlog import IDENTITY_SIZE, RECORD_SIZE, LogFormatError
 
 __all__ = [
+    "AppendRequest",
     "AppendResult",
     "LogSlice",
     "ObservedStore",
@@ -49,6 +50,14 @@ class AppendResult(NamedTuple):
     duplicates: int
     seq: int  # sequence number of the user's newest event
     applied: int  # sequence number the stored state covers
+
+
+class AppendRequest(NamedTuple):
+    """One user's part of an ``append_batch`` call."""
+
+    user_id: str
+    records: bytes
+    identities: bytes
 
 
 class UserPosition(NamedTuple):
@@ -110,6 +119,12 @@ class Store(Protocol):
         log_cap: int,
         dedup_window: int,
     ) -> AppendResult: ...
+
+    async def append_batch(
+        self, requests: Sequence[AppendRequest], *, log_cap: int, dedup_window: int
+    ) -> list[AppendResult]:
+        """``append_events`` for many users in one round trip (each user still atomic)."""
+        ...
 
     async def get_state(self, user_id: str) -> bytes | None: ...
 

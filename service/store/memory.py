@@ -7,9 +7,11 @@ in Redis. The log is a list of chunks so that trimming its head never copies it 
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from service.store.base import (
+    AppendRequest,
     AppendResult,
     LogSlice,
     ObservedStore,
@@ -105,6 +107,16 @@ class MemoryStore(ObservedStore):
                     if user.seen.get(identity) == seq:
                         del user.seen[identity]
             return AppendResult(len(fresh), n - len(fresh), user.seq, user.applied)
+
+    async def append_batch(
+        self, requests: Sequence[AppendRequest], *, log_cap: int, dedup_window: int
+    ) -> list[AppendResult]:
+        return [
+            await self.append_events(
+                r.user_id, r.records, r.identities, log_cap=log_cap, dedup_window=dedup_window
+            )
+            for r in requests
+        ]
 
     async def get_state(self, user_id: str) -> bytes | None:
         validate_user_id(user_id)

@@ -8,9 +8,14 @@ chunks, so no write copies the log whole. Semantics are those of ``service.store
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Sequence
 from typing import Any, cast
 
+from redis.asyncio.cluster import RedisCluster
+
 from service.store.base import (
+    AppendRequest,
     AppendResult,
     LogSlice,
     ObservedStore,
@@ -154,6 +159,42 @@ class RedisStore(ObservedStore):
         reply = await self._call("append", self._append, [keys.log, keys.pos, keys.dedup], args)
         accepted, duplicates, seq, applied = (int(x) for x in reply)
         return AppendResult(accepted, duplicates, seq, applied)
+
+    async def append_batch(
+        self, requests: Sequence[AppendRequest], *, log_cap: int, dedup_window: int
+    ) -> list[AppendResult]:
+        """One pipeline on a single Redis (not a transaction: each user's script is atomic on
+        its own). A cluster client refuses scripts in pipelines: there the calls go out
+        concurrently instead, each to its slot's master."""
+        if not requests:
+            return []
+        for r in requests:
+            check_append(r.records, r.identities, log_cap, dedup_window)
+        if isinstance(self._client, RedisCluster):
+            gate = asyncio.Semaphore(32)
+
+            async def one(r: AppendRequest) -> AppendResult:
+                async with gate:
+                    return await self.append_events(
+                        r.user_id, r.records, r.identities,
+                        log_cap=log_cap, dedup_window=dedup_window,
+                    )  # fmt: skip
+
+            return list(await asyncio.gather(*(one(r) for r in requests)))
+        async with self._timed("append_batch"), redis_errors("append_batch", self.url):
+            pipe: Any = self._client.pipeline(transaction=False)
+            for r in requests:
+                keys = user_keys(r.user_id)
+                args: list[Any] = [
+                    r.records,
+                    r.identities,
+                    log_cap,
+                    dedup_window,
+                    CHUNK_RECORDS * 20,
+                ]
+                await self._append(keys=[keys.log, keys.pos, keys.dedup], args=args, client=pipe)
+            replies = await pipe.execute()
+        return [AppendResult(*(int(x) for x in reply)) for reply in replies]
 
     async def get_state(self, user_id: str) -> bytes | None:
         key = user_keys(user_id).state

@@ -18,6 +18,7 @@ Semantics shared by both implementations:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import NamedTuple, Protocol, runtime_checkable
 
 __all__ = ["IngestStream", "Notice"]
@@ -40,6 +41,10 @@ class IngestStream(Protocol):
     partitions: int
 
     async def post(self, user_id: str, seq: int, posted_s: float) -> None: ...
+
+    async def post_batch(self, notices: Sequence[tuple[str, int]], posted_s: float) -> None:
+        """``post`` of many (user, seq) notices in one round trip."""
+        ...
 
     async def acquire(self, partition: int, consumer: str, lease_s: float) -> bool: ...
 

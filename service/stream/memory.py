@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from service.store.keys import partition_of
@@ -40,6 +41,10 @@ class MemoryStream:
         part.entries[entry_id] = Notice(k, entry_id, user_id, seq, posted_s)
         part.undelivered.append(entry_id)
         part.arrived.set()
+
+    async def post_batch(self, notices: Sequence[tuple[str, int]], posted_s: float) -> None:
+        for user_id, seq in notices:
+            await self.post(user_id, seq, posted_s)
 
     async def acquire(self, partition: int, consumer: str, lease_s: float) -> bool:
         part = self._parts[partition]

@@ -9,6 +9,7 @@ that was not applied.
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from typing import Any
 
 from redis import exceptions as redis_exc
@@ -83,6 +84,16 @@ class RedisStream:
         key = stream_key(partition_of(user_id, self.partitions))
         async with redis_errors("post", self.url):
             await self._client.xadd(key, {"u": user_id, "s": seq, "t": f"{posted_s:.6f}"})
+
+    async def post_batch(self, notices: Sequence[tuple[str, int]], posted_s: float) -> None:
+        if not notices:
+            return
+        async with redis_errors("post_batch", self.url):
+            pipe = self._client.pipeline(transaction=False)
+            for user_id, seq in notices:
+                key = stream_key(partition_of(user_id, self.partitions))
+                pipe.xadd(key, {"u": user_id, "s": seq, "t": f"{posted_s:.6f}"})
+            await pipe.execute()
 
     async def acquire(self, partition: int, consumer: str, lease_s: float) -> bool:
         async with redis_errors("acquire", self.url):

@@ -21,8 +21,8 @@ import pytest
 import redis
 
 from model.lowrank import LowRankState
+from solar_tools.processes import Serve, Worker
 from solar_tools.redis_server import RedisServer
-from tests.service.processes import Serve, Worker
 from tests.service.support import event, gram, reference_state
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from service.errors import InvalidUserId
-from service.store.base import LogSlice, Store, UserPosition
+from service.store.base import AppendRequest, LogSlice, Store, UserPosition
 from service.store.eventlog import (
     RECORD_SIZE,
     LogFormatError,
@@ -218,3 +218,14 @@ async def test_redis_key_layout_and_memory(redis_url: str) -> None:
         assert np.all(np.diff(decode_log(raw)["ts"]) == 1.0)
     finally:
         await store.close()
+
+
+async def test_append_batch_equals_appends_one_by_one(store: Store) -> None:
+    requests = []
+    for user, ids in (("a", (1, 2, 2)), ("b", (3,)), ("a", (2, 4))):
+        recs, idents = events(*ids)
+        requests.append(AppendRequest(user, recs, idents))
+    results = await store.append_batch(requests, log_cap=100, dedup_window=100)
+    assert [tuple(r) for r in results] == [(2, 1, 2, 0), (1, 0, 1, 0), (1, 1, 3, 0)]
+    assert ts_of((await store.read_log("a", unapplied_only=False)).records) == [1.0, 2.0, 4.0]
+    assert await store.append_batch([], log_cap=100, dedup_window=100) == []

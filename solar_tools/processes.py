@@ -1,4 +1,4 @@
-"""Real `solar serve` and `solar worker` processes for the end-to-end and fault tests."""
+"""Real `solar serve` and `solar worker` child processes, for fault tests and benchmarks."""
 
 from __future__ import annotations
 
@@ -10,11 +10,20 @@ import time
 from pathlib import Path
 
 import httpx
-import pytest
 
 from solar_tools.redis_server import free_port
 
+__all__ = ["Process", "ProcessError", "Serve", "Worker"]
+
 STARTUP_TIMEOUT_S = 60.0
+
+
+class ProcessError(RuntimeError):
+    """A child process exited early or did not get ready in time (its log tail attached)."""
+
+
+def _fail(message: str) -> None:
+    raise ProcessError(message)
 
 
 class Process:
@@ -34,9 +43,9 @@ class Process:
         deadline = time.monotonic() + timeout_s
         while text not in self.log.read_text(errors="replace"):
             if self.proc.poll() is not None:
-                pytest.fail(f"process exited with {self.proc.returncode}:\n{self.tail()}")
+                _fail(f"process exited with {self.proc.returncode}:\n{self.tail()}")
             if time.monotonic() > deadline:
-                pytest.fail(f"{text!r} not logged in {timeout_s} s:\n{self.tail()}")
+                _fail(f"{text!r} not logged in {timeout_s} s:\n{self.tail()}")
             time.sleep(0.05)
 
     def tail(self, lines: int = 40) -> str:
@@ -67,14 +76,14 @@ class Serve(Process):
         deadline = time.monotonic() + STARTUP_TIMEOUT_S
         while True:
             if self.proc.poll() is not None:
-                pytest.fail(f"solar serve exited with {self.proc.returncode}:\n{self.tail()}")
+                _fail(f"solar serve exited with {self.proc.returncode}:\n{self.tail()}")
             try:
                 if httpx.get(f"{self.base}/readyz", timeout=1.0).status_code == 200:
                     return
             except httpx.TransportError:
                 pass
             if time.monotonic() > deadline:
-                pytest.fail(f"solar serve not ready:\n{self.tail()}")
+                _fail(f"solar serve not ready:\n{self.tail()}")
             time.sleep(0.1)
 
 
