@@ -108,9 +108,16 @@ def _quantile(
     return float("inf")
 
 
-def _pending(base: str, users: list[str]) -> int:
-    with httpx.Client(base_url=base, timeout=30) as client:
-        return sum(client.get(f"/users/{u}").json().get("pending", 0) for u in users)
+def _pending(url: str, users: list[str]) -> int:
+    """Events acknowledged and not applied, read from Redis in one pipeline (polling the
+    service instead would take CPU from the worker being measured)."""
+    import redis
+
+    with redis.Redis.from_url(url) as raw:
+        pipe = raw.pipeline(transaction=False)
+        for u in users:
+            pipe.hmget(f"solar:{{{u}}}:pos", ["seq", "applied"])
+        return sum(int(seq or 0) - int(applied or 0) for seq, applied in pipe.execute())
 
 
 def main() -> int:
@@ -137,8 +144,8 @@ def main() -> int:
         ack_rate = acked / (time.monotonic() - start)
         worker = Worker(env, work / "worker.log")
         start = time.monotonic()
-        while _pending(serve.base, users) > 0:
-            time.sleep(0.05)
+        while _pending(server.url, users) > 0:
+            time.sleep(0.1)
         apply_rate = acked / (time.monotonic() - start)
         before = _buckets(worker, "solar_apply_lag_seconds")
         asyncio.run(_paced(serve.base, args.rate, args.seconds))

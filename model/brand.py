@@ -60,6 +60,19 @@ def brand_update(sigma: Array, V: Array, B: Array) -> tuple[Array, Array, float]
     return sigma_k[:ell].copy(), V_new, float(np.sum(sigma_k[ell:] ** 2))
 
 
+def block_update(sigma: Array, V: Array, B: Array) -> tuple[Array, Array, float]:
+    """The same update as :func:`brand_update` for a large block B (b×d, any b), in one step.
+
+    The right factors of [diag(σ)Vᵀ; B] come from one thin SVD of that (ℓ+b)×d matrix: one
+    LAPACK call instead of ⌈b / (d - ℓ)⌉ SVDs of (ℓ+b)×(ℓ+b) chunks, and the truncation to ℓ
+    happens once, not after every chunk. (Not the Gram matrix's eigenvectors: squaring would
+    leave σ ≈ 0 wrong by ~1e-8·σ₁.)
+    """
+    ell = sigma.shape[0]
+    _, sv, Vt = np.linalg.svd(np.vstack((sigma[:, None] * V.T, B)), full_matrices=False)
+    return sv[:ell].copy(), np.ascontiguousarray(Vt[:ell].T), float(np.sum(sv[ell:] ** 2))
+
+
 def _rank_one_update(
     sigma: Array, V: Array, p: Array, h: Array
 ) -> tuple[Array, Array, float] | None:

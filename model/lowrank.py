@@ -21,10 +21,13 @@ from dataclasses import dataclass, replace
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
-from model.brand import brand_update, is_orthonormal, orient, reorthonormalize
+from model.brand import block_update, brand_update, is_orthonormal, orient, reorthonormalize
 from model.state_blob import LowRankError, decode_state, encode_state
 
 DEFAULT_OVERSAMPLE = 16
+# Blocks of more than this many Brand chunks (d - ℓ rows each) take one stacked SVD
+# (d=64, ℓ=48, 250 rows: 18.8 ms in 16 chunks, 2.2 ms as one block).
+BLOCK_UPDATE_CHUNKS = 2
 
 Array = NDArray[np.float64]
 
@@ -246,7 +249,9 @@ class LowRankState:
 
         ``weights`` (b,) as in :meth:`from_rows`. With ``ts`` and ``decay`` the state is first
         decayed to max(t_ref, max(ts)) and each new row weighted by its age from there, so
-        events may arrive out of order. Cost O(b·d·ℓ + (ℓ+b)³), independent of history length.
+        events may arrive out of order. Cost O(b·d·ℓ + (ℓ+b)³) in chunks of d - ℓ rows, or
+        O(b·d² + d³) for a large block (``model.brand.block_update``), independent of history
+        length.
         """
         B = _as_rows(rows, self.d)
         b = B.shape[0]
@@ -270,9 +275,16 @@ class LowRankState:
 
         scaled = B * np.sqrt(w)[:, None]
         sigma, V, residual = state.sigma, state.V, state.residual
-        # Chunks no wider than the orthogonal complement keep [V, Q] orthonormal.
+        # Chunks no wider than the orthogonal complement keep [V, Q] orthonormal; a block of
+        # many chunks costs less as one SVD of the stacked rows (the same factors, one truncation).
         chunk = max(1, self.d - self.ell)
-        for start in range(0, b, chunk):
+        if b > BLOCK_UPDATE_CHUNKS * chunk:
+            sigma, V, dropped = block_update(sigma, V, scaled)
+            residual += dropped
+            b_done = b
+        else:
+            b_done = 0
+        for start in range(b_done, b, chunk):
             sigma, V, dropped = brand_update(sigma, V, scaled[start : start + chunk])
             residual += dropped
             # Checked per chunk: the next projection needs an orthonormal V. (A row already

@@ -376,3 +376,25 @@ def test_bad_ranks_are_rejected() -> None:
     for half_life in (0.0, -1.0, math.nan, math.inf):
         with pytest.raises(LowRankError, match="half_life_s"):
             Decay(half_life)
+
+
+def test_a_large_block_takes_one_svd_and_matches_chunked_updates() -> None:
+    """Blocks over BLOCK_UPDATE_CHUNKS chunks go through ``block_update``: same factors."""
+    from model.lowrank import BLOCK_UPDATE_CHUNKS
+
+    rng = np.random.default_rng(11)
+    X = low_rank_rows(rng, 400)
+    base = LowRankState.from_rows(X[:100], R)
+    chunk = base.d - base.ell
+    block = X[100:]
+    assert block.shape[0] > BLOCK_UPDATE_CHUNKS * chunk
+    one = base.append(block)
+    chunked = base
+    for start in range(0, block.shape[0], chunk):
+        chunked = chunked.append(block[start : start + chunk])
+    ref = LowRankState.from_rows(X, R)
+    assert one.n == chunked.n == 400
+    np.testing.assert_allclose(one.sigma[:R], ref.sigma[:R], rtol=1e-6)
+    np.testing.assert_allclose(gram(one), gram(chunked), atol=1e-6 * ref.sigma[0] ** 2)
+    assert abs(one.V.T @ one.V - np.eye(one.ell)).max() < 1e-10
+    assert np.all(one.V.T @ one.s >= 0)  # the sign convention
