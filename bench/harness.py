@@ -35,13 +35,14 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # `solar_tools.redis_server` and `model` when run as a script
     sys.path.insert(0, str(REPO))
 
-from bench.load import RankResult, headers, measure_rank, percentile  # noqa: E402
+from bench.load import RankResult, headers, measure_healthz, measure_rank, percentile  # noqa: E402
 from solar_tools.redis_server import RedisServer, free_port  # noqa: E402
 
 __all__ = [
     "RankResult",
     "SeedResult",
     "actions",
+    "measure_healthz",
     "measure_rank",
     "percentile",
     "random_checkpoint",
