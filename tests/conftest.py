@@ -6,13 +6,17 @@ Async tests use the anyio pytest plugin on asyncio only: mark them ``@pytest.mar
 Store tests use a real, private ``redis-server`` (``tests/redis_server.py``) started once per
 session on a free loopback port (never 6379); ``redis_url`` flushes it before each test. A
 missing redis-server binary fails the tests that need it instead of skipping them.
+
+``device`` is the torch device of the device-aware tests (``SOLAR_TEST_DEVICE``, default cpu).
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 
 import pytest
+import torch
 
 from solar_tools.redis_server import RedisServer
 
@@ -21,6 +25,13 @@ from solar_tools.redis_server import RedisServer
 def anyio_backend() -> str:
     """Run ``@pytest.mark.anyio`` tests on asyncio only."""
     return "asyncio"
+
+
+@pytest.fixture(scope="session")
+def device() -> torch.device:
+    """Where the device-aware tests (serving pass, staging, scorer) run: ``SOLAR_TEST_DEVICE``,
+    ``cpu`` unless ``bench/gpu.sh`` runs them again with ``cuda``, so both run the same code."""
+    return torch.device(os.environ.get("SOLAR_TEST_DEVICE", "cpu"))
 
 
 @pytest.fixture(scope="session")
