@@ -81,17 +81,20 @@ def service(
     env: dict[str, str] | None = None,
     port: int | None = None,
     startup_timeout_s: float = 120.0,
+    tree: Path = REPO,
 ) -> Iterator[str]:
     """`python -m service.cli serve` on 127.0.0.1:<free port>; yields the base URL.
 
     ``env`` adds ``SOLAR_*`` variables (e.g. ``SOLAR_MAX_BATCH``). Access logs are off
-    (``--log-level warning``): they would cost the server CPU on every request.
+    (``--log-level warning``): they would cost the server CPU on every request. ``tree``: the
+    source tree to serve (another revision's, for a same-run comparison; same environment).
     """
     port = free_port() if port is None else port
     variables = {
         **os.environ,
         "SOLAR_MODEL_PATH": str(model_dir),
         "SOLAR_REDIS_URL": redis_url or "",
+        "PYTHONPATH": str(tree),
         **(env or {}),
     }
     base_url = f"http://{LOOPBACK}:{port}"
@@ -100,7 +103,7 @@ def service(
         with log_path.open("wb") as log:
             command = [sys.executable, "-m", "service.cli", "serve", "--host", LOOPBACK,
                        "--port", str(port), "--log-level", "warning"]  # fmt: skip
-            proc = subprocess.Popen(command, cwd=REPO, env=variables, stdout=log, stderr=log)
+            proc = subprocess.Popen(command, cwd=tree, env=variables, stdout=log, stderr=log)
             try:
                 _wait_ready(base_url, proc, log_path, startup_timeout_s)
                 yield base_url
