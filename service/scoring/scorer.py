@@ -147,9 +147,14 @@ class BatchScorer:
     def top_k(self, logits: Tensor, inputs: dict[str, Tensor], jobs: Sequence[RankJob]
               ) -> list[Ranked]:  # fmt: skip
         """One ``torch.topk`` over the padded logits (padding at -inf), one wait for both."""
-        ks = [min(job.top_k, int(job.request.candidates.shape[0])) for job in jobs]
-        padded = torch.arange(logits.shape[1], device=logits.device) >= inputs["lengths"][:, None]
-        values, positions = torch.topk(logits.masked_fill_(padded, -torch.inf), max(ks), dim=1)
+        lengths = [int(job.request.candidates.shape[0]) for job in jobs]
+        ks = [min(job.top_k, m) for job, m in zip(jobs, lengths, strict=True)]
+        if min(lengths) < logits.shape[1]:  # requests of several sizes: padding sorts last
+            padded = (
+                torch.arange(logits.shape[1], device=logits.device) >= inputs["lengths"][:, None]
+            )
+            logits = logits.masked_fill_(padded, -torch.inf)
+        values, positions = torch.topk(logits, max(ks), dim=1)
         scores, order = self._staging().to_host([values, positions])
         return [Ranked(order[i, :k], scores[i, :k]) for i, k in enumerate(ks)]
 
