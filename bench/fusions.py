@@ -131,11 +131,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"average {load:.1f} at the start). ms per request, median of {args.rounds} "
         "interleaved rounds; Δ = largest |logit − plain|.",
         "",
-        "| M | B | "
-        + " | ".join(variants)
-        + " | roofline ms | fused ÷ roofline | Δ fused | "
-        + ("Δ compiled |" if "compiled" in variants else ""),
-        "|" + " --- |" * (len(variants) + 4 + ("compiled" in variants)),
+        "| M | B | " + " | ".join(f"{n} ms" for n in variants) + " | roofline ms | "
+        "fused ÷ roofline | " + " | ".join(f"Δ {n}" for n in variants if n != "plain") + " |",
+        "|" + " --- |" * (2 * len(variants) + 3),
     ]
     for b in (int(x) for x in args.batches.split(",")):
         rows = torch.randint(1, ranker.config.n_items, (b, args.m), generator=gen)
