@@ -1,7 +1,7 @@
 """The ranker's arithmetic on the serving path, counted: the numerator of the roofline.
 
-A serving pass gathers two per-item tables (``Ranker.serving_tables``: the query projection
-and the candidate's share of the MLP's first layer), so what is left per candidate is the
+A serving pass gathers per-item tables (``model.serving``: the query projection and the
+candidate's share of the MLP's first layer), so what is left per candidate is the
 attention, W_O and the MLP after that share. Counts are multiply-adds × 2 (one FLOP each),
 of the reference formulation (:meth:`model.ranker.Ranker.score_outputs`); a fused pass that
 does more arithmetic to run fewer, larger GEMMs is still measured against these counts.
