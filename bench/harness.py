@@ -33,7 +33,12 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # `solar_tools.redis_server` and `model` when run as a script
     sys.path.insert(0, str(REPO))
 
-from bench.load import RankResult, measure_rank, percentile  # noqa: E402
+from bench.load import (  # noqa: E402
+    RankResult,
+    measure_healthz,
+    measure_rank,
+    percentile,
+)
 from solar_tools.client import AsyncSolarClient, SolarClient, SolarUnavailable  # noqa: E402
 from solar_tools.redis_server import RedisServer, free_port  # noqa: E402
 
@@ -41,6 +46,7 @@ __all__ = [
     "RankResult",
     "SeedResult",
     "actions",
+    "measure_healthz",
     "measure_rank",
     "percentile",
     "random_checkpoint",
@@ -79,17 +85,20 @@ def service(
     env: dict[str, str] | None = None,
     port: int | None = None,
     startup_timeout_s: float = 120.0,
+    tree: Path = REPO,
 ) -> Iterator[str]:
     """`python -m service.cli serve` on 127.0.0.1:<free port>; yields the base URL.
 
     ``env`` adds ``SOLAR_*`` variables (e.g. ``SOLAR_MAX_BATCH``). Access logs are off
-    (``--log-level warning``): they would cost the server CPU on every request.
+    (``--log-level warning``): they would cost the server CPU on every request. ``tree``: the
+    source tree to serve (another revision's, for a same-run comparison; same environment).
     """
     port = free_port() if port is None else port
     variables = {
         **os.environ,
         "SOLAR_MODEL_PATH": str(model_dir),
         "SOLAR_REDIS_URL": redis_url or "",
+        "PYTHONPATH": str(tree),
         **(env or {}),
     }
     base_url = f"http://{LOOPBACK}:{port}"
@@ -98,7 +107,7 @@ def service(
         with log_path.open("wb") as log:
             command = [sys.executable, "-m", "service.cli", "serve", "--host", LOOPBACK,
                        "--port", str(port), "--log-level", "warning"]  # fmt: skip
-            proc = subprocess.Popen(command, cwd=REPO, env=variables, stdout=log, stderr=log)
+            proc = subprocess.Popen(command, cwd=tree, env=variables, stdout=log, stderr=log)
             try:
                 _wait_ready(base_url, proc, log_path, startup_timeout_s)
                 yield base_url

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 import httpx
 
-__all__ = ["RankResult", "headers", "measure_rank", "percentile"]
+__all__ = ["RankResult", "headers", "measure_healthz", "measure_rank", "percentile"]
 
 _CANDIDATE_POOL = 32  # distinct pre-encoded candidate lists cycled through by the clients
 
@@ -171,6 +171,23 @@ async def _measure(
         result.client_cpu_s = time.process_time() - client_cpu
         result.server_cpu_s = await server_cpu_s(client) - server_cpu
     return result
+
+
+def measure_healthz(base_url: str, requests: int = 200) -> float:
+    """p50 ms of ``requests`` sequential GET /healthz: the HTTP floor (server and client
+    framework, loopback, no work) to read /rank latencies against."""
+
+    async def run() -> list[float]:
+        latencies = []
+        async with httpx.AsyncClient(base_url=base_url, timeout=10.0) as client:
+            for i in range(requests + 5):
+                start = time.perf_counter()
+                (await client.get("/healthz")).raise_for_status()
+                if i >= 5:  # the first requests open the connection
+                    latencies.append(time.perf_counter() - start)
+        return latencies
+
+    return 1_000.0 * percentile(asyncio.run(run()), 50)
 
 
 async def server_cpu_s(client: httpx.AsyncClient) -> float:

@@ -33,6 +33,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `python bench/report.py`
 
 from bench import harness  # noqa: E402 - after the path set-up above
+from bench.markdown import write_section  # noqa: E402
 
 logger = logging.getLogger("bench.report")
 
@@ -228,7 +229,8 @@ def write_outputs(report: Report, out: Path) -> None:
     plot_latency(report.latency, out / "bench_latency_vs_n.png", report.settings["candidates"])
     plot_batches(report.batches, out / "bench_throughput_vs_batch.png",
                  report.settings["concurrency"])  # fmt: skip
-    (out / "BENCHMARKS.md").write_text(markdown(report))
+    # Only this benchmark's section: bench/stages.py writes its own into the same file.
+    write_section(out / "BENCHMARKS.md", "report", markdown(report))
     document = asdict(report)
     (out / "bench_results.json").write_text(json.dumps(document, indent=1) + "\n")
 

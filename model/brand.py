@@ -60,6 +60,31 @@ def brand_update(sigma: Array, V: Array, B: Array) -> tuple[Array, Array, float]
     return sigma_k[:ell].copy(), V_new, float(np.sum(sigma_k[ell:] ** 2))
 
 
+BLOCK_UPDATE_CHUNKS = 2  # larger blocks: one stacked SVD (250 rows: 18.8 → 2.2 ms)
+
+
+def update_factors(sigma: Array, V: Array, B: Array) -> tuple[Array, Array, float]:
+    """Absorb the (weighted) rows B (b×d) into diag(σ)Vᵀ; returns (σ', V', dropped energy).
+
+    Chunks no wider than the orthogonal complement (d - ℓ rows) keep [V, Q] orthonormal in
+    :func:`brand_update`; a block of more than ``BLOCK_UPDATE_CHUNKS`` chunks costs less as one
+    SVD of the stacked rows (:func:`block_update`: the same factors, one truncation).
+    """
+    d, ell = V.shape
+    chunk = max(1, d - ell)
+    if B.shape[0] > BLOCK_UPDATE_CHUNKS * chunk:
+        return block_update(sigma, V, B)
+    dropped = 0.0
+    for start in range(0, B.shape[0], chunk):
+        sigma, V, lost = brand_update(sigma, V, B[start : start + chunk])
+        dropped += lost
+        # Checked per chunk: the next projection needs an orthonormal V. (A row already in
+        # span(V) leaves Q arbitrary; with ties at σ = 0 the SVD may mix it into V.)
+        if not is_orthonormal(V):
+            sigma, V = reorthonormalize(sigma, V)
+    return sigma, V, dropped
+
+
 def block_update(sigma: Array, V: Array, B: Array) -> tuple[Array, Array, float]:
     """The same update as :func:`brand_update` for a large block B (b×d, any b), in one step.
 

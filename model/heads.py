@@ -35,7 +35,7 @@ class ScoringMLP(nn.Module):
     def after_fc1(self, hidden: Tensor) -> Tensor:
         """The layers after ``fc1``: pre-activations (…, hidden) → logits (…).
 
-        Serving computes fc1 itself from per-item tables (``Ranker.serving_tables``).
+        Serving computes fc1 itself from per-item tables (``model.serving``).
         """
         return self.out(self.act(self.fc2(self.act(hidden)))).squeeze(-1)
 

@@ -25,7 +25,7 @@ def _merge_heads(x: Tensor) -> Tensor:
     return x.transpose(1, 2).reshape(B, T, H * dh)  # (B, T, d)
 
 
-def _logit_mask(
+def logit_mask(
     mask: Tensor | None, log_weights: Tensor | None, dtype: torch.dtype
 ) -> Tensor | None:
     """Combine a (B, T) bool mask and (B, T) log-weight bias into a (B, 1, 1, T) float mask."""
@@ -85,7 +85,7 @@ class TargetAttention(_Projected):
         q = _split_heads(projected_queries, self.heads)  # (B, H, M, d_h)
         k = _split_heads(self.w_k(tokens), self.heads)  # (B, H, T, d_h)
         v = _split_heads(self.w_v(tokens), self.heads)  # (B, H, T, d_h)
-        attn_mask = _logit_mask(mask, log_weights, q.dtype)
+        attn_mask = logit_mask(mask, log_weights, q.dtype)
         out = self.w_o(_merge_heads(F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)))
         if mask is not None:
             out = out * mask.any(dim=-1).to(out.dtype)[:, None, None]

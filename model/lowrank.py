@@ -21,13 +21,10 @@ from dataclasses import dataclass, replace
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
-from model.brand import block_update, brand_update, is_orthonormal, orient, reorthonormalize
+from model.brand import orient, update_factors
 from model.state_blob import LowRankError, decode_state, encode_state
 
 DEFAULT_OVERSAMPLE = 16
-# Blocks of more than this many Brand chunks (d - ℓ rows each) take one stacked SVD
-# (d=64, ℓ=48, 250 rows: 18.8 ms in 16 chunks, 2.2 ms as one block).
-BLOCK_UPDATE_CHUNKS = 2
 
 Array = NDArray[np.float64]
 
@@ -274,23 +271,8 @@ class LowRankState:
             raise LowRankError("decay needs timestamps")
 
         scaled = B * np.sqrt(w)[:, None]
-        sigma, V, residual = state.sigma, state.V, state.residual
-        # Chunks no wider than the orthogonal complement keep [V, Q] orthonormal; a block of
-        # many chunks costs less as one SVD of the stacked rows (the same factors, one truncation).
-        chunk = max(1, self.d - self.ell)
-        if b > BLOCK_UPDATE_CHUNKS * chunk:
-            sigma, V, dropped = block_update(sigma, V, scaled)
-            residual += dropped
-            b_done = b
-        else:
-            b_done = 0
-        for start in range(b_done, b, chunk):
-            sigma, V, dropped = brand_update(sigma, V, scaled[start : start + chunk])
-            residual += dropped
-            # Checked per chunk: the next projection needs an orthonormal V. (A row already
-            # in span(V) leaves Q arbitrary; with ties at σ = 0 the SVD may mix it into V.)
-            if not is_orthonormal(V):
-                sigma, V = reorthonormalize(sigma, V)
+        sigma, V, dropped = update_factors(state.sigma, state.V, scaled)
+        residual = state.residual + dropped
         s = state.s + (B * w[:, None]).sum(axis=0)
         return replace(
             state,

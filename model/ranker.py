@@ -13,12 +13,12 @@ from dataclasses import dataclass
 from typing import cast
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from model.config import SERVING_MODES, RankerConfig
 from model.heads import BaselineHead, ScoringMLP, baseline_heads
 from model.layers import TargetAttention, interest_tokens, principal_basis, project_rows
+from model.serving import ServingPass
 
 OOV_ITEM = 0
 NO_ACTION = 0
@@ -89,42 +89,16 @@ class Ranker(nn.Module):
         """(…, M) candidate rows → (…, M, d)."""
         return self.item_emb(items)
 
-    def score_outputs(self, cand: Tensor, out: Tensor, item_hidden: Tensor | None = None) -> Tensor:
-        """cand, out (B, M, d) → logits (B, M).
+    def score_outputs(self, cand: Tensor, out: Tensor) -> Tensor:
+        """cand, out (B, M, d) → logits (B, M): the scoring MLP on [e_c, o_c, e_c ⊙ o_c]."""
+        return self.mlp(torch.cat((cand, out, cand * out), dim=-1))
 
-        ``item_hidden`` (B, M, hidden), when given, is the candidates' precomputed share
-        W1[:, :d] e_c + b1 of the MLP's first layer (see :meth:`serving_tables`).
-        """
-        if item_hidden is None:
-            return self.mlp(torch.cat((cand, out, cand * out), dim=-1))
-        first = self.mlp.fc1
-        B, M, d = cand.shape
-        w_out, w_prod = first.weight[:, d : 2 * d], first.weight[:, 2 * d :]  # (hidden, d) each
-        flat_out = out.reshape(B * M, d)
-        hidden = torch.addmm(item_hidden.reshape(B * M, -1), flat_out, w_out.T)
-        hidden = torch.addmm(hidden, cand.reshape(B * M, d) * flat_out, w_prod.T)  # (B·M, hidden)
-        return self.mlp.after_fc1(hidden).view(B, M)
-
-    def serving_tables(self) -> tuple[Tensor, Tensor]:
-        """Per-item precomputations of the serving path, rebuilt whenever a weight changes.
-
-        Returns (E W_Qᵀ (n_items, d), E W1[:, :d]ᵀ + b1 (n_items, hidden)): the parts of the
-        query projection and of the MLP's first layer that depend on the candidate alone, so a
-        request gathers rows instead of multiplying M×d by d×(d + hidden) again (~27% of the
-        FLOPs of an `svd` request at M=2,048).
-        """
-        first = self.mlp.fc1
-        params = (self.item_emb.weight, self.attn.w_q.weight, first.weight, first.bias)
-        key = tuple((p.data_ptr(), p._version, p.device) for p in params)
-        if getattr(self, "_tables_key", None) != key:
-            d = self.config.dim
-            # Plain tensors (not inference tensors), usable whatever mode the caller is in.
-            with torch.inference_mode(False), torch.no_grad():
-                emb = self.item_emb.weight
-                tables = (emb @ self.attn.w_q.weight.T, emb @ first.weight[:, :d].T + first.bias)
-            self._tables: tuple[Tensor, Tensor] = tables
-            self._tables_key = key
-        return self._tables
+    def serving_pass(self) -> ServingPass:
+        """The fused float32 serving pass of this ranker (made once, follows weight updates)."""
+        serving: ServingPass | None = self.__dict__.get("_serving")
+        if serving is None:
+            serving = self.__dict__["_serving"] = ServingPass(self)
+        return serving
 
     # ------------------------------------------------------------------ training path
     def attend(self, mode: str, cand: Tensor, history: HistoryBatch) -> Tensor:
@@ -157,67 +131,62 @@ class Ranker(nn.Module):
     def score_requests(self, mode: str, requests: Sequence[ScoreRequest]) -> list[Tensor]:
         """Score many users in one batched pass; returns one (M_i,) logit tensor per request.
 
-        Candidates and context tokens are padded to the batch maximum and masked.
+        Candidates and context tokens are padded to the batch maximum and masked; the pass is
+        :class:`model.serving.ServingPass` (the service calls it with inputs packed already).
         """
         if mode not in SERVING_MODES:
             raise RankerInputError(f"serving mode must be one of {SERVING_MODES}, got {mode!r}")
         if not requests:
             return []
         device = self.item_emb.weight.device
-        cand_items, _ = _pad_1d([req.candidates for req in requests], device)  # (B, M)
-        cand = self.embed_items(cand_items)  # (B, M, d)
-        query_table, hidden_table = self.serving_tables()
-        queries = F.embedding(cand_items, query_table)  # (B, M, d) = cand W_Qᵀ
+        rows, _ = _pad_1d([req.candidates for req in requests], device)  # (B, M)
+        serving = self.serving_pass()
         if mode == "svd":
-            out = self._attend_interests(queries, requests, device)
+            logits = serving.svd(rows, *self._interest_batch(requests, device))
         else:
-            out = self._attend_history(mode, queries, requests, device)
-        logits = self.score_outputs(cand, out, F.embedding(cand_items, hidden_table))  # (B, M)
-        return [logits[i, : req.candidates.shape[0]] for i, req in enumerate(requests)]
+            logits = serving.history(mode, rows, *self._history_batch(mode, requests, device))
+        return [logits[i, : req.candidates.shape[0]].clone() for i, req in enumerate(requests)]
 
-    def _attend_interests(
-        self, queries: Tensor, requests: Sequence[ScoreRequest], device: torch.device
-    ) -> Tensor:
+    def _interest_batch(
+        self, requests: Sequence[ScoreRequest], device: torch.device
+    ) -> tuple[Tensor, Tensor | None]:
+        """Tokens (B, r_max, d) and, when some request has fewer than r_max, their mask."""
         d = self.config.dim
         tokens_list = []
         for req in requests:
             if req.interests is None or req.interests.dim() != 2 or req.interests.shape[1] != d:
                 raise RankerInputError(f"svd mode needs (r, {d}) interests per request")
-            tokens_list.append(req.interests.to(device=device, dtype=queries.dtype))
-        r = max(t.shape[0] for t in tokens_list)
-        tokens = torch.zeros(len(requests), r, d, device=device, dtype=queries.dtype)  # (B, r, d)
-        mask = torch.zeros(len(requests), r, dtype=torch.bool, device=device)  # (B, r)
-        for i, t in enumerate(tokens_list):
-            tokens[i, : t.shape[0]] = t
-            mask[i, : t.shape[0]] = bool(t.abs().sum() > 0)  # a user with no history: o = 0
-        return self.attn.attend(queries, tokens, mask)
+            tokens_list.append(req.interests)
+        tokens, mask = _pad_1d(tokens_list, device)
+        return tokens.float(), None if bool(mask.all()) else mask
 
-    def _attend_history(
-        self, mode: str, queries: Tensor, requests: Sequence[ScoreRequest], device: torch.device
-    ) -> Tensor:
+    def _history_batch(
+        self, mode: str, requests: Sequence[ScoreRequest], device: torch.device
+    ) -> tuple[tuple[Tensor, Tensor], Tensor, Tensor, Tensor | None]:
+        """((items, actions) (B, N), mask (B, N), log weights (B, N), basis (B, d, r) or None)."""
         empty = torch.zeros(0, dtype=torch.long)
-        items, mask = _pad_1d([_or(req.history_items, empty) for req in requests], device)  # (B, N)
+        history = [_or(req.history_items, empty) for req in requests]
+        items, mask = _pad_1d(history, device)  # (B, N)
         actions, _ = _pad_1d(
-            [
-                _or(req.history_actions, torch.zeros_like(_or(req.history_items, empty)))
-                for req in requests
-            ],
+            [_or(req.history_actions, torch.zeros_like(h)) for req, h in zip(requests, history,
+                                                                            strict=True)],
             device,
-        )
+        )  # fmt: skip
         weights, _ = _pad_1d(
-            [_or(req.weights, torch.ones(mask.shape[1])).float() for req in requests], device
-        )
-        rows = self.embed_events(items, actions)  # (B, N, d)
+            [_or(req.weights, torch.ones(h.shape[0])).float() for req, h in zip(requests, history,
+                                                                              strict=True)],
+            device,
+        )  # fmt: skip
         log_w = torch.log(weights.clamp_min(1e-30))
-        if mode == "svd_exact":
-            bases = [req.basis for req in requests]
-            if any(b is None for b in bases):
-                raise RankerInputError("svd_exact mode needs a (d, r) basis per request")
-            basis = torch.stack(
-                [b.to(device=device, dtype=rows.dtype) for b in bases if b is not None]
-            )
-            rows = project_rows(rows, basis)
-        return self.attn.attend(queries, rows, mask, log_w)
+        if mode != "svd_exact":
+            return (items, actions), mask, log_w, None
+        bases = [req.basis for req in requests]
+        if any(b is None for b in bases):
+            raise RankerInputError("svd_exact mode needs a (d, r) basis per request")
+        basis = torch.stack(
+            [b.to(device=device, dtype=torch.float32) for b in bases if b is not None]
+        )
+        return (items, actions), mask, log_w, basis
 
 
 def _or(value: Tensor | None, default: Tensor) -> Tensor:
@@ -225,10 +194,11 @@ def _or(value: Tensor | None, default: Tensor) -> Tensor:
 
 
 def _pad_1d(seqs: Sequence[Tensor], device: torch.device) -> tuple[Tensor, Tensor]:
-    """Right-pad 1-D tensors to (B, L_max) with zeros; returns (padded, bool mask)."""
+    """Right-pad tensors along their first dim to (B, L_max, ...) with zeros; returns (padded,
+    (B, L_max) bool mask of the real entries)."""
     length = max((s.shape[0] for s in seqs), default=0)
-    dtype = seqs[0].dtype if seqs else torch.long
-    padded = torch.zeros(len(seqs), length, dtype=dtype, device=device)
+    first = seqs[0] if seqs else torch.zeros(0, dtype=torch.long)
+    padded = torch.zeros(len(seqs), length, *first.shape[1:], dtype=first.dtype, device=device)
     mask = torch.zeros(len(seqs), length, dtype=torch.bool, device=device)
     for i, s in enumerate(seqs):
         padded[i, : s.shape[0]] = s.to(device)

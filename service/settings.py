@@ -18,6 +18,7 @@ __all__ = ["DEFAULT_MODEL_PATH", "Settings"]
 DEFAULT_MODEL_PATH = Path("artifacts/default-model")
 
 Device = Literal["auto", "cpu", "cuda"]
+ServeDtype = Literal["auto", "float32", "bfloat16"]
 
 
 class Settings(BaseSettings):
@@ -35,6 +36,11 @@ class Settings(BaseSettings):
         description="checkpoint directory (`make model` writes the default)",
     )
     device: Device = Field(default="auto", description="torch device: auto picks CUDA when present")
+    serve_dtype: ServeDtype = Field(
+        default="auto",
+        description="dtype of the /rank pass: auto = bfloat16 on CUDA if it keeps logits within "
+        "1e-2 of float32 (checked at start-up), float32 otherwise",
+    )
     rank: int | None = Field(
         default=None, ge=1, description="served rank r; unset: the checkpoint's rank"
     )
@@ -85,10 +91,10 @@ class Settings(BaseSettings):
         default=0.2, ge=0, description="first connect retry delay (doubles)"
     )
     max_body_bytes: int = Field(default=8 << 20, ge=1_024, description="request body limit, bytes")
-    torch_threads: int | None = Field(
-        default=None,
+    torch_threads: int = Field(
+        default=1,
         ge=1,
-        description="torch intra-op threads; unset: CPUs - 1 (one core stays with the event loop)",
+        description="torch intra-op threads per serve process; scale with SOLAR_WORKERS instead",
     )
     batch_threads: int = Field(default=1, ge=1, description="micro-batches scored concurrently")
     history_batch_elements: int = Field(

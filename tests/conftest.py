@@ -7,13 +7,17 @@ Store tests use a real, private ``redis-server`` (``solar_tools/redis_server.py`
 once per session on a free loopback port (never 6379); ``redis_url`` flushes it before each
 test. ``cluster_url`` does the same for a real 3-master Redis Cluster. A missing redis-server
 binary fails the tests that need it instead of skipping them.
+
+``device`` is the torch device of the device-aware tests (``SOLAR_TEST_DEVICE``, default cpu).
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 
 import pytest
+import torch
 
 from solar_tools.redis_server import RedisClusterServers, RedisServer
 
@@ -22,6 +26,13 @@ from solar_tools.redis_server import RedisClusterServers, RedisServer
 def anyio_backend() -> str:
     """Run ``@pytest.mark.anyio`` tests on asyncio only."""
     return "asyncio"
+
+
+@pytest.fixture(scope="session")
+def device() -> torch.device:
+    """Where the device-aware tests (serving pass, staging, scorer) run: ``SOLAR_TEST_DEVICE``,
+    ``cpu`` unless ``bench/gpu.sh`` runs them again with ``cuda``, so both run the same code."""
+    return torch.device(os.environ.get("SOLAR_TEST_DEVICE", "cpu"))
 
 
 @pytest.fixture(scope="session")

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
@@ -28,12 +27,13 @@ from service.api.routes import (
     rank_router,
     users_router,
 )
-from service.api.schemas import IngestRequest
+from service.api.schemas import IngestRequest, RankRequest
 from service.backends import open_backends
 from service.core.applier import Applier
 from service.core.serving_model import load_serving_model
 from service.metrics import Metrics
 from service.scoring.batcher import MicroBatcher
+from service.scoring.precision import choose_dtype
 from service.scoring.scorer import BatchScorer, Ranked, RankJob
 from service.settings import Settings
 
@@ -49,10 +49,11 @@ _DESCRIPTION = (
 
 
 def _set_torch_threads(settings: Settings) -> None:
-    """Leave one core to the event loop (JSON, HTTP) unless configured otherwise."""
-    threads = settings.torch_threads or max(1, (os.cpu_count() or 2) - 1)
-    if torch.get_num_threads() != threads:
-        torch.set_num_threads(threads)
+    """One intra-op thread per serve process by default: the pass's GEMMs are small
+    (B·M × ≤128), so threads add synchronisation (and spin on a shared machine) rather than
+    speed; more cores are used with more processes (SOLAR_WORKERS, README "Threads")."""
+    if torch.get_num_threads() != settings.torch_threads:
+        torch.set_num_threads(settings.torch_threads)
 
 
 @asynccontextmanager
@@ -66,7 +67,9 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     applier: Applier | None = None
     applier_task: asyncio.Task[None] | None = None
     try:
-        scorer = BatchScorer(model.checkpoint.ranker, settings.history_batch_elements)
+        ranker = model.checkpoint.ranker
+        dtype = await asyncio.to_thread(choose_dtype, ranker, model.rank, settings.serve_dtype)
+        scorer = BatchScorer(ranker, settings.history_batch_elements, dtype)
         if settings.warmup:
             await asyncio.to_thread(scorer.warm_up, model.rank)
         batcher: MicroBatcher[RankJob, Ranked] = MicroBatcher(
@@ -103,7 +106,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
 
 
 def _openapi(app: FastAPI) -> Callable[[], dict[str, Any]]:
-    """OpenAPI generator adding the schemas of the hand-read /ingest body."""
+    """OpenAPI generator adding the schemas of the hand-read /ingest and /rank bodies."""
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
@@ -114,9 +117,10 @@ def _openapi(app: FastAPI) -> Callable[[], dict[str, Any]]:
                 routes=app.routes,
             )
             schemas = document.setdefault("components", {}).setdefault("schemas", {})
-            body = IngestRequest.model_json_schema(ref_template="#/components/schemas/{model}")
-            schemas.update(body.pop("$defs", {}))
-            schemas["IngestRequest"] = body
+            for model in (IngestRequest, RankRequest):
+                body = model.model_json_schema(ref_template="#/components/schemas/{model}")
+                schemas.update(body.pop("$defs", {}))
+                schemas[model.__name__] = body
             app.openapi_schema = document
         return app.openapi_schema
 

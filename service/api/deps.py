@@ -1,5 +1,9 @@
 """FastAPI dependencies: typed ``Annotated`` aliases for what the lifespan puts on ``app.state``.
 
+Every dependency is ``async def``: none blocks, and FastAPI runs a plain ``def`` dependency
+in a worker thread, a thread hop per dependency per request (~0.1 ms each on a busy 2-core
+machine, eight of them on /rank).
+
 The long-lived objects (settings, metrics, store, stream, model, batcher) are read from
 ``app.state``; the use cases (``UserStates``, ``Ranking``, ``Ingestor``) are cheap dataclasses
 built per request from them. So a test swaps any one piece with
@@ -59,32 +63,32 @@ def _running(request: Request, name: str) -> Any:
     return value
 
 
-def get_settings(request: Request) -> Settings:
+async def get_settings(request: Request) -> Settings:
     settings: Settings = request.app.state.settings
     return settings
 
 
-def get_metrics(request: Request) -> Metrics:
+async def get_metrics(request: Request) -> Metrics:
     metrics: Metrics = request.app.state.metrics
     return metrics
 
 
-def get_store(request: Request) -> Store:
+async def get_store(request: Request) -> Store:
     store: Store = _running(request, "store")
     return store
 
 
-def get_model(request: Request) -> ServingModel:
+async def get_model(request: Request) -> ServingModel:
     model: ServingModel = _running(request, "model")
     return model
 
 
-def get_batcher(request: Request) -> RankBatcher:
+async def get_batcher(request: Request) -> RankBatcher:
     batcher: RankBatcher = _running(request, "batcher")
     return batcher
 
 
-def get_stream(request: Request) -> IngestStream:
+async def get_stream(request: Request) -> IngestStream:
     stream: IngestStream = _running(request, "stream")
     return stream
 
@@ -97,7 +101,7 @@ BatcherDep = Annotated[RankBatcher, Depends(get_batcher)]
 StreamDep = Annotated[IngestStream, Depends(get_stream)]
 
 
-def get_user_states(
+async def get_user_states(
     store: StoreDep, model: ModelDep, metrics: MetricsDep, settings: SettingsDep
 ) -> UserStates:
     return UserStates(store, model, metrics, settings.rebuild_residual_ratio)
@@ -106,11 +110,11 @@ def get_user_states(
 UserStatesDep = Annotated[UserStates, Depends(get_user_states)]
 
 
-def get_ranking(users: UserStatesDep, metrics: MetricsDep, batcher: BatcherDep) -> Ranking:
+async def get_ranking(users: UserStatesDep, metrics: MetricsDep, batcher: BatcherDep) -> Ranking:
     return Ranking(users=users, metrics=metrics, batcher=batcher)
 
 
-def get_ingestor(
+async def get_ingestor(
     store: StoreDep, stream: StreamDep, metrics: MetricsDep, settings: SettingsDep
 ) -> Ingestor:
     return Ingestor(
@@ -128,7 +132,7 @@ IngestorDep = Annotated[Ingestor, Depends(get_ingestor)]
 _bearer = HTTPBearer(auto_error=False, description="SOLAR_API_TOKEN, when configured")
 
 
-def require_token(
+async def require_token(
     settings: SettingsDep,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> None:

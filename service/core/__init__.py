@@ -1,3 +1,4 @@
 """Use cases and the loaded model: ``ranking`` and ``ingest`` (what the routes call),
 ``users`` (the one place a user's state is loaded, rebuilt when stale and written back),
-``serving_model``, ``items`` (item ids → rows) and ``userlocks``. No FastAPI here."""
+``applier`` (folds the ingest stream into states), ``serving_model`` and ``items`` (item ids
+→ rows). No FastAPI here."""

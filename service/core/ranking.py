@@ -26,12 +26,27 @@ __all__ = ["RankOutcome", "Ranking"]
 
 
 class RankOutcome(NamedTuple):
-    """The answer to one /rank request, best first."""
+    """The answer to one /rank request.
 
-    items: list[tuple[ItemId, float]]  # (item id, logit)
+    Attributes:
+        ids: the request's candidate ids, in request order.
+        positions: (k,) int64 positions into ``ids`` of the top k, best first.
+        scores: (k,) float32 logits of those candidates.
+    """
+
+    ids: list[ItemId]
+    positions: np.ndarray
+    scores: np.ndarray
     unknown_items: list[ItemId]
     history_length: int
     model_version: str
+
+    @property
+    def items(self) -> list[tuple[ItemId, float]]:
+        """(item id, logit) pairs, best first."""
+        ids = self.ids
+        return [(ids[p], s) for p, s in zip(self.positions.tolist(), self.scores.tolist(),
+                                            strict=True)]  # fmt: skip
 
 
 @dataclass
@@ -43,28 +58,39 @@ class Ranking:
     batcher: MicroBatcher[RankJob, Ranked]
 
     async def rank(
-        self, user_id: str, candidates: Sequence[object], top_k: int | None, mode: str
+        self,
+        user_id: str,
+        candidates: Sequence[object],
+        top_k: int | None,
+        mode: str,
+        *,
+        checked: bool = False,
     ) -> RankOutcome:
         """Score ``candidates`` for ``user_id`` in ``mode``; unknown ids use the OOV row.
+
+        ``checked``: every candidate is already known to be an int or a 1-256 character
+        string (the API's decoder checked them), so the per-id check is skipped.
 
         Raises:
             InvalidInput: a candidate that is not an item id (422 naming it).
             StoreError, QueueFull, BatcherClosed: 503, try again.
         """
         model = self.users.model
-        ids, rows, unknown = candidate_rows(candidates, model.item_index)
-        self.metrics.rank_candidates.observe(len(rows))
-        self.metrics.unknown_items.inc(len(unknown))
-        cand = torch.tensor(rows, dtype=torch.long)  # (M,)
+        found = candidate_rows(candidates, model.item_index, checked=checked)
+        self.metrics.rank_candidates.observe(found.rows.shape[0])
+        self.metrics.unknown_items.inc(len(found.unknown))
+        cand = torch.from_numpy(found.rows)  # (M,)
         user = await self.users.load(user_id, with_log=mode != "svd")
         request = (
             self._svd_input(cand, user) if mode == "svd" else self._history_input(cand, user, mode)
         )
-        k = top_k if top_k is not None else len(rows)
+        k = top_k if top_k is not None else found.rows.shape[0]
         ranked = await self.batcher.submit(RankJob(mode, request, k))
         return RankOutcome(
-            items=[(ids[i], s) for i, s in zip(ranked.indices, ranked.scores, strict=True)],
-            unknown_items=unknown,
+            ids=found.ids,
+            positions=ranked.positions,
+            scores=ranked.scores,
+            unknown_items=found.unknown,
             history_length=0 if user.state is None else user.state.n,
             model_version=model.version,
         )
@@ -74,7 +100,7 @@ class Ranking:
         if user.state is None:
             interests = torch.zeros(model.rank, model.dim)  # no history: o_c = 0
         else:
-            interests = torch.from_numpy(user.state.interests(model.rank)).float()  # (r, d)
+            interests = torch.from_numpy(user.state.interests(model.rank).astype(np.float32))
         return ScoreRequest(candidates=candidates, interests=interests)
 
     def _history_input(self, candidates: torch.Tensor, user: LoadedUser, mode: str) -> ScoreRequest:

@@ -171,16 +171,7 @@ class RedisStore(ObservedStore):
         for r in requests:
             check_append(r.records, r.identities, log_cap, dedup_window)
         if isinstance(self._client, RedisCluster):
-            gate = asyncio.Semaphore(32)
-
-            async def one(r: AppendRequest) -> AppendResult:
-                async with gate:
-                    return await self.append_events(
-                        r.user_id, r.records, r.identities,
-                        log_cap=log_cap, dedup_window=dedup_window,
-                    )  # fmt: skip
-
-            return list(await asyncio.gather(*(one(r) for r in requests)))
+            return await self._append_concurrently(requests, log_cap, dedup_window)
         async with self._timed("append_batch"), redis_errors("append_batch", self.url):
             pipe: Any = self._client.pipeline(transaction=False)
             for r in requests:
@@ -195,6 +186,28 @@ class RedisStore(ObservedStore):
                 await self._append(keys=[keys.log, keys.pos, keys.dedup], args=args, client=pipe)
             replies = await pipe.execute()
         return [AppendResult(*(int(x) for x in reply)) for reply in replies]
+
+    async def _append_concurrently(
+        self, requests: Sequence[AppendRequest], log_cap: int, dedup_window: int
+    ) -> list[AppendResult]:
+        """Users concurrently (32 at a time), each user's requests in their order."""
+        by_user: dict[str, list[int]] = {}
+        for i, r in enumerate(requests):
+            by_user.setdefault(r.user_id, []).append(i)
+        results: list[AppendResult | None] = [None] * len(requests)
+        gate = asyncio.Semaphore(32)
+
+        async def one_user(indices: list[int]) -> None:
+            async with gate:
+                for i in indices:
+                    r = requests[i]
+                    results[i] = await self.append_events(
+                        r.user_id, r.records, r.identities,
+                        log_cap=log_cap, dedup_window=dedup_window,
+                    )  # fmt: skip
+
+        await asyncio.gather(*(one_user(indices) for indices in by_user.values()))
+        return [r for r in results if r is not None]
 
     async def get_state(self, user_id: str) -> bytes | None:
         key = user_keys(user_id).state

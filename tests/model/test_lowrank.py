@@ -380,7 +380,7 @@ def test_bad_ranks_are_rejected() -> None:
 
 def test_a_large_block_takes_one_svd_and_matches_chunked_updates() -> None:
     """Blocks over BLOCK_UPDATE_CHUNKS chunks go through ``block_update``: same factors."""
-    from model.lowrank import BLOCK_UPDATE_CHUNKS
+    from model.brand import BLOCK_UPDATE_CHUNKS
 
     rng = np.random.default_rng(11)
     X = low_rank_rows(rng, 400)

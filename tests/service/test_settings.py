@@ -67,6 +67,8 @@ def test_empty_redis_url_means_embedded(monkeypatch: pytest.MonkeyPatch) -> None
         ("SOLAR_MAX_BATCH", "0"),
         ("SOLAR_PORT", "70000"),
         ("SOLAR_RANK", "x"),
+        ("SOLAR_SERVE_DTYPE", "float16"),
+        ("SOLAR_TORCH_THREADS", "0"),
     ],
 )
 def test_invalid_values_are_refused(monkeypatch: pytest.MonkeyPatch, name: str, value: str) -> None:

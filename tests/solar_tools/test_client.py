@@ -55,7 +55,7 @@ def test_sync_client_against_a_real_server(server_url: str) -> None:
             bulk = solar.ingest_many(HISTORY, batch_size=8, progress=bar)
             assert bar.n == len(HISTORY) and not bar.disable
         assert (bulk.accepted, bulk.duplicates, bulk.batches) == (30, 0, 4)
-        again = solar.ingest(HISTORY[:5])
+        again = solar.ingest(HISTORY[:5], wait=True)  # answers once all 30 are applied
         assert (again.accepted, again.duplicates, again.users) == (0, 5, 1)
         ranked = solar.rank("u1", [1, 2, "alpha", "nope"], top_k=3, mode="svd_exact")
         assert ranked.mode == "svd_exact" and ranked.history_length == 30
@@ -92,6 +92,8 @@ async def test_async_client_against_a_real_server(server_url: str) -> None:
         await solar.wait_ready(timeout_s=5)
         bulk = await solar.ingest_many(iter(events), batch_size=5, concurrency=3)
         assert (bulk.accepted, bulk.batches, bulk.events) == (40, 8, 40)
+        firsts = [next(e for e in events if e["user_id"] == f"a{k}") for k in range(3)]
+        await asyncio.gather(*(solar.ingest([e], wait=True) for e in firsts))  # applied
         users = await asyncio.gather(*(solar.user(f"a{k}") for k in range(3)))
         assert [u.history_length for u in users] == [14, 13, 13]
         assert (await solar.rank("a0", IDS, top_k=2)).history_length == 14

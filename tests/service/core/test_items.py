@@ -2,24 +2,39 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from service.core.items import candidate_rows, item_id_or_none
 from service.errors import InvalidInput
 
 
+def _mapped(*args: Any, **kwargs: Any) -> tuple[list[Any], list[int], list[Any]]:
+    found = candidate_rows(*args, **kwargs)
+    assert found.rows.dtype.name == "int64"
+    return found.ids, found.rows.tolist(), found.unknown
+
+
 def test_candidate_rows_validates_and_maps() -> None:
     index: dict[int | str, int] = {"7": 1, 7: 1, "alpha": 2}
-    assert candidate_rows([7, "7", "alpha", 9, "zz"], index) == (
+    assert _mapped([7, "7", "alpha", 9, "zz"], index) == (
         [7, "7", "alpha", 9, "zz"],
         [1, 1, 2, 0, 0],
         [9, "zz"],
     )
-    assert candidate_rows([7.0, "alpha"], index) == ([7, "alpha"], [1, 2], [])
+    assert _mapped([7.0, "alpha"], index) == ([7, "alpha"], [1, 2], [])
     for bad in ([1, True], [1, 1.5], [1, ""], [1, {}], [1, "x" * 257], [1, None]):
         with pytest.raises(InvalidInput) as info:
             candidate_rows(bad, index)
         assert info.value.field == "body.candidates.1"
+
+
+def test_checked_ids_skip_the_per_id_check() -> None:
+    index: dict[int | str, int] = {"7": 1, 7: 1}
+    assert _mapped([7, "x", 10**30], index, checked=True) == (
+        [7, "x", 10**30], [1, 0, 0], ["x", 10**30]
+    )  # fmt: skip
 
 
 def test_item_id_or_none() -> None:
@@ -30,7 +45,7 @@ def test_item_id_or_none() -> None:
 
 def test_a_string_only_request_takes_the_fast_path_and_still_checks_lengths() -> None:
     index: dict[int | str, int] = {"a": 1}
-    assert candidate_rows(["a", "b"], index) == (["a", "b"], [1, 0], ["b"])
+    assert _mapped(["a", "b"], index) == (["a", "b"], [1, 0], ["b"])
     with pytest.raises(InvalidInput) as info:
         candidate_rows(["a", "b", ""], index)
     assert info.value.field == "body.candidates.2"

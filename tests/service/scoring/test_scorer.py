@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 import torch
 
@@ -24,10 +26,10 @@ def test_scorer_splits_history_batches(make_settings: SettingsFactory) -> None:
     split = BatchScorer(model.checkpoint.ranker, history_batch_elements=1)(
         jobs
     )  # one request per pass
-    assert [len(r.indices) for r in together] == [3, 8, 8]
+    assert [len(r.positions) for r in together] == [3, 8, 8]
     for a, b in zip(together, split, strict=True):
-        assert a.indices == b.indices
-        assert a.scores == pytest.approx(b.scores, abs=1e-5)
+        assert a.positions.tolist() == b.positions.tolist()
+        assert a.scores.tolist() == pytest.approx(b.scores.tolist(), abs=1e-5)
 
 
 def _job(m: int, n: int | None) -> RankJob:
@@ -50,15 +52,16 @@ def test_warm_up_scores_every_serving_mode(make_settings: SettingsFactory) -> No
     model = load_serving_model(make_settings())
     seen: list[str] = []
     scorer = BatchScorer(model.checkpoint.ranker, history_batch_elements=10**6)
-    real = scorer.ranker.score_requests
+    real_svd, real_history = scorer.serving.svd, scorer.serving.history
 
-    def spy(mode: str, requests: list[ScoreRequest]) -> list[torch.Tensor]:
+    def svd(*args: Any) -> torch.Tensor:
+        seen.append("svd")
+        return real_svd(*args)
+
+    def history(mode: str, *args: Any) -> torch.Tensor:
         seen.append(mode)
-        return real(mode, requests)
+        return real_history(mode, *args)
 
-    scorer.ranker.score_requests = spy  # type: ignore[method-assign]
-    try:
-        scorer.warm_up(model.rank)
-    finally:
-        del scorer.ranker.score_requests
+    scorer.serving.svd, scorer.serving.history = svd, history  # type: ignore[method-assign]
+    scorer.warm_up(model.rank)
     assert sorted(seen) == ["softmax", "svd", "svd_exact"]

@@ -1,0 +1,242 @@
+"""The ranker's serving pass, fused: one gather per candidate, one SDPA, one GEMM per layer.
+
+Scores equal :meth:`model.ranker.Ranker.forward` (to float rounding, ≤ 1e-5), computed with
+less work per request:
+
+* one gather of a per-item table [e | W_Q e | W1[:, :d] e + b1] (``features``), so the query
+  projection and the candidate's share of the MLP's first layer cost no FLOPs at request
+  time, and the three reads are one contiguous row;
+* K and V of the context in one GEMM ([W_K; W_V]), attention in one
+  ``F.scaled_dot_product_attention`` over all heads (its CPU output is already laid out as
+  (B, M, H, d_h), so merging the heads copies nothing), W_O written straight into the left
+  half of the first layer's input;
+* the first layer as ONE GEMM on [o, e ⊙ o] (K = 2d) instead of two, GELU in place, the
+  second layer and the output likewise in place: every intermediate lives in a buffer of a
+  per-thread :class:`Workspace` that only grows, so a steady stream of passes allocates
+  nothing large.
+
+Shapes: B requests, M candidates (padded), T context tokens (r interests or N events),
+d = H·d_h, hidden = the MLP's width. The returned logits are a view into the workspace: valid
+until the next pass of the same thread (copy or reduce them first).
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from collections.abc import Iterator
+from typing import NamedTuple, Protocol
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from model.config import RankerConfig
+from model.heads import ScoringMLP
+from model.layers import TargetAttention, logit_mask
+
+__all__ = ["ServingPass", "ServingWeights", "Workspace"]
+
+
+class Scorable(Protocol):
+    """What the pass reads of a :class:`model.ranker.Ranker` (named here to keep the import
+    one-way: the ranker uses this module)."""
+
+    config: RankerConfig
+    item_emb: nn.Embedding
+    action_emb: nn.Embedding
+    attn: TargetAttention
+    mlp: ScoringMLP
+
+    def parameters(self, recurse: bool = True) -> Iterator[nn.Parameter]: ...
+
+
+class ServingWeights(NamedTuple):
+    """The ranker's weights rearranged for the fused pass, on one device and dtype.
+
+    Attributes:
+        features: (n_items, 2d + hidden) rows [e | W_Q e | W1[:, :d] e + b1].
+        actions: (n_actions, d) action embeddings (event rows of the history modes).
+        kv: (d, 2d) [W_Kᵀ | W_Vᵀ]. o: (d, d) W_Oᵀ.
+        fc1: (2d, hidden) W1[:, d:]ᵀ, applied to [o, e ⊙ o].
+        fc2: (hidden, hidden/2) W2ᵀ; fc2_bias (hidden/2,). out: (hidden/2,); out_bias ().
+    """
+
+    features: Tensor
+    actions: Tensor
+    kv: Tensor
+    o: Tensor
+    fc1: Tensor
+    fc2: Tensor
+    fc2_bias: Tensor
+    out: Tensor
+    out_bias: Tensor
+
+    @classmethod
+    def of(cls, ranker: Scorable, dtype: torch.dtype) -> ServingWeights:
+        d = ranker.config.dim
+        attn, mlp = ranker.attn, ranker.mlp
+        with torch.inference_mode(False), torch.no_grad():  # plain tensors, usable anywhere
+            emb = ranker.item_emb.weight
+            features = torch.cat(
+                (emb, emb @ attn.w_q.weight.T, emb @ mlp.fc1.weight[:, :d].T + mlp.fc1.bias), 1
+            )
+            tensors = (
+                features,
+                ranker.action_emb.weight,
+                torch.cat((attn.w_k.weight, attn.w_v.weight)).T,
+                attn.w_o.weight.T,
+                mlp.fc1.weight[:, d:].T,
+                mlp.fc2.weight.T,
+                mlp.fc2.bias,
+                mlp.out.weight[0],
+                mlp.out.bias[0],
+            )
+            return cls(*(t.detach().to(dtype).contiguous() for t in tensors))
+
+
+class Workspace:
+    """Reusable buffers of one thread on one device: ``take(name, shape)`` returns a view of
+    the buffer ``name``, reallocated (1.5× larger) only when it is too small."""
+
+    def __init__(self, device: torch.device, dtype: torch.dtype) -> None:
+        self.device, self.dtype = device, dtype
+        self._buffers: dict[str, Tensor] = {}
+
+    def take(self, name: str, *shape: int) -> Tensor:
+        """A (shape) view of buffer ``name`` (contents undefined)."""
+        size = math.prod(shape)
+        buffer = self._buffers.get(name)
+        if buffer is None or buffer.numel() < size:
+            with torch.inference_mode(False):  # a normal tensor: usable in and out of that mode
+                buffer = torch.empty(size * 3 // 2 + 64, device=self.device, dtype=self.dtype)
+            self._buffers[name] = buffer
+        return buffer[:size].view(*shape)
+
+
+class ServingPass:
+    """Logits of a batch of requests in one fused pass (see the module docstring).
+
+    Args:
+        ranker: the model (its weights are copied, in ``dtype``, on its device, and copied
+            again whenever one of them changes).
+        dtype: compute dtype; logits are returned in float32 whatever it is.
+    """
+
+    def __init__(self, ranker: Scorable, dtype: torch.dtype = torch.float32) -> None:
+        self.ranker = ranker
+        self.dtype = dtype
+        self.heads = ranker.config.heads
+        self._key: tuple[object, ...] | None = None
+        self._weights: ServingWeights | None = None
+        self._local = threading.local()
+        self._lock = threading.Lock()
+
+    @property
+    def device(self) -> torch.device:
+        return self.ranker.item_emb.weight.device
+
+    @property
+    def weights(self) -> ServingWeights:
+        """The rearranged weights, rebuilt after any parameter changes (an optimiser step)."""
+        key = tuple((p.data_ptr(), p._version) for p in self.ranker.parameters())
+        with self._lock:
+            if self._weights is None or key != self._key:
+                self._weights, self._key = ServingWeights.of(self.ranker, self.dtype), key
+            return self._weights
+
+    def _workspace(self) -> Workspace:
+        space: Workspace | None = getattr(self._local, "space", None)
+        if space is None or space.device != self.device:
+            space = self._local.space = Workspace(self.device, self.dtype)
+        return space
+
+    # ------------------------------------------------------------------ passes
+    @torch.no_grad()
+    def svd(self, rows: Tensor, tokens: Tensor, token_mask: Tensor | None = None) -> Tensor:
+        """rows (B, M) long, interest tokens (B, r, d) → logits (B, M) float32.
+
+        ``token_mask`` (B, r) bool marks real tokens where requests were padded to one r;
+        None: every token is real (a user with no history has zero tokens, hence o = 0).
+        """
+        w, space = self.weights, self._workspace()
+        B, M = rows.shape
+        feats = space.take("features", B * M, w.features.shape[1])
+        torch.index_select(w.features, 0, rows.reshape(-1), out=feats)
+        bias = None if token_mask is None else logit_mask(token_mask, None, self.dtype)
+        x = self._attend(w, feats, tokens.to(self.dtype), bias, space)
+        if token_mask is not None:  # a request whose every token is padding: o = 0
+            x[:, : w.o.shape[0]].view(B, M, -1).mul_(token_mask.any(-1)[:, None, None])
+        return self._tail(w, feats, x, space).view(B, M)
+
+    @torch.no_grad()
+    def history(
+        self,
+        mode: str,
+        rows: Tensor,
+        events: tuple[Tensor, Tensor],
+        mask: Tensor,
+        log_weights: Tensor,
+        basis: Tensor | None = None,
+    ) -> Tensor:
+        """`svd_exact` / `softmax`: candidates attend to the N logged events.
+
+        Args:
+            rows: (B, M) long candidate rows. events: (B, N) long item and action rows.
+            mask: (B, N) bool real events. log_weights: (B, N) log recency weights.
+            basis: (B, d, r) V_r, for `svd_exact` (events projected on span(V_r)).
+        Returns:
+            (B, M) float32 logits.
+        """
+        w, space = self.weights, self._workspace()
+        B, M = rows.shape
+        d = w.o.shape[0]
+        feats = space.take("features", B * M, w.features.shape[1])
+        torch.index_select(w.features, 0, rows.reshape(-1), out=feats)
+        items, actions = events
+        context = F.embedding(items, w.features[:, :d]) + F.embedding(actions, w.actions)
+        if mode == "svd_exact":
+            assert basis is not None
+            v_r = basis.to(self.dtype)
+            context = (context @ v_r) @ v_r.transpose(1, 2)  # (B, N, d) = X V_r V_rᵀ
+        x = self._attend(w, feats, context, logit_mask(mask, log_weights, self.dtype), space)
+        x[:, :d].view(B, M, d).mul_(mask.any(-1).to(self.dtype)[:, None, None])  # no events: o = 0
+        return self._tail(w, feats, x, space).view(B, M)
+
+    # ------------------------------------------------------------------ pieces
+    def _attend(
+        self, w: ServingWeights, feats: Tensor, context: Tensor, bias: Tensor | None,
+        space: Workspace,
+    ) -> Tensor:  # fmt: skip
+        """Attention output into the left half of x (B·M, 2d): W_O softmax(q Kᵀ/√d_h) V.
+
+        feats (B·M, 2d + hidden) gathered rows, context (B, T, d) tokens or event rows,
+        bias (B, 1, 1, T) additive logit mask or None.
+        """
+        d, H = w.o.shape[0], self.heads
+        B, T = context.shape[:2]
+        M = feats.shape[0] // B
+        kv = context @ w.kv  # (B, T, 2d)
+        k = kv[..., :d].reshape(B, T, H, d // H).transpose(1, 2)  # (B, H, T, d_h)
+        v = kv[..., d:].reshape(B, T, H, d // H).transpose(1, 2)
+        q = feats[:, d : 2 * d].view(B, M, H, d // H).transpose(1, 2)  # (B, H, M, d_h)
+        heads = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)  # (B, H, M, d_h)
+        x = space.take("x", B * M, 2 * d)
+        torch.mm(heads.transpose(1, 2).reshape(B * M, d), w.o, out=x[:, :d])
+        return x
+
+    def _tail(self, w: ServingWeights, feats: Tensor, x: Tensor, space: Workspace) -> Tensor:
+        """The MLP after the per-item share: x (B·M, 2d) holding o on the left → (B·M,)."""
+        d = w.o.shape[0]
+        rows = x.shape[0]
+        torch.mul(feats[:, :d], x[:, :d], out=x[:, d:])  # e ⊙ o
+        hidden = space.take("hidden", rows, w.fc1.shape[1])
+        torch.addmm(feats[:, 2 * d :], x, w.fc1, out=hidden)
+        torch.ops.aten.gelu_(hidden)
+        second = space.take("second", rows, w.fc2.shape[1])
+        torch.addmm(w.fc2_bias, hidden, w.fc2, out=second)
+        torch.ops.aten.gelu_(second)
+        logits = space.take("logits", rows)
+        torch.mv(second, w.out, out=logits)
+        logits.add_(w.out_bias)
+        return logits if self.dtype == torch.float32 else logits.float()

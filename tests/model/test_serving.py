@@ -1,0 +1,99 @@
+"""The fused serving pass: equal to the reference, buffers reused, dtypes, masks."""
+
+from __future__ import annotations
+
+import torch
+
+from model.config import RankerConfig
+from model.ranker import Ranker
+from model.serving import ServingPass, Workspace
+
+CONFIG = RankerConfig(n_items=200, n_actions=3, dim=32, heads=4, rank=8, mlp_hidden=32)
+
+
+def _ranker(device: torch.device) -> Ranker:
+    torch.manual_seed(0)
+    model = Ranker(CONFIG)
+    with torch.no_grad():
+        model.item_emb.weight.normal_(0.0, 0.5)
+    return model.eval().to(device)
+
+
+def _reference(ranker: Ranker, rows: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    """TargetAttention and the scoring MLP as training runs them, over given tokens."""
+    with torch.no_grad():
+        cand = ranker.embed_items(rows)  # (B, M, d)
+        mask = torch.ones(tokens.shape[:2], dtype=torch.bool, device=rows.device)
+        return ranker.score_outputs(cand, ranker.attn(cand, tokens, mask))
+
+
+def test_svd_pass_equals_the_modules(device: torch.device) -> None:
+    ranker = _ranker(device)
+    rows = torch.randint(0, CONFIG.n_items, (3, 50), device=device)
+    tokens = torch.randn(3, CONFIG.rank, CONFIG.dim, device=device)
+    with torch.inference_mode():
+        fused = ServingPass(ranker).svd(rows, tokens)
+    torch.testing.assert_close(fused, _reference(ranker, rows, tokens), atol=1e-5, rtol=1e-5)
+
+
+def test_padded_tokens_are_masked(device: torch.device) -> None:
+    ranker = _ranker(device)
+    rows = torch.randint(0, CONFIG.n_items, (2, 20), device=device)
+    tokens = torch.randn(2, CONFIG.rank, CONFIG.dim, device=device)
+    mask = torch.ones(2, CONFIG.rank, dtype=torch.bool, device=device)
+    mask[1, 5:] = False  # the second request has 5 tokens, padded to r
+    serving = ServingPass(ranker)
+    with torch.inference_mode():
+        padded = serving.svd(rows, tokens, mask).clone()
+        short = serving.svd(rows[1:], tokens[1:, :5]).clone()
+        garbage = tokens.clone()
+        garbage[1, 5:] = 100.0  # padding content must not matter
+        again = serving.svd(rows, garbage, mask).clone()
+    torch.testing.assert_close(padded[1], short[0], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(again, padded)
+
+
+def test_buffers_are_reused_between_passes(device: torch.device) -> None:
+    ranker = _ranker(device)
+    serving = ServingPass(ranker)
+    rows = torch.randint(0, CONFIG.n_items, (2, 64), device=device)
+    tokens = torch.randn(2, CONFIG.rank, CONFIG.dim, device=device)
+    with torch.inference_mode():
+        first = serving.svd(rows, tokens)
+        pointer, values = first.data_ptr(), first.clone()
+        second = serving.svd(rows[:, :40], tokens)
+    assert second.data_ptr() == pointer  # the logits live in the same workspace buffer
+    torch.testing.assert_close(second, values[:, :40].contiguous(), atol=1e-6, rtol=1e-6)
+
+
+def test_workspace_grows_only_when_too_small(device: torch.device) -> None:
+    space = Workspace(device, torch.float32)
+    a = space.take("x", 10, 4)
+    assert space.take("x", 5, 8).data_ptr() == a.data_ptr()
+    assert space.take("x", 100, 4).shape == (100, 4)
+    assert space.take("y", 3).shape == (3,)
+
+
+def test_bf16_pass_is_close_and_returns_float32(device: torch.device) -> None:
+    ranker = _ranker(device)
+    rows = torch.randint(0, CONFIG.n_items, (2, 30), device=device)
+    tokens = torch.randn(2, CONFIG.rank, CONFIG.dim, device=device) * 0.3
+    with torch.inference_mode():
+        full = ServingPass(ranker).svd(rows, tokens).clone()
+        half = ServingPass(ranker, torch.bfloat16).svd(rows, tokens)
+    assert half.dtype == torch.float32
+    assert 0 < float((half - full).abs().max()) < 0.1
+
+
+def test_weights_follow_parameter_updates(device: torch.device) -> None:
+    ranker = _ranker(device)
+    serving = ServingPass(ranker)
+    rows = torch.randint(0, CONFIG.n_items, (1, 10), device=device)
+    tokens = torch.randn(1, CONFIG.rank, CONFIG.dim, device=device)
+    with torch.inference_mode():
+        before = serving.svd(rows, tokens).clone()
+    with torch.no_grad():
+        ranker.mlp.out.bias.add_(1.0)
+    with torch.inference_mode():
+        after = serving.svd(rows, tokens).clone()
+    torch.testing.assert_close(after, before + 1.0, atol=1e-5, rtol=1e-5)

@@ -1,0 +1,32 @@
+"""The serving dtype: bfloat16 only when it keeps logits within the tolerance of float32."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from model.config import RankerConfig
+from model.ranker import Ranker
+from service.scoring.precision import choose_dtype, max_bf16_error
+
+CONFIG = RankerConfig(n_items=300, n_actions=3, dim=32, heads=4, rank=8, mlp_hidden=32)
+
+
+@pytest.fixture(scope="module")
+def ranker(device: torch.device) -> Ranker:
+    torch.manual_seed(0)
+    return Ranker(CONFIG).eval().to(device)
+
+
+def test_bf16_error_is_measured_and_small_but_not_zero(ranker: Ranker) -> None:
+    error = max_bf16_error(ranker, CONFIG.rank)
+    assert 0.0 < error < 0.1  # bf16 keeps ~3 significant digits
+
+
+def test_choice_follows_the_setting_and_the_tolerance(ranker: Ranker) -> None:
+    error = max_bf16_error(ranker, CONFIG.rank)
+    assert choose_dtype(ranker, CONFIG.rank, "float32") == torch.float32
+    assert choose_dtype(ranker, CONFIG.rank, "bfloat16", tolerance=2 * error) == torch.bfloat16
+    assert choose_dtype(ranker, CONFIG.rank, "bfloat16", tolerance=error / 2) == torch.float32
+    auto = torch.bfloat16 if ranker.item_emb.weight.is_cuda else torch.float32
+    assert choose_dtype(ranker, CONFIG.rank, "auto", tolerance=2 * error) == auto
