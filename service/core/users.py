@@ -266,8 +266,10 @@ class UserStates:
             UnknownUser: nothing is stored for the user (404).
             StateUnreadable: the blob does not decode (409; rebuilt on the next touch).
         """
-        parsed = parse_state(await self.store.get_state(user_id), self.model)
+        # Position first: a commit writes state and position at once, so a state read after a
+        # position with nothing pending exists unless the user was deleted.
         position = await self.store.position(user_id)
+        parsed = parse_state(await self.store.get_state(user_id), self.model)
         state = parsed.state
         if parsed.rebuild == "corrupt":
             raise StateUnreadable(user_id)

@@ -173,18 +173,16 @@ class RedisStore(ObservedStore):
         if isinstance(self._client, RedisCluster):
             return await self._append_concurrently(requests, log_cap, dedup_window)
         async with self._timed("append_batch"), redis_errors("append_batch", self.url):
-            pipe: Any = self._client.pipeline(transaction=False)
-            for r in requests:
-                keys = user_keys(r.user_id)
-                args: list[Any] = [
-                    r.records,
-                    r.identities,
-                    log_cap,
-                    dedup_window,
-                    CHUNK_RECORDS * 20,
-                ]
-                await self._append(keys=[keys.log, keys.pos, keys.dedup], args=args, client=pipe)
-            replies = await pipe.execute()
+            chunk_bytes = CHUNK_RECORDS * 20
+            pipe: Any
+            async with self._client.pipeline(transaction=False) as pipe:  # closed on failure
+                for r in requests:
+                    keys = user_keys(r.user_id)
+                    args: list[Any] = [r.records, r.identities, log_cap, dedup_window, chunk_bytes]
+                    await self._append(
+                        keys=[keys.log, keys.pos, keys.dedup], args=args, client=pipe
+                    )
+                replies = await pipe.execute()
         return [AppendResult(*(int(x) for x in reply)) for reply in replies]
 
     async def _append_concurrently(

@@ -89,11 +89,12 @@ class RedisStream:
         if not notices:
             return
         async with redis_errors("post_batch", self.url):
-            pipe = self._client.pipeline(transaction=False)
-            for user_id, seq in notices:
-                key = stream_key(partition_of(user_id, self.partitions))
-                pipe.xadd(key, {"u": user_id, "s": seq, "t": f"{posted_s:.6f}"})
-            await pipe.execute()
+            pipe: Any
+            async with self._client.pipeline(transaction=False) as pipe:  # closed on failure
+                for user_id, seq in notices:
+                    key = stream_key(partition_of(user_id, self.partitions))
+                    pipe.xadd(key, {"u": user_id, "s": seq, "t": f"{posted_s:.6f}"})
+                await pipe.execute()
 
     async def acquire(self, partition: int, consumer: str, lease_s: float) -> bool:
         async with redis_errors("acquire", self.url):
