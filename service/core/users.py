@@ -214,7 +214,7 @@ class UserStates:
                     return Applied(int(records.shape[0]), None)
                 else:
                     continue
-            if await self._rebuild(user_id, reason):
+            if (await self._rebuild(user_id, reason))[1]:
                 return Applied(snapshot.seq - snapshot.applied, reason)
         raise StoreBusy(self.commit_attempts)
 
@@ -227,16 +227,20 @@ class UserStates:
             applied=snapshot.seq,
         )
 
-    async def _rebuild(self, user_id: str, reason: str) -> LowRankState | None:
-        """Batch factors of the whole log, committed as covering it; None if the fence moved."""
-        snapshot = await self.store.read_log(user_id, unapplied_only=False)
+    async def _rebuild(
+        self, user_id: str, reason: str, snapshot: LogSlice | None = None
+    ) -> tuple[LowRankState, bool]:
+        """Batch factors of the whole log (``snapshot``, a whole-log read, or read now),
+        committed as covering it. Returns (state, whether the fence held and it was written)."""
+        if snapshot is None:
+            snapshot = await self.store.read_log(user_id, unapplied_only=False)
         records = decode_log(snapshot.records)
         state = await asyncio.to_thread(self._timed, functools.partial(self.from_log, records))
         if not await self._commit(user_id, snapshot, state):
-            return None
+            return state, False
         self.metrics.state_rebuilds.labels(reason=reason).inc()
         logger.info("user state rebuilt from %d events (%s)", records.shape[0], reason)
-        return state
+        return state, True
 
     # ------------------------------------------------------------------ the rank path
     async def load(self, user_id: str, *, with_log: bool = False) -> LoadedUser:
@@ -253,9 +257,9 @@ class UserStates:
         parsed = _parse(snapshot, self.model)
         state = parsed.state
         if parsed.rebuild is not None:
-            rebuilt = await self._rebuild(user_id, parsed.rebuild)
-            # Lost the fence to the applier (or a delete): serve what was read, rebuilt here.
-            state = rebuilt if rebuilt is not None else self.from_log(decode_log(snapshot.records))
+            # Written back unless the applier (or a delete) moved the fence first; either way
+            # this request is served from what it read.
+            state, _ = await self._rebuild(user_id, parsed.rebuild, snapshot)
         return LoadedUser(state, decode_log(snapshot.records if with_log else b""))
 
     # ------------------------------------------------------------------ inspection
