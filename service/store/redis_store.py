@@ -120,6 +120,15 @@ return existed
 """
 
 
+def _append_script_input(
+    request: AppendRequest, log_cap: int, dedup_window: int
+) -> tuple[list[str], list[Any]]:
+    """KEYS and ARGV of ``_APPEND_LUA`` for one user's records."""
+    keys = user_keys(request.user_id)
+    args: list[Any] = [request.records, request.identities, log_cap, dedup_window]
+    return [keys.log, keys.pos, keys.dedup], [*args, CHUNK_RECORDS * 20]
+
+
 class RedisStore(ObservedStore):
     """Redis-backed store over a redis-py asyncio client (single server or cluster).
 
@@ -153,12 +162,11 @@ class RedisStore(ObservedStore):
         log_cap: int,
         dedup_window: int,
     ) -> AppendResult:
-        keys = user_keys(user_id)
         check_append(records, identities, log_cap, dedup_window)
-        args = [records, identities, log_cap, dedup_window, CHUNK_RECORDS * 20]
-        reply = await self._call("append", self._append, [keys.log, keys.pos, keys.dedup], args)
-        accepted, duplicates, seq, applied = (int(x) for x in reply)
-        return AppendResult(accepted, duplicates, seq, applied)
+        request = AppendRequest(user_id, records, identities)
+        keys, args = _append_script_input(request, log_cap, dedup_window)
+        reply = await self._call("append", self._append, keys, args)
+        return AppendResult(*(int(x) for x in reply))
 
     async def append_batch(
         self, requests: Sequence[AppendRequest], *, log_cap: int, dedup_window: int
@@ -173,15 +181,11 @@ class RedisStore(ObservedStore):
         if isinstance(self._client, RedisCluster):
             return await self._append_concurrently(requests, log_cap, dedup_window)
         async with self._timed("append_batch"), redis_errors("append_batch", self.url):
-            chunk_bytes = CHUNK_RECORDS * 20
             pipe: Any
             async with self._client.pipeline(transaction=False) as pipe:  # closed on failure
                 for r in requests:
-                    keys = user_keys(r.user_id)
-                    args: list[Any] = [r.records, r.identities, log_cap, dedup_window, chunk_bytes]
-                    await self._append(
-                        keys=[keys.log, keys.pos, keys.dedup], args=args, client=pipe
-                    )
+                    keys, args = _append_script_input(r, log_cap, dedup_window)
+                    await self._append(keys=keys, args=args, client=pipe)
                 replies = await pipe.execute()
         return [AppendResult(*(int(x) for x in reply)) for reply in replies]
 

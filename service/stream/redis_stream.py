@@ -80,10 +80,15 @@ class RedisStream:
             )
         return notices
 
-    async def post(self, user_id: str, seq: int, posted_s: float) -> None:
+    def _entry(self, user_id: str, seq: int, posted_s: float) -> tuple[str, dict[Any, Any]]:
+        """The stream key and fields of one notice (``_notices`` reads them back)."""
         key = stream_key(partition_of(user_id, self.partitions))
+        return key, {"u": user_id, "s": seq, "t": f"{posted_s:.6f}"}
+
+    async def post(self, user_id: str, seq: int, posted_s: float) -> None:
         async with redis_errors("post", self.url):
-            await self._client.xadd(key, {"u": user_id, "s": seq, "t": f"{posted_s:.6f}"})
+            key, fields = self._entry(user_id, seq, posted_s)
+            await self._client.xadd(key, fields)
 
     async def post_batch(self, notices: Sequence[tuple[str, int]], posted_s: float) -> None:
         if not notices:
@@ -92,8 +97,8 @@ class RedisStream:
             pipe: Any
             async with self._client.pipeline(transaction=False) as pipe:  # closed on failure
                 for user_id, seq in notices:
-                    key = stream_key(partition_of(user_id, self.partitions))
-                    pipe.xadd(key, {"u": user_id, "s": seq, "t": f"{posted_s:.6f}"})
+                    key, fields = self._entry(user_id, seq, posted_s)
+                    pipe.xadd(key, fields)
                 await pipe.execute()
 
     async def acquire(self, partition: int, consumer: str, lease_s: float) -> bool:
