@@ -32,6 +32,8 @@ class RankerConfig:
         mlp_hidden: width of the scoring MLP.
         half_life_s: recency half-life in seconds, None for no decay.
         elastic_tokens: k learnable interest queries of the ELASTIC-style dispatcher.
+        recent_tokens: `svd` hybrid: the user's last k raw events join the r interest tokens
+            (kept in the state as k item/action rows; 0 = plain SVD-Attention).
     """
 
     n_items: int
@@ -44,6 +46,7 @@ class RankerConfig:
     mlp_hidden: int = 128
     half_life_s: float | None = None
     elastic_tokens: int = 32
+    recent_tokens: int = 0
 
     def __post_init__(self) -> None:
         if self.n_items < 1 or self.n_actions < 1:
@@ -53,6 +56,8 @@ class RankerConfig:
         for name in ("dim", "heads", "mlp_hidden", "elastic_tokens"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be ≥ 1, got {getattr(self, name)}")
+        if self.recent_tokens < 0:
+            raise ConfigError(f"recent_tokens must be ≥ 0, got {self.recent_tokens}")
         if self.oversample < 0:
             raise ConfigError(f"oversample must be ≥ 0, got {self.oversample}")
         if self.dim % self.heads:

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from model.attention import elu_feature
+from model.lowrank import LIVE_TOKEN_RTOL
 
 
 def _split_heads(x: Tensor, heads: int) -> Tensor:
@@ -140,26 +141,38 @@ def _principal_basis(weighted_rows: Tensor, s: Tensor, rank: int) -> tuple[Tenso
     return (V * signs).to(weighted_rows.dtype), sigma.to(weighted_rows.dtype)
 
 
-def interest_tokens(rows: Tensor, mask: Tensor, weights: Tensor, rank: int) -> Tensor:
+def live_tokens(sigma: Tensor) -> Tensor:
+    """(B, r) descending σ → (B, r) bool, True where σ_k > 1e-6·σ_1 (none when σ_1 = 0)."""
+    return sigma > LIVE_TOKEN_RTOL * sigma[:, :1].clamp_min(1e-30)
+
+
+def interest_tokens(
+    rows: Tensor, mask: Tensor, weights: Tensor, rank: int
+) -> tuple[Tensor, Tensor]:
     """Training-time SVD-Attention tokens I = U_rᵀ (W^{1/2} X) / sqrt(n_eff), U_r detached.
 
     Numerically equal to diag(σ_r) V_rᵀ / sqrt(n_eff) (what the serving state holds), with
-    gradients flowing into the embeddings through X.
+    gradients flowing into the embeddings through X. Tokens with σ_k ≤ 1e-6·σ_1 (a history
+    shorter than r, or of rank < r) are zero and masked out, so the output does not depend
+    on r beyond the history's rank.
 
     Args:
         rows: (B, N, d) event rows X. mask: (B, N) bool. weights: (B, N) recency weights.
     Returns:
-        (B, r, d) tokens; zero for users with no events.
+        (B, r, d) tokens (zero for users with no events) and their (B, r) bool mask
+        (all False for users with no events).
     """
     w = weights * mask.to(weights.dtype)  # (B, N)
     weighted = rows * w.sqrt().unsqueeze(-1)  # (B, N, d) = W^{1/2} X
     s = (rows * w.unsqueeze(-1)).sum(dim=1)  # (B, d)
     V_r, sigma = _principal_basis(weighted.detach(), s.detach(), rank)
+    live = live_tokens(sigma)  # (B, r)
     with torch.no_grad():
-        inv = torch.where(sigma > 1e-6 * sigma[:, :1].clamp_min(1e-30), 1.0 / sigma, 0.0)
+        inv = torch.where(live, 1.0 / sigma.clamp_min(1e-30), 0.0)
         U_r = (weighted.detach() @ V_r) * inv.unsqueeze(1)  # (B, N, r)
     n_eff = w.sum(dim=1).clamp_min(1e-12)  # (B,)
-    return (U_r.transpose(1, 2) @ weighted) / n_eff.sqrt()[:, None, None]  # (B, r, d)
+    tokens = (U_r.transpose(1, 2) @ weighted) / n_eff.sqrt()[:, None, None]  # (B, r, d)
+    return tokens, live
 
 
 def project_rows(rows: Tensor, basis: Tensor) -> Tensor:

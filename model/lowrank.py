@@ -25,6 +25,9 @@ from model.brand import orient, update_factors
 from model.state_blob import LowRankError, decode_state, encode_state
 
 DEFAULT_OVERSAMPLE = 16
+# Interest tokens with σ_k ≤ LIVE_TOKEN_RTOL·σ_1 carry no information and are masked out of
+# the softmax, in training (model.layers) and serving alike (DESIGN §2).
+LIVE_TOKEN_RTOL = 1e-6
 
 Array = NDArray[np.float64]
 
@@ -218,6 +221,18 @@ class LowRankState:
         # C order (V_rᵀ is a transposed view): torch.from_numpy keeps numpy's strides, and
         # attention over non-contiguous tokens runs at half speed.
         return np.ascontiguousarray(scale[:, None] * self.V[:, :r].T)
+
+    def live_rank(self, r: int | None = None) -> int:
+        """How many of the first r tokens are live: σ_k > 1e-6·σ_1 (0 for no history).
+
+        The others (a history shorter than r, or of rank < r) carry no information and are
+        left out of the softmax (DESIGN §2), in serving as in training.
+        """
+        r = self.rank if r is None else r
+        top = float(self.sigma[0]) if self.ell else 0.0
+        if self.n_eff <= 0 or top <= 0:
+            return 0
+        return int(np.count_nonzero(self.sigma[:r] > LIVE_TOKEN_RTOL * top))
 
     # ----------------------------------------------------------------- updates
     def decayed_to(self, t: float, decay: Decay) -> LowRankState:

@@ -17,7 +17,13 @@ from torch import Tensor, nn
 
 from model.config import SERVING_MODES, RankerConfig
 from model.heads import BaselineHead, ScoringMLP, baseline_heads
-from model.layers import TargetAttention, interest_tokens, principal_basis, project_rows
+from model.layers import (
+    TargetAttention,
+    interest_tokens,
+    live_tokens,
+    principal_basis,
+    project_rows,
+)
 from model.serving import ServingPass
 
 OOV_ITEM = 0
@@ -111,8 +117,12 @@ class Ranker(nn.Module):
         log_w = torch.log(weights.clamp_min(1e-30))
         r = self.config.rank
         if mode == "svd":
-            tokens = interest_tokens(rows, mask, weights, r)  # (B, r, d)
-            return self.attn(cand, tokens, mask.any(dim=1, keepdim=True).expand(-1, r))
+            tokens, live = interest_tokens(rows, mask, weights, r)  # (B, r, d), (B, r)
+            k = self.config.recent_tokens
+            if k:  # hybrid: the last k events (histories are right-aligned) join the tokens
+                tokens = torch.cat((tokens, rows[:, -k:]), dim=1)  # (B, r + k', d)
+                live = torch.cat((live, mask[:, -k:]), dim=1)
+            return self.attn(cand, tokens, live)
         if mode == "svd_exact":
             basis = principal_basis(rows, mask, weights, r)  # (B, d, r)
             return self.attn(cand, project_rows(rows, basis), mask, log_w)
@@ -158,6 +168,9 @@ class Ranker(nn.Module):
                 raise RankerInputError(f"svd mode needs (r, {d}) interests per request")
             tokens_list.append(req.interests)
         tokens, mask = _pad_1d(tokens_list, device)
+        # ‖I_k‖ = σ_k / sqrt(n_eff): a token with σ_k ≤ 1e-6·σ_1 is masked, as in training.
+        norms = tokens.float().norm(dim=-1)  # (B, r)
+        mask &= live_tokens(norms) | ~live_tokens(norms).any(dim=1, keepdim=True)
         return tokens.float(), None if bool(mask.all()) else mask
 
     def _history_batch(

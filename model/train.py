@@ -15,6 +15,7 @@ import copy
 import logging
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -47,6 +48,8 @@ class TrainConfig:
         time_budget_s: stop (keeping the best epoch) once training has run this long; the
             run is then only deterministic when the budget is not reached.
         max_steps: stop after this many optimiser steps in all (deterministic budget).
+        eval_every: validate every this many steps (None: once per epoch); ``patience``
+            counts validations without improvement.
     """
 
     epochs: int = 4
@@ -63,18 +66,26 @@ class TrainConfig:
     device: str = "cpu"
     time_budget_s: float | None = None
     max_steps: int | None = None
+    eval_every: int | None = None
     progress: bool = field(default_factory=lambda: sys.stderr.isatty())
 
 
 @dataclass(frozen=True)
 class TrainResult:
-    """The trained ranker (best validation epoch) and its training record."""
+    """The trained ranker (best validation) and its training record.
+
+    Attributes:
+        best_step: optimiser steps at the best validation. val_gauc: every validation GAUC.
+        contexts_per_s: training contexts (targets) per second of optimiser steps, validation
+            time excluded.
+    """
 
     ranker: Ranker
-    best_epoch: int
-    val_auc: list[float]
+    best_step: int
+    val_gauc: list[float]
     wall_s: float
     steps: int
+    contexts_per_s: float = 0.0
 
 
 class NegativeSampler:
@@ -97,48 +108,50 @@ class NegativeSampler:
         return self.rng.choice(self.n - 1, size=shape, p=self.p) + 1
 
 
-def _epoch(
+def _batches(
+    n_examples: int, cfg: TrainConfig, rng: np.random.Generator
+) -> Iterator[tuple[int, NDArray[np.int64]]]:
+    """(epoch, example indices) of every optimiser step: ``cfg.epochs`` shuffled passes."""
+    for epoch in range(cfg.epochs):
+        order = rng.permutation(n_examples)
+        for lo in range(0, n_examples, cfg.batch_size):
+            yield epoch, order[lo : lo + cfg.batch_size]
+
+
+def _step(
     ranker: Ranker,
     opt: torch.optim.Optimizer,
     data: Interactions,
     examples: tuple[NDArray, NDArray],
+    idx: NDArray[np.int64],
     cfg: TrainConfig,
     sampler: NegativeSampler,
-    rng: np.random.Generator,
-    stop: tuple[float, int],
-) -> tuple[float, int]:
-    """One pass over the shuffled training targets, cut short at the ``stop`` (deadline in
-    perf_counter seconds, steps left); returns (mean loss, steps)."""
-    deadline, steps_left = stop
-    ranker.train()
+) -> float:
+    """One optimiser step on the targets ``idx``: each context (built once) scores its
+    positive and ``cfg.negatives`` sampled items; returns the BCE loss."""
     device = ranker.item_emb.weight.device
     users, positions = examples
-    order = rng.permutation(users.size)
-    total, steps = 0.0, 0
-    mode, half_life = ranker.config.mode, ranker.config.half_life_s
-    bar = tqdm(range(0, order.size, cfg.batch_size), disable=not cfg.progress, leave=False)
-    for lo in bar:
-        if steps >= steps_left or time.perf_counter() >= deadline:
-            break
-        idx = order[lo : lo + cfg.batch_size]
-        u, pos = users[idx], positions[idx]
-        hist = history_batch(data, u, pos, cfg.max_len, half_life, device)
-        cands = np.concatenate((data.items[pos][:, None], sampler((idx.size, cfg.negatives))), 1)
-        labels = torch.zeros(cands.shape, device=device)  # (B, 1+K)
-        labels[:, 0] = 1.0
-        logits = ranker(torch.from_numpy(cands).to(device), hist, mode)  # (B, 1+K)
-        loss = F.binary_cross_entropy_with_logits(logits, labels)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        total += float(loss.detach())
-        steps += 1
-        bar.set_postfix(loss=f"{total / steps:.4f}")
-    return total / max(steps, 1), steps
+    u, pos = users[idx], positions[idx]
+    hist = history_batch(data, u, pos, cfg.max_len, ranker.config.half_life_s, device)
+    cands = np.concatenate((data.items[pos][:, None], sampler((idx.size, cfg.negatives))), 1)
+    labels = torch.zeros(cands.shape, device=device)  # (B, 1+K)
+    labels[:, 0] = 1.0
+    logits = ranker(torch.from_numpy(cands).to(device), hist, ranker.config.mode)  # (B, 1+K)
+    loss = F.binary_cross_entropy_with_logits(logits, labels)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    return float(loss.detach())
 
 
 def train(model_cfg: RankerConfig, data: Interactions, cfg: TrainConfig) -> TrainResult:
-    """Train a ranker on ``data``; deterministic for a given seed and device."""
+    """Train a ranker on ``data``; deterministic for a given seed and device.
+
+    Validation GAUC is measured every ``cfg.eval_every`` steps (default: once per epoch)
+    and at the end; training stops after ``cfg.patience`` validations without improvement,
+    after ``cfg.epochs`` passes, or at ``cfg.max_steps`` / ``cfg.time_budget_s``, and keeps
+    the best validated weights.
+    """
     start = time.perf_counter()
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
@@ -157,29 +170,69 @@ def train(model_cfg: RankerConfig, data: Interactions, cfg: TrainConfig) -> Trai
         half_life_s=model_cfg.half_life_s,
         seed=cfg.seed,
     )
-    val_auc: list[float] = []
-    best_state, best_epoch, steps = copy.deepcopy(ranker.state_dict()), -1, 0
+    per_epoch = -(-examples[0].size // cfg.batch_size)
+    every = cfg.eval_every or per_epoch
     deadline = start + (cfg.time_budget_s if cfg.time_budget_s else float("inf"))
     max_steps = cfg.max_steps if cfg.max_steps is not None else 2**62
-    for epoch in range(cfg.epochs):
-        stop = (deadline, max_steps - steps)
-        loss, n = _epoch(ranker, opt, data, examples, cfg, sampler, rng, stop)
-        steps += n
-        val_auc.append(evaluate(ranker, data, model_cfg.mode, val).gauc)
-        elapsed = time.perf_counter() - start
-        log.info("epoch %d loss %.4f val GAUC %.4f (%.0fs)", epoch, loss, val_auc[-1], elapsed)
-        if val_auc[-1] > max(val_auc[:-1], default=-1.0):
-            best_state, best_epoch = copy.deepcopy(ranker.state_dict()), epoch
-        if epoch - best_epoch >= cfg.patience:
-            log.info("early stop: no improvement for %d epochs", cfg.patience)
+    record = _Record(copy.deepcopy(ranker.state_dict()))
+    steps, contexts, loss_sum, train_s = 0, 0, 0.0, 0.0
+    bar = tqdm(total=min(max_steps, per_epoch * cfg.epochs), disable=not cfg.progress)
+    for epoch, idx in _batches(examples[0].size, cfg, rng):
+        step_start = time.perf_counter()
+        ranker.train()
+        loss_sum += _step(ranker, opt, data, examples, idx, cfg, sampler)
+        train_s += time.perf_counter() - step_start
+        steps += 1
+        contexts += idx.size
+        bar.update()
+        out_of_budget = steps >= max_steps or time.perf_counter() >= deadline
+        if steps % every == 0 or out_of_budget:
+            gauc = evaluate(ranker, data, model_cfg.mode, val).gauc
+            log.info("step %d (epoch %d) loss %.4f val GAUC %.4f (%.0fs)", steps, epoch,
+                     loss_sum / every, gauc, time.perf_counter() - start)  # fmt: skip
+            loss_sum = 0.0
+            if record.validated(gauc, steps, ranker) >= cfg.patience:
+                log.info("early stop: no improvement for %d validations", cfg.patience)
+                break
+        if out_of_budget:
+            log.info("budget reached after %d steps", steps)
             break
-        if time.perf_counter() >= deadline or steps >= max_steps:
-            log.info("budget reached after %d steps (%.0fs)", steps, elapsed)
-            break
-    ranker.load_state_dict(best_state)
+    else:
+        if not record.val_gauc or record.last_step != steps:
+            record.validated(evaluate(ranker, data, model_cfg.mode, val).gauc, steps, ranker)
+    bar.close()
+    ranker.load_state_dict(record.best_state)
     ranker.eval()
     wall = time.perf_counter() - start
-    return TrainResult(ranker, best_epoch, val_auc, wall, steps)
+    return TrainResult(
+        ranker,
+        record.best_step,
+        record.val_gauc,
+        wall,
+        steps,
+        contexts / train_s if train_s else 0.0,
+    )
+
+
+class _Record:
+    """Validation GAUCs so far and the weights of the best one."""
+
+    def __init__(self, initial: dict[str, torch.Tensor]) -> None:
+        self.best_state = initial
+        self.best_step, self.last_step = 0, -1
+        self.val_gauc: list[float] = []
+        self._since_best = 0
+
+    def validated(self, gauc: float, step: int, ranker: Ranker) -> int:
+        """Record a validation at ``step``; returns validations since the best."""
+        self.last_step = step
+        if gauc > max(self.val_gauc, default=-1.0):
+            self.best_state, self.best_step = copy.deepcopy(ranker.state_dict()), step
+            self._since_best = 0
+        else:
+            self._since_best += 1
+        self.val_gauc.append(gauc)
+        return self._since_best
 
 
 def train_meta(result: TrainResult, cfg: TrainConfig, dataset: str) -> dict[str, object]:
@@ -189,8 +242,10 @@ def train_meta(result: TrainResult, cfg: TrainConfig, dataset: str) -> dict[str,
         "dataset": dataset,
         "max_len": cfg.max_len,
         "train": settings,
-        "best_epoch": result.best_epoch,
-        "val_gauc": result.val_auc,
+        "best_step": result.best_step,
+        "steps": result.steps,
+        "val_gauc": result.val_gauc,
+        "contexts_per_s": round(result.contexts_per_s, 1),
         "wall_s": round(result.wall_s, 1),
     }
 
@@ -222,6 +277,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--max-steps", type=int, default=None, help="stop after this many optimiser steps"
+    )
+    p.add_argument(
+        "--eval-every", type=int, default=None, help="validate every N steps (default: per epoch)"
     )
     p.add_argument("--sort", action="store_true", help="sort a file's events by time")
     p.add_argument("--columns", type=columns_argument, help=COLUMNS_HELP)
@@ -268,6 +326,7 @@ def main(argv: list[str] | None = None) -> int:
         device=args.device,
         time_budget_s=args.time_budget_s or None,
         max_steps=args.max_steps,
+        eval_every=args.eval_every,
     )
     result = train(model_cfg, data, cfg)
     version = save_checkpoint(

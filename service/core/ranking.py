@@ -97,10 +97,12 @@ class Ranking:
 
     def _svd_input(self, candidates: torch.Tensor, user: LoadedUser) -> ScoreRequest:
         model = self.users.model
-        if user.state is None:
+        live = 0 if user.state is None else user.state.live_rank(model.rank)
+        if user.state is None or live == 0:
             interests = torch.zeros(model.rank, model.dim)  # no history: o_c = 0
-        else:
-            interests = torch.from_numpy(user.state.interests(model.rank).astype(np.float32))
+        else:  # only the live tokens: the scorer masks the padding up to the batch's r
+            tokens = user.state.interests(model.rank)[:live]
+            interests = torch.from_numpy(tokens.astype(np.float32))
         return ScoreRequest(candidates=candidates, interests=interests)
 
     def _history_input(self, candidates: torch.Tensor, user: LoadedUser, mode: str) -> ScoreRequest:

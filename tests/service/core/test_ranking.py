@@ -116,3 +116,23 @@ async def test_state_of_another_model_is_rebuilt_on_rank(
         assert registry.get_sample_value("solar_state_rebuilds_total", rebuilds) == 1
         await _rank(new, "softmax")  # already rebuilt: no second rebuild
         assert registry.get_sample_value("solar_state_rebuilds_total", rebuilds) == 1
+
+
+async def test_a_history_shorter_than_r_ranks_the_same_whatever_the_served_rank(
+    make_settings: SettingsFactory,
+) -> None:
+    """Interest tokens beyond the history's rank are masked (DESIGN §2), so 3 events give
+    the same scores at r = 4 and r = 16, also batched beside a longer history."""
+    short = [event("u", item, float(t)) for t, item in enumerate((3, 11, "gamma"))]
+    longer = [event("v", t % 40 + 1, float(t)) for t in range(30)]
+    scores = []
+    for rank in (4, 16):
+        async with running_app(make_settings(rank=rank)) as (_, client):
+            await ingest(client, short + longer)
+            both = await asyncio.gather(
+                _rank(client, "svd"), client.post("/rank", json={"user_id": "v",
+                                                                  "candidates": CANDIDATES})
+            )  # fmt: skip
+            scores.append(_scores(both[0]))
+    for c in CANDIDATES:
+        assert scores[0][c] == pytest.approx(scores[1][c], abs=1e-5)
