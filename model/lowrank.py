@@ -22,6 +22,7 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
 from model.brand import orient, update_factors
+from model.recent import RecentEvents
 from model.state_blob import LowRankError, decode_state, encode_state
 
 DEFAULT_OVERSAMPLE = 16
@@ -102,6 +103,9 @@ class LowRankState:
         residual: energy ρ = Σ of squared singular values dropped by truncation.
         tag: state tag naming the model (and settings) whose embeddings produced the rows;
             a state whose tag differs from the serving model's is rebuilt from the log.
+        recent: the user's latest events (item/action rows) for the `svd` hybrid, or None;
+            the caller keeps it up to date (:meth:`RecentEvents.merged`), the factors
+            ignore it.
     """
 
     rank: int
@@ -113,6 +117,7 @@ class LowRankState:
     t_ref: float | None = None
     residual: float = 0.0
     tag: str = ""
+    recent: RecentEvents | None = None
 
     # ----------------------------------------------------------------- constructors
     @staticmethod

@@ -61,6 +61,8 @@ class ScoreRequest:
         history_items / history_actions: (N,) long rows of the event log (`svd_exact`, `softmax`).
         weights: (N,) recency weights of those events.
         basis: (d, r) V_r of the user's factors (`svd_exact`).
+        recent_items / recent_actions: (k',) long rows of the user's latest events (`svd`
+            of a hybrid model, ``recent_tokens`` > 0): their rows join the interest tokens.
     """
 
     candidates: Tensor
@@ -69,6 +71,8 @@ class ScoreRequest:
     history_actions: Tensor | None = None
     weights: Tensor | None = None
     basis: Tensor | None = None
+    recent_items: Tensor | None = None
+    recent_actions: Tensor | None = None
 
 
 class Ranker(nn.Module):
@@ -160,18 +164,26 @@ class Ranker(nn.Module):
     def _interest_batch(
         self, requests: Sequence[ScoreRequest], device: torch.device
     ) -> tuple[Tensor, Tensor | None]:
-        """Tokens (B, r_max, d) and, when some request has fewer than r_max, their mask."""
+        """Tokens (B, T_max, d) and, when some request has fewer than T_max, their mask.
+
+        A request's tokens are its live interests (‖I_k‖ = σ_k / sqrt(n_eff) > 1e-6·‖I_1‖:
+        the others are masked, as in training) followed by the rows of its recent events.
+        """
         d = self.config.dim
         tokens_list = []
         for req in requests:
             if req.interests is None or req.interests.dim() != 2 or req.interests.shape[1] != d:
                 raise RankerInputError(f"svd mode needs (r, {d}) interests per request")
-            tokens_list.append(req.interests)
+            interests = req.interests.to(device).float()
+            live = live_tokens(interests.norm(dim=-1)[None])[0]  # (r,) True first
+            tokens = interests[: int(live.sum())] if bool(live.any()) else interests
+            if req.recent_items is not None and req.recent_items.numel():
+                actions = _or(req.recent_actions, torch.zeros_like(req.recent_items))
+                recent = self.embed_events(req.recent_items.to(device), actions.to(device))
+                tokens = torch.cat((interests[: int(live.sum())], recent.float()))
+            tokens_list.append(tokens)
         tokens, mask = _pad_1d(tokens_list, device)
-        # ‖I_k‖ = σ_k / sqrt(n_eff): a token with σ_k ≤ 1e-6·σ_1 is masked, as in training.
-        norms = tokens.float().norm(dim=-1)  # (B, r)
-        mask &= live_tokens(norms) | ~live_tokens(norms).any(dim=1, keepdim=True)
-        return tokens.float(), None if bool(mask.all()) else mask
+        return tokens, None if bool(mask.all()) else mask
 
     def _history_batch(
         self, mode: str, requests: Sequence[ScoreRequest], device: torch.device

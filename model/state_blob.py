@@ -2,8 +2,11 @@
 
 Layout: header (``_HEADER``), the UTF-8 state tag, σ (ℓ float32), V (d·ℓ float32, row-major),
 s (d float32), CRC32 of everything before it. 12,787 bytes at d=64, ℓ=48 plus the tag,
-whatever the history length. Decoding checks every field, so a truncated, corrupted,
-wrong-version or non-finite blob raises :class:`StateFormatError` and never yields a state.
+whatever the history length. Format 2 (written only for a state with a recent-events window,
+the `svd` hybrid) inserts before the CRC the window: capacity k and count n (uint16 each),
+then n int32 item rows, n int32 action rows and n float64 times (16 bytes an event).
+Decoding checks every field, so a truncated, corrupted, wrong-version or non-finite blob
+raises :class:`StateFormatError` and never yields a state.
 """
 
 from __future__ import annotations
@@ -16,12 +19,16 @@ from typing import NamedTuple, Protocol
 import numpy as np
 from numpy.typing import NDArray
 
+from model.recent import RecentEvents
+
 __all__ = ["DecodedState", "LowRankError", "StateFormatError", "decode_state", "encode_state"]
 
 Array = NDArray[np.float64]
 
 _MAGIC = b"SOLR"
 _FORMAT_VERSION = 1
+_FORMAT_WITH_RECENT = 2
+_RECENT_HEADER = struct.Struct("<HH")
 # magic, format version, d, ell, rank, flags, n, n_eff, t_ref, residual, len(tag)
 _HEADER = struct.Struct("<4sHHHHHQdddB")
 _CRC = struct.Struct("<I")
@@ -58,6 +65,8 @@ class EncodableState(Protocol):
     def residual(self) -> float: ...
     @property
     def tag(self) -> str: ...
+    @property
+    def recent(self) -> RecentEvents | None: ...
 
 
 class DecodedState(NamedTuple):
@@ -73,6 +82,7 @@ class DecodedState(NamedTuple):
     t_ref: float | None
     residual: float
     tag: str
+    recent: RecentEvents | None = None
 
 
 def encode_state(state: EncodableState) -> bytes:
@@ -86,8 +96,10 @@ def encode_state(state: EncodableState) -> bytes:
         raise LowRankError(f"state tag longer than {_MAX_TAG_BYTES} bytes: {tag!r}")
     d, ell = state.V.shape
     flags = _FLAG_HAS_T_REF if state.t_ref is not None else 0
+    recent = state.recent
+    version = _FORMAT_VERSION if recent is None else _FORMAT_WITH_RECENT
     header = _HEADER.pack(
-        _MAGIC, _FORMAT_VERSION, d, ell, state.rank, flags, state.n, state.n_eff,
+        _MAGIC, version, d, ell, state.rank, flags, state.n, state.n_eff,
         state.t_ref if state.t_ref is not None else 0.0, state.residual, len(tag),
     )  # fmt: skip
     body = b"".join(
@@ -97,9 +109,52 @@ def encode_state(state: EncodableState) -> bytes:
             state.sigma.astype("<f4").tobytes(),
             state.V.astype("<f4").tobytes(order="C"),
             state.s.astype("<f4").tobytes(),
+            b"" if recent is None else _encode_recent(recent),
         )
     )
     return body + _CRC.pack(zlib.crc32(body))
+
+
+def _encode_recent(recent: RecentEvents) -> bytes:
+    return b"".join(
+        (
+            _RECENT_HEADER.pack(recent.capacity, len(recent)),
+            recent.items.astype("<i4").tobytes(),
+            recent.actions.astype("<i4").tobytes(),
+            recent.ts.astype("<f8").tobytes(),
+        )
+    )
+
+
+def _decode_recent(blob: bytes, offset: int) -> RecentEvents:
+    """The window at ``offset`` (it must run exactly to the CRC)."""
+    if len(blob) < offset + _RECENT_HEADER.size + _CRC.size:
+        raise StateFormatError("state blob truncated in its recent events")
+    capacity, n = _RECENT_HEADER.unpack_from(blob, offset)
+    offset += _RECENT_HEADER.size
+    if len(blob) != offset + 16 * n + _CRC.size:
+        raise StateFormatError(f"state blob has {len(blob)} bytes for {n} recent events")
+    if not 1 <= capacity or n > capacity:
+        raise StateFormatError(f"recent events: {n} kept of a capacity of {capacity}")
+    items = np.frombuffer(blob, dtype="<i4", count=n, offset=offset).astype(np.int64)
+    actions = np.frombuffer(blob, dtype="<i4", count=n, offset=offset + 4 * n).astype(np.int64)
+    ts = np.frombuffer(blob, dtype="<f8", count=n, offset=offset + 8 * n).astype(np.float64)
+    if np.any(items < 0) or np.any(actions < 0) or not np.all(np.isfinite(ts)):
+        raise StateFormatError("recent events hold negative rows or non-finite times")
+    if np.any(np.diff(ts) < 0):
+        raise StateFormatError("recent events are not in time order")
+    return RecentEvents(capacity, items, actions, ts)
+
+
+def _check_length(size: int, version: int, expected: int) -> None:
+    """The blob's size against its format: exactly ``expected`` bytes (format 1), or at least
+    a recent-events header more (format 2, whose window ``_decode_recent`` checks)."""
+    if version not in (_FORMAT_VERSION, _FORMAT_WITH_RECENT):
+        raise StateFormatError(f"unsupported state format version {version}")
+    if version == _FORMAT_VERSION and size != expected:
+        raise StateFormatError(f"state blob has {size} bytes, expected {expected}")
+    if version == _FORMAT_WITH_RECENT and size < expected + _RECENT_HEADER.size:
+        raise StateFormatError(f"state blob has {size} bytes, too few for its format")
 
 
 def decode_state(blob: bytes) -> DecodedState:
@@ -112,11 +167,8 @@ def decode_state(blob: bytes) -> DecodedState:
     (_, version, d, ell, rank, flags, n, n_eff, t_ref, residual, tag_len) = _HEADER.unpack_from(
         blob
     )
-    if version != _FORMAT_VERSION:
-        raise StateFormatError(f"unsupported state format version {version}")
-    expected = _HEADER.size + tag_len + 4 * (ell + d * ell + d) + _CRC.size
-    if len(blob) != expected:
-        raise StateFormatError(f"state blob has {len(blob)} bytes, expected {expected}")
+    factors_end = _HEADER.size + tag_len + 4 * (ell + d * ell + d)
+    _check_length(len(blob), version, factors_end + _CRC.size)
     body, (crc,) = blob[: -_CRC.size], _CRC.unpack(blob[-_CRC.size :])
     if zlib.crc32(body) != crc:
         raise StateFormatError("state blob checksum mismatch (corrupted)")
@@ -135,6 +187,7 @@ def decode_state(blob: bytes) -> DecodedState:
         raise StateFormatError("state blob holds non-finite values")
     if n_eff < 0 or residual < 0 or np.any(sigma < 0):
         raise StateFormatError("state blob holds negative weights, energies or σ")
+    recent = _decode_recent(blob, factors_end) if version == _FORMAT_WITH_RECENT else None
     return DecodedState(
         rank=rank,
         sigma=sigma.copy(),
@@ -145,4 +198,5 @@ def decode_state(blob: bytes) -> DecodedState:
         t_ref=t_ref if flags & _FLAG_HAS_T_REF else None,
         residual=residual,
         tag=tag,
+        recent=recent,
     )

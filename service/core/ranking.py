@@ -103,7 +103,13 @@ class Ranking:
         else:  # only the live tokens: the scorer masks the padding up to the batch's r
             tokens = user.state.interests(model.rank)[:live]
             interests = torch.from_numpy(tokens.astype(np.float32))
-        return ScoreRequest(candidates=candidates, interests=interests)
+        recent = None if user.state is None else user.state.recent
+        if recent is None or not len(recent):
+            return ScoreRequest(candidates=candidates, interests=interests)
+        rows = model.embed(recent.items, recent.actions).astype(np.float32)  # (k', d)
+        return ScoreRequest(  # hybrid: the latest events join the live interest tokens
+            candidates=candidates, interests=torch.cat((interests[:live], torch.from_numpy(rows)))
+        )
 
     def _history_input(self, candidates: torch.Tensor, user: LoadedUser, mode: str) -> ScoreRequest:
         model = self.users.model

@@ -129,6 +129,11 @@ class ServingModel:
     def ell(self) -> int:
         return min(self.rank + self.oversample, self.dim)
 
+    @property
+    def recent_tokens(self) -> int:
+        """k latest events the `svd` hybrid keeps in the state (0: plain SVD-Attention)."""
+        return self.checkpoint.ranker.config.recent_tokens
+
     def log_rows(self, records: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Item and action embedding rows (N,) int64 of decoded log records (N,)."""
         if records.shape[0] == 0:

@@ -18,12 +18,13 @@ import functools
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import NamedTuple
 
 import numpy as np
 
-from model.lowrank import LowRankState
+from model.lowrank import LIVE_TOKEN_RTOL, LowRankState
+from model.recent import RecentEvents
 from model.state_blob import StateFormatError
 from service.core.serving_model import ServingModel, StateTag
 from service.errors import StateUnreadable, StoreBusy, UnknownUser
@@ -42,6 +43,7 @@ __all__ = [
     "empty_state",
     "parse_state",
     "served_singular_values",
+    "with_recent",
 ]
 
 logger = logging.getLogger(__name__)
@@ -81,12 +83,30 @@ def parse_state(
         )
     if (state.rank, state.ell, state.d) != (model.rank, model.ell, model.dim):
         return ParsedState(state, "config")
+    window = 0 if state.recent is None else state.recent.capacity
+    if window != model.recent_tokens:
+        return ParsedState(state, "config")
     return ParsedState(state, None)
 
 
 def empty_state(model: ServingModel) -> LowRankState:
     """The state of a user with no history, tagged for ``model``."""
-    return LowRankState.empty(model.dim, model.rank, model.oversample, str(model.state_tag))
+    state = LowRankState.empty(model.dim, model.rank, model.oversample, str(model.state_tag))
+    k = model.recent_tokens
+    return replace(state, recent=RecentEvents.empty(k)) if k else state
+
+
+def with_recent(
+    state: LowRankState, items: np.ndarray, actions: np.ndarray, ts: np.ndarray,
+    model: ServingModel,
+) -> LowRankState:  # fmt: skip
+    """``state`` with the events (item/action rows, times (b,)) merged into its window of
+    latest events, for a hybrid model (``recent_tokens`` > 0); ``state`` itself otherwise."""
+    k = model.recent_tokens
+    if not k:
+        return state
+    window = state.recent if state.recent is not None else RecentEvents.empty(k)
+    return replace(state, recent=window.merged(items, actions, ts))
 
 
 def batch_state(rows: np.ndarray, ts: np.ndarray, model: ServingModel) -> LowRankState:
@@ -110,15 +130,12 @@ def append_rows(
     return base.append(rows, ts=ts, decay=model.decay)
 
 
-# σ_k ≤ this × σ_1 is rounding noise (~1e-16 for a history of rank < r), not an interest.
-RELATIVE_SIGMA_FLOOR = 1e-6
-
-
 def served_singular_values(sigma: np.ndarray, rank: int) -> list[float]:
     """The ``rank`` served singular values of a state's σ (ℓ, descending): values at or below
-    ``RELATIVE_SIGMA_FLOOR``·σ_1 (a history shorter than r, or of lower rank) read 0.0."""
+    ``LIVE_TOKEN_RTOL``·σ_1 (a history shorter than r, or of lower rank: masked tokens)
+    read 0.0."""
     served = np.asarray(sigma[:rank], dtype=np.float64)  # (r,)
-    floor = RELATIVE_SIGMA_FLOOR * float(served[0]) if served.size else 0.0
+    floor = LIVE_TOKEN_RTOL * float(served[0]) if served.size else 0.0
     return [float(x) if x > floor else 0.0 for x in served]
 
 
@@ -171,14 +188,16 @@ class UserStates:
             return empty_state(self.model)
         items, actions = self.model.log_rows(records)
         rows = self.model.embed(items, actions)  # (N, d)
-        return batch_state(rows, np.asarray(records["ts"], dtype=np.float64), self.model)
+        ts = np.asarray(records["ts"], dtype=np.float64)
+        return with_recent(batch_state(rows, ts, self.model), items, actions, ts, self.model)
 
     def _updated(self, state: LowRankState | None, records: np.ndarray) -> LowRankState:
         """One Brand block update of ``state`` (None: a new user) with the new records."""
         items, actions = self.model.log_rows(records)
         rows = self.model.embed(items, actions)  # (b, d)
         ts = np.asarray(records["ts"], dtype=np.float64)
-        return append_rows(state, rows, ts, self.model)
+        updated = append_rows(state, rows, ts, self.model)
+        return with_recent(updated, items, actions, ts, self.model)
 
     def _timed(self, compute: Callable[[], LowRankState]) -> LowRankState:
         start = time.perf_counter()

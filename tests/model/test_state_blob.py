@@ -63,7 +63,7 @@ def test_corrupted_blobs_are_rejected() -> None:
         "header only": blob[:HEADER_SIZE],
         "empty": b"",
         "magic": b"XXXX" + blob[4:],
-        "version": _reseal(body[:4] + struct.pack("<H", 2) + body[6:]),
+        "version": _reseal(body[:4] + struct.pack("<H", 3) + body[6:]),
         "length": blob + b"\0",
         "crc": blob[:-4] + bytes([blob[-4] ^ 1]) + blob[-3:],
         "flipped byte": blob[:200] + bytes([blob[200] ^ 0x40]) + blob[201:],
@@ -106,3 +106,46 @@ def test_any_single_byte_corruption_or_truncation_is_detected(data: st.DataObjec
 def test_tag_is_bounded() -> None:
     with pytest.raises(LowRankError, match="state tag"):
         replace(_state(3), tag="x" * 65).to_bytes()
+
+
+def _with_recent(n_recent: int) -> LowRankState:
+    from model.recent import RecentEvents
+
+    window = RecentEvents.empty(8).merged(
+        np.arange(1, n_recent + 1), np.arange(n_recent) % 3, np.linspace(1.0, 2.0, n_recent)
+    )
+    return replace(_state(30, tag="hy"), recent=window)
+
+
+@pytest.mark.parametrize("n_recent", [0, 3, 8])
+def test_a_recent_events_window_round_trips_in_format_2(n_recent: int) -> None:
+    state = _with_recent(n_recent)
+    blob = state.to_bytes()
+    assert struct.unpack_from("<H", blob, 4) == (2,)
+    assert len(blob) == len(_state(30, tag="hy").to_bytes()) + 4 + 16 * n_recent
+    back = LowRankState.from_bytes(blob).recent
+    assert back is not None and state.recent is not None
+    assert back.capacity == 8 and len(back) == n_recent
+    np.testing.assert_array_equal(back.items, state.recent.items)
+    np.testing.assert_array_equal(back.actions, state.recent.actions)
+    np.testing.assert_array_equal(back.ts, state.recent.ts)
+    assert LowRankState.from_bytes(_state(30).to_bytes()).recent is None  # format 1 as before
+
+
+def test_a_corrupted_recent_events_window_is_rejected() -> None:
+    blob = _with_recent(4).to_bytes()
+    body = blob[:-4]
+    end = len(body)  # the window: <HH> then 4 items, 4 actions, 4 times
+    window = end - 4 - 16 * 4
+    cases = {
+        "truncated": _reseal(body[:-8]),
+        "count": _reseal(body[: window + 2] + struct.pack("<H", 5) + body[window + 4 :]),
+        "capacity": _reseal(body[:window] + struct.pack("<H", 2) + body[window + 2 :]),
+        "order": _reseal(body[:-16] + body[-8:] + body[-16:-8]),
+        "nan": _reseal(body[:-8] + struct.pack("<d", math.nan)),
+        "negative": _reseal(body[: window + 4] + struct.pack("<i", -1) + body[window + 8 :]),
+    }
+    for name, bad in cases.items():
+        with pytest.raises(StateFormatError):
+            LowRankState.from_bytes(bad)
+        assert name
