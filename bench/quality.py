@@ -15,14 +15,16 @@ processes with one torch thread each, ``--workers`` at a time.
 from __future__ import annotations
 
 import argparse
+import ast
 import dataclasses
 import os
 import platform
 import sys
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # `python bench/quality.py` from anywhere
@@ -47,42 +49,84 @@ ROWS: tuple[Row, ...] = (
 )
 # Early stopping on validation GAUC; max_steps is only a safety ceiling (a run that reaches
 # it is flagged "⚠ceiling" in the table). Fields the trainer lacks are dropped with a warning.
-TRAIN = {"epochs": 100, "batch_size": 128, "lr": 3e-3, "negatives": 8, "patience": 3,
-         "eval_every": 100, "val_users": 300, "val_negatives": 100, "max_steps": 3_000}  # fmt: skip
+TRAIN = {
+    "epochs": 100,
+    "batch_size": 128,
+    "lr": 3e-3,
+    "negatives": 8,
+    "patience": 3,
+    "eval_every": 100,
+    "val_users": 300,
+    "val_negatives": 100,
+    "max_steps": 3_000,
+}
 SETTINGS: dict[str, DatasetSettings] = {
     "ml-100k": DatasetSettings(train=TRAIN),
-    "ml-1m": DatasetSettings(users=1_000, long_users=100, train_len=1_000, train=TRAIN,
-                             eval_users=500),  # fmt: skip
+    "ml-1m": DatasetSettings(
+        users=1_000, long_users=100, train_len=1_000, train=TRAIN, eval_users=500
+    ),
     "synthetic-lifelong": DatasetSettings(
-        users=None, train_len=1_000, train=TRAIN, eval_negatives=1_000,
+        users=None,
+        train_len=1_000,
+        train=TRAIN,
+        eval_negatives=1_000,
         lifelong=LifelongConfig(n_users=300, min_length=1_000, max_length=10_000),
-    ),  # fmt: skip
+    ),
 }
 # A log file given by path: a user sample with the longest users, sampled test negatives.
-FILE = DatasetSettings(users=1_000, long_users=100, train_len=1_000, train=TRAIN,
-                       eval_negatives=1_000, eval_users=500)  # fmt: skip
-QUICK_TRAIN = {**TRAIN, "max_steps": 6, "eval_every": 3, "batch_size": 32, "val_users": 16}
+FILE = DatasetSettings(
+    users=1_000, long_users=100, train_len=1_000, train=TRAIN, eval_negatives=1_000, eval_users=500
+)
+QUICK_TRAIN = {**TRAIN, "max_steps": 4, "eval_every": 2, "batch_size": 16, "val_users": 16}
 QUICK = DatasetSettings(
-    users=24, long_users=4, train_len=100, train=QUICK_TRAIN, eval_negatives=100,
-    eval_users=24, lifelong=LifelongConfig(n_users=24, min_length=60, max_length=400),
-)  # fmt: skip
+    users=16,
+    long_users=4,
+    train_len=64,
+    train=QUICK_TRAIN,
+    eval_negatives=64,
+    eval_users=16,
+    lifelong=LifelongConfig(n_users=16, min_length=40, max_length=300),
+    cost_budget_s=0.02,
+)
 
 
-def settings_for(name: str, quick: bool) -> DatasetSettings:
-    """The dataset's settings (QUICK's sizes for every dataset with ``--quick``)."""
+def settings_for(name: str, quick: bool, train: Mapping[str, Any] | None = None) -> DatasetSettings:
+    """The dataset's settings (QUICK's sizes for every dataset with ``--quick``), with the
+    ``train`` fields (``--set``) on top of its TrainConfig fields."""
+    s = SETTINGS.get(name, FILE)
     if quick:
         negatives = None if name.startswith("ml-") else QUICK.eval_negatives
-        return dataclasses.replace(QUICK, eval_negatives=negatives)
-    return SETTINGS.get(name, FILE)
+        s = dataclasses.replace(QUICK, eval_negatives=negatives)
+    return dataclasses.replace(s, train={**s.train, **train}) if train else s
+
+
+def _assignment(text: str) -> tuple[str, Any]:
+    """argparse ``type=`` of ``--set``: KEY=VALUE with VALUE a Python literal."""
+    key, sep, value = text.partition("=")
+    if not sep or not key.isidentifier():
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    try:
+        return key, ast.literal_eval(value)
+    except (ValueError, SyntaxError) as exc:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a Python literal") from exc
 
 
 def _jobs(args: argparse.Namespace, rows: Sequence[Row]) -> list[Job]:
     """Every (dataset, row, seed), the costliest rows (long softmax contexts) first."""
     jobs = [
-        Job(name, settings_for(name, args.quick), row, seed, args.columns, args.sort,
-            str(args.data_dir))
-        for name in args.datasets for row in rows for seed in args.seeds
-    ]  # fmt: skip
+        Job(
+            name,
+            settings_for(name, args.quick, dict(args.set)),
+            row,
+            seed,
+            args.columns,
+            args.sort,
+            str(args.data_dir),
+        )
+        for name in args.datasets
+        for row in rows
+        for seed in args.seeds
+    ]
     return sorted(jobs, key=lambda j: (j.row.mode != "softmax", -(j.row.context or 10**9)))
 
 
@@ -113,6 +157,14 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true", help="tiny smoke run, one seed")
     p.add_argument("--columns", type=columns_argument, default=None, help="a log's columns")
     p.add_argument("--sort", action="store_true", help="sort a log file's events by time")
+    p.add_argument(
+        "--set",
+        nargs="+",
+        type=_assignment,
+        default=[],
+        metavar="KEY=VALUE",
+        help="TrainConfig fields of every run, e.g. max_steps=300 negatives=127",
+    )
     p.add_argument("--data-dir", type=Path, default=REPO / "data")
     p.add_argument("--out", type=Path, default=REPO / "docs")
     return p
@@ -133,8 +185,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                 skipped.append(out)
             continue
         runs.append(out)
-        print(f"{out.dataset:20s} {out.label:14s} seed {out.seed} GAUC {out.metrics['GAUC']:.4f} "
-              f"steps {out.steps} {out.us_per_request:,.0f} µs ({out.wall_s:.0f}s)", flush=True)  # fmt: skip
+        print(
+            f"{out.dataset:20s} {out.label:14s} seed {out.seed} GAUC {out.metrics['GAUC']:.4f} "
+            f"steps {out.steps} {out.us_per_request:,.0f} µs ({out.wall_s:.0f}s)",
+            flush=True,
+        )
     wall = time.perf_counter() - start
     shown = " ".join(argv if argv is not None else sys.argv[1:])
     header = [
@@ -148,7 +203,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "columns the median. d=64, heads=4, r=32, elastic k=32, no recency decay. "
         "contexts/s = training targets per second; µs/request = one user, M=2,048.",
     ]
-    names = {name: settings_for(name, args.quick) for name in args.datasets}
+    names = {name: settings_for(name, args.quick, dict(args.set)) for name in args.datasets}
     args.out.mkdir(parents=True, exist_ok=True)
     plot(rows, runs, args.out / "quality_vs_cost.png")
     (args.out / "RESULTS.md").write_text(document(rows, runs, skipped, names, header))

@@ -23,16 +23,16 @@ from __future__ import annotations
 import statistics
 import time
 from collections.abc import Callable
-from typing import NamedTuple
+from typing import NamedTuple, cast
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
 from model.events.interactions import Interactions
 from model.events.windows import history_batch
-from model.layers import elu_feature
+from model.layers import ElasticDispatcher, LinearTargetAttention, elu_feature
 from model.lowrank import LowRankState
 from model.ranker import HistoryBatch, Ranker
 from model.serving import ServingWeights
@@ -80,9 +80,13 @@ def baseline_logits(w: ServingWeights, rows: Tensor, o: Tensor) -> Tensor:
     return (second @ w.out + w.out_bias).view(rows.shape)
 
 
+def _linear(ranker: Ranker) -> LinearTargetAttention:
+    return cast(LinearTargetAttention, ranker.baselines["linear"].attention)
+
+
 def linear_state(ranker: Ranker, rows: Tensor, weights: Tensor) -> tuple[Tensor, Tensor]:
     """`linear` state of event rows (B, N, d), weights (B, N): S (B, H, d_h, d_h), z (B, H, d_h)."""
-    att = ranker.baselines["linear"].attention
+    att = _linear(ranker)
     H = att.heads
     B, N, d = rows.shape
     phi_k = elu_feature(att.w_k(rows).view(B, N, H, d // H).transpose(1, 2))  # (B, H, N, d_h)
@@ -93,7 +97,7 @@ def linear_state(ranker: Ranker, rows: Tensor, weights: Tensor) -> tuple[Tensor,
 
 def linear_output(ranker: Ranker, cand: Tensor, state: tuple[Tensor, Tensor]) -> Tensor:
     """Candidates (B, M, d) read a linear state → o (B, M, d) (as LinearTargetAttention)."""
-    att = ranker.baselines["linear"].attention
+    att = _linear(ranker)
     S, z = state
     B, M, d = cand.shape
     H = att.heads
@@ -120,7 +124,9 @@ def request(ranker: Ranker, mode: str, hist: HistoryBatch, rows: Tensor) -> Requ
         tokens = torch.as_tensor(state.interests(r), dtype=torch.float32)[None]  # (1, r, d)
         return Request(lambda: serving.svd(rows, tokens), len(state.to_bytes()))
     if mode == "elastic":
-        tokens = ranker.baselines["elastic"].dispatcher(x, hist.mask, None)  # (1, k, d)
+        tokens = cast(ElasticDispatcher, ranker.baselines["elastic"].dispatcher)(
+            x, hist.mask, None
+        )  # (1, k, d)
         size = HEADER_BYTES + 4 * tokens.shape[1] * H * (d // H + 2)
         return Request(lambda: serving.svd(rows, tokens), size)
     if mode in ("softmax", "svd_exact"):
@@ -142,7 +148,7 @@ def request(ranker: Ranker, mode: str, hist: HistoryBatch, rows: Tensor) -> Requ
         return Request(linear_call, HEADER_BYTES + 4 * H * ((d // H) ** 2 + d // H))
     if mode == "mean":
         m = hist.mask[..., None].float()  # the state: Σ x and n (no decay here)
-        pooled = ranker.baselines["mean"].proj((x * m).sum(1) / m.sum(1))  # (1, d)
+        pooled = cast(nn.Linear, ranker.baselines["mean"].proj)((x * m).sum(1) / m.sum(1))  # (1, d)
         o = pooled[:, None, :].expand(1, rows.shape[1], d)  # (1, M, d)
         return Request(lambda: baseline_logits(w, rows, o), HEADER_BYTES + 4 * (d + 1))
     raise ValueError(f"no serving cost for mode {mode!r}")

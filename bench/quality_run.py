@@ -79,8 +79,12 @@ def run_one(job: Job) -> RunResult | Skipped:
     batch = eval_batch_users(model_cfg.heads, n_cands, eval_len) if attends_events else 32
     train_batch = HEADS_FACTOR * 4 * model_cfg.heads * cfg.batch_size * (1 + cfg.negatives)
     if batch == 0 or (attends_events and train_batch * train_len > MEMORY_BUDGET_BYTES):
-        return Skipped(job.dataset, job.row.label, f"attention over {eval_len:,} events does "
-                       f"not fit {MEMORY_BUDGET_BYTES / 2**30:.0f} GiB per worker")  # fmt: skip
+        return Skipped(
+            job.dataset,
+            job.row.label,
+            f"attention over {eval_len:,} events does "
+            f"not fit {MEMORY_BUDGET_BYTES / 2**30:.0f} GiB per worker",
+        )
     result = train(model_cfg, data, cfg)
     spec = EvalSpec(
         negatives=s.eval_negatives,
@@ -91,13 +95,23 @@ def run_one(job: Job) -> RunResult | Skipped:
         seed=job.seed,
     )
     metrics = evaluate(result.ranker, data, model_cfg.mode, spec).as_dict()
-    cost = serving_cost(result.ranker, model_cfg.mode, data, eval_len)
+    cost = serving_cost(result.ranker, model_cfg.mode, data, eval_len, s.cost_budget_s)
     best, rate = _record(result, cfg.batch_size)
     ceiling = cfg.max_steps if cfg.max_steps is not None else 2**62
     per_epoch = -(-training_positions(data)[0].size // cfg.batch_size)
     converged = result.steps < min(ceiling, cfg.epochs * per_epoch)
     return RunResult(
-        job.dataset, job.row.label, job.seed, metrics, train_len, eval_len, result.steps, best,
-        converged, rate, time.perf_counter() - start, cost.us_per_request, cost.state_bytes,
-    )  # fmt: skip
-
+        job.dataset,
+        job.row.label,
+        job.seed,
+        metrics,
+        train_len,
+        eval_len,
+        result.steps,
+        best,
+        converged,
+        rate,
+        time.perf_counter() - start,
+        cost.us_per_request,
+        cost.state_bytes,
+    )

@@ -14,7 +14,6 @@ import functools
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from types import MappingProxyType
 from typing import Any, NamedTuple, cast
 
 import numpy as np
@@ -26,7 +25,6 @@ from model.lifelong import LifelongConfig
 from model.train import TrainConfig
 
 log = logging.getLogger(__name__)
-NO_OVERRIDES: Mapping[str, Any] = MappingProxyType({})
 _MODEL_FIELDS = frozenset(f.name for f in dataclasses.fields(RankerConfig))
 _TRAIN_FIELDS = frozenset(f.name for f in dataclasses.fields(TrainConfig))
 
@@ -39,7 +37,12 @@ class Row(NamedTuple):
     label: str
     mode: str
     context: int | None = None
-    overrides: Mapping[str, Any] = NO_OVERRIDES
+    overrides: Mapping[str, Any] | None = None
+
+    @property
+    def fields(self) -> Mapping[str, Any]:
+        """The overrides ({} when None)."""
+        return self.overrides or {}
 
 
 @dataclass(frozen=True)
@@ -55,6 +58,7 @@ class DatasetSettings:
         eval_negatives: None = whole catalogue minus seen items; k = k sampled items.
         eval_users: test users sampled (None: all with ≥ 3 events).
         lifelong: generator config of ``synthetic-lifelong``.
+        cost_budget_s: CPU seconds spent timing one row's serving call (beyond a warm-up).
     """
 
     users: int | None = None
@@ -64,6 +68,7 @@ class DatasetSettings:
     eval_negatives: int | None = None
     eval_users: int | None = None
     lifelong: LifelongConfig = LifelongConfig()
+    cost_budget_s: float = 0.5
 
 
 class Job(NamedTuple):
@@ -80,7 +85,7 @@ class Job(NamedTuple):
 
 def train_config(job: Job, context: int) -> TrainConfig:
     """The run's TrainConfig: settings, then the row's train overrides, max_len = context."""
-    wanted = {**job.settings.train, **job.row.overrides}
+    wanted = {**job.settings.train, **job.row.fields}
     fields = {k: v for k, v in wanted.items() if k in _TRAIN_FIELDS}
     dropped = sorted(set(wanted) - _TRAIN_FIELDS - _MODEL_FIELDS)
     if dropped:
@@ -91,7 +96,7 @@ def train_config(job: Job, context: int) -> TrainConfig:
 
 def model_config(job: Job, data: Interactions) -> RankerConfig:
     """The run's RankerConfig: the row's mode and model overrides on the defaults."""
-    fields = {k: v for k, v in job.row.overrides.items() if k in _MODEL_FIELDS}
+    fields = {k: v for k, v in job.row.fields.items() if k in _MODEL_FIELDS}
     return RankerConfig(
         n_items=data.vocab.n_items,
         n_actions=data.vocab.n_actions,
@@ -110,9 +115,12 @@ def contexts(job: Job, data: Interactions) -> tuple[int, int]:
 
 @functools.lru_cache(maxsize=2)
 def _load(
-    name: str, data_dir: str, lifelong: LifelongConfig, columns: tuple[tuple[str, str], ...] | None,
+    name: str,
+    data_dir: str,
+    lifelong: LifelongConfig,
+    columns: tuple[tuple[str, str], ...] | None,
     sort: bool,
-) -> Interactions:  # fmt: skip
+) -> Interactions:
     return load_dataset(
         name, data_dir, lifelong=lifelong, sort=sort, columns=dict(columns) if columns else None
     )

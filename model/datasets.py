@@ -1,8 +1,9 @@
 """Dataset entry points: ``python -m model.datasets fetch --out data`` and :func:`load_dataset`.
 
 Names: ``ml-100k`` and ``ml-1m`` (RecBole ``.inter`` files under ``data_dir``, ratings as
-actions "r1".."r5"), ``synthetic`` (:mod:`model.synthetic`), ``synthetic-lifelong`` (:mod:`model.lifelong`), or a path to a CSV / TSV /
-Parquet log with any column names (see :func:`model.events.logfile.load_log`).
+actions "r1".."r5"), ``synthetic`` (:mod:`model.synthetic`), ``synthetic-lifelong``
+(:mod:`model.lifelong`), or a path to a CSV / TSV / Parquet log with any column names (see
+:func:`model.events.logfile.load_log`).
 """
 
 from __future__ import annotations

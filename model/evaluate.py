@@ -20,7 +20,7 @@ from numpy.typing import NDArray
 
 from model.checkpoint import load_checkpoint
 from model.config import ATTENTION_MODES
-from model.datasets import GENERATED, COLUMNS_HELP, DatasetError, columns_argument, load_dataset
+from model.datasets import COLUMNS_HELP, GENERATED, DatasetError, columns_argument, load_dataset
 from model.events.interactions import Interactions
 from model.events.windows import history_batch
 from model.metrics import RankingMetrics, ranking_metrics

@@ -13,9 +13,12 @@ back. An event is, independently:
 * otherwise noise from global Zipf topic popularity.
 
 Recurrences are single events spread thinly over 32 topics (about one per topic per 200
-events while awake, none for the ~1,500 events of a dormant spell), so the last-L window regularly holds no event of the target's topic
-while the whole history holds many: the lifelong case the quality study is about. The
-same config gives the same data (one ``numpy`` generator seeded by ``seed``).
+events while awake, none for the ~1,500 events of a dormant spell), so the last-L window
+regularly holds no event of the target's topic while the whole history holds many: the
+lifelong case the quality study is about (about 15-25% of the test targets drawn from a
+long-term topic miss the last 200 events, 55-70% the last 50; measured by
+:func:`window_miss_rate`). The same config gives the same data (one ``numpy`` generator
+seeded by ``seed``).
 """
 
 from __future__ import annotations
@@ -58,7 +61,11 @@ class LifelongConfig:
             raise ValueError(f"need 1 ≤ min_length ≤ max_length, got {self.min_length}")
         if not 1 <= self.long_interests < self.n_topics:
             raise ValueError(f"long_interests must be in [1, n_topics), got {self.long_interests}")
-        if self.recall_share < 0 or self.burst_share < 0 or self.recall_share + self.burst_share > 1:
+        if (
+            self.recall_share < 0
+            or self.burst_share < 0
+            or self.recall_share + self.burst_share > 1
+        ):
             raise ValueError("recall_share and burst_share must be ≥ 0 with a sum ≤ 1")
         if min(self.burst_events, self.awake_events, self.dormant_events) < 1:
             raise ValueError("burst_events, awake_events and dormant_events must be ≥ 1")
@@ -131,7 +138,9 @@ def _user(
     burst = _bursts(rng, cfg, n, free)
     noise = rng.choice(cfg.n_topics, size=n, p=_zipf(cfg.n_topics, cfg.zipf_a))
     u = rng.random(n)
-    kinds = np.where(u < cfg.recall_share, 0, np.where(u < cfg.recall_share + cfg.burst_share, 1, 2))
+    kinds = np.where(
+        u < cfg.recall_share, 0, np.where(u < cfg.recall_share + cfg.burst_share, 1, 2)
+    )
     kinds[(kinds == 0) & nobody] = 1
     topics = np.choose(kinds, (recall, burst, noise))
     return topics.astype(np.int64), kinds.astype(np.int8)

@@ -6,25 +6,27 @@ import numpy as np
 import pytest
 
 from model.datasets import load_dataset
-from model.lifelong import LifelongConfig, generate_lifelong, window_miss_rate
+from model.lifelong import LifelongConfig, LifelongData, generate_lifelong, window_miss_rate
 
 SMALL = LifelongConfig(n_users=40, min_length=2_000, max_length=4_000, seed=3)
 
 
 @pytest.fixture(scope="module")
-def data():  # type: ignore[no-untyped-def]
+def data() -> LifelongData:
     return generate_lifelong(SMALL)
 
 
-def test_deterministic_by_seed(data) -> None:  # type: ignore[no-untyped-def]
+def test_deterministic_by_seed(data: LifelongData) -> None:
     again = generate_lifelong(SMALL)
     assert np.array_equal(again.interactions.items, data.interactions.items)
     assert np.array_equal(again.interactions.ts, data.interactions.ts)
-    other = generate_lifelong(LifelongConfig(n_users=40, min_length=2_000, max_length=4_000, seed=4))
+    other = generate_lifelong(
+        LifelongConfig(n_users=40, min_length=2_000, max_length=4_000, seed=4)
+    )
     assert not np.array_equal(other.interactions.items[:1000], data.interactions.items[:1000])
 
 
-def test_well_formed(data) -> None:  # type: ignore[no-untyped-def]
+def test_well_formed(data: LifelongData) -> None:
     inter = data.interactions
     assert inter.n_users == SMALL.n_users
     assert SMALL.min_length <= inter.lengths.min() and inter.lengths.max() <= SMALL.max_length
@@ -37,7 +39,7 @@ def test_well_formed(data) -> None:  # type: ignore[no-untyped-def]
     assert abs(shares[2] - (1 - SMALL.recall_share - SMALL.burst_share)) < 0.01
 
 
-def test_recurrences_come_from_long_term_topics(data) -> None:  # type: ignore[no-untyped-def]
+def test_recurrences_come_from_long_term_topics(data: LifelongData) -> None:
     inter = data.interactions
     for u in range(0, inter.n_users, 7):
         span = inter.span(u)
@@ -45,7 +47,7 @@ def test_recurrences_come_from_long_term_topics(data) -> None:  # type: ignore[n
         assert np.isin(topics, data.long_topics[u]).all()
 
 
-def test_long_term_topics_go_dormant_for_thousands_of_events(data) -> None:  # type: ignore[no-untyped-def]
+def test_long_term_topics_go_dormant_for_thousands_of_events(data: LifelongData) -> None:
     inter = data.interactions
     gaps = []
     for u in range(inter.n_users):
