@@ -17,8 +17,6 @@ from __future__ import annotations
 import argparse
 import ast
 import dataclasses
-import os
-import platform
 import sys
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -30,9 +28,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # `python bench/quality.py` from anywhere
     sys.path.insert(0, str(REPO))
 
-import torch  # noqa: E402
-
-from bench.quality_doc import document, plot  # noqa: E402
+from bench.quality_doc import doc_header, document, plot  # noqa: E402
 from bench.quality_run import RunResult, Skipped, run_one  # noqa: E402
 from bench.quality_setup import DatasetSettings, Job, Row  # noqa: E402
 from model.datasets import columns_argument  # noqa: E402
@@ -192,17 +188,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
     wall = time.perf_counter() - start
     shown = " ".join(argv if argv is not None else sys.argv[1:])
-    header = [
-        f"- Command: `python bench/quality.py {shown}`",
-        f"- Wall time: {wall / 60:.1f} min with {args.workers} worker process(es)",
-        f"- Machine: {platform.platform()}, {os.cpu_count()} CPU cores (shared), torch "
-        f"{torch.__version__}, one thread per run; serving cost on the CPU clock",
-        "- Every run: its row's mode, AdamW, BCE on the next item + sampled negatives, early "
-        "stopping on validation GAUC (the second-to-last event), best weights kept; test = "
-        "each user's last event (leave-last-out); quality mean ± std over seeds, the other "
-        "columns the median. d=64, heads=4, r=32, elastic k=32, no recency decay. "
-        "contexts/s = training targets per second; µs/request = one user, M=2,048.",
-    ]
+    header = doc_header(f"python bench/quality.py {shown}", wall, args.workers)
     names = {name: settings_for(name, args.quick, dict(args.set)) for name in args.datasets}
     args.out.mkdir(parents=True, exist_ok=True)
     plot(rows, runs, args.out / "quality_vs_cost.png")

@@ -6,14 +6,18 @@ quality as mean ± std over seeds, cost and training speed as the median over se
 
 from __future__ import annotations
 
+import os
+import platform
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
+import torch
 
 from bench.quality_run import RunResult, Skipped
 from bench.quality_setup import DatasetSettings, Row
+from model.config import RankerConfig
 
 METRICS = ("AUC", "GAUC", "LogLoss", "HR@10", "NDCG@10")
 TARGET_DATASETS = ("ml-1m", "synthetic-lifelong")
@@ -125,6 +129,30 @@ def targets(summaries: Mapping[str, Summary]) -> list[str]:
             f"{_verdict(ratio >= COST_RATIO)} ({ref:,.0f} / {own:,.0f} µs = {ratio:.1f}×)"
         )
     return lines
+
+
+def doc_header(command: str, wall_s: float, workers: int) -> list[str]:
+    """The document's opening lines: command, wall time, machine, protocol, columns."""
+    model = RankerConfig(n_items=2)
+    return [
+        f"- Command: `{command}` (after `make data`)",
+        f"- Wall time: {wall_s / 60:.1f} min with {workers} worker process(es)",
+        f"- Machine: {platform.platform()}, {os.cpu_count()} CPU cores (shared with other "
+        f"jobs), torch {torch.__version__}, one torch thread per run",
+        "- Every run: its row's mode, AdamW, BCE on the next item + sampled negatives, early "
+        "stopping on validation GAUC (each user's second-to-last event), best weights kept; "
+        "test = each user's last event (leave-last-out); quality is the mean ± std over "
+        f"seeds, the other columns the median. d={model.dim}, heads={model.heads}, "
+        f"r={model.rank}, elastic k={model.elastic_tokens}, no recency decay unless a row "
+        "overrides it.",
+        "- Columns: context = events of history in training / test; µs/request = one user "
+        "(B=1) scoring M=2,048 candidates, one thread, CPU clock, median of repeats; state "
+        "bytes = what the mode keeps per user (`bench/quality_cost.py`); contexts/s = "
+        "training targets per second (optimiser steps only where the trainer reports it, "
+        "else over the training wall time); steps (best) = optimiser steps run (and the "
+        "step, or epoch for a trainer without ``eval_every``, of the kept weights); "
+        "⚠ceiling = a run stopped by max_steps / epochs, not by early stopping.",
+    ]
 
 
 def document(
