@@ -155,6 +155,18 @@ def doc_header(command: str, wall_s: float, workers: int) -> list[str]:
     ]
 
 
+def _sample(s: DatasetSettings) -> str:
+    if s.users is None:
+        return "Users: all"
+    return f"Users: a sample of {s.users:,} (the {s.long_users:,} longest always included)"
+
+
+def _train_len(s: DatasetSettings) -> str:
+    if s.train_len is None:
+        return "train on the whole history"
+    return f"train on the last {s.train_len:,} events (a cap for training speed)"
+
+
 def document(
     rows: Sequence[Row],
     runs: Sequence[RunResult],
@@ -177,10 +189,9 @@ def document(
         parts += [f"## {name}", ""]
         seeds = sorted({r.seed for r in mine})
         parts.append(
-            f"Users: {s.users or 'all'} (the {s.long_users} longest always included); "
-            f"training {dict(s.train)}; whole-history rows train on the last "
-            f"{s.train_len or 'all'} events and are tested on the whole history; test "
-            f"negatives: {s.eval_negatives or 'whole catalogue minus seen items'}; test users: "
+            f"{_sample(s)}; training {dict(s.train)}; whole-history rows "
+            f"{_train_len(s)} and are tested on the whole history; test negatives: "
+            f"{s.eval_negatives or 'whole catalogue minus seen items'}; test users: "
             f"{s.eval_users or 'all'}; seeds {', '.join(map(str, seeds))}."
         )
         parts += ["", *table(summaries), ""]
