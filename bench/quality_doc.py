@@ -6,6 +6,7 @@ quality as mean ± std over seeds, cost and training speed as the median over se
 
 from __future__ import annotations
 
+import math
 import os
 import platform
 from collections.abc import Mapping, Sequence
@@ -72,14 +73,19 @@ def table(summaries: Mapping[str, Summary]) -> list[str]:
             f"`{label}`",
             f"{run.train_len:,}/{run.eval_len:,}",
             *(f"{m:.4f} ± {sd:.4f}" for m, sd in s.stats.values()),
-            f"{s.median('us_per_request'):,.0f}",
-            f"{int(s.median('state_bytes')):,}",
+            _number(s.median("us_per_request")),
+            _number(s.median("state_bytes")),
             f"{s.median('contexts_per_s'):,.0f}",
             f"{int(s.median('steps')):,} ({int(s.median('best')):,}){stopped}",
             f"{s.median('wall_s'):,.0f}",
         ]
         lines.append("| " + " | ".join(cells) + " |")
     return lines
+
+
+def _number(value: float) -> str:
+    """An integer with thousands separators; n/a for NaN or 0 (a mode with no cost call)."""
+    return "n/a" if math.isnan(value) or value == 0 else f"{value:,.0f}"
 
 
 def _verdict(ok: bool | None) -> str:
@@ -95,7 +101,8 @@ def targets(summaries: Mapping[str, Summary]) -> list[str]:
 
     def us(label: str) -> float | None:
         s = summaries.get(label)
-        return None if s is None else s.median("us_per_request")
+        value = None if s is None else s.median("us_per_request")
+        return None if value is None or math.isnan(value) else value
 
     svd, w200, whole = gauc("svd"), gauc("softmax@200"), gauc("softmax@all")
     lines = []
@@ -219,6 +226,8 @@ def plot(rows: Sequence[Row], runs: Sequence[RunResult], path: Path) -> None:
     for axis, name in zip(axes[0], names, strict=False):
         for label, s in summarise(rows, [r for r in runs if r.dataset == name]).items():
             mean, std = s.stats["GAUC"]
+            if math.isnan(s.median("us_per_request")):
+                continue
             axis.errorbar(s.median("us_per_request"), mean, yerr=std, fmt="o", capsize=3)
             axis.annotate(
                 label,

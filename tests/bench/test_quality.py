@@ -19,6 +19,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from model.config import AttentionMode, RankerConfig  # noqa: E402
+from model.lifelong import LifelongConfig, generate_lifelong  # noqa: E402
 from model.ranker import HistoryBatch, Ranker  # noqa: E402
 
 
@@ -27,7 +28,7 @@ def quality() -> types.ModuleType:
     return importlib.import_module("bench.quality")
 
 
-@pytest.mark.parametrize("mode", ["svd", "elastic", "linear", "mean", "softmax"])
+@pytest.mark.parametrize("mode", ["svd", "svd_exact", "elastic", "linear", "mean", "softmax"])
 def test_cost_call_scores_like_the_model(mode: str) -> None:
     cost = importlib.import_module("bench.quality_cost")
     torch.manual_seed(0)
@@ -46,6 +47,21 @@ def test_cost_call_scores_like_the_model(mode: str) -> None:
     assert got.shape == (1, 24)
     assert torch.allclose(got, want, atol=1e-4), (got - want).abs().max()
     assert call.state_bytes > 0
+
+
+def test_a_mode_without_a_cost_call_costs_nan() -> None:
+    cost = importlib.import_module("bench.quality_cost")
+    doc = importlib.import_module("bench.quality_doc")
+    ranker = Ranker(RankerConfig(n_items=60)).eval()
+    tiny = LifelongConfig(
+        n_users=2, n_items=60, n_topics=6, long_interests=2, min_length=30, max_length=40
+    )
+    data = generate_lifelong(tiny)
+    with pytest.raises(cost.NoServingCost, match="hybrid"):
+        cost.request(ranker, "hybrid", cost._history(data.interactions, 0, 10), torch.ones(1, 3))
+    got = cost.serving_cost(ranker, "hybrid", data.interactions, 10, budget_s=0.0)
+    assert np.isnan(got.us_per_request) and got.state_bytes == 0
+    assert doc._number(got.us_per_request) == "n/a" and doc._number(1234.4) == "1,234"
 
 
 def test_state_sizes() -> None:
