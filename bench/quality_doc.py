@@ -202,6 +202,12 @@ def document(
             f"{s.eval_users or 'all'}; seeds {', '.join(map(str, seeds))}."
         )
         parts += ["", *table(summaries), ""]
+        capped = sum(not r.converged for r in mine)
+        if capped:
+            parts.append(
+                f"- ⚠ {capped} of {len(mine)} runs stopped at a step / epoch ceiling "
+                "before early stopping: these figures are not converged."
+            )
         for skip in skipped:
             if skip.dataset == name:
                 parts.append(f"- `{skip.label}` not run: {skip.reason}.")

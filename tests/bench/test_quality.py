@@ -155,3 +155,4 @@ def test_quick_run_documents_every_row(quality: types.ModuleType, tmp_path: Path
         assert all(float(c.replace(",", "")) > 0 for c in cells[7:10]), line
         assert np.isfinite(float(cells[4].split(" ± ")[0]))
     assert len(re.findall(r"\*\*(met|missed)\*\*", text)) == 4
+    assert "runs stopped at a step / epoch ceiling" in text  # 4 quick steps: not converged
