@@ -1,223 +1,198 @@
-"""Quality grid: train + evaluate every attention mode, 3 seeds, on ml-100k, ml-1m, synthetic,
-plus a synthetic sweep of history length and rank; writes docs/RESULTS.md and a plot.
+"""Lifelong quality study: each row's own model, trained to convergence, tested, and its
+serving cost, on every dataset and seed; writes docs/RESULTS.md and docs/quality_vs_cost.png.
 
-    python bench/quality.py            # the committed run (see docs/RESULTS.md)
+    python bench/quality.py --workers 2                   # the committed protocol
+    python bench/quality.py --quick                       # smoke run (tiny, 1 seed)
+    python bench/quality.py --datasets path/to/log.csv --columns user=u,item=i,ts=t
+    python bench/quality.py --datasets ml-100k --rows svd softmax@200 --seeds 0
 
-Runs are independent processes (one CPU thread each, ``--workers`` at a time). Training is
-capped by optimiser steps (deterministic), not by time.
+Rows are declared in ROWS (adding one is one line: label, mode, context, overrides); each
+row trains its own model in its mode on its context (None = the whole history; training
+capped at the dataset's ``train_len``, testing on the whole history). Runs are independent
+processes with one torch thread each, ``--workers`` at a time.
 """
 
 from __future__ import annotations
 
 import argparse
+import ast
 import dataclasses
-import functools
-import os
-import platform
+import sys
 import time
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
-import numpy as np
-import torch
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:  # `python bench/quality.py` from anywhere
+    sys.path.insert(0, str(REPO))
 
-from model.config import ATTENTION_MODES, AttentionMode, RankerConfig
-from model.datasets import load_dataset
-from model.evaluate import EvalSpec, evaluate
-from model.events.interactions import Interactions
-from model.metrics import METRIC_NAMES
-from model.ranker import Ranker
-from model.synthetic import SyntheticConfig, generate
-from model.train import TrainConfig, train
+from bench.quality_doc import doc_header, document, plot  # noqa: E402
+from bench.quality_run import RunResult, Skipped, run_one  # noqa: E402
+from bench.quality_setup import DatasetSettings, Job, Row  # noqa: E402
+from model.datasets import columns_argument  # noqa: E402
+from model.lifelong import LifelongConfig  # noqa: E402
 
-SYNTH = SyntheticConfig(n_users=100, min_length=1_000, max_length=2_000, seed=0)
-SWEEP = SyntheticConfig(n_users=16, min_length=10_000, max_length=10_000, seed=1)
-# dataset → (users sampled for training, TrainConfig fields, EvalSpec fields)
-SETTINGS: dict[str, tuple[int | None, dict[str, Any], dict[str, Any]]] = {
-    "ml-100k": (None, {"max_steps": 400, "batch_size": 128, "max_len": 50}, {"max_len": 50}),
-    "ml-1m": (
-        1000,
-        {"max_steps": 400, "batch_size": 128, "max_len": 50},
-        {"max_len": 50, "max_users": 200},
+ROWS: tuple[Row, ...] = (
+    Row("svd", "svd"),
+    Row("elastic", "elastic"),
+    Row("linear", "linear"),
+    Row("mean", "mean"),
+    Row("softmax@50", "softmax", 50),
+    Row("softmax@200", "softmax", 200),
+    Row("softmax@all", "softmax"),
+)
+# Early stopping on validation GAUC; max_steps is only a safety ceiling (a run that reaches
+# it is flagged "⚠ceiling" in the table). Fields the trainer lacks are dropped with a warning.
+TRAIN = {
+    "epochs": 100,
+    "batch_size": 128,
+    "lr": 3e-3,
+    "negatives": 8,
+    "patience": 3,
+    "eval_every": 100,
+    "val_users": 300,
+    "val_negatives": 100,
+    "max_steps": 3_000,
+}
+SETTINGS: dict[str, DatasetSettings] = {
+    "ml-100k": DatasetSettings(train=TRAIN),
+    "ml-1m": DatasetSettings(
+        users=1_000, long_users=100, train_len=1_000, train=TRAIN, eval_users=500
     ),
-    "synthetic": (
-        None,
-        {"max_steps": 300, "batch_size": 64, "max_len": 200},
-        {"max_len": 200, "negatives": 2048, "max_users": 100},
+    "synthetic-lifelong": DatasetSettings(
+        users=None,
+        train_len=1_000,
+        train=TRAIN,
+        eval_negatives=1_000,
+        lifelong=LifelongConfig(n_users=300, min_length=1_000, max_length=10_000),
     ),
 }
-SWEEP_LENGTHS = (1_000, 2_000, 5_000, 10_000)
-SWEEP_RANKS = (4, 8, 16, 32, 64)
+# A log file given by path: a user sample with the longest users, sampled test negatives.
+FILE = DatasetSettings(
+    users=1_000, long_users=100, train_len=1_000, train=TRAIN, eval_negatives=1_000, eval_users=500
+)
+QUICK_TRAIN = {**TRAIN, "max_steps": 4, "eval_every": 2, "batch_size": 16, "val_users": 16}
+QUICK = DatasetSettings(
+    users=16,
+    long_users=4,
+    train_len=64,
+    train=QUICK_TRAIN,
+    eval_negatives=64,
+    eval_users=16,
+    lifelong=LifelongConfig(n_users=16, min_length=40, max_length=300),
+    cost_budget_s=0.02,
+)
 
 
-@functools.lru_cache(maxsize=4)
-def _data(name: str) -> Interactions:
-    if name == "synthetic":
-        return generate(SYNTH).interactions
-    if name == "sweep":
-        return generate(SWEEP).interactions
-    data = load_dataset(name, "data")
-    n_users = SETTINGS[name][0]
-    if n_users is not None and data.n_users > n_users:
-        pick = np.random.default_rng(0).choice(data.n_users, n_users, replace=False)
-        data = data.subset(np.sort(pick))
-    return data
+def settings_for(name: str, quick: bool, train: Mapping[str, Any] | None = None) -> DatasetSettings:
+    """The dataset's settings (QUICK's sizes for every dataset with ``--quick``), with the
+    ``train`` fields (``--set``) on top of its TrainConfig fields."""
+    s = SETTINGS.get(name, FILE)
+    if quick:
+        negatives = None if name.startswith("ml-") else QUICK.eval_negatives
+        s = dataclasses.replace(QUICK, eval_negatives=negatives)
+    return dataclasses.replace(s, train={**s.train, **train}) if train else s
 
 
-def _train(name: str, mode: str, seed: int, extra: dict[str, Any]) -> Ranker:
-    data = _data(name)
-    cfg = RankerConfig(
-        n_items=data.vocab.n_items, n_actions=data.vocab.n_actions, mode=cast(AttentionMode, mode)
-    )
-    fields = {"epochs": 100, "val_users": 200, "seed": seed, "device": "cpu", "progress": False}
-    return train(cfg, data, TrainConfig(**{**fields, **extra})).ranker
+def _assignment(text: str) -> tuple[str, Any]:
+    """argparse ``type=`` of ``--set``: KEY=VALUE with VALUE a Python literal."""
+    key, sep, value = text.partition("=")
+    if not sep or not key.isidentifier():
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    try:
+        return key, ast.literal_eval(value)
+    except (ValueError, SyntaxError) as exc:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a Python literal") from exc
 
 
-def run_one(job: tuple[str, str, int]) -> tuple[str, str, int, dict[str, float], float]:
-    """Train and test one (dataset, mode, seed); returns its metrics and wall seconds."""
-    torch.set_num_threads(1)
-    name, mode, seed = job
-    start = time.perf_counter()
-    _, train_fields, eval_fields = SETTINGS[name]
-    ranker = _train(name, mode, seed, train_fields)
-    m = evaluate(ranker, _data(name), mode, EvalSpec(seed=seed, **eval_fields))
-    return name, mode, seed, m.as_dict(), time.perf_counter() - start
-
-
-def run_sweep(_: int = 0) -> dict[str, list[float]]:
-    """AUC of one svd-trained model (synthetic, 10,000-event users) in svd (r) and softmax."""
-    torch.set_num_threads(1)
-    ranker = _train("sweep", "svd", 0, {"max_steps": 300, "batch_size": 64, "max_len": 200})
-    data = _data("sweep")
-    spec = EvalSpec(negatives=2048, batch_users=2, max_users=SWEEP.n_users)
-    out: dict[str, list[float]] = {"svd": [], "softmax": [], "rank": []}
-    for n in SWEEP_LENGTHS:
-        for mode in ("svd", "softmax"):
-            out[mode].append(evaluate(ranker, data, mode, dataclasses.replace(spec, max_len=n)).auc)
-    for r in SWEEP_RANKS:
-        ranked = Ranker(dataclasses.replace(ranker.config, rank=r))
-        ranked.load_state_dict(ranker.state_dict())
-        out["rank"].append(
-            evaluate(ranked, data, "svd", dataclasses.replace(spec, max_len=2000)).auc
+def _jobs(args: argparse.Namespace, rows: Sequence[Row]) -> list[Job]:
+    """Every (dataset, row, seed), the costliest rows (long softmax contexts) first."""
+    jobs = [
+        Job(
+            name,
+            settings_for(name, args.quick, dict(args.set)),
+            row,
+            seed,
+            args.columns,
+            args.sort,
+            str(args.data_dir),
         )
-    return out
-
-
-def _table(rows: dict[str, list[dict[str, float]]]) -> str:
-    head = (
-        "| mode | " + " | ".join(METRIC_NAMES) + " |\n" + "|---" * (len(METRIC_NAMES) + 1) + "|\n"
-    )
-    lines = []
-    for mode in ATTENTION_MODES:
-        runs = rows.get(mode, [])
-        cells = [
-            f"{np.mean([r[k] for r in runs]):.4f} ± {np.std([r[k] for r in runs]):.4f}"
-            for k in METRIC_NAMES
-        ]
-        lines.append(f"| {mode} | " + " | ".join(cells) + " |")
-    return head + "\n".join(lines) + "\n"
-
-
-def _targets(rows: dict[str, list[dict[str, float]]]) -> str:
-    auc = {m: float(np.mean([r["AUC"] for r in rows[m]])) for m in rows}
-    gap = auc["softmax"] - auc["svd"]
-    ok = gap <= 0.005 and auc["svd"] > auc["linear"] and auc["svd"] > auc["mean"]
-    return (
-        f"Target (svd within 0.005 AUC of softmax, above linear and mean): "
-        f"{'**met**' if ok else '**missed**'} — softmax − svd = {gap:+.4f}, "
-        f"svd − linear = {auc['svd'] - auc['linear']:+.4f}, "
-        f"svd − mean = {auc['svd'] - auc['mean']:+.4f}.\n"
-    )
-
-
-def _document(
-    results: dict[str, dict[str, list[dict[str, float]]]],
-    sweep: dict[str, list[float]],
-    wall: float,
-    command: str,
-    seeds: list[int],
-) -> str:
-    parts = [
-        "# Offline quality results\n",
-        "Generated by `bench/quality.py`; do not edit by hand.\n",
-        f"- Command: `{command}` (after `make data`)",
-        f"- Machine: {platform.platform()}, {os.cpu_count()} CPU cores (shared with other "
-        f"jobs while it ran), torch {torch.__version__}, one thread per run",
-        f"- Wall time: {wall / 60:.1f} min",
-        "- Every run: AdamW, BCE on the next item + 8 uniform negatives, training capped by "
-        "optimiser steps (see SETTINGS in the script), validation AUC each epoch, best kept; "
-        "test = each user's last event (leave-last-out), metrics as mean ± std over seeds "
-        f"{', '.join(map(str, seeds))}. d=64, heads=4, r=32, no recency decay.\n",
+        for name in args.datasets
+        for row in rows
+        for seed in args.seeds
     ]
-    for name, rows in results.items():
-        users, train_fields, eval_fields = SETTINGS[name]
-        parts.append(f"## {name}\n")
-        parts.append(
-            f"Training users: {users or 'all'}; training {train_fields}; evaluation "
-            f"{eval_fields} (negatives absent = whole catalogue minus seen items).\n"
-        )
-        parts.append(_table(rows))
-        parts.append(_targets(rows))
-    parts.append("## Synthetic sweep (one svd-trained model, 16 users of 10,000 events)\n")
-    parts.append("Test AUC vs 2,048 sampled candidates, same weights in both modes.\n")
-    parts.append("| N | " + " | ".join(f"{n:,}" for n in SWEEP_LENGTHS) + " |")
-    parts.append("|---" * (len(SWEEP_LENGTHS) + 1) + "|")
-    for mode in ("softmax", "svd"):
-        parts.append(f"| {mode} | " + " | ".join(f"{v:.4f}" for v in sweep[mode]) + " |")
-    parts.append("\n| r (N=2,000) | " + " | ".join(str(r) for r in SWEEP_RANKS) + " |")
-    parts.append("|---" * (len(SWEEP_RANKS) + 1) + "|")
-    parts.append("| svd | " + " | ".join(f"{v:.4f}" for v in sweep["rank"]) + " |\n")
-    parts.append("![sweep](quality_sweep.png)\n")
-    return "\n".join(parts)
+    return sorted(jobs, key=lambda j: (j.row.mode != "softmax", -(j.row.context or 10**9)))
 
 
-def _plot(sweep: dict[str, list[float]], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4))
-    a.plot(SWEEP_LENGTHS, sweep["softmax"], "o-", label="softmax")
-    a.plot(SWEEP_LENGTHS, sweep["svd"], "s-", label="svd (r=32)")
-    a.set(xscale="log", xlabel="history length N", ylabel="test AUC", title="AUC vs N")
-    a.legend()
-    b.plot(SWEEP_RANKS, sweep["rank"], "s-", label="svd")
-    b.axhline(sweep["softmax"][1], color="gray", ls="--", label="softmax (N=2,000)")
-    b.set(xscale="log", xlabel="rank r", ylabel="test AUC", title="AUC vs r (N=2,000)")
-    b.legend()
-    for axis, ticks in ((a, SWEEP_LENGTHS), (b, SWEEP_RANKS)):
-        axis.set_xticks(ticks, [f"{t:,}" for t in ticks])
-        axis.minorticks_off()
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
+def _run(jobs: list[Job], workers: int) -> Iterator[RunResult | Skipped]:
+    if workers <= 1:
+        yield from map(run_one, jobs)
+        return
+    with ProcessPoolExecutor(workers) as pool:
+        yield from pool.map(run_one, jobs)
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument("--datasets", nargs="+", default=list(SETTINGS))
-    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    p.add_argument("--workers", type=int, default=3, help="processes (the sweep holds one)")
-    p.add_argument("--out", type=Path, default=Path("docs"))
-    args = p.parse_args(argv)
-    start = time.perf_counter()
-    jobs = [(d, m, s) for d in args.datasets for m in ATTENTION_MODES for s in args.seeds]
-    results: dict[str, dict[str, list[dict[str, float]]]] = {}
-    with ProcessPoolExecutor(args.workers) as pool:
-        sweep_future = pool.submit(run_sweep)
-        for name, mode, seed, metrics, wall in pool.map(run_one, jobs):
-            print(f"{name:10s} {mode:10s} seed {seed} AUC {metrics['AUC']:.4f} ({wall:.0f}s)")
-            results.setdefault(name, {}).setdefault(mode, []).append(metrics)
-        sweep = sweep_future.result()
-    wall = time.perf_counter() - start
-    args.out.mkdir(parents=True, exist_ok=True)
-    _plot(sweep, args.out / "quality_sweep.png")
-    argv_text = " ".join(argv if argv is not None else __import__("sys").argv[1:])
-    doc = _document(
-        results, sweep, wall, f"python bench/quality.py {argv_text}".strip(), args.seeds
+def _select(labels: Iterable[str] | None) -> list[Row]:
+    if labels is None:
+        return list(ROWS)
+    known = {r.label: r for r in ROWS}
+    unknown = sorted(set(labels) - set(known))
+    if unknown:
+        raise SystemExit(f"unknown rows {unknown}; rows: {', '.join(known)}")
+    return [known[label] for label in labels]
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--datasets", nargs="+", default=list(SETTINGS), help="names or log paths")
+    p.add_argument("--rows", nargs="+", default=None, help="row labels (default: all)")
+    p.add_argument("--seeds", nargs="+", type=int, default=None, help="default 0 1 2 (quick: 0)")
+    p.add_argument("--workers", type=int, default=2, help="processes (1: in this process)")
+    p.add_argument("--quick", action="store_true", help="tiny smoke run, one seed")
+    p.add_argument("--columns", type=columns_argument, default=None, help="a log's columns")
+    p.add_argument("--sort", action="store_true", help="sort a log file's events by time")
+    p.add_argument(
+        "--set",
+        nargs="+",
+        type=_assignment,
+        default=[],
+        metavar="KEY=VALUE",
+        help="TrainConfig fields of every run, e.g. max_steps=300 negatives=127",
     )
-    (args.out / "RESULTS.md").write_text(doc)
+    p.add_argument("--data-dir", type=Path, default=REPO / "data")
+    p.add_argument("--out", type=Path, default=REPO / "docs")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the study and write ``--out``/RESULTS.md and ``--out``/quality_vs_cost.png."""
+    args = _parser().parse_args(argv)
+    args.seeds = args.seeds or ([0] if args.quick else [0, 1, 2])
+    rows = _select(args.rows)
+    start = time.perf_counter()
+    runs: list[RunResult] = []
+    skipped: list[Skipped] = []
+    for out in _run(_jobs(args, rows), args.workers):
+        if isinstance(out, Skipped):
+            print(f"{out.dataset:20s} {out.label:14s} skipped: {out.reason}", flush=True)
+            if out not in skipped:
+                skipped.append(out)
+            continue
+        runs.append(out)
+        print(
+            f"{out.dataset:20s} {out.label:14s} seed {out.seed} GAUC {out.metrics['GAUC']:.4f} "
+            f"steps {out.steps} {out.us_per_request:,.0f} µs ({out.wall_s:.0f}s)",
+            flush=True,
+        )
+    wall = time.perf_counter() - start
+    shown = " ".join(argv if argv is not None else sys.argv[1:])
+    header = doc_header(f"python bench/quality.py {shown}", wall, args.workers)
+    names = {name: settings_for(name, args.quick, dict(args.set)) for name in args.datasets}
+    args.out.mkdir(parents=True, exist_ok=True)
+    plot(rows, runs, args.out / "quality_vs_cost.png")
+    (args.out / "RESULTS.md").write_text(document(rows, runs, skipped, names, header))
     print(f"wrote {args.out / 'RESULTS.md'} in {wall:.0f}s")
     return 0
 

@@ -1,8 +1,9 @@
 """Dataset entry points: ``python -m model.datasets fetch --out data`` and :func:`load_dataset`.
 
 Names: ``ml-100k`` and ``ml-1m`` (RecBole ``.inter`` files under ``data_dir``, ratings as
-actions "r1".."r5"), ``synthetic`` (:mod:`model.synthetic`), or a path to a CSV / TSV /
-Parquet log with any column names (see :func:`model.events.logfile.load_log`).
+actions "r1".."r5"), ``synthetic`` (:mod:`model.synthetic`), ``synthetic-lifelong``
+(:mod:`model.lifelong`), or a path to a CSV / TSV / Parquet log with any column names (see
+:func:`model.events.logfile.load_log`).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from pathlib import Path
 from model.events.fetch import SOURCES, FetchError, extract_member, fetch
 from model.events.interactions import DatasetError, Interactions
 from model.events.logfile import load_log, parse_columns
+from model.lifelong import LifelongConfig, generate_lifelong
 from model.synthetic import SyntheticConfig, generate
 
 __all__ = [
@@ -28,6 +30,7 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+GENERATED = ("synthetic", "synthetic-lifelong")  # dataset names made by a generator
 
 
 def load_dataset(
@@ -36,6 +39,7 @@ def load_dataset(
     *,
     sort: bool = False,
     synthetic: SyntheticConfig | None = None,
+    lifelong: LifelongConfig | None = None,
     columns: Mapping[str, str] | None = None,
 ) -> Interactions:
     """Load a dataset by name or path; raises DatasetError with a hint when files are missing.
@@ -43,7 +47,7 @@ def load_dataset(
     ``columns`` (role → column name, see :func:`model.events.logfile.parse_columns`) applies
     to a log file only; the named datasets have their own fixed columns.
     """
-    if columns and (name in SOURCES or name == "synthetic"):
+    if columns and (name in SOURCES or name in GENERATED):
         raise DatasetError(f"--columns applies to a log file, not to the dataset {name!r}")
     if name in SOURCES:
         path = Path(data_dir) / name / SOURCES[name].filename
@@ -53,6 +57,8 @@ def load_dataset(
         return load_log(path, sort=True)
     if name == "synthetic":
         return generate(synthetic or SyntheticConfig()).interactions
+    if name == "synthetic-lifelong":
+        return generate_lifelong(lifelong or LifelongConfig()).interactions
     return load_log(name, sort=sort, columns=columns)
 
 

@@ -20,7 +20,7 @@ from numpy.typing import NDArray
 
 from model.checkpoint import load_checkpoint
 from model.config import ATTENTION_MODES
-from model.datasets import COLUMNS_HELP, DatasetError, columns_argument, load_dataset
+from model.datasets import COLUMNS_HELP, GENERATED, DatasetError, columns_argument, load_dataset
 from model.events.interactions import Interactions
 from model.events.windows import history_batch
 from model.metrics import RankingMetrics, ranking_metrics
@@ -152,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
         data = data.with_vocabulary(ckpt.vocab)
     spec = EvalSpec(
         split=args.split,
-        negatives=args.negatives if args.dataset != "synthetic" else args.negatives or 2048,
+        negatives=args.negatives if args.dataset not in GENERATED else args.negatives or 2048,
         max_len=args.max_len or int(meta.get("max_len", 100)),
         max_users=args.max_users,
         half_life_s=ckpt.ranker.config.half_life_s,
