@@ -36,6 +36,7 @@ from model.lifelong import LifelongConfig  # noqa: E402
 
 ROWS: tuple[Row, ...] = (
     Row("svd", "svd"),
+    Row("svd+recent16", "svd", None, {"recent_tokens": 16}),
     Row("elastic", "elastic"),
     Row("linear", "linear"),
     Row("mean", "mean"),
@@ -47,26 +48,24 @@ ROWS: tuple[Row, ...] = (
 # it is flagged "⚠ceiling" in the table). Fields the trainer lacks are dropped with a warning.
 TRAIN = {
     "epochs": 100,
-    "batch_size": 128,
+    "batch_size": 64,
     "lr": 3e-3,
-    "negatives": 8,
-    "patience": 3,
-    "eval_every": 100,
-    "val_users": 300,
+    "negatives": 127,
+    "patience": 2,
+    "eval_every": 50,
+    "val_users": 200,
     "val_negatives": 100,
-    "max_steps": 3_000,
+    "max_steps": 1_500,
 }
 SETTINGS: dict[str, DatasetSettings] = {
-    "ml-100k": DatasetSettings(train=TRAIN),
-    "ml-1m": DatasetSettings(
-        users=1_000, long_users=100, train_len=1_000, train=TRAIN, eval_users=500
-    ),
+    "ml-100k": DatasetSettings(train_len=256, train=TRAIN, eval_users=400),
+    "ml-1m": DatasetSettings(users=600, long_users=60, train_len=256, train=TRAIN, eval_users=300),
     "synthetic-lifelong": DatasetSettings(
         users=None,
-        train_len=1_000,
+        train_len=256,
         train=TRAIN,
         eval_negatives=1_000,
-        lifelong=LifelongConfig(n_users=300, min_length=1_000, max_length=10_000),
+        lifelong=LifelongConfig(n_users=120, min_length=1_000, max_length=10_000),
     ),
 }
 # A log file given by path: a user sample with the longest users, sampled test negatives.

@@ -20,6 +20,7 @@ query; H·(d_h² + d_h): S and z per head; d + 1: Σ w x and n_eff) plus the svd
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import statistics
@@ -37,6 +38,7 @@ from model.events.windows import history_batch
 from model.layers import ElasticDispatcher, LinearTargetAttention, elu_feature
 from model.lowrank import LowRankState
 from model.ranker import HistoryBatch, Ranker
+from model.recent import RecentEvents
 from model.serving import ServingWeights
 
 log = logging.getLogger(__name__)
@@ -129,6 +131,14 @@ def request(ranker: Ranker, mode: str, hist: HistoryBatch, rows: Tensor) -> Requ
         state = LowRankState.from_rows(x[0].double().numpy(), r)
     if mode == "svd":
         tokens = torch.as_tensor(state.interests(r), dtype=torch.float32)[None]  # (1, r, d)
+        k = cfg.recent_tokens
+        if k:  # the hybrid: the k latest event rows join the tokens, kept in the state
+            tokens = torch.cat((tokens, x[:, -k:].float()), dim=1)  # (1, r + k, d)
+            n = hist.items.shape[1]
+            window = RecentEvents.empty(k).merged(
+                hist.items[0].numpy(), hist.actions[0].numpy(), np.arange(n, dtype=np.float64)
+            )
+            state = dataclasses.replace(state, recent=window)
         return Request(lambda: serving.svd(rows, tokens), len(state.to_bytes()))
     if mode == "elastic":
         tokens = cast(ElasticDispatcher, ranker.baselines["elastic"].dispatcher)(

@@ -260,6 +260,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--heads", type=int, default=4)
     p.add_argument("--rank", type=int, default=32)
     p.add_argument("--half-life-s", type=float, default=None, help="recency half-life (s)")
+    p.add_argument(
+        "--recent-tokens", type=int, default=0, help="svd hybrid: the k latest events as tokens"
+    )
     p.add_argument("--epochs", type=int, default=TrainConfig.epochs)
     p.add_argument("--batch-size", type=int, default=TrainConfig.batch_size)
     p.add_argument("--lr", type=float, default=TrainConfig.lr)
@@ -313,6 +316,7 @@ def main(argv: list[str] | None = None) -> int:
         rank=args.rank,
         mode=args.mode,
         half_life_s=args.half_life_s,
+        recent_tokens=args.recent_tokens,
     )
     cfg = TrainConfig(
         epochs=args.epochs,
