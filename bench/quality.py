@@ -48,24 +48,24 @@ ROWS: tuple[Row, ...] = (
 # it is flagged "⚠ceiling" in the table). Fields the trainer lacks are dropped with a warning.
 TRAIN = {
     "epochs": 100,
-    "batch_size": 64,
+    "batch_size": 48,
     "lr": 3e-3,
     "negatives": 127,
     "patience": 2,
-    "eval_every": 50,
+    "eval_every": 40,
     "val_users": 200,
     "val_negatives": 100,
     "max_steps": 1_500,
 }
 SETTINGS: dict[str, DatasetSettings] = {
-    "ml-100k": DatasetSettings(train_len=256, train=TRAIN, eval_users=400),
-    "ml-1m": DatasetSettings(users=600, long_users=60, train_len=256, train=TRAIN, eval_users=300),
+    "ml-100k": DatasetSettings(train_len=200, train=TRAIN, eval_users=300),
+    "ml-1m": DatasetSettings(users=400, long_users=40, train_len=200, train=TRAIN, eval_users=200),
     "synthetic-lifelong": DatasetSettings(
         users=None,
-        train_len=256,
+        train_len=200,
         train=TRAIN,
         eval_negatives=1_000,
-        lifelong=LifelongConfig(n_users=120, min_length=1_000, max_length=10_000),
+        lifelong=LifelongConfig(n_users=80, min_length=1_000, max_length=10_000),
     ),
 }
 # A log file given by path: a user sample with the longest users, sampled test negatives.

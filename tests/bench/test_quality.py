@@ -89,7 +89,8 @@ def test_settings_reach_the_configs(quality: types.ModuleType) -> None:
     row = setup.Row("svd-hl", "svd", None, {"half_life_s": 60.0, "lr": 1e-3})
     job = setup.Job("ml-100k", quality.SETTINGS["ml-100k"], row, seed=5)
     cfg = setup.train_config(job, 123)
-    assert (cfg.lr, cfg.max_len, cfg.seed, cfg.batch_size) == (1e-3, 123, 5, 128)
+    batch = quality.TRAIN["batch_size"]
+    assert (cfg.lr, cfg.max_len, cfg.seed, cfg.batch_size) == (1e-3, 123, 5, batch)
     fake = types.SimpleNamespace(vocab=types.SimpleNamespace(n_items=10, n_actions=2))
     model = setup.model_config(job, fake)
     assert (model.mode, model.half_life_s, model.n_items) == ("svd", 60.0, 10)
