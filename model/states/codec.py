@@ -1,0 +1,28 @@
+"""Decode any state blob to its kind: version 1 is the svd factors, version 2 the family."""
+
+from __future__ import annotations
+
+from model.lowrank import LowRankState
+from model.states.base import UserState
+from model.states.blob import FAMILY_VERSION, blob_version, decode_blob
+from model.states.elastic import ElasticState
+from model.states.linear import LinearState
+from model.states.mean import MeanState
+
+__all__ = ["STATE_CLASSES", "decode_user_state"]
+
+STATE_CLASSES = {"elastic": ElasticState, "linear": LinearState, "mean": MeanState}
+
+
+def decode_user_state(blob: bytes) -> UserState:
+    """The state a blob holds, of whatever kind.
+
+    Raises:
+        StateFormatError: truncated, corrupted, of an unknown version or kind, or non-finite.
+    """
+    blob = bytes(blob)
+    if blob_version(blob) != FAMILY_VERSION:
+        return LowRankState.from_bytes(blob)  # version 1 (or an unknown one: it says so)
+    decoded = decode_blob(blob)
+    state: UserState = STATE_CLASSES[decoded.kind].from_blob(decoded)
+    return state
