@@ -15,7 +15,7 @@ from typing import cast
 import torch
 from torch import Tensor, nn
 
-from model.config import SERVING_MODES, RankerConfig
+from model.config import SERVING_MODES, STATE_MODES, RankerConfig
 from model.heads import BaselineHead, ScoringMLP, baseline_heads
 from model.layers import TargetAttention, interest_tokens, principal_basis, project_rows
 from model.serving import ServingPass
@@ -55,6 +55,8 @@ class ScoreRequest:
         history_items / history_actions: (N,) long rows of the event log (`svd_exact`, `softmax`).
         weights: (N,) recency weights of those events.
         basis: (d, r) V_r of the user's factors (`svd_exact`).
+        summary: the user's state summary: (H, d_h, d_h + 1) [S_h | z_h] (`linear`) or the
+            (d,) weighted mean row (`mean`); `elastic` puts its k tokens in ``interests``.
     """
 
     candidates: Tensor
@@ -63,6 +65,7 @@ class ScoreRequest:
     history_actions: Tensor | None = None
     weights: Tensor | None = None
     basis: Tensor | None = None
+    summary: Tensor | None = None
 
 
 class Ranker(nn.Module):
@@ -134,15 +137,24 @@ class Ranker(nn.Module):
         Candidates and context tokens are padded to the batch maximum and masked; the pass is
         :class:`model.serving.ServingPass` (the service calls it with inputs packed already).
         """
-        if mode not in SERVING_MODES:
-            raise RankerInputError(f"serving mode must be one of {SERVING_MODES}, got {mode!r}")
+        own = (self.config.mode,) if self.config.mode in STATE_MODES else ()
+        if mode not in SERVING_MODES + own:
+            raise RankerInputError(
+                f"serving mode must be one of {SERVING_MODES + own}, got {mode!r}"
+            )
         if not requests:
             return []
         device = self.item_emb.weight.device
         rows, _ = _pad_1d([req.candidates for req in requests], device)  # (B, M)
         serving = self.serving_pass()
-        if mode == "svd":
+        if mode in ("svd", "elastic"):  # candidates attend to r interests / k dispatcher tokens
             logits = serving.svd(rows, *self._interest_batch(requests, device))
+        elif mode in STATE_MODES:
+            summaries = [req.summary for req in requests]
+            if any(s is None for s in summaries):
+                raise RankerInputError(f"{mode} mode needs a state summary per request")
+            stacked = torch.stack([s.float() for s in summaries if s is not None]).to(device)
+            logits = serving.state(mode, rows, stacked)
         else:
             logits = serving.history(mode, rows, *self._history_batch(mode, requests, device))
         return [logits[i, : req.candidates.shape[0]].clone() for i, req in enumerate(requests)]
@@ -155,7 +167,7 @@ class Ranker(nn.Module):
         tokens_list = []
         for req in requests:
             if req.interests is None or req.interests.dim() != 2 or req.interests.shape[1] != d:
-                raise RankerInputError(f"svd mode needs (r, {d}) interests per request")
+                raise RankerInputError(f"svd and elastic need (r, {d}) interests per request")
             tokens_list.append(req.interests)
         tokens, mask = _pad_1d(tokens_list, device)
         return tokens.float(), None if bool(mask.all()) else mask

@@ -10,15 +10,17 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, cast
 
 import numpy as np
 import torch
 from numpy.typing import NDArray
-from torch import nn
 
-from model.config import RankerConfig, state_kind
+from model.config import state_kind
+from model.heads import ElasticHead, LinearHead
+from model.layers import ElasticDispatcher, LinearTargetAttention
 from model.lowrank import Decay, LowRankState
+from model.ranker import Ranker
 from model.states.base import UserState
 from model.states.elastic import ElasticSpec, ElasticState
 from model.states.linear import LinearSpec, LinearState
@@ -32,8 +34,11 @@ Array = NDArray[np.float64]
 class StateBuilder(Protocol):
     """Creates and updates one kind of state for one model (rows (N, d), ts (N,) seconds)."""
 
-    kind: str
-    tag: str
+    @property
+    def kind(self) -> str: ...
+
+    @property
+    def tag(self) -> str: ...
 
     def empty(self) -> UserState: ...
 
@@ -50,7 +55,7 @@ def _np(weight: torch.Tensor) -> Array:
     return weight.detach().to(device="cpu", dtype=torch.float64).numpy().copy()
 
 
-def elastic_spec(dispatcher: nn.Module, heads: int) -> ElasticSpec:
+def elastic_spec(dispatcher: ElasticDispatcher, heads: int) -> ElasticSpec:
     """The :class:`ElasticSpec` of a ``model.layers.ElasticDispatcher``."""
     attn = dispatcher.dispatch
     q = _np(dispatcher.queries) @ _np(attn.w_q.weight).T  # (k, d)
@@ -63,7 +68,7 @@ def elastic_spec(dispatcher: nn.Module, heads: int) -> ElasticSpec:
     )  # fmt: skip
 
 
-def linear_spec(attention: nn.Module, heads: int) -> LinearSpec:
+def linear_spec(attention: LinearTargetAttention, heads: int) -> LinearSpec:
     """The :class:`LinearSpec` of a ``model.layers.LinearTargetAttention``."""
     return LinearSpec(_np(attention.w_k.weight).T.copy(), _np(attention.w_v.weight).T.copy(), heads)
 
@@ -165,17 +170,17 @@ class MeanBuilder:
 
 
 def make_builder(
-    ranker: nn.Module, *, rank: int, oversample: int, decay: Decay | None, tag: str
+    ranker: Ranker, *, rank: int, oversample: int, decay: Decay | None, tag: str
 ) -> StateBuilder:
     """The builder of the state a ranker trained in ``ranker.config.mode`` is served from."""
-    config: RankerConfig = ranker.config
+    config = ranker.config
     kind = state_kind(config.mode)
     if kind == "elastic":
-        spec = elastic_spec(ranker.baselines["elastic"].dispatcher, config.heads)
-        return ElasticBuilder(spec, decay, tag)
+        elastic = cast(ElasticHead, ranker.baselines["elastic"])
+        return ElasticBuilder(elastic_spec(elastic.dispatcher, config.heads), decay, tag)
     if kind == "linear":
-        return LinearBuilder(linear_spec(ranker.baselines["linear"].attention, config.heads),
-                             decay, tag)  # fmt: skip
+        linear = cast(LinearHead, ranker.baselines["linear"])
+        return LinearBuilder(linear_spec(linear.attention, config.heads), decay, tag)
     if kind == "mean":
         return MeanBuilder(config.dim, decay, tag)
     return SvdBuilder(config.dim, rank, oversample, decay, tag)

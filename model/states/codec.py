@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from model.lowrank import LowRankState
 from model.states.base import UserState
-from model.states.blob import FAMILY_VERSION, blob_version, decode_blob
+from model.states.blob import FAMILY_VERSION, Blob, blob_version, decode_blob
 from model.states.elastic import ElasticState
 from model.states.linear import LinearState
 from model.states.mean import MeanState
 
-__all__ = ["STATE_CLASSES", "decode_user_state"]
+__all__ = ["decode_user_state"]
 
-STATE_CLASSES = {"elastic": ElasticState, "linear": LinearState, "mean": MeanState}
+_FROM_BLOB: dict[str, Callable[[Blob], UserState]] = {
+    "elastic": ElasticState.from_blob,
+    "linear": LinearState.from_blob,
+    "mean": MeanState.from_blob,
+}
 
 
 def decode_user_state(blob: bytes) -> UserState:
@@ -24,5 +30,4 @@ def decode_user_state(blob: bytes) -> UserState:
     if blob_version(blob) != FAMILY_VERSION:
         return LowRankState.from_bytes(blob)  # version 1 (or an unknown one: it says so)
     decoded = decode_blob(blob)
-    state: UserState = STATE_CLASSES[decoded.kind].from_blob(decoded)
-    return state
+    return _FROM_BLOB[decoded.kind](decoded)
