@@ -50,6 +50,11 @@ class StateBuilder(Protocol):
         """Whether ``state`` has this builder's kind and shape (else: rebuild it)."""
         ...
 
+    def features(self, state: UserState) -> Array:
+        """What the scoring pass reads of ``state``: svd (r, d) interest tokens, elastic (k, d)
+        dispatcher tokens, linear (H, d_h, d_h + 1) [S_h | z_h], mean the (d,) mean row."""
+        ...
+
 
 def _np(weight: torch.Tensor) -> Array:
     return weight.detach().to(device="cpu", dtype=torch.float64).numpy().copy()
@@ -94,6 +99,10 @@ class SvdBuilder:
         assert isinstance(state, LowRankState)
         return state.append(rows, ts=ts, decay=self.decay)
 
+    def features(self, state: UserState) -> Array:
+        assert isinstance(state, LowRankState)
+        return state.interests(self.rank)
+
     def fits(self, state: UserState) -> bool:
         ell = min(self.rank + self.oversample, self.dim)
         return isinstance(state, LowRankState) and (state.rank, state.ell, state.d) == (
@@ -118,6 +127,10 @@ class ElasticBuilder:
         assert isinstance(state, ElasticState)
         return state.append(rows, ts, self.spec, self.decay)
 
+    def features(self, state: UserState) -> Array:
+        assert isinstance(state, ElasticState)
+        return state.tokens(self.spec)
+
     def fits(self, state: UserState) -> bool:
         spec = self.spec
         dims = (spec.heads, spec.tokens, spec.dim // spec.heads)
@@ -140,6 +153,10 @@ class LinearBuilder:
     def append(self, state: UserState, rows: Array, ts: Array) -> LinearState:
         assert isinstance(state, LinearState)
         return state.append(rows, ts, self.spec, self.decay)
+
+    def features(self, state: UserState) -> Array:
+        assert isinstance(state, LinearState)
+        return state.summary()
 
     def fits(self, state: UserState) -> bool:
         spec = self.spec
@@ -164,6 +181,10 @@ class MeanBuilder:
     def append(self, state: UserState, rows: Array, ts: Array) -> MeanState:
         assert isinstance(state, MeanState)
         return state.append(rows, ts, self.decay)
+
+    def features(self, state: UserState) -> Array:
+        assert isinstance(state, MeanState)
+        return state.pooled()
 
     def fits(self, state: UserState) -> bool:
         return isinstance(state, MeanState) and state.s.shape == (self.dim,)
