@@ -32,6 +32,7 @@ _HEADER = struct.Struct("<4sHBBQddHHHB")
 _CRC = struct.Struct("<I")
 _FLAG_HAS_T_REF = 1
 _MAX_TAG_BYTES = 64
+_F32_MAX = float(np.finfo(np.float32).max)
 # Codes of the kinds in the version-2 header (svd blobs are version 1 and carry no kind).
 KIND_CODES: dict[str, int] = {"elastic": 1, "linear": 2, "mean": 3}
 _KINDS = {code: kind for kind, code in KIND_CODES.items()}
@@ -68,9 +69,10 @@ def encode_blob(
     raw_tag = tag.encode("utf-8")
     if len(raw_tag) > _MAX_TAG_BYTES:
         raise LowRankError(f"state tag longer than {_MAX_TAG_BYTES} bytes: {raw_tag!r}")
-    packed = np.asarray(values, dtype="<f4").reshape(-1)
-    if not (np.all(np.isfinite(packed)) and math.isfinite(n_eff)):
-        raise LowRankError(f"{kind} state holds non-finite values (float32 overflow?)")
+    wide = np.asarray(values, dtype=np.float64).reshape(-1)
+    if not (np.all(np.abs(wide) <= _F32_MAX) and math.isfinite(n_eff)):  # NaN fails too
+        raise LowRankError(f"{kind} state holds values that are not finite in float32")
+    packed = wide.astype("<f4")
     flags = _FLAG_HAS_T_REF if t_ref is not None else 0
     header = _HEADER.pack(
         _MAGIC, FAMILY_VERSION, KIND_CODES[kind], flags, n, n_eff,
