@@ -13,7 +13,6 @@ weight is exp(-(t_ref - t_j)/τ) (1 without decay), as in training (``model.even
 
 from __future__ import annotations
 
-import math
 from typing import NamedTuple, Protocol
 
 import numpy as np
@@ -84,8 +83,3 @@ def advance(t_ref: float | None, ts: Array, decay: Decay | None) -> Clock:
         return Clock(t_new, 0.0, np.zeros(ts.shape[0]))
     shift = 0.0 if t_ref is None else -(t_new - t_ref) / decay.tau_s
     return Clock(t_new, shift, -(t_new - ts) / decay.tau_s)
-
-
-def clock_factor(shift: float) -> float:
-    """exp(shift): how much the old state's weights shrink."""
-    return math.exp(shift)
