@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from model.checkpoint import WEIGHTS_FILE, Checkpoint, CheckpointError, load_checkpoint
-from model.config import served_modes, state_kind
+from model.config import state_kind
 from model.device import resolve_device as model_device
 from model.lowrank import Decay
 from model.states import StateBuilder, make_builder
@@ -131,7 +131,7 @@ class ServingModel:
     @property
     def served_modes(self) -> tuple[str, ...]:
         """The /rank modes this checkpoint serves (``model.config.served_modes``)."""
-        return served_modes(self.checkpoint.ranker.config.mode)
+        return self.checkpoint.served_modes
 
     @property
     def state_kind(self) -> str:
