@@ -8,9 +8,15 @@ its kind.
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 from typing import Any
 
+import httpx
 import numpy as np
 import pytest
 import torch
@@ -19,6 +25,7 @@ from model.checkpoint import Vocabulary, load_checkpoint, save_checkpoint
 from model.config import RankerConfig
 from model.lowrank import Decay
 from model.ranker import HistoryBatch, Ranker
+from solar_tools.redis_server import free_port
 from tests.service.conftest import SettingsFactory
 from tests.service.support import ACTIONS, DIM, ITEMS, event, ingest, running_app
 
@@ -128,3 +135,57 @@ async def test_a_model_change_rebuilds_states_of_another_kind(
         assert (await client.get("/users/u")).json()["state_kind"] == "elastic"
     offline = _offline(checkpoint, history, cands, "elastic")
     assert max(abs(rebuilt[i] - offline[i]) for i in cands) <= 1e-4
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("mode", ["linear"])
+def test_a_real_server_process_serves_the_state_mode(
+    mode: str, redis_url: str, tmp_path: Path
+) -> None:
+    """`solar serve` as a uvicorn process on a socket, with its applier, on real Redis."""
+    checkpoint = _checkpoint(tmp_path / mode, mode)
+    port = free_port()
+    env = {**os.environ, "SOLAR_MODEL_PATH": str(checkpoint), "SOLAR_REDIS_URL": redis_url,
+           "SOLAR_MAX_WAIT_MS": "1"}  # fmt: skip
+    log_path = tmp_path / "server.log"
+    history = _history("p", 21)
+    cands = list(ITEMS[:20])
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "service.cli", "serve", "--host", "127.0.0.1", "--port",
+             str(port)], env=env, stdout=log, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+        try:
+            with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10.0) as client:
+                _wait_ready(client, proc, log_path)
+                for start in range(0, len(history), 13):
+                    block = {"events": history[start : start + 13]}
+                    response = client.post("/ingest?wait=true", json=block)
+                    assert response.status_code == 200, response.text
+                response = client.post("/rank", json={"user_id": "p", "candidates": cands,
+                                                      "mode": mode})  # fmt: skip
+                assert response.status_code == 200, response.text
+                served = {i["item_id"]: i["score"] for i in response.json()["items"]}
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+    offline = _offline(checkpoint, history, cands, mode)
+    assert max(abs(served[i] - offline[i]) for i in cands) <= 1e-4
+
+
+def _wait_ready(client: httpx.Client, proc: subprocess.Popen[bytes], log: Path) -> None:
+    deadline = time.monotonic() + 60.0
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            pytest.fail(f"solar serve exited with {proc.returncode}:\n{log.read_text()}")
+        try:
+            if client.get("/readyz", timeout=1.0).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.1)
+    pytest.fail(f"solar serve not ready after 60 s:\n{log.read_text()}")
