@@ -12,12 +12,14 @@ half-life and M = 2,048 candidates:
   its top 100 (``BatchScorer``: the micro-batcher's handler). `softmax` and `svd_exact` read
   the N logged events instead; `softmax` is the baseline of the ratios, same run.
 
-Run alone (``python bench/state_modes.py [--quick]``) or as part of ``bench/kernels.py``.
+Run alone (``python bench/state_modes.py [--quick] [--markdown docs/BENCHMARKS.md]``: the
+latter writes section ``state-modes`` of that file) or as part of ``bench/kernels.py``.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -31,6 +33,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+from bench.markdown import write_section  # noqa: E402
 from model.config import RankerConfig  # noqa: E402
 from model.lowrank import Decay, LowRankState  # noqa: E402
 from model.ranker import Ranker, ScoreRequest  # noqa: E402
@@ -161,10 +164,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="fewer repeats and events")
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
+    parser.add_argument("--markdown", type=Path, help="write section state-modes of this file")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    print("\n".join(table(measure_all(args.quick))))
+    started = time.perf_counter()
+    lines = table(measure_all(args.quick))
+    command = " ".join(
+        ["python bench/state_modes.py", *(argv if argv is not None else sys.argv[1:])]
+    )
+    text = "\n".join([
+        "## Compressed-state modes: state bytes, append and scoring cost",
+        "",
+        f"Produced by `{command}` in {time.perf_counter() - started:.0f} s "
+        f"({os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}, "
+        f"torch {torch.get_num_threads()} thread(s)); ratios are to `softmax` in the same run.",
+        "",
+        *lines,
+    ])  # fmt: skip
+    print(text)
+    if args.markdown is not None:
+        write_section(args.markdown, "state-modes", text)
     return 0
 
 

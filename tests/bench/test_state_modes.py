@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -31,3 +33,15 @@ def test_every_mode_is_measured(mode: str, monkeypatch: pytest.MonkeyPatch) -> N
         assert row.state_bytes is not None and 0 < row.state_bytes <= 16 * 1024
         assert row.append_us is not None and row.block16_us is not None
         assert row.append_us > 0 and row.block16_us > 0
+
+
+def test_main_writes_its_section(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(state_modes, "N", 200)
+    monkeypatch.setattr(state_modes, "M", 32)
+    path = tmp_path / "B.md"
+    path.write_text("# Benchmarks\n\nother figures\n")
+    assert state_modes.main(["--quick", "--markdown", str(path)]) == 0
+    text = path.read_text()
+    assert "other figures" in text and "<!-- begin:state-modes -->" in text
+    assert all(f"| `{mode}` |" in text for mode in MODES)
+    assert "`python bench/state_modes.py --quick --markdown" in text
