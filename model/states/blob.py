@@ -1,12 +1,13 @@
 """The versioned blob of the compressed-state family (DESIGN §4), shared by every kind but svd.
 
-Version 1 is the svd factors' layout (``model.state_blob``, still written and read as is, so
-states already in Redis stay readable). Version 2, written here, is one layout for every other
-kind: header (``_HEADER``: magic, version, kind code, flags, n, n_eff, t_ref, three dimensions,
-len(tag)), the UTF-8 tag, the kind's float32 values (little-endian), CRC32 of everything before
-it. Decoding checks magic, version, kind, length, checksum, the tag's encoding and that every
-value is finite, so a malformed blob raises :class:`StateFormatError` and never yields a state;
-each kind then checks its value count against its dimensions.
+Version 1 is the svd factors' layout (``model.state_blob``), still written and read as is, so
+states already in Redis stay readable; 2 is the svd factors with the hybrid's recent events
+(on main, also ``model.state_blob``). Version 3, written here, is one layout for every other
+kind: header (``_HEADER``: magic, version, kind code, flags, n, n_eff, t_ref, three
+dimensions, len(tag)), the UTF-8 tag, the kind's float32 values (little-endian), CRC32 of
+everything before it. Decoding checks magic, version, kind, length, checksum, the tag's
+encoding and that every value is finite, so a malformed blob raises :class:`StateFormatError`
+and never yields a state; each kind then checks its value count against its dimensions.
 """
 
 from __future__ import annotations
@@ -26,20 +27,21 @@ __all__ = ["FAMILY_VERSION", "KIND_CODES", "Blob", "blob_version", "decode_blob"
 Array = NDArray[np.float64]
 
 _MAGIC = b"SOLR"
-FAMILY_VERSION = 2
+FAMILY_VERSION = 3
 # magic, format version, kind code, flags, n, n_eff, t_ref, dims (3 × u16), len(tag)
 _HEADER = struct.Struct("<4sHBBQddHHHB")
 _CRC = struct.Struct("<I")
 _FLAG_HAS_T_REF = 1
 _MAX_TAG_BYTES = 64
 _F32_MAX = float(np.finfo(np.float32).max)
-# Codes of the kinds in the version-2 header (svd blobs are version 1 and carry no kind).
+# Codes of the kinds in the family header (svd blobs, versions 1 and 2, carry no kind).
 KIND_CODES: dict[str, int] = {"elastic": 1, "linear": 2, "mean": 3}
 _KINDS = {code: kind for kind, code in KIND_CODES.items()}
 
 
 class Blob(NamedTuple):
-    """The fields of a version-2 blob; ``values`` (count,) float64, laid out by the kind."""
+    """The fields of a family (version-3) blob; ``values`` (count,) float64, in the kind's
+    layout."""
 
     kind: str
     n: int
@@ -61,7 +63,7 @@ def encode_blob(
     kind: str, n: int, n_eff: float, t_ref: float | None, dims: tuple[int, int, int],
     tag: str, values: Array,
 ) -> bytes:  # fmt: skip
-    """The version-2 blob of one state; ``values`` are stored as float32.
+    """The family (version-3) blob of one state; ``values`` are stored as float32.
 
     Raises:
         LowRankError: the tag is longer than 64 UTF-8 bytes, or values are not finite.

@@ -1,4 +1,4 @@
-"""Decode any state blob to its kind: version 1 is the svd factors, version 2 the family."""
+"""Decode any state blob to its kind: versions 1 and 2 are the svd factors, 3 the family."""
 
 from __future__ import annotations
 
@@ -28,6 +28,6 @@ def decode_user_state(blob: bytes) -> UserState:
     """
     blob = bytes(blob)
     if blob_version(blob) != FAMILY_VERSION:
-        return LowRankState.from_bytes(blob)  # version 1 (or an unknown one: it says so)
+        return LowRankState.from_bytes(blob)  # version 1 or 2 (or an unknown one: it says so)
     decoded = decode_blob(blob)
     return _FROM_BLOB[decoded.kind](decoded)

@@ -143,7 +143,7 @@ class ElasticState:
 
     @classmethod
     def from_blob(cls, blob: Blob) -> ElasticState:
-        """The state of a decoded version-2 blob of kind ``elastic``."""
+        """The state of a decoded family (version-3) blob of kind ``elastic``."""
         H, k, dh = blob.dims
         expect_count(blob, H * k * (2 + dh))
         v = blob.values

@@ -111,7 +111,7 @@ class LinearState:
 
     @classmethod
     def from_blob(cls, blob: Blob) -> LinearState:
-        """The state of a decoded version-2 blob of kind ``linear``."""
+        """The state of a decoded family (version-3) blob of kind ``linear``."""
         H, dh, _ = blob.dims
         if H < 1 or dh < 1:
             raise StateFormatError(f"linear state blob with dimensions {blob.dims}")

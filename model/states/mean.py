@@ -77,7 +77,7 @@ class MeanState:
 
     @classmethod
     def from_blob(cls, blob: Blob) -> MeanState:
-        """The state of a decoded version-2 blob of kind ``mean``."""
+        """The state of a decoded family (version-3) blob of kind ``mean``."""
         d = blob.dims[0]
         if d < 1:
             raise StateFormatError(f"mean state blob with dimensions {blob.dims}")

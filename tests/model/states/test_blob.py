@@ -1,4 +1,4 @@
-"""Version-2 blobs of every family kind, version-1 svd blobs beside them, and every corruption."""
+"""Family (version-3) blobs of every kind, svd blobs (version 1) beside them, corruption."""
 
 from __future__ import annotations
 
@@ -69,7 +69,7 @@ def _resealed(blob: bytes, edit: Callable[[bytearray], None]) -> bytes:
 
 
 def _set_version(body: bytearray) -> None:
-    body[4:6] = (3).to_bytes(2, "little")
+    body[4:6] = (9).to_bytes(2, "little")
 
 
 def _set_kind(body: bytearray) -> None:
