@@ -12,6 +12,10 @@ is the attention alone. Ratios are to `softmax` measured in the same run.
 
 Update: :meth:`LowRankState.append` of one event and of blocks of 16 on states of several
 history lengths (the cost must not depend on N), and the serialised state size.
+
+Serving modes: per compressed-state mode (`svd`, `elastic`, `linear`, `mean`) its state
+bytes, append µs per event and scoring µs per request at M = 2,048, beside `svd_exact` and
+the `softmax` baseline over N = 10,000 logged events, same run (``bench.state_modes``).
 """
 
 from __future__ import annotations
@@ -42,6 +46,8 @@ IN_CHECKOUT = (REPO / "pyproject.toml").is_file()
 if str(REPO) not in sys.path:  # `model` when run as `python bench/kernels.py` from anywhere
     sys.path.insert(0, str(REPO))
 
+from bench.state_modes import ModeRow, measure_all  # noqa: E402
+from bench.state_modes import table as modes_table  # noqa: E402
 from model.attention import (  # noqa: E402
     linear_attention,
     softmax_attention,
@@ -252,6 +258,7 @@ def render(
     appends: Sequence[AppendRow],
     sizes: dict[int, int],
     seconds: float,
+    modes: Sequence[ModeRow] = (),
 ) -> str:
     parts = [
         "# Attention kernels and factor updates",
@@ -274,10 +281,26 @@ def render(
         "",
         *append_table(appends),
         "",
+        *_modes_section(modes),
         "![kernels](kernels.png)",
         "",
     ]
     return "\n".join(parts)
+
+
+def _modes_section(modes: Sequence[ModeRow]) -> list[str]:
+    if not modes:
+        return []
+    return [
+        "## Serving modes: state, append and scoring cost (`bench/state_modes.py`)",
+        "",
+        "Append: the applier's update of a state already holding N events (row projections",
+        "included). Score: the state's features, the fused pass and the top 100 of one request",
+        "(the micro-batcher's handler); `softmax` and `svd_exact` read the N logged events.",
+        "",
+        *modes_table(modes),
+        "",
+    ]
 
 
 def plot(rows: Sequence[KernelRow], appends: Sequence[AppendRow], path: Path) -> None:
@@ -350,8 +373,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
     appends = [time_append(n, grid.append_events, timer, rng) for n in grid.append_ns]
     sizes = state_bytes(rng)
+    modes = measure_all(args.quick, args.seed)
     command = " ".join(["python bench/kernels.py", *(argv if argv is not None else sys.argv[1:])])
-    report = render(command, args.clock, rows, appends, sizes, time.perf_counter() - started)
+    report = render(command, args.clock, rows, appends, sizes, time.perf_counter() - started, modes)
     print(report)
     if args.no_write:
         return 0

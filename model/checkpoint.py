@@ -17,7 +17,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from model.config import RankerConfig
+from model.config import RankerConfig, served_modes
 from model.heads import upgrade_state_dict
 from model.ranker import NO_ACTION, OOV_ITEM, Ranker
 
@@ -99,6 +99,12 @@ class Checkpoint:
     vocab: Vocabulary
     version: str
     meta: dict[str, Any]
+
+    @property
+    def served_modes(self) -> tuple[str, ...]:
+        """The modes this checkpoint serves, from the state its trained mode keeps: svd,
+        svd_exact and softmax from the factors, or its own baseline mode from its state."""
+        return served_modes(self.ranker.config.mode)
 
 
 def save_checkpoint(

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, replace
+from typing import ClassVar
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
@@ -118,6 +119,8 @@ class LowRankState:
     residual: float = 0.0
     tag: str = ""
     recent: RecentEvents | None = None
+
+    kind: ClassVar[str] = "svd"  # its kind in the compressed-state family (model.states)
 
     # ----------------------------------------------------------------- constructors
     @staticmethod
@@ -305,6 +308,11 @@ class LowRankState:
         )
 
     # ----------------------------------------------------------------- serialization
+    @property
+    def nbytes(self) -> int:
+        """Size of :meth:`to_bytes` in bytes."""
+        return len(self.to_bytes())
+
     def to_bytes(self) -> bytes:
         """The versioned little-endian blob of ``model.state_blob`` (≤ 16 KB at d=64, ℓ=48)."""
         return encode_state(self)

@@ -15,7 +15,7 @@ from typing import cast
 import torch
 from torch import Tensor, nn
 
-from model.config import SERVING_MODES, RankerConfig
+from model.config import SERVING_MODES, STATE_MODES, RankerConfig
 from model.heads import BaselineHead, ScoringMLP, baseline_heads
 from model.layers import (
     TargetAttention,
@@ -63,6 +63,8 @@ class ScoreRequest:
         basis: (d, r) V_r of the user's factors (`svd_exact`).
         recent_items / recent_actions: (k',) long rows of the user's latest events (`svd`
             of a hybrid model, ``recent_tokens`` > 0): their rows join the interest tokens.
+        summary: the user's state summary: (H, d_h, d_h + 1) [S_h | z_h] (`linear`) or the
+            (d,) weighted mean row (`mean`); `elastic` puts its k tokens in ``interests``.
     """
 
     candidates: Tensor
@@ -73,6 +75,7 @@ class ScoreRequest:
     basis: Tensor | None = None
     recent_items: Tensor | None = None
     recent_actions: Tensor | None = None
+    summary: Tensor | None = None
 
 
 class Ranker(nn.Module):
@@ -148,39 +151,52 @@ class Ranker(nn.Module):
         Candidates and context tokens are padded to the batch maximum and masked; the pass is
         :class:`model.serving.ServingPass` (the service calls it with inputs packed already).
         """
-        if mode not in SERVING_MODES:
-            raise RankerInputError(f"serving mode must be one of {SERVING_MODES}, got {mode!r}")
+        own = (self.config.mode,) if self.config.mode in STATE_MODES else ()
+        if mode not in SERVING_MODES + own:
+            raise RankerInputError(
+                f"serving mode must be one of {SERVING_MODES + own}, got {mode!r}"
+            )
         if not requests:
             return []
         device = self.item_emb.weight.device
         rows, _ = _pad_1d([req.candidates for req in requests], device)  # (B, M)
         serving = self.serving_pass()
-        if mode == "svd":
-            logits = serving.svd(rows, *self._interest_batch(requests, device))
+        if mode in ("svd", "elastic"):  # candidates attend to r interests / k dispatcher tokens
+            logits = serving.svd(rows, *self._interest_batch(mode, requests, device))
+        elif mode in STATE_MODES:
+            summaries = [req.summary for req in requests]
+            if any(s is None for s in summaries):
+                raise RankerInputError(f"{mode} mode needs a state summary per request")
+            stacked = torch.stack([s.float() for s in summaries if s is not None]).to(device)
+            logits = serving.state(mode, rows, stacked)
         else:
             logits = serving.history(mode, rows, *self._history_batch(mode, requests, device))
         return [logits[i, : req.candidates.shape[0]].clone() for i, req in enumerate(requests)]
 
-    def _interest_batch(
-        self, requests: Sequence[ScoreRequest], device: torch.device
-    ) -> tuple[Tensor, Tensor | None]:
-        """Tokens (B, T_max, d) and, when some request has fewer than T_max, their mask.
+    def _svd_tokens(self, interests: Tensor, req: ScoreRequest) -> Tensor:
+        """A request's `svd` tokens: its live interests (‖I_k‖ = σ_k / sqrt(n_eff) > 1e-6·‖I_1‖:
+        the others are masked, as in training) followed by the rows of its recent events."""
+        live = int(live_tokens(interests.norm(dim=-1)[None])[0].sum())  # (r,) live ones first
+        if req.recent_items is None or not req.recent_items.numel():
+            return interests[:live] if live else interests
+        actions = _or(req.recent_actions, torch.zeros_like(req.recent_items))
+        device = interests.device
+        recent = self.embed_events(req.recent_items.to(device), actions.to(device))
+        return torch.cat((interests[:live], recent.float()))
 
-        A request's tokens are its live interests (‖I_k‖ = σ_k / sqrt(n_eff) > 1e-6·‖I_1‖:
-        the others are masked, as in training) followed by the rows of its recent events.
-        """
+    def _interest_batch(
+        self, mode: str, requests: Sequence[ScoreRequest], device: torch.device
+    ) -> tuple[Tensor, Tensor | None]:
+        """Tokens (B, T_max, d) and, when some request has fewer than T_max, their mask:
+        `elastic`'s k tokens as given, `svd`'s as :meth:`_svd_tokens` makes them."""
         d = self.config.dim
         tokens_list = []
         for req in requests:
             if req.interests is None or req.interests.dim() != 2 or req.interests.shape[1] != d:
-                raise RankerInputError(f"svd mode needs (r, {d}) interests per request")
-            interests = req.interests.to(device).float()
-            live = live_tokens(interests.norm(dim=-1)[None])[0]  # (r,) True first
-            tokens = interests[: int(live.sum())] if bool(live.any()) else interests
-            if req.recent_items is not None and req.recent_items.numel():
-                actions = _or(req.recent_actions, torch.zeros_like(req.recent_items))
-                recent = self.embed_events(req.recent_items.to(device), actions.to(device))
-                tokens = torch.cat((interests[: int(live.sum())], recent.float()))
+                raise RankerInputError(f"svd and elastic need (r, {d}) interests per request")
+            tokens = req.interests.to(device).float()
+            if mode == "svd":
+                tokens = self._svd_tokens(tokens, req)
             tokens_list.append(tokens)
         tokens, mask = _pad_1d(tokens_list, device)
         return tokens, None if bool(mask.all()) else mask

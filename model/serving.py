@@ -34,6 +34,7 @@ from torch import Tensor, nn
 from model.config import RankerConfig
 from model.heads import ScoringMLP
 from model.layers import TargetAttention, logit_mask
+from model.state_pass import state_outputs
 
 __all__ = ["ServingPass", "ServingWeights", "Workspace"]
 
@@ -47,6 +48,7 @@ class Scorable(Protocol):
     action_emb: nn.Embedding
     attn: TargetAttention
     mlp: ScoringMLP
+    baselines: nn.ModuleDict
 
     def parameters(self, recurse: bool = True) -> Iterator[nn.Parameter]: ...
 
@@ -201,6 +203,24 @@ class ServingPass:
             context = (context @ v_r) @ v_r.transpose(1, 2)  # (B, N, d) = X V_r V_rᵀ
         x = self._attend(w, feats, context, logit_mask(mask, log_weights, self.dtype), space)
         x[:, :d].view(B, M, d).mul_(mask.any(-1).to(self.dtype)[:, None, None])  # no events: o = 0
+        return self._tail(w, feats, x, space).view(B, M)
+
+    @torch.no_grad()
+    def state(self, mode: str, rows: Tensor, summary: Tensor) -> Tensor:
+        """`linear` / `mean`: candidates read the users' state summaries (``model.state_pass``).
+
+        rows (B, M) long; summary (B, H, d_h, d_h + 1) for `linear`, (B, d) for `mean`
+        → logits (B, M) float32.
+        """
+        w, space = self.weights, self._workspace()
+        B, M = rows.shape
+        d = w.o.shape[0]
+        feats = space.take("features", B * M, w.features.shape[1])
+        torch.index_select(w.features, 0, rows.reshape(-1), out=feats)
+        head = self.ranker.baselines[mode]
+        x = space.take("x", B * M, 2 * d)
+        cand = feats[:, :d].view(B, M, d)
+        x[:, :d] = state_outputs(head, mode, cand, summary.to(self.dtype)).reshape(B * M, d)
         return self._tail(w, feats, x, space).view(B, M)
 
     # ------------------------------------------------------------------ pieces

@@ -71,7 +71,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         dtype = await asyncio.to_thread(choose_dtype, ranker, model.rank, settings.serve_dtype)
         scorer = BatchScorer(ranker, settings.history_batch_elements, dtype)
         if settings.warmup:
-            await asyncio.to_thread(scorer.warm_up, model.rank)
+            await asyncio.to_thread(scorer.warm_up, model.rank, model.served_modes)
         batcher: MicroBatcher[RankJob, Ranked] = MicroBatcher(
             scorer,
             max_batch=settings.max_batch,

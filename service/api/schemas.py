@@ -92,11 +92,14 @@ TopK = Annotated[int, Field(ge=1, le=MAX_TOP_K), BeforeValidator(_whole)]
 
 
 class Mode(str, Enum):
-    """Attention mode used to score the candidates."""
+    """Attention mode used to score the candidates (a model serves some of them: GET /model)."""
 
     svd = "svd"
     svd_exact = "svd_exact"
     softmax = "softmax"
+    elastic = "elastic"
+    linear = "linear"
+    mean = "mean"
 
 
 class _Strict(BaseModel):
@@ -119,7 +122,9 @@ class RankRequest(_Strict):
         Mode.svd,
         strict=False,  # FastAPI validates parsed JSON: the enum arrives as a string
         description="svd: factors only (fast); svd_exact: softmax over all events through "
-        "the factors; softmax: full attention over the event log (exact baseline)",
+        "the factors; softmax: full attention over the event log (exact baseline); elastic, "
+        "linear, mean: the compressed state of a model trained in that mode. A mode the "
+        "loaded model does not serve is a 422 naming the served ones (GET /model)",
     )
 
 
@@ -180,14 +185,16 @@ class UserInfo(BaseModel):
     user_id: str
     history_length: int = Field(description="events applied to the factors")
     pending: int = Field(description="events acknowledged but not applied yet")
-    rank: int = Field(description="served rank r")
+    rank: int = Field(description="served rank r (svd); dispatcher tokens k (elastic); 0 else")
     singular_values: list[float] = Field(
         description="the r served singular values σ_1 ≥ … ≥ σ_r; 0 past the history's rank "
-        "(fewer than r independent events)"
+        "(fewer than r independent events); empty for states other than svd"
     )
     residual_ratio: float = Field(description="ρ / (Σσ² + ρ): energy dropped by truncation")
     last_ts: float | None = Field(description="latest event time, unix seconds")
     model_version: str = Field(description="model whose embeddings produced the factors")
+    state_kind: str = Field(description="kind of the stored state: svd, elastic, linear or mean")
+    state_bytes: int = Field(description="size of the stored state blob, bytes")
 
 
 class UserDeleted(BaseModel):
@@ -208,7 +215,8 @@ class ModelInfo(BaseModel):
     vocabulary_size: int = Field(description="item ids in the vocabulary (GET /model/items)")
     n_items: int = Field(description="rows of the item table: vocabulary_size + the OOV row")
     actions: list[str] = Field(description="action names the model knows (others: no action)")
-    modes: list[Mode] = Field(description="attention modes /rank serves")
+    modes: list[Mode] = Field(description="attention modes /rank serves for this model")
+    state_kind: str = Field(description="per-user state kept: svd, elastic, linear or mean")
     device: str = Field(description="torch device scoring the candidates")
 
 

@@ -1,8 +1,9 @@
 """The /rank use case: map candidate ids to rows, fetch the user's context, await the batched
 pass, return the top k as plain values.
 
-``svd`` needs one GET of the state; ``svd_exact`` and ``softmax`` also read the event log and
-rebuild the history rows from it (``service.core.users`` loads, and rebuilds when stale). The
+``svd`` and the state modes (``elastic``, ``linear``, ``mean``: ``model.states``) need one GET
+of the state; ``svd_exact`` and ``softmax`` also read the event log and rebuild the history
+rows from it (``service.core.users`` loads, and rebuilds when stale). The
 scoring itself runs in the micro-batcher (``service.scoring``).
 """
 
@@ -15,9 +16,12 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
+from model.config import STATE_MODES
+from model.lowrank import LowRankState
 from model.ranker import ScoreRequest
 from service.core.items import ItemId, candidate_rows
 from service.core.users import LoadedUser, UserStates
+from service.errors import InvalidInput
 from service.metrics import Metrics
 from service.scoring.batcher import MicroBatcher
 from service.scoring.scorer import Ranked, RankJob
@@ -72,18 +76,29 @@ class Ranking:
         string (the API's decoder checked them), so the per-id check is skipped.
 
         Raises:
-            InvalidInput: a candidate that is not an item id (422 naming it).
+            InvalidInput: a candidate that is not an item id, or a mode this model does not
+                serve (422 naming it, or the served modes).
             StoreError, QueueFull, BatcherClosed: 503, try again.
         """
         model = self.users.model
+        if mode not in model.served_modes:
+            served = ", ".join(model.served_modes)
+            raise InvalidInput(
+                "body.mode",
+                f"mode {mode!r} is not served by this model (trained as "
+                f"{model.checkpoint.ranker.config.mode!r}); served modes: {served}",
+            )
         found = candidate_rows(candidates, model.item_index, checked=checked)
         self.metrics.rank_candidates.observe(found.rows.shape[0])
         self.metrics.unknown_items.inc(len(found.unknown))
         cand = torch.from_numpy(found.rows)  # (M,)
-        user = await self.users.load(user_id, with_log=mode != "svd")
-        request = (
-            self._svd_input(cand, user) if mode == "svd" else self._history_input(cand, user, mode)
-        )
+        user = await self.users.load(user_id, with_log=mode in ("svd_exact", "softmax"))
+        if mode == "svd":
+            request = self._svd_input(cand, user)
+        elif mode in STATE_MODES:
+            request = self._state_input(cand, user, mode)
+        else:
+            request = self._history_input(cand, user, mode)
         k = top_k if top_k is not None else found.rows.shape[0]
         ranked = await self.batcher.submit(RankJob(mode, request, k))
         return RankOutcome(
@@ -97,13 +112,14 @@ class Ranking:
 
     def _svd_input(self, candidates: torch.Tensor, user: LoadedUser) -> ScoreRequest:
         model = self.users.model
-        live = 0 if user.state is None else user.state.live_rank(model.rank)
-        if user.state is None or live == 0:
+        factors = _factors(user)
+        live = 0 if factors is None else factors.live_rank(model.rank)
+        if factors is None or live == 0:
             interests = torch.zeros(model.rank, model.dim)  # no history: o_c = 0
         else:  # only the live tokens: the scorer masks the padding up to the batch's r
-            tokens = user.state.interests(model.rank)[:live]
+            tokens = factors.interests(model.rank)[:live]
             interests = torch.from_numpy(tokens.astype(np.float32))
-        recent = None if user.state is None else user.state.recent
+        recent = None if factors is None else factors.recent
         if recent is None or not len(recent):
             return ScoreRequest(candidates=candidates, interests=interests)
         rows = model.embed(recent.items, recent.actions).astype(np.float32)  # (k', d)
@@ -120,9 +136,10 @@ class Ranking:
         else:
             weights = np.ones(ts.shape[0])
         r = model.rank
+        factors = _factors(user)
         basis = (
-            torch.from_numpy(np.ascontiguousarray(user.state.V[:, :r])).float()  # (d, r)
-            if user.state is not None
+            torch.from_numpy(np.ascontiguousarray(factors.V[:, :r])).float()  # (d, r)
+            if factors is not None
             else torch.zeros(model.dim, r)
         )
         return ScoreRequest(
@@ -132,3 +149,18 @@ class Ranking:
             weights=torch.from_numpy(weights).float(),
             basis=basis if mode == "svd_exact" else None,
         )
+
+    def _state_input(self, candidates: torch.Tensor, user: LoadedUser, mode: str) -> ScoreRequest:
+        """`elastic`: its k tokens as the interests; `linear`, `mean`: the state's summary."""
+        states = self.users.model.states
+        state = user.state if user.state is not None else states.empty()  # no history: o_c = 0
+        features = torch.from_numpy(states.features(state).astype(np.float32))
+        if mode == "elastic":
+            return ScoreRequest(candidates=candidates, interests=features)  # (k, d)
+        return ScoreRequest(candidates=candidates, summary=features)
+
+
+def _factors(user: LoadedUser) -> LowRankState | None:
+    """The user's svd factors (the svd modes are served only by models keeping them)."""
+    assert user.state is None or isinstance(user.state, LowRankState)
+    return user.state

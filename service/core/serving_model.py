@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import NamedTuple
 
@@ -22,8 +23,10 @@ import numpy as np
 import torch
 
 from model.checkpoint import WEIGHTS_FILE, Checkpoint, CheckpointError, load_checkpoint
+from model.config import state_kind
 from model.device import resolve_device as model_device
 from model.lowrank import Decay
+from model.states import StateBuilder, make_builder
 from service.settings import Settings
 from service.store.eventlog import action_key, item_key
 
@@ -124,6 +127,27 @@ class ServingModel:
     @property
     def dim(self) -> int:
         return self.checkpoint.ranker.config.dim
+
+    @property
+    def served_modes(self) -> tuple[str, ...]:
+        """The /rank modes this checkpoint serves (``model.config.served_modes``)."""
+        return self.checkpoint.served_modes
+
+    @property
+    def state_kind(self) -> str:
+        """The kind of per-user state this model keeps (``svd``, ``elastic``, ...)."""
+        return state_kind(self.checkpoint.ranker.config.mode)
+
+    @cached_property
+    def states(self) -> StateBuilder:
+        """Builds and updates this model's kind of user state (weights copied once)."""
+        return make_builder(
+            self.checkpoint.ranker,
+            rank=self.rank,
+            oversample=self.oversample,
+            decay=self.decay,
+            tag=str(self.state_tag),
+        )
 
     @property
     def ell(self) -> int:

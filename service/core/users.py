@@ -1,13 +1,16 @@
 """A user's state: the one place that loads it, checks it against the model, applies the
 pending events to it, rebuilds it from the event log when it is stale, and writes it back.
 
-A stored state is usable when it decodes and carries the serving model's tag and shape. The
-applier folds a user's unapplied log records into it as ONE Brand block update. It is rebuilt
-from the log (batch factors, O(N·d²), off the event loop) when it was written under another
-model (``model_version``) or configuration (``config``), is unreadable (``corrupt``), is
-missing while the log holds applied events (``missing``: the state key alone was lost), has
-drifted past the residual threshold (``residual``), or when unapplied events were trimmed from
-the log before being applied (``truncated``). Every write is ``Store.commit_state``: fenced on
+The state is of the kind the model serves (``ServingModel.states``: the svd factors, or the
+elastic, linear or mean state of ``model.states``); nothing here depends on which. A stored
+state is usable when it decodes and carries the serving model's tag, kind and shape. The
+applier folds a user's unapplied log records into it as ONE block update (Brand's for the
+factors). It is rebuilt from the log (the batch state, off the event loop) when it was
+written under another model (``model_version``) or configuration (``config``: also another
+kind or shape), is unreadable (``corrupt``), is missing while the log holds applied events
+(``missing``: the state key alone was lost), has drifted past the residual threshold
+(``residual``), or when unapplied events were trimmed from the log before being applied
+(``truncated``). Every write is ``Store.commit_state``: fenced on
 the position read, so a concurrent writer wins and a deleted user stays deleted.
 """
 
@@ -23,10 +26,16 @@ from typing import NamedTuple
 
 import numpy as np
 
-from model.lowrank import LIVE_TOKEN_RTOL, LowRankState
+from model.lowrank import LowRankState
 from model.recent import RecentEvents
 from model.state_blob import StateFormatError
+from model.states import UserState, decode_user_state
 from service.core.serving_model import ServingModel, StateTag
+from service.core.user_view import (
+    UserView,
+    served_singular_values,
+    view_of,
+)
 from service.errors import StateUnreadable, StoreBusy, UnknownUser
 from service.metrics import Metrics
 from service.store.base import LogSlice, Store
@@ -56,7 +65,7 @@ class ParsedState(NamedTuple):
     None) or ``"missing"`` (no blob but an event log); see the module docstring.
     """
 
-    state: LowRankState | None
+    state: UserState | None
     rebuild: str | None
 
 
@@ -72,7 +81,7 @@ def parse_state(
     if blob is None:
         return ParsedState(None, "missing" if applied_in_log else None)
     try:
-        state = LowRankState.from_bytes(blob)
+        state = decode_user_state(blob)
     except StateFormatError:
         return ParsedState(None, "corrupt")
     expected = model.state_tag
@@ -81,81 +90,57 @@ def parse_state(
         return ParsedState(
             state, "model_version" if written_by != expected.model_version else "config"
         )
-    if (state.rank, state.ell, state.d) != (model.rank, model.ell, model.dim):
+    if not model.states.fits(state):  # another kind, rank or shape
         return ParsedState(state, "config")
-    window = 0 if state.recent is None else state.recent.capacity
-    if window != model.recent_tokens:
+    recent = state.recent if isinstance(state, LowRankState) else None
+    if (0 if recent is None else recent.capacity) != model.recent_tokens:
         return ParsedState(state, "config")
     return ParsedState(state, None)
 
 
-def empty_state(model: ServingModel) -> LowRankState:
+def empty_state(model: ServingModel) -> UserState:
     """The state of a user with no history, tagged for ``model``."""
-    state = LowRankState.empty(model.dim, model.rank, model.oversample, str(model.state_tag))
+    state = model.states.empty()
     k = model.recent_tokens
-    return replace(state, recent=RecentEvents.empty(k)) if k else state
+    return (
+        replace(state, recent=RecentEvents.empty(k))
+        if isinstance(state, LowRankState) and k
+        else state
+    )
 
 
 def with_recent(
-    state: LowRankState, items: np.ndarray, actions: np.ndarray, ts: np.ndarray,
+    state: UserState, items: np.ndarray, actions: np.ndarray, ts: np.ndarray,
     model: ServingModel,
-) -> LowRankState:  # fmt: skip
+) -> UserState:  # fmt: skip
     """``state`` with the events (item/action rows, times (b,)) merged into its window of
-    latest events, for a hybrid model (``recent_tokens`` > 0); ``state`` itself otherwise."""
+    latest events, for a hybrid svd model (``recent_tokens`` > 0); ``state`` otherwise."""
     k = model.recent_tokens
-    if not k:
+    if not k or not isinstance(state, LowRankState):
         return state
     window = state.recent if state.recent is not None else RecentEvents.empty(k)
     return replace(state, recent=window.merged(items, actions, ts))
 
 
-def batch_state(rows: np.ndarray, ts: np.ndarray, model: ServingModel) -> LowRankState:
-    """The batch factors of rows (N, d) at times ts (N,), with the model's rank, oversampling,
-    decay and tag: ``LowRankState.from_rows``, O(N·d²)."""
-    return LowRankState.from_rows(
-        rows,
-        model.rank,
-        oversample=model.oversample,
-        ts=ts,
-        decay=model.decay,
-        tag=str(model.state_tag),
-    )
+def batch_state(rows: np.ndarray, ts: np.ndarray, model: ServingModel) -> UserState:
+    """The batch state of rows (N, d) at times ts (N,), with the model's kind, rank,
+    oversampling, decay and tag (for svd ``LowRankState.from_rows``, O(N·d²))."""
+    return model.states.from_rows(rows, ts)
 
 
 def append_rows(
-    state: LowRankState | None, rows: np.ndarray, ts: np.ndarray, model: ServingModel
-) -> LowRankState:
-    """One Brand block update of ``state`` (None: a new user) with rows (b, d) at times ts."""
+    state: UserState | None, rows: np.ndarray, ts: np.ndarray, model: ServingModel
+) -> UserState:
+    """One block update of ``state`` (None: a new user) with rows (b, d) at times ts."""
     base = state if state is not None else empty_state(model)
-    return base.append(rows, ts=ts, decay=model.decay)
-
-
-def served_singular_values(sigma: np.ndarray, rank: int) -> list[float]:
-    """The ``rank`` served singular values of a state's σ (ℓ, descending): values at or below
-    ``LIVE_TOKEN_RTOL``·σ_1 (a history shorter than r, or of lower rank: masked tokens)
-    read 0.0."""
-    served = np.asarray(sigma[:rank], dtype=np.float64)  # (r,)
-    floor = LIVE_TOKEN_RTOL * float(served[0]) if served.size else 0.0
-    return [float(x) if x > floor else 0.0 for x in served]
+    return model.states.append(base, rows, ts)
 
 
 class LoadedUser(NamedTuple):
     """A user's usable state (None: no history applied) and, when asked for, its decoded log."""
 
-    state: LowRankState | None
+    state: UserState | None
     log: np.ndarray  # structured EVENT_DTYPE records, oldest first; empty unless requested
-
-
-class UserView(NamedTuple):
-    """What ``GET /users/{id}`` shows of a stored state (as stored, stale or not)."""
-
-    history_length: int
-    pending: int
-    rank: int
-    singular_values: list[float]  # the r served σ, descending; 0.0 past the history's rank
-    residual_ratio: float
-    last_ts: float | None
-    model_version: str
 
 
 class Applied(NamedTuple):
@@ -182,7 +167,7 @@ class UserStates:
     commit_attempts: int = 8  # fenced writes lost to another writer before giving up
 
     # ------------------------------------------------------------------ compute
-    def from_log(self, records: np.ndarray) -> LowRankState:
+    def from_log(self, records: np.ndarray) -> UserState:
         """Batch factors of decoded log records (oldest first), with the model's settings."""
         if records.shape[0] == 0:
             return empty_state(self.model)
@@ -191,15 +176,15 @@ class UserStates:
         ts = np.asarray(records["ts"], dtype=np.float64)
         return with_recent(batch_state(rows, ts, self.model), items, actions, ts, self.model)
 
-    def _updated(self, state: LowRankState | None, records: np.ndarray) -> LowRankState:
-        """One Brand block update of ``state`` (None: a new user) with the new records."""
+    def _updated(self, state: UserState | None, records: np.ndarray) -> UserState:
+        """One block update of ``state`` (None: a new user) with the new records."""
         items, actions = self.model.log_rows(records)
         rows = self.model.embed(items, actions)  # (b, d)
         ts = np.asarray(records["ts"], dtype=np.float64)
         updated = append_rows(state, rows, ts, self.model)
         return with_recent(updated, items, actions, ts, self.model)
 
-    def _timed(self, compute: Callable[[], LowRankState]) -> LowRankState:
+    def _timed(self, compute: Callable[[], UserState]) -> UserState:
         start = time.perf_counter()
         state = compute()
         self.metrics.factor_update_seconds.observe(time.perf_counter() - start)
@@ -237,7 +222,7 @@ class UserStates:
                 return Applied(snapshot.seq - snapshot.applied, reason)
         raise StoreBusy(self.commit_attempts)
 
-    async def _commit(self, user_id: str, snapshot: LogSlice, state: LowRankState) -> bool:
+    async def _commit(self, user_id: str, snapshot: LogSlice, state: UserState) -> bool:
         return await self.store.commit_state(
             user_id,
             state.to_bytes(),
@@ -248,7 +233,7 @@ class UserStates:
 
     async def _rebuild(
         self, user_id: str, reason: str, snapshot: LogSlice | None = None
-    ) -> tuple[LowRankState, bool]:
+    ) -> tuple[UserState, bool]:
         """Batch factors of the whole log (``snapshot``, a whole-log read, or read now),
         committed as covering it. Returns (state, whether the fence held and it was written)."""
         if snapshot is None:
@@ -300,12 +285,4 @@ class UserStates:
             if position.pending == 0:
                 raise UnknownUser(user_id)
             state = empty_state(self.model)  # events acknowledged, none applied yet
-        return UserView(
-            history_length=state.n,
-            pending=position.pending,
-            rank=state.rank,
-            singular_values=served_singular_values(state.sigma, state.rank),
-            residual_ratio=state.residual_ratio,
-            last_ts=state.t_ref,
-            model_version=StateTag.parse(state.tag).model_version,
-        )
+        return view_of(state, position.pending)

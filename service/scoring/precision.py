@@ -13,6 +13,7 @@ from typing import Literal, NamedTuple
 
 import torch
 
+from model.config import STATE_MODES
 from model.ranker import Ranker
 from model.serving import ServingPass
 
@@ -77,6 +78,9 @@ def choose_dtype(
     """
     device = ranker.item_emb.weight.device
     if setting == "float32" or (setting == "auto" and device.type != "cuda"):
+        return torch.float32
+    if ranker.config.mode in STATE_MODES:  # the calibration covers the svd and softmax passes
+        logger.info("serving in float32: bfloat16 is not calibrated for %s", ranker.config.mode)
         return torch.float32
     error = max_bf16_error(ranker, rank)
     if error <= tolerance:

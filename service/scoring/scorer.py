@@ -19,15 +19,18 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from model.config import SERVING_MODES, STATE_MODES
 from model.ranker import Ranker, RankerInputError, ScoreRequest
 from model.serving import ServingPass
 from service.scoring.staging import Packed, Staging
 
 __all__ = ["SVD_PASS_ROWS", "BatchScorer", "RankJob", "Ranked", "split_jobs"]
 
-# Candidate rows per `svd` pass. Past ~8k rows (4 requests of M=2,048) the MLP's activations
-# leave the CPU caches and a request costs ~20% more CPU than in a smaller pass (measured:
-# 3.0 ms per request at B ≤ 4, 3.5 ms at B = 8, one thread).
+# Modes whose context is a few tokens or a constant-size summary, not the N events.
+_TOKEN_MODES = ("svd", *STATE_MODES)
+# Candidate rows per `svd` pass (and per pass of the state modes). Past ~8k rows (4 requests
+# of M=2,048) the MLP's activations leave the CPU caches and a request costs ~20% more CPU
+# than in a smaller pass (measured: 3.0 ms per request at B ≤ 4, 3.5 ms at B = 8, one thread).
 SVD_PASS_ROWS = 8_192
 
 
@@ -115,7 +118,7 @@ class BatchScorer:
         results: dict[int, Ranked] = {}
         with torch.inference_mode():
             for mode, idxs in by_mode.items():
-                limit = SVD_PASS_ROWS if mode == "svd" else self.history_batch_elements
+                limit = SVD_PASS_ROWS if mode in _TOKEN_MODES else self.history_batch_elements
                 for group in split_jobs(jobs, idxs, limit):
                     ranked = self._score(mode, [jobs[i] for i in group])
                     results.update(zip(group, ranked, strict=True))
@@ -130,14 +133,18 @@ class BatchScorer:
         """Every input of the pass packed on the host and moved to the device in one copy."""
         requests = [job.request for job in jobs]
         staging = self._staging()
-        if mode == "svd":
+        if mode in ("svd", "elastic"):
             return self._pack_svd(staging, requests).send()
+        if mode in STATE_MODES:
+            return self._pack_state(staging, requests).send()
         return self._pack_history(staging, mode, requests).send()
 
     def logits(self, mode: str, inputs: dict[str, Tensor]) -> Tensor:
         """(B, M) float32 logits of the fused pass (a view into its workspace)."""
-        if mode == "svd":
+        if mode in ("svd", "elastic"):  # r interest tokens or k dispatcher tokens
             return self.serving.svd(inputs["rows"], inputs["tokens"], inputs.get("token_mask"))
+        if mode in STATE_MODES:
+            return self.serving.state(mode, inputs["rows"], inputs["summary"])
         log_weights = torch.log(inputs["weights"].clamp_min(1e-30))
         return self.serving.history(
             mode, inputs["rows"], (inputs["items"], inputs["actions"]), inputs["mask"],
@@ -162,7 +169,7 @@ class BatchScorer:
         d = self.ranker.config.dim
         for req in requests:
             if req.interests is None or req.interests.dim() != 2 or req.interests.shape[1] != d:
-                raise RankerInputError(f"svd mode needs (r, {d}) interests per request")
+                raise RankerInputError(f"svd and elastic need (r, {d}) interests per request")
         ranks = [int(req.interests.shape[0]) for req in requests if req.interests is not None]
         B, M, r = len(requests), max(int(q.candidates.shape[0]) for q in requests), max(ranks)
         layout: list[tuple[str, tuple[int, ...], type]] = [
@@ -178,6 +185,28 @@ class BatchScorer:
         _fill(host["tokens"], [q.interests.float() for q in requests if q.interests is not None])
         if "token_mask" in host:
             host["token_mask"][:] = np.arange(r)[None, :] < np.asarray(ranks)[:, None]
+        return packed
+
+    def _pack_state(self, staging: Staging, requests: Sequence[ScoreRequest]) -> Packed:
+        """`linear` / `mean`: candidate rows and one state summary (same shape) per request."""
+        summaries = [req.summary for req in requests]
+        if (
+            any(s is None for s in summaries)
+            or len({tuple(s.shape) for s in summaries if s is not None}) != 1
+        ):
+            raise RankerInputError("linear and mean need one summary of one shape per request")
+        shape = tuple(int(n) for n in summaries[0].shape) if summaries[0] is not None else ()
+        B, M = len(requests), max(int(q.candidates.shape[0]) for q in requests)
+        packed = staging.pack(
+            [("rows", (B, M), np.int64), ("lengths", (B,), np.int64),
+             ("summary", (B, *shape), np.float32)]
+        )  # fmt: skip
+        host = packed.host
+        _fill(host["rows"], [q.candidates for q in requests])
+        host["lengths"][:] = [q.candidates.shape[0] for q in requests]
+        for row, summary in zip(host["summary"], summaries, strict=True):
+            assert summary is not None
+            row[...] = summary.float().numpy()
         return packed
 
     def _pack_history(
@@ -215,21 +244,22 @@ class BatchScorer:
                 row[:, : q.basis.shape[1]] = q.basis.float().numpy()
         return packed
 
-    def warm_up(self, rank: int) -> None:
-        """Score one small request per serving mode so the first real request pays no lazy
-        set-up (``rank``: the served r)."""
-        d = self.ranker.config.dim
-        n = min(8, self.ranker.config.n_items)
+    def warm_up(self, rank: int, modes: Sequence[str] = SERVING_MODES) -> None:
+        """Score one small request per served mode so the first real request pays no lazy
+        set-up (``rank``: the served r; ``modes``: the modes the model serves)."""
+        config = self.ranker.config
+        d, dh = config.dim, config.dim // config.heads
+        n = min(8, config.n_items)
         candidates = torch.arange(n, dtype=torch.long)  # (n,)
         history = torch.arange(n, dtype=torch.long)  # (n,)
-        self(
-            [
-                RankJob("svd", ScoreRequest(candidates, interests=torch.randn(rank, d)), n),
-                RankJob(
-                    "svd_exact",
-                    ScoreRequest(candidates, history_items=history, basis=torch.eye(d)[:, :rank]),
-                    n,
-                ),
-                RankJob("softmax", ScoreRequest(candidates, history_items=history), n),
-            ]
-        )
+        requests = {
+            "svd": ScoreRequest(candidates, interests=torch.randn(rank, d)),
+            "svd_exact": ScoreRequest(
+                candidates, history_items=history, basis=torch.eye(d)[:, :rank]
+            ),
+            "softmax": ScoreRequest(candidates, history_items=history),
+            "elastic": ScoreRequest(candidates, interests=torch.randn(config.elastic_tokens, d)),
+            "linear": ScoreRequest(candidates, summary=torch.rand(config.heads, dh, dh + 1)),
+            "mean": ScoreRequest(candidates, summary=torch.randn(d)),
+        }
+        self([RankJob(mode, requests[mode], n) for mode in modes])

@@ -204,3 +204,16 @@ def test_corrupt_weights_are_checkpoint_errors(saved: tuple[Path, Ranker, str]) 
     (path / WEIGHTS_FILE).write_bytes(b"garbage" * 10)
     with pytest.raises(CheckpointError, match="unreadable"):
         load_checkpoint(path)
+
+
+@pytest.mark.parametrize(
+    ("mode", "served"),
+    [("svd", ("svd", "svd_exact", "softmax")), ("softmax", ("svd", "svd_exact", "softmax")),
+     ("elastic", ("elastic",)), ("linear", ("linear",)), ("mean", ("mean",))],
+)  # fmt: skip
+def test_a_checkpoint_says_which_modes_it_serves(
+    mode: str, served: tuple[str, ...], tmp_path: Path
+) -> None:
+    ranker = Ranker(RankerConfig(n_items=4, dim=8, heads=2, rank=2, mode=mode))  # type: ignore[arg-type]
+    save_checkpoint(tmp_path, ranker, Vocabulary(("a", "b", "c")))
+    assert load_checkpoint(tmp_path).served_modes == served

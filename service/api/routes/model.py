@@ -35,7 +35,8 @@ async def model_info(model: ModelDep) -> ModelInfo:
         vocabulary_size=len(vocab.items),
         n_items=vocab.n_items,
         actions=list(vocab.actions),
-        modes=list(Mode),
+        modes=[Mode(mode) for mode in model.served_modes],
+        state_kind=model.state_kind,
         device=str(model.device),
     )
 

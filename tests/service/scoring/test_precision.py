@@ -30,3 +30,12 @@ def test_choice_follows_the_setting_and_the_tolerance(ranker: Ranker) -> None:
     assert choose_dtype(ranker, CONFIG.rank, "bfloat16", tolerance=error / 2) == torch.float32
     auto = torch.bfloat16 if ranker.item_emb.weight.is_cuda else torch.float32
     assert choose_dtype(ranker, CONFIG.rank, "auto", tolerance=2 * error) == auto
+
+
+@pytest.mark.parametrize("mode", ["elastic", "linear", "mean"])
+def test_state_modes_are_served_in_float32(mode: str, device: torch.device) -> None:
+    """bfloat16 is calibrated on the svd and softmax passes only, not on the state passes."""
+    torch.manual_seed(0)
+    config = RankerConfig(n_items=300, dim=32, heads=4, rank=8, mlp_hidden=32, mode=mode)
+    ranker = Ranker(config).eval().to(device)
+    assert choose_dtype(ranker, 8, "bfloat16", tolerance=10.0) == torch.float32
