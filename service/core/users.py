@@ -97,9 +97,8 @@ def empty_state(model: ServingModel) -> LowRankState:
 
 
 def with_recent(
-    state: LowRankState, items: np.ndarray, actions: np.ndarray, ts: np.ndarray,
-    model: ServingModel,
-) -> LowRankState:  # fmt: skip
+    state: LowRankState, items: np.ndarray, actions: np.ndarray, ts: np.ndarray, model: ServingModel
+) -> LowRankState:
     """``state`` with the events (item/action rows, times (b,)) merged into its window of
     latest events, for a hybrid model (``recent_tokens`` > 0); ``state`` itself otherwise."""
     k = model.recent_tokens
