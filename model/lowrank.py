@@ -24,6 +24,8 @@ from numpy.typing import ArrayLike, NDArray
 
 from model.brand import orient, update_factors
 from model.recent import RecentEvents
+from model.rows import as_rows as _as_rows
+from model.rows import as_vector as _as_vector
 from model.state_blob import LowRankError, decode_state, encode_state
 
 DEFAULT_OVERSAMPLE = 16
@@ -56,37 +58,6 @@ class Decay:
     def weights(self, ts: Array, t_ref: float) -> Array:
         """Weights exp(-(t_ref - t)/tau) of events at times ``ts`` (N,) seen from ``t_ref``."""
         return np.exp(-(t_ref - ts) / self.tau_s)
-
-
-def _as_rows(X: ArrayLike, d: int | None = None) -> Array:
-    """Validate and convert rows to a float64 (N, d) array."""
-    if hasattr(X, "detach"):  # torch tensor
-        X = X.detach().cpu().numpy()
-    arr = np.asarray(X, dtype=np.float64)
-    if arr.ndim == 1:
-        arr = arr[None, :]
-    if arr.ndim != 2:
-        raise LowRankError(f"rows must be a 2-D (N, d) array, got shape {arr.shape}")
-    if arr.shape[0] == 0 or arr.shape[1] == 0:
-        raise LowRankError(f"rows must be non-empty, got shape {arr.shape}")
-    if d is not None and arr.shape[1] != d:
-        raise LowRankError(f"rows have dimension {arr.shape[1]}, the state has d={d}")
-    if not np.all(np.isfinite(arr)):
-        raise LowRankError("rows contain NaN or infinite values")
-    return arr
-
-
-def _as_vector(v: ArrayLike | None, n: int, name: str) -> Array | None:
-    if v is None:
-        return None
-    if hasattr(v, "detach"):
-        v = v.detach().cpu().numpy()
-    arr = np.asarray(v, dtype=np.float64).reshape(-1)
-    if arr.shape[0] != n:
-        raise LowRankError(f"{name} has {arr.shape[0]} entries for {n} rows")
-    if not np.all(np.isfinite(arr)):
-        raise LowRankError(f"{name} contain NaN or infinite values")
-    return arr
 
 
 @dataclass(frozen=True)

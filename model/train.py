@@ -33,6 +33,7 @@ from model.evaluate import EvalSpec, evaluate
 from model.events.interactions import Interactions
 from model.events.windows import history_batch, training_positions
 from model.ranker import Ranker
+from model.train_parts import BestValidation, NegativeSampler
 
 log = logging.getLogger(__name__)
 
@@ -86,26 +87,6 @@ class TrainResult:
     wall_s: float
     steps: int
     contexts_per_s: float = 0.0
-
-
-class NegativeSampler:
-    """Draws item rows 1..n_items-1 uniformly or ∝ count^0.75 over the training events."""
-
-    def __init__(self, data: Interactions, sampling: str, rng: np.random.Generator) -> None:
-        if sampling not in ("uniform", "popularity"):
-            raise ValueError(f"sampling must be 'uniform' or 'popularity', got {sampling!r}")
-        n = data.vocab.n_items
-        self.rng = rng
-        self.n = n
-        self.p: NDArray[np.float64] | None = None
-        if sampling == "popularity":
-            counts = np.bincount(data.items, minlength=n)[1:].astype(np.float64) ** 0.75
-            self.p = counts / counts.sum()
-
-    def __call__(self, shape: tuple[int, int]) -> NDArray[np.int64]:
-        if self.p is None:
-            return self.rng.integers(1, self.n, size=shape)
-        return self.rng.choice(self.n - 1, size=shape, p=self.p) + 1
 
 
 def _batches(
@@ -174,7 +155,7 @@ def train(model_cfg: RankerConfig, data: Interactions, cfg: TrainConfig) -> Trai
     every = cfg.eval_every or per_epoch
     deadline = start + (cfg.time_budget_s if cfg.time_budget_s else float("inf"))
     max_steps = cfg.max_steps if cfg.max_steps is not None else 2**62
-    record = _Record(copy.deepcopy(ranker.state_dict()))
+    record = BestValidation(copy.deepcopy(ranker.state_dict()))
     steps, contexts, loss_sum, train_s = 0, 0, 0.0, 0.0
     bar = tqdm(total=min(max_steps, per_epoch * cfg.epochs), disable=not cfg.progress)
     for epoch, idx in _batches(examples[0].size, cfg, rng):
@@ -212,27 +193,6 @@ def train(model_cfg: RankerConfig, data: Interactions, cfg: TrainConfig) -> Trai
         steps,
         contexts / train_s if train_s else 0.0,
     )
-
-
-class _Record:
-    """Validation GAUCs so far and the weights of the best one."""
-
-    def __init__(self, initial: dict[str, torch.Tensor]) -> None:
-        self.best_state = initial
-        self.best_step, self.last_step = 0, -1
-        self.val_gauc: list[float] = []
-        self._since_best = 0
-
-    def validated(self, gauc: float, step: int, ranker: Ranker) -> int:
-        """Record a validation at ``step``; returns validations since the best."""
-        self.last_step = step
-        if gauc > max(self.val_gauc, default=-1.0):
-            self.best_state, self.best_step = copy.deepcopy(ranker.state_dict()), step
-            self._since_best = 0
-        else:
-            self._since_best += 1
-        self.val_gauc.append(gauc)
-        return self._since_best
 
 
 def train_meta(result: TrainResult, cfg: TrainConfig, dataset: str) -> dict[str, object]:

@@ -110,9 +110,8 @@ def empty_state(model: ServingModel) -> UserState:
 
 
 def with_recent(
-    state: UserState, items: np.ndarray, actions: np.ndarray, ts: np.ndarray,
-    model: ServingModel,
-) -> UserState:  # fmt: skip
+    state: UserState, items: np.ndarray, actions: np.ndarray, ts: np.ndarray, model: ServingModel
+) -> UserState:
     """``state`` with the events (item/action rows, times (b,)) merged into its window of
     latest events, for a hybrid svd model (``recent_tokens`` > 0); ``state`` otherwise."""
     k = model.recent_tokens
