@@ -75,7 +75,8 @@ def _request(ranker: Ranker, user: User) -> ScoreRequest:
     rows = rows.detach().cpu().double().numpy()
     if user.items.numel():
         state = LowRankState.from_rows(rows, R, user.weights.double().numpy())
-        interests, basis = state.interests(R), state.V[:, :R]
+        # the live tokens only (σ_k > 1e-6·σ_1), as the service sends them
+        interests, basis = state.interests(R)[: state.live_rank()], state.V[:, :R]
     else:
         interests, basis = np.zeros((R, CONFIG.dim)), np.zeros((CONFIG.dim, R))
     return ScoreRequest(
