@@ -1,13 +1,13 @@
 """The versioned blob of the compressed-state family (DESIGN §4), shared by every kind but svd.
 
-Version 1 is the svd factors' layout (``model.state_blob``), still written and read as is, so
-states already in Redis stay readable; 2 is the svd factors with the hybrid's recent events
-(on main, also ``model.state_blob``). Version 3, written here, is one layout for every other
-kind: header (``_HEADER``: magic, version, kind code, flags, n, n_eff, t_ref, three
-dimensions, len(tag)), the UTF-8 tag, the kind's float32 values (little-endian), CRC32 of
-everything before it. Decoding checks magic, version, kind, length, checksum, the tag's
-encoding and that every value is finite, so a malformed blob raises :class:`StateFormatError`
-and never yields a state; each kind then checks its value count against its dimensions.
+Versions 1 and 2 are the svd factors' layouts (``model.state_blob``: 2 adds the hybrid's
+recent events), still written and read as they are, so states already in Redis stay
+readable. Version 3, written here, is one layout for every other kind: header (``_HEADER``:
+magic, version, kind code, flags, n, n_eff, t_ref, three dimensions, len(tag)), the UTF-8
+tag, the kind's float32 values (little-endian), CRC32 of everything before it. Decoding
+checks magic, version, kind, length, checksum, the tag's encoding and that every value is
+finite, so a malformed blob raises :class:`StateFormatError` and never yields a state; each
+kind then checks its value count against its dimensions.
 """
 
 from __future__ import annotations

@@ -1,15 +1,17 @@
-"""Family (version-3) blobs of every kind, svd blobs (version 1) beside them, corruption."""
+"""Family (version-3) blobs of every kind, svd blobs (versions 1, 2) beside them, corruption."""
 
 from __future__ import annotations
 
 import struct
 import zlib
 from collections.abc import Callable
+from dataclasses import replace
 
 import numpy as np
 import pytest
 
 from model.lowrank import Decay, LowRankState
+from model.recent import RecentEvents
 from model.state_blob import LowRankError, StateFormatError
 from model.states import ElasticState, LinearState, MeanState, UserState, decode_user_state
 from model.states.blob import KIND_CODES, decode_blob, encode_blob
@@ -59,6 +61,12 @@ def test_svd_keeps_the_version_1_format() -> None:
     assert isinstance(LowRankState.from_bytes(blob), LowRankState)
     with pytest.raises(StateFormatError):
         LowRankState.from_bytes(STATES["elastic"].to_bytes())  # another kind is not svd
+    window = RecentEvents.empty(4).merged(np.array([3, 1]), np.array([0, 2]), np.array([5.0, 6.0]))
+    hybrid = replace(STATES["svd"], recent=window).to_bytes()  # the hybrid's version 2
+    assert int.from_bytes(hybrid[4:6], "little") == 2
+    back = decode_user_state(hybrid)
+    assert isinstance(back, LowRankState) and back.recent is not None
+    assert back.recent.items.tolist() == [3, 1]
 
 
 def _resealed(blob: bytes, edit: Callable[[bytearray], None]) -> bytes:
