@@ -28,7 +28,7 @@ model: $(MODEL_DIR)/model.safetensors
 # thread), ~35 s on the 2-core box, so the first `make run` answers within a minute. More
 # steps (e.g. MODEL_STEPS=1200, about three epochs) give a better model; see the README.
 # --recent-tokens 16: the svd hybrid (its k latest events join the interest tokens), the
-# configuration of docs/RESULTS.md that wins on ml-1m.
+# best row of docs/RESULTS.md on ml-1m (within the seed spread there).
 MODEL_STEPS ?= 150
 $(MODEL_DIR)/model.safetensors: | $(INSTALLED)
 	$(PY) -m model.datasets fetch --out data --datasets ml-100k
