@@ -28,10 +28,8 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.typing import NDArray
 
-from model.checkpoint import Vocabulary
 from model.events.interactions import Interactions
-
-T0 = 1_600_000_000.0  # unix seconds of the first events
+from model.synthetic import T0, generated_interactions, item_topics, zipf
 
 
 @dataclass(frozen=True)
@@ -89,13 +87,7 @@ class LifelongData:
 
     def topic_of(self, items: NDArray[np.int64]) -> NDArray[np.int64]:
         """Topic of item rows (1-based; row 0 is OOV and maps to -1)."""
-        per_topic = self.config.n_items // self.config.n_topics
-        return np.where(items > 0, (items - 1) // per_topic, -1)
-
-
-def _zipf(n: int, a: float) -> NDArray[np.float64]:
-    p = 1.0 / np.arange(1, n + 1) ** a
-    return p / p.sum()
+        return item_topics(items, self.config.n_items, self.config.n_topics)
 
 
 def _spells(rng: np.random.Generator, n: int, on: float, off: float) -> NDArray[np.bool_]:
@@ -136,7 +128,7 @@ def _user(
     recall = long_topics[np.argmax(logits, axis=1)]  # (n,)
     free = np.setdiff1d(np.arange(cfg.n_topics), long_topics)
     burst = _bursts(rng, cfg, n, free)
-    noise = rng.choice(cfg.n_topics, size=n, p=_zipf(cfg.n_topics, cfg.zipf_a))
+    noise = rng.choice(cfg.n_topics, size=n, p=zipf(cfg.n_topics, cfg.zipf_a))
     u = rng.random(n)
     kinds = np.where(
         u < cfg.recall_share, 0, np.where(u < cfg.recall_share + cfg.burst_share, 1, 2)
@@ -150,7 +142,7 @@ def generate_lifelong(cfg: LifelongConfig) -> LifelongData:
     """Generate the log of ``cfg.n_users`` users; the same config gives the same data."""
     rng = np.random.default_rng(cfg.seed)
     per_topic = cfg.n_items // cfg.n_topics
-    rank_p = _zipf(per_topic, cfg.zipf_a)
+    rank_p = zipf(per_topic, cfg.zipf_a)
     lengths = rng.integers(cfg.min_length, cfg.max_length + 1, size=cfg.n_users)
     long_topics = np.stack(
         [rng.choice(cfg.n_topics, cfg.long_interests, replace=False) for _ in range(cfg.n_users)]
@@ -162,14 +154,7 @@ def generate_lifelong(cfg: LifelongConfig) -> LifelongData:
         items.append(topics * per_topic + rng.choice(per_topic, size=n, p=rank_p) + 1)
         kinds.append(kind)
         times.append(T0 + rng.uniform(0, 86_400.0) + np.cumsum(rng.exponential(cfg.mean_gap_s, n)))
-    inter = Interactions(
-        users=tuple(f"l{u}" for u in range(cfg.n_users)),
-        offsets=np.concatenate(([0], np.cumsum(lengths))).astype(np.int64),
-        items=np.concatenate(items).astype(np.int64),
-        actions=np.zeros(int(lengths.sum()), dtype=np.int64),
-        ts=np.concatenate(times),
-        vocab=Vocabulary(tuple(str(i) for i in range(1, cfg.n_items + 1))),
-    )
+    inter = generated_interactions("l", items, times, cfg.n_items)
     return LifelongData(cfg, inter, long_topics, weights, np.concatenate(kinds))
 
 

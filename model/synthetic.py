@@ -70,13 +70,36 @@ class SyntheticData:
 
     def topic_of(self, items: NDArray[np.int64]) -> NDArray[np.int64]:
         """Topic of item rows (1-based rows; row 0 is OOV and maps to -1)."""
-        per_topic = self.config.n_items // self.config.n_topics
-        return np.where(items > 0, (items - 1) // per_topic, -1)
+        return item_topics(items, self.config.n_items, self.config.n_topics)
 
 
-def _zipf(n: int, a: float) -> NDArray[np.float64]:
+def item_topics(items: NDArray[np.int64], n_items: int, n_topics: int) -> NDArray[np.int64]:
+    """Topic of item rows (B,) when ``n_items`` are split into ``n_topics`` equal blocks
+    (1-based rows; row 0 is OOV and maps to -1). Shared by the generators."""
+    per_topic = n_items // n_topics
+    return np.where(items > 0, (items - 1) // per_topic, -1)
+
+
+def zipf(n: int, a: float) -> NDArray[np.float64]:
+    """(n,) Zipf probabilities ∝ 1 / rank^a."""
     p = 1.0 / np.arange(1, n + 1) ** a
     return p / p.sum()
+
+
+def generated_interactions(
+    prefix: str, items: list[NDArray[np.int64]], times: list[NDArray[np.float64]], n_items: int
+) -> Interactions:
+    """The Interactions of generated users (per user: item rows and times, no actions), user
+    ids ``{prefix}{u}``, over the vocabulary "1".."n_items"."""
+    lengths = np.array([x.shape[0] for x in items], dtype=np.int64)
+    return Interactions(
+        users=tuple(f"{prefix}{u}" for u in range(len(items))),
+        offsets=np.concatenate(([0], np.cumsum(lengths))).astype(np.int64),
+        items=np.concatenate(items).astype(np.int64),
+        actions=np.zeros(int(lengths.sum()), dtype=np.int64),
+        ts=np.concatenate(times),
+        vocab=Vocabulary(tuple(str(i) for i in range(1, n_items + 1))),
+    )
 
 
 def _interest_logits(phases: NDArray[np.float64], ts: NDArray[np.float64], c: float) -> NDArray:
@@ -112,17 +135,15 @@ def _user_events(
     k = np.argmax(logits + rng.gumbel(size=logits.shape), axis=1)  # (n,)
     topic = topics[np.arange(n) // cfg.drift_events, k]
     noisy = rng.random(n) < cfg.noise
-    topic[noisy] = rng.choice(
-        cfg.n_topics, size=int(noisy.sum()), p=_zipf(cfg.n_topics, cfg.zipf_a)
-    )
-    rank = rng.choice(per_topic, size=n, p=_zipf(per_topic, cfg.zipf_a))
+    topic[noisy] = rng.choice(cfg.n_topics, size=int(noisy.sum()), p=zipf(cfg.n_topics, cfg.zipf_a))
+    rank = rng.choice(per_topic, size=n, p=zipf(per_topic, cfg.zipf_a))
     return (topic * per_topic + rank + 1).astype(np.int64), ts
 
 
 def generate(cfg: SyntheticConfig) -> SyntheticData:
     """Generate the log of ``cfg.n_users`` users; the same config gives the same data."""
     rng = np.random.default_rng(cfg.seed)
-    topic_p = _zipf(cfg.n_topics, 0.5)  # mild popularity skew of the interests themselves
+    topic_p = zipf(cfg.n_topics, 0.5)  # mild popularity skew of the interests themselves
     lengths = rng.integers(cfg.min_length, cfg.max_length + 1, size=cfg.n_users)
     phases = rng.random((cfg.n_users, cfg.interests, 2))
     all_topics, items, times = [], [], []
@@ -132,15 +153,7 @@ def generate(cfg: SyntheticConfig) -> SyntheticData:
         all_topics.append(topics)
         items.append(it)
         times.append(ts)
-    n_events = np.asarray(lengths, dtype=np.int64)
-    inter = Interactions(
-        users=tuple(f"s{u}" for u in range(cfg.n_users)),
-        offsets=np.concatenate(([0], np.cumsum(n_events))).astype(np.int64),
-        items=np.concatenate(items),
-        actions=np.zeros(int(n_events.sum()), dtype=np.int64),
-        ts=np.concatenate(times),
-        vocab=Vocabulary(tuple(str(i) for i in range(1, cfg.n_items + 1))),
-    )
+    inter = generated_interactions("s", items, times, cfg.n_items)
     return SyntheticData(cfg, inter, all_topics, phases, np.array([t[0] for t in times]))
 
 
@@ -161,10 +174,10 @@ def engagement_probability(
     pi = np.exp(logits - logits.max())
     pi /= pi.sum()
     topic = data.topic_of(items)
-    rank_p = _zipf(per_topic, cfg.zipf_a)[np.maximum(items - 1, 0) % per_topic]
+    rank_p = zipf(per_topic, cfg.zipf_a)[np.maximum(items - 1, 0) % per_topic]
     active = active_topics(data, user, event_index)
     interest_p = (topic[:, None] == active[None, :]).astype(np.float64) @ pi  # (M,)
-    noise_p = _zipf(cfg.n_topics, cfg.zipf_a)[np.maximum(topic, 0)]
+    noise_p = zipf(cfg.n_topics, cfg.zipf_a)[np.maximum(topic, 0)]
     # Gumbel-max picks interest k with softmax(logits): P(topic) = Σ_k π_k [topic = topic_k].
     p = ((1 - cfg.noise) * interest_p + cfg.noise * noise_p) * rank_p
     return np.where(items > 0, p, 0.0)
