@@ -8,6 +8,7 @@ operations, so the service never branches on the kind to load, apply, rebuild or
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from typing import Protocol, cast
@@ -21,6 +22,7 @@ from model.heads import ElasticHead, LinearHead
 from model.layers import ElasticDispatcher, LinearTargetAttention
 from model.lowrank import Decay, LowRankState
 from model.ranker import Ranker
+from model.recent import RecentEvents
 from model.states.base import UserState
 from model.states.elastic import ElasticSpec, ElasticState
 from model.states.linear import LinearSpec, LinearState
@@ -86,9 +88,12 @@ class SvdBuilder:
     decay: Decay | None
     tag: str
     kind: str = "svd"
+    recent_tokens: int = 0  # the hybrid's window of latest events (0: none)
 
     def empty(self) -> LowRankState:
-        return LowRankState.empty(self.dim, self.rank, self.oversample, self.tag)
+        state = LowRankState.empty(self.dim, self.rank, self.oversample, self.tag)
+        k = self.recent_tokens
+        return dataclasses.replace(state, recent=RecentEvents.empty(k)) if k else state
 
     def from_rows(self, rows: Array, ts: Array) -> LowRankState:
         return LowRankState.from_rows(
@@ -104,9 +109,14 @@ class SvdBuilder:
         return state.interests(self.rank)
 
     def fits(self, state: UserState) -> bool:
+        """Same rank and shape, and a window of latest events of the model's size (none for
+        a plain svd model)."""
+        if not isinstance(state, LowRankState):
+            return False
         ell = min(self.rank + self.oversample, self.dim)
-        return isinstance(state, LowRankState) and (state.rank, state.ell, state.d) == (
-            self.rank, ell, self.dim,
+        window = 0 if state.recent is None else state.recent.capacity
+        return (state.rank, state.ell, state.d, window) == (
+            self.rank, ell, self.dim, self.recent_tokens,
         )  # fmt: skip
 
 
@@ -204,4 +214,4 @@ def make_builder(
         return LinearBuilder(linear_spec(linear.attention, config.heads), decay, tag)
     if kind == "mean":
         return MeanBuilder(config.dim, decay, tag)
-    return SvdBuilder(config.dim, rank, oversample, decay, tag)
+    return SvdBuilder(config.dim, rank, oversample, decay, tag, recent_tokens=config.recent_tokens)

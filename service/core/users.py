@@ -90,23 +90,14 @@ def parse_state(
         return ParsedState(
             state, "model_version" if written_by != expected.model_version else "config"
         )
-    if not model.states.fits(state):  # another kind, rank or shape
-        return ParsedState(state, "config")
-    recent = state.recent if isinstance(state, LowRankState) else None
-    if (0 if recent is None else recent.capacity) != model.recent_tokens:
+    if not model.states.fits(state):  # another kind, rank, shape or window of latest events
         return ParsedState(state, "config")
     return ParsedState(state, None)
 
 
 def empty_state(model: ServingModel) -> UserState:
     """The state of a user with no history, tagged for ``model``."""
-    state = model.states.empty()
-    k = model.recent_tokens
-    return (
-        replace(state, recent=RecentEvents.empty(k))
-        if isinstance(state, LowRankState) and k
-        else state
-    )
+    return model.states.empty()
 
 
 def with_recent(
