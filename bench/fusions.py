@@ -40,7 +40,7 @@ from bench import harness  # noqa: E402
 from bench.markdown import write_section  # noqa: E402
 from bench.roofline import gemm_rate_gflops, median_s  # noqa: E402
 from model.checkpoint import load_checkpoint  # noqa: E402
-from model.flops import serving_flops  # noqa: E402
+from model.modes import serving_flops  # noqa: E402
 from model.ranker import Ranker  # noqa: E402
 from model.serving import ServingPass, ServingWeights  # noqa: E402
 

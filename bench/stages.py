@@ -43,7 +43,7 @@ from bench import harness  # noqa: E402
 from bench.markdown import write_section  # noqa: E402
 from bench.rankpath import STAGES, RankPath  # noqa: E402
 from bench.roofline import gemm_rate_gflops, median_s  # noqa: E402
-from model.flops import serving_flops  # noqa: E402
+from model.modes import serving_flops  # noqa: E402
 
 logger = logging.getLogger("bench.stages")
 

@@ -17,8 +17,9 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from model.config import RankerConfig, served_modes
+from model.config import RankerConfig
 from model.heads import upgrade_state_dict
+from model.modes import served_modes
 from model.ranker import NO_ACTION, OOV_ITEM, Ranker
 
 WEIGHTS_FILE = "model.safetensors"

@@ -17,10 +17,10 @@ import numpy as np
 import torch
 from numpy.typing import NDArray
 
-from model.config import state_kind
 from model.heads import ElasticHead, LinearHead
 from model.layers import ElasticDispatcher, LinearTargetAttention
 from model.lowrank import Decay, LowRankState
+from model.modes import state_kind
 from model.ranker import Ranker
 from model.recent import RecentEvents
 from model.states.base import UserState

@@ -23,9 +23,9 @@ import numpy as np
 import torch
 
 from model.checkpoint import WEIGHTS_FILE, Checkpoint, CheckpointError, load_checkpoint
-from model.config import state_kind
 from model.device import resolve_device as model_device
 from model.lowrank import Decay
+from model.modes import state_kind
 from model.states import StateBuilder, make_builder
 from service.settings import Settings
 from service.store.eventlog import action_key, item_key
@@ -130,7 +130,7 @@ class ServingModel:
 
     @property
     def served_modes(self) -> tuple[str, ...]:
-        """The /rank modes this checkpoint serves (``model.config.served_modes``)."""
+        """The /rank modes this checkpoint serves (``model.modes.served_modes``)."""
         return self.checkpoint.served_modes
 
     @property

@@ -19,7 +19,8 @@ from model.checkpoint import (
     save_checkpoint,
 )
 from model.config import RankerConfig
-from model.ranker import NO_ACTION, OOV_ITEM, Ranker, ScoreRequest
+from model.modes import ScoreRequest
+from model.ranker import NO_ACTION, OOV_ITEM, Ranker
 
 VOCAB = Vocabulary(tuple(str(i) for i in range(100, 120)), ("click", "like"))
 CONFIG = RankerConfig(n_items=VOCAB.n_items, n_actions=VOCAB.n_actions, dim=16, heads=2, rank=4)

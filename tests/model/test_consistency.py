@@ -14,7 +14,8 @@ from model.config import RankerConfig
 from model.events.interactions import Interactions
 from model.events.windows import history_batch
 from model.lowrank import Decay, LowRankState
-from model.ranker import Ranker, ScoreRequest
+from model.modes import ScoreRequest
+from model.ranker import Ranker
 
 N_ITEMS = 200
 

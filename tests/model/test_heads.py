@@ -6,15 +6,10 @@ import pytest
 import torch
 
 from model.config import RankerConfig
-from model.heads import (
-    BASELINE_MODES,
-    LEGACY_PREFIXES,
-    ScoringMLP,
-    baseline_heads,
-    upgrade_state_dict,
-)
+from model.heads import LEGACY_PREFIXES, ScoringMLP, upgrade_state_dict
 from model.layers import TargetAttention
-from model.ranker import HistoryBatch, Ranker, RankerInputError
+from model.modes import BASELINE_MODES
+from model.ranker import HistoryBatch, Ranker, RankerInputError, baseline_heads
 
 
 def _config(mode: str) -> RankerConfig:

@@ -8,7 +8,8 @@ import torch
 
 from model.config import RankerConfig
 from model.lowrank import Decay
-from model.ranker import HistoryBatch, Ranker, RankerInputError, ScoreRequest
+from model.modes import ScoreRequest
+from model.ranker import HistoryBatch, Ranker, RankerInputError
 from model.states import make_builder
 
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from model.config import SERVING_MODES, served_modes, state_kind
 from model.lowrank import Decay
+from model.modes import SERVING_MODES, served_modes, state_kind
 from model.states import make_builder
 from tests.model.states.support import events, ranker
 

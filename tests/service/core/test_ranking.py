@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from model.checkpoint import load_checkpoint
-from model.ranker import ScoreRequest
+from model.modes import ScoreRequest
 from tests.service.conftest import SettingsFactory
 from tests.service.support import RANK, event, ingest, reference_state, running_app
 

@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 import torch
 
-from model.ranker import ScoreRequest
+from model.modes import ScoreRequest
 from service.core.serving_model import load_serving_model
 from service.scoring.scorer import BatchScorer, RankJob, split_jobs
 from tests.service.conftest import SettingsFactory
@@ -58,9 +58,10 @@ def test_warm_up_scores_every_serving_mode(make_settings: SettingsFactory) -> No
         seen.append("svd")
         return real_svd(*args)
 
-    def history(mode: str, *args: Any) -> torch.Tensor:
-        seen.append(mode)
-        return real_history(mode, *args)
+    def history(*args: Any) -> torch.Tensor:
+        basis = args[4] if len(args) > 4 else None  # svd_exact projects on V_r, softmax not
+        seen.append("svd_exact" if basis is not None else "softmax")
+        return real_history(*args)
 
     scorer.serving.svd, scorer.serving.history = svd, history  # type: ignore[method-assign]
     scorer.warm_up(model.rank)
