@@ -50,13 +50,13 @@ test: install lint
 	$(VENV)/bin/pytest
 
 bench: install
-	$(PY) bench/kernels.py
+	$(PY) -m bench.micro.kernels
 
 bench-serve: install model
-	$(PY) bench/serve.py
+	$(PY) -m bench.e2e.serve
 
 bench-report: install
-	$(PY) bench/report.py
+	$(PY) -m bench.e2e.report
 
 loadtest: install model
 	loadtest/run.sh
