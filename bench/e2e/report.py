@@ -333,7 +333,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.replot:
         write_outputs(load_report(args.replot), args.out)
         return 0
-    # Inherited by the service processes: see README "Threads".
+    # Inherited by the service processes: see docs/OPERATIONS.md, "Threads".
     os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
     started = time.monotonic()
     ns, batches = (QUICK_NS, QUICK_BATCHES) if args.quick else (FULL_NS, FULL_BATCHES)
