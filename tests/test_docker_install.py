@@ -155,8 +155,8 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_the_installed_copy_imports_outside_the_source_tree(built: Path, tmp_path: Path) -> None:
     code = (
-        "import bench.kernels, model.train, service.cli, solar_tools.client, solar_tools.replay, "
-        "torch; from service.api.docs import asset_dir; "
+        "import bench.micro.kernels, model.train, service.cli, solar_tools.client, "
+        "solar_tools.replay, torch; from service.api.docs import asset_dir; "
         "print(service.cli.__file__, solar_tools.replay.__file__, asset_dir(), torch.__version__)"
     )
     run = subprocess.run([str(built / "bin" / "python"), "-c", code], cwd=tmp_path,
@@ -168,6 +168,10 @@ def test_the_installed_copy_imports_outside_the_source_tree(built: Path, tmp_pat
     assert version.startswith("2.13.0")
     typed = list(built.glob("lib/python3*/site-packages/service/py.typed"))
     assert typed, "package data (py.typed) missing from the wheel"
+    # Of bench/, only what `solar bench` imports ships: the HTTP runs and the study do not.
+    (site,) = built.glob("lib/python3*/site-packages")
+    shipped = {p.name for p in (site / "bench").iterdir() if (p / "__init__.py").is_file()}
+    assert shipped == {"common", "micro"}, shipped
 
 
 def test_the_installed_copy_serves(built: Path, tmp_path: Path, tiny_model: Path) -> None:
