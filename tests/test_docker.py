@@ -23,9 +23,10 @@ import torch
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from model.checkpoint import Vocabulary, save_checkpoint
+from model.checkpoint import save_checkpoint
 from model.config import RankerConfig
 from model.ranker import Ranker
+from model.vocabulary import Vocabulary
 from service.settings import Settings
 from solar_tools.redis_server import REDIS_SERVER_BIN, free_port
 from tests.service.support import running_app

@@ -101,9 +101,10 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A random checkpoint over item ids 1..20 (d=16, r=4) to serve."""
     import torch
 
-    from model.checkpoint import Vocabulary, save_checkpoint
+    from model.checkpoint import save_checkpoint
     from model.config import RankerConfig
     from model.ranker import Ranker
+    from model.vocabulary import Vocabulary
 
     torch.manual_seed(0)
     vocab = Vocabulary(tuple(str(i) for i in range(1, 21)))

@@ -21,10 +21,11 @@ import numpy as np
 import pytest
 import torch
 
-from model.checkpoint import Vocabulary, load_checkpoint, save_checkpoint
+from model.checkpoint import load_checkpoint, save_checkpoint
 from model.config import RankerConfig
 from model.lowrank import Decay
 from model.ranker import HistoryBatch, Ranker
+from model.vocabulary import Vocabulary
 from solar_tools.redis_server import free_port
 from tests.service.conftest import SettingsFactory
 from tests.service.support import ACTIONS, DIM, ITEMS, event, ingest, running_app

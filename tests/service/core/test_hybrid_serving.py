@@ -11,9 +11,10 @@ from typing import Any
 import pytest
 import torch
 
-from model.checkpoint import Vocabulary, load_checkpoint, save_checkpoint
+from model.checkpoint import load_checkpoint, save_checkpoint
 from model.config import RankerConfig
 from model.ranker import HistoryBatch, Ranker
+from model.vocabulary import Vocabulary
 from tests.service.conftest import SettingsFactory
 from tests.service.support import ACTIONS, DIM, ITEMS, OVERSAMPLE, RANK, event, ingest, running_app
 
