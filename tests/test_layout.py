@@ -3,7 +3,7 @@
 Layers of ``service/`` from the top: ``api`` (HTTP) and ``worker`` → ``core`` (use cases,
 user state, the applier, the loaded model) and ``backends`` → ``scoring`` (batcher, batch
 scorer), ``store`` (storage) and ``stream`` (the ingest stream) → the shared ``errors``,
-``settings`` and ``metrics``. ``model/`` is a library that never imports the
+``user_ids``, ``settings`` and ``metrics``. ``model/`` is a library that never imports the
 service, FastAPI or Redis.
 """
 
@@ -30,6 +30,7 @@ SERVICE_LAYERS = {
     "service.store": 2,
     "service.stream": 2,
     "service.errors": 0,
+    "service.user_ids": 0,
     "service.settings": 0,
     "service.metrics": 0,
 }
