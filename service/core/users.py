@@ -34,6 +34,7 @@ from model.states import ElasticState, UserState, decode_user_state
 from service.core.serving_model import ServingModel, StateTag
 from service.errors import StateUnreadable, StoreBusy, UnknownUser
 from service.metrics import Metrics
+from service.settings import Settings
 from service.store.base import LogSlice, Store
 from service.store.eventlog import decode_log
 
@@ -152,6 +153,14 @@ class UserStates:
     rebuild_residual_ratio: float = 0.5  # rebuild when ρ/(Σσ²+ρ) passes this after an update
     commit_attempts: int = 8  # fenced writes lost to another writer before giving up
 
+    @classmethod
+    def create(
+        cls, settings: Settings, store: Store, model: ServingModel, metrics: Metrics
+    ) -> UserStates:
+        """The user states of a process (the API's and the applier's), configured by
+        ``settings``."""
+        return cls(store, model, metrics, settings.rebuild_residual_ratio)
+
     # ------------------------------------------------------------------ compute
     def from_log(self, records: np.ndarray) -> UserState:
         """Batch factors of decoded log records (oldest first), with the model's settings."""
@@ -251,6 +260,16 @@ class UserStates:
             # this request is served from what it read.
             state, _ = await self._rebuild(user_id, parsed.rebuild, snapshot)
         return LoadedUser(state, decode_log(snapshot.records if with_log else b""))
+
+    # ------------------------------------------------------------------ forgetting
+    async def forget(self, user_id: str) -> bool:
+        """Delete the user's state, event log and dedup data from the store, atomically.
+
+        The delete moves the user's write fence (its generation), so an applier still holding
+        the user's events commits nothing: a deleted user stays deleted. Returns False when
+        nothing was stored.
+        """
+        return await self.store.delete(user_id)
 
     # ------------------------------------------------------------------ inspection
     async def view(self, user_id: str) -> UserView:
