@@ -107,7 +107,7 @@ def _parsed(body: bytes, content_type: str | None) -> Any:
                     "input": {},
                     "ctx": {"error": exc.msg},
                 }
-            ]  # fmt: skip
+            ]
         ) from exc
     except ValueError as exc:  # not UTF-8/16/32 text
         raise HTTPException(400, "There was an error parsing the body") from exc

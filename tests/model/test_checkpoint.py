@@ -214,9 +214,14 @@ def test_corrupt_weights_are_checkpoint_errors(saved: tuple[Path, Ranker, str]) 
 
 @pytest.mark.parametrize(
     ("mode", "served"),
-    [("svd", ("svd", "svd_exact", "softmax")), ("softmax", ("svd", "svd_exact", "softmax")),
-     ("elastic", ("elastic",)), ("linear", ("linear",)), ("mean", ("mean",))],
-)  # fmt: skip
+    [
+        ("svd", ("svd", "svd_exact", "softmax")),
+        ("softmax", ("svd", "svd_exact", "softmax")),
+        ("elastic", ("elastic",)),
+        ("linear", ("linear",)),
+        ("mean", ("mean",)),
+    ],
+)
 def test_a_checkpoint_says_which_modes_it_serves(
     mode: str, served: tuple[str, ...], tmp_path: Path
 ) -> None:
