@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import re
+from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import quote
 
@@ -66,6 +67,19 @@ def _renderings(user_id: str) -> dict[str, bool]:
 def test_the_rule_reads_as_documented() -> None:
     assert USER_ID_RULE == "1-128 characters of [A-Za-z0-9_.:@-]"
     assert USER_ID_REGEX == "^[A-Za-z0-9_.:@-]{1,128}$"
+
+
+def test_the_rule_is_written_only_in_its_home() -> None:
+    """No module spells the character class out again (it was written five times)."""
+    root = Path(__file__).resolve().parents[2]
+    home = root / "service" / "user_ids.py"
+    copies = [
+        str(path.relative_to(root))
+        for package in ("service", "model", "solar_tools")
+        for path in (root / package).rglob("*.py")
+        if path != home and "A-Za-z0-9_.:@" in path.read_text(encoding="utf-8")
+    ]
+    assert not copies, copies
 
 
 @pytest.mark.parametrize("user_id", GOOD)
