@@ -106,26 +106,3 @@ def baseline_heads(config: RankerConfig) -> nn.ModuleDict:
     """The head of the trained mode when it is a baseline (else empty), keyed by mode."""
     head = _HEADS.get(config.mode)
     return nn.ModuleDict({} if head is None else {config.mode: head(config)})
-
-
-# Parameter names of checkpoints written before the heads were named modules.
-LEGACY_PREFIXES: tuple[tuple[str, str], ...] = (
-    ("mlp.0.", "mlp.fc1."),
-    ("mlp.2.", "mlp.fc2."),
-    ("mlp.4.", "mlp.out."),
-    ("linear_attn.", "baselines.linear.attention."),
-    ("elastic.", "baselines.elastic.dispatcher."),
-    ("mean_proj.", "baselines.mean.proj."),
-)
-
-
-def upgrade_state_dict(tensors: dict[str, Tensor]) -> dict[str, Tensor]:
-    """``tensors`` with legacy parameter names renamed to the current ones."""
-    upgraded: dict[str, Tensor] = {}
-    for name, tensor in tensors.items():
-        for old, new in LEGACY_PREFIXES:
-            if name.startswith(old):
-                name = new + name[len(old) :]
-                break
-        upgraded[name] = tensor
-    return upgraded
