@@ -160,9 +160,10 @@ def random_checkpoint(directory: str | Path, n_items: int = 1_682, seed: int = 0
     """A random (untrained) default-shaped model: d=64, 4 heads, r=32, ``n_items`` items."""
     import torch
 
-    from model.checkpoint import Vocabulary, save_checkpoint
+    from model.checkpoint import save_checkpoint
     from model.config import RankerConfig
     from model.ranker import Ranker
+    from model.vocabulary import Vocabulary
 
     torch.manual_seed(seed)
     items = tuple(str(i) for i in range(1, n_items + 1))
