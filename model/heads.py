@@ -92,26 +92,3 @@ class MeanHead(BaselineHead):
         w = weights * mask.to(weights.dtype)  # (B, N)
         pooled = (rows * w.unsqueeze(-1)).sum(1) / w.sum(1, keepdim=True).clamp_min(1e-12)
         return self.proj(pooled).unsqueeze(1).expand_as(cand)  # (B, M, d)
-
-
-# Parameter names of checkpoints written before the heads were named modules.
-LEGACY_PREFIXES: tuple[tuple[str, str], ...] = (
-    ("mlp.0.", "mlp.fc1."),
-    ("mlp.2.", "mlp.fc2."),
-    ("mlp.4.", "mlp.out."),
-    ("linear_attn.", "baselines.linear.attention."),
-    ("elastic.", "baselines.elastic.dispatcher."),
-    ("mean_proj.", "baselines.mean.proj."),
-)
-
-
-def upgrade_state_dict(tensors: dict[str, Tensor]) -> dict[str, Tensor]:
-    """``tensors`` with legacy parameter names renamed to the current ones."""
-    upgraded: dict[str, Tensor] = {}
-    for name, tensor in tensors.items():
-        for old, new in LEGACY_PREFIXES:
-            if name.startswith(old):
-                name = new + name[len(old) :]
-                break
-        upgraded[name] = tensor
-    return upgraded

@@ -104,7 +104,7 @@ StreamDep = Annotated[IngestStream, Depends(get_stream)]
 async def get_user_states(
     store: StoreDep, model: ModelDep, metrics: MetricsDep, settings: SettingsDep
 ) -> UserStates:
-    return UserStates(store, model, metrics, settings.rebuild_residual_ratio)
+    return UserStates.create(settings, store, model, metrics)
 
 
 UserStatesDep = Annotated[UserStates, Depends(get_user_states)]

@@ -76,7 +76,7 @@ class Applier:
         metrics: Metrics,
     ) -> Applier:
         """The applier of a process, configured by ``settings``."""
-        users = UserStates(store, model, metrics, settings.rebuild_residual_ratio)
+        users = UserStates.create(settings, store, model, metrics)
         return cls(users, stream, metrics, ApplierConfig(lease_s=settings.apply_lease_s))
 
     @property

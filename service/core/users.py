@@ -12,6 +12,7 @@ kind or shape), is unreadable (``corrupt``), is missing while the log holds appl
 (``residual``), or when unapplied events were trimmed from the log before being applied
 (``truncated``). Every write is ``Store.commit_state``: fenced on
 the position read, so a concurrent writer wins and a deleted user stays deleted.
+``UserStates.view`` describes a stored state as it is (no rebuild) for ``GET /users/{id}``.
 """
 
 from __future__ import annotations
@@ -26,18 +27,14 @@ from typing import NamedTuple
 
 import numpy as np
 
-from model.lowrank import LowRankState
+from model.lowrank import LIVE_TOKEN_RTOL, LowRankState
 from model.recent import RecentEvents
 from model.state_blob import StateFormatError
-from model.states import UserState, decode_user_state
+from model.states import ElasticState, UserState, decode_user_state
 from service.core.serving_model import ServingModel, StateTag
-from service.core.user_view import (
-    UserView,
-    served_singular_values,
-    view_of,
-)
 from service.errors import StateUnreadable, StoreBusy, UnknownUser
 from service.metrics import Metrics
+from service.settings import Settings
 from service.store.base import LogSlice, Store
 from service.store.eventlog import decode_log
 
@@ -156,6 +153,14 @@ class UserStates:
     rebuild_residual_ratio: float = 0.5  # rebuild when ρ/(Σσ²+ρ) passes this after an update
     commit_attempts: int = 8  # fenced writes lost to another writer before giving up
 
+    @classmethod
+    def create(
+        cls, settings: Settings, store: Store, model: ServingModel, metrics: Metrics
+    ) -> UserStates:
+        """The user states of a process (the API's and the applier's), configured by
+        ``settings``."""
+        return cls(store, model, metrics, settings.rebuild_residual_ratio)
+
     # ------------------------------------------------------------------ compute
     def from_log(self, records: np.ndarray) -> UserState:
         """Batch factors of decoded log records (oldest first), with the model's settings."""
@@ -256,6 +261,16 @@ class UserStates:
             state, _ = await self._rebuild(user_id, parsed.rebuild, snapshot)
         return LoadedUser(state, decode_log(snapshot.records if with_log else b""))
 
+    # ------------------------------------------------------------------ forgetting
+    async def forget(self, user_id: str) -> bool:
+        """Delete the user's state, event log and dedup data from the store, atomically.
+
+        The delete moves the user's write fence (its generation), so an applier still holding
+        the user's events commits nothing: a deleted user stays deleted. Returns False when
+        nothing was stored.
+        """
+        return await self.store.delete(user_id)
+
     # ------------------------------------------------------------------ inspection
     async def view(self, user_id: str) -> UserView:
         """The stored state as it is (no rebuild) and the events still pending.
@@ -275,4 +290,57 @@ class UserStates:
             if position.pending == 0:
                 raise UnknownUser(user_id)
             state = empty_state(self.model)  # events acknowledged, none applied yet
-        return view_of(state, position.pending)
+        return _view_of(state, position.pending)
+
+
+# ---------------------------------------------------------------------- what GET /users shows
+def served_singular_values(sigma: np.ndarray, rank: int) -> list[float]:
+    """The ``rank`` served singular values of a state's σ (ℓ, descending): values at or below
+    ``LIVE_TOKEN_RTOL``·σ_1 (a history shorter than r, or of lower rank: masked tokens)
+    read 0.0."""
+    served = np.asarray(sigma[:rank], dtype=np.float64)  # (r,)
+    floor = LIVE_TOKEN_RTOL * float(served[0]) if served.size else 0.0
+    return [float(x) if x > floor else 0.0 for x in served]
+
+
+class UserView(NamedTuple):
+    """What ``GET /users/{id}`` shows of a stored state (as stored, stale or not)."""
+
+    history_length: int
+    pending: int
+    rank: int  # svd: r; elastic: its k tokens; linear, mean: 0
+    singular_values: list[float]  # svd: the r served σ, descending, 0.0 past the history's rank
+    residual_ratio: float
+    last_ts: float | None
+    model_version: str
+    state_kind: str  # svd, elastic, linear or mean
+    state_bytes: int  # size of the stored blob
+
+
+def _tokens(state: UserState) -> int:
+    """Tokens the state gives candidates to attend to: r factors, k dispatcher tokens, or 0
+    (linear and mean are read as a whole)."""
+    if isinstance(state, LowRankState):
+        return state.rank
+    if isinstance(state, ElasticState):
+        return state.dims[1]
+    return 0
+
+
+def _view_of(state: UserState, pending: int) -> UserView:
+    """The view of ``state`` with ``pending`` events acknowledged but not applied."""
+    return UserView(
+        history_length=state.n,
+        pending=pending,
+        rank=_tokens(state),
+        singular_values=(
+            served_singular_values(state.sigma, state.rank)
+            if isinstance(state, LowRankState)
+            else []
+        ),
+        residual_ratio=state.residual_ratio,
+        last_ts=state.t_ref,
+        model_version=StateTag.parse(state.tag).model_version,
+        state_kind=state.kind,
+        state_bytes=state.nbytes,
+    )

@@ -118,8 +118,9 @@ async def _users(model: ServingModel, store_url: str | None) -> UserStates:
     from service.backends import open_backends
     from service.settings import Settings
 
-    backends = await open_backends(Settings(redis_url=store_url))
-    return UserStates(backends.store, model, Metrics())
+    settings = Settings(redis_url=store_url)
+    backends = await open_backends(settings)
+    return UserStates.create(settings, backends.store, model, Metrics())
 
 
 async def _append(users: UserStates, records: np.ndarray) -> None:
@@ -201,9 +202,36 @@ async def test_a_deleted_user_is_not_brought_back_by_an_apply(
     users = await _users(model, store_url)
     try:
         await _append(users, _records(4))
-        assert await users.store.delete("u")
+        assert await users.forget("u")
         assert (await users.apply_pending("u")).events == 0
         assert await users.store.get_state("u") is None
+        with pytest.raises(UnknownUser):
+            await users.view("u")
+    finally:
+        await users.store.close()
+
+
+@pytest.mark.anyio
+async def test_forget_removes_state_and_log_and_fences_a_late_applier(
+    model: ServingModel, store_url: str | None
+) -> None:
+    """An applier that read the user before the delete cannot write its state afterwards."""
+    users = await _users(model, store_url)
+    try:
+        await _append(users, _records(6))
+        assert (await users.apply_pending("u")).events == 6
+        await _append(users, _records(3, start=7))
+        late = await users.store.read_log("u", unapplied_only=True)  # the applier's read
+        state = users.from_log(_records(9))
+        assert await users.forget("u") is True
+        assert await users.forget("u") is False  # nothing stored any more
+        assert not await users.store.commit_state(  # the applier's fenced write: refused
+            "u", state.to_bytes(), gen=late.gen, expected_applied=late.applied, applied=late.seq
+        )
+        assert await users.store.get_state("u") is None
+        gone = await users.store.read_log("u", unapplied_only=False)
+        assert (gone.length, gone.records) == (0, b"")
+        assert (await users.load("u")).state is None
         with pytest.raises(UnknownUser):
             await users.view("u")
     finally:
