@@ -148,10 +148,11 @@ async def test_a_new_registry_entry_is_ranked_without_touching_the_service(
     the batcher's packing and pass all follow; scores equal the ranker's own."""
     monkeypatch.setitem(MODES, "svd_top1", StrongestInterest())
     history = [event("u", i % 43 + 1, float(i), ("click", None)[i % 2]) for i in range(30)]
-    async with running_app(make_settings()) as (app, client):
+    settings = make_settings()
+    async with running_app(settings) as (app, client):
         await ingest(client, history)
         assert "svd_top1" in (model := app.state.model).served_modes
-        users = UserStates(app.state.store, model, app.state.metrics)
+        users = UserStates.create(settings, app.state.store, model, app.state.metrics)
         ranking = Ranking(users=users, metrics=app.state.metrics, batcher=app.state.batcher)
         outcome = await ranking.rank("u", CANDIDATES, None, "svd_top1")
     got = dict(outcome.items)
