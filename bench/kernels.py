@@ -54,7 +54,7 @@ from model.attention import (  # noqa: E402
     svd_attention,
     svd_exact_attention,
 )
-from model.lowrank import LowRankState  # noqa: E402
+from model.states import LowRankState  # noqa: E402
 
 D, R = 64, 32
 KERNELS = ("svd", "svd kernel", "svd_exact", "softmax", "linear")

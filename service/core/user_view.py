@@ -7,8 +7,8 @@ from typing import NamedTuple
 
 import numpy as np
 
-from model.lowrank import LIVE_TOKEN_RTOL, LowRankState
-from model.states import ElasticState, UserState
+from model.config import LIVE_TOKEN_RTOL
+from model.states import UserState
 from service.core.serving_model import StateTag
 
 __all__ = ["UserView", "served_singular_values", "view_of"]
@@ -37,27 +37,13 @@ class UserView(NamedTuple):
     state_bytes: int  # size of the stored blob
 
 
-def _tokens(state: UserState) -> int:
-    """Tokens the state gives candidates to attend to: r factors, k dispatcher tokens, or 0
-    (linear and mean are read as a whole)."""
-    if isinstance(state, LowRankState):
-        return state.rank
-    if isinstance(state, ElasticState):
-        return state.dims[1]
-    return 0
-
-
 def view_of(state: UserState, pending: int) -> UserView:
     """The view of ``state`` with ``pending`` events acknowledged but not applied."""
     return UserView(
         history_length=state.n,
         pending=pending,
-        rank=_tokens(state),
-        singular_values=(
-            served_singular_values(state.sigma, state.rank)
-            if isinstance(state, LowRankState)
-            else []
-        ),
+        rank=state.token_count,
+        singular_values=served_singular_values(state.singular_values, state.token_count),
         residual_ratio=state.residual_ratio,
         last_ts=state.t_ref,
         model_version=StateTag.parse(state.tag).model_version,

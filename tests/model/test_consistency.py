@@ -13,8 +13,8 @@ from model.checkpoint import Vocabulary
 from model.config import RankerConfig
 from model.events.interactions import Interactions
 from model.events.windows import history_batch
-from model.lowrank import Decay, LowRankState
 from model.ranker import Ranker, ScoreRequest
+from model.states import Decay, LowRankState
 
 N_ITEMS = 200
 

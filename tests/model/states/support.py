@@ -6,17 +6,31 @@ import numpy as np
 import torch
 
 from model.config import RankerConfig
-from model.lowrank import Decay
 from model.ranker import Ranker
+from model.states import Decay
 
 DIM, HEADS, TOKENS = 64, 4, 32  # the default sizes (DESIGN §10: state ≤ 16 KB at d=64)
 
 
-def ranker(mode: str, seed: int = 0, dim: int = DIM, heads: int = HEADS) -> Ranker:
-    """A random float64 ranker trained "in" ``mode`` (eval mode)."""
+def ranker(
+    mode: str, seed: int = 0, dim: int = DIM, heads: int = HEADS, recent_tokens: int = 0
+) -> Ranker:
+    """A random float64 ranker trained "in" ``mode`` (eval mode), 50 items and 3 actions."""
     torch.manual_seed(seed)
-    config = RankerConfig(n_items=50, dim=dim, heads=heads, mode=mode, elastic_tokens=TOKENS)
-    return Ranker(config).double().eval()
+    config = RankerConfig(n_items=50, n_actions=3, dim=dim, heads=heads, mode=mode,
+                          elastic_tokens=TOKENS, recent_tokens=recent_tokens)  # fmt: skip
+    model = Ranker(config).double().eval()
+    with torch.no_grad():
+        model.action_emb.weight[1:].normal_(0.0, 0.1)  # row 0, "no action", stays 0
+    return model
+
+
+def event_rows(n: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Item rows (n,) in [1, 50), action rows (n,) in [0, 3) and times (n,) in arbitrary
+    order, seconds: the events a builder takes."""
+    rng = np.random.default_rng(seed)
+    items, actions = rng.integers(1, 50, size=n), rng.integers(0, 3, size=n)
+    return items.astype(np.int64), actions.astype(np.int64), rng.uniform(0.0, 5_000.0, size=n)
 
 
 def events(n: int, seed: int, dim: int = DIM) -> tuple[np.ndarray, np.ndarray]:

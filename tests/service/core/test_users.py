@@ -2,21 +2,16 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from model.lowrank import Decay, LowRankState
+from model.states import Decay, LowRankState, StateBuilder, UserState
 from service.core.serving_model import ServingModel, load_serving_model
-from service.core.users import (
-    UserStates,
-    append_rows,
-    batch_state,
-    parse_state,
-    served_singular_values,
-)
+from service.core.users import UserStates, parse_state, served_singular_values
 from service.errors import StateUnreadable, UnknownUser
 from service.metrics import Metrics
 from service.store.eventlog import identity_keys, make_records
@@ -28,6 +23,29 @@ from tests.service.support import gram
 @pytest.fixture
 def model(make_settings: SettingsFactory) -> ServingModel:
     return load_serving_model(make_settings())
+
+
+def _rows_builder(model: ServingModel, rows: np.ndarray) -> StateBuilder:
+    """The model's state builder (its kind, rank, oversampling, decay, tag) with the event i
+    embedded as ``rows[i]``: arbitrary rows (N, d) as events."""
+    return dataclasses.replace(model.states, embed=lambda items, _actions: rows[items])
+
+
+def batch_state(rows: np.ndarray, ts: np.ndarray, model: ServingModel) -> LowRankState:
+    events = np.arange(rows.shape[0])
+    state = _rows_builder(model, rows).from_events(events, events * 0, ts)
+    assert isinstance(state, LowRankState)
+    return state
+
+
+def append_rows(
+    state: UserState | None, rows: np.ndarray, ts: np.ndarray, model: ServingModel
+) -> LowRankState:
+    builder, events = _rows_builder(model, rows), np.arange(rows.shape[0])
+    base = state if state is not None else builder.empty()
+    updated = builder.append(base, events, events * 0, ts)
+    assert isinstance(updated, LowRankState)
+    return updated
 
 
 @pytest.mark.parametrize("half_life_s", [None, 50.0])
