@@ -25,7 +25,7 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
 from model.config import DEFAULT_OVERSAMPLE, LIVE_TOKEN_RTOL
-from model.states.base import Decay, advance, as_rows, as_vector
+from model.states.base import Clock, Decay, advance, as_rows, as_vector
 from model.states.blob import Blob, decode_blob, encode_blob, expect_count, expect_kind
 from model.states.errors import StateError, StateFormatError
 from model.states.svd.brand import orient, update_factors
@@ -34,6 +34,25 @@ from model.states.svd.recent import RecentEvents
 __all__ = ["DEFAULT_OVERSAMPLE", "LIVE_TOKEN_RTOL", "LowRankState"]
 
 Array = NDArray[np.float64]
+
+
+def _weighted(
+    weights: ArrayLike | None, ts: ArrayLike | None, n: int, t_ref: float | None,
+    decay: Decay | None,
+) -> tuple[Array, Clock | None]:  # fmt: skip
+    """The weights (n,) of n rows, times their decay seen from the new t_ref, and the block's
+    clock (None without times: t_ref stays)."""
+    w = as_vector(weights, n, "weights")
+    w = np.ones(n) if w is None else w
+    if np.any(w < 0):
+        raise StateError("weights must be non-negative")
+    t = as_vector(ts, n, "timestamps")
+    if t is None:
+        if decay is not None:
+            raise StateError("decay needs timestamps")
+        return w, None
+    clock = advance(t_ref, t, decay)
+    return (w if decay is None else w * np.exp(clock.log_w)), clock
 
 
 @dataclass(frozen=True)
@@ -117,19 +136,7 @@ class LowRankState:
         rows = as_rows(X)
         N, d = rows.shape
         ell = cls._ell(rank, oversample, d)
-        w = as_vector(weights, N, "weights")
-        w = np.ones(N) if w is None else w
-        if np.any(w < 0):
-            raise StateError("weights must be non-negative")
-        t = as_vector(ts, N, "timestamps")
-        t_ref = None
-        if t is not None:
-            clock = advance(None, t, decay)
-            t_ref = clock.t_ref
-            if decay is not None:
-                w = w * np.exp(clock.log_w)
-        elif decay is not None:
-            raise StateError("decay needs timestamps")
+        w, clock = _weighted(weights, ts, N, None, decay)
         scaled = rows * np.sqrt(w)[:, None]
         # V must be complete (d×d) even when N < ℓ; for N ≥ d the thin SVD already is, and
         # full_matrices there would build an N×N U (800 MB at N = 10,000).
@@ -145,7 +152,7 @@ class LowRankState:
             s=s,
             n_eff=float(w.sum()),
             n=N,
-            t_ref=t_ref,
+            t_ref=None if clock is None else clock.t_ref,
             residual=float(np.sum(sigma_all[ell:] ** 2)),
             tag=tag,
         )
@@ -239,21 +246,8 @@ class LowRankState:
         length.
         """
         B = as_rows(rows, self.d)
-        b = B.shape[0]
-        w = as_vector(weights, b, "weights")
-        w = np.ones(b) if w is None else w
-        if (w < 0).any():
-            raise StateError("weights must be non-negative")
-        t = as_vector(ts, b, "timestamps")
-        state = self
-        if t is not None:
-            clock = advance(state.t_ref, t, decay)
-            state = state._aged(clock.t_ref, clock.shift)
-            if decay is not None:
-                w = w * np.exp(clock.log_w)
-        elif decay is not None:
-            raise StateError("decay needs timestamps")
-
+        w, clock = _weighted(weights, ts, B.shape[0], self.t_ref, decay)
+        state = self if clock is None else self._aged(clock.t_ref, clock.shift)
         scaled = B * np.sqrt(w)[:, None]
         sigma, V, dropped = update_factors(state.sigma, state.V, scaled)
         residual = state.residual + dropped
@@ -264,7 +258,7 @@ class LowRankState:
             V=np.ascontiguousarray(orient(V, s)),
             s=s,
             n_eff=state.n_eff + float(w.sum()),
-            n=state.n + b,
+            n=state.n + B.shape[0],
             residual=residual,
         )
 
