@@ -28,7 +28,7 @@ from model.states import (
 )
 from model.states.blob import KIND_CODES, decode_blob, encode_blob
 from model.states.weights import elastic_spec, linear_spec
-from tests.model.states.support import HEADS, events, ranker
+from tests.model.states.support import HEADS, events, legacy_blob, ranker
 from tests.model.states.svd.test_state import D, R, low_rank_rows
 
 
@@ -385,6 +385,12 @@ def test_an_old_svd_blob_rewritten_in_format_3_keeps_every_field_and_its_size(ol
     if state.recent is not None and back.recent is not None:
         np.testing.assert_array_equal(back.recent.items, state.recent.items)
         np.testing.assert_array_equal(back.recent.ts, state.recent.ts)
+
+
+@pytest.mark.parametrize("old", [V1_PLAIN, V1_DECAY, V2_WINDOW], ids=["v1", "v1-decay", "v2"])
+def test_the_legacy_writer_of_the_tests_reproduces_the_golden_blobs(old: bytes) -> None:
+    """``legacy_blob`` (what service tests store as "written by the previous release")."""
+    assert legacy_blob(LowRankState.from_bytes(old)) == old
 
 
 def test_format_3_blobs_of_the_other_kinds_are_read_and_written_byte_for_byte() -> None:
