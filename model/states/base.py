@@ -3,7 +3,7 @@
 A state summarises a user's weighted history in a size independent of its length, absorbs a
 block of new events in O(1) of that length, and serialises to a versioned, checksummed blob
 (``model.states.blob``, one format for every kind). The svd factors with the hybrid's window
-of latest events (:class:`model.states.svd.LowRankState`), the ELASTIC dispatcher state, the
+of latest events (:class:`model.states.LowRankState`), the ELASTIC dispatcher state, the
 FuXi-Linear retention state and the weighted mean all implement :class:`UserState`; the
 builders of ``model.states.builders`` create and update them from the events (item rows,
 action rows, times) with the model's weights, so callers (the applier, ``/rank``,
