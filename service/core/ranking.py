@@ -17,7 +17,6 @@ import numpy as np
 import torch
 
 from model.config import STATE_MODES
-from model.lowrank import LowRankState
 from model.ranker import ScoreRequest
 from service.core.items import ItemId, candidate_rows
 from service.core.users import LoadedUser, UserStates
@@ -111,20 +110,13 @@ class Ranking:
         )
 
     def _svd_input(self, candidates: torch.Tensor, user: LoadedUser) -> ScoreRequest:
-        model = self.users.model
-        factors = _factors(user)
-        live = 0 if factors is None else factors.live_rank(model.rank)
-        if factors is None or live == 0:
-            interests = torch.zeros(model.rank, model.dim)  # no history: o_c = 0
-        else:  # only the live tokens: the scorer masks the padding up to the batch's r
-            tokens = factors.interests(model.rank)[:live]
-            interests = torch.from_numpy(tokens.astype(np.float32))
-        recent = None if factors is None else factors.recent
-        if recent is None or not len(recent):
-            return ScoreRequest(candidates=candidates, interests=interests)
-        rows = model.embed(recent.items, recent.actions).astype(np.float32)  # (k', d)
-        return ScoreRequest(  # hybrid: the latest events join the live interest tokens
-            candidates=candidates, interests=torch.cat((interests[:live], torch.from_numpy(rows)))
+        """The live interest tokens (and, for the hybrid, the latest events' rows) the svd
+        builder reads of the state; no history: (r, d) zeros, so o_c = 0."""
+        states = self.users.model.states
+        state = user.state if user.state is not None else states.empty()
+        tokens = states.features(state)  # (live + k', d)
+        return ScoreRequest(
+            candidates=candidates, interests=torch.from_numpy(tokens.astype(np.float32))
         )
 
     def _history_input(self, candidates: torch.Tensor, user: LoadedUser, mode: str) -> ScoreRequest:
@@ -136,10 +128,9 @@ class Ranking:
         else:
             weights = np.ones(ts.shape[0])
         r = model.rank
-        factors = _factors(user)
         basis = (
-            torch.from_numpy(np.ascontiguousarray(factors.V[:, :r])).float()  # (d, r)
-            if factors is not None
+            torch.from_numpy(model.states.basis(user.state)).float()  # (d, r)
+            if user.state is not None
             else torch.zeros(model.dim, r)
         )
         return ScoreRequest(
@@ -158,9 +149,3 @@ class Ranking:
         if mode == "elastic":
             return ScoreRequest(candidates=candidates, interests=features)  # (k, d)
         return ScoreRequest(candidates=candidates, summary=features)
-
-
-def _factors(user: LoadedUser) -> LowRankState | None:
-    """The user's svd factors (the svd modes are served only by models keeping them)."""
-    assert user.state is None or isinstance(user.state, LowRankState)
-    return user.state

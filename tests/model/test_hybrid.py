@@ -9,9 +9,8 @@ import pytest
 import torch
 
 from model.config import RankerConfig
-from model.lowrank import LowRankState
 from model.ranker import HistoryBatch, Ranker, ScoreRequest
-from model.recent import RecentEvents
+from model.states import LowRankState, RecentEvents
 
 K = 3
 CONFIG = RankerConfig(

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from model.config import SERVING_MODES, RankerConfig
-from model.lowrank import LowRankState
 from model.ranker import HistoryBatch, Ranker, RankerInputError, ScoreRequest
+from model.states import LowRankState
 
 CONFIG = RankerConfig(n_items=60, n_actions=3, dim=16, heads=2, rank=4, oversample=4, mlp_hidden=16)
 # History lengths (one user with none, one shorter than r) and candidate counts.

@@ -11,8 +11,8 @@ import torch
 
 from model.config import RankerConfig
 from model.layers import interest_tokens
-from model.lowrank import LowRankState
 from model.ranker import HistoryBatch, Ranker, ScoreRequest
+from model.states import LowRankState
 
 CONFIG = RankerConfig(n_items=50, n_actions=2, dim=32, heads=2, rank=8, oversample=4, mlp_hidden=16)
 N_EVENTS = 5

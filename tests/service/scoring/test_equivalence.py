@@ -16,8 +16,8 @@ import pytest
 import torch
 
 from model.config import SERVING_MODES, RankerConfig
-from model.lowrank import LowRankState
 from model.ranker import HistoryBatch, Ranker, ScoreRequest
+from model.states import LowRankState
 from service.scoring.scorer import BatchScorer, Ranked, RankJob
 
 R = 32
