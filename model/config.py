@@ -5,7 +5,11 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields
 from typing import Any, Literal, get_args
 
-from model.lowrank import DEFAULT_OVERSAMPLE
+# Extra factors p a low-rank state keeps beyond the served rank r (ℓ = r + p, model.states.svd).
+DEFAULT_OVERSAMPLE = 16
+# Interest tokens with σ_k ≤ LIVE_TOKEN_RTOL·σ_1 carry no information and are masked out of
+# the softmax, in training (model.layers) and serving (model.states.svd) alike (DESIGN §2).
+LIVE_TOKEN_RTOL = 1e-6
 
 # The names of the registry's entries (``model.modes``: what each mode is and does).
 AttentionMode = Literal["svd", "svd_exact", "softmax", "linear", "elastic", "mean"]

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from model.attention import elu_feature
-from model.lowrank import LIVE_TOKEN_RTOL
+from model.config import LIVE_TOKEN_RTOL
 
 
 def _split_heads(x: Tensor, heads: int) -> Tensor:

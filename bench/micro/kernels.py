@@ -42,7 +42,7 @@ from model.attention import (
     svd_attention,
     svd_exact_attention,
 )
-from model.lowrank import LowRankState
+from model.states import LowRankState
 
 REPO = Path(__file__).resolve().parents[2]
 # A checkout writes its report into docs/; an installed wheel (`solar bench`) prints it only,

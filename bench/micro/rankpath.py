@@ -28,7 +28,7 @@ from service.backends import open_backends
 from service.core.items import candidate_rows
 from service.core.ranking import RankOutcome
 from service.core.serving_model import ServingModel, load_serving_model
-from service.core.users import batch_state, parse_state
+from service.core.users import parse_state
 from service.scoring.batcher import MicroBatcher
 from service.scoring.scorer import SVD_PASS_ROWS, BatchScorer, RankJob, split_jobs
 from service.settings import Settings
@@ -82,8 +82,9 @@ class RankPath:
         rng = np.random.default_rng(0)
         names = [f"s{u}" for u in range(users)]
         for name in names:
-            rows = rng.normal(0.0, 0.1, size=(HISTORY, model.dim))  # (N, d)
-            state = batch_state(rows, 1.7e9 + np.arange(HISTORY, dtype=np.float64), model)
+            items = rng.integers(1, len(model.checkpoint.vocab.items) + 1, size=HISTORY)
+            ts = 1.7e9 + np.arange(HISTORY, dtype=np.float64)
+            state = model.states.from_events(items, np.zeros_like(items), ts)  # (N,) events
             # A state with no events behind it (the fence allows applied = seq = 0).
             await store.commit_state(name, state.to_bytes(), gen=0, expected_applied=0, applied=0)
         blobs = [await store.get_state(name) for name in names]
@@ -106,7 +107,7 @@ class RankPath:
         found = candidate_rows(query.candidates, self.model.item_index, checked=query.checked)
         loaded = parse_state(self.blobs[user], self.model).state
         assert loaded is not None
-        interests = torch.from_numpy(loaded.interests(self.model.rank).astype(np.float32))
+        interests = torch.from_numpy(self.model.states.features(loaded).astype(np.float32))
         return ScoreRequest(torch.from_numpy(found.rows), interests=interests)
 
     # ----------------------------------------------------------------- stages
@@ -119,7 +120,7 @@ class RankPath:
         body = self.body(m)
         query = decode_rank_body(body, JSON)
         blob = self.blobs[0]
-        index, rank = self.model.item_index, self.model.rank
+        index, states = self.model.item_index, self.model.states
 
         def ids() -> object:
             found = candidate_rows(query.candidates, index, checked=query.checked)
@@ -128,7 +129,7 @@ class RankPath:
         def state() -> object:
             loaded = parse_state(blob, self.model).state
             assert loaded is not None
-            return torch.from_numpy(loaded.interests(rank).astype(np.float32))
+            return torch.from_numpy(states.features(loaded).astype(np.float32))
 
         found = candidate_rows(query.candidates, index, checked=query.checked)
         logits = torch.randn(1, m)

@@ -5,8 +5,8 @@ half-life and M = 2,048 candidates:
 
 * state bytes: the stored blob (``UserState.nbytes``), whatever N is;
 * append µs per event: the applier's update of a state already holding N events
-  (``ServingModel.states.append``: row projection included), one event at a time and in
-  blocks of 16;
+  (``ServingModel.states.append``: the events' embedding and row projection included), one
+  event at a time and in blocks of 16;
 * score µs per request: what the /rank path computes in process for one request: the
   state's features (tokens or summary) as a tensor, the fused pass of the batch scorer and
   its top 100 (``BatchScorer``: the micro-batcher's handler). `softmax` and `svd_exact` read
@@ -31,9 +31,8 @@ import torch
 
 from bench.common.markdown import write_section
 from model.config import RankerConfig
-from model.lowrank import Decay, LowRankState
 from model.ranker import Ranker, ScoreRequest
-from model.states import StateBuilder, UserState, make_builder
+from model.states import Decay, StateBuilder, UserState, make_builder
 from service.scoring.scorer import BatchScorer, RankJob
 
 MODES = ("svd", "elastic", "linear", "mean", "svd_exact", "softmax")
@@ -73,16 +72,19 @@ def _time_us(fn: Callable[[], object], repeats: int) -> float:
     return 1e6 * float(np.median(times))
 
 
-def _append_us(builder: StateBuilder, state: UserState, rows: np.ndarray, ts: np.ndarray,
+def _append_us(builder: StateBuilder, state: UserState, items: np.ndarray, ts: np.ndarray,
                block: int) -> float:  # fmt: skip
-    """µs per event of appending ``rows`` (E, d) in blocks of ``block`` to ``state``."""
+    """µs per event of appending the events ``items`` (E,) (no action) in blocks of ``block``
+    to ``state``."""
+    actions = np.zeros_like(items)
 
     def run() -> None:
         current = state
-        for i in range(0, rows.shape[0] - block + 1, block):
-            current = builder.append(current, rows[i : i + block], ts[i : i + block])
+        for i in range(0, items.shape[0] - block + 1, block):
+            span = slice(i, i + block)
+            current = builder.append(current, items[span], actions[span], ts[span])
 
-    events = rows.shape[0] // block * block
+    events = items.shape[0] // block * block
     return _time_us(run, 3) / events
 
 
@@ -90,11 +92,10 @@ def measure(mode: str, repeats: int, append_events: int, rng: np.random.Generato
     ranker = _ranker(mode)
     decay = Decay(HALF_LIFE_S)
     builder = make_builder(ranker, rank=32, oversample=16, decay=decay, tag=TAG)
-    items = torch.from_numpy(rng.integers(1, ITEMS, N + append_events))
-    with torch.inference_mode():
-        rows = ranker.embed_events(items, torch.zeros_like(items)).double().numpy()
+    ids = rng.integers(1, ITEMS, N + append_events)
+    items = torch.from_numpy(ids)
     ts = np.arange(N + append_events, dtype=np.float64) * 60.0  # an event a minute
-    state = builder.from_rows(rows[:N], ts[:N])
+    state = builder.from_events(ids[:N], np.zeros(N, dtype=np.int64), ts[:N])
     scorer = BatchScorer(ranker, history_batch_elements=4 * M * N)
     cands = torch.from_numpy(rng.integers(1, ITEMS, M))
     history = mode in ("softmax", "svd_exact")
@@ -108,8 +109,7 @@ def measure(mode: str, repeats: int, append_events: int, rng: np.random.Generato
         weights = torch.from_numpy(decay.weights(ts[:N], ts[N - 1])).float()
         basis = None
         if mode == "svd_exact":
-            assert isinstance(state, LowRankState)
-            basis = torch.from_numpy(np.ascontiguousarray(state.V[:, :32])).float()
+            basis = torch.from_numpy(builder.basis(state)).float()  # (d, r)
         return ScoreRequest(cands, history_items=items[:N], weights=weights, basis=basis)
 
     def score() -> object:
@@ -119,7 +119,7 @@ def measure(mode: str, repeats: int, append_events: int, rng: np.random.Generato
     score_us = _time_us(score, repeats)
     if history:
         return ModeRow(mode, None, None, None, score_us)
-    fresh, fresh_ts = rows[N:], ts[N:]
+    fresh, fresh_ts = ids[N:], ts[N:]
     return ModeRow(
         mode, state.nbytes, _append_us(builder, state, fresh, fresh_ts, 1),
         _append_us(builder, state, fresh, fresh_ts, 16), score_us,

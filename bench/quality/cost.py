@@ -36,15 +36,14 @@ from torch import Tensor, nn
 from model.events.interactions import Interactions
 from model.events.windows import history_batch
 from model.layers import ElasticDispatcher, LinearTargetAttention, elu_feature, log_weights
-from model.lowrank import LowRankState
 from model.ranker import HistoryBatch, Ranker
-from model.recent import RecentEvents
 from model.serving import ServingWeights
+from model.states import LowRankState, RecentEvents
 
 log = logging.getLogger(__name__)
 M_CANDIDATES = 2_048
 EVENT_BYTES = 20  # one log record (service/store/eventlog.py)
-HEADER_BYTES = 51  # the state blob's fixed header + CRC (model/state_blob.py)
+HEADER_BYTES = 51  # the svd state blob's fixed header, ρ and CRC (model/states/blob.py)
 
 
 class NoServingCost(ValueError):

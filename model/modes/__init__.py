@@ -9,7 +9,7 @@ never branch on a mode's name.
 """
 
 from model.modes.base import Mode, RankerInputError, ScoreRequest, UnknownModeError
-from model.modes.inputs import LoggedEvents, SvdFactors, UserArrays, UserSource
+from model.modes.inputs import LoggedEvents, UserArrays, UserSource
 from model.modes.packing import Buffers, HostBuffers, PackedBatch
 from model.modes.registry import (
     BASELINE_MODES,
@@ -32,7 +32,6 @@ __all__ = [
     "PackedBatch",
     "RankerInputError",
     "ScoreRequest",
-    "SvdFactors",
     "UnknownModeError",
     "UserArrays",
     "UserSource",

@@ -55,9 +55,7 @@ class HistoryMode:
         events = user.events()
         basis = None
         if self.projected:
-            factors = user.factors()
-            v_r = np.zeros((user.dim, user.rank)) if factors is None else factors.V[:, : user.rank]
-            basis = torch.from_numpy(np.ascontiguousarray(v_r, dtype=np.float32))  # (d, r)
+            basis = torch.from_numpy(np.ascontiguousarray(user.basis(), dtype=np.float32))
         return ScoreRequest(
             candidates,
             history_items=torch.from_numpy(events.items),

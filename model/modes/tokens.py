@@ -2,7 +2,8 @@
 
 `svd` (SOLAR SVD-Attention): the r interest tokens of the user's factors, live ones only
 (σ_k > 1e-6·σ_1: the others are masked in training too), followed in the hybrid
-(``recent_tokens`` = k) by the rows of the user's k latest events. `elastic`: the k tokens of
+(``recent_tokens`` = k) by the rows of the user's k latest events (the svd state builder
+makes them). `elastic`: the k tokens of
 the ELASTIC dispatcher state. Both go through the shared target attention in one pass,
 ``ServingPass.svd``; requests of several token counts are padded and masked.
 """
@@ -34,6 +35,13 @@ class TokenMode:
 
     name: str
     reads_log = False
+
+    def request(self, candidates: Tensor, user: UserSource) -> ScoreRequest:
+        """The tokens the state builder reads of the user's state (``features``): `svd` its
+        live interest tokens, then the hybrid's latest rows ((r, d) zeros for no history, so
+        o = 0); `elastic` its k dispatcher tokens."""
+        tokens = torch.from_numpy(user.features().astype(np.float32))  # (T, d)
+        return ScoreRequest(candidates, interests=tokens)
 
     def pack(self, requests: Sequence[ScoreRequest], dim: int, buffers: Buffers) -> PackedBatch:
         tokens: list[Tensor] = []
@@ -77,23 +85,6 @@ class SvdMode(TokenMode):
             live = torch.cat((live, mask[:, -k:]), dim=1)
         return ranker.attn(cand, tokens, live)
 
-    def request(self, candidates: Tensor, user: UserSource) -> ScoreRequest:
-        """The live interest tokens (r zero tokens for no history: o = 0), then the rows of
-        the hybrid's latest events."""
-        factors = user.factors()
-        live = 0 if factors is None else factors.live_rank(user.rank)
-        if factors is None or live == 0:
-            interests = torch.zeros(user.rank, user.dim)
-        else:
-            interests = torch.from_numpy(factors.interests(user.rank)[:live].astype(np.float32))
-        recent = None if factors is None else factors.recent
-        if recent is None or not len(recent):
-            return ScoreRequest(candidates, interests=interests)
-        rows = user.embed(recent.items, recent.actions).astype(np.float32)  # (k', d)
-        return ScoreRequest(
-            candidates, interests=torch.cat((interests[:live], torch.from_numpy(rows)))
-        )
-
     def example(self, config: RankerConfig, rank: int, candidates: Tensor) -> ScoreRequest:
         return ScoreRequest(candidates, interests=torch.randn(rank, config.dim))
 
@@ -114,10 +105,6 @@ class ElasticMode(TokenMode):
         self, ranker: Scorable, cand: Tensor, rows: Tensor, mask: Tensor, weights: Tensor
     ) -> Tensor:
         return own_head(ranker, self.name)(ranker.attn, cand, rows, mask, weights)
-
-    def request(self, candidates: Tensor, user: UserSource) -> ScoreRequest:
-        tokens = torch.from_numpy(user.features().astype(np.float32))  # (k, d)
-        return ScoreRequest(candidates, interests=tokens)
 
     def example(self, config: RankerConfig, rank: int, candidates: Tensor) -> ScoreRequest:
         return ScoreRequest(candidates, interests=torch.randn(config.elastic_tokens, config.dim))

@@ -17,7 +17,6 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
-from model.lowrank import LowRankState
 from model.modes import LoggedEvents, mode_spec
 from service.core.items import ItemId, candidate_rows
 from service.core.serving_model import ServingModel
@@ -115,21 +114,15 @@ class _UserInputs:
     model: ServingModel
     user: LoadedUser
 
-    @property
-    def rank(self) -> int:
-        return self.model.rank
-
-    @property
-    def dim(self) -> int:
-        return self.model.dim
-
-    def factors(self) -> LowRankState | None:
-        return _factors(self.user)
-
     def features(self) -> np.ndarray:
         states = self.model.states
         state = self.user.state if self.user.state is not None else states.empty()
         return states.features(state)  # no history: the empty state's (o_c = 0)
+
+    def basis(self) -> np.ndarray:
+        if self.user.state is None:
+            return np.zeros((self.model.dim, self.model.rank))
+        return self.model.states.basis(self.user.state)  # (d, r)
 
     def events(self) -> LoggedEvents:
         """The log's rows, weighted relative to its latest event."""
@@ -140,12 +133,3 @@ class _UserInputs:
         else:
             weights = np.ones(ts.shape[0])
         return LoggedEvents(items, actions, weights)
-
-    def embed(self, items: np.ndarray, actions: np.ndarray) -> np.ndarray:
-        return self.model.embed(items, actions)
-
-
-def _factors(user: LoadedUser) -> LowRankState | None:
-    """The user's svd factors (the svd modes are served only by models keeping them)."""
-    assert user.state is None or isinstance(user.state, LowRankState)
-    return user.state

@@ -1,17 +1,19 @@
 """A user's state: the one place that loads it, checks it against the model, applies the
 pending events to it, rebuilds it from the event log when it is stale, and writes it back.
 
-The state is of the kind the model serves (``ServingModel.states``: the svd factors, or the
-elastic, linear or mean state of ``model.states``); nothing here depends on which. A stored
-state is usable when it decodes and carries the serving model's tag, kind and shape. The
-applier folds a user's unapplied log records into it as ONE block update (Brand's for the
-factors). It is rebuilt from the log (the batch state, off the event loop) when it was
-written under another model (``model_version``) or configuration (``config``: also another
-kind or shape), is unreadable (``corrupt``), is missing while the log holds applied events
-(``missing``: the state key alone was lost), has drifted past the residual threshold
-(``residual``), or when unapplied events were trimmed from the log before being applied
-(``truncated``). Every write is ``Store.commit_state``: fenced on
-the position read, so a concurrent writer wins and a deleted user stays deleted.
+The state is of the kind the model serves (``ServingModel.states``, a builder of the
+``model.states`` family: the svd factors with the hybrid's window of latest events, or the
+elastic, linear or mean state); nothing here depends on which: the builder takes the log's
+events (item rows, action rows, times) and embeds them itself. A stored state is usable when
+it decodes and carries the serving model's tag, kind and shape. The applier folds a user's
+unapplied log records into it as ONE block update (Brand's for the factors). It is rebuilt
+from the log (the batch state, off the event loop) when it was written under another model
+(``model_version``) or configuration (``config``: also another kind or shape), is
+unreadable (``corrupt``), is missing while the log holds applied events (``missing``: the
+state key alone was lost), has drifted past the residual threshold (``residual``), or when
+unapplied events were trimmed from the log before being applied (``truncated``). Every write
+is ``Store.commit_state``: fenced on the position read, so a concurrent writer wins and a
+deleted user stays deleted.
 ``UserStates.view`` describes a stored state as it is (no rebuild) for ``GET /users/{id}``.
 """
 
@@ -22,15 +24,13 @@ import functools
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import NamedTuple
 
 import numpy as np
 
-from model.lowrank import LIVE_TOKEN_RTOL, LowRankState
-from model.recent import RecentEvents
-from model.state_blob import StateFormatError
-from model.states import ElasticState, UserState, decode_user_state
+from model.config import LIVE_TOKEN_RTOL
+from model.states import StateFormatError, UserState, decode_user_state
 from service.core.serving_model import ServingModel, StateTag
 from service.errors import StateUnreadable, StoreBusy, UnknownUser
 from service.metrics import Metrics
@@ -44,12 +44,9 @@ __all__ = [
     "ParsedState",
     "UserStates",
     "UserView",
-    "append_rows",
-    "batch_state",
     "empty_state",
     "parse_state",
     "served_singular_values",
-    "with_recent",
 ]
 
 logger = logging.getLogger(__name__)
@@ -97,32 +94,6 @@ def empty_state(model: ServingModel) -> UserState:
     return model.states.empty()
 
 
-def with_recent(
-    state: UserState, items: np.ndarray, actions: np.ndarray, ts: np.ndarray, model: ServingModel
-) -> UserState:
-    """``state`` with the events (item/action rows, times (b,)) merged into its window of
-    latest events, for a hybrid svd model (``recent_tokens`` > 0); ``state`` otherwise."""
-    k = model.recent_tokens
-    if not k or not isinstance(state, LowRankState):
-        return state
-    window = state.recent if state.recent is not None else RecentEvents.empty(k)
-    return replace(state, recent=window.merged(items, actions, ts))
-
-
-def batch_state(rows: np.ndarray, ts: np.ndarray, model: ServingModel) -> UserState:
-    """The batch state of rows (N, d) at times ts (N,), with the model's kind, rank,
-    oversampling, decay and tag (for svd ``LowRankState.from_rows``, O(N·d²))."""
-    return model.states.from_rows(rows, ts)
-
-
-def append_rows(
-    state: UserState | None, rows: np.ndarray, ts: np.ndarray, model: ServingModel
-) -> UserState:
-    """One block update of ``state`` (None: a new user) with rows (b, d) at times ts."""
-    base = state if state is not None else empty_state(model)
-    return model.states.append(base, rows, ts)
-
-
 class LoadedUser(NamedTuple):
     """A user's usable state (None: no history applied) and, when asked for, its decoded log."""
 
@@ -163,21 +134,18 @@ class UserStates:
 
     # ------------------------------------------------------------------ compute
     def from_log(self, records: np.ndarray) -> UserState:
-        """Batch factors of decoded log records (oldest first), with the model's settings."""
-        if records.shape[0] == 0:
-            return empty_state(self.model)
-        items, actions = self.model.log_rows(records)
-        rows = self.model.embed(items, actions)  # (N, d)
+        """The batch state of decoded log records (oldest first; none: the empty state), with
+        the model's kind and settings (for svd ``LowRankState.from_rows``, O(N·d²))."""
+        items, actions = self.model.log_rows(records)  # (N,) each
         ts = np.asarray(records["ts"], dtype=np.float64)
-        return with_recent(batch_state(rows, ts, self.model), items, actions, ts, self.model)
+        return self.model.states.from_events(items, actions, ts)
 
     def _updated(self, state: UserState | None, records: np.ndarray) -> UserState:
-        """One block update of ``state`` (None: a new user) with the new records."""
-        items, actions = self.model.log_rows(records)
-        rows = self.model.embed(items, actions)  # (b, d)
+        """One block update of ``state`` (None: a new user) with the new records (b ≥ 1)."""
+        items, actions = self.model.log_rows(records)  # (b,) each
         ts = np.asarray(records["ts"], dtype=np.float64)
-        updated = append_rows(state, rows, ts, self.model)
-        return with_recent(updated, items, actions, ts, self.model)
+        base = state if state is not None else empty_state(self.model)
+        return self.model.states.append(base, items, actions, ts)
 
     def _timed(self, compute: Callable[[], UserState]) -> UserState:
         start = time.perf_counter()
@@ -317,27 +285,13 @@ class UserView(NamedTuple):
     state_bytes: int  # size of the stored blob
 
 
-def _tokens(state: UserState) -> int:
-    """Tokens the state gives candidates to attend to: r factors, k dispatcher tokens, or 0
-    (linear and mean are read as a whole)."""
-    if isinstance(state, LowRankState):
-        return state.rank
-    if isinstance(state, ElasticState):
-        return state.dims[1]
-    return 0
-
-
 def _view_of(state: UserState, pending: int) -> UserView:
     """The view of ``state`` with ``pending`` events acknowledged but not applied."""
     return UserView(
         history_length=state.n,
         pending=pending,
-        rank=_tokens(state),
-        singular_values=(
-            served_singular_values(state.sigma, state.rank)
-            if isinstance(state, LowRankState)
-            else []
-        ),
+        rank=state.token_count,
+        singular_values=served_singular_values(state.singular_values, state.token_count),
         residual_ratio=state.residual_ratio,
         last_ts=state.t_ref,
         model_version=StateTag.parse(state.tag).model_version,

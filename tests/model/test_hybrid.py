@@ -11,10 +11,10 @@ import pytest
 import torch
 
 from model.config import RankerConfig
-from model.lowrank import LowRankState
-from model.modes import ScoreRequest, UserArrays, mode_spec
+from model.modes import ScoreRequest, mode_spec
 from model.ranker import HistoryBatch, Ranker
-from model.recent import RecentEvents
+from model.states import LowRankState, RecentEvents
+from tests.model.modes.support import state_user
 
 K = 3
 CONFIG = RankerConfig(
@@ -49,15 +49,8 @@ def served_state(ranker: Ranker, items: np.ndarray, actions: np.ndarray, seed: i
 
 
 def svd_request(ranker: Ranker, state: LowRankState, cands: torch.Tensor) -> ScoreRequest:
-    """The `svd` input the service builds from that state (the registry's builder)."""
-
-    def embed(items: np.ndarray, actions: np.ndarray) -> np.ndarray:
-        with torch.no_grad():
-            rows = ranker.embed_events(torch.from_numpy(items), torch.from_numpy(actions))
-        return rows.double().numpy()
-
-    user = UserArrays(rank=CONFIG.rank, dim=CONFIG.dim, embedder=embed, state_factors=state)
-    return mode_spec("svd").request(cands, user)
+    """The `svd` input the service builds from that state (its builder's tokens)."""
+    return mode_spec("svd").request(cands, state_user(ranker, state, CONFIG.rank))
 
 
 def test_serving_from_the_state_equals_the_training_path(ranker: Ranker) -> None:

@@ -8,9 +8,10 @@ import pytest
 import torch
 
 from model.config import RankerConfig
-from model.lowrank import LowRankState
-from model.modes import SERVING_MODES, LoggedEvents, ScoreRequest, UserArrays, mode_spec
+from model.modes import SERVING_MODES, LoggedEvents, ScoreRequest, mode_spec
 from model.ranker import HistoryBatch, Ranker, RankerInputError
+from model.states import LowRankState
+from tests.model.modes.support import state_user
 
 CONFIG = RankerConfig(n_items=60, n_actions=3, dim=16, heads=2, rank=4, oversample=4, mlp_hidden=16)
 # History lengths (one user with none, one shorter than r) and candidate counts.
@@ -59,8 +60,7 @@ def request(ranker: Ranker, user: User, mode: str) -> ScoreRequest:
     else:
         state = LowRankState.empty(d, r, oversample=4)
     log = LoggedEvents(user.items.numpy(), user.actions.numpy(), user.weights.numpy())
-    source = UserArrays(rank=r, dim=d, state_factors=state, logged=log)
-    return mode_spec(mode).request(user.candidates, source)
+    return mode_spec(mode).request(user.candidates, state_user(ranker, state, r, log))
 
 
 def pad(seqs: list[torch.Tensor], dtype: torch.dtype) -> torch.Tensor:

@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 import redis
 
-from model.lowrank import LowRankState
+from model.states import LowRankState
 from solar_tools.processes import Serve, Worker
 from solar_tools.redis_server import RedisServer
 from tests.service.support import event, gram, reference_state

@@ -23,8 +23,8 @@ import torch
 
 from model.checkpoint import load_checkpoint, save_checkpoint
 from model.config import RankerConfig
-from model.lowrank import Decay
 from model.ranker import HistoryBatch, Ranker
+from model.states import Decay
 from model.vocabulary import Vocabulary
 from solar_tools.redis_server import free_port
 from tests.service.conftest import SettingsFactory

@@ -1,4 +1,4 @@
-"""A mode that is not in the registry, for the tests that add one."""
+"""For the tests of the registry: a mode that is not in it, and a user read from a state."""
 
 from __future__ import annotations
 
@@ -9,9 +9,11 @@ from torch import Tensor
 from model.config import RankerConfig
 from model.flops import PassFlops, attention_flops
 from model.layers import interest_tokens
-from model.modes import ScoreRequest, UserSource
+from model.modes import LoggedEvents, ScoreRequest, UserArrays, UserSource
 from model.modes.tokens import SvdMode
+from model.ranker import Ranker
 from model.serving import Scorable
+from model.states import UserState, make_builder
 
 
 @dataclass(frozen=True)
@@ -33,3 +35,12 @@ class StrongestInterest(SvdMode):
 
     def flops(self, config: RankerConfig, candidates: int, rank: int, history: int) -> PassFlops:
         return attention_flops(config, candidates, tokens=1)
+
+
+def state_user(
+    ranker: Ranker, state: UserState, rank: int, logged: LoggedEvents | None = None
+) -> UserArrays:
+    """``state`` as the service reads it: its builder's features and, for svd, its basis."""
+    builder = make_builder(ranker, rank=rank, oversample=0, decay=None, tag="")
+    basis = builder.basis(state) if builder.kind == "svd" else None
+    return UserArrays(builder.features(state), basis, logged)

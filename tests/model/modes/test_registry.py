@@ -10,7 +10,6 @@ from torch import Tensor
 
 from model.config import ATTENTION_MODES, RankerConfig
 from model.flops import PassFlops
-from model.lowrank import LowRankState
 from model.modes import (
     BASELINE_MODES,
     MODES,
@@ -25,7 +24,8 @@ from model.modes import (
     state_kind,
 )
 from model.ranker import HistoryBatch, Ranker
-from tests.model.modes.support import StrongestInterest
+from model.states import LowRankState
+from tests.model.modes.support import StrongestInterest, state_user
 
 CONFIG = RankerConfig(n_items=40, n_actions=2, dim=16, heads=2, rank=4, oversample=4, mlp_hidden=16)
 
@@ -117,7 +117,7 @@ def test_a_new_entry_is_trained_served_and_counted_without_other_changes(
         full = ranker(cands[None], HistoryBatch(items, actions, mask, weights), "svd")[0]
         rows = ranker.embed_events(items[0], actions[0]).double().numpy()
     state = LowRankState.from_rows(rows, CONFIG.rank, weights[0].double().numpy(), oversample=4)
-    user = UserArrays(rank=CONFIG.rank, dim=CONFIG.dim, state_factors=state)
+    user = state_user(ranker, state, CONFIG.rank)
     request = mode_spec("svd_top1").request(cands, user)
     assert request.interests is not None and request.interests.shape == (1, CONFIG.dim)
     with torch.inference_mode():
@@ -128,9 +128,8 @@ def test_a_new_entry_is_trained_served_and_counted_without_other_changes(
 
 
 def test_user_arrays_name_what_they_were_not_given() -> None:
-    user = UserArrays(rank=4, dim=16)
-    assert user.factors() is None
-    for read in (user.features, user.events, lambda: user.embed(np.zeros(1), np.zeros(1))):
+    user = UserArrays()
+    for read in (user.features, user.basis, user.events):
         with pytest.raises(ValueError, match="no"):
             read()
-    assert np.array_equal(UserArrays(4, 16, state_features=np.ones(3)).features(), np.ones(3))
+    assert np.array_equal(UserArrays(state_features=np.ones(3)).features(), np.ones(3))

@@ -12,10 +12,10 @@ import pytest
 import torch
 
 from model.checkpoint import load_checkpoint
-from model.modes import MODES, ScoreRequest, UserArrays, mode_spec
+from model.modes import MODES, ScoreRequest, mode_spec
 from service.core.ranking import Ranking
 from service.core.users import UserStates
-from tests.model.modes.support import StrongestInterest
+from tests.model.modes.support import StrongestInterest, state_user
 from tests.service.conftest import SettingsFactory
 from tests.service.support import RANK, event, ingest, reference_state, running_app
 
@@ -157,8 +157,7 @@ async def test_a_new_registry_entry_is_ranked_without_touching_the_service(
         outcome = await ranking.rank("u", CANDIDATES, None, "svd_top1")
     got = dict(outcome.items)
     ckpt = load_checkpoint(checkpoint_dir)
-    user = UserArrays(RANK, ckpt.ranker.config.dim, state_factors=reference_state(
-        str(checkpoint_dir), history))  # fmt: skip
+    user = state_user(ckpt.ranker, reference_state(str(checkpoint_dir), history), RANK)
     rows = torch.tensor([ckpt.vocab.item_row(c) for c in CANDIDATES])
     request = mode_spec("svd_top1").request(rows, user)
     with torch.inference_mode():

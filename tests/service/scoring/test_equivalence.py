@@ -16,9 +16,9 @@ import pytest
 import torch
 
 from model.config import RankerConfig
-from model.lowrank import LowRankState
 from model.modes import SERVING_MODES, ScoreRequest
 from model.ranker import HistoryBatch, Ranker
+from model.states import LowRankState
 from service.scoring.scorer import BatchScorer, Ranked, RankJob
 
 R = 32

@@ -1,19 +1,20 @@
-"""Decode any state blob to its kind: versions 1 and 2 are the svd factors, 3 the family."""
+"""The kinds of the family by name: decode any state blob (formats 1-3) to its state."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
-from model.lowrank import LowRankState
 from model.states.base import UserState
-from model.states.blob import FAMILY_VERSION, Blob, blob_version, decode_blob
+from model.states.blob import Blob, decode_blob
 from model.states.elastic import ElasticState
 from model.states.linear import LinearState
 from model.states.mean import MeanState
+from model.states.svd.state import LowRankState
 
 __all__ = ["decode_user_state"]
 
 _FROM_BLOB: dict[str, Callable[[Blob], UserState]] = {
+    "svd": LowRankState.from_blob,
     "elastic": ElasticState.from_blob,
     "linear": LinearState.from_blob,
     "mean": MeanState.from_blob,
@@ -26,8 +27,5 @@ def decode_user_state(blob: bytes) -> UserState:
     Raises:
         StateFormatError: truncated, corrupted, of an unknown version or kind, or non-finite.
     """
-    blob = bytes(blob)
-    if blob_version(blob) != FAMILY_VERSION:
-        return LowRankState.from_bytes(blob)  # version 1 or 2 (or an unknown one: it says so)
     decoded = decode_blob(blob)
     return _FROM_BLOB[decoded.kind](decoded)

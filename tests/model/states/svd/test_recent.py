@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from model.recent import RecentEvents, RecentEventsError
+from model.states import RecentEvents, StateError
 
 
 def test_keeps_the_k_latest_events_in_time_order_whatever_the_arrival_order() -> None:
@@ -29,9 +29,9 @@ def test_ties_keep_arrival_order() -> None:
 
 
 def test_bad_input_is_refused() -> None:
-    with pytest.raises(RecentEventsError):
+    with pytest.raises(StateError):
         RecentEvents.empty(0)
-    with pytest.raises(RecentEventsError):
+    with pytest.raises(StateError):
         RecentEvents.empty(2).merged([1, 2], [0], [1.0, 2.0])
-    with pytest.raises(RecentEventsError):
+    with pytest.raises(StateError):
         RecentEvents.empty(2).merged([1], [0], [float("nan")])

@@ -1,6 +1,6 @@
 """The Brand thin-SVD row update of a state's factors, and the helpers it needs (DESIGN §2).
 
-Pure float64 array functions on (σ (ℓ,), V (d, ℓ)); :class:`model.lowrank.LowRankState`
+Pure float64 array functions on (σ (ℓ,), V (d, ℓ)); :class:`model.states.LowRankState`
 composes them. U is never formed.
 """
 
@@ -11,7 +11,7 @@ import math
 import numpy as np
 from numpy.typing import NDArray
 
-from model.secular import arrow_eigh
+from model.states.svd.secular import arrow_eigh
 
 __all__ = ["ORTHO_TOLERANCE", "brand_update", "is_orthonormal", "orient", "reorthonormalize"]
 
@@ -104,7 +104,8 @@ def _rank_one_update(
     """The b = 1 case of :func:`brand_update` through the secular equation, or None.
 
     K = [[diag σ, 0], [p, ρ]] with ρ = ‖h‖: its right singular vectors are the eigenvectors
-    of diag(σ², 0) + z zᵀ, z = [p, ρ] (:mod:`model.secular`): ~0.55× the time of LAPACK's SVD.
+    of diag(σ², 0) + z zᵀ, z = [p, ρ] (:mod:`model.states.svd.secular`): ~0.55× the time of
+    LAPACK's SVD.
     """
     ell = sigma.shape[0]
     rho = math.sqrt(float(h @ h))

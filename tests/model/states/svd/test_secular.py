@@ -6,8 +6,8 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from model.lowrank import LowRankState
-from model.secular import arrow_eigh
+from model.states import LowRankState
+from model.states.svd.secular import arrow_eigh
 
 
 def check_decomposition(sig: np.ndarray, z: np.ndarray) -> None:

@@ -17,13 +17,9 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from model.brand import ORTHO_TOLERANCE
-from model.lowrank import (
-    DEFAULT_OVERSAMPLE,
-    Decay,
-    LowRankError,
-    LowRankState,
-)
+from model.config import DEFAULT_OVERSAMPLE
+from model.states import Decay, LowRankState, StateError
+from model.states.svd.brand import ORTHO_TOLERANCE
 
 D, R = 64, 32
 SIGMA_RTOL = 1e-3  # DESIGN §10
@@ -332,14 +328,14 @@ def test_t_ref_without_decay_keeps_the_latest_time() -> None:
     ],
 )
 def test_bad_rows_are_rejected(rows: np.ndarray, match: str) -> None:
-    with pytest.raises(LowRankError, match=match):
+    with pytest.raises(StateError, match=match):
         LowRankState.from_rows(rows, 2)
-    with pytest.raises(LowRankError, match=match):
+    with pytest.raises(StateError, match=match):
         LowRankState.from_rows(np.ones((3, 4)), 2).append(rows)
 
 
 def test_rows_of_another_dimension_are_rejected() -> None:
-    with pytest.raises(LowRankError, match="dimension 5, the state has d=4"):
+    with pytest.raises(StateError, match="dimension 5, the state has d=4"):
         LowRankState.from_rows(np.ones((3, 4)), 2).append(np.ones((1, 5)))
 
 
@@ -355,32 +351,32 @@ def test_rows_of_another_dimension_are_rejected() -> None:
 )
 def test_bad_weights_and_times_are_rejected(kwargs: dict[str, object], match: str) -> None:
     X = np.ones((3, 4))
-    with pytest.raises(LowRankError, match=match):
+    with pytest.raises(StateError, match=match):
         LowRankState.from_rows(X, 2, **kwargs)  # type: ignore[arg-type]
-    with pytest.raises(LowRankError, match=match):
+    with pytest.raises(StateError, match=match):
         LowRankState.empty(4, 2).append(X, **kwargs)  # type: ignore[arg-type]
 
 
 def test_bad_ranks_are_rejected() -> None:
     X = np.ones((3, 4))
-    with pytest.raises(LowRankError, match="exceeds"):
+    with pytest.raises(StateError, match="exceeds"):
         LowRankState.from_rows(X, 5)
-    with pytest.raises(LowRankError, match="rank must be"):
+    with pytest.raises(StateError, match="rank must be"):
         LowRankState.from_rows(X, 0)
-    with pytest.raises(LowRankError, match="oversample"):
+    with pytest.raises(StateError, match="oversample"):
         LowRankState.empty(4, 2, oversample=-1)
     state = LowRankState.from_rows(X, 2)
     for r in (0, state.ell + 1):
-        with pytest.raises(LowRankError, match="r must be"):
+        with pytest.raises(StateError, match="r must be"):
             state.interests(r)
     for half_life in (0.0, -1.0, math.nan, math.inf):
-        with pytest.raises(LowRankError, match="half_life_s"):
+        with pytest.raises(StateError, match="half_life_s"):
             Decay(half_life)
 
 
 def test_a_large_block_takes_one_svd_and_matches_chunked_updates() -> None:
     """Blocks over BLOCK_UPDATE_CHUNKS chunks go through ``block_update``: same factors."""
-    from model.brand import BLOCK_UPDATE_CHUNKS
+    from model.states.svd.brand import BLOCK_UPDATE_CHUNKS
 
     rng = np.random.default_rng(11)
     X = low_rank_rows(rng, 400)

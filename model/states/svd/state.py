@@ -2,7 +2,8 @@
 
 For a history X (N×d) with weights w, the state holds the rank-ℓ truncated SVD
 W^{1/2} X ≈ U diag(σ) Vᵀ without U, plus s = Σ w_j x_j, n_eff = Σ w_j, the event count n,
-the reference time t_ref and the residual energy ρ dropped by truncation (DESIGN §2).
+the reference time t_ref and the residual energy ρ dropped by truncation (DESIGN §2); for the
+`svd` hybrid also the user's latest events (``recent``, kept by the svd builder).
 
 Invariants kept by every constructor and by :meth:`LowRankState.append`:
 
@@ -10,7 +11,8 @@ Invariants kept by every constructor and by :meth:`LowRankState.append`:
 * sign convention: every column v_k of V satisfies v_kᵀ s ≥ 0;
 * ℓ = min(rank + oversample, d) is fixed for the life of the state.
 
-Arithmetic is float64 in memory; :meth:`LowRankState.to_bytes` stores float32.
+Arithmetic is float64 in memory; :meth:`LowRankState.to_bytes` stores float32 (the family's
+format 3, ``model.states.blob``; formats 1 and 2 of earlier releases still load).
 """
 
 from __future__ import annotations
@@ -22,42 +24,35 @@ from typing import ClassVar
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
-from model.brand import orient, update_factors
-from model.recent import RecentEvents
-from model.rows import as_rows as _as_rows
-from model.rows import as_vector as _as_vector
-from model.state_blob import LowRankError, decode_state, encode_state
+from model.config import DEFAULT_OVERSAMPLE, LIVE_TOKEN_RTOL
+from model.states.base import Clock, Decay, advance, as_rows, as_vector
+from model.states.blob import Blob, decode_blob, encode_blob, expect_count, expect_kind
+from model.states.errors import StateError, StateFormatError
+from model.states.svd.brand import orient, update_factors
+from model.states.svd.recent import RecentEvents
 
-DEFAULT_OVERSAMPLE = 16
-# Interest tokens with σ_k ≤ LIVE_TOKEN_RTOL·σ_1 carry no information and are masked out of
-# the softmax, in training (model.layers) and serving alike (DESIGN §2).
-LIVE_TOKEN_RTOL = 1e-6
+__all__ = ["DEFAULT_OVERSAMPLE", "LIVE_TOKEN_RTOL", "LowRankState"]
 
 Array = NDArray[np.float64]
 
 
-@dataclass(frozen=True)
-class Decay:
-    """Exponential recency decay: an event of age a seconds weighs exp(-a / tau).
-
-    ``half_life_s`` is the age at which an event weighs one half; tau = half_life / ln 2.
-    """
-
-    half_life_s: float
-
-    def __post_init__(self) -> None:
-        if not (math.isfinite(self.half_life_s) and self.half_life_s > 0):
-            raise LowRankError(
-                f"half_life_s must be a positive finite number, got {self.half_life_s}"
-            )
-
-    @property
-    def tau_s(self) -> float:
-        return self.half_life_s / math.log(2.0)
-
-    def weights(self, ts: Array, t_ref: float) -> Array:
-        """Weights exp(-(t_ref - t)/tau) of events at times ``ts`` (N,) seen from ``t_ref``."""
-        return np.exp(-(t_ref - ts) / self.tau_s)
+def _weighted(
+    weights: ArrayLike | None, ts: ArrayLike | None, n: int, t_ref: float | None,
+    decay: Decay | None,
+) -> tuple[Array, Clock | None]:  # fmt: skip
+    """The weights (n,) of n rows, times their decay seen from the new t_ref, and the block's
+    clock (None without times: t_ref stays)."""
+    w = as_vector(weights, n, "weights")
+    w = np.ones(n) if w is None else w
+    if np.any(w < 0):
+        raise StateError("weights must be non-negative")
+    t = as_vector(ts, n, "timestamps")
+    if t is None:
+        if decay is not None:
+            raise StateError("decay needs timestamps")
+        return w, None
+    clock = advance(t_ref, t, decay)
+    return (w if decay is None else w * np.exp(clock.log_w)), clock
 
 
 @dataclass(frozen=True)
@@ -76,7 +71,7 @@ class LowRankState:
         tag: state tag naming the model (and settings) whose embeddings produced the rows;
             a state whose tag differs from the serving model's is rebuilt from the log.
         recent: the user's latest events (item/action rows) for the `svd` hybrid, or None;
-            the caller keeps it up to date (:meth:`RecentEvents.merged`), the factors
+            the svd builder keeps it up to date (:meth:`RecentEvents.merged`), the factors
             ignore it.
     """
 
@@ -97,11 +92,11 @@ class LowRankState:
     @staticmethod
     def _ell(rank: int, oversample: int, d: int) -> int:
         if rank < 1:
-            raise LowRankError(f"rank must be ≥ 1, got {rank}")
+            raise StateError(f"rank must be ≥ 1, got {rank}")
         if oversample < 0:
-            raise LowRankError(f"oversample must be ≥ 0, got {oversample}")
+            raise StateError(f"oversample must be ≥ 0, got {oversample}")
         if rank > d:
-            raise LowRankError(f"rank {rank} exceeds the embedding dimension d={d}")
+            raise StateError(f"rank {rank} exceeds the embedding dimension d={d}")
         return min(rank + oversample, d)
 
     @classmethod
@@ -138,19 +133,10 @@ class LowRankState:
         With ``ts`` (N,) and ``decay``, each weight is further multiplied by
         exp(-(max(ts) - t_j)/tau); ``ts`` alone only sets t_ref.
         """
-        rows = _as_rows(X)
+        rows = as_rows(X)
         N, d = rows.shape
         ell = cls._ell(rank, oversample, d)
-        w = _as_vector(weights, N, "weights")
-        w = np.ones(N) if w is None else w
-        if np.any(w < 0):
-            raise LowRankError("weights must be non-negative")
-        t = _as_vector(ts, N, "timestamps")
-        t_ref = float(t.max()) if t is not None else None
-        if decay is not None:
-            if t is None or t_ref is None:
-                raise LowRankError("decay needs timestamps")
-            w = w * decay.weights(t, t_ref)
+        w, clock = _weighted(weights, ts, N, None, decay)
         scaled = rows * np.sqrt(w)[:, None]
         # V must be complete (d×d) even when N < ℓ; for N ≥ d the thin SVD already is, and
         # full_matrices there would build an N×N U (800 MB at N = 10,000).
@@ -166,7 +152,7 @@ class LowRankState:
             s=s,
             n_eff=float(w.sum()),
             n=N,
-            t_ref=t_ref,
+            t_ref=None if clock is None else clock.t_ref,
             residual=float(np.sum(sigma_all[ell:] ** 2)),
             tag=tag,
         )
@@ -181,6 +167,16 @@ class LowRankState:
         return int(self.sigma.shape[0])
 
     @property
+    def token_count(self) -> int:
+        """The r interest tokens candidates attend to (the hybrid's window aside)."""
+        return self.rank
+
+    @property
+    def singular_values(self) -> Array:
+        """The r served singular values σ_1..σ_r (r,), descending."""
+        return self.sigma[: self.rank]
+
+    @property
     def residual_ratio(self) -> float:
         """ρ / (Σσ² + ρ): the share of the history's energy the factors no longer hold."""
         total = float(np.sum(self.sigma**2)) + self.residual
@@ -193,7 +189,7 @@ class LowRankState:
         """
         r = self.rank if r is None else r
         if not 1 <= r <= self.ell:
-            raise LowRankError(f"r must be in [1, {self.ell}], got {r}")
+            raise StateError(f"r must be in [1, {self.ell}], got {r}")
         if self.n_eff <= 0:
             return np.zeros((r, self.d))
         scale = self.sigma[:r] / math.sqrt(self.n_eff)
@@ -216,16 +212,21 @@ class LowRankState:
     # ----------------------------------------------------------------- updates
     def decayed_to(self, t: float, decay: Decay) -> LowRankState:
         """The state seen from a later time t: σ·e^{-Δ/2τ}; s, n_eff, ρ ·e^{-Δ/τ}."""
-        if self.t_ref is None or t <= self.t_ref:
-            return replace(self, t_ref=t if self.t_ref is None else self.t_ref)
-        factor = math.exp(-(t - self.t_ref) / decay.tau_s)
+        clock = advance(self.t_ref, np.array([t]), decay)
+        return self._aged(clock.t_ref, clock.shift)
+
+    def _aged(self, t_ref: float, shift: float) -> LowRankState:
+        """The state with its weights multiplied by exp(shift) (≤ 0), seen from ``t_ref``."""
+        if shift == 0.0:
+            return replace(self, t_ref=t_ref)
+        factor = math.exp(shift)
         return replace(
             self,
             sigma=self.sigma * math.sqrt(factor),
             s=self.s * factor,
             n_eff=self.n_eff * factor,
             residual=self.residual * factor,
-            t_ref=t,
+            t_ref=t_ref,
         )
 
     def append(
@@ -241,29 +242,12 @@ class LowRankState:
         ``weights`` (b,) as in :meth:`from_rows`. With ``ts`` and ``decay`` the state is first
         decayed to max(t_ref, max(ts)) and each new row weighted by its age from there, so
         events may arrive out of order. Cost O(b·d·ℓ + (ℓ+b)³) in chunks of d - ℓ rows, or
-        O(b·d² + d³) for a large block (``model.brand.block_update``), independent of history
+        O(b·d² + d³) for a large block (``svd.brand.block_update``), independent of history
         length.
         """
-        B = _as_rows(rows, self.d)
-        b = B.shape[0]
-        w = _as_vector(weights, b, "weights")
-        w = np.ones(b) if w is None else w
-        if (w < 0).any():
-            raise LowRankError("weights must be non-negative")
-        t = _as_vector(ts, b, "timestamps")
-        state = self
-        if t is not None:
-            t_new = float(t.max())
-            if decay is not None:
-                state = state.decayed_to(t_new, decay)
-                assert state.t_ref is not None
-                w = w * decay.weights(t, state.t_ref)
-            else:  # (not `t_ref or t_new`: a t_ref of 0.0 is a time, not a missing one)
-                t_ref = t_new if state.t_ref is None else max(t_new, state.t_ref)
-                state = replace(state, t_ref=t_ref)
-        elif decay is not None:
-            raise LowRankError("decay needs timestamps")
-
+        B = as_rows(rows, self.d)
+        w, clock = _weighted(weights, ts, B.shape[0], self.t_ref, decay)
+        state = self if clock is None else self._aged(clock.t_ref, clock.shift)
         scaled = B * np.sqrt(w)[:, None]
         sigma, V, dropped = update_factors(state.sigma, state.V, scaled)
         residual = state.residual + dropped
@@ -274,7 +258,7 @@ class LowRankState:
             V=np.ascontiguousarray(orient(V, s)),
             s=s,
             n_eff=state.n_eff + float(w.sum()),
-            n=state.n + b,
+            n=state.n + B.shape[0],
             residual=residual,
         )
 
@@ -285,10 +269,40 @@ class LowRankState:
         return len(self.to_bytes())
 
     def to_bytes(self) -> bytes:
-        """The versioned little-endian blob of ``model.state_blob`` (≤ 16 KB at d=64, ℓ=48)."""
-        return encode_state(self)
+        """The family's format-3 blob, kind svd (≤ 16 KB at d=64, ℓ=48; ``model.states.blob``)."""
+        values = np.concatenate((self.sigma, self.V.ravel(), self.s))
+        return encode_blob(
+            self.kind, self.n, self.n_eff, self.t_ref, (self.d, self.ell, self.rank), self.tag,
+            values, residual=self.residual, window=self.recent,
+        )  # fmt: skip
+
+    @classmethod
+    def from_blob(cls, blob: Blob) -> LowRankState:
+        """The state of a decoded blob of kind svd (any format)."""
+        expect_kind(blob, cls.kind)
+        d, ell, rank = blob.dims
+        if not (1 <= rank <= ell <= d):
+            raise StateFormatError(f"inconsistent dimensions rank={rank} ell={ell} d={d}")
+        expect_count(blob, ell + d * ell + d)
+        v = blob.values
+        sigma = v[:ell]
+        if np.any(sigma < 0):
+            raise StateFormatError("state blob holds negative weights, energies or σ")
+        return cls(
+            rank=rank,
+            sigma=sigma.copy(),
+            V=v[ell : ell + d * ell].reshape(d, ell).copy(),
+            s=v[ell + d * ell :].copy(),
+            n_eff=blob.n_eff,
+            n=blob.n,
+            t_ref=blob.t_ref,
+            residual=blob.residual,
+            tag=blob.tag,
+            recent=blob.window,
+        )
 
     @classmethod
     def from_bytes(cls, blob: bytes) -> LowRankState:
-        """Inverse of :meth:`to_bytes`; raises StateFormatError on any malformed blob."""
-        return cls(**decode_state(blob)._asdict())
+        """Inverse of :meth:`to_bytes`, and the reader of formats 1 and 2; raises
+        StateFormatError on any malformed blob."""
+        return cls.from_blob(decode_blob(blob))

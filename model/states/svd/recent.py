@@ -4,7 +4,8 @@ With ``recent_tokens = k > 0`` the ranker lets candidates attend to the r intere
 in the same softmax, to the rows x_j of the user's k latest events. The state keeps those
 events as (item row, action row, time) triples: 16 bytes each, O(k + b) to absorb a block of
 b events whatever the history length, and out-of-order events land where their time puts
-them (ties keep arrival order, as the time-sorted training contexts do).
+them (ties keep arrival order, as the time-sorted training contexts do). The svd builder
+(``model.states.builders``) merges every block of events into it; the factors ignore it.
 """
 
 from __future__ import annotations
@@ -14,11 +15,9 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
-__all__ = ["RecentEvents", "RecentEventsError"]
+from model.states.errors import StateError
 
-
-class RecentEventsError(ValueError):
-    """Invalid rows, times or capacity for a recent-events window."""
+__all__ = ["RecentEvents"]
 
 
 @dataclass(frozen=True)
@@ -39,7 +38,7 @@ class RecentEvents:
     @classmethod
     def empty(cls, capacity: int) -> RecentEvents:
         if capacity < 1:
-            raise RecentEventsError(f"capacity must be ≥ 1, got {capacity}")
+            raise StateError(f"capacity must be ≥ 1, got {capacity}")
         none = np.zeros(0, dtype=np.int64)
         return cls(capacity, none, none.copy(), np.zeros(0, dtype=np.float64))
 
@@ -52,12 +51,12 @@ class RecentEvents:
         new_actions = np.asarray(actions, dtype=np.int64).reshape(-1)
         new_ts = np.asarray(ts, dtype=np.float64).reshape(-1)
         if not new_items.shape == new_actions.shape == new_ts.shape:
-            raise RecentEventsError(
+            raise StateError(
                 f"items {new_items.shape}, actions {new_actions.shape} and ts {new_ts.shape} "
                 "must have one entry per event"
             )
         if not np.all(np.isfinite(new_ts)):
-            raise RecentEventsError("event times must be finite")
+            raise StateError("event times must be finite")
         all_ts = np.concatenate((self.ts, new_ts))
         keep = np.argsort(all_ts, kind="stable")[-self.capacity :]  # ties: arrival order
         return RecentEvents(
