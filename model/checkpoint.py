@@ -19,7 +19,8 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
-from model.config import RankerConfig, served_modes
+from model.config import RankerConfig
+from model.modes import served_modes
 from model.ranker import Ranker
 from model.vocabulary import Vocabulary
 

@@ -11,10 +11,9 @@ DEFAULT_OVERSAMPLE = 16
 # the softmax, in training (model.layers) and serving (model.states.svd) alike (DESIGN §2).
 LIVE_TOKEN_RTOL = 1e-6
 
+# The names of the registry's entries (``model.modes``: what each mode is and does).
 AttentionMode = Literal["svd", "svd_exact", "softmax", "linear", "elastic", "mean"]
 ATTENTION_MODES: tuple[str, ...] = get_args(AttentionMode)
-# Modes the service can answer from the stored factors and the event log.
-SERVING_MODES: tuple[str, ...] = ("svd", "svd_exact", "softmax")
 
 
 class ConfigError(ValueError):
@@ -83,25 +82,3 @@ class RankerConfig:
         if unknown:
             raise ConfigError(f"unknown config keys: {sorted(unknown)}")
         return cls(**data)
-
-
-# The state each trained mode is served from, and the modes that state serves: the svd
-# factors (with the event log) serve the three modes of the shared target attention; a
-# baseline is served from its own compressed state (model.states) and only in its own mode.
-_SERVED: dict[str, tuple[str, ...]] = {
-    "svd": SERVING_MODES,
-    "elastic": ("elastic",),
-    "linear": ("linear",),
-    "mean": ("mean",),
-}
-STATE_MODES: tuple[str, ...] = ("elastic", "linear", "mean")  # served from a family state
-
-
-def state_kind(mode: str) -> str:
-    """The kind of per-user state a model trained in ``mode`` keeps (svd, elastic, ...)."""
-    return mode if mode in STATE_MODES else "svd"
-
-
-def served_modes(mode: str) -> tuple[str, ...]:
-    """The /rank modes a model trained in ``mode`` serves."""
-    return _SERVED[state_kind(mode)]

@@ -26,6 +26,13 @@ def _merge_heads(x: Tensor) -> Tensor:
     return x.transpose(1, 2).reshape(B, T, H * dh)  # (B, T, d)
 
 
+def log_weights(weights: Tensor) -> Tensor:
+    """Recency weights w_j (…, N) → log w_j, the logit bias of a weighted softmax. A weight
+    that underflowed to 0 (an event many half-lives old) gets log 1e-30 ≈ -69, not -inf: a
+    finite bias, so a user whose every event is that old still has a softmax."""
+    return torch.log(weights.clamp_min(1e-30))
+
+
 def logit_mask(
     mask: Tensor | None, log_weights: Tensor | None, dtype: torch.dtype
 ) -> Tensor | None:

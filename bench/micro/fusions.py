@@ -37,7 +37,7 @@ from bench.common import harness
 from bench.common.markdown import write_section
 from bench.micro.roofline import gemm_rate_gflops, median_s
 from model.checkpoint import load_checkpoint
-from model.flops import serving_flops
+from model.modes import serving_flops
 from model.ranker import Ranker
 from model.serving import ServingPass, ServingWeights
 

@@ -1,6 +1,6 @@
 """This CPU's single-thread GEMM rate on the ranker's own shapes: the roofline's denominator.
 
-The roofline of a serving pass is its FLOP count (``model.flops.serving_flops``) divided by
+The roofline of a serving pass is its FLOP count (``model.modes.serving_flops``) divided by
 the rate one core reaches on dense float32 GEMMs of the pass's layer shapes, with as many
 rows as the pass has candidate rows: W_O (d → d), the MLP's first layer on [o, e ⊙ o]
 (2d → hidden) and its second (hidden → hidden/2), each timed alone with a preallocated output

@@ -40,7 +40,7 @@ from bench.common import harness
 from bench.common.markdown import write_section
 from bench.micro.rankpath import STAGES, RankPath
 from bench.micro.roofline import gemm_rate_gflops, median_s
-from model.flops import serving_flops
+from model.modes import serving_flops
 
 logger = logging.getLogger("bench.micro.stages")
 

@@ -35,7 +35,7 @@ from torch import Tensor, nn
 
 from model.events.interactions import Interactions
 from model.events.windows import history_batch
-from model.layers import ElasticDispatcher, LinearTargetAttention, elu_feature
+from model.layers import ElasticDispatcher, LinearTargetAttention, elu_feature, log_weights
 from model.ranker import HistoryBatch, Ranker
 from model.serving import ServingWeights
 from model.states import LowRankState, RecentEvents
@@ -147,12 +147,12 @@ def request(ranker: Ranker, mode: str, hist: HistoryBatch, rows: Tensor) -> Requ
         return Request(lambda: serving.svd(rows, tokens), size)
     if mode in ("softmax", "svd_exact"):
         events, mask = (hist.items, hist.actions), hist.mask
-        log_w = torch.log(hist.weights.clamp_min(1e-30))  # (1, N)
+        log_w = log_weights(hist.weights)  # (1, N)
         basis = None
         if mode == "svd_exact":
             basis = torch.as_tensor(state.V[:, :r], dtype=torch.float32)[None]  # (1, d, r)
         size = EVENT_BYTES * int(mask.sum())
-        return Request(lambda: serving.history(mode, rows, events, mask, log_w, basis), size)
+        return Request(lambda: serving.history(rows, events, mask, log_w, basis), size)
     w = serving.weights
     if mode == "linear":
         lstate = linear_state(ranker, x, hist.weights * hist.mask)

@@ -19,8 +19,8 @@ from typing import Protocol, TypeVar, cast
 import numpy as np
 from numpy.typing import NDArray
 
-from model.config import state_kind
 from model.heads import ElasticHead, LinearHead
+from model.modes import state_kind
 from model.ranker import Ranker
 from model.states.base import Decay, UserState
 from model.states.elastic import ElasticSpec, ElasticState

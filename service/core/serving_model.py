@@ -23,8 +23,8 @@ import numpy as np
 import torch
 
 from model.checkpoint import WEIGHTS_FILE, Checkpoint, CheckpointError, load_checkpoint
-from model.config import state_kind
 from model.device import resolve_device as model_device
+from model.modes import state_kind
 from model.states import Decay, StateBuilder, make_builder
 from service.settings import Settings
 from service.store.eventlog import action_key, item_key
@@ -129,7 +129,7 @@ class ServingModel:
 
     @property
     def served_modes(self) -> tuple[str, ...]:
-        """The /rank modes this checkpoint serves (``model.config.served_modes``)."""
+        """The /rank modes this checkpoint serves (``model.modes.served_modes``)."""
         return self.checkpoint.served_modes
 
     @property

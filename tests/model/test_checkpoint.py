@@ -21,7 +21,8 @@ from model.checkpoint import (
     upgrade_state_dict,
 )
 from model.config import RankerConfig
-from model.ranker import Ranker, ScoreRequest
+from model.modes import ScoreRequest
+from model.ranker import Ranker
 from model.vocabulary import Vocabulary
 
 VOCAB = Vocabulary(tuple(str(i) for i in range(100, 120)), ("click", "like"))

@@ -12,7 +12,8 @@ import torch
 from model.config import RankerConfig
 from model.events.interactions import Interactions
 from model.events.windows import history_batch
-from model.ranker import Ranker, ScoreRequest
+from model.modes import ScoreRequest
+from model.ranker import Ranker
 from model.states import Decay, LowRankState
 from model.vocabulary import Vocabulary
 

@@ -6,9 +6,10 @@ import pytest
 import torch
 
 from model.config import RankerConfig
-from model.heads import BASELINE_MODES, ScoringMLP, baseline_heads
+from model.heads import ScoringMLP
 from model.layers import TargetAttention
-from model.ranker import HistoryBatch, Ranker, RankerInputError
+from model.modes import BASELINE_MODES
+from model.ranker import HistoryBatch, Ranker, RankerInputError, baseline_heads
 
 
 def _config(mode: str) -> RankerConfig:

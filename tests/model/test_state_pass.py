@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from model.config import RankerConfig
-from model.ranker import HistoryBatch, Ranker, RankerInputError, ScoreRequest
+from model.modes import ScoreRequest
+from model.ranker import HistoryBatch, Ranker, RankerInputError
 from model.states import Decay, make_builder
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from model.config import SERVING_MODES, served_modes, state_kind
+from model.modes import SERVING_MODES, served_modes, state_kind
 from model.states import Decay, LowRankState, StateError, make_builder
 from model.states.weights import ranker_embed
 from tests.model.states.support import event_rows, ranker

@@ -15,8 +15,9 @@ import numpy as np
 import pytest
 import torch
 
-from model.config import SERVING_MODES, RankerConfig
-from model.ranker import HistoryBatch, Ranker, ScoreRequest
+from model.config import RankerConfig
+from model.modes import SERVING_MODES, ScoreRequest
+from model.ranker import HistoryBatch, Ranker
 from model.states import LowRankState
 from service.scoring.scorer import BatchScorer, Ranked, RankJob
 
