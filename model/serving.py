@@ -247,9 +247,11 @@ class ServingPass:
         x = space.take("x", B * M, 4 * d)  # [o_long, e ⊙ o_long, o_short, e ⊙ o_short]
         for slot, (context, mask) in enumerate(((tokens, token_mask), (recent, recent_mask))):
             out = x[:, 2 * slot * d : (2 * slot + 1) * d]
-            bias = logit_mask(mask, None, self.dtype)
+            full = bool(mask.all())  # no padding: SDPA's faster path without a mask
+            bias = None if full else logit_mask(mask, None, self.dtype)
             self._attend(w, feats, context.to(self.dtype), bias, out)
-            out.view(B, M, d).mul_(mask.any(-1).to(self.dtype)[:, None, None])  # none: o = 0
+            if not full:  # a request with no token in this channel: o = 0
+                out.view(B, M, d).mul_(mask.any(-1).to(self.dtype)[:, None, None])
         return self._tail(w, feats, x, space).view(B, M)
 
     # ------------------------------------------------------------------ pieces
