@@ -54,8 +54,9 @@ class LifelongMode:
     ) -> Tensor:
         tokens, live = interest_tokens(rows, mask, weights, ranker.config.rank)  # (B, r, d)
         L = ranker.config.recent_tokens  # histories are right-aligned: the last L are latest
-        long_term = ranker.attn(cand, tokens, live)  # (B, M, d)
-        short_term = ranker.attn(cand, rows[:, -L:], mask[:, -L:])  # (B, M, d)
+        queries = ranker.attn.w_q(cand)  # (B, M, d): projected once for both channels
+        long_term = ranker.attn.attend(queries, tokens, live)  # (B, M, d)
+        short_term = ranker.attn.attend(queries, rows[:, -L:], mask[:, -L:])  # (B, M, d)
         return torch.cat((long_term, short_term), dim=-1)  # (B, M, 2d)
 
     def request(self, candidates: Tensor, user: UserSource) -> ScoreRequest:
