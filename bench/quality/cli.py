@@ -215,6 +215,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     wall = time.perf_counter() - start
     shown = " ".join(argv if argv is not None else sys.argv[1:])
     header = doc_header(f"python -m bench.quality {shown}", wall, args.workers)
+    if (
+        args.quick
+        or args.users
+        or args.eval_users
+        or args.set
+        or args.rows
+        or args.seeds != [0, 1, 2]
+    ):
+        header.insert(
+            0,
+            "- **Reduced run** (fewer users, rows, seeds or steps than the committed "
+            "protocol `python -m bench.quality --workers 2`): not the published figures",
+        )
     names = {
         name: settings_for(name, args.quick, dict(args.set), args.users, args.eval_users)
         for name in args.datasets
