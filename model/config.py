@@ -12,7 +12,7 @@ DEFAULT_OVERSAMPLE = 16
 LIVE_TOKEN_RTOL = 1e-6
 
 # The names of the registry's entries (``model.modes``: what each mode is and does).
-AttentionMode = Literal["svd", "svd_exact", "softmax", "linear", "elastic", "mean"]
+AttentionMode = Literal["svd", "svd_exact", "softmax", "linear", "elastic", "mean", "lifelong"]
 ATTENTION_MODES: tuple[str, ...] = get_args(AttentionMode)
 
 
@@ -36,7 +36,8 @@ class RankerConfig:
         half_life_s: recency half-life in seconds, None for no decay.
         elastic_tokens: k learnable interest queries of the ELASTIC-style dispatcher.
         recent_tokens: `svd` hybrid: the user's last k raw events join the r interest tokens
-            (kept in the state as k item/action rows; 0 = plain SVD-Attention).
+            (kept in the state as k item/action rows; 0 = plain SVD-Attention); `lifelong`:
+            the window L of its short-term channel (≥ 1).
     """
 
     n_items: int
@@ -59,8 +60,11 @@ class RankerConfig:
         for name in ("dim", "heads", "mlp_hidden", "elastic_tokens"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be ≥ 1, got {getattr(self, name)}")
-        if self.recent_tokens < 0:
-            raise ConfigError(f"recent_tokens must be ≥ 0, got {self.recent_tokens}")
+        least = 1 if self.mode == "lifelong" else 0  # lifelong: its short-term window L
+        if self.recent_tokens < least:
+            raise ConfigError(
+                f"recent_tokens must be ≥ {least} in mode {self.mode!r}, got {self.recent_tokens}"
+            )
         if self.oversample < 0:
             raise ConfigError(f"oversample must be ≥ 0, got {self.oversample}")
         if self.dim % self.heads:

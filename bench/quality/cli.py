@@ -1,7 +1,9 @@
 """Lifelong quality study: each row's own model, trained to convergence, tested, and its
-serving cost, on every dataset and seed; writes docs/RESULTS.md and docs/quality_vs_cost.png.
+serving cost, on every dataset and seed; writes docs/RESULTS.md, docs/results.json (rows and
+paired differences with 95% CIs) and docs/quality_vs_cost.png.
 
-    python -m bench.quality --workers 2                   # the committed protocol
+    python -m bench.quality --workers 2                   # the committed protocol (full size)
+    python -m bench.quality --users 1000 --eval-users 1000 --out docs/quality-reduced
     python -m bench.quality --quick                       # smoke run (tiny, 1 seed)
     python -m bench.quality --datasets path/to/log.csv --columns user=u,item=i,ts=t
     python -m bench.quality --datasets ml-100k --rows svd softmax@200 --seeds 0
@@ -17,6 +19,7 @@ from __future__ import annotations
 import argparse
 import ast
 import dataclasses
+import json
 import sys
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -25,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.quality.doc import doc_header, document, plot
+from bench.quality.results import dataset_results
 from bench.quality.run import RunResult, Skipped, run_one
 from bench.quality.setup import DatasetSettings, Job, Row
 from model.datasets import columns_argument
@@ -32,7 +36,12 @@ from model.lifelong import LifelongConfig
 
 REPO = Path(__file__).resolve().parents[2]
 
+LIFELONG_ROW = "lifelong"  # the row the targets are about (results.json's "lifelong_row")
 ROWS: tuple[Row, ...] = (
+    Row(LIFELONG_ROW, "lifelong", None, {"recent_tokens": 32}),
+    Row("lifelong@64", "lifelong", None, {"recent_tokens": 64}),
+    # time-aware long-term channel: the factors decay with a 30-day half-life
+    Row("lifelong+hl30d", "lifelong", None, {"recent_tokens": 32, "half_life_s": 30 * 86_400.0}),
     Row("svd", "svd"),
     Row("svd+recent16", "svd", None, {"recent_tokens": 16}),
     Row("elastic", "elastic"),
@@ -42,22 +51,26 @@ ROWS: tuple[Row, ...] = (
     Row("softmax@200", "softmax", 200),
     Row("softmax@all", "softmax"),
 )
-# Early stopping on validation GAUC; max_steps is only a safety ceiling (a run that reaches
-# it is flagged "⚠ceiling" in the table). Fields the trainer lacks are dropped with a warning.
+# Early stopping on validation GAUC of 1,000 users, smoothed (EMA α = 0.6), with a patience
+# of 320 optimiser steps (8 validations) after the best: one noisy validation neither stops a
+# run nor picks its weights. max_steps is only a safety ceiling (a run that reaches it is
+# flagged "⚠ceiling"). Fields the trainer lacks are dropped with a warning.
 TRAIN = {
     "epochs": 100,
     "batch_size": 48,
     "lr": 3e-3,
     "negatives": 127,
-    "patience": 2,
     "eval_every": 40,
-    "val_users": 200,
+    "patience_steps": 320,
+    "val_smoothing": 0.6,
+    "val_users": 1_000,
     "val_negatives": 100,
-    "max_steps": 1_500,
+    "max_steps": 4_000,
 }
+# Every eligible user tested (paired across rows: same users, same negatives).
 SETTINGS: dict[str, DatasetSettings] = {
     "ml-100k": DatasetSettings(train_len=200, train=TRAIN, eval_users=300),
-    "ml-1m": DatasetSettings(users=400, long_users=40, train_len=200, train=TRAIN, eval_users=200),
+    "ml-1m": DatasetSettings(train_len=200, train=TRAIN),
     "synthetic-lifelong": DatasetSettings(
         users=None,
         train_len=200,
@@ -65,7 +78,9 @@ SETTINGS: dict[str, DatasetSettings] = {
         eval_negatives=1_000,
         lifelong=LifelongConfig(n_users=80, min_length=1_000, max_length=10_000),
     ),
+    "complete-journey": DatasetSettings(train_len=1_000, train=TRAIN, eval_negatives=1_000),
 }
+DEFAULT_DATASETS = ("ml-1m", "synthetic-lifelong", "complete-journey")  # the issue's three
 # A log file given by path: a user sample with the longest users, sampled test negatives.
 FILE = DatasetSettings(
     users=1_000, long_users=100, train_len=1_000, train=TRAIN, eval_negatives=1_000, eval_users=500
@@ -83,13 +98,24 @@ QUICK = DatasetSettings(
 )
 
 
-def settings_for(name: str, quick: bool, train: Mapping[str, Any] | None = None) -> DatasetSettings:
+def settings_for(
+    name: str,
+    quick: bool,
+    train: Mapping[str, Any] | None = None,
+    users: int | None = None,
+    eval_users: int | None = None,
+) -> DatasetSettings:
     """The dataset's settings (QUICK's sizes for every dataset with ``--quick``), with the
-    ``train`` fields (``--set``) on top of its TrainConfig fields."""
+    ``train`` fields (``--set``) on top of its TrainConfig fields; ``users`` / ``eval_users``
+    (``--users`` / ``--eval-users``) cap the user sample and the test users (a reduced run)."""
     s = SETTINGS.get(name, FILE)
     if quick:
         negatives = None if name.startswith("ml-") else QUICK.eval_negatives
         s = dataclasses.replace(QUICK, eval_negatives=negatives)
+    if users is not None and (s.users is None or s.users > users):
+        s = dataclasses.replace(s, users=users, long_users=min(s.long_users or users // 10, users))
+    if eval_users is not None and (s.eval_users is None or s.eval_users > eval_users):
+        s = dataclasses.replace(s, eval_users=eval_users)
     return dataclasses.replace(s, train={**s.train, **train}) if train else s
 
 
@@ -109,7 +135,7 @@ def _jobs(args: argparse.Namespace, rows: Sequence[Row]) -> list[Job]:
     jobs = [
         Job(
             name,
-            settings_for(name, args.quick, dict(args.set)),
+            settings_for(name, args.quick, dict(args.set), args.users, args.eval_users),
             row,
             seed,
             args.columns,
@@ -143,7 +169,9 @@ def _select(labels: Iterable[str] | None) -> list[Row]:
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--datasets", nargs="+", default=list(SETTINGS), help="names or log paths")
+    p.add_argument(
+        "--datasets", nargs="+", default=list(DEFAULT_DATASETS), help="names or log paths"
+    )
     p.add_argument("--rows", nargs="+", default=None, help="row labels (default: all)")
     p.add_argument("--seeds", nargs="+", type=int, default=None, help="default 0 1 2 (quick: 0)")
     p.add_argument("--workers", type=int, default=2, help="processes (1: in this process)")
@@ -158,13 +186,15 @@ def _parser() -> argparse.ArgumentParser:
         metavar="KEY=VALUE",
         help="TrainConfig fields of every run, e.g. max_steps=300 negatives=127",
     )
+    p.add_argument("--users", type=int, default=None, help="cap the user sample (reduced run)")
+    p.add_argument("--eval-users", type=int, default=None, help="cap the test users")
     p.add_argument("--data-dir", type=Path, default=REPO / "data")
     p.add_argument("--out", type=Path, default=REPO / "docs")
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the study and write ``--out``/RESULTS.md and ``--out``/quality_vs_cost.png."""
+    """Run the study and write ``--out``/RESULTS.md, results.json and quality_vs_cost.png."""
     args = _parser().parse_args(argv)
     args.seeds = args.seeds or ([0] if args.quick else [0, 1, 2])
     rows = _select(args.rows)
@@ -180,16 +210,42 @@ def main(argv: Sequence[str] | None = None) -> int:
         runs.append(out)
         print(
             f"{out.dataset:20s} {out.label:14s} seed {out.seed} GAUC {out.metrics['GAUC']:.4f} "
-            f"steps {out.steps} {out.us_per_request:,.0f} µs ({out.wall_s:.0f}s)",
+            f"steps {out.steps} ({out.best}) {out.us_per_request:,.0f} µs "
+            f"{out.contexts_per_s:,.0f} ctx/s ({out.wall_s:.0f}s)",
             flush=True,
         )
     wall = time.perf_counter() - start
     shown = " ".join(argv if argv is not None else sys.argv[1:])
     header = doc_header(f"python -m bench.quality {shown}", wall, args.workers)
-    names = {name: settings_for(name, args.quick, dict(args.set)) for name in args.datasets}
+    if (
+        args.quick
+        or args.users
+        or args.eval_users
+        or args.set
+        or args.rows
+        or args.seeds != [0, 1, 2]
+    ):
+        header.insert(
+            0,
+            "- **Reduced run** (fewer users, rows, seeds or steps than the committed "
+            "protocol `python -m bench.quality --workers 2`): not the published figures",
+        )
+    names = {
+        name: settings_for(name, args.quick, dict(args.set), args.users, args.eval_users)
+        for name in args.datasets
+    }
+    results = {
+        "datasets": {
+            name: dataset_results(rows, [r for r in runs if r.dataset == name], LIFELONG_ROW)
+            for name in names
+        }
+    }
     args.out.mkdir(parents=True, exist_ok=True)
     plot(rows, runs, args.out / "quality_vs_cost.png")
-    (args.out / "RESULTS.md").write_text(document(rows, runs, skipped, names, header))
+    (args.out / "results.json").write_text(json.dumps(results, indent=1) + "\n")
+    (args.out / "RESULTS.md").write_text(
+        document(rows, runs, skipped, names, header, results["datasets"])
+    )
     print(f"wrote {args.out / 'RESULTS.md'} in {wall:.0f}s")
     return 0
 

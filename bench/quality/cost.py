@@ -7,6 +7,7 @@ as the median of repeats after a warm-up, the per-user state computed beforehand
 * `svd`: :meth:`ServingPass.svd` on the r interest tokens of ``LowRankState.from_rows``;
 * `elastic`: the same pass on the k dispatcher tokens (candidates attend to them with the
   shared attention, exactly as the `elastic` head does);
+* `lifelong`: :meth:`ServingPass.channels` on the r tokens and the state's L latest rows;
 * `softmax` (and `svd_exact`): :meth:`ServingPass.history` on the last L logged events;
 * `linear` / `mean`: :func:`baseline_logits`, the candidate-side work of their heads given
   the precomputed state (S, z per head; the projected mean) followed by the same fused MLP
@@ -119,6 +120,52 @@ def _history(data: Interactions, user: int, length: int) -> HistoryBatch:
     return history_batch(data, users, data.offsets[users + 1], length)
 
 
+def _window(hist: HistoryBatch, k: int) -> RecentEvents:
+    """The state's window of the k latest events of the history (1, N)."""
+    n = hist.items.shape[1]
+    return RecentEvents.empty(k).merged(
+        hist.items[0].numpy(), hist.actions[0].numpy(), np.arange(n, dtype=np.float64)
+    )
+
+
+def _lifelong(
+    ranker: Ranker, state: LowRankState, hist: HistoryBatch, x: Tensor, rows: Tensor
+) -> Request:
+    """`lifelong`'s call: the r tokens and the L latest rows (x (1, N, d)), both kept in the
+    state, in two channels."""
+    r, L = ranker.config.rank, ranker.config.recent_tokens
+    tokens = torch.as_tensor(state.interests(r), dtype=torch.float32)[None]  # (1, r, d)
+    recent = x[:, -L:].float()  # (1, L', d)
+    state = dataclasses.replace(state, recent=_window(hist, L))
+    t_mask = torch.ones(tokens.shape[:2], dtype=torch.bool)
+    r_mask = torch.ones(recent.shape[:2], dtype=torch.bool)
+    serving = ranker.serving_pass()
+    return Request(
+        lambda: serving.channels(rows, tokens, t_mask, recent, r_mask), len(state.to_bytes())
+    )
+
+
+def _summary(ranker: Ranker, mode: str, hist: HistoryBatch, x: Tensor, rows: Tensor) -> Request:
+    """The call of a summary baseline (`linear`, `mean`) from event rows x (1, N, d)."""
+    cfg = ranker.config
+    d, H = cfg.dim, cfg.heads
+    w = ranker.serving_pass().weights
+    if mode == "linear":
+        lstate = linear_state(ranker, x, hist.weights * hist.mask)
+
+        def linear_call() -> Tensor:
+            cand = w.features[rows][..., :d]  # (1, M, d) item embeddings
+            return baseline_logits(w, rows, linear_output(ranker, cand, lstate))
+
+        return Request(linear_call, HEADER_BYTES + 4 * H * ((d // H) ** 2 + d // H))
+    if mode == "mean":
+        m = hist.mask[..., None].float()  # the state: Σ x and n (no decay here)
+        pooled = cast(nn.Linear, ranker.baselines["mean"].proj)((x * m).sum(1) / m.sum(1))  # (1, d)
+        o = pooled[:, None, :].expand(1, rows.shape[1], d)  # (1, M, d)
+        return Request(lambda: baseline_logits(w, rows, o), HEADER_BYTES + 4 * (d + 1))
+    raise NoServingCost(f"no serving call for mode {mode!r} in bench/quality/cost.py")
+
+
 def request(ranker: Ranker, mode: str, hist: HistoryBatch, rows: Tensor) -> Request:
     """The serving call of ``mode`` for one user's history (1, N) and candidates (1, M), its
     per-user state computed here (not part of the call)."""
@@ -126,18 +173,16 @@ def request(ranker: Ranker, mode: str, hist: HistoryBatch, rows: Tensor) -> Requ
     d, H, r = cfg.dim, cfg.heads, cfg.rank
     serving = ranker.serving_pass()
     x = ranker.embed_events(hist.items, hist.actions)  # (1, N, d)
-    if mode in ("svd", "svd_exact"):
+    if mode in ("svd", "svd_exact", "lifelong"):
         state = LowRankState.from_rows(x[0].double().numpy(), r)
+    if mode == "lifelong":
+        return _lifelong(ranker, state, hist, x, rows)
     if mode == "svd":
         tokens = torch.as_tensor(state.interests(r), dtype=torch.float32)[None]  # (1, r, d)
         k = cfg.recent_tokens
         if k:  # the hybrid: the k latest event rows join the tokens, kept in the state
             tokens = torch.cat((tokens, x[:, -k:].float()), dim=1)  # (1, r + k, d)
-            n = hist.items.shape[1]
-            window = RecentEvents.empty(k).merged(
-                hist.items[0].numpy(), hist.actions[0].numpy(), np.arange(n, dtype=np.float64)
-            )
-            state = dataclasses.replace(state, recent=window)
+            state = dataclasses.replace(state, recent=_window(hist, k))
         return Request(lambda: serving.svd(rows, tokens), len(state.to_bytes()))
     if mode == "elastic":
         tokens = cast(ElasticDispatcher, ranker.baselines["elastic"].dispatcher)(
@@ -153,21 +198,7 @@ def request(ranker: Ranker, mode: str, hist: HistoryBatch, rows: Tensor) -> Requ
             basis = torch.as_tensor(state.V[:, :r], dtype=torch.float32)[None]  # (1, d, r)
         size = EVENT_BYTES * int(mask.sum())
         return Request(lambda: serving.history(rows, events, mask, log_w, basis), size)
-    w = serving.weights
-    if mode == "linear":
-        lstate = linear_state(ranker, x, hist.weights * hist.mask)
-
-        def linear_call() -> Tensor:
-            cand = w.features[rows][..., :d]  # (1, M, d) item embeddings
-            return baseline_logits(w, rows, linear_output(ranker, cand, lstate))
-
-        return Request(linear_call, HEADER_BYTES + 4 * H * ((d // H) ** 2 + d // H))
-    if mode == "mean":
-        m = hist.mask[..., None].float()  # the state: Σ x and n (no decay here)
-        pooled = cast(nn.Linear, ranker.baselines["mean"].proj)((x * m).sum(1) / m.sum(1))  # (1, d)
-        o = pooled[:, None, :].expand(1, rows.shape[1], d)  # (1, M, d)
-        return Request(lambda: baseline_logits(w, rows, o), HEADER_BYTES + 4 * (d + 1))
-    raise NoServingCost(f"no serving call for mode {mode!r} in bench/quality/cost.py")
+    return _summary(ranker, mode, hist, x, rows)
 
 
 @torch.inference_mode()

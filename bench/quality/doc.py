@@ -11,11 +11,12 @@ import os
 import platform
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
 
+from bench.quality.results import paired_table, target_lines
 from bench.quality.run import RunResult, Skipped
 from bench.quality.setup import DatasetSettings, Row
 from model.config import RankerConfig
@@ -180,8 +181,11 @@ def document(
     skipped: Sequence[Skipped],
     settings: Mapping[str, DatasetSettings],
     header: Sequence[str],
+    results: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> str:
-    """The whole Markdown document; ``header`` lines (command, machine, wall) come first."""
+    """The whole Markdown document; ``header`` lines (command, machine, wall) come first;
+    ``results`` (results.json's datasets) adds each dataset's paired differences and the
+    lifelong row's targets."""
     parts = [
         "# Offline quality results",
         "",
@@ -211,9 +215,23 @@ def document(
         for skip in skipped:
             if skip.dataset == name:
                 parts.append(f"- `{skip.label}` not run: {skip.reason}.")
+        entry = (results or {}).get(name)
+        if entry is not None:
+            parts += [
+                "",
+                "Paired differences of GAUC (same test users and negatives for every row; "
+                "impression-weighted mean over users, pooled over seeds; 95% CI: bootstrap "
+                "over users):",
+                "",
+                *paired_table(entry),
+                "",
+                "Targets of the lifelong row:",
+                "",
+                *target_lines(entry),
+            ]
         when = "" if name in TARGET_DATASETS else " (the issue sets them for ml-1m and "
         when += "" if name in TARGET_DATASETS else "synthetic-lifelong; shown for reference)"
-        parts += ["", f"Targets{when}:", "", *targets(summaries), ""]
+        parts += ["", f"Targets of the `svd` row{when}:", "", *targets(summaries), ""]
     parts += ["![GAUC vs serving cost](quality_vs_cost.png)", ""]
     return "\n".join(parts)
 

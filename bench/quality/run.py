@@ -14,9 +14,11 @@ from typing import NamedTuple
 import torch
 
 from bench.quality.cost import serving_cost
+from bench.quality.paired import UserAucs, user_aucs
 from bench.quality.setup import Job, contexts, dataset, model_config, train_config
-from model.evaluate import EvalSpec, evaluate
+from model.evaluate import EvalSpec, eval_users, score_split
 from model.events.windows import training_positions
+from model.metrics import ranking_metrics
 from model.train import TrainResult, train
 
 MEMORY_BUDGET_BYTES = 3 * 2**30  # per worker process: attention scores of one eval batch
@@ -39,6 +41,7 @@ class RunResult(NamedTuple):
     wall_s: float
     us_per_request: float
     state_bytes: int
+    per_user: UserAucs  # the test users' AUCs, for the paired comparison of rows
 
 
 class Skipped(NamedTuple):
@@ -94,7 +97,11 @@ def run_one(job: Job) -> RunResult | Skipped:
         batch_users=batch,
         seed=job.seed,
     )
-    metrics = evaluate(result.ranker, data, model_cfg.mode, spec).as_dict()
+    # Every row of a (dataset, seed) scores the same test users against the same negatives
+    # (both drawn from the seed alone), so rows compare user by user (bench.quality.paired).
+    positives, negatives = score_split(result.ranker, data, model_cfg.mode, spec)
+    metrics = ranking_metrics(positives, negatives).as_dict()
+    per_user = user_aucs(eval_users(data, spec), data, positives, negatives, s.eval_negatives)
     cost = serving_cost(result.ranker, model_cfg.mode, data, eval_len, s.cost_budget_s)
     best, rate = _record(result, cfg.batch_size)
     ceiling = cfg.max_steps if cfg.max_steps is not None else 2**62
@@ -114,4 +121,5 @@ def run_one(job: Job) -> RunResult | Skipped:
         time.perf_counter() - start,
         cost.us_per_request,
         cost.state_bytes,
+        per_user,
     )

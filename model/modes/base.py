@@ -60,6 +60,8 @@ class ScoreRequest:
         basis: (d, r) V_r of the user's factors (`svd_exact`).
         summary: the user's state summary: (H, d_h, d_h + 1) [S_h | z_h] (`linear`) or the
             (d,) weighted mean row (`mean`).
+        recent: (L', d) rows of the user's latest events, L' ≤ L (`lifelong`'s short-term
+            channel; its ``interests`` are then the live interest tokens alone).
     """
 
     candidates: Tensor
@@ -69,6 +71,7 @@ class ScoreRequest:
     weights: Tensor | None = None
     basis: Tensor | None = None
     summary: Tensor | None = None
+    recent: Tensor | None = None
 
 
 class Mode(Protocol):
@@ -82,6 +85,8 @@ class Mode(Protocol):
             passes are bounded by B·M·N rather than by B·M).
         head: the layers of its own (``model.heads``), created only for a model trained in
             this mode; None for the modes of the shared target attention.
+        channels: attention outputs C it feeds the scoring MLP, one per channel (2 for
+            `lifelong`'s long- and short-term channels, else 1).
     """
 
     @property
@@ -96,11 +101,14 @@ class Mode(Protocol):
     @property
     def head(self) -> HeadFactory | None: ...
 
+    @property
+    def channels(self) -> int: ...
+
     def attend(
         self, ranker: Scorable, cand: Tensor, rows: Tensor, mask: Tensor, weights: Tensor
     ) -> Tensor:
         """Training path: cand (B, M, d), event rows (B, N, d), mask (B, N) bool, recency
-        weights (B, N) → attention output o (B, M, d)."""
+        weights (B, N) → attention output o (B, M, C·d), C = ``channels``."""
         ...
 
     def request(self, candidates: Tensor, user: UserSource) -> ScoreRequest:

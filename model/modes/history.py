@@ -40,6 +40,7 @@ class HistoryMode:
     state_kind: str = "svd"
     reads_log: bool = True
     head: HeadFactory | None = None
+    channels: int = 1
 
     def attend(
         self, ranker: Scorable, cand: Tensor, rows: Tensor, mask: Tensor, weights: Tensor

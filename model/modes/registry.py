@@ -11,6 +11,7 @@ from __future__ import annotations
 from model.config import RankerConfig
 from model.flops import PassFlops
 from model.modes.base import Mode, UnknownModeError
+from model.modes.channels import LifelongMode
 from model.modes.history import HistoryMode
 from model.modes.summary import LinearMode, MeanMode
 from model.modes.tokens import ElasticMode, SvdMode
@@ -32,6 +33,7 @@ _ENTRIES: tuple[Mode, ...] = (
     ElasticMode(),
     LinearMode(),
     MeanMode(),
+    LifelongMode(),
 )
 MODES: dict[str, Mode] = {mode.name: mode for mode in _ENTRIES}
 

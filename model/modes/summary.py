@@ -34,6 +34,7 @@ class SummaryMode:
 
     name: str
     reads_log = False
+    channels = 1
 
     def outputs(self, head: BaselineHead, cand: Tensor, summary: Tensor) -> Tensor:
         """cand (B, M, d) and summaries (B, ...) in the pass's dtype → o (B, M, d)."""

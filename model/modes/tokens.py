@@ -35,6 +35,7 @@ class TokenMode:
 
     name: str
     reads_log = False
+    channels = 1
 
     def request(self, candidates: Tensor, user: UserSource) -> ScoreRequest:
         """The tokens the state builder reads of the user's state (``features``): `svd` its

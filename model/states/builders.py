@@ -21,6 +21,7 @@ from numpy.typing import NDArray
 
 from model.heads import ElasticHead, LinearHead
 from model.modes import state_kind
+from model.modes.channels import LONG_TERM, SHORT_TERM
 from model.ranker import Ranker
 from model.states.base import Decay, UserState
 from model.states.elastic import ElasticSpec, ElasticState
@@ -117,7 +118,8 @@ class _FromEvents:
 @dataclass(frozen=True)
 class SvdBuilder(_FromEvents):
     """The svd factors (rank r, ℓ = min(r + p, d)) and, for the hybrid (``recent_tokens`` =
-    k > 0), the window of the k latest events, merged with every block."""
+    k > 0), the window of the k latest events, merged with every block. The `lifelong` kind
+    keeps the same state; its features mark each row's channel (``model.modes.channels``)."""
 
     embed: Embed
     dim: int
@@ -157,6 +159,8 @@ class SvdBuilder(_FromEvents):
         return dataclasses.replace(svd, recent=window.merged(items, actions, ts))
 
     def features(self, state: UserState) -> Array:
+        if self.kind == "lifelong":
+            return self._channels(_own(state, LowRankState))
         svd = _own(state, LowRankState)
         live = svd.live_rank(self.rank)
         recent = svd.recent
@@ -166,6 +170,17 @@ class SvdBuilder(_FromEvents):
         tokens = svd.interests(self.rank)[:live]  # (live, d)
         rows = self.embed(recent.items, recent.actions)  # (k', d)
         return np.concatenate((tokens, rows))  # the latest events join the live tokens
+
+    def _channels(self, svd: LowRankState) -> Array:
+        """(live + L', d + 1): the live interest tokens then the window's rows, the last
+        column LONG_TERM or SHORT_TERM (no rows at all for a user with no history)."""
+        tokens = svd.interests(self.rank)[: svd.live_rank(self.rank)]  # (live, d)
+        recent = svd.recent
+        rows = np.zeros((0, self.dim))
+        if recent is not None and len(recent):
+            rows = self.embed(recent.items, recent.actions)  # (L', d)
+        marks = np.concatenate((np.full(len(tokens), LONG_TERM), np.full(len(rows), SHORT_TERM)))
+        return np.concatenate((np.concatenate((tokens, rows)), marks[:, None]), axis=1)
 
     def basis(self, state: UserState) -> Array:
         return np.ascontiguousarray(_own(state, LowRankState).V[:, : self.rank])  # (d, r)
@@ -277,5 +292,5 @@ def make_builder(
     if kind == "mean":
         return MeanBuilder(embed, config.dim, decay, tag)
     return SvdBuilder(
-        embed, config.dim, rank, oversample, decay, tag, recent_tokens=config.recent_tokens
+        embed, config.dim, rank, oversample, decay, tag, kind, recent_tokens=config.recent_tokens
     )

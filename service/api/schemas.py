@@ -98,6 +98,7 @@ class Mode(str, Enum):
     elastic = "elastic"
     linear = "linear"
     mean = "mean"
+    lifelong = "lifelong"
 
 
 class _Strict(BaseModel):
@@ -121,7 +122,8 @@ class RankRequest(_Strict):
         strict=False,  # FastAPI validates parsed JSON: the enum arrives as a string
         description="svd: factors only (fast); svd_exact: softmax over all events through "
         "the factors; softmax: full attention over the event log (exact baseline); elastic, "
-        "linear, mean: the compressed state of a model trained in that mode. A mode the "
+        "linear, mean: the compressed state of a model trained in that mode; lifelong: the "
+        "factors and the latest events in two channels, for a model trained so. A mode the "
         "loaded model does not serve is a 422 naming the served ones (GET /model)",
     )
 

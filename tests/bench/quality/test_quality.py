@@ -4,6 +4,7 @@ from the table, and a quick run writes a document with every row and well-formed
 from __future__ import annotations
 
 import importlib
+import json
 import re
 import types
 from pathlib import Path
@@ -23,12 +24,21 @@ def quality() -> types.ModuleType:
     return importlib.import_module("bench.quality.cli")
 
 
-@pytest.mark.parametrize("mode", ["svd", "svd_exact", "elastic", "linear", "mean", "softmax"])
+@pytest.mark.parametrize(
+    "mode", ["svd", "svd_exact", "elastic", "linear", "mean", "softmax", "lifelong"]
+)
 def test_cost_call_scores_like_the_model(mode: str) -> None:
     cost = importlib.import_module("bench.quality.cost")
     torch.manual_seed(0)
+    recent = 8 if mode == "lifelong" else 0
     ranker = Ranker(
-        RankerConfig(n_items=60, mode=cast(AttentionMode, mode), rank=8, elastic_tokens=4)
+        RankerConfig(
+            n_items=60,
+            mode=cast(AttentionMode, mode),
+            rank=8,
+            elastic_tokens=4,
+            recent_tokens=recent,
+        )
     ).eval()
     items = torch.randint(1, 60, (1, 40))
     hist = HistoryBatch(
@@ -99,7 +109,9 @@ def test_settings_reach_the_configs(quality: types.ModuleType) -> None:
 def _run(label: str, gauc: float, us: float) -> object:
     run = importlib.import_module("bench.quality.run")
     metrics = dict.fromkeys(("AUC", "GAUC", "LogLoss", "HR@10", "NDCG@10"), gauc)
-    return run.RunResult("d", label, 0, metrics, 10, 10, 5, 5, True, 1.0, 1.0, us, 100)
+    paired = importlib.import_module("bench.quality.paired")
+    per_user = paired.UserAucs(("u",), np.array([gauc]), np.array([2.0]))
+    return run.RunResult("d", label, 0, metrics, 10, 10, 5, 5, True, 1.0, 1.0, us, 100, per_user)
 
 
 def test_targets_follow_the_table(quality: types.ModuleType) -> None:
@@ -140,6 +152,7 @@ def test_quick_run_documents_every_row(quality: types.ModuleType, tmp_path: Path
     text = (tmp_path / "RESULTS.md").read_text()
     assert (tmp_path / "quality_vs_cost.png").stat().st_size > 1_000
     assert "## synthetic-lifelong" in text and "Wall time:" in text
+    assert text.count("**Reduced run**") == 1  # a quick run never passes for the protocol
     table = [line for line in text.splitlines() if line.startswith("| `")]
     assert [line.split("`")[1] for line in table] == [r.label for r in quality.ROWS]
     for line in table:
@@ -150,5 +163,22 @@ def test_quick_run_documents_every_row(quality: types.ModuleType, tmp_path: Path
         assert 0.0 <= auc <= 1.0 and 0.0 <= gauc <= 1.0
         assert all(float(c.replace(",", "")) > 0 for c in cells[7:10]), line
         assert np.isfinite(float(cells[4].split(" ± ")[0]))
-    assert len(re.findall(r"\*\*(met|missed)\*\*", text)) == 4
+    # 4 targets of the svd row, 6 of the lifelong row (5 GAUC margins and the cost)
+    assert len(re.findall(r"\*\*(met|missed)\*\*", text)) == 10
+    results = json.loads((tmp_path / "results.json").read_text())["datasets"]
+    entry = results["synthetic-lifelong"]
+    assert entry["lifelong_row"] == "lifelong"
+    assert set(entry["rows"]) == {r.label for r in quality.ROWS}
+    for row in entry["rows"].values():
+        assert len(row["gauc"]) == 1 and row["gauc_mean"] == row["gauc"][0]
+        assert row["state_bytes"] > 0 and row["us_per_request"] > 0
+    for key in ("lifelong - softmax@50", "lifelong - mean", "svd - softmax@all"):
+        diff = entry["paired"][key]
+        lo, hi = diff["ci95"]
+        assert lo <= diff["mean"] <= hi and diff["users"] > 0
+    a, b = entry["rows"]["lifelong"], entry["rows"]["softmax@50"]
+    # the paired mean over users is the difference of the rows' GAUCs
+    assert entry["paired"]["lifelong - softmax@50"]["mean"] == pytest.approx(
+        a["gauc_mean"] - b["gauc_mean"], abs=1e-9
+    )
     assert "runs stopped at a step / epoch ceiling" in text  # 4 quick steps: not converged

@@ -82,4 +82,4 @@ def test_no_input_makes_the_api_fail(case: Any) -> None:
 
 
 # Modes of the document that the session's svd-trained checkpoint does not serve.
-UNSERVED = ("elastic", "linear", "mean")
+UNSERVED = ("elastic", "linear", "mean", "lifelong")

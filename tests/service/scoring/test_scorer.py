@@ -81,6 +81,7 @@ def _requests(mode: str, gen: torch.Generator) -> list[ScoreRequest]:
                 weights=torch.rand(n, generator=gen),
                 basis=torch.randn(16, t, generator=gen),
                 summary=torch.randn(2, 8, 9, generator=gen),
+                recent=torch.randn(n % 5, 16, generator=gen),
             )
         )
     return requests

@@ -1,0 +1,114 @@
+"""`lifelong`: a long-term and a short-term channel, each with its own softmax and its own
+attention output into the scoring MLP (DESIGN §2).
+
+* Long-term: the r interest tokens of the user's svd factors over the whole history (decayed
+  by ``half_life_s`` when set, so an old interest fades: the time-aware channel).
+* Short-term: the rows of the user's L latest raw events (``recent_tokens`` = L, the window
+  the svd state keeps beside its factors, ``model.states.svd.recent``).
+
+Unlike the `svd` hybrid, whose one softmax spans both, long-term tokens cannot take softmax
+mass from recent evidence: the MLP sees [e, o_long, e ⊙ o_long, o_short, e ⊙ o_short].
+Both channels share the target attention's projections; the state is the hybrid's (factors +
+window), its builder's ``features`` marking each row's channel in an extra last column.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from model.config import RankerConfig
+from model.flops import PassFlops, attention_flops
+from model.layers import interest_tokens
+from model.modes.base import HeadFactory, RankerInputError, ScoreRequest
+from model.modes.inputs import UserSource
+from model.modes.packing import Buffers, PackedBatch, candidate_layout, fill, fill_candidates
+from model.serving import Scorable, ServingPass
+
+__all__ = ["LONG_TERM", "SHORT_TERM", "LifelongMode"]
+
+# Channel marks of the last column of a lifelong state's features.
+LONG_TERM, SHORT_TERM = 0.0, 1.0
+
+
+@dataclass(frozen=True)
+class LifelongMode:
+    """`lifelong`: candidates attend to the interest tokens and, apart, to the latest rows.
+
+    Batch arrays: ``tokens`` (B, r_max, d) with ``token_mask`` (B, r_max) bool and
+    ``recent`` (B, L_max, d) with ``recent_mask`` (B, L_max) bool (both at least one wide).
+    """
+
+    name: str = "lifelong"
+    state_kind: str = "lifelong"
+    reads_log: bool = False
+    head: HeadFactory | None = None
+    channels: int = 2
+
+    def attend(
+        self, ranker: Scorable, cand: Tensor, rows: Tensor, mask: Tensor, weights: Tensor
+    ) -> Tensor:
+        tokens, live = interest_tokens(rows, mask, weights, ranker.config.rank)  # (B, r, d)
+        L = ranker.config.recent_tokens  # histories are right-aligned: the last L are latest
+        queries = ranker.attn.w_q(cand)  # (B, M, d): projected once for both channels
+        long_term = ranker.attn.attend(queries, tokens, live)  # (B, M, d)
+        short_term = ranker.attn.attend(queries, rows[:, -L:], mask[:, -L:])  # (B, M, d)
+        return torch.cat((long_term, short_term), dim=-1)  # (B, M, 2d)
+
+    def request(self, candidates: Tensor, user: UserSource) -> ScoreRequest:
+        """Splits the builder's features (T, d + 1) by their channel column."""
+        features = user.features()
+        channel = features[:, -1]
+        rows = torch.from_numpy(features[:, :-1].astype(np.float32))
+        return ScoreRequest(
+            candidates,
+            interests=rows[torch.from_numpy(channel == LONG_TERM)],
+            recent=rows[torch.from_numpy(channel == SHORT_TERM)],
+        )
+
+    def example(self, config: RankerConfig, rank: int, candidates: Tensor) -> ScoreRequest:
+        return ScoreRequest(
+            candidates,
+            interests=torch.randn(rank, config.dim),
+            recent=torch.randn(config.recent_tokens, config.dim),
+        )
+
+    def pack(self, requests: Sequence[ScoreRequest], dim: int, buffers: Buffers) -> PackedBatch:
+        groups: dict[str, list[Tensor]] = {"tokens": [], "recent": []}
+        for req in requests:
+            for name, value in (("tokens", req.interests), ("recent", req.recent)):
+                if value is None or value.dim() != 2 or value.shape[1] != dim:
+                    raise RankerInputError(
+                        f"{self.name} needs (T, {dim}) interests and recent rows per request"
+                    )
+                groups[name].append(value)
+        B = len(requests)
+        layout = candidate_layout([q.candidates for q in requests])
+        for name, values in groups.items():
+            T = max(1, *(int(v.shape[0]) for v in values))
+            layout += [(name, (B, T, dim), np.float32), (f"{name}_mask", (B, T), np.bool_)]
+        packed = buffers.pack(layout)
+        host = packed.host
+        fill_candidates(host, [q.candidates for q in requests])
+        for name, values in groups.items():
+            fill(host[name], [v.float() for v in values])
+            counts = np.asarray([int(v.shape[0]) for v in values])
+            host[f"{name}_mask"][:] = np.arange(host[name].shape[1])[None, :] < counts[:, None]
+        return packed
+
+    def score(self, serving: ServingPass, inputs: dict[str, Tensor]) -> Tensor:
+        return serving.channels(
+            inputs["rows"],
+            inputs["tokens"],
+            inputs["tokens_mask"],
+            inputs["recent"],
+            inputs["recent_mask"],
+        )
+
+    def flops(self, config: RankerConfig, candidates: int, rank: int, history: int) -> PassFlops:
+        """Over the r tokens and the L rows (the MLP's wider first layer is not counted)."""
+        return attention_flops(config, candidates, tokens=rank + config.recent_tokens)
