@@ -53,6 +53,7 @@ __all__ = [
     "service",
     "user_events",
     "vocabulary",
+    "worker",
 ]
 
 logger = logging.getLogger("bench.common.harness")
@@ -109,6 +110,37 @@ def service(
             try:
                 _wait_ready(base_url, proc, log_path, startup_timeout_s)
                 yield base_url
+            finally:
+                _stop(proc)
+
+
+@contextmanager
+def worker(
+    model_dir: str | Path,
+    redis_url: str,
+    *,
+    env: dict[str, str] | None = None,
+    metrics_port: int | None = None,
+    tree: Path = REPO,
+) -> Iterator[str]:
+    """`python -m service.cli worker` (the external applier) of ``tree``; yields its /metrics
+    URL (a free port unless ``metrics_port``)."""
+    port = free_port() if metrics_port is None else metrics_port
+    variables = {
+        **os.environ,
+        "SOLAR_MODEL_PATH": str(model_dir),
+        "SOLAR_REDIS_URL": redis_url,
+        "SOLAR_WORKER_METRICS_PORT": str(port),
+        "PYTHONPATH": str(tree),
+        **(env or {}),
+    }
+    with tempfile.TemporaryDirectory(prefix="solar-bench-worker-") as workdir:
+        log_path = Path(workdir) / "worker.log"
+        with log_path.open("wb") as log:
+            proc = subprocess.Popen([sys.executable, "-m", "service.cli", "worker"], cwd=tree,
+                                    env=variables, stdout=log, stderr=log)  # fmt: skip
+            try:
+                yield f"http://{LOOPBACK}:{port}/metrics"
             finally:
                 _stop(proc)
 
