@@ -14,7 +14,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import NamedTuple
 
 import numpy as np
@@ -22,6 +22,7 @@ import torch
 from torch import Tensor
 
 from model.modes import SERVING_MODES, Mode, ScoreRequest, mode_spec
+from model.modes.packing import TOKEN_BUCKET, bucket
 from model.ranker import Ranker
 from model.serving import ServingPass
 from service.metrics import Metrics
@@ -175,11 +176,12 @@ class BatchScorer:
         candidates: int = 2_048,
         max_batch: int = 1,
     ) -> None:
-        """Score, per served mode, one small request and batches of 1…B requests of
-        ``candidates`` candidates each (B: what one pass holds, at most ``max_batch``; the
-        small request only for the modes that read the log, whose shapes follow N), so that
-        the first real requests neither grow this thread's buffers nor pay a shape's first
-        call.
+        """Score, per served mode, one small request and every bucket shape of a pass of
+        requests of ``candidates`` candidates: B = 1…what one pass holds (at most
+        ``max_batch``) × each token bucket up to r + the hybrid's rows (``model.modes.packing``),
+        so that the first real requests neither grow this thread's buffers nor pay a shape's
+        first call. The modes that read the log get the small request only (their shapes
+        follow each user's N).
 
         ``rank``: the served r; ``modes``: the modes the model serves.
         """
@@ -187,10 +189,19 @@ class BatchScorer:
         small = torch.arange(min(8, config.n_items), dtype=torch.long)  # (8,)
         self([RankJob(mode, mode_spec(mode).example(config, rank, small), 8) for mode in modes])
         full = torch.arange(candidates, dtype=torch.long) % config.n_items  # (M,)
+        most = max(1, min(max_batch, SVD_PASS_ROWS // candidates))
         for mode in modes:
             spec = mode_spec(mode)
-            if spec.reads_log:  # its shapes follow each user's N: the small request it is
+            if spec.reads_log:
                 continue
-            request = spec.example(config, rank, full)
-            for b in range(1, max(1, min(max_batch, SVD_PASS_ROWS // candidates)) + 1):
-                self([RankJob(mode, request, 100)] * b)
+            example = spec.example(config, rank, full)
+            requests = [example]
+            if example.interests is not None:  # a token mode: every token bucket
+                top = max(example.interests.shape[0], rank + config.recent_tokens)
+                requests = [
+                    replace(example, interests=torch.randn(t, config.dim))
+                    for t in range(TOKEN_BUCKET, bucket(top, TOKEN_BUCKET) + 1, TOKEN_BUCKET)
+                ]
+            for request in requests:
+                for b in range(1, most + 1):
+                    self([RankJob(mode, request, 100)] * b)
