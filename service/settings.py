@@ -126,6 +126,11 @@ class Settings(BaseSettings):
     warmup: bool = Field(
         default=True, description="score every bucket shape of each served mode at startup"
     )
+    warmup_candidates: int = Field(
+        default=2_048,
+        ge=1,
+        description="candidates per request of the warm-up batches (the usual /rank size)",
+    )
     gc_freeze: bool = Field(
         default=True,
         description="freeze the start-up heap out of the garbage collector (service.runtime)",

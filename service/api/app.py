@@ -85,7 +85,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         if settings.warmup:
             await batcher.prime(
                 lambda: scorer.warm_up(
-                    model.rank, model.served_modes, settings.max_candidates, settings.max_batch
+                    model.rank, model.served_modes, settings.warmup_candidates, settings.max_batch
                 )
             )
         if settings.gc_freeze:
