@@ -14,7 +14,7 @@ import re
 import urllib.request
 from typing import Any
 
-__all__ = ["STAGE_HISTOGRAMS", "fetch", "histograms", "run_figures"]
+__all__ = ["STAGE_HISTOGRAMS", "cpu_seconds", "fetch", "histograms", "run_figures"]
 
 # (metric, label) of the histograms a load run reports, by label value.
 STAGE_HISTOGRAMS = (
@@ -55,6 +55,14 @@ def histograms(text: str, name: str, label: str | None) -> dict[str, Buckets]:
     return out
 
 
+def cpu_seconds(text: str) -> float | None:
+    """``process_cpu_seconds_total`` in a /metrics text (None when absent)."""
+    for line in text.splitlines():
+        if line.startswith("process_cpu_seconds_total "):
+            return float(line.split()[1])
+    return None
+
+
 def _quantile(buckets: Buckets, q: float) -> float | None:
     """histogram_quantile(q) of cumulative ``buckets``; None when empty."""
     bounds = sorted(buckets)
@@ -76,8 +84,13 @@ def _quantile(buckets: Buckets, q: float) -> float | None:
 
 def run_figures(before: str, after: str) -> dict[str, dict[str, dict[str, Any]]]:
     """Per histogram of :data:`STAGE_HISTOGRAMS` and label value: the run's count, p50, p99
-    and p99.9 (ms for the ``_seconds`` ones), from a scrape ``before`` and one ``after``."""
+    and p99.9 (ms for the ``_seconds`` ones), from a scrape ``before`` and one ``after``;
+    and ``process_cpu_seconds`` ``{"all": {"seconds": …}}``, the CPU the process spent in
+    between (whatever else ran on the machine: a contention-independent cost)."""
     figures: dict[str, dict[str, dict[str, Any]]] = {}
+    cpu = cpu_seconds(before), cpu_seconds(after)
+    if cpu[0] is not None and cpu[1] is not None:
+        figures["process_cpu_seconds"] = {"all": {"seconds": round(cpu[1] - cpu[0], 3)}}
     for name, label in STAGE_HISTOGRAMS:
         scale = 1_000.0 if name.endswith("_seconds") else 1.0
         old = histograms(before, name, label)

@@ -31,8 +31,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import httpx
-
 from bench.common import harness
 from bench.common.markdown import write_section
 from bench.common.mixed import MixedLoad, measure_mixed
@@ -50,6 +48,9 @@ def _p99(figures: dict[str, dict[str, dict[str, Any]]], name: str, key: str = "a
 
 def _row(rate: float | None, result: Any, server: dict[str, Any], worker: dict[str, Any]) -> Row:
     gc = server.get("solar_gc_pause_seconds", {})
+    done = max(1, len(result.rank_s) + len(result.ingest_s))
+    cpu = {name: figures.get("process_cpu_seconds", {}).get("all", {}).get("seconds")
+           for name, figures in (("serve", server), ("worker", worker))}  # fmt: skip
     shapes = server.get("solar_pass_seconds", {})
     return {
         "offered": rate,
@@ -62,6 +63,8 @@ def _row(rate: float | None, result: Any, server: dict[str, Any], worker: dict[s
         "failures": result.failures,
         "unsent": result.unsent,
         "apply_lag_p99_ms": _p99(worker, "solar_apply_lag_seconds"),
+        "serve_cpu_ms": None if cpu["serve"] is None else 1_000.0 * cpu["serve"] / done,
+        "worker_cpu_ms": None if cpu["worker"] is None else 1_000.0 * cpu["worker"] / done,
         "loop_lag_p99_ms": _p99(server, "solar_event_loop_lag_seconds"),
         "stage_p99_ms": {s: _p99(server, "solar_rank_stage_seconds", s) for s in STAGES},
         "gc_pauses": {g: (v["count"], v["p99"]) for g, v in sorted(gc.items())},
@@ -78,6 +81,7 @@ def one_side(tree: Path, model: Path, redis_url: str, load: MixedLoad,
     rows = []
     with harness.service(model, redis_url, tree=tree, env=env) as base, \
             harness.worker(model, redis_url, tree=tree, env=env) as worker_url:  # fmt: skip
+        time.sleep(2.0)  # both started: let their start-up's last CPU settle
         for rate in [*args.rates, None]:
             before = fetch(f"{base}/metrics"), fetch(worker_url)
             result = measure_mixed(
@@ -95,18 +99,26 @@ def one_side(tree: Path, model: Path, redis_url: str, load: MixedLoad,
 
 
 def _seed(model: Path, redis_url: str, users: list[str], args: argparse.Namespace) -> None:
-    """The first ``--seed-users`` users get ``--events`` events each; waits until applied."""
+    """The first ``--seed-users`` users get ``--events`` events each (the inline applier);
+    waits until every partition is drained, so no side starts with a backlog."""
     items, kinds = harness.vocabulary(model), harness.actions(model)
     with harness.service(model, redis_url, env=args.env) as base:
         seeded = harness.seed_users(base, users[: args.seed_users], args.events, items,
                                     kinds=kinds)  # fmt: skip
         logger.info("seeded %d events in %.1f s", seeded.events, seeded.seconds)
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            pending = httpx.get(f"{base}/users/{users[args.seed_users - 1]}").json()["pending"]
-            if not pending:
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline:  # every partition drained: no backlog left over
+            pending = gauge_sum(fetch(f"{base}/metrics"), "solar_ingest_pending")
+            if pending is not None and pending == 0:
                 break
             time.sleep(0.5)
+
+
+def gauge_sum(text: str, name: str) -> float | None:
+    """The sum of gauge ``name``'s samples in a /metrics text; None when it has none."""
+    values = [float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+              if line.startswith(name + "{") or line.startswith(name + " ")]  # fmt: skip
+    return sum(values) if values else None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -178,13 +190,17 @@ def markdown(results: dict[str, list[list[Row]]], args: argparse.Namespace, comm
         f"{args.saturation_seconds:.0f} s closed loop ({args.concurrency} clients) for "
         "saturation. Client latencies count from the scheduled arrival. Each cell: median "
         "over rounds (the rounds' values). Server columns: p99 from the service's histograms "
-        "over the run (bucket-interpolated; – where that side has no such metric).",
+        "over the run (bucket-interpolated; – where that side has no such metric); CPU "
+        "ms/req: the process's CPU over the run per completed request (rank and ingest), "
+        "what a request costs whatever else runs on the machine.",
         "",
         "![p50 and p99 of /rank against the offered rate](bench_load_range.png)",
         "",
         "| side | offered req/s | rank/s | /rank p50 ms | /rank p99 ms | max ms | failures | "
-        "apply lag p99 ms | " + " | ".join(f"{s} p99" for s in STAGES) + " | loop lag p99 |",
-        "|" + " --- |" * (9 + len(STAGES)),
+        "apply lag p99 ms | serve CPU ms/req | worker CPU ms/req | "
+        + " | ".join(f"{s} p99" for s in STAGES)
+        + " | loop lag p99 |",
+        "|" + " --- |" * (11 + len(STAGES)),
     ]
     for side, label in (("base", f"`{args.base}`"), ("this", "this branch")):
         rounds = results[side]
@@ -200,6 +216,8 @@ def markdown(results: dict[str, list[list[Row]]], args: argparse.Namespace, comm
                 _fmt([r["rank_max_ms"] for r in rows]),
                 str(sum(r["failures"] for r in rows)),
                 _fmt([r["apply_lag_p99_ms"] for r in rows]),
+                _fmt([r["serve_cpu_ms"] for r in rows]),
+                _fmt([r["worker_cpu_ms"] for r in rows]),
                 *(_fmt([r["stage_p99_ms"][s] for r in rows]) for s in STAGES),
                 _fmt([r["loop_lag_p99_ms"] for r in rows]),
             ]
