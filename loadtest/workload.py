@@ -22,7 +22,10 @@ logger = logging.getLogger("solar.locust")
 CANDIDATE_POOL_SIZE = 64  # pre-encoded candidate lists: keeps the generator's CPU low
 LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
 COMPOSE_HOSTS = frozenset({"lb", "solar-1", "solar-2"})  # docker-compose.yml service names
+ARRIVALS = ("poisson", "constant")
 __all__ = [
+    "ARRIVALS",
+    "ArrivalPacer",
     "LoadConfig",
     "Workload",
     "ZipfSampler",
@@ -49,6 +52,8 @@ class LoadConfig:
         self.items = int(e["SOLAR_LT_ITEMS"]) if e.get("SOLAR_LT_ITEMS") else None
         self.items_file = e.get("SOLAR_LT_ITEMS_FILE") or None
         self.rate = float(e.get("SOLAR_LT_RATE", 100))
+        self.arrivals = e.get("SOLAR_LT_ARRIVALS", "poisson")
+        self.worker_metrics = e.get("SOLAR_LT_WORKER_METRICS") or None
         self.locust_users = max(1, int(e.get("SOLAR_LT_LOCUST_USERS", 20)))
         extra = e.get("SOLAR_LT_EXTRA_HOSTS", "")
         self.extra_hosts = [h.rstrip("/") for h in extra.split(",") if h]
@@ -60,6 +65,8 @@ class LoadConfig:
             raise ValueError("SOLAR_LT_RANK_WEIGHT, SOLAR_LT_INGEST_WEIGHT: ≥ 0 and not both 0")
         if self.users < 1 or self.candidates < 1 or self.max_events < 1 or self.rate < 0:
             raise ValueError("SOLAR_LT_USERS, _CANDIDATES, _MAX_EVENTS must be ≥ 1 and _RATE ≥ 0")
+        if self.arrivals not in ARRIVALS:
+            raise ValueError(f"SOLAR_LT_ARRIVALS must be one of {ARRIVALS}: {self.arrivals!r}")
 
     def check_host(self, url: str) -> None:
         """Refuse to load anything but loopback (or the compose services) unless allowed."""
@@ -69,6 +76,38 @@ class LoadConfig:
                 f"refusing to send load to {url!r}: only 127.0.0.1 by default "
                 "(set SOLAR_LT_ALLOW_REMOTE=1 to allow it)"
             )
+
+
+class ArrivalPacer:
+    """When one locust user starts its next request: its own schedule of arrivals at
+    ``rate`` per second, ``poisson`` (exponential gaps, the default) or ``constant`` (fixed
+    gaps: locust's ``constant_throughput``).
+
+    Poisson users superpose into one Poisson process at the total rate, as independent
+    clients do. Constant pacing makes every user fire in step: synchronized waves whose
+    queueing is the generator's, not the service's (docs/DESIGN.md §10). Gaps are drawn against
+    the schedule, not against the end of the last request, so a slow answer does not lower
+    the offered rate (it is caught up at once, without waiting).
+    """
+
+    def __init__(self, rate: float, arrivals: str, rng: random.Random) -> None:
+        if rate <= 0 or arrivals not in ARRIVALS:
+            raise ValueError(f"rate must be > 0 and arrivals one of {ARRIVALS}")
+        self.rate, self.arrivals, self._rng = rate, arrivals, rng
+        self._next: float | None = None
+
+    def gap(self) -> float:
+        """Seconds from one scheduled start to the next."""
+        if self.arrivals == "constant":
+            return 1.0 / self.rate
+        return self._rng.expovariate(self.rate)
+
+    def wait(self, now: float) -> float:
+        """Seconds to wait at ``now`` (a monotonic clock) before the next request."""
+        if self._next is None:  # the first gap too, so users do not all start together
+            self._next = now
+        self._next += self.gap()
+        return max(0.0, self._next - now)
 
 
 class ZipfSampler:

@@ -8,7 +8,13 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
 
-__all__ = ["REQUEST_BUCKETS_S", "Metrics", "StoreMetrics"]
+__all__ = ["RANK_STAGES", "REQUEST_BUCKETS_S", "Metrics", "StoreMetrics"]
+
+# The stages of one /rank request, in order (``solar_rank_stage_seconds{stage}``): reading
+# the body, decoding it, the store GET of the user's state, waiting in the micro-batch queue,
+# the batched pass (the whole batch's compute, as each of its requests waited for it), the
+# hand-back from the batch thread to the event loop, encoding the answer.
+RANK_STAGES = ("receive", "decode", "store", "queue", "pass", "handoff", "encode")
 
 # 0.5 ms … 1 s (DESIGN §6).
 REQUEST_BUCKETS_S = (
@@ -18,6 +24,11 @@ REQUEST_BUCKETS_S = (
 _FAST_BUCKETS_S = (
     0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
     0.5, 1.0,
+)  # fmt: skip
+# Finer in the 1-100 ms range, where a stage's tail decides a 30 ms p99 target.
+_STAGE_BUCKETS_S = (
+    0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.02,
+    0.03, 0.05, 0.075, 0.1, 0.25, 0.5, 1.0, 2.5,
 )  # fmt: skip
 _CANDIDATE_BUCKETS = (1, 10, 50, 100, 250, 500, 1_000, 2_048, 4_096, 10_000)
 _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
@@ -137,6 +148,40 @@ class Metrics:
             buckets=_APPLY_BUCKETS,
             registry=reg,
         )
+
+        # Not in DESIGN §6: where a /rank request's time goes, and what can stall every request.
+        self.rank_stage_seconds = Histogram(
+            "solar_rank_stage_seconds",
+            "Time of one stage of a /rank request (RANK_STAGES)",
+            ["stage"],
+            buckets=_STAGE_BUCKETS_S,
+            registry=reg,
+        )
+        self.gc_pause_seconds = Histogram(
+            "solar_gc_pause_seconds",
+            "Cyclic garbage-collector pauses of this process, by generation",
+            ["generation"],
+            buckets=_STAGE_BUCKETS_S,
+            registry=reg,
+        )
+        self.event_loop_lag_seconds = Histogram(
+            "solar_event_loop_lag_seconds",
+            "How late a periodic event-loop tick ran (work holding the loop)",
+            buckets=_STAGE_BUCKETS_S,
+            registry=reg,
+        )
+        self.pass_seconds = Histogram(
+            "solar_pass_seconds",
+            "One batched pass (pack, score, top k) by whether its padded shape was new to the "
+            "process (shape=new) or had run before (shape=seen)",
+            ["shape"],
+            buckets=_STAGE_BUCKETS_S,
+            registry=reg,
+        )
+
+    def stage(self, stage: str, seconds: float) -> None:
+        """Record ``seconds`` spent in one /rank ``stage`` (one of RANK_STAGES)."""
+        self.rank_stage_seconds.labels(stage=stage).observe(seconds)
 
     def set_model(self, version: str, rank: int, dim: int) -> None:
         """Expose the loaded model as ``solar_model_info{version,rank,dim} 1``."""

@@ -123,7 +123,18 @@ class Settings(BaseSettings):
         gt=0,
         description="partition lease of an applier: a dead one's work is taken over after it",
     )
-    warmup: bool = Field(default=True, description="score one dummy request per mode at startup")
+    warmup: bool = Field(
+        default=True, description="score every bucket shape of each served mode at startup"
+    )
+    warmup_candidates: int = Field(
+        default=2_048,
+        ge=1,
+        description="candidates per request of the warm-up batches (the usual /rank size)",
+    )
+    gc_freeze: bool = Field(
+        default=True,
+        description="freeze the start-up heap out of the garbage collector (service.runtime)",
+    )
 
     @field_validator("redis_url")
     @classmethod

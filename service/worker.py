@@ -39,8 +39,18 @@ async def run_worker(settings: Settings) -> None:
         start_http_server(
             settings.worker_metrics_port, addr=settings.host, registry=metrics.registry
         )
+    # One intra-op thread, as in `solar serve`: the applier's tensors are tiny, and a second
+    # OpenMP thread only spins on the core the serve process needs (the worker's CPU shows up
+    # in /rank's tail on a shared machine, docs/BENCHMARKS.md "loadrange").
+    import torch
+
+    from service.runtime import freeze_heap
+
+    torch.set_num_threads(settings.torch_threads)
     model = await asyncio.to_thread(load_serving_model, settings)
     backends = await open_backends(settings, metrics.store_observer())
+    if settings.gc_freeze:
+        freeze_heap()
     applier = Applier.create(settings, backends.store, backends.stream, model, metrics)
     loop = asyncio.get_running_loop()
     task = asyncio.create_task(applier.run(), name="solar-worker")

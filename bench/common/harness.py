@@ -29,6 +29,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
+
 from bench.common.load import (
     RankResult,
     measure_healthz,
@@ -53,6 +55,7 @@ __all__ = [
     "service",
     "user_events",
     "vocabulary",
+    "worker",
 ]
 
 logger = logging.getLogger("bench.common.harness")
@@ -111,6 +114,55 @@ def service(
                 yield base_url
             finally:
                 _stop(proc)
+
+
+@contextmanager
+def worker(
+    model_dir: str | Path,
+    redis_url: str,
+    *,
+    env: dict[str, str] | None = None,
+    metrics_port: int | None = None,
+    startup_timeout_s: float = 120.0,
+    tree: Path = REPO,
+) -> Iterator[str]:
+    """`python -m service.cli worker` (the external applier) of ``tree``; yields its /metrics
+    URL (a free port unless ``metrics_port``) once it owns partitions (its
+    ``solar_ingest_pending`` gauge appears), so its start-up is not charged to a measurement."""
+    port = free_port() if metrics_port is None else metrics_port
+    variables = {
+        **os.environ,
+        "SOLAR_MODEL_PATH": str(model_dir),
+        "SOLAR_REDIS_URL": redis_url,
+        "SOLAR_WORKER_METRICS_PORT": str(port),
+        "PYTHONPATH": str(tree),
+        **(env or {}),
+    }
+    with tempfile.TemporaryDirectory(prefix="solar-bench-worker-") as workdir:
+        log_path = Path(workdir) / "worker.log"
+        with log_path.open("wb") as log:
+            proc = subprocess.Popen([sys.executable, "-m", "service.cli", "worker"], cwd=tree,
+                                    env=variables, stdout=log, stderr=log)  # fmt: skip
+            url = f"http://{LOOPBACK}:{port}/metrics"
+            try:
+                _wait_worker(url, proc, log_path, startup_timeout_s)
+                yield url
+            finally:
+                _stop(proc)
+
+
+def _wait_worker(url: str, proc: subprocess.Popen[bytes], log_path: Path, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"solar worker exited ({proc.returncode}):\n{log_path.read_text()}")
+        try:
+            if "solar_ingest_pending{" in httpx.get(url, timeout=2.0).text:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    raise RuntimeError(f"solar worker not ready in {timeout_s} s:\n{log_path.read_text()}")
 
 
 def _wait_ready(

@@ -20,7 +20,10 @@ __all__ = [
     "Buffers",
     "HostBuffers",
     "Layout",
+    "CANDIDATE_BUCKET",
+    "TOKEN_BUCKET",
     "PackedBatch",
+    "bucket",
     "candidate_layout",
     "fill",
     "fill_candidates",
@@ -28,6 +31,20 @@ __all__ = [
 
 # (name, shape, dtype) of each array of a batch: int64, float32 or bool.
 Layout = list[tuple[str, tuple[int, ...], type]]
+
+# Padded sizes are rounded up to these multiples: candidates M to 128, context tokens T to 16.
+# A pass's first call of a shape pays its kernels' set-up (measured under load: ~3× a warm
+# pass, docs/BENCHMARKS.md "loadrange"), and T follows each user's live rank and hybrid rows,
+# so unrounded shapes keep appearing in traffic; rounded, they are a small set the service
+# warms up at start (at most 3% more rows at M = 2,048 + 1). Padding is masked: scores are
+# those of the unpadded batch.
+CANDIDATE_BUCKET = 128
+TOKEN_BUCKET = 16
+
+
+def bucket(n: int, step: int) -> int:
+    """``n`` rounded up to a multiple of ``step`` (at least ``step``)."""
+    return max(step, -(-n // step) * step)
 
 
 class PackedBatch(Protocol):
@@ -68,9 +85,11 @@ class HostBuffers:
 
 
 def candidate_layout(candidates: Sequence[Tensor]) -> Layout:
-    """The arrays every batch has: ``rows`` (B, M_max) candidate rows, padded with row 0,
-    and ``lengths`` (B,) the real M of each request."""
-    B, M = len(candidates), max(int(c.shape[0]) for c in candidates)
+    """The arrays every batch has: ``rows`` (B, M) candidate rows, padded with row 0 to M =
+    M_max rounded up to :data:`CANDIDATE_BUCKET`, and ``lengths`` (B,) the real M of each
+    request."""
+    B = len(candidates)
+    M = bucket(max(int(c.shape[0]) for c in candidates), CANDIDATE_BUCKET)
     return [("rows", (B, M), np.int64), ("lengths", (B,), np.int64)]
 
 

@@ -23,15 +23,23 @@ from model.heads import ElasticHead
 from model.layers import interest_tokens
 from model.modes.base import HeadFactory, RankerInputError, ScoreRequest, own_head
 from model.modes.inputs import UserSource
-from model.modes.packing import Buffers, PackedBatch, candidate_layout, fill, fill_candidates
+from model.modes.packing import (
+    TOKEN_BUCKET,
+    Buffers,
+    PackedBatch,
+    bucket,
+    candidate_layout,
+    fill,
+    fill_candidates,
+)
 from model.serving import Scorable, ServingPass
 
 __all__ = ["ElasticMode", "SvdMode", "TokenMode"]
 
 
 class TokenMode:
-    """Packing and pass of the token modes: ``tokens`` (B, T_max, d) and, where requests
-    have fewer than T_max tokens, ``token_mask`` (B, T_max) bool."""
+    """Packing and pass of the token modes: ``tokens`` (B, T, d) and ``token_mask`` (B, T)
+    bool, T = the most tokens of a request rounded up to ``TOKEN_BUCKET`` (padding masked)."""
 
     name: str
     reads_log = False
@@ -51,17 +59,15 @@ class TokenMode:
                 raise RankerInputError(f"{self.name} needs (T, {dim}) interests per request")
             tokens.append(req.interests)
         counts = [int(t.shape[0]) for t in tokens]
-        B, T = len(requests), max(counts)
+        B, T = len(requests), bucket(max(counts), TOKEN_BUCKET)
         layout = candidate_layout([q.candidates for q in requests])
         layout.append(("tokens", (B, T, dim), np.float32))
-        if min(counts) < T:  # requests of several token counts: mask the padding tokens
-            layout.append(("token_mask", (B, T), np.bool_))
+        layout.append(("token_mask", (B, T), np.bool_))  # always: one kernel, one shape set
         packed = buffers.pack(layout)
         host = packed.host
         fill_candidates(host, [q.candidates for q in requests])
         fill(host["tokens"], [t.float() for t in tokens])
-        if "token_mask" in host:
-            host["token_mask"][:] = np.arange(T)[None, :] < np.asarray(counts)[:, None]
+        host["token_mask"][:] = np.arange(T)[None, :] < np.asarray(counts)[:, None]
         return packed
 
     def score(self, serving: ServingPass, inputs: dict[str, Tensor]) -> Tensor:

@@ -1,8 +1,9 @@
 """The FastAPI application: ``create_app`` builds it, the lifespan brings it up and down.
 
-Startup loads the checkpoint, connects the store (bounded retries), scores one warm-up request
-per mode and starts the micro-batcher. Shutdown (after uvicorn stopped accepting requests)
-drains the batch queue and closes the store.
+Startup loads the checkpoint, connects the store (bounded retries), starts the micro-batcher,
+warms the pass's batch shapes up on its threads, then freezes the start-up heap out of the
+garbage collector's reach and starts the stall monitor (``service.runtime``). Shutdown (after
+uvicorn stopped accepting requests) drains the batch queue and closes the store.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from service.backends import open_backends
 from service.core.applier import Applier
 from service.core.serving_model import load_serving_model
 from service.metrics import Metrics
+from service.runtime import StallMonitor, freeze_heap
 from service.scoring.batcher import MicroBatcher
 from service.scoring.precision import choose_dtype
 from service.scoring.scorer import BatchScorer, Ranked, RankJob
@@ -66,12 +68,11 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     backends = await open_backends(settings, metrics.store_observer())
     applier: Applier | None = None
     applier_task: asyncio.Task[None] | None = None
+    stalls = StallMonitor(metrics)
     try:
         ranker = model.checkpoint.ranker
         dtype = await asyncio.to_thread(choose_dtype, ranker, model.rank, settings.serve_dtype)
-        scorer = BatchScorer(ranker, settings.history_batch_elements, dtype)
-        if settings.warmup:
-            await asyncio.to_thread(scorer.warm_up, model.rank, model.served_modes)
+        scorer = BatchScorer(ranker, settings.history_batch_elements, dtype, metrics)
         batcher: MicroBatcher[RankJob, Ranked] = MicroBatcher(
             scorer,
             max_batch=settings.max_batch,
@@ -81,6 +82,15 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             metrics=metrics,
         )
         batcher.start()
+        if settings.warmup:
+            await batcher.prime(
+                lambda: scorer.warm_up(
+                    model.rank, model.served_modes, settings.warmup_candidates, settings.max_batch
+                )
+            )
+        if settings.gc_freeze:
+            freeze_heap()
+        stalls.start()
         if settings.applier == "inline":
             applier = Applier.create(settings, backends.store, backends.stream, model, metrics)
             applier_task = asyncio.create_task(applier.run(), name="solar-applier")
@@ -98,6 +108,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             await batcher.stop()
             app.state.model = app.state.batcher = None
     finally:
+        await stalls.stop()
         if applier is not None and applier_task is not None:
             applier.stop()
             await asyncio.gather(applier_task, return_exceptions=True)

@@ -10,6 +10,7 @@ stale). The scoring itself runs in the micro-batcher (``service.scoring``).
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
@@ -93,7 +94,9 @@ class Ranking:
         self.metrics.unknown_items.inc(len(found.unknown))
         cand = torch.from_numpy(found.rows)  # (M,)
         spec = mode_spec(mode)
+        loading = time.perf_counter()
         user = await self.users.load(user_id, with_log=spec.reads_log)
+        self.metrics.stage("store", time.perf_counter() - loading)
         request = spec.request(cand, _UserInputs(model, user))
         k = top_k if top_k is not None else found.rows.shape[0]
         ranked = await self.batcher.submit(RankJob(mode, request, k))

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -93,6 +94,26 @@ class MicroBatcher(Generic[In, Out]):
             asyncio.create_task(self._consume(), name=f"solar-batcher-{i}")
             for i in range(self._workers)
         ]
+
+    async def prime(self, setup: Callable[[], object]) -> None:
+        """Run ``setup`` once on each batch thread (after ``start``), before any input.
+
+        The scorer keeps per-thread buffers and the pass's first call of a shape pays its
+        set-up: warming up on the threads that will score means the first requests pay none.
+        A barrier holds each call until all have started, so every thread gets exactly one.
+        """
+        if self._executor is None:
+            raise BatcherClosed()
+        barrier = threading.Barrier(self._workers)
+
+        def once() -> None:
+            barrier.wait()
+            setup()
+
+        loop = asyncio.get_running_loop()
+        await asyncio.gather(
+            *(loop.run_in_executor(self._executor, once) for _ in range(self._workers))
+        )
 
     async def submit(self, item: In) -> Out:
         """Enqueue ``item`` and wait for its output.
@@ -178,25 +199,37 @@ class MicroBatcher(Generic[In, Out]):
             self._metrics.batch_size.observe(len(live))
             for pending in live:
                 self._metrics.batch_queue_seconds.observe(now - pending.enqueued_s)
+                self._metrics.stage("queue", now - pending.enqueued_s)
         loop = asyncio.get_running_loop()
         try:
-            outputs = await loop.run_in_executor(self._executor, self._call, [p.item for p in live])
+            outputs, computed_s = await loop.run_in_executor(
+                self._executor, self._call, [p.item for p in live]
+            )
         except Exception as exc:  # every caller of the batch gets the failure
             logger.exception("batch of %d failed", len(live))
             _fail(live, exc)
             return
+        if self._metrics is not None:
+            # From the thread's end of compute to this coroutine resuming: the thread → loop
+            # hand-off, which grows when the loop is busy or the GIL is held elsewhere.
+            handoff_s = time.perf_counter() - computed_s
+            for _ in live:
+                self._metrics.stage("pass", computed_s - now)
+                self._metrics.stage("handoff", handoff_s)
         for pending, output in zip(live, outputs, strict=True):
             if not pending.future.done():
                 pending.future.set_result(output)
 
-    def _call(self, items: list[In]) -> Sequence[Out]:
+    def _call(self, items: list[In]) -> tuple[Sequence[Out], float]:
+        """The handler's outputs and the ``perf_counter`` time it finished at."""
         start = time.perf_counter()
         outputs = self._handler(items)
+        end = time.perf_counter()
         if self._metrics is not None:
-            self._metrics.batch_compute_seconds.observe(time.perf_counter() - start)
+            self._metrics.batch_compute_seconds.observe(end - start)
         if len(outputs) != len(items):
             raise BatchSizeMismatch(len(items), len(outputs))
-        return outputs
+        return outputs, end
 
 
 def _fail(batch: Sequence[_Pending[In, Out]], exc: BaseException) -> None:

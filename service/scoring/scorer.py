@@ -12,8 +12,9 @@ Results come back in input order as numpy arrays.
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import NamedTuple
 
 import numpy as np
@@ -21,8 +22,10 @@ import torch
 from torch import Tensor
 
 from model.modes import SERVING_MODES, Mode, ScoreRequest, mode_spec
+from model.modes.packing import TOKEN_BUCKET, bucket
 from model.ranker import Ranker
 from model.serving import ServingPass
+from service.metrics import Metrics
 from service.scoring.staging import Staging
 
 __all__ = ["SVD_PASS_ROWS", "BatchScorer", "RankJob", "Ranked", "split_jobs"]
@@ -84,15 +87,23 @@ class BatchScorer:
             (`svd_exact`, `softmax`).
         dtype: compute dtype of the pass (bfloat16 only where it was checked to keep scores
             close, see ``service.scoring.precision``); logits are compared in float32.
+        metrics: records each pass's time by whether its padded shape was new to the process
+            (a shape's first call pays the kernels' set-up: the evidence for warm-up).
     """
 
     def __init__(
-        self, ranker: Ranker, history_batch_elements: int, dtype: torch.dtype = torch.float32
+        self,
+        ranker: Ranker,
+        history_batch_elements: int,
+        dtype: torch.dtype = torch.float32,
+        metrics: Metrics | None = None,
     ) -> None:
         self.ranker = ranker
         self.history_batch_elements = history_batch_elements
         self.serving = ServingPass(ranker, dtype)
+        self._metrics = metrics
         self._local = threading.local()
+        self.shapes: set[tuple[object, ...]] = set()  # padded shapes passed so far
 
     @property
     def device(self) -> torch.device:
@@ -120,8 +131,17 @@ class BatchScorer:
 
     def _score(self, spec: Mode, jobs: Sequence[RankJob]) -> list[Ranked]:
         """One pass over ``jobs`` of one mode, top k on the device."""
+        start = time.perf_counter()
         inputs = self._send(spec, jobs)
-        return self.top_k(spec.score(self.serving, inputs), inputs, jobs)
+        shape = (spec.name, *((name, *t.shape) for name, t in sorted(inputs.items())))
+        new = shape not in self.shapes
+        self.shapes.add(shape)
+        ranked = self.top_k(spec.score(self.serving, inputs), inputs, jobs)
+        if self._metrics is not None:
+            self._metrics.pass_seconds.labels(shape="new" if new else "seen").observe(
+                time.perf_counter() - start
+            )
+        return ranked
 
     def _send(self, spec: Mode, jobs: Sequence[RankJob]) -> dict[str, Tensor]:
         requests = [job.request for job in jobs]
@@ -149,11 +169,39 @@ class BatchScorer:
         scores, order = self._staging().to_host([values, positions])
         return [Ranked(order[i, :k], scores[i, :k]) for i, k in enumerate(ks)]
 
-    def warm_up(self, rank: int, modes: Sequence[str] = SERVING_MODES) -> None:
-        """Score one small request per served mode so the first real request pays no lazy
-        set-up (``rank``: the served r; ``modes``: the modes the model serves)."""
+    def warm_up(
+        self,
+        rank: int,
+        modes: Sequence[str] = SERVING_MODES,
+        candidates: int = 2_048,
+        max_batch: int = 1,
+    ) -> None:
+        """Score, per served mode, one small request and every bucket shape of a pass of
+        requests of ``candidates`` candidates: B = 1…what one pass holds (at most
+        ``max_batch``) × each token bucket up to r + the hybrid's rows (``model.modes.packing``),
+        so that the first real requests neither grow this thread's buffers nor pay a shape's
+        first call. The modes that read the log get the small request only (their shapes
+        follow each user's N).
+
+        ``rank``: the served r; ``modes``: the modes the model serves.
+        """
         config = self.ranker.config
-        n = min(8, config.n_items)
-        candidates = torch.arange(n, dtype=torch.long)  # (n,)
-        examples = {mode: mode_spec(mode).example(config, rank, candidates) for mode in modes}
-        self([RankJob(mode, request, n) for mode, request in examples.items()])
+        small = torch.arange(min(8, config.n_items), dtype=torch.long)  # (8,)
+        self([RankJob(mode, mode_spec(mode).example(config, rank, small), 8) for mode in modes])
+        full = torch.arange(candidates, dtype=torch.long) % config.n_items  # (M,)
+        most = max(1, min(max_batch, SVD_PASS_ROWS // candidates))
+        for mode in modes:
+            spec = mode_spec(mode)
+            if spec.reads_log:
+                continue
+            example = spec.example(config, rank, full)
+            requests = [example]
+            if example.interests is not None:  # a token mode: every token bucket
+                top = max(example.interests.shape[0], rank + config.recent_tokens)
+                requests = [
+                    replace(example, interests=torch.randn(t, config.dim))
+                    for t in range(TOKEN_BUCKET, bucket(top, TOKEN_BUCKET) + 1, TOKEN_BUCKET)
+                ]
+            for request in requests:
+                for b in range(1, most + 1):
+                    self([RankJob(mode, request, 100)] * b)

@@ -37,6 +37,7 @@ def _load(name: str) -> ModuleType:
 
 workload = _load("workload")
 compare = _load("compare")
+server_metrics = _load("server_metrics")
 
 
 def _config(**env: str) -> Any:
@@ -127,6 +128,59 @@ def test_summarize_percentiles_and_rates() -> None:
     assert empty["p99_ms"] is None and empty["failures"] == 2
 
 
+def test_arrivals_are_poisson_by_default() -> None:
+    """Exponential gaps (mean 1/rate, standard deviation 1/rate, memoryless) unless
+    constant pacing is asked for by name; slow answers do not lower the offered rate."""
+    import random
+    import statistics
+
+    assert workload.LoadConfig({}).arrivals == "poisson"
+    assert workload.LoadConfig({"SOLAR_LT_ARRIVALS": "constant"}).arrivals == "constant"
+    with pytest.raises(ValueError, match="SOLAR_LT_ARRIVALS"):
+        workload.LoadConfig({"SOLAR_LT_ARRIVALS": "bursty"})
+    pacer = workload.ArrivalPacer(20.0, "poisson", random.Random(0))
+    gaps = [pacer.gap() for _ in range(20_000)]
+    assert statistics.fmean(gaps) == pytest.approx(0.05, rel=0.03)
+    assert statistics.stdev(gaps) == pytest.approx(0.05, rel=0.05)  # CV 1: exponential
+    assert sum(g > 0.1 for g in gaps) / len(gaps) == pytest.approx(0.135, abs=0.01)  # e^-2
+    constant = workload.ArrivalPacer(20.0, "constant", random.Random(0))
+    assert {round(constant.gap(), 9) for _ in range(10)} == {0.05}
+    # Waits follow the schedule: after a late answer the arrivals it missed are due at once.
+    late = workload.ArrivalPacer(10.0, "constant", random.Random(0))
+    assert late.wait(0.0) == pytest.approx(0.1)  # due at 0.1
+    assert late.wait(0.35) == 0.0 and late.wait(0.35) == 0.0  # due at 0.2 and 0.3: late
+    assert late.wait(0.35) == pytest.approx(0.05)  # due at 0.4
+
+
+_METRICS_BEFORE = """\
+solar_rank_stage_seconds_bucket{le="0.001",stage="decode"} 5.0
+solar_rank_stage_seconds_bucket{le="0.01",stage="decode"} 5.0
+solar_rank_stage_seconds_bucket{le="+Inf",stage="decode"} 5.0
+"""
+_METRICS_AFTER = """\
+# HELP solar_rank_stage_seconds stages
+solar_rank_stage_seconds_bucket{le="0.001",stage="decode"} 55.0
+solar_rank_stage_seconds_bucket{le="0.01",stage="decode"} 105.0
+solar_rank_stage_seconds_bucket{le="+Inf",stage="decode"} 105.0
+solar_rank_stage_seconds_count{stage="decode"} 105.0
+solar_apply_lag_seconds_bucket{le="0.05"} 0.0
+solar_apply_lag_seconds_bucket{le="0.1"} 10.0
+solar_apply_lag_seconds_bucket{le="+Inf"} 10.0
+"""
+
+
+def test_server_figures_are_the_runs_own_histogram_quantiles() -> None:
+    """The run's delta of each histogram, quantiles interpolated inside their bucket (as
+    histogram_quantile does): 50 of the run's 100 decodes ≤ 1 ms, the rest ≤ 10 ms."""
+    figures = server_metrics.run_figures(_METRICS_BEFORE, _METRICS_AFTER)
+    decode = figures["solar_rank_stage_seconds"]["decode"]
+    assert decode["count"] == 100
+    assert decode["p50"] == pytest.approx(1.0) and decode["p99"] == pytest.approx(9.82)
+    lag = figures["solar_apply_lag_seconds"]["all"]
+    assert lag["count"] == 10 and lag["p99"] == pytest.approx(99.5)
+    assert server_metrics.run_figures("", "") == {}
+
+
 def test_compare_prints_ratios(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     def doc(p99: float, rps: float) -> dict[str, Any]:
         row = {"p50_ms": p99 / 2, "p95_ms": p99, "p99_ms": p99, "requests_per_s": rps}
@@ -155,6 +209,17 @@ class _Stub(BaseHTTPRequestHandler):
 
     def do_GET(self) -> None:  # noqa: N802 - http.server's naming
         url = urlsplit(self.path)
+        if url.path == "/metrics":  # one decode-stage observation per /rank so far
+            n = _Stub.seen["/rank"]
+            name = "solar_rank_stage_seconds_bucket"
+            text = (f'{name}{{le="0.001",stage="decode"}} {n}\n'
+                    f'{name}{{le="+Inf",stage="decode"}} {n}\n')  # fmt: skip
+            data = text.encode()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+            return
         if url.path != "/model/items":
             self._reply({"version": "stub", "vocabulary_size": len(self.vocabulary)})
             return
@@ -222,6 +287,9 @@ def test_headless_run_writes_a_summary(stub_url: str, tmp_path: Path) -> None:
     assert 120 <= total <= 260, total  # ~50/s for ~4 s
     assert 0.65 <= endpoints["/rank"]["requests"] / total <= 0.95
     assert endpoints["total"]["failures"] == 0 and endpoints["/rank"]["p99_ms"] > 0
+    decode = document["server"]["solar_rank_stage_seconds"]["decode"]  # the server's side
+    assert decode["count"] == endpoints["/rank"]["requests"]
+    assert document["config"]["arrivals"] == "poisson"
     rank_bodies = [b for b in _Stub.bodies if "candidates" in b]
     assert all(len(b["candidates"]) == 16 for b in rank_bodies)
     assert {c for b in rank_bodies for c in b["candidates"]} <= set(range(1, 31))

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
 from fastapi import APIRouter, Depends, Request, Response
 
-from service.api.deps import RankingDep, SettingsDep, require_token
+from service.api.deps import MetricsDep, RankingDep, SettingsDep, require_token
 from service.api.rank_body import decode_rank_body, encode_rank_response
 from service.api.routes.common import errors
 from service.api.schemas import RankResponse
@@ -41,21 +42,30 @@ _BODY_DOC: dict[str, Any] = {
     openapi_extra=_BODY_DOC,
     summary="Rank candidates for a user",
 )
-async def rank(request: Request, ranking: RankingDep, settings: SettingsDep) -> Response:
+async def rank(
+    request: Request, ranking: RankingDep, settings: SettingsDep, metrics: MetricsDep
+) -> Response:
     """Score every candidate against the user's interests and return the best first.
 
     Unknown candidate ids are scored through the shared out-of-vocabulary row and listed in
     `unknown_items`; a user without history is ranked too (attention output zero).
     """
+    start = time.perf_counter()
     body = await request.body()
+    received = time.perf_counter()
+    metrics.stage("receive", received - start)
     content_type = request.headers.get("content-type")
     if len(body) > OFF_LOOP_BYTES:
         query = await asyncio.to_thread(decode_rank_body, body, content_type)
     else:
         query = decode_rank_body(body, content_type)
+    metrics.stage("decode", time.perf_counter() - received)
     if len(query.candidates) > settings.max_candidates:
         raise PayloadTooLarge("candidates per request", settings.max_candidates)
     outcome = await ranking.rank(
         query.user_id, query.candidates, query.top_k, query.mode.value, checked=query.checked
     )
-    return Response(encode_rank_response(query, outcome), media_type="application/json")
+    encoding = time.perf_counter()
+    answer = encode_rank_response(query, outcome)
+    metrics.stage("encode", time.perf_counter() - encoding)
+    return Response(answer, media_type="application/json")

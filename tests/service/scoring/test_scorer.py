@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from model.modes import MODES, HostBuffers, ScoreRequest, mode_spec
+from model.modes.packing import bucket
 from service.core.serving_model import load_serving_model
 from service.scoring.scorer import BatchScorer, RankJob, split_jobs
 from tests.service.conftest import SettingsFactory
@@ -65,7 +66,24 @@ def test_warm_up_scores_every_serving_mode(make_settings: SettingsFactory) -> No
 
     scorer.serving.svd, scorer.serving.history = svd, history  # type: ignore[method-assign]
     scorer.warm_up(model.rank)
-    assert sorted(seen) == ["softmax", "svd", "svd_exact"]
+    assert set(seen) == {"softmax", "svd", "svd_exact"}
+
+
+def test_warm_up_covers_every_bucket_shape_of_a_full_pass(make_settings: SettingsFactory) -> None:
+    """Batches of 1…4 requests of 2,048 candidates (SVD_PASS_ROWS rows at most) at every token
+    bucket are warm, so no request of that size meets a shape for the first time."""
+    model = load_serving_model(make_settings())
+    scorer = BatchScorer(model.checkpoint.ranker, history_batch_elements=10**6)
+    scorer.warm_up(model.rank, candidates=2_048, max_batch=32)
+    arrays = [(shape[0], {a[0]: a[1:] for a in shape[1:]}) for shape in scorer.shapes]
+    svd_rows = sorted(named["rows"] for mode, named in arrays if mode == "svd")
+    token_buckets = range(16, bucket(model.rank + model.checkpoint.ranker.config.recent_tokens,
+                                     16) + 1, 16)  # fmt: skip
+    expected = [(1, 128)] + [(b, 2_048) for b in range(1, 5) for _ in token_buckets]
+    assert svd_rows == expected
+    svd_tokens = {named["tokens"][:2] for mode, named in arrays if mode == "svd"}
+    assert svd_tokens >= {(b, t) for b in range(1, 5) for t in token_buckets}
+    assert {mode for mode, _ in arrays} == set(model.served_modes)
 
 
 def _requests(mode: str, gen: torch.Generator) -> list[ScoreRequest]:
@@ -102,4 +120,4 @@ def test_the_service_and_the_reference_path_pack_the_same_batch(
     for name, array in plain.items():
         assert staged[name].dtype == array.dtype, name
         torch.testing.assert_close(staged[name], array, rtol=0, atol=0, msg=name)
-    assert plain["rows"].shape == (3, 9) and plain["lengths"].tolist() == [5, 9, 3]
+    assert plain["rows"].shape == (3, 128) and plain["lengths"].tolist() == [5, 9, 3]

@@ -64,4 +64,4 @@ def test_warm_up_scores_the_served_modes(mode: str) -> None:
 
     scorer.serving.svd, scorer.serving.state = svd, state  # type: ignore[method-assign]
     scorer.warm_up(4, (mode,))
-    assert seen == ["tokens" if mode == "elastic" else "summary"]
+    assert set(seen) == {"tokens" if mode == "elastic" else "summary"}

@@ -1,0 +1,132 @@
+"""Where a /rank's tail comes from: this checkout under the mixed load, with the server's own
+figures, each process's CPU and, optionally, sampling profiles of serve and worker.
+
+    .venv/bin/python -m bench.e2e.stalls --rates 30 --seconds 15
+    .venv/bin/python -m bench.e2e.stalls --rates 30 --env SOLAR_GC_FREEZE=false
+    .venv/bin/python -m bench.e2e.stalls --rates 30 --profile /tmp/spy   # needs py-spy
+
+The load and the seeding are ``bench.e2e.loadrange``'s (one side, no baseline: compare
+settings with ``--env`` in separate runs close in time, and quote the load average). Per rate
+it prints the client's /rank p50/p99, the CPU cores serve and worker used (``/proc``), and
+the run's histograms of the service and the worker (``loadtest/server_metrics.py``): stage
+p99s, passes of a new shape, GC pauses, event-loop lag, apply lag. ``--profile PREFIX``
+records ``py-spy`` (raw collapsed stacks, 50 Hz) of both processes while each rate runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import httpx
+
+from bench.common import harness
+from bench.common.mixed import MixedLoad, measure_mixed
+from loadtest.server_metrics import fetch, run_figures
+
+logger = logging.getLogger("bench.e2e.stalls")
+
+
+def cpu_s(pid: int) -> float:
+    """User + system CPU seconds of process ``pid``."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _pid(pattern: str, marker: str) -> int:
+    """The process whose command line matches ``pattern`` and environment holds ``marker``."""
+    found = subprocess.run(["pgrep", "-f", pattern], capture_output=True, text=True).stdout
+    for pid in map(int, found.split()):
+        try:
+            if marker in Path(f"/proc/{pid}/environ").read_text(errors="replace"):
+                return pid
+        except OSError:
+            continue
+    raise RuntimeError(f"no process matches {pattern!r}")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s: %(message)s")
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--rates", type=float, nargs="+", default=[30.0])
+    p.add_argument("--seconds", type=float, default=15.0)
+    p.add_argument("--env", nargs="*", default=[], help="SOLAR_*=VALUE for serve and worker")
+    p.add_argument("--profile", default=None, help="py-spy output prefix (none: no profile)")
+    p.add_argument("--users", type=int, default=2_000)
+    p.add_argument("--seed-users", type=int, default=200)
+    p.add_argument("--events", type=int, default=2_000)
+    args = p.parse_args(list(sys.argv[1:] if argv is None else argv))
+    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+    with tempfile.TemporaryDirectory(prefix="solar-stalls-") as tmp:
+        model = harness.random_checkpoint(Path(tmp) / "model", n_items=10_000)
+        items = harness.vocabulary(model)
+        users = [f"lr{u}" for u in range(args.users)]
+        load = MixedLoad(users, items, actions=harness.actions(model))
+        env = {"SOLAR_LOG_CAP": "16384", "SOLAR_APPLIER": "external",
+               **dict(e.split("=", 1) for e in args.env)}  # fmt: skip
+        with harness.redis_server() as redis_url, \
+                harness.service(model, redis_url, env=env) as base, \
+                harness.worker(model, redis_url, env=env) as worker_url:  # fmt: skip
+            seeded = harness.seed_users(base, users[: args.seed_users], args.events, items,
+                                        kinds=harness.actions(model))  # fmt: skip
+            while httpx.get(f"{base}/users/{users[args.seed_users - 1]}").json()["pending"]:
+                time.sleep(0.5)
+            print(f"seeded {seeded.events} events ({args.env or 'defaults'})", flush=True)
+            port = base.rsplit(":", 1)[1]
+            serve = _pid(f"service.cli serve --host 127.0.0.1 --port {port}", tmp)
+            worker = _pid("service.cli worker", tmp)
+            for rate in args.rates:
+                before = fetch(f"{base}/metrics"), fetch(worker_url)
+                cpu0 = cpu_s(serve), cpu_s(worker)
+                spies = [
+                    subprocess.Popen(
+                        [
+                            str(Path(sys.executable).with_name("py-spy")),
+                            "record",
+                            "-p",
+                            str(pid),
+                            "-d",
+                            str(int(args.seconds)),
+                            "-r",
+                            "50",
+                            "-f",
+                            "raw",
+                            "-o",
+                            f"{args.profile}-{name}-{rate:.0f}.txt",
+                            "--nonblocking",
+                        ],
+                        stdout=subprocess.DEVNULL,
+                        stderr=subprocess.STDOUT,
+                    )  # fmt: skip
+                    for name, pid in (("serve", serve), ("worker", worker))
+                    if args.profile
+                ]
+                result = measure_mixed(base, load, rate=rate, seconds=args.seconds)
+                cpu1 = cpu_s(serve), cpu_s(worker)
+                for spy in spies:
+                    spy.wait()
+                figures = {
+                    "serve": run_figures(before[0], fetch(f"{base}/metrics")),
+                    "worker": run_figures(before[1], fetch(worker_url)),
+                }
+                print(
+                    f"rate {rate:.0f}/s: /rank p50 {result.rank_ms(50):.1f} ms, p99 "
+                    f"{result.rank_ms(99):.1f} ms, {len(result.rank_s)} ok, {result.failures} "
+                    f"failed; CPU serve {(cpu1[0] - cpu0[0]) / result.seconds:.2f} cores, "
+                    f"worker {(cpu1[1] - cpu0[1]) / result.seconds:.2f}; load average "
+                    f"{os.getloadavg()[0]:.1f}"
+                )
+                print(json.dumps(figures, indent=1), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
