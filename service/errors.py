@@ -11,6 +11,7 @@ from __future__ import annotations
 __all__ = [
     "ApplyTimeout",
     "BatcherClosed",
+    "HistoryUnavailable",
     "InvalidInput",
     "InvalidUserId",
     "NotReady",
@@ -167,3 +168,13 @@ class StoreError(Exception):
 
 class StoreUnavailable(StoreError):
     """The store is unreachable or timed out (HTTP 503 with Retry-After)."""
+
+
+class HistoryUnavailable(StoreUnavailable):
+    """The durable history tier is unreachable or timed out (HTTP 503 with Retry-After).
+
+    A ``StoreUnavailable``, so whatever backs off on an unreachable store (the applier, the
+    worker) backs off on the history too; its own ``reason`` labels the metric.
+    """
+
+    reason = "history_unavailable"
