@@ -1,10 +1,13 @@
-"""Open the configured store and ingest stream: embedded, or on one Redis (or a cluster)."""
+"""Open the configured store, ingest stream and durable history: embedded, or on one Redis
+(or a cluster) with the history tier the settings name."""
 
 from __future__ import annotations
 
 import logging
 from typing import NamedTuple
 
+from service.history.base import HistoryStore
+from service.history.memory import MemoryHistory
 from service.settings import Settings
 from service.store.base import Store, StoreObserver
 from service.store.memory import MemoryStore
@@ -20,14 +23,17 @@ logger = logging.getLogger(__name__)
 
 
 class Backends(NamedTuple):
-    """The store and the ingest stream of one process (they share one Redis client)."""
+    """The store and the ingest stream of one process (they share one Redis client), and the
+    durable history tier."""
 
     store: Store
     stream: IngestStream
+    history: HistoryStore
 
     async def close(self) -> None:
         await self.stream.close()
         await self.store.close()
+        await self.history.close()
 
 
 async def open_backends(settings: Settings, observer: StoreObserver | None = None) -> Backends:
@@ -38,7 +44,9 @@ async def open_backends(settings: Settings, observer: StoreObserver | None = Non
     """
     if not settings.redis_url:
         logger.info("store: embedded (in-process, not shared, not persistent)")
-        return Backends(MemoryStore(observer=observer), MemoryStream(settings.partitions))
+        return Backends(
+            MemoryStore(observer=observer), MemoryStream(settings.partitions), MemoryHistory()
+        )
     client = await connect_redis(
         settings.redis_url,
         cluster=settings.redis_cluster,
@@ -51,4 +59,5 @@ async def open_backends(settings: Settings, observer: StoreObserver | None = Non
     return Backends(
         RedisStore(client, url, observer=observer),
         RedisStream(client, url, settings.partitions),
+        MemoryHistory(),  # the durable tier's selection (SOLAR_HISTORY_URL) comes with it
     )

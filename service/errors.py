@@ -22,9 +22,11 @@ __all__ = [
     "StoreBusy",
     "StoreError",
     "StateUnreadable",
+    "StoreFull",
     "StoreUnavailable",
     "Unauthorized",
     "UnknownUser",
+    "UserRepairing",
 ]
 
 MAX_USER_ID_LENGTH = 128
@@ -178,3 +180,21 @@ class HistoryUnavailable(StoreUnavailable):
     """
 
     reason = "history_unavailable"
+
+
+class StoreFull(StoreError):
+    """Redis is at ``maxmemory`` under ``noeviction`` and refuses writes (``OOM command not
+    allowed``): 503 with Retry-After until appliers and trims free memory, never a 500."""
+
+    reason = "store_full"
+
+
+class UserRepairing(StoreError):
+    """A user's hot keys were inconsistent (a key lost or malformed) and are being rebuilt
+    from the durable tier: 503, retrying is safe."""
+
+    reason = "user_repairing"
+
+    def __init__(self, user_id: str) -> None:
+        super().__init__(f"the hot keys of user {user_id!r} are being rebuilt; retry")
+        self.user_id = user_id

@@ -52,10 +52,18 @@ class Settings(BaseSettings):
         ge=0,
         description="recency half-life in seconds; unset: the checkpoint's; 0: no decay",
     )
-    log_cap: int = Field(
-        default=16_384,
+    log_cap: int | None = Field(
+        default=None,
         ge=1,
-        description="events kept in each user's log (dedup looks back 10,000 events)",
+        description="operator's cap on the events a rebuild or svd_exact/softmax reads (the "
+        "newest N of the durable history); unset: the whole history, never truncated",
+    )
+    dedup_window: int = Field(
+        default=4_000,
+        ge=50,
+        multiple_of=50,
+        description="W: an event re-sent while among its user's last W events is a duplicate "
+        "(32 KB of Redis per user at 4,000); older ones are refused",
     )
     max_candidates: int = Field(default=10_000, ge=1, description="candidates per /rank request")
     max_events: int = Field(default=10_000, ge=1, description="events per /ingest request")
@@ -117,6 +125,15 @@ class Settings(BaseSettings):
         ge=0,
         le=65_535,
         description="`solar worker`: serve /metrics on this port (unset: no endpoint)",
+    )
+    sweep_s: float = Field(
+        default=1.0, gt=0, description="how often an applier sweeps its partitions' marked users"
+    )
+    sweep_grace_s: float = Field(
+        default=5.0,
+        gt=0,
+        description="an ingest's store step must run within this of its mark; the sweeper "
+        "applies users marked longer ago (a serve killed before announcing)",
     )
     apply_lease_s: float = Field(
         default=5.0,

@@ -41,7 +41,9 @@ async def run_worker(settings: Settings) -> None:
         )
     model = await asyncio.to_thread(load_serving_model, settings)
     backends = await open_backends(settings, metrics.store_observer())
-    applier = Applier.create(settings, backends.store, backends.stream, model, metrics)
+    applier = Applier.create(
+        settings, backends.store, backends.stream, model, metrics, history=backends.history
+    )
     loop = asyncio.get_running_loop()
     task = asyncio.create_task(applier.run(), name="solar-worker")
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -1,5 +1,12 @@
 """A user's state: the one place that loads it, checks it against the model, applies the
-pending events to it, rebuilds it from the event log when it is stale, and writes it back.
+pending events to it, rebuilds it from the event history when it is stale, and writes it back.
+
+The history is read from the durable tier (``service.history``: the whole history, capped
+only if the operator set ``SOLAR_LOG_CAP``), plus the Redis tail's records not yet durable;
+before it applies anything, the applier writes the tail's undurable records to the durable
+tier (the sweeper's case: a serve died between its store and durable steps), so a state never
+covers an event the durable tier lacks. A malformed tail or a lost hot key makes the user
+repaired from the durable tier (``service.core.repair``), never an applier crash.
 
 The state is of the kind the model serves (``ServingModel.states``: the svd factors, or the
 elastic, linear or mean state of ``model.states``); nothing here depends on which. A stored
@@ -21,7 +28,7 @@ import functools
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import NamedTuple
 
 import numpy as np
@@ -30,16 +37,18 @@ from model.lowrank import LowRankState
 from model.recent import RecentEvents
 from model.state_blob import StateFormatError
 from model.states import UserState, decode_user_state
+from service.core.repair import repair_user
 from service.core.serving_model import ServingModel, StateTag
 from service.core.user_view import (
     UserView,
     served_singular_values,
     view_of,
 )
-from service.errors import StateUnreadable, StoreBusy, UnknownUser
+from service.errors import StateUnreadable, StoreBusy, UnknownUser, UserRepairing
+from service.history.base import HistoryChunk, HistoryStore
 from service.metrics import Metrics
 from service.store.base import LogSlice, Store
-from service.store.eventlog import decode_log
+from service.store.eventlog import RECORD_SIZE, LogFormatError, decode_log
 
 __all__ = [
     "Applied",
@@ -141,9 +150,8 @@ class Applied(NamedTuple):
 
 
 def _parse(snapshot: LogSlice, model: ServingModel) -> ParsedState:
-    # The log holds applied events when it holds more than the unapplied ones.
-    applied_in_log = snapshot.length > snapshot.seq - snapshot.applied
-    return parse_state(snapshot.state, model, applied_in_log=applied_in_log)
+    # The durable history holds applied events whenever the position says some were applied.
+    return parse_state(snapshot.state, model, applied_in_log=snapshot.applied > 0)
 
 
 @dataclass
@@ -155,6 +163,9 @@ class UserStates:
     metrics: Metrics
     rebuild_residual_ratio: float = 0.5  # rebuild when ρ/(Σσ²+ρ) passes this after an update
     commit_attempts: int = 8  # fenced writes lost to another writer before giving up
+    history: HistoryStore = field(kw_only=True)
+    dedup_window: int = field(kw_only=True)
+    log_cap: int | None = field(default=None, kw_only=True)  # the operator's cap on reads
 
     # ------------------------------------------------------------------ compute
     def from_log(self, records: np.ndarray) -> UserState:
@@ -186,20 +197,30 @@ class UserStates:
         """Fold every unapplied event of the user into its state as one block update (or a
         rebuild when the state is stale) and commit it, fenced on the position read.
 
-        Re-running it applies nothing twice: the state covers a prefix of the log.
+        Records the tail holds beyond ``durable`` are first written to the durable tier. A
+        malformed tail or lost hot key is repaired from the durable tier. Re-running it
+        applies nothing twice: the state covers a prefix of the history.
 
         Raises:
             StoreBusy: ``commit_attempts`` fenced writes lost in a row.
-            StoreUnavailable: the store failed.
+            StoreUnavailable / HistoryUnavailable: a tier failed.
         """
         for _ in range(self.commit_attempts):
             snapshot = await self.store.read_log(user_id, unapplied_only=True)
+            if snapshot.seq > snapshot.durable:
+                await self._persist(user_id, snapshot)
+                continue
             parsed = _parse(snapshot, self.model)
-            reason = parsed.rebuild or ("truncated" if snapshot.truncated else None)
+            reason = parsed.rebuild
             if reason is None and snapshot.seq == snapshot.applied:
                 return Applied(0, None)
             if reason is None:
-                records = decode_log(snapshot.records)
+                try:
+                    records = await self._unapplied(user_id, snapshot)
+                except LogFormatError:
+                    await repair_user(user_id, self.store, self.history, self.dedup_window,
+                                      self.metrics)  # fmt: skip
+                    continue
                 update = functools.partial(self._updated, parsed.state, records)
                 state = await asyncio.to_thread(self._timed, update)
                 if state.residual_ratio > self.rebuild_residual_ratio:
@@ -208,9 +229,40 @@ class UserStates:
                     return Applied(int(records.shape[0]), None)
                 else:
                     continue
-            if (await self._rebuild(user_id, reason))[1]:
+            if (await self._rebuild(user_id, reason, snapshot))[1]:
                 return Applied(snapshot.seq - snapshot.applied, reason)
         raise StoreBusy(self.commit_attempts)
+
+    async def _persist(self, user_id: str, snapshot: LogSlice) -> None:
+        """Write the tail's records beyond ``durable`` to the durable tier and mark them; a
+        tail that does not hold them (lost, malformed) makes the user repaired instead."""
+        undurable = snapshot.undurable
+        if len(undurable) != (snapshot.seq - snapshot.durable) * RECORD_SIZE:
+            await repair_user(user_id, self.store, self.history, self.dedup_window, self.metrics)
+            return
+        await self.history.append([HistoryChunk(user_id, snapshot.durable + 1, undurable)])
+        await self.store.mark_durable([(user_id, snapshot.seq)])
+
+    async def _unapplied(self, user_id: str, snapshot: LogSlice) -> np.ndarray:
+        """The records ``(applied, seq]``: from the tail, or from the durable tier when the
+        tail no longer holds them all (after a repair)."""
+        if not snapshot.truncated:
+            return decode_log(snapshot.records)
+        stored = await self.history.read(user_id, after_seq=snapshot.applied)
+        want = (snapshot.seq - snapshot.applied) * RECORD_SIZE
+        if len(stored.records) < want:
+            raise LogFormatError(len(stored.records))  # the history lacks them: repair
+        return decode_log(stored.records[:want])
+
+    async def history_records(self, user_id: str, snapshot: LogSlice) -> np.ndarray:
+        """The user's events up to ``snapshot.seq``, oldest first: the durable tier's up to
+        ``durable``, then the tail's undurable ones; the newest ``log_cap`` if the operator
+        set a cap, else all of them."""
+        after = 0 if self.log_cap is None else max(0, snapshot.durable - self.log_cap)
+        stored = await self.history.read(user_id, after_seq=after)
+        durable = stored.records[: (snapshot.durable - after) * RECORD_SIZE]
+        records = decode_log(durable + snapshot.undurable)
+        return records if self.log_cap is None else records[-self.log_cap :]
 
     async def _commit(self, user_id: str, snapshot: LogSlice, state: UserState) -> bool:
         return await self.store.commit_state(
@@ -222,15 +274,14 @@ class UserStates:
         )
 
     async def _rebuild(
-        self, user_id: str, reason: str, snapshot: LogSlice | None = None
+        self, user_id: str, reason: str, snapshot: LogSlice
     ) -> tuple[UserState, bool]:
-        """Batch factors of the whole log (``snapshot``, a whole-log read, or read now),
-        committed as covering it. Returns (state, whether the fence held and it was written)."""
-        if snapshot is None:
-            snapshot = await self.store.read_log(user_id, unapplied_only=False)
-        records = decode_log(snapshot.records)
+        """Batch factors of the whole durable history, committed as covering ``durable``.
+        Returns (state, whether the fence held and it was written)."""
+        durable = snapshot._replace(seq=snapshot.durable, records=b"")
+        records = await self.history_records(user_id, durable)
         state = await asyncio.to_thread(self._timed, functools.partial(self.from_log, records))
-        if not await self._commit(user_id, snapshot, state):
+        if not await self._commit(user_id, durable, state):
             return state, False
         self.metrics.state_rebuilds.labels(reason=reason).inc()
         logger.info("user state rebuilt from %d events (%s)", records.shape[0], reason)
@@ -240,8 +291,12 @@ class UserStates:
     async def load(self, user_id: str, *, with_log: bool = False) -> LoadedUser:
         """The user's usable state, rebuilding (and writing back) a stale one.
 
-        Without ``with_log`` a known user costs one GET of the state; the log is read only
-        for a user without a usable state (to tell whether history exists) or to rebuild.
+        Without ``with_log`` a known user costs one GET of the state; the position and the
+        durable history are read only for a user without a usable state or to rebuild.
+
+        Raises:
+            UserRepairing: the tail is malformed (503; the applier repairs the user).
+            StoreError / HistoryUnavailable: a tier failed (503).
         """
         if not with_log:
             parsed = parse_state(await self.store.get_state(user_id), self.model)
@@ -254,7 +309,24 @@ class UserStates:
             # Written back unless the applier (or a delete) moved the fence first; either way
             # this request is served from what it read.
             state, _ = await self._rebuild(user_id, parsed.rebuild, snapshot)
-        return LoadedUser(state, decode_log(snapshot.records if with_log else b""))
+        if not with_log:
+            return LoadedUser(state, decode_log(b""))
+        try:
+            return LoadedUser(state, await self.history_records(user_id, snapshot))
+        except LogFormatError as exc:
+            raise UserRepairing(user_id) from exc
+
+    # ------------------------------------------------------------------ forgetting
+    async def forget(self, user_id: str) -> bool:
+        """Delete the user from every tier: the durable history first, then the hot keys at
+        once (state, tail, ring; the position stays as a fence with a new generation).
+
+        In that order a concurrent ingest or applier finds the history empty and its
+        durable write refused (a gap), and after the hot delete no late commit lands (the
+        fence moved). Returns False when nothing was stored in Redis.
+        """
+        await self.history.delete(user_id)
+        return await self.store.delete(user_id)
 
     # ------------------------------------------------------------------ inspection
     async def view(self, user_id: str) -> UserView:

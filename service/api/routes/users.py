@@ -6,7 +6,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Path
 
-from service.api.deps import StoreDep, UserStatesDep, require_token
+from service.api.deps import UserStatesDep, require_token
 from service.api.routes.common import errors
 from service.api.schemas import USER_ID_REGEX, UserDeleted, UserInfo
 from service.errors import MAX_USER_ID_LENGTH
@@ -46,7 +46,7 @@ async def get_user(user_id: UserIdPath, users: UserStatesDep) -> UserInfo:
     responses=errors(401, 422, 503),
     summary="Forget a user",
 )
-async def delete_user(user_id: UserIdPath, store: StoreDep) -> UserDeleted:
-    """Delete the user's state, event log and dedup data, atomically; an applier still
-    holding the user's events cannot bring it back."""
-    return UserDeleted(user_id=user_id, deleted=await store.delete(user_id))
+async def delete_user(user_id: UserIdPath, users: UserStatesDep) -> UserDeleted:
+    """Delete the user from every tier (its durable history, then its state, event tail and
+    dedup data at once); an applier still holding the user's events cannot bring it back."""
+    return UserDeleted(user_id=user_id, deleted=await users.forget(user_id))

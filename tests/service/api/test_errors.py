@@ -201,7 +201,7 @@ class _DownStore(MemoryStore):
     async def read_log(self, user_id: str, **kwargs: Any) -> Any:
         raise StoreUnavailable("down")
 
-    async def append_events(self, user_id: str, *args: Any, **kwargs: Any) -> Any:
+    async def append_batch(self, *args: Any, **kwargs: Any) -> Any:
         raise StoreUnavailable("down")
 
     async def position(self, user_id: str) -> Any:

@@ -18,7 +18,11 @@ from service.core.users import (
     served_singular_values,
 )
 from service.errors import StateUnreadable, UnknownUser
+from service.history.base import HistoryChunk
+from service.history.memory import MemoryHistory
 from service.metrics import Metrics
+from service.store.base import AppendRequest
+from service.store.dedup_ring import digests
 from service.store.eventlog import identity_keys, make_records
 from service.store.memory import MemoryStore
 from tests.service.conftest import SettingsFactory
@@ -85,7 +89,7 @@ def test_rebuild_from_log_maps_items_and_actions(model: ServingModel, checkpoint
     vocab = model.checkpoint.vocab
     assert items.tolist() == [vocab.item_row(1), vocab.item_row("alpha"), 0]
     assert actions.tolist() == [vocab.action_row("click"), 0, 0]
-    users = UserStates(MemoryStore(), model, Metrics())
+    users = UserStates(MemoryStore(), model, Metrics(), history=MemoryHistory(), dedup_window=1_000)
     state = users.from_log(records)
     assert state.n == 3 and state.t_ref == 3.0
     assert users.from_log(records[:0]).n == 0
@@ -119,13 +123,16 @@ async def _users(model: ServingModel, store_url: str | None) -> UserStates:
     from service.settings import Settings
 
     backends = await open_backends(Settings(redis_url=store_url))
-    return UserStates(backends.store, model, Metrics())
+    return UserStates(
+        backends.store, model, Metrics(), history=backends.history, dedup_window=1_000
+    )
 
 
 async def _append(users: UserStates, records: np.ndarray) -> None:
-    await users.store.append_events(
-        "u", records.tobytes(), identity_keys(records), log_cap=100, dedup_window=1_000
-    )
+    request = AppendRequest("u", records.tobytes(), digests(identity_keys(records)))
+    (result,) = await users.store.append_batch([request], dedup_window=1_000)
+    await users.history.append([HistoryChunk("u", result.durable + 1, result.undurable)])
+    await users.store.mark_durable([("u", result.seq)])
 
 
 @pytest.mark.anyio

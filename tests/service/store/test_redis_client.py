@@ -10,6 +10,8 @@ import pytest
 import redis
 
 from service.errors import StoreUnavailable
+from service.store.base import AppendRequest, AppendResult
+from service.store.dedup_ring import digests
 from service.store.eventlog import identity_keys, make_records
 from service.store.redis_client import connect_redis, make_client, redact
 from service.store.redis_store import RedisStore
@@ -20,7 +22,11 @@ pytestmark = pytest.mark.anyio
 
 def _one_event() -> tuple[bytes, bytes]:
     recs = make_records([1.0], [1], [None], ["e1"])
-    return recs.tobytes(), identity_keys(recs)
+    return recs.tobytes(), digests(identity_keys(recs))
+
+
+async def _append(store: RedisStore, recs: bytes, digs: bytes) -> AppendResult:
+    return (await store.append_batch([AppendRequest("u", recs, digs)], dedup_window=50))[0]
 
 
 async def test_unavailable_while_stopped_then_recovers(redis_server: RedisServer) -> None:
@@ -29,14 +35,14 @@ async def test_unavailable_while_stopped_then_recovers(redis_server: RedisServer
     store = RedisStore(make_client(url, timeout_s=0.5), url)
     recs, idents = _one_event()
     try:
-        await store.append_events("u", recs, idents, log_cap=10, dedup_window=10)
+        await _append(store, recs, idents)
         redis_server.stop()
         for call in (
             store.ping,
             lambda: store.get_state("u"),
             lambda: store.position("u"),
             lambda: store.read_log("u", unapplied_only=True),
-            lambda: store.append_events("u", recs, idents, log_cap=10, dedup_window=10),
+            lambda: _append(store, recs, idents),
             lambda: store.commit_state("u", b"S", gen=0, expected_applied=0, applied=1),
             lambda: store.delete("u"),
         ):
@@ -52,7 +58,7 @@ async def test_unavailable_while_stopped_then_recovers(redis_server: RedisServer
         # Same client, no reconnect call: the pool replaces its dead connections and the
         # scripts are loaded again (the restarted server has no data and no scripts).
         await store.ping()
-        result = await store.append_events("u", recs, idents, log_cap=10, dedup_window=10)
+        result = await _append(store, recs, idents)
         assert result.accepted == 1 and result.seq == 1
     finally:
         await store.close()
