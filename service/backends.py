@@ -1,10 +1,14 @@
-"""Open the configured store and ingest stream: embedded, or on one Redis (or a cluster)."""
+"""Open the configured store and ingest stream (embedded, or on one Redis or a cluster) and
+the durable history tier (embedded, or PostgreSQL)."""
 
 from __future__ import annotations
 
 import logging
 from typing import NamedTuple
 
+from service.history.base import HistoryStore
+from service.history.memory import MemoryHistory
+from service.history.postgres import PostgresHistory, redact_url
 from service.settings import Settings
 from service.store.base import Store, StoreObserver
 from service.store.memory import MemoryStore
@@ -14,7 +18,7 @@ from service.stream.base import IngestStream
 from service.stream.memory import MemoryStream
 from service.stream.redis_stream import RedisStream
 
-__all__ = ["Backends", "open_backends"]
+__all__ = ["Backends", "open_backends", "open_history"]
 
 logger = logging.getLogger(__name__)
 
@@ -52,3 +56,32 @@ async def open_backends(settings: Settings, observer: StoreObserver | None = Non
         RedisStore(client, url, observer=observer),
         RedisStream(client, url, settings.partitions),
     )
+
+
+async def open_history(settings: Settings) -> HistoryStore:
+    """The embedded history without ``SOLAR_HISTORY_URL``; else PostgreSQL, once it answers
+    (its schema and table created if absent).
+
+    Raises:
+        HistoryUnavailable: PostgreSQL did not answer within the configured retries.
+    """
+    if not settings.history_url:
+        logger.info("history: embedded (in-process, not shared, not persistent)")
+        return MemoryHistory()
+    history = await PostgresHistory.open(
+        settings.history_url,
+        schema=settings.history_schema,
+        table=settings.history_table,
+        pool_size=settings.history_pool_size,
+        timeout_s=settings.history_timeout_s,
+        retries=settings.store_connect_retries,
+        backoff_s=settings.store_backoff_s,
+    )
+    logger.info(
+        "history: postgresql at %s (%s.%s, %d connections)",
+        redact_url(settings.history_url),
+        settings.history_schema,
+        settings.history_table,
+        settings.history_pool_size,
+    )
+    return history
