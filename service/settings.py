@@ -142,9 +142,39 @@ class Settings(BaseSettings):
     )
     warmup: bool = Field(default=True, description="score one dummy request per mode at startup")
 
+    # --- the durable history tier (service.history)
+    history_url: str | None = Field(
+        default=None,
+        description="postgresql://user@host:port/db of the durable history; unset or empty: "
+        "the embedded in-process history",
+    )
+    history_schema: str = Field(
+        default="solar",
+        pattern=r"^[a-z_][a-z0-9_]{0,62}$",
+        description="PostgreSQL schema of the history table (created if absent)",
+    )
+    history_table: str = Field(
+        default="history_segments",
+        pattern=r"^[a-z_][a-z0-9_]{0,62}$",
+        description="PostgreSQL table of the history segments (created if absent)",
+    )
+    history_pool_size: int = Field(
+        default=4, ge=1, le=100, description="PostgreSQL connections per process"
+    )
+    history_timeout_s: float = Field(
+        default=2.0, gt=0, description="PostgreSQL connect / statement timeout, seconds"
+    )
+
     @field_validator("redis_url")
     @classmethod
     def _empty_is_none(cls, value: str | None) -> str | None:
+        return value or None
+
+    @field_validator("history_url")
+    @classmethod
+    def _postgres_or_none(cls, value: str | None) -> str | None:
+        if value and not value.startswith(("postgresql://", "postgres://")):
+            raise ValueError("SOLAR_HISTORY_URL must be a postgresql:// URL (or empty)")
         return value or None
 
     @property

@@ -8,6 +8,10 @@ once per session on a free loopback port (never 6379); ``redis_url`` flushes it 
 test. ``cluster_url`` does the same for a real 3-master Redis Cluster. A missing redis-server
 binary fails the tests that need it instead of skipping them.
 
+History tests use a real, private PostgreSQL (``solar_tools/postgres_server.py``: initdb and
+pg_ctl on a free port, never the shared server on 5432) started once per session; a missing
+PostgreSQL fails them with a clear message instead of skipping them.
+
 ``device`` is the torch device of the device-aware tests (``SOLAR_TEST_DEVICE``, default cpu).
 """
 
@@ -19,6 +23,7 @@ from collections.abc import Iterator
 import pytest
 import torch
 
+from solar_tools.postgres_server import PostgresServer
 from solar_tools.redis_server import RedisClusterServers, RedisServer
 
 
@@ -69,3 +74,23 @@ def cluster_url(redis_cluster: RedisClusterServers) -> str:
     """``redis+cluster://`` URL of the session's cluster, every master flushed."""
     redis_cluster.flush()
     return redis_cluster.url
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    """A private PostgreSQL 15 for the whole session (its data deleted at the end); tests
+    may stop it (even ``immediate``, like a crash) and start it again."""
+    server = PostgresServer()
+    server.start()
+    try:
+        yield server
+    finally:
+        server.destroy()
+
+
+@pytest.fixture
+def postgres_url(postgres_server: PostgresServer) -> str:
+    """URL of the session's PostgreSQL, running (started again if a test left it stopped)."""
+    if not (postgres_server.datadir / "postmaster.pid").exists():
+        postgres_server.start()
+    return postgres_server.url()

@@ -25,12 +25,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import NamedTuple, Protocol, runtime_checkable
 
-from service.errors import HistoryUnavailable
+from service.errors import HistoryUnavailable, StoreError
 from service.store.eventlog import RECORD_SIZE, LogFormatError
 from service.store.keys import validate_user_id
 
 __all__ = [
     "HistoryChunk",
+    "HistoryCorrupt",
     "HistoryGap",
     "HistorySlice",
     "HistoryStore",
@@ -88,6 +89,16 @@ class HistoryGap(ValueError):
         self.user_id = user_id
         self.first_seq = first_seq
         self.stored = stored
+
+
+class HistoryCorrupt(StoreError):
+    """Stored history that does not decode: answered 503 (the request was fine), logged."""
+
+    reason = "history_corrupt"
+
+    def __init__(self, user_id: str, what: str) -> None:
+        super().__init__(f"history of {user_id!r} is corrupt: {what}")
+        self.user_id = user_id
 
 
 @runtime_checkable

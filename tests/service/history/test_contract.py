@@ -3,6 +3,7 @@ batched, all-or-nothing appends; reads by sequence number; delete."""
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import AsyncIterator
 
 import numpy as np
@@ -11,16 +12,23 @@ import pytest
 from service.errors import InvalidUserId
 from service.history.base import HistoryChunk, HistoryGap, HistorySlice, HistoryStore
 from service.history.memory import MemoryHistory
+from service.history.postgres import PostgresHistory
 from service.store.eventlog import RECORD_SIZE, LogFormatError, decode_log, make_records
 
 pytestmark = pytest.mark.anyio
 
-IMPLEMENTATIONS = ["memory"]
+IMPLEMENTATIONS = ["memory", "postgres"]
+_tables = itertools.count()
 
 
 @pytest.fixture(params=IMPLEMENTATIONS)
 async def history(request: pytest.FixtureRequest) -> AsyncIterator[HistoryStore]:
-    created: HistoryStore = MemoryHistory()
+    created: HistoryStore
+    if request.param == "memory":
+        created = MemoryHistory()
+    else:  # a fresh table per test in the session's private PostgreSQL
+        url: str = request.getfixturevalue("postgres_url")
+        created = await PostgresHistory.open(url, table=f"history_{next(_tables)}", pool_size=2)
     yield created
     await created.close()
 
