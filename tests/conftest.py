@@ -18,6 +18,7 @@ PostgreSQL fails them with a clear message instead of skipping them.
 from __future__ import annotations
 
 import os
+import uuid
 from collections.abc import Iterator
 
 import pytest
@@ -94,3 +95,10 @@ def postgres_url(postgres_server: PostgresServer) -> str:
     if not (postgres_server.datadir / "postmaster.pid").exists():
         postgres_server.start()
     return postgres_server.url()
+
+
+@pytest.fixture
+def shared_history(postgres_url: str) -> dict[str, str]:
+    """Settings overrides for a durable history that several apps or processes share: the
+    session's PostgreSQL, in a schema of this test's own (so users never carry over)."""
+    return {"history_url": postgres_url, "history_schema": f"t_{uuid.uuid4().hex[:16]}"}

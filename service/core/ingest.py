@@ -134,42 +134,37 @@ class Ingestor:
     async def _append(
         self, requests: list[AppendRequest], not_after_s: float
     ) -> list[AppendResult]:
-        """``Store.append_batch``; users answered ``repair`` are rebuilt from the durable
-        tier and appended again (once: a second refusal is a 503)."""
+        """``Store.append_batch``, then once more for the users it could not take: users
+        unknown to Redis are created if the durable tier does not know them either (else
+        all their hot keys were lost), and users with lost hot keys are first repaired from
+        the durable tier. A second refusal is a 503."""
         results = await self.store.append_batch(
             requests, dedup_window=self.dedup_window, not_after_s=not_after_s
         )
-        broken = [i for i, r in enumerate(results) if r.repair]
-        broken += await self._lost_users(requests, results)
-        if not broken:
+        retry = [i for i, r in enumerate(results) if r.repair or r.unknown]
+        if not retry:
             return results
-        for i in broken:
-            await repair_user(
-                requests[i].user_id, self.store, self.history, self.dedup_window, self.metrics
-            )
-        again = await self.store.append_batch(
-            [requests[i] for i in broken], dedup_window=self.dedup_window, not_after_s=not_after_s
+        unknown = [i for i in retry if results[i].unknown]
+        stored = await asyncio.gather(
+            *(self.history.last_seq(requests[i].user_id) for i in unknown)
         )
-        for i, result in zip(broken, again, strict=True):
+        lost = {i for i, last in zip(unknown, stored, strict=True) if last > 0}
+        for i in retry:
+            if results[i].repair or i in lost:
+                await repair_user(
+                    requests[i].user_id, self.store, self.history, self.dedup_window, self.metrics
+                )
+        again = await self.store.append_batch(
+            [requests[i] for i in retry],
+            dedup_window=self.dedup_window,
+            not_after_s=not_after_s,
+            create=True,
+        )
+        for i, result in zip(retry, again, strict=True):
             if result.repair:
                 raise UserRepairing(requests[i].user_id)
             results[i] = result
         return results
-
-    async def _lost_users(
-        self, requests: list[AppendRequest], results: list[AppendResult]
-    ) -> list[int]:
-        """Users that Redis saw as new although the durable tier knows them (every hot key
-        of theirs was lost at once): their seqs would collide with stored ones."""
-        new = [
-            i
-            for i, r in enumerate(results)
-            if not r.repair and r.durable == 0 and r.seq == r.accepted and r.accepted > 0
-        ]
-        if not new:
-            return []
-        stored = await asyncio.gather(*(self.history.last_seq(requests[i].user_id) for i in new))
-        return [i for i, last in zip(new, stored, strict=True) if last > 0]
 
     async def _write_durably(self, chunks: list[HistoryChunk]) -> None:
         """One batched durable write; a user whose position ran ahead of the durable tier

@@ -65,6 +65,8 @@ class AppendResult(NamedTuple):
     ``undurable``: the records ``(durable, seq]`` (concatenated, oldest first) that the caller
     must write to the durable tier before acknowledging. ``repair``: nothing was written, the
     user's hot keys must first be rebuilt from the durable tier (the counts are then 0).
+    ``unknown``: the user has no keys and ``create`` was not given: nothing was written (the
+    caller first checks that the durable tier does not know the user either).
     """
 
     accepted: int
@@ -75,6 +77,7 @@ class AppendResult(NamedTuple):
     durable: int  # sequence number up to which the durable tier holds the events
     undurable: bytes = b""
     repair: bool = False
+    unknown: bool = False
 
 
 class AppendRequest(NamedTuple):
@@ -150,10 +153,12 @@ class Store(Protocol):
         *,
         dedup_window: int,
         not_after_s: float | None = None,
+        create: bool = False,
     ) -> list[AppendResult]:
         """Every user's append in one round trip (each user atomic). ``not_after_s`` (unix
         seconds): a user whose step would run later is refused (``StoreBusy``), so a sweeper
-        that saw the user marked dirty before then sees what this call stored."""
+        that saw the user marked dirty before then sees what this call stored. ``create``:
+        users without any key are created (else answered ``unknown``)."""
         ...
 
     async def mark_durable(self, marks: Sequence[tuple[str, int]]) -> None:

@@ -86,8 +86,10 @@ class MemoryStore(ObservedStore):
         super().__init__(observer)
         self._users: dict[str, _User] = {}
 
-    def _append(self, request: AppendRequest, dedup_window: int) -> AppendResult:
+    def _append(self, request: AppendRequest, dedup_window: int, create: bool) -> AppendResult:
         validate_user_id(request.user_id)
+        if request.user_id not in self._users and not create:
+            return AppendResult(0, 0, 0, 0, 0, 0, b"", unknown=True)
         user = self._users.setdefault(request.user_id, _User())
         if user.ring is None:
             if user.seq > 0:
@@ -117,13 +119,14 @@ class MemoryStore(ObservedStore):
         *,
         dedup_window: int,
         not_after_s: float | None = None,
+        create: bool = False,
     ) -> list[AppendResult]:
         for r in requests:
             check_append(r.records, r.digests, dedup_window)
         if not_after_s is not None and time.time() > not_after_s:
             raise StoreBusy(1)
         async with self._timed("append_batch"):
-            return [self._append(r, dedup_window) for r in requests]
+            return [self._append(r, dedup_window, create) for r in requests]
 
     async def mark_durable(self, marks: Sequence[tuple[str, int]]) -> None:
         async with self._timed("mark_durable"):

@@ -68,7 +68,8 @@ end
 """
 
 # KEYS: tail, pos, ring, state. ARGV: records, digests, window, chunk bytes, block,
-# not-after (unix s, '' for none). Returns {-2}: too late; {-1}: repair first; else
+# not-after (unix s, '' for none), '1' if a user without keys may be created. Returns {-2}:
+# too late; {-1}: repair first; {-3}: unknown user, not created; else
 # {accepted, duplicates, refused, seq, applied, durable, undurable records}.
 _APPEND_LUA = (
     _TAIL_LUA
@@ -87,6 +88,7 @@ local len, durable = tonumber(p[3] or '0'), tonumber(p[4] or '0')
 local ring = redis.call('GET', KEYS[3])
 if not p[1] then
   if ring or redis.call('EXISTS', KEYS[1], KEYS[4]) > 0 then return {-1} end
+  if ARGV[7] ~= '1' then return {-3} end
 elseif ring then
   if #ring ~= dsize + nb * 8 + 8 then return {-1} end
 elseif seq > 0 then
@@ -268,12 +270,13 @@ _CHUNK_BYTES = CHUNK_RECORDS * RECORD_SIZE
 
 
 def _append_script_input(
-    request: AppendRequest, dedup_window: int, not_after_s: float | None
+    request: AppendRequest, dedup_window: int, not_after_s: float | None, create: bool
 ) -> tuple[list[str], list[Any]]:
     """KEYS and ARGV of ``_APPEND_LUA`` for one user's records."""
     keys = user_keys(request.user_id)
     deadline = "" if not_after_s is None else f"{not_after_s:.6f}"
-    args = [request.records, request.digests, dedup_window, _CHUNK_BYTES, BLOCK, deadline]
+    flag = "1" if create else "0"
+    args = [request.records, request.digests, dedup_window, _CHUNK_BYTES, BLOCK, deadline, flag]
     return [keys.log, keys.pos, keys.dedup, keys.state], args
 
 
@@ -283,6 +286,8 @@ def _append_result(reply: Any) -> AppendResult:
         raise StoreBusy(1)
     if int(reply[0]) == -1:
         return AppendResult(0, 0, 0, 0, 0, 0, b"", repair=True)
+    if int(reply[0]) == -3:
+        return AppendResult(0, 0, 0, 0, 0, 0, b"", unknown=True)
     k, dups, refused, seq, applied, durable = (int(x) for x in reply[:6])
     return AppendResult(k, dups, refused, seq, applied, durable, bytes(reply[6] or b""))
 
@@ -342,6 +347,7 @@ class RedisStore(ObservedStore):
         *,
         dedup_window: int,
         not_after_s: float | None = None,
+        create: bool = False,
     ) -> list[AppendResult]:
         for r in requests:
             check_append(r.records, r.digests, dedup_window)
@@ -349,13 +355,13 @@ class RedisStore(ObservedStore):
             requests
         ):
             # A user twice in one batch: keep its steps in order (the concurrent path would not).
-            return [
-                (await self.append_batch([r], dedup_window=dedup_window, not_after_s=not_after_s))[
-                    0
-                ]
-                for r in requests
-            ]
-        calls = [_append_script_input(r, dedup_window, not_after_s) for r in requests]
+            out: list[AppendResult] = []
+            for r in requests:
+                out += await self.append_batch(
+                    [r], dedup_window=dedup_window, not_after_s=not_after_s, create=create
+                )
+            return out
+        calls = [_append_script_input(r, dedup_window, not_after_s, create) for r in requests]
         replies = await self._script_batch("append_batch", self._append, calls)
         return [_append_result(reply) for reply in replies]
 

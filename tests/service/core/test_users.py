@@ -130,7 +130,7 @@ async def _users(model: ServingModel, store_url: str | None) -> UserStates:
 
 async def _append(users: UserStates, records: np.ndarray) -> None:
     request = AppendRequest("u", records.tobytes(), digests(identity_keys(records)))
-    (result,) = await users.store.append_batch([request], dedup_window=1_000)
+    (result,) = await users.store.append_batch([request], dedup_window=1_000, create=True)
     await users.history.append([HistoryChunk("u", result.durable + 1, result.undurable)])
     await users.store.mark_durable([("u", result.seq)])
 

@@ -211,7 +211,7 @@ def test_store_dedup_matches_the_pairwise_definition(log: list[Event], new: list
         for records in (_records(log), _records(new)):
             digs = digests(identity_keys(records))
             request = AppendRequest("u", records.tobytes(), digs)
-            await store.append_batch([request], dedup_window=window)
+            await store.append_batch([request], dedup_window=window, create=True)
         return (await store.read_log("u", unapplied_only=False)).records
 
     kept_log = [e for e, dup in zip(log, _reference_mask([], log, window), strict=True) if not dup]

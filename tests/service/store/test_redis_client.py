@@ -26,7 +26,9 @@ def _one_event() -> tuple[bytes, bytes]:
 
 
 async def _append(store: RedisStore, recs: bytes, digs: bytes) -> AppendResult:
-    return (await store.append_batch([AppendRequest("u", recs, digs)], dedup_window=50))[0]
+    return (
+        await store.append_batch([AppendRequest("u", recs, digs)], dedup_window=50, create=True)
+    )[0]
 
 
 async def test_unavailable_while_stopped_then_recovers(redis_server: RedisServer) -> None:

@@ -84,7 +84,9 @@ async def append(
 ) -> AppendResult:
     """Append, then (as /ingest does once the durable tier holds them) mark them durable."""
     recs, digs = events(*ids)
-    (result,) = await store.append_batch([AppendRequest(user, recs, digs)], dedup_window=window)
+    (result,) = await store.append_batch(
+        [AppendRequest(user, recs, digs)], dedup_window=window, create=True
+    )
     if durable and not result.repair:
         await store.mark_durable([(user, result.seq)])
     return result
@@ -118,8 +120,14 @@ async def test_append_numbers_events_and_drops_duplicates(store: Store) -> None:
 async def test_identity_without_event_id_is_the_whole_event(store: Store) -> None:
     recs, digs = events(1, 2, with_event_id=False)
     request = [AppendRequest("u", recs, digs)]
-    assert counts((await store.append_batch(request, dedup_window=WINDOW))[0])[:2] == (2, 0)
-    assert counts((await store.append_batch(request, dedup_window=WINDOW))[0])[:2] == (0, 2)
+    assert counts((await store.append_batch(request, dedup_window=WINDOW, create=True))[0])[:2] == (
+        2,
+        0,
+    )
+    assert counts((await store.append_batch(request, dedup_window=WINDOW, create=True))[0])[:2] == (
+        0,
+        2,
+    )
 
 
 async def test_dedup_remembers_exactly_the_last_window_events(store: Store) -> None:
@@ -225,15 +233,29 @@ async def test_users_are_isolated_and_blobs_are_binary_safe(store: Store) -> Non
 async def test_invalid_arguments_are_rejected_before_any_change(store: Store) -> None:
     recs, digs = events(1, 2)
     with pytest.raises(LogFormatError):
-        await store.append_batch([AppendRequest("u", recs[:-1], digs)], dedup_window=WINDOW)
+        await store.append_batch(
+            [AppendRequest("u", recs[:-1], digs)], dedup_window=WINDOW, create=True
+        )
     with pytest.raises(ValueError, match="digest"):
-        await store.append_batch([AppendRequest("u", recs, digs[:-8])], dedup_window=WINDOW)
+        await store.append_batch(
+            [AppendRequest("u", recs, digs[:-8])], dedup_window=WINDOW, create=True
+        )
     with pytest.raises(ValueError, match="window"):
         await store.append_batch([AppendRequest("u", recs, digs)], dedup_window=BLOCK + 1)
     for bad in ("", "a}b", "x" * 129):
         with pytest.raises(InvalidUserId):
             await store.get_state(bad)
     assert await store.position("u") == UserPosition(0, 0)
+
+
+async def test_a_user_without_keys_is_created_only_when_asked(store: Store) -> None:
+    recs, digs = events(1)
+    (result,) = await store.append_batch([AppendRequest("u", recs, digs)], dedup_window=WINDOW)
+    assert result.unknown and result.accepted == 0
+    assert await store.position("u") == UserPosition(0, 0)
+    assert counts(await append(store, 1)) == (1, 0, 0, 1, 0)
+    (again,) = await store.append_batch([AppendRequest("u", *events(2))], dedup_window=WINDOW)
+    assert not again.unknown and again.accepted == 1  # known now: no flag needed
 
 
 async def test_a_late_append_is_refused_whole(store: Store) -> None:
@@ -302,7 +324,9 @@ async def test_redis_ring_equals_the_python_twin(redis_url: str) -> None:
         for _ in range(30):
             ids = rng.integers(1, 400, size=int(rng.integers(1, 40))) + rng.random() * 0
             recs, digs = events(*(float(i) for i in ids))
-            (got,) = await store.append_batch([AppendRequest("u", recs, digs)], dedup_window=WINDOW)
+            (got,) = await store.append_batch(
+                [AppendRequest("u", recs, digs)], dedup_window=WINDOW, create=True
+            )
             want = twin.admit(seq, digs, decode_log(recs)["ts"])
             seq += len(want.fresh)
             assert (got.accepted, got.duplicates, got.refused, got.seq) == (
