@@ -103,8 +103,10 @@ class IngestResult:
 
     @classmethod
     def from_json(cls, body: Mapping[str, Any]) -> IngestResult:
-        counts = (int(_get(body, k)) for k in ("accepted", "duplicates", "users"))
-        return cls(*counts, refused=int(body.get("refused", 0)))
+        accepted, duplicates, users = (
+            int(_get(body, k)) for k in ("accepted", "duplicates", "users")
+        )
+        return cls(accepted, duplicates, users, refused=int(body.get("refused", 0)))
 
 
 @dataclass(frozen=True)
