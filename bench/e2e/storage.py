@@ -143,6 +143,12 @@ async def run(args: argparse.Namespace, redis_url: str, pg_url: str, workdir: Pa
         print(f"\ningest, in-process, {args.users} users, {args.body}-event calls, "
               f"{args.seconds:g} s: {acked:,.0f} events/s acknowledged; "
               f"one applier drained them at {applied:,.0f} events/s")  # fmt: skip
+        rebuilds = {
+            sample.labels["reason"]: int(sample.value)
+            for sample in metrics.state_rebuilds.collect()[0].samples
+            if sample.name.endswith("_total")
+        }
+        print(f"state rebuilds during the run, by reason: {rebuilds or 'none'}")
     finally:
         await history.close()
         await client.aclose()
