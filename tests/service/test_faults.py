@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import random
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -92,7 +93,11 @@ def _wait_applied(client: httpx.Client, users: list[str], timeout_s: float = 60.
 
 
 def _check_exactly_once(
-    url: str, checkpoint_dir: Path, sent: list[dict[str, Any]], cluster: bool = False
+    url: str,
+    checkpoint_dir: Path,
+    sent: list[dict[str, Any]],
+    cluster: bool = False,
+    atol: float = 1e-6,
 ) -> None:
     """Each user's stored state covers its distinct events once and equals the batch factors."""
     by_user: dict[str, dict[str, dict[str, Any]]] = {}
@@ -111,7 +116,7 @@ def _check_exactly_once(
             pos = raw.hgetall(f"solar:{{{user}}}:pos")
             assert state.n == len(distinct) == int(pos[b"seq"]) == int(pos[b"applied"]), user
             ref = reference_state(str(checkpoint_dir), list(distinct.values()))
-            np.testing.assert_allclose(gram(state), gram(ref), rtol=1e-5, atol=1e-6)
+            np.testing.assert_allclose(gram(state), gram(ref), rtol=1e-5, atol=atol)
     finally:
         raw.close()
 
@@ -283,8 +288,14 @@ def _statuses_ok(statuses: list[int]) -> None:
     assert 500 not in statuses and set(statuses) <= {200, 503}, sorted(set(statuses))
 
 
-def _post_collecting(client: httpx.Client, batch: list[dict[str, Any]], statuses: list[int]) -> int:
-    """``_post_until_acknowledged`` that also records every status it saw."""
+def _post_collecting(
+    client: httpx.Client,
+    batch: list[dict[str, Any]],
+    statuses: list[int],
+    on_503: Callable[[], None] = lambda: None,
+) -> int:
+    """``_post_until_acknowledged`` that also records every status it saw (and calls
+    ``on_503`` after each 503)."""
     for _ in range(600):
         try:
             response = client.post("/ingest", json={"events": batch}, timeout=30)
@@ -296,6 +307,7 @@ def _post_collecting(client: httpx.Client, batch: list[dict[str, Any]], statuses
             return int(response.json()["accepted"])
         assert response.status_code == 503, response.text
         assert "Retry-After" in response.headers
+        on_503()
         time.sleep(0.2)
     pytest.fail("ingest never acknowledged")
 
@@ -303,38 +315,46 @@ def _post_collecting(client: httpx.Client, batch: list[dict[str, Any]], statuses
 def test_eviction_squeeze_at_20mb_doubles_loses_and_fails_nothing(
     checkpoint_dir: Path, tmp_path: Path, shared_history: dict[str, str]
 ) -> None:
-    """The shipped policy (noeviction) at maxmemory 20 MB: 300 users × 400 events with ids in
-    1,000-event bodies, then all re-sent; a serve and a worker. Only 200s and 503s, every
-    event applied once, no user pending after the drain."""
+    """The shipped policy (noeviction) at maxmemory 20 MB, with more users than fit (600 ×
+    ~47 KB): ingests are answered 503 + Retry-After, never 500, until the operator raises
+    maxmemory; then every event (50 per user, with ids, 1,000-event bodies, all re-sent) is
+    applied exactly once, nothing acknowledged is lost, and no user stays pending."""
     conf = ("--maxmemory", "20mb", "--maxmemory-policy", "noeviction")
     (tmp_path / "redis").mkdir()
     server = RedisServer(tmp_path / "redis", extra_args=conf)
     server.start()
     env = _env(checkpoint_dir, server.url, shared_history)
-    users = [f"m{i}" for i in range(300)]
-    sent = _events(users, 400, seed=5)
+    users = [f"m{i}" for i in range(600)]
+    sent = _events(users, 50, seed=5)
     serve = Serve(env, tmp_path / "serve.log")
     worker = Worker(env, tmp_path / "worker.log")
+    raw = redis.Redis.from_url(server.url)
     statuses: list[int] = []
+
+    def add_memory() -> None:
+        if statuses.count(503) == 20:  # the squeeze was felt: the operator adds memory
+            raw.config_set("maxmemory", "128mb")
+
+    def post(batch: list[dict[str, Any]]) -> int:
+        return _post_collecting(client, batch, statuses, add_memory)
+
     try:
         with httpx.Client(base_url=serve.base) as client:
-            acked = sum(
-                _post_collecting(client, sent[i : i + 1_000], statuses)
-                for i in range(0, len(sent), 1_000)
-            )
-            assert acked == len(sent)
-            again = sum(
-                _post_collecting(client, sent[i : i + 1_000], statuses)
-                for i in range(0, len(sent), 1_000)
-            )
-            assert again == 0  # every re-sent event a duplicate
+            bodies = [sent[i : i + 1_000] for i in range(0, len(sent), 1_000)]
+            # A 503 may come after some users of the body were stored: the retry then counts
+            # them as duplicates, so the exact check is the states' below.
+            assert 0 < sum(post(b) for b in bodies) <= len(sent)
+            assert sum(post(b) for b in bodies) == 0  # every re-sent event a duplicate
             _wait_applied(client, users, timeout_s=45.0)
             for user in users[:20]:
                 response = client.post("/rank", json={"user_id": user, "candidates": [1, 2]})
                 statuses.append(response.status_code)
         _statuses_ok(statuses)
-        _check_exactly_once(server.url, checkpoint_dir, sent)
+        assert statuses.count(503) >= 20, "Redis was never full: no squeeze"
+        # sequential block updates drift ~2e-6 in float32 (the counts are exact)
+        _check_exactly_once(server.url, checkpoint_dir, sent, atol=1e-5)
     finally:
+        raw.close()
         worker.stop()
         serve.stop()
         server.stop()
