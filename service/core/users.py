@@ -1,24 +1,21 @@
 """A user's state: the one place that loads it, checks it against the model, applies the
 pending events to it, rebuilds it from the event history when it is stale, and writes it back.
 
-The history is read from the durable tier (``service.history``: the whole history, capped
-only if the operator set ``SOLAR_LOG_CAP``), plus the Redis tail's records not yet durable;
-before it applies anything, the applier writes the tail's undurable records to the durable
-tier (the sweeper's case: a serve died between its store and durable steps), so a state never
-covers an event the durable tier lacks. A malformed tail or a lost hot key makes the user
+The history is the durable tier's plus the Redis tail's undurable records
+(``service.core.user_history``); the applier first makes the tail durable, so a state never
+covers an event the durable tier lacks. A malformed tail or lost hot key makes the user
 repaired from the durable tier (``service.core.repair``), never an applier crash.
 
 The state is of the kind the model serves (``ServingModel.states``: the svd factors, or the
 elastic, linear or mean state of ``model.states``); nothing here depends on which. A stored
 state is usable when it decodes and carries the serving model's tag, kind and shape. The
 applier folds a user's unapplied log records into it as ONE block update (Brand's for the
-factors). It is rebuilt from the log (the batch state, off the event loop) when it was
-written under another model (``model_version``) or configuration (``config``: also another
-kind or shape), is unreadable (``corrupt``), is missing while the log holds applied events
-(``missing``: the state key alone was lost), has drifted past the residual threshold
-(``residual``), or when unapplied events were trimmed from the log before being applied
-(``truncated``). Every write is ``Store.commit_state``: fenced on
-the position read, so a concurrent writer wins and a deleted user stays deleted.
+factors). It is rebuilt from the history (the batch state, off the event loop) when it was
+written under another model (``model_version``) or configuration (``config``), is unreadable
+(``corrupt``), is missing while events were applied (``missing``: the key alone was lost) or
+has drifted past the residual threshold (``residual``). Every write is
+``Store.commit_state``, fenced on the position read: a concurrent writer wins and a deleted
+user stays deleted.
 """
 
 from __future__ import annotations
@@ -39,16 +36,17 @@ from model.state_blob import StateFormatError
 from model.states import UserState, decode_user_state
 from service.core.repair import repair_user
 from service.core.serving_model import ServingModel, StateTag
+from service.core.user_history import history_records, persist_undurable, unapplied_records
 from service.core.user_view import (
     UserView,
     served_singular_values,
     view_of,
 )
 from service.errors import StateUnreadable, StoreBusy, UnknownUser, UserRepairing
-from service.history.base import HistoryChunk, HistoryStore
+from service.history.base import HistoryStore
 from service.metrics import Metrics
 from service.store.base import LogSlice, Store
-from service.store.eventlog import RECORD_SIZE, LogFormatError, decode_log
+from service.store.eventlog import LogFormatError, decode_log
 
 __all__ = [
     "Applied",
@@ -197,9 +195,8 @@ class UserStates:
         """Fold every unapplied event of the user into its state as one block update (or a
         rebuild when the state is stale) and commit it, fenced on the position read.
 
-        Records the tail holds beyond ``durable`` are first written to the durable tier. A
-        malformed tail or lost hot key is repaired from the durable tier. Re-running it
-        applies nothing twice: the state covers a prefix of the history.
+        The tail's undurable records are first made durable. Re-running it applies nothing
+        twice: the state covers a prefix of the history.
 
         Raises:
             StoreBusy: ``commit_attempts`` fenced writes lost in a row.
@@ -207,20 +204,20 @@ class UserStates:
         """
         for _ in range(self.commit_attempts):
             snapshot = await self.store.read_log(user_id, unapplied_only=True)
-            if snapshot.seq > snapshot.durable:
-                await self._persist(user_id, snapshot)
-                continue
             parsed = _parse(snapshot, self.model)
             reason = parsed.rebuild
             if reason is None and snapshot.seq == snapshot.applied:
                 return Applied(0, None)
-            if reason is None:
-                try:
-                    records = await self._unapplied(user_id, snapshot)
-                except LogFormatError:
-                    await repair_user(user_id, self.store, self.history, self.dedup_window,
-                                      self.metrics)  # fmt: skip
+            try:
+                if snapshot.seq > snapshot.durable:
+                    await persist_undurable(self.store, self.history, user_id, snapshot)
                     continue
+                records = await unapplied_records(self.history, user_id, snapshot)
+            except LogFormatError:  # the tail lacks what the position says: repair the user
+                await repair_user(user_id, self.store, self.history, self.dedup_window,
+                                  self.metrics)  # fmt: skip
+                continue
+            if reason is None:
                 update = functools.partial(self._updated, parsed.state, records)
                 state = await asyncio.to_thread(self._timed, update)
                 if state.residual_ratio > self.rebuild_residual_ratio:
@@ -232,37 +229,6 @@ class UserStates:
             if (await self._rebuild(user_id, reason, snapshot))[1]:
                 return Applied(snapshot.seq - snapshot.applied, reason)
         raise StoreBusy(self.commit_attempts)
-
-    async def _persist(self, user_id: str, snapshot: LogSlice) -> None:
-        """Write the tail's records beyond ``durable`` to the durable tier and mark them; a
-        tail that does not hold them (lost, malformed) makes the user repaired instead."""
-        undurable = snapshot.undurable
-        if len(undurable) != (snapshot.seq - snapshot.durable) * RECORD_SIZE:
-            await repair_user(user_id, self.store, self.history, self.dedup_window, self.metrics)
-            return
-        await self.history.append([HistoryChunk(user_id, snapshot.durable + 1, undurable)])
-        await self.store.mark_durable([(user_id, snapshot.seq)])
-
-    async def _unapplied(self, user_id: str, snapshot: LogSlice) -> np.ndarray:
-        """The records ``(applied, seq]``: from the tail, or from the durable tier when the
-        tail no longer holds them all (after a repair)."""
-        if not snapshot.truncated:
-            return decode_log(snapshot.records)
-        stored = await self.history.read(user_id, after_seq=snapshot.applied)
-        want = (snapshot.seq - snapshot.applied) * RECORD_SIZE
-        if len(stored.records) < want:
-            raise LogFormatError(len(stored.records))  # the history lacks them: repair
-        return decode_log(stored.records[:want])
-
-    async def history_records(self, user_id: str, snapshot: LogSlice) -> np.ndarray:
-        """The user's events up to ``snapshot.seq``, oldest first: the durable tier's up to
-        ``durable``, then the tail's undurable ones; the newest ``log_cap`` if the operator
-        set a cap, else all of them."""
-        after = 0 if self.log_cap is None else max(0, snapshot.durable - self.log_cap)
-        stored = await self.history.read(user_id, after_seq=after)
-        durable = stored.records[: (snapshot.durable - after) * RECORD_SIZE]
-        records = decode_log(durable + snapshot.undurable)
-        return records if self.log_cap is None else records[-self.log_cap :]
 
     async def _commit(self, user_id: str, snapshot: LogSlice, state: UserState) -> bool:
         return await self.store.commit_state(
@@ -279,7 +245,7 @@ class UserStates:
         """Batch factors of the whole durable history, committed as covering ``durable``.
         Returns (state, whether the fence held and it was written)."""
         durable = snapshot._replace(seq=snapshot.durable, records=b"")
-        records = await self.history_records(user_id, durable)
+        records = await history_records(self.history, user_id, durable, self.log_cap)
         state = await asyncio.to_thread(self._timed, functools.partial(self.from_log, records))
         if not await self._commit(user_id, durable, state):
             return state, False
@@ -292,11 +258,8 @@ class UserStates:
         """The user's usable state, rebuilding (and writing back) a stale one.
 
         Without ``with_log`` a known user costs one GET of the state; the position and the
-        durable history are read only for a user without a usable state or to rebuild.
-
-        Raises:
-            UserRepairing: the tail is malformed (503; the applier repairs the user).
-            StoreError / HistoryUnavailable: a tier failed (503).
+        durable history are read only for a user without a usable state or to rebuild. A
+        malformed tail is ``UserRepairing`` (503: the applier repairs the user).
         """
         if not with_log:
             parsed = parse_state(await self.store.get_state(user_id), self.model)
@@ -312,19 +275,16 @@ class UserStates:
         if not with_log:
             return LoadedUser(state, decode_log(b""))
         try:
-            return LoadedUser(state, await self.history_records(user_id, snapshot))
+            log = await history_records(self.history, user_id, snapshot, self.log_cap)
+            return LoadedUser(state, log)
         except LogFormatError as exc:
             raise UserRepairing(user_id) from exc
 
     # ------------------------------------------------------------------ forgetting
     async def forget(self, user_id: str) -> bool:
-        """Delete the user from every tier: the durable history first, then the hot keys at
-        once (state, tail, ring; the position stays as a fence with a new generation).
-
-        In that order a concurrent ingest or applier finds the history empty and its
-        durable write refused (a gap), and after the hot delete no late commit lands (the
-        fence moved). Returns False when nothing was stored in Redis.
-        """
+        """Delete the user from every tier: the durable history first (a concurrent durable
+        write then fails with a gap), then all hot keys at once (the position stays as a
+        fence with a new generation: no late commit lands). False: nothing was in Redis."""
         await self.history.delete(user_id)
         return await self.store.delete(user_id)
 

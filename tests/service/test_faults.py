@@ -315,17 +315,17 @@ def _post_collecting(
 def test_eviction_squeeze_at_20mb_doubles_loses_and_fails_nothing(
     checkpoint_dir: Path, tmp_path: Path, shared_history: dict[str, str]
 ) -> None:
-    """The shipped policy (noeviction) at maxmemory 20 MB, with more users than fit (600 ×
+    """The shipped policy (noeviction) at maxmemory 20 MB, with more users than fit (500 ×
     ~47 KB): ingests are answered 503 + Retry-After, never 500, until the operator raises
-    maxmemory; then every event (50 per user, with ids, 1,000-event bodies, all re-sent) is
+    maxmemory; then every event (40 per user, with ids, 1,000-event bodies, all re-sent) is
     applied exactly once, nothing acknowledged is lost, and no user stays pending."""
     conf = ("--maxmemory", "20mb", "--maxmemory-policy", "noeviction")
     (tmp_path / "redis").mkdir()
     server = RedisServer(tmp_path / "redis", extra_args=conf)
     server.start()
     env = _env(checkpoint_dir, server.url, shared_history)
-    users = [f"m{i}" for i in range(600)]
-    sent = _events(users, 50, seed=5)
+    users = [f"m{i}" for i in range(500)]
+    sent = _events(users, 40, seed=5)
     serve = Serve(env, tmp_path / "serve.log")
     worker = Worker(env, tmp_path / "worker.log")
     raw = redis.Redis.from_url(server.url)
