@@ -75,7 +75,9 @@ elseif ring then
 elseif seq > 0 then
   return {-1}
 end
-if seq - len > durable then return {-1} end
+if seq - len > durable or (len > 0 and redis.call('EXISTS', KEYS[1]) == 0) then
+  return {-1}  -- the tail lacks records its length promises (lost or trimmed by hand)
+end
 local prior = tail_read(KEYS[1], seq - durable, chunk)
 if not prior then return {-1} end
 local created = not ring

@@ -9,7 +9,7 @@ import anyio
 import pytest
 import redis
 
-from service.errors import StoreUnavailable
+from service.errors import StoreFull, StoreUnavailable
 from service.store.base import AppendRequest, AppendResult
 from service.store.dedup_ring import digests
 from service.store.eventlog import identity_keys, make_records
@@ -136,3 +136,34 @@ async def test_a_cluster_url_uses_the_cluster_client(cluster_url: str) -> None:
 def test_redact_hides_the_password() -> None:
     assert redact("redis://:pw@h:1/0") == "redis://:***@h:1/0"
     assert redact("redis://h:1/0") == "redis://h:1/0"
+
+
+async def test_a_full_redis_refuses_appends_as_store_full_but_still_frees(
+    redis_server: RedisServer,
+) -> None:
+    """maxmemory reached under noeviction: an append is ``StoreFull`` (a 503, never a 500),
+    while the scripts that free memory (mark durable, commit: they trim the tail) still run."""
+    redis_server.flush()
+    url = redis_server.url
+    store = RedisStore(make_client(url, timeout_s=0.5), url)
+    raw = redis.Redis.from_url(url)
+    recs, digs = _one_event()
+    try:
+        first = await _append(store, recs, digs)
+        raw.config_set("maxmemory-policy", "noeviction")
+        raw.config_set("maxmemory", "1")  # every byte over: writes that grow memory refused
+        with pytest.raises(StoreFull) as info:
+            await _append(store, *_one_event_at(2.0))
+        assert info.value.reason == "store_full" and "full" in str(info.value)
+        await store.mark_durable([("u", first.seq)])
+        assert await store.commit_state("u", b"S", gen=0, expected_applied=0, applied=first.seq)
+        assert (await store.read_log("u", unapplied_only=False)).length == 0  # trimmed
+    finally:
+        raw.config_set("maxmemory", "0")
+        raw.close()
+        await store.close()
+
+
+def _one_event_at(ts: float) -> tuple[bytes, bytes]:
+    recs = make_records([ts], [1], [None], [f"e{ts}"])
+    return recs.tobytes(), digests(identity_keys(recs))
