@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import struct
 import zlib
 
 import numpy as np
@@ -9,8 +10,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from service.history.codec import SegmentFormatError, decode_segment, encode_segment
+from service.history.codec import FORMAT, SegmentFormatError, decode_segment, encode_segment
 from service.store.eventlog import RECORD_SIZE, LogFormatError, make_records
+
+
+def _deflate(data: bytes) -> bytes:
+    deflate = zlib.compressobj(6, zlib.DEFLATED, -15)
+    return deflate.compress(data) + deflate.flush()
 
 
 def realistic(n: int, *, seed: int = 0, ms: bool = True) -> bytes:
@@ -42,9 +48,9 @@ def test_realistic_segments_round_trip(n: int, ms: bool) -> None:
 
 def test_large_segments_cost_about_11_bytes_per_event_with_event_ids() -> None:
     blob = encode_segment(realistic(10_000))
-    assert len(blob) / 10_000 < 12.5  # 20-byte records; the 5-byte event ids do not compress
-    tiny = encode_segment(realistic(1))
-    assert len(tiny) < 40
+    assert len(blob) / 10_000 < 11.5  # 20-byte records; the 5-byte event ids do not compress
+    assert len(encode_segment(realistic(100))) / 100 < 13.5
+    assert len(encode_segment(realistic(1))) < 50
 
 
 def test_many_distinct_items_use_wide_indexes() -> None:
@@ -65,10 +71,13 @@ def test_bad_input_is_refused() -> None:
     "blob",
     [
         b"",
-        b"\x02" + encode_segment(realistic(5))[1:],  # unknown format version
+        bytes([FORMAT + 1]) + encode_segment(realistic(5))[1:],  # unknown format version
         encode_segment(realistic(5))[:-3],  # truncated
-        b"\x01" + zlib.compress(b"not a segment")[2:],  # deflates, wrong layout
-        b"\x01garbage",
+        encode_segment(realistic(5))[:40],  # truncated in the event ids
+        bytes([FORMAT]) + b"garbage",
+        bytes([FORMAT]) + struct.pack("<IIBBBqI", 3, 1, 2, 1, 0, 0, 12) + _deflate(b"x" * 12),
+        bytes([FORMAT]) + struct.pack("<IIBBBqI", 3, 1, 9, 1, 0, 0, 6) + b"\x00" * 99,  # mode
+        bytes([FORMAT]) + struct.pack("<IIBBBqI", 2, 1, 2, 3, 0, 0, 6) + b"\x00" * 99,  # width
     ],
 )
 def test_corrupt_blobs_raise_segment_format_error(blob: bytes) -> None:
