@@ -10,8 +10,10 @@ catalogue, three actions, an event id on every event.
 1. Bytes per event at 100 / 1 k / 10 k / 100 k events per user: ``pg_total_relation_size``
    (heap, TOAST, indexes) of a fresh table holding ~``--events`` events of such users, /
    events. Appended as /ingest batches them (``--body``-event bodies over ``--spread``
-   users: ``body/spread`` events per user per append), then after ``compact`` of every
-   user and ``VACUUM FULL`` (the live size; without FULL, PostgreSQL reuses freed pages).
+   users: ``body/spread`` events per user per append): without compaction, with the
+   default background compaction (after 4 small appends of a user), and after ``compact``
+   of every user; each after ``VACUUM FULL`` (the live size; without FULL, PostgreSQL keeps
+   the pages compaction freed for its next inserts).
 2. Append throughput: bodies of ``--body`` events over ``--spread`` users, acknowledged
    events/s with 1 and 4 concurrent appenders; the embedded ``MemoryHistory`` beside it in
    the same run. The machine is shared: compare rows of one run, not runs.
@@ -75,22 +77,29 @@ def relation_bytes(url: str, table: str, *, vacuum_full: bool = False) -> int:
 
 
 async def bytes_per_event(url: str, per_user: int, total: int, body: int, spread: int) -> str:
+    """One table row: B/event as appended, with the default background compaction, and
+    after compacting every user."""
     users = max(1, total // per_user)
     histories = [user_events(u, per_user) for u in range(users)]
-    history = await PostgresHistory.open(url, table=f"size_{per_user}", compact_after=0)
-    try:
-        for batch in ingest_batches(histories, body, spread):
-            await history.append(batch)
-        events = users * per_user
-        appended = relation_bytes(url, history.table_name) / events
-        for u in range(users):
-            await history.compact(f"user-{u}")
-        compacted = relation_bytes(url, history.table_name, vacuum_full=True) / events
-        whole = await history.read("user-0")
-        assert whole.records == histories[0], "the history does not read back"
-    finally:
-        await history.close()
-    return f"| {per_user:,} | {users:,} | {appended:.2f} | {compacted:.2f} |"
+    events = users * per_user
+    figures = []
+    for compact_after in (0, 4):
+        table = f"size_{per_user}_{compact_after}"
+        history = await PostgresHistory.open(url, table=table, compact_after=compact_after)
+        try:
+            for batch in ingest_batches(histories, body, spread):
+                await history.append(batch)
+            await history.compacted()
+            figures.append(relation_bytes(url, history.table_name, vacuum_full=True) / events)
+            if compact_after:
+                for u in range(users):
+                    await history.compact(f"user-{u}")
+                figures.append(relation_bytes(url, history.table_name, vacuum_full=True) / events)
+            whole = await history.read("user-0")
+            assert whole.records == histories[0], "the history does not read back"
+        finally:
+            await history.close()
+    return f"| {per_user:,} | {users:,} | " + " | ".join(f"{f:.2f}" for f in figures) + " |"
 
 
 async def throughput(history: HistoryStore, batches: list[list[HistoryChunk]], conc: int) -> float:
@@ -133,8 +142,11 @@ async def run(args: argparse.Namespace) -> None:
             f"Bytes per event on disk (PostgreSQL 15, pg_total_relation_size; ~{args.events:,} "
             f"events per row, appended in {args.body:,}-event bodies over {args.spread} users)\n"
         )
-        print("| events per user | users | B/event as appended | B/event compacted |")
-        print("| --- | --- | --- | --- |")
+        print(
+            "| events per user | users | B/event as appended (no compaction) | "
+            "B/event, background compaction (default) | B/event, every user compacted |"
+        )
+        print("| --- | --- | --- | --- | --- |")
         for per_user in sizes:
             print(await bytes_per_event(url, per_user, args.events, args.body, args.spread))
         print(

@@ -16,7 +16,11 @@ action    one byte per event, deflated with the indexes (a fraction of a byte)
 event_id  5 bytes per event, raw (random digests, incompressible; all zero when absent)
 ========  ==================================================================================
 
-Blob layout: ``FORMAT`` (1 byte), ``_HEADER`` (n, distinct items u, ts mode with the zigzag
+That costs ~10-20 µs per event for segments of a few events (numpy's per-call overhead), so
+small appends are stored plain (``RAW``: the records as they are, 20 B per event, encoded in
+no time) and compaction rewrites them in the compact format later.
+
+Compact blob layout: ``FORMAT`` (1 byte), ``_HEADER`` (n, distinct items u, ts mode with the zigzag
 flag in bit 7, index width, Rice k, first tick, deflated length), the raw-deflated
 ``indexes || actions``, the u items, the n event ids, the Rice remainder bits, the Rice
 quotient bits. Decoding returns exactly the bytes that were encoded.
@@ -31,11 +35,12 @@ import numpy as np
 import numpy.typing as npt
 
 from service.history.rice import rice_decode, rice_encode
-from service.store.eventlog import EVENT_DTYPE, decode_log
+from service.store.eventlog import EVENT_DTYPE, RECORD_SIZE, decode_log
 
-__all__ = ["FORMAT", "SegmentFormatError", "decode_segment", "encode_segment"]
+__all__ = ["FORMAT", "RAW", "SegmentFormatError", "decode_segment", "encode_segment"]
 
 FORMAT = 2
+RAW = 0  # format byte of a plain segment: the 20-byte records follow as they are
 _HEADER = struct.Struct("<IIBBBqI")
 _ZIGZAG = 0x80  # flag in the ts mode byte: the gaps were zigzag-encoded (some were negative)
 _RAW_BITS = 0  # ts mode 0: the float64 bit patterns; else ticks per second = _SCALES[mode]
@@ -93,8 +98,8 @@ def _deflate(data: bytes) -> bytes:
     return deflate.compress(data) + deflate.flush()
 
 
-def encode_segment(records: bytes) -> bytes:
-    """Compress concatenated 20-byte records (n ≥ 1) into one segment blob.
+def encode_segment(records: bytes, *, compact: bool = True) -> bytes:
+    """Concatenated 20-byte records (n ≥ 1) as one segment blob: compact, or plain (``RAW``).
 
     Raises:
         LogFormatError: ``len(records)`` is not a multiple of 20.
@@ -104,6 +109,8 @@ def encode_segment(records: bytes) -> bytes:
     n = log.shape[0]
     if n == 0:
         raise ValueError("a segment holds at least one event")
+    if not compact:
+        return bytes([RAW]) + records
     uniques, index = np.unique(log["item"].view("S6"), return_inverse=True)  # (u,), (n,)
     width = 1 if len(uniques) <= 1 << 8 else 2 if len(uniques) <= 1 << 16 else 4
     mode, ticks = _ticks(np.ascontiguousarray(log["ts"]))
@@ -123,6 +130,8 @@ def decode_segment(blob: bytes) -> bytes:
     Raises:
         SegmentFormatError: the blob is not a segment of this format.
     """
+    if blob[:1] == bytes([RAW]) and len(blob) % RECORD_SIZE == 1:
+        return blob[1:]
     if not blob or blob[0] != FORMAT:
         raise SegmentFormatError(f"unknown segment format {blob[:1]!r}")
     try:

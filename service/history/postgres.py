@@ -12,11 +12,11 @@ overhead once; its ``data`` is ``codec.encode_segment``'s columnar, deflated blo
 ``append`` is one round trip (a pipeline: BEGIN, the users' advisory locks, one
 ``INSERT … SELECT FROM unnest`` that stores the chunks that end after what is stored, or
 nothing when one would leave a gap, COMMIT; ``statements``). An append stores one segment
-per user, so small appends (an /ingest body spread over many users) make small segments,
-whose row overhead is large per event: after ``compact_after`` of them for a user this
-process merges the user's small segments in the background (``compact``: segments of up to
-``segment_events`` events). Connection failures and timeouts raise ``HistoryUnavailable``
-(503, safe to retry).
+per user; a small one (an /ingest body spread over many users gives ~20 events per user) is
+stored plain, 20 B per event, because encoding it would cost more CPU than the rest of the
+append; after ``compact_after`` small appends of a user this process merges the user's small
+segments in the background (``compact``: compact segments of up to ``segment_events``
+events). Connection failures and timeouts raise ``HistoryUnavailable`` (503, safe to retry).
 """
 
 from __future__ import annotations
@@ -48,6 +48,9 @@ T = TypeVar("T")
 _IDENTIFIER = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 _UNAVAILABLE = (psycopg.OperationalError, psycopg.InterfaceError, TimeoutError, OSError)
 _MAX_TRACKED_USERS = 100_000  # compaction hints kept in memory; beyond, they are dropped
+# Runs shorter than this are appended plain (the codec's fixed cost per segment is too high
+# on the ingest path) and compacted later; longer ones are encoded at once.
+_COMPACT_BYTES = 256 * RECORD_SIZE
 
 
 def redact_url(url: str) -> str:
@@ -100,7 +103,7 @@ class PostgresHistory:
         retries: int = 5,
         backoff_s: float = 0.2,
         segment_events: int = 2_048,
-        compact_after: int = 8,
+        compact_after: int = 4,
     ) -> PostgresHistory:
         """Connect (with ``retries`` retries, the delay doubling from ``backoff_s``) and
         create the schema and table if absent.
@@ -173,7 +176,10 @@ class PostgresHistory:
             "users": users,
             "firsts": [run.first_seq for run in runs],
             "lasts": [run.last_seq for run in runs],
-            "data": [encode_segment(run.records) for run in runs],
+            "data": [
+                encode_segment(run.records, compact=len(run.records) >= _COMPACT_BYTES)
+                for run in runs
+            ],
         }
         lock = self._sql(statements.LOCK, seed=sql.Literal(statements.LOCK_SEED))
 
@@ -284,6 +290,12 @@ class PostgresHistory:
             except StoreError as exc:  # unavailable or corrupt
                 self._small_appends.pop(user_id, None)
                 logger.warning("history: compacting %r failed: %s", user_id, exc)
+            finally:
+                self._to_compact.task_done()
+
+    async def compacted(self) -> None:
+        """Wait until the background compactions queued so far are done."""
+        await self._to_compact.join()
 
     async def ping(self) -> None:
         async def select(conn: psycopg.AsyncConnection) -> None:

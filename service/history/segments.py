@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from typing import NamedTuple
 
 from service.history.base import HistoryCorrupt, HistorySlice, UserRun
-from service.history.codec import SegmentFormatError, decode_segment
+from service.history.codec import RAW, SegmentFormatError, decode_segment
 from service.store.eventlog import RECORD_SIZE
 
 __all__ = ["CompactionPlan", "SegmentRow", "plan_compaction", "stitch"]
@@ -58,8 +58,9 @@ def stitch(user_id: str, rows: Sequence[SegmentRow], after_seq: int) -> HistoryS
 def plan_compaction(
     user_id: str, small: Sequence[SegmentRow], segment_events: int
 ) -> CompactionPlan:
-    """Merge each run of ≥ 2 adjacent small segments into segments of ``segment_events``
-    events (the last one of a run possibly smaller).
+    """Merge each run of adjacent small segments into compact segments of ``segment_events``
+    events (the last one of a run possibly smaller); a lone small segment is rewritten only
+    when it is plain (``codec.RAW``).
 
     Args:
         small: the user's segments of fewer than ``segment_events`` events, by last seq;
@@ -77,7 +78,7 @@ def plan_compaction(
             groups.append([row])
     plan = CompactionPlan([], [])
     for group in groups:
-        if len(group) < 2:
+        if len(group) < 2 and group[0].data[:1] != bytes([RAW]):
             continue
         joined = stitch(user_id, group, group[0].first_seq - 1)
         plan.remove.extend(row.last_seq for row in group)

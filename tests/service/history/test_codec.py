@@ -10,7 +10,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from service.history.codec import FORMAT, SegmentFormatError, decode_segment, encode_segment
+from service.history.codec import (
+    FORMAT,
+    RAW,
+    SegmentFormatError,
+    decode_segment,
+    encode_segment,
+)
 from service.store.eventlog import RECORD_SIZE, LogFormatError, make_records
 
 
@@ -75,6 +81,7 @@ def test_bad_input_is_refused() -> None:
         encode_segment(realistic(5))[:-3],  # truncated
         encode_segment(realistic(5))[:40],  # truncated in the event ids
         bytes([FORMAT]) + b"garbage",
+        bytes([RAW]) + b"x" * 21,  # plain, not whole records
         bytes([FORMAT]) + struct.pack("<IIBBBqI", 3, 1, 2, 1, 0, 0, 12) + _deflate(b"x" * 12),
         bytes([FORMAT]) + struct.pack("<IIBBBqI", 3, 1, 9, 1, 0, 0, 6) + b"\x00" * 99,  # mode
         bytes([FORMAT]) + struct.pack("<IIBBBqI", 2, 1, 2, 3, 0, 0, 6) + b"\x00" * 99,  # width
@@ -83,3 +90,10 @@ def test_bad_input_is_refused() -> None:
 def test_corrupt_blobs_raise_segment_format_error(blob: bytes) -> None:
     with pytest.raises(SegmentFormatError):
         decode_segment(blob)
+
+
+def test_plain_segments_hold_the_records_as_they_are() -> None:
+    records = realistic(20)
+    blob = encode_segment(records, compact=False)
+    assert blob == bytes([RAW]) + records
+    assert decode_segment(blob) == records

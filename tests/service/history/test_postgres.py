@@ -14,7 +14,7 @@ import pytest
 from service.errors import HistoryUnavailable
 from service.history import statements
 from service.history.base import HistoryChunk, HistoryCorrupt, HistorySlice
-from service.history.codec import encode_segment
+from service.history.codec import FORMAT, RAW, encode_segment
 from service.history.postgres import PostgresHistory
 from service.store.eventlog import make_records
 from solar_tools.postgres_server import PostgresServer
@@ -243,3 +243,22 @@ async def test_an_append_waits_for_a_concurrent_writer_of_the_user(
         await other.commit()
         await asyncio.wait_for(append, 5)
     assert (await history.read("u")).records == recs(1, 20) + recs(21, 40)
+
+
+async def test_small_appends_are_plain_until_compacted(
+    history: PostgresHistory, postgres_url: str
+) -> None:
+    await history.append([HistoryChunk("u", 1, recs(1, 20)), HistoryChunk("v", 1, recs(1, 300))])
+
+    def formats() -> dict[str, int]:
+        with psycopg.connect(postgres_url, autocommit=True) as admin:
+            rows = admin.execute(
+                f"SELECT user_id, get_byte(data, 0) FROM {history.table_name}"
+            ).fetchall()
+        return dict(rows)
+
+    assert formats() == {"u": RAW, "v": FORMAT}  # 300 events: encoded at once
+    assert await history.compact("u") == 0  # one plain segment → one compact segment
+    assert formats() == {"u": FORMAT, "v": FORMAT}
+    assert (await history.read("u")).records == recs(1, 20)
+    assert await history.compact("v") == 0 and await history.compact("u") == 0
