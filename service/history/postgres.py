@@ -31,10 +31,11 @@ from typing import Any, TypeVar
 import psycopg
 from psycopg import sql
 
-from service.errors import HistoryUnavailable, StoreError
+from service.errors import HistoryUnavailable
 from service.history import statements
 from service.history.base import HistoryChunk, HistoryGap, HistorySlice, normalize_chunks
 from service.history.codec import encode_segment
+from service.history.compaction import BackgroundCompactor
 from service.history.pool import ConnectionPool
 from service.history.segments import SegmentRow, plan_compaction, stitch
 from service.store.eventlog import RECORD_SIZE
@@ -47,7 +48,6 @@ logger = logging.getLogger(__name__)
 T = TypeVar("T")
 _IDENTIFIER = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 _UNAVAILABLE = (psycopg.OperationalError, psycopg.InterfaceError, TimeoutError, OSError)
-_MAX_TRACKED_USERS = 100_000  # compaction hints kept in memory; beyond, they are dropped
 # Runs shorter than this are appended plain (the codec's fixed cost per segment is too high
 # on the ingest path) and compacted later; longer ones are encoded at once.
 _COMPACT_BYTES = 256 * RECORD_SIZE
@@ -86,10 +86,7 @@ class PostgresHistory:
         self._table = sql.Identifier(schema, table)
         self.table_name = f"{schema}.{table}"
         self.segment_events = segment_events
-        self._compact_after = compact_after
-        self._small_appends: dict[str, int] = {}  # user → small segments appended here
-        self._to_compact: asyncio.Queue[str] = asyncio.Queue()
-        self._compactor: asyncio.Task[None] | None = None
+        self._compactor = BackgroundCompactor(self.compact, after=compact_after)
 
     @classmethod
     async def open(
@@ -193,8 +190,8 @@ class PostgresHistory:
         if gaps:
             user_id, first_seq, stored = gaps[0]
             raise HistoryGap(user_id, first_seq, stored)
-        small = [run.user_id for run in runs if len(run.records) < self._small_bytes]
-        self._note_small_appends(small)
+        limit = self.segment_events * RECORD_SIZE
+        self._compactor.note([run.user_id for run in runs if len(run.records) < limit])
 
     async def read(self, user_id: str, *, after_seq: int = 0) -> HistorySlice:
         validate_user_id(user_id)
@@ -224,78 +221,59 @@ class PostgresHistory:
             await conn.execute(self._sql(statements.DELETE), (user_id,))
 
         await self._run("delete", remove)
-        self._small_appends.pop(user_id, None)
+        self._compactor.forget([user_id])
 
-    async def compact(self, user_id: str) -> int:
-        """Merge the user's adjacent small segments (< ``segment_events`` events) into
-        segments of ``segment_events``; returns the number of segments removed.
+    async def compact(self, *user_ids: str) -> int:
+        """Merge each user's adjacent small segments (< ``segment_events`` events) into
+        compact segments of ``segment_events``; returns the number of segments removed.
 
-        One transaction under the user's lock: readers see the old or the new segments.
+        One transaction (one commit to wait for) under the users' locks: readers see the old
+        or the new segments.
 
         Raises:
             HistoryUnavailable: the tier is down (nothing changed).
             HistoryCorrupt: a small segment does not decode (nothing changed).
         """
-        validate_user_id(user_id)
+        users = sorted({validate_user_id(user_id) for user_id in user_ids})
         lock = self._sql(statements.LOCK, seed=sql.Literal(statements.LOCK_SEED))
 
         async def merge(conn: psycopg.AsyncConnection) -> int:
             async with conn.transaction():
-                await conn.execute(lock, ([user_id],))
+                await conn.execute(lock, (users,))
                 query = self._sql(statements.SMALL_SEGMENTS)
-                cursor = await conn.execute(query, (user_id, self.segment_events), binary=True)
-                rows = [SegmentRow(*row) for row in await cursor.fetchall()]
-                plan = plan_compaction(user_id, rows, self.segment_events)
-                if not plan.remove:
+                cursor = await conn.execute(query, (users, self.segment_events), binary=True)
+                by_user: dict[str, list[SegmentRow]] = {}
+                for user_id, *row in await cursor.fetchall():
+                    by_user.setdefault(user_id, []).append(SegmentRow(*row))
+                plans = [
+                    plan_compaction(u, rows, self.segment_events) for u, rows in by_user.items()
+                ]
+                gone = [
+                    (u, last)
+                    for u, plan in zip(by_user, plans, strict=True)
+                    for last in plan.remove
+                ]
+                runs = [run for plan in plans for run in plan.add]
+                if not gone:
                     return 0
-                await conn.execute(self._sql(statements.REMOVE), (user_id, plan.remove))
+                removed = ([u for u, _ in gone], [last for _, last in gone])
+                await conn.execute(self._sql(statements.REMOVE), removed)
                 add = (
-                    user_id,
-                    [run.last_seq for run in plan.add],
-                    [run.first_seq for run in plan.add],
-                    [encode_segment(run.records) for run in plan.add],
+                    [run.user_id for run in runs],
+                    [run.last_seq for run in runs],
+                    [run.first_seq for run in runs],
+                    [encode_segment(run.records) for run in runs],
                 )
                 await conn.execute(self._sql(statements.INSERT), add, binary=True)
-                return len(plan.remove) - len(plan.add)
+                return len(gone) - len(runs)
 
-        removed = await self._run("compact", merge)
-        self._small_appends.pop(user_id, None)
+        removed = await self._run("compact", merge) if users else 0
+        self._compactor.forget(users)
         return removed
-
-    @property
-    def _small_bytes(self) -> int:
-        return self.segment_events * RECORD_SIZE
-
-    def _note_small_appends(self, users: Sequence[str]) -> None:
-        """Count small segments per user; queue a background compaction at ``compact_after``."""
-        if self._compact_after <= 0:
-            return
-        if len(self._small_appends) > _MAX_TRACKED_USERS:
-            self._small_appends.clear()
-        for user_id in users:
-            count = self._small_appends.get(user_id, 0) + 1
-            self._small_appends[user_id] = count
-            if count == self._compact_after:
-                self._to_compact.put_nowait(user_id)
-        if self._to_compact.qsize() and self._compactor is None:
-            self._compactor = asyncio.create_task(self._compact_queued())
-
-    async def _compact_queued(self) -> None:
-        """Compact the queued users one at a time (failures are logged and retried at the
-        user's next ``compact_after`` small appends)."""
-        while True:
-            user_id = await self._to_compact.get()
-            try:
-                await self.compact(user_id)
-            except StoreError as exc:  # unavailable or corrupt
-                self._small_appends.pop(user_id, None)
-                logger.warning("history: compacting %r failed: %s", user_id, exc)
-            finally:
-                self._to_compact.task_done()
 
     async def compacted(self) -> None:
         """Wait until the background compactions queued so far are done."""
-        await self._to_compact.join()
+        await self._compactor.idle()
 
     async def ping(self) -> None:
         async def select(conn: psycopg.AsyncConnection) -> None:
@@ -304,8 +282,5 @@ class PostgresHistory:
         await self._run("ping", select)
 
     async def close(self) -> None:
-        if self._compactor is not None:
-            self._compactor.cancel()
-            await asyncio.gather(self._compactor, return_exceptions=True)
-            self._compactor = None
+        await self._compactor.close()
         await self._pool.close()

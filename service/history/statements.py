@@ -78,17 +78,19 @@ LAST_SEQ = "SELECT coalesce(max(last_seq), 0) FROM {table} WHERE user_id = %s"
 DELETE = "DELETE FROM {table} WHERE user_id = %s"
 
 SMALL_SEGMENTS = """
-SELECT first_seq, last_seq, data FROM {table}
-WHERE user_id = %s AND last_seq - first_seq + 1 < %s ORDER BY last_seq
+SELECT user_id, first_seq, last_seq, data FROM {table}
+WHERE user_id = ANY(%s::text[]) AND last_seq - first_seq + 1 < %s ORDER BY user_id, last_seq
 """
 
-REMOVE = "DELETE FROM {table} WHERE user_id = %s AND last_seq = ANY(%s::bigint[])"
+REMOVE = """
+DELETE FROM {table} AS t USING unnest(%s::text[], %s::bigint[]) AS r(user_id, last_seq)
+WHERE t.user_id = r.user_id AND t.last_seq = r.last_seq
+"""
 
 # A merged segment can only collide with a kept full segment ending at the same seq, which
 # then holds all of its seqs already (the first write): skipping it loses nothing.
 INSERT = """
 INSERT INTO {table} (user_id, last_seq, first_seq, data)
-SELECT %s, last_seq, first_seq, data
-FROM unnest(%s::bigint[], %s::bigint[], %s::bytea[]) AS i(last_seq, first_seq, data)
+SELECT * FROM unnest(%s::text[], %s::bigint[], %s::bigint[], %s::bytea[])
 ON CONFLICT DO NOTHING
 """

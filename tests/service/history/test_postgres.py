@@ -262,3 +262,17 @@ async def test_small_appends_are_plain_until_compacted(
     assert formats() == {"u": FORMAT, "v": FORMAT}
     assert (await history.read("u")).records == recs(1, 20)
     assert await history.compact("v") == 0 and await history.compact("u") == 0
+
+
+async def test_one_compaction_call_serves_many_users(history: PostgresHistory) -> None:
+    for first in (1, 11, 21):
+        chunks = [
+            HistoryChunk(u, first, recs(first, first + 9, seed=k)) for k, u in enumerate("abc")
+        ]
+        await history.append(chunks)
+    await history.append([HistoryChunk("d", 1, recs(1, 400))])  # compact already
+    assert await history.compact("a", "b", "c", "d", "nobody", "a") == 3 * 2
+    for k, u in enumerate("abc"):
+        expected = b"".join(recs(f, f + 9, seed=k) for f in (1, 11, 21))
+        assert (await history.read(u)).records == expected
+    assert (await history.read("d")).records == recs(1, 400)
