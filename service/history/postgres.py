@@ -77,6 +77,7 @@ class PostgresHistory:
         timeout_s: float,
         segment_events: int,
         compact_after: int,
+        compact_idle_s: float,
     ) -> None:
         self._pool = pool
         self._url = redact_url(url)
@@ -86,7 +87,9 @@ class PostgresHistory:
         self._table = sql.Identifier(schema, table)
         self.table_name = f"{schema}.{table}"
         self.segment_events = segment_events
-        self._compactor = BackgroundCompactor(self.compact, after=compact_after)
+        self._compactor = BackgroundCompactor(
+            self.compact, after=compact_after, idle_s=compact_idle_s
+        )
 
     @classmethod
     async def open(
@@ -101,6 +104,7 @@ class PostgresHistory:
         backoff_s: float = 0.2,
         segment_events: int = 2_048,
         compact_after: int = 4,
+        compact_idle_s: float = 10.0,
     ) -> PostgresHistory:
         """Connect (with ``retries`` retries, the delay doubling from ``backoff_s``) and
         create the schema and table if absent.
@@ -109,6 +113,8 @@ class PostgresHistory:
             segment_events: events per segment that compaction aims at.
             compact_after: small segments appended for a user before this process compacts
                 them (0: never on its own; ``compact`` still works).
+            compact_idle_s: a user with fewer small appends is compacted this long after its
+                last one.
 
         Raises:
             HistoryUnavailable: PostgreSQL did not answer within the retries.
@@ -122,6 +128,7 @@ class PostgresHistory:
             timeout_s=timeout_s,
             segment_events=segment_events,
             compact_after=compact_after,
+            compact_idle_s=compact_idle_s,
         )
         for attempt in range(retries + 1):
             try:
