@@ -4,21 +4,19 @@ Why PostgreSQL: platform teams already run, back up, replicate and monitor it (i
 these machines); a transaction makes a batched append all-or-nothing and idempotent, so a
 serve process can re-send after a crash; one pool of a few connections per process carries
 every user. Why segments: a row per event costs more than its 20 bytes in row header alone
-(a heap tuple header is 23 B), while a segment row of n events costs ~100 B of row and index
+(a heap tuple header is 23 B), while a segment row of n events costs ~70 B of row and index
 overhead once; its ``data`` is ``codec.encode_segment``'s columnar, deflated blob (about
 11-14 B per event with event ids), so the tier stays under 16 B per event on disk
 (``bench/history.py`` measures it with ``pg_total_relation_size``).
 
-Table ``{schema}.{table}``: ``(user_id text, last_seq bigint, first_seq bigint, data
-bytea)``, primary key ``(user_id, last_seq)``, created at start-up if absent. A segment holds
-the events ``first_seq..last_seq``; segments of a user may overlap only after a partial
-re-send (the earlier segment wins: ``read`` walks them in ``last_seq`` order and skips seqs it
-already has). ``compact`` rewrites a user's small tail segments as one.
-
-``append`` is one round trip (a pipeline: BEGIN, per-user advisory locks in a fixed order so
-concurrent writers of one user serialise without deadlock, one ``INSERT … SELECT FROM unnest``
-that stores the chunks that end after what is stored, or nothing when one would leave a gap,
-COMMIT). Connection failures and timeouts raise ``HistoryUnavailable`` (503, safe to retry).
+``append`` is one round trip (a pipeline: BEGIN, the users' advisory locks, one
+``INSERT … SELECT FROM unnest`` that stores the chunks that end after what is stored, or
+nothing when one would leave a gap, COMMIT; ``statements``). An append stores one segment
+per user; a small one (an /ingest body spread over many users gives ~20 events per user) is
+stored plain, 20 B per event, because encoding it would cost more CPU than the rest of the
+append; after ``compact_after`` small appends of a user this process merges the user's small
+segments in the background (``compact``: compact segments of up to ``segment_events``
+events). Connection failures and timeouts raise ``HistoryUnavailable`` (503, safe to retry).
 """
 
 from __future__ import annotations
@@ -34,15 +32,12 @@ import psycopg
 from psycopg import sql
 
 from service.errors import HistoryUnavailable
-from service.history.base import (
-    HistoryChunk,
-    HistoryCorrupt,
-    HistoryGap,
-    HistorySlice,
-    normalize_chunks,
-)
-from service.history.codec import SegmentFormatError, decode_segment, encode_segment
+from service.history import statements
+from service.history.base import HistoryChunk, HistoryGap, HistorySlice, normalize_chunks
+from service.history.codec import encode_segment
+from service.history.compaction import BackgroundCompactor
 from service.history.pool import ConnectionPool
+from service.history.segments import SegmentRow, plan_compaction, stitch
 from service.store.eventlog import RECORD_SIZE
 from service.store.keys import validate_user_id
 
@@ -52,49 +47,10 @@ logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 _IDENTIFIER = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
-_LOCK_SEED = 19  # advisory-lock namespace of the history (hashtextextended's seed)
 _UNAVAILABLE = (psycopg.OperationalError, psycopg.InterfaceError, TimeoutError, OSError)
-
-_SCHEMA_SQL = """
-CREATE SCHEMA IF NOT EXISTS {schema};
-CREATE TABLE {table} (
-    user_id text NOT NULL,
-    last_seq bigint NOT NULL,
-    first_seq bigint NOT NULL,
-    data bytea NOT NULL,
-    PRIMARY KEY (user_id, last_seq)
-);
--- segments are deflated already: no second (pglz) compression attempt when TOASTed
-ALTER TABLE {table} ALTER COLUMN data SET STORAGE EXTERNAL;
-"""
-
-_LOCK_SQL = """
-SELECT pg_advisory_xact_lock(k)
-FROM (SELECT DISTINCT hashtextextended(u, {seed}) AS k FROM unnest(%s::text[]) AS u) AS keys
-ORDER BY k
-"""
-
-# Each input row with the user's stored last seq; the INSERT (a data-modifying CTE, always
-# run) stores the rows that end after it unless some row starts after it + 1 (a gap); the
-# gapped rows are returned.
-_APPEND_SQL = """
-WITH input AS (
-    SELECT i.user_id, i.first_seq, i.last_seq, i.data,
-           coalesce((SELECT max(s.last_seq) FROM {table} AS s WHERE s.user_id = i.user_id), 0)
-               AS stored
-    FROM unnest(%(users)s::text[], %(firsts)s::bigint[], %(lasts)s::bigint[],
-                %(data)s::bytea[]) AS i(user_id, first_seq, last_seq, data)
-), gaps AS (
-    SELECT user_id, first_seq, stored FROM input WHERE first_seq > stored + 1
-), stored_rows AS (
-    INSERT INTO {table} (user_id, last_seq, first_seq, data)
-    SELECT user_id, last_seq, first_seq, data FROM input
-    WHERE last_seq > stored AND NOT EXISTS (SELECT 1 FROM gaps)
-    ON CONFLICT DO NOTHING
-    RETURNING 1
-)
-SELECT user_id, first_seq, stored FROM gaps
-"""
+# Runs shorter than this are appended plain (the codec's fixed cost per segment is too high
+# on the ingest path) and compacted later; longer ones are encoded at once.
+_COMPACT_BYTES = 256 * RECORD_SIZE
 
 
 def redact_url(url: str) -> str:
@@ -111,13 +67,29 @@ def _identifier(name: str) -> sql.Identifier:
 class PostgresHistory:
     """``HistoryStore`` on PostgreSQL; build it with :meth:`open`."""
 
-    def __init__(self, pool: ConnectionPool, url: str, schema: str, table: str, timeout_s: float):
+    def __init__(
+        self,
+        pool: ConnectionPool,
+        url: str,
+        *,
+        schema: str,
+        table: str,
+        timeout_s: float,
+        segment_events: int,
+        compact_after: int,
+        compact_idle_s: float,
+    ) -> None:
         self._pool = pool
         self._url = redact_url(url)
         self._timeout_s = timeout_s
         self._schema = _identifier(schema)
-        self._table = sql.Identifier(schema, table)
         _identifier(table)
+        self._table = sql.Identifier(schema, table)
+        self.table_name = f"{schema}.{table}"
+        self.segment_events = segment_events
+        self._compactor = BackgroundCompactor(
+            self.compact, after=compact_after, idle_s=compact_idle_s
+        )
 
     @classmethod
     async def open(
@@ -130,18 +102,37 @@ class PostgresHistory:
         timeout_s: float = 2.0,
         retries: int = 5,
         backoff_s: float = 0.2,
+        segment_events: int = 2_048,
+        compact_after: int = 4,
+        compact_idle_s: float = 10.0,
     ) -> PostgresHistory:
         """Connect (with ``retries`` retries, the delay doubling from ``backoff_s``) and
         create the schema and table if absent.
+
+        Args:
+            segment_events: events per segment that compaction aims at.
+            compact_after: small segments appended for a user before this process compacts
+                them (0: never on its own; ``compact`` still works).
+            compact_idle_s: a user with fewer small appends is compacted this long after its
+                last one.
 
         Raises:
             HistoryUnavailable: PostgreSQL did not answer within the retries.
         """
         pool = ConnectionPool(url, size=pool_size, timeout_s=timeout_s)
-        history = cls(pool, url, schema, table, timeout_s)
+        history = cls(
+            pool,
+            url,
+            schema=schema,
+            table=table,
+            timeout_s=timeout_s,
+            segment_events=segment_events,
+            compact_after=compact_after,
+            compact_idle_s=compact_idle_s,
+        )
         for attempt in range(retries + 1):
             try:
-                await history._create_schema()
+                await history._run("create schema", history._create_schema)
                 return history
             except HistoryUnavailable:
                 if attempt == retries:
@@ -150,19 +141,16 @@ class PostgresHistory:
                 await asyncio.sleep(backoff_s * 2**attempt)
         raise AssertionError("unreachable")
 
-    async def _create_schema(self) -> None:
-        async def create(conn: psycopg.AsyncConnection) -> None:
-            async with conn.transaction():
-                await conn.execute("SELECT pg_advisory_xact_lock(%s)", (_LOCK_SEED,))
-                exists = await conn.execute(
-                    "SELECT to_regclass(%s)", (self._table.as_string(conn),)
-                )
-                row = await exists.fetchone()
-                if row is None or row[0] is None:
-                    script = sql.SQL(_SCHEMA_SQL).format(schema=self._schema, table=self._table)
-                    await conn.execute(script)
+    def _sql(self, text: str, **extra: sql.Composable) -> sql.Composed:
+        return sql.SQL(text).format(table=self._table, **extra)
 
-        await self._run("create schema", create)
+    async def _create_schema(self, conn: psycopg.AsyncConnection) -> None:
+        async with conn.transaction():
+            await conn.execute("SELECT pg_advisory_xact_lock(%s)", (statements.LOCK_SEED,))
+            cursor = await conn.execute("SELECT to_regclass(%s)", (self._table.as_string(conn),))
+            row = await cursor.fetchone()
+            if row is None or row[0] is None:
+                await conn.execute(self._sql(statements.CREATE, schema=self._schema))
 
     @asynccontextmanager
     async def _translated(self, op: str) -> AsyncIterator[None]:
@@ -187,48 +175,47 @@ class PostgresHistory:
         runs = normalize_chunks(chunks)
         if not runs:
             return
+        users = [run.user_id for run in runs]
         params: dict[str, list[Any]] = {
-            "users": [run.user_id for run in runs],
+            "users": users,
             "firsts": [run.first_seq for run in runs],
             "lasts": [run.last_seq for run in runs],
-            "data": [encode_segment(run.records) for run in runs],
+            "data": [
+                encode_segment(run.records, compact=len(run.records) >= _COMPACT_BYTES)
+                for run in runs
+            ],
         }
-        users = params["users"]
-        query = sql.SQL(_APPEND_SQL).format(table=self._table)
-        lock = sql.SQL(_LOCK_SQL).format(seed=sql.Literal(_LOCK_SEED))
+        lock = self._sql(statements.LOCK, seed=sql.Literal(statements.LOCK_SEED))
 
         async def store(conn: psycopg.AsyncConnection) -> list[tuple[str, int, int]]:
             async with conn.pipeline(), conn.transaction():
                 await conn.execute(lock, (users,))
-                cursor = await conn.execute(query, params, binary=True)
+                cursor = await conn.execute(self._sql(statements.APPEND), params, binary=True)
             return await cursor.fetchall()
 
         gaps = await self._run("append", store)
         if gaps:
             user_id, first_seq, stored = gaps[0]
             raise HistoryGap(user_id, first_seq, stored)
+        limit = self.segment_events * RECORD_SIZE
+        self._compactor.note([run.user_id for run in runs if len(run.records) < limit])
 
     async def read(self, user_id: str, *, after_seq: int = 0) -> HistorySlice:
         validate_user_id(user_id)
         after_seq = max(after_seq, 0)
-        query = sql.SQL(
-            "SELECT first_seq, last_seq, data FROM {table} "
-            "WHERE user_id = %s AND last_seq > %s ORDER BY last_seq"
-        ).format(table=self._table)
 
-        async def fetch(conn: psycopg.AsyncConnection) -> list[tuple[int, int, bytes]]:
+        async def fetch(conn: psycopg.AsyncConnection) -> list[SegmentRow]:
+            query = self._sql(statements.READ)
             cursor = await conn.execute(query, (user_id, after_seq), binary=True)
-            return await cursor.fetchall()
+            return [SegmentRow(*row) for row in await cursor.fetchall()]
 
-        rows = await self._run("read", fetch)
-        return _stitch(user_id, rows, after_seq)
+        return stitch(user_id, await self._run("read", fetch), after_seq)
 
     async def last_seq(self, user_id: str) -> int:
         validate_user_id(user_id)
-        query = sql.SQL("SELECT coalesce(max(last_seq), 0) FROM {table} WHERE user_id = %s")
 
         async def fetch(conn: psycopg.AsyncConnection) -> int:
-            cursor = await conn.execute(query.format(table=self._table), (user_id,))
+            cursor = await conn.execute(self._sql(statements.LAST_SEQ), (user_id,))
             row = await cursor.fetchone()
             return 0 if row is None else int(row[0])
 
@@ -236,12 +223,64 @@ class PostgresHistory:
 
     async def delete(self, user_id: str) -> None:
         validate_user_id(user_id)
-        query = sql.SQL("DELETE FROM {table} WHERE user_id = %s").format(table=self._table)
 
         async def remove(conn: psycopg.AsyncConnection) -> None:
-            await conn.execute(query, (user_id,))
+            await conn.execute(self._sql(statements.DELETE), (user_id,))
 
         await self._run("delete", remove)
+        self._compactor.forget([user_id])
+
+    async def compact(self, *user_ids: str) -> int:
+        """Merge each user's adjacent small segments (< ``segment_events`` events) into
+        compact segments of ``segment_events``; returns the number of segments removed.
+
+        One transaction (one commit to wait for) under the users' locks: readers see the old
+        or the new segments.
+
+        Raises:
+            HistoryUnavailable: the tier is down (nothing changed).
+            HistoryCorrupt: a small segment does not decode (nothing changed).
+        """
+        users = sorted({validate_user_id(user_id) for user_id in user_ids})
+        lock = self._sql(statements.LOCK, seed=sql.Literal(statements.LOCK_SEED))
+
+        async def merge(conn: psycopg.AsyncConnection) -> int:
+            async with conn.transaction():
+                await conn.execute(lock, (users,))
+                query = self._sql(statements.SMALL_SEGMENTS)
+                cursor = await conn.execute(query, (users, self.segment_events), binary=True)
+                by_user: dict[str, list[SegmentRow]] = {}
+                for user_id, *row in await cursor.fetchall():
+                    by_user.setdefault(user_id, []).append(SegmentRow(*row))
+                plans = [
+                    plan_compaction(u, rows, self.segment_events) for u, rows in by_user.items()
+                ]
+                gone = [
+                    (u, last)
+                    for u, plan in zip(by_user, plans, strict=True)
+                    for last in plan.remove
+                ]
+                runs = [run for plan in plans for run in plan.add]
+                if not gone:
+                    return 0
+                removed = ([u for u, _ in gone], [last for _, last in gone])
+                await conn.execute(self._sql(statements.REMOVE), removed)
+                add = (
+                    [run.user_id for run in runs],
+                    [run.last_seq for run in runs],
+                    [run.first_seq for run in runs],
+                    [encode_segment(run.records) for run in runs],
+                )
+                await conn.execute(self._sql(statements.INSERT), add, binary=True)
+                return len(gone) - len(runs)
+
+        removed = await self._run("compact", merge) if users else 0
+        self._compactor.forget(users)
+        return removed
+
+    async def compacted(self) -> None:
+        """Wait until the background compactions queued so far are done."""
+        await self._compactor.idle()
 
     async def ping(self) -> None:
         async def select(conn: psycopg.AsyncConnection) -> None:
@@ -250,27 +289,5 @@ class PostgresHistory:
         await self._run("ping", select)
 
     async def close(self) -> None:
+        await self._compactor.close()
         await self._pool.close()
-
-
-def _stitch(user_id: str, rows: Sequence[tuple[int, int, bytes]], after_seq: int) -> HistorySlice:
-    """Join segments (ordered by last seq) into the records after ``after_seq``.
-
-    Raises:
-        HistoryCorrupt: a segment does not decode, or seqs are missing between two.
-    """
-    have, parts = after_seq, []
-    for first_seq, last_seq, data in rows:
-        if last_seq <= have:
-            continue
-        if first_seq > have + 1:
-            raise HistoryCorrupt(user_id, f"seqs {have + 1}..{first_seq - 1} are missing")
-        try:
-            records = decode_segment(bytes(data))
-        except SegmentFormatError as exc:
-            raise HistoryCorrupt(user_id, f"segment {first_seq}..{last_seq}: {exc}") from exc
-        if len(records) != (last_seq - first_seq + 1) * RECORD_SIZE:
-            raise HistoryCorrupt(user_id, f"segment {first_seq}..{last_seq} has wrong length")
-        parts.append(records[(have + 1 - first_seq) * RECORD_SIZE :])
-        have = last_seq
-    return HistorySlice(b"".join(parts), have, after_seq + 1)
