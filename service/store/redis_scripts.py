@@ -206,7 +206,7 @@ local p = redis.call('HMGET', KEYS[2], 'seq', 'applied', 'gen', 'len', 'durable'
 local seq, applied, gen = tonumber(p[1] or '0'), tonumber(p[2] or '0'), tonumber(p[3] or '0')
 local len, durable = tonumber(p[4] or '0'), tonumber(p[5] or '0')
 local new = tonumber(ARGV[4])
-if not p[1] or gen ~= tonumber(ARGV[2]) or applied ~= tonumber(ARGV[3]) or seq < new
+if gen ~= tonumber(ARGV[2]) or applied ~= tonumber(ARGV[3]) or seq < new
    or new > durable then
   return 0
 end
