@@ -12,6 +12,10 @@ the hot tier + durable tier path, on a private redis-server and a private Postgr
    spread over them, for ``--seconds``: events/s acknowledged (the /ingest path: mark, Redis
    append, one batched durable write, mark durable + announce), then events/s applied by one
    ``Applier`` draining what was acknowledged.
+3. ``--http-seconds S`` (0: skipped): one ``solar serve`` (``SOLAR_APPLIER=external``, the
+   PostgreSQL history) and 4 concurrent clients posting 1,000-event bodies over 200 users
+   for S seconds, as ``bench/ingest.py``'s first phase does: acknowledged events/s of one
+   serve process over HTTP.
 
 The machine is shared: both phases run in the same process, one after the other; compare
 figures only within one run.
@@ -21,11 +25,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import random
 import tempfile
 import time
 from pathlib import Path
 from typing import NamedTuple
+
+import httpx
 
 from bench.harness import random_checkpoint
 from service.core.applier import Applier
@@ -40,6 +47,7 @@ from service.store.redis_client import RedisClient, connect_redis
 from service.store.redis_store import RedisStore
 from service.stream.redis_stream import RedisStream
 from solar_tools.postgres_server import PostgresServer
+from solar_tools.processes import Serve
 from solar_tools.redis_server import RedisServer
 
 DEDUP_WINDOW = 4_000
@@ -116,8 +124,41 @@ async def throughput(t: Tiers, n_users: int, body: int, seconds: float) -> tuple
     return sent / ingest_s, applied / apply_s
 
 
+def http_acknowledged(model_path: Path, redis_url: str, pg_url: str, seconds: float) -> float:
+    """Events/s acknowledged by one ``solar serve`` over HTTP (see the module docstring)."""
+    env = {**os.environ, "SOLAR_MODEL_PATH": str(model_path), "SOLAR_REDIS_URL": redis_url,
+           "SOLAR_HISTORY_URL": pg_url, "SOLAR_HISTORY_SCHEMA": "http",
+           "SOLAR_APPLIER": "external", "SOLAR_HALF_LIFE_S": "0"}  # fmt: skip
+    serve = Serve(env, model_path.parent / "serve.log")
+    users = [f"h{i}" for i in range(200)]
+    try:
+
+        async def blast() -> int:
+            rng, deadline, acked = random.Random(0), time.monotonic() + seconds, 0
+
+            async def client_loop(c: int) -> None:
+                nonlocal acked
+                async with httpx.AsyncClient(base_url=serve.base, timeout=30) as client:
+                    ts = 1.7e9 + c * 1e7
+                    while time.monotonic() < deadline:
+                        events = [{"user_id": rng.choice(users), "item_id": rng.randrange(1, 1_000),
+                                   "ts": ts + i} for i in range(1_000)]  # fmt: skip
+                        ts += 1_000
+                        response = await client.post("/ingest", json={"events": events})
+                        response.raise_for_status()
+                        acked += response.json()["accepted"]
+
+            start = time.monotonic()
+            await asyncio.gather(*(client_loop(c) for c in range(4)))
+            return int(acked / (time.monotonic() - start))
+
+        return asyncio.run(blast())
+    finally:
+        serve.stop()
+
+
 async def run(args: argparse.Namespace, redis_url: str, pg_url: str, workdir: Path) -> None:
-    model_path = args.model or random_checkpoint(workdir / "model")
+    model_path = args.model
     model = load_serving_model(Settings(model_path=model_path))
     client = await connect_redis(redis_url)
     history = await PostgresHistory.open(pg_url)
@@ -161,9 +202,11 @@ def main() -> None:
     parser.add_argument("--body", type=int, default=1_000)
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--model", type=Path, default=None, help="checkpoint (default: random)")
+    parser.add_argument("--http-seconds", type=float, default=0.0)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
+        args.model = args.model or random_checkpoint(workdir / "model")
         (workdir / "redis").mkdir()
         redis = RedisServer(workdir / "redis")
         postgres = PostgresServer(fsync=True)
@@ -171,6 +214,10 @@ def main() -> None:
         postgres.start()
         try:
             asyncio.run(run(args, redis.url, postgres.url(), workdir))
+            if args.http_seconds > 0:
+                rate = http_acknowledged(args.model, redis.url, postgres.url(), args.http_seconds)
+                print(f"\nover HTTP, one solar serve, 4 clients × 1,000-event bodies, 200 users, "
+                      f"{args.http_seconds:g} s: {rate:,} events/s acknowledged")  # fmt: skip
         finally:
             redis.stop()
             postgres.destroy()
