@@ -35,7 +35,7 @@ COPY bench ./bench
 # not the installed package the runtime stage ships.
 RUN pip install --upgrade pip \
     && pip install --extra-index-url "${TORCH_INDEX_URL}" . \
-    && cd / && python -c "import torch, service.cli, bench.kernels, solar_tools.replay; print('torch', torch.__version__)"
+    && cd / && python -c "import torch, service.cli, bench.micro.kernels, solar_tools.replay; print('torch', torch.__version__)"
 
 # ---- runtime: the venv, a non-root user, nothing else ---------------------------------------
 FROM ${BASE_IMAGE} AS runtime

@@ -26,7 +26,7 @@ model: $(MODEL_DIR)/model.safetensors
 
 # A step budget, not a wall-clock one: every machine trains the same weights (seed 0, one
 # thread), ~35 s on the 2-core box, so the first `make run` answers within a minute. More
-# steps (e.g. MODEL_STEPS=1200, about three epochs) give a better model; see the README.
+# steps (e.g. MODEL_STEPS=1200, about three epochs) give a better model; see docs/OPERATIONS.md.
 # --recent-tokens 16: the svd hybrid (its k latest events join the interest tokens), the
 # best row of docs/RESULTS.md on ml-1m (within the seed spread there).
 MODEL_STEPS ?= 150
@@ -50,13 +50,13 @@ test: install lint
 	$(VENV)/bin/pytest
 
 bench: install
-	$(PY) bench/kernels.py
+	$(PY) -m bench.micro.kernels
 
 bench-serve: install model
-	$(PY) bench/serve.py
+	$(PY) -m bench.e2e.serve
 
 bench-report: install
-	$(PY) bench/report.py
+	$(PY) -m bench.e2e.report
 
 loadtest: install model
 	loadtest/run.sh

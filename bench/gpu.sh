@@ -9,7 +9,7 @@
 #    and the project with its dev extras;
 # 2. the device-aware tests again, on CUDA (SOLAR_TEST_DEVICE=cuda: the same tests that run
 #    on CPU in `make test`: fused pass, staging, precision choice, optimised path = reference);
-# 3. bench/device.py: requests/s and p50/p99 vs batch size at M = 2,048 and 8,192, CPU and
+# 3. bench/micro/device.py: requests/s and p50/p99 vs batch size at M = 2,048 and 8,192, CPU and
 #    CUDA in the same run, into section "device" of docs/BENCHMARKS.md (and printed).
 #
 # Bounded: each step has a timeout; nothing listens on a port. Exit status: the first failure.
@@ -40,5 +40,5 @@ SOLAR_TEST_DEVICE=cuda timeout 1200 "$VENV/bin/pytest" -q -p no:cacheprovider \
     tests/model/test_serving.py tests/service/scoring
 
 step "throughput and p99 vs batch size, CPU and CUDA"
-timeout 1800 "$VENV/bin/python" bench/device.py --devices cpu,cuda --ms 2048,8192 \
+timeout 1800 "$VENV/bin/python" -m bench.micro.device --devices cpu,cuda --ms 2048,8192 \
     --batches 1,2,4,8,16,32,64,128 --seconds "$SECONDS_PER_POINT"

@@ -2,24 +2,27 @@
 
 A checkpoint is a directory holding ``model.safetensors`` and ``config.json``
 (``{"config": RankerConfig, "items": [...], "actions": [...], "meta": {...}}``).
-No pickle: loading never executes code from the files.
+No pickle: loading never executes code from the files. Weights saved under older parameter
+names load through :func:`upgrade_state_dict`.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
+from torch import Tensor
 
-from model.config import RankerConfig, served_modes
-from model.heads import upgrade_state_dict
-from model.ranker import NO_ACTION, OOV_ITEM, Ranker
+from model.config import RankerConfig
+from model.modes import served_modes
+from model.ranker import Ranker
+from model.vocabulary import Vocabulary
 
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
@@ -29,66 +32,27 @@ class CheckpointError(ValueError):
     """A checkpoint directory is missing, incomplete or inconsistent."""
 
 
-@dataclass(frozen=True)
-class Vocabulary:
-    """Item and action vocabularies. Row 0 of each table is reserved (OOV / no action).
-
-    ``items[i]`` is the external id (as a string) of item row i+1; likewise ``actions``.
-    An integer id and its decimal string are one id (7 and "7"; "007" is another id).
-    """
-
-    items: tuple[str, ...]
-    actions: tuple[str, ...] = ()
-    _item_index: dict[int | str, int] = field(init=False, repr=False, compare=False)
-    _action_index: dict[str, int] = field(init=False, repr=False, compare=False)
-
-    def __post_init__(self) -> None:
-        action_index = {action: i + 1 for i, action in enumerate(self.actions)}
-        if len(set(self.items)) != len(self.items) or len(action_index) != len(self.actions):
-            raise CheckpointError("vocabulary holds duplicate ids")
-        object.__setattr__(self, "_item_index", _item_index(self.items))
-        object.__setattr__(self, "_action_index", action_index)
-
-    @property
-    def n_items(self) -> int:
-        """Rows of the item table, including the OOV row."""
-        return len(self.items) + 1
-
-    @property
-    def n_actions(self) -> int:
-        return len(self.actions) + 1
-
-    @property
-    def item_index(self) -> dict[int | str, int]:
-        """External id → row (the one mapping; read-only by convention). Decimal ids are
-        keyed by their int too, so a lookup needs no ``str()`` per id."""
-        return self._item_index
-
-    def item_row(self, item_id: int | str) -> int:
-        """Row of an external item id, ``OOV_ITEM`` when unknown."""
-        return self._item_index.get(item_id, OOV_ITEM)
-
-    def action_row(self, action: str | None) -> int:
-        return self._action_index.get(action, NO_ACTION) if action else NO_ACTION
+# Parameter names of checkpoints written before the heads were named modules.
+LEGACY_PREFIXES: tuple[tuple[str, str], ...] = (
+    ("mlp.0.", "mlp.fc1."),
+    ("mlp.2.", "mlp.fc2."),
+    ("mlp.4.", "mlp.out."),
+    ("linear_attn.", "baselines.linear.attention."),
+    ("elastic.", "baselines.elastic.dispatcher."),
+    ("mean_proj.", "baselines.mean.proj."),
+)
 
 
-def _item_index(items: tuple[str, ...]) -> dict[int | str, int]:
-    index: dict[int | str, int] = {}
-    for row, item in enumerate(items, start=1):
-        index[item] = row
-        number = _canonical_int(item)
-        if number is not None:
-            index[number] = row
-    return index
-
-
-def _canonical_int(item: str) -> int | None:
-    """The int whose ``str`` is exactly ``item`` ("42" → 42; "042", "²", " 4" → None)."""
-    try:
-        number = int(item)
-    except ValueError:
-        return None
-    return number if str(number) == item else None
+def upgrade_state_dict(tensors: dict[str, Tensor]) -> dict[str, Tensor]:
+    """``tensors`` with legacy parameter names renamed to the current ones."""
+    upgraded: dict[str, Tensor] = {}
+    for name, tensor in tensors.items():
+        for old, new in LEGACY_PREFIXES:
+            if name.startswith(old):
+                name = new + name[len(old) :]
+                break
+        upgraded[name] = tensor
+    return upgraded
 
 
 @dataclass(frozen=True)
@@ -172,9 +136,10 @@ def _read_document(path: Path) -> tuple[RankerConfig, Vocabulary, dict[str, Any]
         meta = document.get("meta", {})
         if not isinstance(meta, dict):
             raise TypeError(f"meta must be an object, got {type(meta).__name__}")
-    except (KeyError, TypeError, ValueError) as exc:  # ValueError: JSON, UTF-8, ConfigError
+        vocab = Vocabulary(items, actions)
+    except (KeyError, TypeError, ValueError) as exc:  # ValueError: JSON, UTF-8, ConfigError,
+        # VocabularyError (a duplicate id)
         raise CheckpointError(f"checkpoint {path}: malformed {CONFIG_FILE}: {exc!r}") from exc
-    vocab = Vocabulary(items, actions)
     if vocab.n_items != config.n_items or vocab.n_actions != config.n_actions:
         raise CheckpointError(
             f"checkpoint {path}: vocabulary ({vocab.n_items} items, {vocab.n_actions} actions) "

@@ -5,12 +5,15 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields
 from typing import Any, Literal, get_args
 
-from model.lowrank import DEFAULT_OVERSAMPLE
+# Extra factors p a low-rank state keeps beyond the served rank r (ℓ = r + p, model.states.svd).
+DEFAULT_OVERSAMPLE = 16
+# Interest tokens with σ_k ≤ LIVE_TOKEN_RTOL·σ_1 carry no information and are masked out of
+# the softmax, in training (model.layers) and serving (model.states.svd) alike (DESIGN §2).
+LIVE_TOKEN_RTOL = 1e-6
 
+# The names of the registry's entries (``model.modes``: what each mode is and does).
 AttentionMode = Literal["svd", "svd_exact", "softmax", "linear", "elastic", "mean"]
 ATTENTION_MODES: tuple[str, ...] = get_args(AttentionMode)
-# Modes the service can answer from the stored factors and the event log.
-SERVING_MODES: tuple[str, ...] = ("svd", "svd_exact", "softmax")
 
 
 class ConfigError(ValueError):
@@ -79,25 +82,3 @@ class RankerConfig:
         if unknown:
             raise ConfigError(f"unknown config keys: {sorted(unknown)}")
         return cls(**data)
-
-
-# The state each trained mode is served from, and the modes that state serves: the svd
-# factors (with the event log) serve the three modes of the shared target attention; a
-# baseline is served from its own compressed state (model.states) and only in its own mode.
-_SERVED: dict[str, tuple[str, ...]] = {
-    "svd": SERVING_MODES,
-    "elastic": ("elastic",),
-    "linear": ("linear",),
-    "mean": ("mean",),
-}
-STATE_MODES: tuple[str, ...] = ("elastic", "linear", "mean")  # served from a family state
-
-
-def state_kind(mode: str) -> str:
-    """The kind of per-user state a model trained in ``mode`` keeps (svd, elastic, ...)."""
-    return mode if mode in STATE_MODES else "svd"
-
-
-def served_modes(mode: str) -> tuple[str, ...]:
-    """The /rank modes a model trained in ``mode`` serves."""
-    return _SERVED[state_kind(mode)]

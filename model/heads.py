@@ -1,21 +1,21 @@
 """The ranker's named sub-modules: the scoring MLP and the heads of the baseline modes.
 
 The `svd`, `svd_exact` and `softmax` modes share the ranker's :class:`TargetAttention`; each
-baseline mode (`linear`, `elastic`, `mean`) owns the extra layers below, created only for a
-model trained in that mode and registered under the mode's name (``ranker.baselines[mode]``).
+baseline mode (`linear`, `elastic`, `mean`) owns the extra layers below (its registry entry,
+``model.modes``, names its head), created only for a model trained in that mode and
+registered under the mode's name (``ranker.baselines[mode]``).
 Every baseline head maps (shared attention, candidates, event rows, mask, weights) to the
 attention output o (B, M, d).
 """
 
 from __future__ import annotations
 
-import torch
 from torch import Tensor, nn
 
 from model.config import RankerConfig
-from model.layers import ElasticDispatcher, LinearTargetAttention, TargetAttention
+from model.layers import ElasticDispatcher, LinearTargetAttention, TargetAttention, log_weights
 
-__all__ = ["BASELINE_MODES", "BaselineHead", "ScoringMLP", "baseline_heads"]
+__all__ = ["BaselineHead", "ElasticHead", "LinearHead", "MeanHead", "ScoringMLP"]
 
 
 class ScoringMLP(nn.Module):
@@ -74,7 +74,7 @@ class ElasticHead(BaselineHead):
     def forward(
         self, attn: TargetAttention, cand: Tensor, rows: Tensor, mask: Tensor, weights: Tensor
     ) -> Tensor:
-        tokens = self.dispatcher(rows, mask, torch.log(weights.clamp_min(1e-30)))  # (B, k, d)
+        tokens = self.dispatcher(rows, mask, log_weights(weights))  # (B, k, d)
         k = tokens.shape[1]
         return attn(cand, tokens, mask.any(dim=1, keepdim=True).expand(-1, k))
 
@@ -92,40 +92,3 @@ class MeanHead(BaselineHead):
         w = weights * mask.to(weights.dtype)  # (B, N)
         pooled = (rows * w.unsqueeze(-1)).sum(1) / w.sum(1, keepdim=True).clamp_min(1e-12)
         return self.proj(pooled).unsqueeze(1).expand_as(cand)  # (B, M, d)
-
-
-_HEADS: dict[str, type[LinearHead] | type[ElasticHead] | type[MeanHead]] = {
-    "linear": LinearHead,
-    "elastic": ElasticHead,
-    "mean": MeanHead,
-}
-BASELINE_MODES: tuple[str, ...] = tuple(_HEADS)
-
-
-def baseline_heads(config: RankerConfig) -> nn.ModuleDict:
-    """The head of the trained mode when it is a baseline (else empty), keyed by mode."""
-    head = _HEADS.get(config.mode)
-    return nn.ModuleDict({} if head is None else {config.mode: head(config)})
-
-
-# Parameter names of checkpoints written before the heads were named modules.
-LEGACY_PREFIXES: tuple[tuple[str, str], ...] = (
-    ("mlp.0.", "mlp.fc1."),
-    ("mlp.2.", "mlp.fc2."),
-    ("mlp.4.", "mlp.out."),
-    ("linear_attn.", "baselines.linear.attention."),
-    ("elastic.", "baselines.elastic.dispatcher."),
-    ("mean_proj.", "baselines.mean.proj."),
-)
-
-
-def upgrade_state_dict(tensors: dict[str, Tensor]) -> dict[str, Tensor]:
-    """``tensors`` with legacy parameter names renamed to the current ones."""
-    upgraded: dict[str, Tensor] = {}
-    for name, tensor in tensors.items():
-        for old, new in LEGACY_PREFIXES:
-            if name.startswith(old):
-                name = new + name[len(old) :]
-                break
-        upgraded[name] = tensor
-    return upgraded

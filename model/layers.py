@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from model.attention import elu_feature
-from model.lowrank import LIVE_TOKEN_RTOL
+from model.config import LIVE_TOKEN_RTOL
 
 
 def _split_heads(x: Tensor, heads: int) -> Tensor:
@@ -24,6 +24,13 @@ def _split_heads(x: Tensor, heads: int) -> Tensor:
 def _merge_heads(x: Tensor) -> Tensor:
     B, H, T, dh = x.shape
     return x.transpose(1, 2).reshape(B, T, H * dh)  # (B, T, d)
+
+
+def log_weights(weights: Tensor) -> Tensor:
+    """Recency weights w_j (…, N) → log w_j, the logit bias of a weighted softmax. A weight
+    that underflowed to 0 (an event many half-lives old) gets log 1e-30 ≈ -69, not -inf: a
+    finite bias, so a user whose every event is that old still has a softmax."""
+    return torch.log(weights.clamp_min(1e-30))
 
 
 def logit_mask(

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import math
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import NamedTuple, Protocol
 
 import torch
@@ -34,7 +34,6 @@ from torch import Tensor, nn
 from model.config import RankerConfig
 from model.heads import ScoringMLP
 from model.layers import TargetAttention, logit_mask
-from model.state_pass import state_outputs
 
 __all__ = ["ServingPass", "ServingWeights", "Workspace"]
 
@@ -174,19 +173,19 @@ class ServingPass:
     @torch.no_grad()
     def history(
         self,
-        mode: str,
         rows: Tensor,
         events: tuple[Tensor, Tensor],
         mask: Tensor,
         log_weights: Tensor,
         basis: Tensor | None = None,
     ) -> Tensor:
-        """`svd_exact` / `softmax`: candidates attend to the N logged events.
+        """`softmax` / `svd_exact`: candidates attend to the N logged events.
 
         Args:
             rows: (B, M) long candidate rows. events: (B, N) long item and action rows.
             mask: (B, N) bool real events. log_weights: (B, N) log recency weights.
-            basis: (B, d, r) V_r, for `svd_exact` (events projected on span(V_r)).
+            basis: (B, d, r) V_r: the events are projected on span(V_r) first (`svd_exact`);
+                None: attend to the rows themselves (`softmax`).
         Returns:
             (B, M) float32 logits.
         """
@@ -197,8 +196,7 @@ class ServingPass:
         torch.index_select(w.features, 0, rows.reshape(-1), out=feats)
         items, actions = events
         context = F.embedding(items, w.features[:, :d]) + F.embedding(actions, w.actions)
-        if mode == "svd_exact":
-            assert basis is not None
+        if basis is not None:
             v_r = basis.to(self.dtype)
             context = (context @ v_r) @ v_r.transpose(1, 2)  # (B, N, d) = X V_r V_rᵀ
         x = self._attend(w, feats, context, logit_mask(mask, log_weights, self.dtype), space)
@@ -206,21 +204,19 @@ class ServingPass:
         return self._tail(w, feats, x, space).view(B, M)
 
     @torch.no_grad()
-    def state(self, mode: str, rows: Tensor, summary: Tensor) -> Tensor:
-        """`linear` / `mean`: candidates read the users' state summaries (``model.state_pass``).
+    def state(self, rows: Tensor, outputs: Callable[[Tensor], Tensor]) -> Tensor:
+        """A baseline's outputs from its users' state summaries (``model.modes.summary``).
 
-        rows (B, M) long; summary (B, H, d_h, d_h + 1) for `linear`, (B, d) for `mean`
-        → logits (B, M) float32.
+        rows (B, M) long; ``outputs`` maps the candidates' embeddings (B, M, d), in the
+        pass's dtype, to the attention output o (B, M, d) → logits (B, M) float32.
         """
         w, space = self.weights, self._workspace()
         B, M = rows.shape
         d = w.o.shape[0]
         feats = space.take("features", B * M, w.features.shape[1])
         torch.index_select(w.features, 0, rows.reshape(-1), out=feats)
-        head = self.ranker.baselines[mode]
         x = space.take("x", B * M, 2 * d)
-        cand = feats[:, :d].view(B, M, d)
-        x[:, :d] = state_outputs(head, mode, cand, summary.to(self.dtype)).reshape(B * M, d)
+        x[:, :d] = outputs(feats[:, :d].view(B, M, d)).reshape(B * M, d)
         return self._tail(w, feats, x, space).view(B, M)
 
     # ------------------------------------------------------------------ pieces

@@ -3,21 +3,20 @@
 Serving reads these modes from the constant-size states of ``model.states`` instead of the
 events: `linear` from [S_h | z_h] per head, `mean` from the weighted mean row. The outputs
 equal the training heads' (``model.heads.LinearHead``, ``MeanHead``) on the same history.
-(`elastic` needs no pass of its own: its k tokens go through the `svd` token pass.)
+(`elastic` needs no pass of its own: its k tokens go through the `svd` token pass.) The
+registry's entries (``model.modes.summary``) call them inside ``ServingPass.state``.
 
 Shapes: B requests, M candidates, H heads, d = H·d_h.
 """
 
 from __future__ import annotations
 
-from typing import cast
-
-from torch import Tensor, nn
+from torch import Tensor
 
 from model.attention import elu_feature
 from model.heads import LinearHead, MeanHead
 
-__all__ = ["linear_outputs", "mean_outputs", "state_outputs"]
+__all__ = ["linear_outputs", "mean_outputs"]
 
 
 def linear_outputs(head: LinearHead, cand: Tensor, summary: Tensor) -> Tensor:
@@ -42,12 +41,3 @@ def mean_outputs(head: MeanHead, pooled: Tensor, candidates: int) -> Tensor:
     the same for every one of the M candidates."""
     out = pooled.to(head.proj.weight.dtype) @ head.proj.weight.T  # (B, d)
     return out.unsqueeze(1).expand(-1, candidates, -1)
-
-
-def state_outputs(head: nn.Module, mode: str, cand: Tensor, summary: Tensor) -> Tensor:
-    """o (B, M, d) of `linear` or `mean` from the summaries (see the two functions above)."""
-    if mode == "linear":
-        return linear_outputs(cast(LinearHead, head), cand, summary)
-    if mode == "mean":
-        return mean_outputs(cast(MeanHead, head), summary.to(cand.dtype), cand.shape[1])
-    raise ValueError(f"no state pass for mode {mode!r}")

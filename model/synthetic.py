@@ -17,8 +17,8 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.typing import NDArray
 
-from model.checkpoint import Vocabulary
 from model.events.interactions import Interactions
+from model.vocabulary import Vocabulary
 
 DAY_S = 86_400.0
 WEEK_S = 7 * DAY_S

@@ -33,7 +33,6 @@ from model.evaluate import EvalSpec, evaluate
 from model.events.interactions import Interactions
 from model.events.windows import history_batch, training_positions
 from model.ranker import Ranker
-from model.train_parts import BestValidation, NegativeSampler
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +86,47 @@ class TrainResult:
     wall_s: float
     steps: int
     contexts_per_s: float = 0.0
+
+
+class NegativeSampler:
+    """Draws item rows 1..n_items-1 uniformly or ∝ count^0.75 over the training events."""
+
+    def __init__(self, data: Interactions, sampling: str, rng: np.random.Generator) -> None:
+        if sampling not in ("uniform", "popularity"):
+            raise ValueError(f"sampling must be 'uniform' or 'popularity', got {sampling!r}")
+        n = data.vocab.n_items
+        self.rng = rng
+        self.n = n
+        self.p: NDArray[np.float64] | None = None
+        if sampling == "popularity":
+            counts = np.bincount(data.items, minlength=n)[1:].astype(np.float64) ** 0.75
+            self.p = counts / counts.sum()
+
+    def __call__(self, shape: tuple[int, int]) -> NDArray[np.int64]:
+        if self.p is None:
+            return self.rng.integers(1, self.n, size=shape)
+        return self.rng.choice(self.n - 1, size=shape, p=self.p) + 1
+
+
+class BestValidation:
+    """Validation GAUCs so far and the weights of the best one."""
+
+    def __init__(self, initial: dict[str, torch.Tensor]) -> None:
+        self.best_state = initial
+        self.best_step, self.last_step = 0, -1
+        self.val_gauc: list[float] = []
+        self._since_best = 0
+
+    def validated(self, gauc: float, step: int, ranker: Ranker) -> int:
+        """Record a validation at ``step``; returns validations since the best."""
+        self.last_step = step
+        if gauc > max(self.val_gauc, default=-1.0):
+            self.best_state, self.best_step = copy.deepcopy(ranker.state_dict()), step
+            self._since_best = 0
+        else:
+            self._since_best += 1
+        self.val_gauc.append(gauc)
+        return self._since_best
 
 
 def _batches(
@@ -169,8 +209,14 @@ def train(model_cfg: RankerConfig, data: Interactions, cfg: TrainConfig) -> Trai
         out_of_budget = steps >= max_steps or time.perf_counter() >= deadline
         if steps % every == 0 or out_of_budget:
             gauc = evaluate(ranker, data, model_cfg.mode, val).gauc
-            log.info("step %d (epoch %d) loss %.4f val GAUC %.4f (%.0fs)", steps, epoch,
-                     loss_sum / every, gauc, time.perf_counter() - start)  # fmt: skip
+            log.info(
+                "step %d (epoch %d) loss %.4f val GAUC %.4f (%.0fs)",
+                steps,
+                epoch,
+                loss_sum / every,
+                gauc,
+                time.perf_counter() - start,
+            )
             loss_sum = 0.0
             if record.validated(gauc, steps, ranker) >= cfg.patience:
                 log.info("early stop: no improvement for %d validations", cfg.patience)
@@ -266,8 +312,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.max_users is not None and data.n_users > args.max_users:
         pick = np.random.default_rng(args.seed).choice(data.n_users, args.max_users, replace=False)
         data = data.subset(np.sort(pick))
-    log.info("%s: %d users, %d events, %d items", args.dataset, data.n_users, data.n_events,
-             data.vocab.n_items - 1)  # fmt: skip
+    log.info(
+        "%s: %d users, %d events, %d items",
+        args.dataset,
+        data.n_users,
+        data.n_events,
+        data.vocab.n_items - 1,
+    )
     model_cfg = RankerConfig(
         n_items=data.vocab.n_items,
         n_actions=data.vocab.n_actions,

@@ -15,7 +15,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("model.train:main", "train a ranker and write a checkpoint"),
     "eval": ("model.evaluate:main", "evaluate checkpoints or modes offline"),
     "replay": ("solar_tools.replay:main", "stream a dataset's events into POST /ingest"),
-    "bench": ("bench.kernels:main", "attention kernel benchmark"),
+    "bench": ("bench.micro.kernels:main", "attention kernel benchmark"),
 }
 
 

@@ -8,6 +8,8 @@ labels ``solar_rejected_total``.
 
 from __future__ import annotations
 
+from service.user_ids import USER_ID_RULE
+
 __all__ = [
     "ApplyTimeout",
     "BatcherClosed",
@@ -28,8 +30,6 @@ __all__ = [
     "UnknownUser",
     "UserRepairing",
 ]
-
-MAX_USER_ID_LENGTH = 128
 
 
 class ServiceError(Exception):
@@ -147,13 +147,13 @@ class ApplyTimeout(ServiceUnavailable):
 
 
 class InvalidUserId(InvalidInput):
-    """A user id that is empty, longer than 128 characters or uses a forbidden character."""
+    """A user id that breaks the rule of ``service.user_ids`` (empty, too long, a forbidden
+    character, not a string)."""
 
     def __init__(self, user_id: object) -> None:
         super().__init__(
             "user_id",
-            f"invalid user_id {user_id!r}: expected 1-{MAX_USER_ID_LENGTH} characters "
-            "of [A-Za-z0-9_.:@-]",
+            f"invalid user_id {user_id!r}: expected {USER_ID_RULE}",
         )
         self.user_id = user_id
 

@@ -1,4 +1,4 @@
-"""Typed answers of the solar HTTP API (DESIGN §5) and the client's errors.
+"""Typed answers of the solar HTTP API (docs/DESIGN.md §5) and the client's errors.
 
 Each answer is a frozen dataclass built from the JSON body by ``from_json``; fields the
 service adds later are ignored, a missing field raises :class:`SolarError`. No httpx, no

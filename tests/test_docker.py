@@ -23,9 +23,10 @@ import torch
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from model.checkpoint import Vocabulary, save_checkpoint
+from model.checkpoint import save_checkpoint
 from model.config import RankerConfig
 from model.ranker import Ranker
+from model.vocabulary import Vocabulary
 from service.settings import Settings
 from solar_tools.redis_server import REDIS_SERVER_BIN, free_port
 from tests.service.support import running_app
@@ -152,8 +153,9 @@ def test_load_balancer_fronts_every_replica(compose: dict[str, Any]) -> None:
 
 def test_prometheus_scrapes_every_replica(compose: dict[str, Any]) -> None:
     config = _yaml(DOCKER / "prometheus.yml")
-    targets = {t for job in config["scrape_configs"] for s in job["static_configs"]
-               for t in s["targets"]}  # fmt: skip
+    targets = {
+        t for job in config["scrape_configs"] for s in job["static_configs"] for t in s["targets"]
+    }
     replicas = _replicas(compose)
     worker = compose["services"]["worker"]
     assert worker["command"] == ["solar", "worker"]
@@ -187,10 +189,15 @@ def test_grafana_provisioning_points_at_prometheus_and_the_dashboard(
 def test_dashboard_covers_the_issue_panels(dashboard: dict[str, Any]) -> None:
     exprs = " ".join(t["expr"] for p in dashboard["panels"] for t in p["targets"])
     needed = [
-        "solar_request_duration_seconds_count", "histogram_quantile(0.5",
-        "histogram_quantile(0.99", "solar_batch_size", "solar_queue_depth",
-        "solar_ingest_events_total", "solar_store_seconds", "solar_rejected_total",
-    ]  # fmt: skip
+        "solar_request_duration_seconds_count",
+        "histogram_quantile(0.5",
+        "histogram_quantile(0.99",
+        "solar_batch_size",
+        "solar_queue_depth",
+        "solar_ingest_events_total",
+        "solar_store_seconds",
+        "solar_rejected_total",
+    ]
     assert [n for n in needed if n not in exprs] == []
     ids = [p["id"] for p in dashboard["panels"]]
     assert len(ids) == len(set(ids))
@@ -278,10 +285,21 @@ def conf_redis(tmp_path: Path) -> Iterator[redis.Redis]:
     """redis-server started from docker/redis.conf (port, bind and dir overridden)."""
     port = free_port()
     proc = subprocess.Popen(
-        [REDIS_SERVER_BIN, str(DOCKER / "redis.conf"), "--port", str(port),
-         "--bind", "127.0.0.1", "--dir", str(tmp_path), "--daemonize", "no"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
-    )  # fmt: skip
+        [
+            REDIS_SERVER_BIN,
+            str(DOCKER / "redis.conf"),
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--dir",
+            str(tmp_path),
+            "--daemonize",
+            "no",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.STDOUT,
+    )
     client = redis.Redis(host="127.0.0.1", port=port, socket_timeout=1, decode_responses=True)
     try:
         deadline = time.monotonic() + 10

@@ -86,8 +86,9 @@ def _copy(sources: list[str], dest: Path) -> None:
     """``COPY <sources> <dest>`` from a clean build context (the git-tracked files): a file
     lands in ``dest`` under its name, a directory's contents under ``dest``."""
     for source in sources:
-        listed = subprocess.run(["git", "ls-files", "-z", "--", source], cwd=ROOT,
-                                capture_output=True, check=True).stdout  # fmt: skip
+        listed = subprocess.run(
+            ["git", "ls-files", "-z", "--", source], cwd=ROOT, capture_output=True, check=True
+        ).stdout
         files = [Path(f) for f in listed.decode().split("\0") if f]
         assert files, f"COPY {source}: not in the build context"
         for name in files:
@@ -101,9 +102,10 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A random checkpoint over item ids 1..20 (d=16, r=4) to serve."""
     import torch
 
-    from model.checkpoint import Vocabulary, save_checkpoint
+    from model.checkpoint import save_checkpoint
     from model.config import RankerConfig
     from model.ranker import Ranker
+    from model.vocabulary import Vocabulary
 
     torch.manual_seed(0)
     vocab = Vocabulary(tuple(str(i) for i in range(1, 21)))
@@ -121,8 +123,9 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> Path:
     index.mkdir()
     paths = {"/opt/venv": str(venv), "/src": str(src)}
     env = {k: v for k, v in os.environ.items() if not k.startswith(("VIRTUAL_ENV", "PYTHON"))}
-    env["PATH"] = os.pathsep.join(p for p in env["PATH"].split(os.pathsep)
-                                  if not p.startswith(str(ROOT)))  # fmt: skip
+    env["PATH"] = os.pathsep.join(
+        p for p in env["PATH"].split(os.pathsep) if not p.startswith(str(ROOT))
+    )
     args = {"TORCH_INDEX_URL": index.as_uri()}  # the build argument, pointed at no network
     workdir = tmp
     for word, rest in _instructions("build"):
@@ -142,8 +145,14 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> Path:
             _copy(sources, (workdir / dest).resolve())
         elif word == "RUN":
             command = re.sub(r"\$\{(\w+)\}", lambda m: args.get(m.group(1), m.group(0)), rest)
-            run = subprocess.run(["bash", "-c", command], cwd=workdir, env=env, text=True,
-                                 capture_output=True, timeout=BUILD_TIMEOUT_S)  # fmt: skip
+            run = subprocess.run(
+                ["bash", "-c", command],
+                cwd=workdir,
+                env=env,
+                text=True,
+                capture_output=True,
+                timeout=BUILD_TIMEOUT_S,
+            )
             assert run.returncode == 0, f"RUN {command}\n{run.stdout[-3000:]}{run.stderr[-3000:]}"
             if re.search(r"-m venv ", command):
                 _expose_torch(venv, tmp / "torch-shelf")
@@ -155,12 +164,17 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_the_installed_copy_imports_outside_the_source_tree(built: Path, tmp_path: Path) -> None:
     code = (
-        "import bench.kernels, model.train, service.cli, solar_tools.client, solar_tools.replay, "
-        "torch; from service.api.docs import asset_dir; "
+        "import bench.micro.kernels, model.train, service.cli, solar_tools.client, "
+        "solar_tools.replay, torch; from service.api.docs import asset_dir; "
         "print(service.cli.__file__, solar_tools.replay.__file__, asset_dir(), torch.__version__)"
     )
-    run = subprocess.run([str(built / "bin" / "python"), "-c", code], cwd=tmp_path,
-                         capture_output=True, text=True, timeout=120)  # fmt: skip
+    run = subprocess.run(
+        [str(built / "bin" / "python"), "-c", code],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert run.returncode == 0, run.stderr
     service_file, replay_file, assets, version = run.stdout.split()
     for path in (service_file, replay_file, assets):
@@ -168,17 +182,29 @@ def test_the_installed_copy_imports_outside_the_source_tree(built: Path, tmp_pat
     assert version.startswith("2.13.0")
     typed = list(built.glob("lib/python3*/site-packages/service/py.typed"))
     assert typed, "package data (py.typed) missing from the wheel"
+    # Of bench/, only what `solar bench` imports ships: the HTTP runs and the study do not.
+    (site,) = built.glob("lib/python3*/site-packages")
+    shipped = {p.name for p in (site / "bench").iterdir() if (p / "__init__.py").is_file()}
+    assert shipped == {"common", "micro"}, shipped
 
 
 def test_the_installed_copy_serves(built: Path, tmp_path: Path, tiny_model: Path) -> None:
     """What the runtime stage's CMD runs: `solar serve`, from the installed venv alone."""
     port = free_port()
-    env = {"PATH": f"{built / 'bin'}:/usr/bin:/bin", "SOLAR_MODEL_PATH": str(tiny_model),
-           "SOLAR_WARMUP": "0", "OPENBLAS_NUM_THREADS": "1"}  # fmt: skip
+    env = {
+        "PATH": f"{built / 'bin'}:/usr/bin:/bin",
+        "SOLAR_MODEL_PATH": str(tiny_model),
+        "SOLAR_WARMUP": "0",
+        "OPENBLAS_NUM_THREADS": "1",
+    }
     log = (tmp_path / "serve.log").open("w")
-    proc = subprocess.Popen([str(built / "bin" / "solar"), "serve", "--host", "127.0.0.1",
-                             "--port", str(port)], cwd=tmp_path, env=env, stdout=log,
-                            stderr=subprocess.STDOUT)  # fmt: skip
+    proc = subprocess.Popen(
+        [str(built / "bin" / "solar"), "serve", "--host", "127.0.0.1", "--port", str(port)],
+        cwd=tmp_path,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
     try:
         deadline = time.monotonic() + 60
         while True:

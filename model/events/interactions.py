@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.typing import NDArray
 
-from model.checkpoint import Vocabulary
+from model.vocabulary import Vocabulary
 
 
 class DatasetError(ValueError):

@@ -1,40 +1,45 @@
 """Builders of each state kind, bound to a model's weights, decay and tag.
 
-A state of the `elastic` or `linear` kind depends on the model's projections, so it is built
-and updated through a builder holding them (frozen float64 copies, made once per loaded
-model); the svd and mean builders hold only sizes. Every builder offers the same four
-operations, so the service never branches on the kind to load, apply, rebuild or write.
+A builder turns the events themselves (item rows, action rows, times; the int arrays
+``ServingModel.log_rows`` gives) into a state: it embeds them through the model's tables
+(x_j = E_item[i_j] + E_action[a_j]: ``model.states.weights.ranker_embed``, or the function
+it is given), then builds or updates its kind. A state of the `elastic` or `linear` kind
+depends on the model's projections, so its builder holds frozen float64 copies of them (made
+once per loaded model); the svd builder keeps the hybrid's window of latest events itself.
+Every builder offers the same operations, so the service never branches on the kind to
+load, apply, rebuild, write or score.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import math
 from dataclasses import dataclass
-from typing import Protocol, cast
+from typing import Protocol, TypeVar, cast
 
 import numpy as np
-import torch
 from numpy.typing import NDArray
 
-from model.config import state_kind
 from model.heads import ElasticHead, LinearHead
-from model.layers import ElasticDispatcher, LinearTargetAttention
-from model.lowrank import Decay, LowRankState
+from model.modes import state_kind
 from model.ranker import Ranker
-from model.recent import RecentEvents
-from model.states.base import UserState
+from model.states.base import Decay, UserState
 from model.states.elastic import ElasticSpec, ElasticState
+from model.states.errors import StateError
 from model.states.linear import LinearSpec, LinearState
 from model.states.mean import MeanState
+from model.states.svd.recent import RecentEvents
+from model.states.svd.state import LowRankState
+from model.states.weights import Embed, IntArray, elastic_spec, linear_spec, ranker_embed
 
-__all__ = ["StateBuilder", "elastic_spec", "linear_spec", "make_builder"]
+__all__ = ["StateBuilder", "make_builder"]
 
 Array = NDArray[np.float64]
+_S = TypeVar("_S")
 
 
 class StateBuilder(Protocol):
-    """Creates and updates one kind of state for one model (rows (N, d), ts (N,) seconds)."""
+    """Creates and updates one kind of state for one model from events: item rows (N,) and
+    action rows (N,) int64, times ts (N,) unix seconds (any order)."""
 
     @property
     def kind(self) -> str: ...
@@ -42,46 +47,79 @@ class StateBuilder(Protocol):
     @property
     def tag(self) -> str: ...
 
-    def empty(self) -> UserState: ...
+    def embed(self, items: IntArray, actions: IntArray) -> Array:
+        """The event rows x_j (N, d), float64, through the model's tables."""
+        ...
 
-    def from_rows(self, rows: Array, ts: Array) -> UserState: ...
+    def empty(self) -> UserState:
+        """The state of a user with no history."""
+        ...
 
-    def append(self, state: UserState, rows: Array, ts: Array) -> UserState: ...
+    def from_events(self, items: IntArray, actions: IntArray, ts: Array) -> UserState:
+        """The batch state of a whole history (the empty state for N = 0)."""
+        ...
+
+    def append(self, state: UserState, items: IntArray, actions: IntArray, ts: Array) -> UserState:
+        """``state`` after one block of b ≥ 1 events (StateError for a state of another kind)."""
+        ...
 
     def fits(self, state: UserState) -> bool:
         """Whether ``state`` has this builder's kind and shape (else: rebuild it)."""
         ...
 
     def features(self, state: UserState) -> Array:
-        """What the scoring pass reads of ``state``: svd (r, d) interest tokens, elastic (k, d)
-        dispatcher tokens, linear (H, d_h, d_h + 1) [S_h | z_h], mean the (d,) mean row."""
+        """What the scoring pass reads of ``state``: svd its live interest tokens (≤ r, d)
+        then, for the hybrid, the rows of its latest events (≤ k, d), or (r, d) zeros with
+        neither; elastic (k, d) dispatcher tokens; linear (H, d_h, d_h + 1) [S_h | z_h];
+        mean the (d,) mean row."""
+        ...
+
+    def basis(self, state: UserState) -> Array:
+        """The (d, r) right singular vectors `svd_exact` projects the history on (svd only:
+        StateError for the kinds that keep none)."""
         ...
 
 
-def _np(weight: torch.Tensor) -> Array:
-    return weight.detach().to(device="cpu", dtype=torch.float64).numpy().copy()
+def _own(state: UserState, cls: type[_S]) -> _S:
+    """``state`` as the builder's kind; StateError if it is another (never a silent misuse)."""
+    if not isinstance(state, cls):
+        raise StateError(f"a {cls.__name__} builder was given a {state.kind} state")
+    return state
 
 
-def elastic_spec(dispatcher: ElasticDispatcher, heads: int) -> ElasticSpec:
-    """The :class:`ElasticSpec` of a ``model.layers.ElasticDispatcher``."""
-    attn = dispatcher.dispatch
-    q = _np(dispatcher.queries) @ _np(attn.w_q.weight).T  # (k, d)
-    k, d = q.shape
-    dh = d // heads
-    queries = q.reshape(k, heads, dh).transpose(1, 0, 2) / math.sqrt(dh)  # (H, k, d_h)
-    return ElasticSpec(
-        np.ascontiguousarray(queries),
-        _np(attn.w_k.weight).T.copy(), _np(attn.w_v.weight).T.copy(), _np(attn.w_o.weight).T.copy(),
-    )  # fmt: skip
+class _FromEvents:
+    """What a builder does with events: embed them (``embed``), then build its kind from the
+    rows (``_from_rows``) or update a state with them (``_append``)."""
 
+    embed: Embed
 
-def linear_spec(attention: LinearTargetAttention, heads: int) -> LinearSpec:
-    """The :class:`LinearSpec` of a ``model.layers.LinearTargetAttention``."""
-    return LinearSpec(_np(attention.w_k.weight).T.copy(), _np(attention.w_v.weight).T.copy(), heads)
+    def empty(self) -> UserState:
+        raise NotImplementedError
+
+    def _from_rows(self, rows: Array, ts: Array) -> UserState:
+        raise NotImplementedError
+
+    def _append(self, state: UserState, rows: Array, ts: Array) -> UserState:
+        raise NotImplementedError
+
+    def from_events(self, items: IntArray, actions: IntArray, ts: Array) -> UserState:
+        if np.shape(ts)[0] == 0:
+            return self.empty()
+        return self._from_rows(self.embed(items, actions), ts)
+
+    def append(self, state: UserState, items: IntArray, actions: IntArray, ts: Array) -> UserState:
+        return self._append(state, self.embed(items, actions), ts)
+
+    def basis(self, state: UserState) -> Array:
+        raise StateError(f"{state.kind} states keep no singular vectors (svd_exact needs svd)")
 
 
 @dataclass(frozen=True)
-class SvdBuilder:
+class SvdBuilder(_FromEvents):
+    """The svd factors (rank r, ℓ = min(r + p, d)) and, for the hybrid (``recent_tokens`` =
+    k > 0), the window of the k latest events, merged with every block."""
+
+    embed: Embed
     dim: int
     rank: int
     oversample: int
@@ -95,18 +133,42 @@ class SvdBuilder:
         k = self.recent_tokens
         return dataclasses.replace(state, recent=RecentEvents.empty(k)) if k else state
 
-    def from_rows(self, rows: Array, ts: Array) -> LowRankState:
-        return LowRankState.from_rows(
-            rows, self.rank, oversample=self.oversample, ts=ts, decay=self.decay, tag=self.tag
-        )
+    def from_events(self, items: IntArray, actions: IntArray, ts: Array) -> UserState:
+        return self._windowed(super().from_events(items, actions, ts), items, actions, ts)
 
-    def append(self, state: UserState, rows: Array, ts: Array) -> LowRankState:
-        assert isinstance(state, LowRankState)
-        return state.append(rows, ts=ts, decay=self.decay)
+    def append(self, state: UserState, items: IntArray, actions: IntArray, ts: Array) -> UserState:
+        return self._windowed(super().append(state, items, actions, ts), items, actions, ts)
+
+    def _from_rows(self, rows: Array, ts: Array) -> LowRankState:
+        return LowRankState.from_rows(rows, self.rank, oversample=self.oversample, ts=ts,
+                                      decay=self.decay, tag=self.tag)  # fmt: skip
+
+    def _append(self, state: UserState, rows: Array, ts: Array) -> LowRankState:
+        return _own(state, LowRankState).append(rows, ts=ts, decay=self.decay)
+
+    def _windowed(
+        self, state: UserState, items: IntArray, actions: IntArray, ts: Array
+    ) -> UserState:
+        """``state`` with the events merged into its window (the hybrid only)."""
+        k, svd = self.recent_tokens, _own(state, LowRankState)
+        if not k or np.shape(ts)[0] == 0:
+            return svd
+        window = svd.recent if svd.recent is not None else RecentEvents.empty(k)
+        return dataclasses.replace(svd, recent=window.merged(items, actions, ts))
 
     def features(self, state: UserState) -> Array:
-        assert isinstance(state, LowRankState)
-        return state.interests(self.rank)
+        svd = _own(state, LowRankState)
+        live = svd.live_rank(self.rank)
+        recent = svd.recent
+        if recent is None or not len(recent):
+            # Only the live tokens: the scorer masks the padding up to the batch's r.
+            return svd.interests(self.rank)[:live] if live else np.zeros((self.rank, self.dim))
+        tokens = svd.interests(self.rank)[:live]  # (live, d)
+        rows = self.embed(recent.items, recent.actions)  # (k', d)
+        return np.concatenate((tokens, rows))  # the latest events join the live tokens
+
+    def basis(self, state: UserState) -> Array:
+        return np.ascontiguousarray(_own(state, LowRankState).V[:, : self.rank])  # (d, r)
 
     def fits(self, state: UserState) -> bool:
         """Same rank and shape, and a window of latest events of the model's size (none for
@@ -121,7 +183,8 @@ class SvdBuilder:
 
 
 @dataclass(frozen=True)
-class ElasticBuilder:
+class ElasticBuilder(_FromEvents):
+    embed: Embed
     spec: ElasticSpec
     decay: Decay | None
     tag: str
@@ -130,16 +193,14 @@ class ElasticBuilder:
     def empty(self) -> ElasticState:
         return ElasticState.empty(self.spec, self.tag)
 
-    def from_rows(self, rows: Array, ts: Array) -> ElasticState:
+    def _from_rows(self, rows: Array, ts: Array) -> ElasticState:
         return ElasticState.from_rows(rows, ts, self.spec, self.decay, self.tag)
 
-    def append(self, state: UserState, rows: Array, ts: Array) -> ElasticState:
-        assert isinstance(state, ElasticState)
-        return state.append(rows, ts, self.spec, self.decay)
+    def _append(self, state: UserState, rows: Array, ts: Array) -> ElasticState:
+        return _own(state, ElasticState).append(rows, ts, self.spec, self.decay)
 
     def features(self, state: UserState) -> Array:
-        assert isinstance(state, ElasticState)
-        return state.tokens(self.spec)
+        return _own(state, ElasticState).tokens(self.spec)
 
     def fits(self, state: UserState) -> bool:
         spec = self.spec
@@ -148,7 +209,8 @@ class ElasticBuilder:
 
 
 @dataclass(frozen=True)
-class LinearBuilder:
+class LinearBuilder(_FromEvents):
+    embed: Embed
     spec: LinearSpec
     decay: Decay | None
     tag: str
@@ -157,16 +219,14 @@ class LinearBuilder:
     def empty(self) -> LinearState:
         return LinearState.empty(self.spec, self.tag)
 
-    def from_rows(self, rows: Array, ts: Array) -> LinearState:
+    def _from_rows(self, rows: Array, ts: Array) -> LinearState:
         return LinearState.from_rows(rows, ts, self.spec, self.decay, self.tag)
 
-    def append(self, state: UserState, rows: Array, ts: Array) -> LinearState:
-        assert isinstance(state, LinearState)
-        return state.append(rows, ts, self.spec, self.decay)
+    def _append(self, state: UserState, rows: Array, ts: Array) -> LinearState:
+        return _own(state, LinearState).append(rows, ts, self.spec, self.decay)
 
     def features(self, state: UserState) -> Array:
-        assert isinstance(state, LinearState)
-        return state.summary()
+        return _own(state, LinearState).summary()
 
     def fits(self, state: UserState) -> bool:
         spec = self.spec
@@ -176,7 +236,8 @@ class LinearBuilder:
 
 
 @dataclass(frozen=True)
-class MeanBuilder:
+class MeanBuilder(_FromEvents):
+    embed: Embed
     dim: int
     decay: Decay | None
     tag: str
@@ -185,33 +246,36 @@ class MeanBuilder:
     def empty(self) -> MeanState:
         return MeanState.empty(self.dim, self.tag)
 
-    def from_rows(self, rows: Array, ts: Array) -> MeanState:
+    def _from_rows(self, rows: Array, ts: Array) -> MeanState:
         return MeanState.from_rows(rows, ts, self.decay, self.tag)
 
-    def append(self, state: UserState, rows: Array, ts: Array) -> MeanState:
-        assert isinstance(state, MeanState)
-        return state.append(rows, ts, self.decay)
+    def _append(self, state: UserState, rows: Array, ts: Array) -> MeanState:
+        return _own(state, MeanState).append(rows, ts, self.decay)
 
     def features(self, state: UserState) -> Array:
-        assert isinstance(state, MeanState)
-        return state.pooled()
+        return _own(state, MeanState).pooled()
 
     def fits(self, state: UserState) -> bool:
         return isinstance(state, MeanState) and state.s.shape == (self.dim,)
 
 
 def make_builder(
-    ranker: Ranker, *, rank: int, oversample: int, decay: Decay | None, tag: str
-) -> StateBuilder:
-    """The builder of the state a ranker trained in ``ranker.config.mode`` is served from."""
+    ranker: Ranker, *, rank: int, oversample: int, decay: Decay | None, tag: str,
+    embed: Embed | None = None,
+) -> StateBuilder:  # fmt: skip
+    """The builder of the state a ranker trained in ``ranker.config.mode`` is served from;
+    events are embedded by ``embed`` (default :func:`ranker_embed`)."""
     config = ranker.config
+    embed = ranker_embed(ranker) if embed is None else embed
     kind = state_kind(config.mode)
     if kind == "elastic":
         elastic = cast(ElasticHead, ranker.baselines["elastic"])
-        return ElasticBuilder(elastic_spec(elastic.dispatcher, config.heads), decay, tag)
+        return ElasticBuilder(embed, elastic_spec(elastic.dispatcher, config.heads), decay, tag)
     if kind == "linear":
         linear = cast(LinearHead, ranker.baselines["linear"])
-        return LinearBuilder(linear_spec(linear.attention, config.heads), decay, tag)
+        return LinearBuilder(embed, linear_spec(linear.attention, config.heads), decay, tag)
     if kind == "mean":
-        return MeanBuilder(config.dim, decay, tag)
-    return SvdBuilder(config.dim, rank, oversample, decay, tag, recent_tokens=config.recent_tokens)
+        return MeanBuilder(embed, config.dim, decay, tag)
+    return SvdBuilder(
+        embed, config.dim, rank, oversample, decay, tag, recent_tokens=config.recent_tokens
+    )

@@ -18,10 +18,9 @@ from dataclasses import dataclass, replace
 import numpy as np
 from numpy.typing import NDArray
 
-from model.lowrank import Decay, _as_rows, _as_vector
-from model.state_blob import LowRankError, StateFormatError
-from model.states.base import advance
-from model.states.blob import Blob, decode_blob, encode_blob, expect_count
+from model.states.base import Decay, advance, as_rows, as_vector
+from model.states.blob import Blob, decode_blob, encode_blob, expect_count, expect_kind
+from model.states.errors import StateError, StateFormatError
 
 __all__ = ["ElasticSpec", "ElasticState"]
 
@@ -78,6 +77,15 @@ class ElasticState:
     kind = "elastic"
     residual_ratio = 0.0
 
+    @property
+    def token_count(self) -> int:
+        """The k dispatcher tokens candidates attend to."""
+        return int(self.m.shape[1])
+
+    @property
+    def singular_values(self) -> Array:
+        return np.zeros(0)
+
     @classmethod
     def empty(cls, spec: ElasticSpec, tag: str = "") -> ElasticState:
         H, k = spec.heads, spec.tokens
@@ -96,11 +104,11 @@ class ElasticState:
         self, rows: Array, ts: Array, spec: ElasticSpec, decay: Decay | None
     ) -> ElasticState:
         """Absorb the events rows (b, d) at times ts (b,) (any order); returns the new state."""
-        X = _as_rows(rows, spec.dim)
-        t = _as_vector(ts, X.shape[0], "timestamps")
+        X = as_rows(rows, spec.dim)
+        t = as_vector(ts, X.shape[0], "timestamps")
         assert t is not None
         if self.m.shape != (spec.heads, spec.tokens):
-            raise LowRankError(f"state of shape {self.m.shape} for a spec of {spec.queries.shape}")
+            raise StateError(f"state of shape {self.m.shape} for a spec of {spec.queries.shape}")
         clock = advance(self.t_ref, t, decay)
         m_old = self.m + clock.shift  # the old logits, seen from the new t_ref
         K, V = spec.split(X @ spec.w_k), spec.split(X @ spec.w_v)  # (H, b, d_h)
@@ -144,6 +152,7 @@ class ElasticState:
     @classmethod
     def from_blob(cls, blob: Blob) -> ElasticState:
         """The state of a decoded family (version-3) blob of kind ``elastic``."""
+        expect_kind(blob, cls.kind)
         H, k, dh = blob.dims
         expect_count(blob, H * k * (2 + dh))
         v = blob.values

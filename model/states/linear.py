@@ -16,10 +16,9 @@ from dataclasses import dataclass, replace
 import numpy as np
 from numpy.typing import NDArray
 
-from model.lowrank import Decay, _as_rows, _as_vector
-from model.state_blob import LowRankError, StateFormatError
-from model.states.base import advance
-from model.states.blob import Blob, decode_blob, encode_blob, expect_count
+from model.states.base import Decay, advance, as_rows, as_vector
+from model.states.blob import Blob, decode_blob, encode_blob, expect_count, expect_kind
+from model.states.errors import StateError, StateFormatError
 
 __all__ = ["LinearSpec", "LinearState", "elu_feature"]
 
@@ -61,6 +60,11 @@ class LinearState:
 
     kind = "linear"
     residual_ratio = 0.0
+    token_count = 0  # read as a whole, no tokens
+
+    @property
+    def singular_values(self) -> Array:
+        return np.zeros(0)
 
     @classmethod
     def empty(cls, spec: LinearSpec, tag: str = "") -> LinearState:
@@ -76,11 +80,11 @@ class LinearState:
 
     def append(self, rows: Array, ts: Array, spec: LinearSpec, decay: Decay | None) -> LinearState:
         """Absorb the events rows (b, d) at times ts (b,) (any order); returns the new state."""
-        X = _as_rows(rows, spec.dim)
-        t = _as_vector(ts, X.shape[0], "timestamps")
+        X = as_rows(rows, spec.dim)
+        t = as_vector(ts, X.shape[0], "timestamps")
         assert t is not None
         if self.z.shape != (spec.heads, spec.dim // spec.heads):
-            raise LowRankError(f"state of shape {self.z.shape} for {spec.heads} heads")
+            raise StateError(f"state of shape {self.z.shape} for {spec.heads} heads")
         clock = advance(self.t_ref, t, decay)
         w = np.exp(clock.log_w)  # (b,)
         phi_k = elu_feature(spec.split(X @ spec.w_k)) * w[None, :, None]  # (H, b, d_h)
@@ -112,6 +116,7 @@ class LinearState:
     @classmethod
     def from_blob(cls, blob: Blob) -> LinearState:
         """The state of a decoded family (version-3) blob of kind ``linear``."""
+        expect_kind(blob, cls.kind)
         H, dh, _ = blob.dims
         if H < 1 or dh < 1:
             raise StateFormatError(f"linear state blob with dimensions {blob.dims}")

@@ -12,10 +12,9 @@ from dataclasses import dataclass, replace
 import numpy as np
 from numpy.typing import NDArray
 
-from model.lowrank import Decay, _as_rows, _as_vector
-from model.state_blob import StateFormatError
-from model.states.base import advance
-from model.states.blob import Blob, decode_blob, encode_blob, expect_count
+from model.states.base import Decay, advance, as_rows, as_vector
+from model.states.blob import Blob, decode_blob, encode_blob, expect_count, expect_kind
+from model.states.errors import StateFormatError
 
 __all__ = ["MeanState"]
 
@@ -34,6 +33,11 @@ class MeanState:
 
     kind = "mean"
     residual_ratio = 0.0
+    token_count = 0  # read as a whole, no tokens
+
+    @property
+    def singular_values(self) -> Array:
+        return np.zeros(0)
 
     @classmethod
     def empty(cls, dim: int, tag: str = "") -> MeanState:
@@ -48,8 +52,8 @@ class MeanState:
 
     def append(self, rows: Array, ts: Array, decay: Decay | None) -> MeanState:
         """Absorb the events rows (b, d) at times ts (b,) (any order); returns the new state."""
-        X = _as_rows(rows, self.s.shape[0])
-        t = _as_vector(ts, X.shape[0], "timestamps")
+        X = as_rows(rows, self.s.shape[0])
+        t = as_vector(ts, X.shape[0], "timestamps")
         assert t is not None
         clock = advance(self.t_ref, t, decay)
         w = np.exp(clock.log_w)  # (b,)
@@ -78,6 +82,7 @@ class MeanState:
     @classmethod
     def from_blob(cls, blob: Blob) -> MeanState:
         """The state of a decoded family (version-3) blob of kind ``mean``."""
+        expect_kind(blob, cls.kind)
         d = blob.dims[0]
         if d < 1:
             raise StateFormatError(f"mean state blob with dimensions {blob.dims}")

@@ -115,15 +115,7 @@ async def get_user_states(
     settings: SettingsDep,
     history: HistoryDep,
 ) -> UserStates:
-    return UserStates(
-        store,
-        model,
-        metrics,
-        settings.rebuild_residual_ratio,
-        history=history,
-        dedup_window=settings.dedup_window,
-        log_cap=settings.log_cap,
-    )
+    return UserStates.create(settings, store, model, metrics, history=history)
 
 
 UserStatesDep = Annotated[UserStates, Depends(get_user_states)]

@@ -27,17 +27,13 @@ from starlette.exceptions import HTTPException
 from service.api.schemas import MAX_TOP_K, Mode, RankRequest
 from service.core.items import MAX_ITEM_ID_LENGTH
 from service.core.ranking import RankOutcome
-from service.errors import MAX_USER_ID_LENGTH
+from service.user_ids import USER_ID_PYTHON_REGEX
 
 __all__ = ["RankQuery", "decode_rank_body", "encode_rank_response"]
 
-# Full-match (``\Z``, not ``$``: Python's ``$`` also matches before a final newline, pydantic's
-# does not) of the same rule as ``schemas.USER_ID_REGEX``.
-_USER_ID = rf"\A[A-Za-z0-9_.:@-]{{1,{MAX_USER_ID_LENGTH}}}\Z"
-
 
 class _FastRank(msgspec.Struct, forbid_unknown_fields=True):
-    user_id: Annotated[str, msgspec.Meta(pattern=_USER_ID)]
+    user_id: Annotated[str, msgspec.Meta(pattern=USER_ID_PYTHON_REGEX)]
     candidates: Annotated[
         list[int | Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_ITEM_ID_LENGTH)]],
         msgspec.Meta(min_length=1),
@@ -111,7 +107,7 @@ def _parsed(body: bytes, content_type: str | None) -> Any:
                     "input": {},
                     "ctx": {"error": exc.msg},
                 }
-            ]  # fmt: skip
+            ]
         ) from exc
     except ValueError as exc:  # not UTF-8/16/32 text
         raise HTTPException(400, "There was an error parsing the body") from exc

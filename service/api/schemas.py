@@ -19,7 +19,7 @@ from pydantic import (
 )
 
 from service.core.items import ITEM_ID_ERROR, MAX_ITEM_ID_LENGTH, item_id_or_none
-from service.errors import MAX_USER_ID_LENGTH
+from service.user_ids import MAX_USER_ID_LENGTH, USER_ID_REGEX, USER_ID_RULE
 
 __all__ = [
     "MAX_ITEMS_PAGE",
@@ -45,8 +45,6 @@ __all__ = [
 
 MAX_TOP_K = 10_000
 MAX_ITEMS_PAGE = 10_000  # GET /model/items: the largest `limit` (422 above)
-# Anchored: pydantic's `pattern` searches, it does not full-match.
-USER_ID_REGEX = r"^[A-Za-z0-9_.:@-]{1,128}$"
 
 UserId = Annotated[
     str,
@@ -54,7 +52,7 @@ UserId = Annotated[
         min_length=1,
         max_length=MAX_USER_ID_LENGTH,
         pattern=USER_ID_REGEX,
-        description="1-128 characters of [A-Za-z0-9_.:@-] (no braces)",
+        description=f"{USER_ID_RULE} (no braces)",
         examples=["u1"],
     ),
 ]

@@ -92,15 +92,7 @@ class Applier:
         history: HistoryStore,
     ) -> Applier:
         """The applier of a process, configured by ``settings``."""
-        users = UserStates(
-            store,
-            model,
-            metrics,
-            settings.rebuild_residual_ratio,
-            history=history,
-            dedup_window=settings.dedup_window,
-            log_cap=settings.log_cap,
-        )
+        users = UserStates.create(settings, store, model, metrics, history=history)
         config = ApplierConfig(
             lease_s=settings.apply_lease_s,
             sweep_s=settings.sweep_s,

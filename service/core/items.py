@@ -14,6 +14,7 @@ from typing import NamedTuple, cast
 import numpy as np
 
 from model.ranker import OOV_ITEM
+from model.vocabulary import canonical_int
 from service.errors import InvalidInput
 
 __all__ = [
@@ -46,13 +47,11 @@ def item_id_or_none(value: object) -> ItemId | None:
 
 
 def external_id(text: str) -> ItemId:
-    """A vocabulary id as the API writes it: an int when its decimal string is exactly
-    ``text`` ("42" → 42), else the string ("007", "²" and " 4" stay strings: other ids)."""
-    try:
-        number = int(text)
-    except ValueError:
-        return text
-    return number if str(number) == text else text
+    """A vocabulary id as the API writes it: an int when ``text`` is a canonical integer
+    (``model.vocabulary.canonical_int``: "42" → 42), else the string ("007", "²" and " 4"
+    stay strings: other ids)."""
+    number = canonical_int(text)
+    return text if number is None else number
 
 
 def vocabulary_page(items: Sequence[str], offset: int, limit: int) -> list[ItemId]:

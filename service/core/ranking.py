@@ -1,10 +1,11 @@
 """The /rank use case: map candidate ids to rows, fetch the user's context, await the batched
 pass, return the top k as plain values.
 
-``svd`` and the state modes (``elastic``, ``linear``, ``mean``: ``model.states``) need one GET
-of the state; ``svd_exact`` and ``softmax`` also read the event log and rebuild the history
-rows from it (``service.core.users`` loads, and rebuilds when stale). The
-scoring itself runs in the micro-batcher (``service.scoring``).
+The mode's registry entry (``model.modes``) says what it needs and builds the request from
+the loaded user: ``svd`` and the state modes (``elastic``, ``linear``, ``mean``:
+``model.states``) need one GET of the state; ``svd_exact`` and ``softmax`` also read the event
+log and rebuild the history rows from it (``service.core.users`` loads, and rebuilds when
+stale). The scoring itself runs in the micro-batcher (``service.scoring``).
 """
 
 from __future__ import annotations
@@ -16,10 +17,9 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
-from model.config import STATE_MODES
-from model.lowrank import LowRankState
-from model.ranker import ScoreRequest
+from model.modes import LoggedEvents, mode_spec
 from service.core.items import ItemId, candidate_rows
+from service.core.serving_model import ServingModel
 from service.core.users import LoadedUser, UserStates
 from service.errors import InvalidInput
 from service.metrics import Metrics
@@ -92,13 +92,9 @@ class Ranking:
         self.metrics.rank_candidates.observe(found.rows.shape[0])
         self.metrics.unknown_items.inc(len(found.unknown))
         cand = torch.from_numpy(found.rows)  # (M,)
-        user = await self.users.load(user_id, with_log=mode in ("svd_exact", "softmax"))
-        if mode == "svd":
-            request = self._svd_input(cand, user)
-        elif mode in STATE_MODES:
-            request = self._state_input(cand, user, mode)
-        else:
-            request = self._history_input(cand, user, mode)
+        spec = mode_spec(mode)
+        user = await self.users.load(user_id, with_log=spec.reads_log)
+        request = spec.request(cand, _UserInputs(model, user))
         k = top_k if top_k is not None else found.rows.shape[0]
         ranked = await self.batcher.submit(RankJob(mode, request, k))
         return RankOutcome(
@@ -110,57 +106,30 @@ class Ranking:
             model_version=model.version,
         )
 
-    def _svd_input(self, candidates: torch.Tensor, user: LoadedUser) -> ScoreRequest:
-        model = self.users.model
-        factors = _factors(user)
-        live = 0 if factors is None else factors.live_rank(model.rank)
-        if factors is None or live == 0:
-            interests = torch.zeros(model.rank, model.dim)  # no history: o_c = 0
-        else:  # only the live tokens: the scorer masks the padding up to the batch's r
-            tokens = factors.interests(model.rank)[:live]
-            interests = torch.from_numpy(tokens.astype(np.float32))
-        recent = None if factors is None else factors.recent
-        if recent is None or not len(recent):
-            return ScoreRequest(candidates=candidates, interests=interests)
-        rows = model.embed(recent.items, recent.actions).astype(np.float32)  # (k', d)
-        return ScoreRequest(  # hybrid: the latest events join the live interest tokens
-            candidates=candidates, interests=torch.cat((interests[:live], torch.from_numpy(rows)))
-        )
 
-    def _history_input(self, candidates: torch.Tensor, user: LoadedUser, mode: str) -> ScoreRequest:
-        model = self.users.model
-        items, actions = model.log_rows(user.log)
-        ts = np.asarray(user.log["ts"], dtype=np.float64)
-        if model.decay is not None and ts.size:
-            weights = model.decay.weights(ts, float(ts.max()))  # (N,) relative to the latest
+@dataclass(frozen=True)
+class _UserInputs:
+    """A loaded user as the modes' input builders read it (``model.modes.UserSource``)."""
+
+    model: ServingModel
+    user: LoadedUser
+
+    def features(self) -> np.ndarray:
+        states = self.model.states
+        state = self.user.state if self.user.state is not None else states.empty()
+        return states.features(state)  # no history: the empty state's (o_c = 0)
+
+    def basis(self) -> np.ndarray:
+        if self.user.state is None:
+            return np.zeros((self.model.dim, self.model.rank))
+        return self.model.states.basis(self.user.state)  # (d, r)
+
+    def events(self) -> LoggedEvents:
+        """The log's rows, weighted relative to its latest event."""
+        items, actions = self.model.log_rows(self.user.log)
+        ts = np.asarray(self.user.log["ts"], dtype=np.float64)
+        if self.model.decay is not None and ts.size:
+            weights = self.model.decay.weights(ts, float(ts.max()))  # (N,)
         else:
             weights = np.ones(ts.shape[0])
-        r = model.rank
-        factors = _factors(user)
-        basis = (
-            torch.from_numpy(np.ascontiguousarray(factors.V[:, :r])).float()  # (d, r)
-            if factors is not None
-            else torch.zeros(model.dim, r)
-        )
-        return ScoreRequest(
-            candidates=candidates,
-            history_items=torch.from_numpy(items),
-            history_actions=torch.from_numpy(actions),
-            weights=torch.from_numpy(weights).float(),
-            basis=basis if mode == "svd_exact" else None,
-        )
-
-    def _state_input(self, candidates: torch.Tensor, user: LoadedUser, mode: str) -> ScoreRequest:
-        """`elastic`: its k tokens as the interests; `linear`, `mean`: the state's summary."""
-        states = self.users.model.states
-        state = user.state if user.state is not None else states.empty()  # no history: o_c = 0
-        features = torch.from_numpy(states.features(state).astype(np.float32))
-        if mode == "elastic":
-            return ScoreRequest(candidates=candidates, interests=features)  # (k, d)
-        return ScoreRequest(candidates=candidates, summary=features)
-
-
-def _factors(user: LoadedUser) -> LowRankState | None:
-    """The user's svd factors (the svd modes are served only by models keeping them)."""
-    assert user.state is None or isinstance(user.state, LowRankState)
-    return user.state
+        return LoggedEvents(items, actions, weights)

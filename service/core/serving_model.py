@@ -23,10 +23,9 @@ import numpy as np
 import torch
 
 from model.checkpoint import WEIGHTS_FILE, Checkpoint, CheckpointError, load_checkpoint
-from model.config import state_kind
 from model.device import resolve_device as model_device
-from model.lowrank import Decay
-from model.states import StateBuilder, make_builder
+from model.modes import state_kind
+from model.states import Decay, StateBuilder, make_builder
 from service.settings import Settings
 from service.store.eventlog import action_key, item_key
 
@@ -130,7 +129,7 @@ class ServingModel:
 
     @property
     def served_modes(self) -> tuple[str, ...]:
-        """The /rank modes this checkpoint serves (``model.config.served_modes``)."""
+        """The /rank modes this checkpoint serves (``model.modes.served_modes``)."""
         return self.checkpoint.served_modes
 
     @property
@@ -171,14 +170,9 @@ class ServingModel:
         return items.astype(np.int64), actions
 
     def embed(self, items: np.ndarray, actions: np.ndarray) -> np.ndarray:
-        """Event rows x_j = E_item[i_j] + E_action[a_j] as float64 (N, d), via the ranker."""
-        ranker = self.checkpoint.ranker
-        with torch.inference_mode():
-            rows = ranker.embed_events(
-                torch.as_tensor(items, dtype=torch.long, device=self.device),
-                torch.as_tensor(actions, dtype=torch.long, device=self.device),
-            )  # (N, d)
-            return rows.double().cpu().numpy()
+        """Event rows x_j = E_item[i_j] + E_action[a_j] as float64 (N, d), via the ranker (the
+        state builder's embedding)."""
+        return self.states.embed(items, actions)
 
 
 def _item_tables(checkpoint: Checkpoint) -> tuple[np.ndarray, np.ndarray]:

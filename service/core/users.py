@@ -6,16 +6,19 @@ The history is the durable tier's plus the Redis tail's undurable records
 covers an event the durable tier lacks. A malformed tail or lost hot key makes the user
 repaired from the durable tier (``service.core.repair``), never an applier crash.
 
-The state is of the kind the model serves (``ServingModel.states``: the svd factors, or the
-elastic, linear or mean state of ``model.states``); nothing here depends on which. A stored
-state is usable when it decodes and carries the serving model's tag, kind and shape. The
-applier folds a user's unapplied log records into it as ONE block update (Brand's for the
-factors). It is rebuilt from the history (the batch state, off the event loop) when it was
-written under another model (``model_version``) or configuration (``config``), is unreadable
-(``corrupt``), is missing while events were applied (``missing``: the key alone was lost) or
-has drifted past the residual threshold (``residual``). Every write is
-``Store.commit_state``, fenced on the position read: a concurrent writer wins and a deleted
-user stays deleted.
+The state is of the kind the model serves (``ServingModel.states``, a builder of the
+``model.states`` family: the svd factors with the hybrid's window of latest events, or the
+elastic, linear or mean state); nothing here depends on which: the builder takes the log's
+events (item rows, action rows, times) and embeds them itself. A stored state is usable when
+it decodes and carries the serving model's tag, kind and shape. The applier folds a user's
+unapplied log records into it as ONE block update (Brand's for the factors). It is rebuilt
+from the history (the batch state, off the event loop) when it was written under another
+model (``model_version``) or configuration (``config``: also another kind or shape), is
+unreadable (``corrupt``), is missing while events were applied (``missing``: the state key
+alone was lost), or has drifted past the residual threshold (``residual``). Every write
+is ``Store.commit_state``: fenced on the position read, so a concurrent writer wins and a
+deleted user stays deleted.
+``UserStates.view`` describes a stored state as it is (no rebuild) for ``GET /users/{id}``.
 """
 
 from __future__ import annotations
@@ -25,26 +28,20 @@ import functools
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import NamedTuple
 
 import numpy as np
 
-from model.lowrank import LowRankState
-from model.recent import RecentEvents
-from model.state_blob import StateFormatError
-from model.states import UserState, decode_user_state
+from model.config import LIVE_TOKEN_RTOL
+from model.states import StateFormatError, UserState, decode_user_state
 from service.core.repair import repair_user
 from service.core.serving_model import ServingModel, StateTag
 from service.core.user_history import history_records, persist_undurable, unapplied_records
-from service.core.user_view import (
-    UserView,
-    served_singular_values,
-    view_of,
-)
 from service.errors import StateUnreadable, StoreBusy, UnknownUser, UserRepairing
 from service.history.base import HistoryStore
 from service.metrics import Metrics
+from service.settings import Settings
 from service.store.base import LogSlice, Store
 from service.store.eventlog import LogFormatError, decode_log
 
@@ -54,12 +51,9 @@ __all__ = [
     "ParsedState",
     "UserStates",
     "UserView",
-    "append_rows",
-    "batch_state",
     "empty_state",
     "parse_state",
     "served_singular_values",
-    "with_recent",
 ]
 
 logger = logging.getLogger(__name__)
@@ -107,32 +101,6 @@ def empty_state(model: ServingModel) -> UserState:
     return model.states.empty()
 
 
-def with_recent(
-    state: UserState, items: np.ndarray, actions: np.ndarray, ts: np.ndarray, model: ServingModel
-) -> UserState:
-    """``state`` with the events (item/action rows, times (b,)) merged into its window of
-    latest events, for a hybrid svd model (``recent_tokens`` > 0); ``state`` otherwise."""
-    k = model.recent_tokens
-    if not k or not isinstance(state, LowRankState):
-        return state
-    window = state.recent if state.recent is not None else RecentEvents.empty(k)
-    return replace(state, recent=window.merged(items, actions, ts))
-
-
-def batch_state(rows: np.ndarray, ts: np.ndarray, model: ServingModel) -> UserState:
-    """The batch state of rows (N, d) at times ts (N,), with the model's kind, rank,
-    oversampling, decay and tag (for svd ``LowRankState.from_rows``, O(N·d²))."""
-    return model.states.from_rows(rows, ts)
-
-
-def append_rows(
-    state: UserState | None, rows: np.ndarray, ts: np.ndarray, model: ServingModel
-) -> UserState:
-    """One block update of ``state`` (None: a new user) with rows (b, d) at times ts."""
-    base = state if state is not None else empty_state(model)
-    return model.states.append(base, rows, ts)
-
-
 class LoadedUser(NamedTuple):
     """A user's usable state (None: no history applied) and, when asked for, its decoded log."""
 
@@ -165,23 +133,42 @@ class UserStates:
     dedup_window: int = field(kw_only=True)
     log_cap: int | None = field(default=None, kw_only=True)  # the operator's cap on reads
 
+    @classmethod
+    def create(
+        cls,
+        settings: Settings,
+        store: Store,
+        model: ServingModel,
+        metrics: Metrics,
+        *,
+        history: HistoryStore,
+    ) -> UserStates:
+        """The user states of a process (the API's and the applier's), configured by
+        ``settings``, over the store and the durable history tier."""
+        return cls(
+            store,
+            model,
+            metrics,
+            settings.rebuild_residual_ratio,
+            history=history,
+            dedup_window=settings.dedup_window,
+            log_cap=settings.log_cap,
+        )
+
     # ------------------------------------------------------------------ compute
     def from_log(self, records: np.ndarray) -> UserState:
-        """Batch factors of decoded log records (oldest first), with the model's settings."""
-        if records.shape[0] == 0:
-            return empty_state(self.model)
-        items, actions = self.model.log_rows(records)
-        rows = self.model.embed(items, actions)  # (N, d)
+        """The batch state of decoded log records (oldest first; none: the empty state), with
+        the model's kind and settings (for svd ``LowRankState.from_rows``, O(N·d²))."""
+        items, actions = self.model.log_rows(records)  # (N,) each
         ts = np.asarray(records["ts"], dtype=np.float64)
-        return with_recent(batch_state(rows, ts, self.model), items, actions, ts, self.model)
+        return self.model.states.from_events(items, actions, ts)
 
     def _updated(self, state: UserState | None, records: np.ndarray) -> UserState:
-        """One block update of ``state`` (None: a new user) with the new records."""
-        items, actions = self.model.log_rows(records)
-        rows = self.model.embed(items, actions)  # (b, d)
+        """One block update of ``state`` (None: a new user) with the new records (b ≥ 1)."""
+        items, actions = self.model.log_rows(records)  # (b,) each
         ts = np.asarray(records["ts"], dtype=np.float64)
-        updated = append_rows(state, rows, ts, self.model)
-        return with_recent(updated, items, actions, ts, self.model)
+        base = state if state is not None else empty_state(self.model)
+        return self.model.states.append(base, items, actions, ts)
 
     def _timed(self, compute: Callable[[], UserState]) -> UserState:
         start = time.perf_counter()
@@ -307,4 +294,43 @@ class UserStates:
             if position.pending == 0:
                 raise UnknownUser(user_id)
             state = empty_state(self.model)  # events acknowledged, none applied yet
-        return view_of(state, position.pending)
+        return _view_of(state, position.pending)
+
+
+# ---------------------------------------------------------------------- what GET /users shows
+def served_singular_values(sigma: np.ndarray, rank: int) -> list[float]:
+    """The ``rank`` served singular values of a state's σ (ℓ, descending): values at or below
+    ``LIVE_TOKEN_RTOL``·σ_1 (a history shorter than r, or of lower rank: masked tokens)
+    read 0.0."""
+    served = np.asarray(sigma[:rank], dtype=np.float64)  # (r,)
+    floor = LIVE_TOKEN_RTOL * float(served[0]) if served.size else 0.0
+    return [float(x) if x > floor else 0.0 for x in served]
+
+
+class UserView(NamedTuple):
+    """What ``GET /users/{id}`` shows of a stored state (as stored, stale or not)."""
+
+    history_length: int
+    pending: int
+    rank: int  # svd: r; elastic: its k tokens; linear, mean: 0
+    singular_values: list[float]  # svd: the r served σ, descending, 0.0 past the history's rank
+    residual_ratio: float
+    last_ts: float | None
+    model_version: str
+    state_kind: str  # svd, elastic, linear or mean
+    state_bytes: int  # size of the stored blob
+
+
+def _view_of(state: UserState, pending: int) -> UserView:
+    """The view of ``state`` with ``pending`` events acknowledged but not applied."""
+    return UserView(
+        history_length=state.n,
+        pending=pending,
+        rank=state.token_count,
+        singular_values=served_singular_values(state.singular_values, state.token_count),
+        residual_ratio=state.residual_ratio,
+        last_ts=state.t_ref,
+        model_version=StateTag.parse(state.tag).model_version,
+        state_kind=state.kind,
+        state_bytes=state.nbytes,
+    )

@@ -13,7 +13,7 @@ from typing import Literal, NamedTuple
 
 import torch
 
-from model.config import STATE_MODES
+from model.modes import mode_spec
 from model.ranker import Ranker
 from model.serving import ServingPass
 
@@ -61,7 +61,7 @@ def max_bf16_error(ranker: Ranker, rank: int) -> float:
         passes = [ServingPass(ranker, torch.float32), ServingPass(ranker, torch.bfloat16)]
         svd = [p.svd(batch.rows, batch.tokens).clone() for p in passes]
         history = [
-            p.history("softmax", batch.rows, batch.events, batch.mask, batch.log_weights).clone()
+            p.history(batch.rows, batch.events, batch.mask, batch.log_weights).clone()
             for p in passes
         ]
         errors = [float((a - b).abs().max()) for a, b in (svd, history)]
@@ -79,7 +79,7 @@ def choose_dtype(
     device = ranker.item_emb.weight.device
     if setting == "float32" or (setting == "auto" and device.type != "cuda"):
         return torch.float32
-    if ranker.config.mode in STATE_MODES:  # the calibration covers the svd and softmax passes
+    if mode_spec(ranker.config.mode).head is not None:  # calibrated: the shared attention only
         logger.info("serving in float32: bfloat16 is not calibrated for %s", ranker.config.mode)
         return torch.float32
     error = max_bf16_error(ranker, rank)

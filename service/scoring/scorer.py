@@ -2,10 +2,11 @@
 
 :class:`BatchScorer` is the micro-batcher's handler: it runs in a worker thread under
 ``torch.inference_mode``, groups the batch by mode and splits each group so that its tensors
-stay bounded. Per pass it packs every input of the group into one host buffer, moves it to
-the device in one copy (``staging``), runs the fused pass (``model.serving``), takes the top k
-of every request on the device in one ``torch.topk`` over the padded logits, and brings the
-positions and logits back in one wait. Results come back in input order as numpy arrays.
+stay bounded. Per pass the mode's registry entry (``model.modes``) packs every input of the
+group into one host buffer, which moves to the device in one copy (``staging``), and runs its
+fused pass (``model.serving``); the top k of every request is taken on the device in one
+``torch.topk`` over the padded logits, and the positions and logits come back in one wait.
+Results come back in input order as numpy arrays.
 """
 
 from __future__ import annotations
@@ -19,18 +20,17 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from model.config import SERVING_MODES, STATE_MODES
-from model.ranker import Ranker, RankerInputError, ScoreRequest
+from model.modes import SERVING_MODES, Mode, ScoreRequest, mode_spec
+from model.ranker import Ranker
 from model.serving import ServingPass
-from service.scoring.staging import Packed, Staging
+from service.scoring.staging import Staging
 
 __all__ = ["SVD_PASS_ROWS", "BatchScorer", "RankJob", "Ranked", "split_jobs"]
 
-# Modes whose context is a few tokens or a constant-size summary, not the N events.
-_TOKEN_MODES = ("svd", *STATE_MODES)
-# Candidate rows per `svd` pass (and per pass of the state modes). Past ~8k rows (4 requests
-# of M=2,048) the MLP's activations leave the CPU caches and a request costs ~20% more CPU
-# than in a smaller pass (measured: 3.0 ms per request at B ≤ 4, 3.5 ms at B = 8, one thread).
+# Candidate rows per `svd` pass (and per pass of every mode that does not read the log). Past
+# ~8k rows (4 requests of M=2,048) the MLP's activations leave the CPU caches and a request
+# costs ~20% more CPU than in a smaller pass (measured: 3.0 ms per request at B ≤ 4, 3.5 ms
+# at B = 8, one thread).
 SVD_PASS_ROWS = 8_192
 
 
@@ -75,20 +75,13 @@ def split_jobs(jobs: Sequence[RankJob], idxs: list[int], max_elements: int) -> l
     return chunks
 
 
-def _fill(target: np.ndarray, values: Sequence[Tensor | None]) -> None:
-    """Zero ``target`` (B, L, ...) and copy each (L_i, ...) value into its row."""
-    target[...] = 0
-    for row, value in zip(target, values, strict=True):
-        if value is not None:
-            row[: value.shape[0]] = value.numpy()
-
-
 class BatchScorer:
     """Top-k positions and logits for every job of a batch, grouped by mode.
 
     Args:
         ranker: the loaded ranker (eval mode, on its device).
-        history_batch_elements: most B·M·N of one `svd_exact`/`softmax` pass.
+        history_batch_elements: most B·M·N of one pass of a mode that reads the log
+            (`svd_exact`, `softmax`).
         dtype: compute dtype of the pass (bfloat16 only where it was checked to keep scores
             close, see ``service.scoring.precision``); logits are compared in float32.
     """
@@ -118,38 +111,29 @@ class BatchScorer:
         results: dict[int, Ranked] = {}
         with torch.inference_mode():
             for mode, idxs in by_mode.items():
-                limit = SVD_PASS_ROWS if mode in _TOKEN_MODES else self.history_batch_elements
+                spec = mode_spec(mode)
+                limit = self.history_batch_elements if spec.reads_log else SVD_PASS_ROWS
                 for group in split_jobs(jobs, idxs, limit):
-                    ranked = self._score(mode, [jobs[i] for i in group])
+                    ranked = self._score(spec, [jobs[i] for i in group])
                     results.update(zip(group, ranked, strict=True))
         return [results[i] for i in range(len(jobs))]
 
-    def _score(self, mode: str, jobs: Sequence[RankJob]) -> list[Ranked]:
+    def _score(self, spec: Mode, jobs: Sequence[RankJob]) -> list[Ranked]:
         """One pass over ``jobs`` of one mode, top k on the device."""
-        inputs = self.send(mode, jobs)
-        return self.top_k(self.logits(mode, inputs), inputs, jobs)
+        inputs = self._send(spec, jobs)
+        return self.top_k(spec.score(self.serving, inputs), inputs, jobs)
+
+    def _send(self, spec: Mode, jobs: Sequence[RankJob]) -> dict[str, Tensor]:
+        requests = [job.request for job in jobs]
+        return spec.pack(requests, self.ranker.config.dim, self._staging()).send()
 
     def send(self, mode: str, jobs: Sequence[RankJob]) -> dict[str, Tensor]:
         """Every input of the pass packed on the host and moved to the device in one copy."""
-        requests = [job.request for job in jobs]
-        staging = self._staging()
-        if mode in ("svd", "elastic"):
-            return self._pack_svd(staging, requests).send()
-        if mode in STATE_MODES:
-            return self._pack_state(staging, requests).send()
-        return self._pack_history(staging, mode, requests).send()
+        return self._send(mode_spec(mode), jobs)
 
     def logits(self, mode: str, inputs: dict[str, Tensor]) -> Tensor:
-        """(B, M) float32 logits of the fused pass (a view into its workspace)."""
-        if mode in ("svd", "elastic"):  # r interest tokens or k dispatcher tokens
-            return self.serving.svd(inputs["rows"], inputs["tokens"], inputs.get("token_mask"))
-        if mode in STATE_MODES:
-            return self.serving.state(mode, inputs["rows"], inputs["summary"])
-        log_weights = torch.log(inputs["weights"].clamp_min(1e-30))
-        return self.serving.history(
-            mode, inputs["rows"], (inputs["items"], inputs["actions"]), inputs["mask"],
-            log_weights, inputs.get("basis"),
-        )  # fmt: skip
+        """(B, M) float32 logits of the mode's fused pass (a view into its workspace)."""
+        return mode_spec(mode).score(self.serving, inputs)
 
     def top_k(self, logits: Tensor, inputs: dict[str, Tensor], jobs: Sequence[RankJob]
               ) -> list[Ranked]:  # fmt: skip
@@ -165,101 +149,11 @@ class BatchScorer:
         scores, order = self._staging().to_host([values, positions])
         return [Ranked(order[i, :k], scores[i, :k]) for i, k in enumerate(ks)]
 
-    def _pack_svd(self, staging: Staging, requests: Sequence[ScoreRequest]) -> Packed:
-        d = self.ranker.config.dim
-        for req in requests:
-            if req.interests is None or req.interests.dim() != 2 or req.interests.shape[1] != d:
-                raise RankerInputError(f"svd and elastic need (r, {d}) interests per request")
-        ranks = [int(req.interests.shape[0]) for req in requests if req.interests is not None]
-        B, M, r = len(requests), max(int(q.candidates.shape[0]) for q in requests), max(ranks)
-        layout: list[tuple[str, tuple[int, ...], type]] = [
-            ("rows", (B, M), np.int64), ("lengths", (B,), np.int64),
-            ("tokens", (B, r, d), np.float32),
-        ]  # fmt: skip
-        if min(ranks) < r:  # requests of several ranks: mask the padding tokens
-            layout.append(("token_mask", (B, r), np.bool_))
-        packed = staging.pack(layout)
-        host = packed.host
-        _fill(host["rows"], [q.candidates for q in requests])
-        host["lengths"][:] = [q.candidates.shape[0] for q in requests]
-        _fill(host["tokens"], [q.interests.float() for q in requests if q.interests is not None])
-        if "token_mask" in host:
-            host["token_mask"][:] = np.arange(r)[None, :] < np.asarray(ranks)[:, None]
-        return packed
-
-    def _pack_state(self, staging: Staging, requests: Sequence[ScoreRequest]) -> Packed:
-        """`linear` / `mean`: candidate rows and one state summary (same shape) per request."""
-        summaries = [req.summary for req in requests]
-        if (
-            any(s is None for s in summaries)
-            or len({tuple(s.shape) for s in summaries if s is not None}) != 1
-        ):
-            raise RankerInputError("linear and mean need one summary of one shape per request")
-        shape = tuple(int(n) for n in summaries[0].shape) if summaries[0] is not None else ()
-        B, M = len(requests), max(int(q.candidates.shape[0]) for q in requests)
-        packed = staging.pack(
-            [("rows", (B, M), np.int64), ("lengths", (B,), np.int64),
-             ("summary", (B, *shape), np.float32)]
-        )  # fmt: skip
-        host = packed.host
-        _fill(host["rows"], [q.candidates for q in requests])
-        host["lengths"][:] = [q.candidates.shape[0] for q in requests]
-        for row, summary in zip(host["summary"], summaries, strict=True):
-            assert summary is not None
-            row[...] = summary.float().numpy()
-        return packed
-
-    def _pack_history(
-        self, staging: Staging, mode: str, requests: Sequence[ScoreRequest]
-    ) -> Packed:
-        d = self.ranker.config.dim
-        if mode == "svd_exact" and any(req.basis is None for req in requests):
-            raise RankerInputError("svd_exact mode needs a (d, r) basis per request")
-        sizes = [0 if q.history_items is None else int(q.history_items.shape[0]) for q in requests]
-        B, M, N = len(requests), max(int(q.candidates.shape[0]) for q in requests), max(sizes)
-        layout: list[tuple[str, tuple[int, ...], type]] = [
-            ("rows", (B, M), np.int64), ("lengths", (B,), np.int64),
-            ("items", (B, N), np.int64), ("actions", (B, N), np.int64),
-            ("weights", (B, N), np.float32), ("mask", (B, N), np.bool_),
-        ]  # fmt: skip
-        r = 0
-        if mode == "svd_exact":
-            r = max(int(q.basis.shape[1]) for q in requests if q.basis is not None)
-            layout.append(("basis", (B, d, r), np.float32))
-        packed = staging.pack(layout)
-        host = packed.host
-        _fill(host["rows"], [q.candidates for q in requests])
-        host["lengths"][:] = [q.candidates.shape[0] for q in requests]
-        _fill(host["items"], [q.history_items for q in requests])
-        _fill(host["actions"], [q.history_actions for q in requests])
-        host["weights"][...] = 1.0
-        for row, q, n in zip(host["weights"], requests, sizes, strict=True):
-            if q.weights is not None:
-                row[:n] = q.weights.float().numpy()
-        host["mask"][:] = np.arange(N)[None, :] < np.asarray(sizes)[:, None]
-        if mode == "svd_exact":
-            host["basis"][...] = 0
-            for row, q in zip(host["basis"], requests, strict=True):
-                assert q.basis is not None
-                row[:, : q.basis.shape[1]] = q.basis.float().numpy()
-        return packed
-
     def warm_up(self, rank: int, modes: Sequence[str] = SERVING_MODES) -> None:
         """Score one small request per served mode so the first real request pays no lazy
         set-up (``rank``: the served r; ``modes``: the modes the model serves)."""
         config = self.ranker.config
-        d, dh = config.dim, config.dim // config.heads
         n = min(8, config.n_items)
         candidates = torch.arange(n, dtype=torch.long)  # (n,)
-        history = torch.arange(n, dtype=torch.long)  # (n,)
-        requests = {
-            "svd": ScoreRequest(candidates, interests=torch.randn(rank, d)),
-            "svd_exact": ScoreRequest(
-                candidates, history_items=history, basis=torch.eye(d)[:, :rank]
-            ),
-            "softmax": ScoreRequest(candidates, history_items=history),
-            "elastic": ScoreRequest(candidates, interests=torch.randn(config.elastic_tokens, d)),
-            "linear": ScoreRequest(candidates, summary=torch.rand(config.heads, dh, dh + 1)),
-            "mean": ScoreRequest(candidates, summary=torch.randn(d)),
-        }
-        self([RankJob(mode, requests[mode], n) for mode in modes])
+        examples = {mode: mode_spec(mode).example(config, rank, candidates) for mode in modes}
+        self([RankJob(mode, request, n) for mode, request in examples.items()])

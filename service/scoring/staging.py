@@ -6,6 +6,7 @@ offsets; the caller fills them in place (numpy views, no intermediate tensors), 
 ``send`` copies the used prefix to a device buffer with ONE ``copy_`` (non-blocking on CUDA)
 and hands out typed device views. On CPU the same code runs, the "device" buffer being a
 second host buffer: tests exercise exactly the path a GPU takes. Both buffers only grow.
+``Staging`` is the service's ``model.modes.Buffers``: the modes' packers fill it.
 
 ``to_host`` brings result tensors back (non-blocking copies, then one synchronize) as numpy
 arrays the caller owns. One ``Staging`` per batch thread: its buffers are reused by the next

@@ -7,16 +7,15 @@ user ids: a ``}`` inside an id would end the hash tag early.
 
 from __future__ import annotations
 
-import re
 import zlib
 from typing import NamedTuple
 
 from service.errors import InvalidUserId
+from service.user_ids import is_user_id
 
 __all__ = [
     "APPLIERS_KEY",
     "KEY_PREFIX",
-    "USER_ID_PATTERN",
     "UserKeys",
     "dirty_key",
     "lease_key",
@@ -27,8 +26,6 @@ __all__ = [
 ]
 
 KEY_PREFIX = "solar"
-USER_ID_PATTERN = r"[A-Za-z0-9_.:@-]{1,128}"
-_USER_ID_RE = re.compile(USER_ID_PATTERN)
 
 
 class UserKeys(NamedTuple):
@@ -47,12 +44,12 @@ class UserKeys(NamedTuple):
 
 
 def validate_user_id(user_id: str) -> str:
-    """Return ``user_id`` unchanged if it is 1-128 characters of ``[A-Za-z0-9_.:@-]``.
+    """Return ``user_id`` unchanged if it follows the user-id rule (``service.user_ids``).
 
     Raises:
         InvalidUserId: for anything else, including non-strings.
     """
-    if not isinstance(user_id, str) or _USER_ID_RE.fullmatch(user_id) is None:
+    if not is_user_id(user_id):
         raise InvalidUserId(user_id)
     return user_id
 

@@ -7,9 +7,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from model.checkpoint import Vocabulary, save_checkpoint
+from model.checkpoint import save_checkpoint
 from model.config import RankerConfig
 from model.ranker import Ranker
+from model.vocabulary import Vocabulary
 
 N_ITEMS = 300
 

@@ -17,7 +17,7 @@ from model.attention import (
     svd_attention,
     svd_exact_attention,
 )
-from model.lowrank import LowRankState
+from model.states import LowRankState
 
 ATOL = 1e-4  # DESIGN §10: svd_exact within 1e-4 of softmax (float32)
 

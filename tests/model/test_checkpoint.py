@@ -1,4 +1,5 @@
-"""Checkpoints: round trip (same scores, same version), content versioning, CheckpointError."""
+"""Checkpoints: round trip (same scores, same version), content versioning, CheckpointError,
+legacy parameter names."""
 
 from __future__ import annotations
 
@@ -11,15 +12,18 @@ import torch
 
 from model.checkpoint import (
     CONFIG_FILE,
+    LEGACY_PREFIXES,
     WEIGHTS_FILE,
     CheckpointError,
-    Vocabulary,
     checkpoint_version,
     load_checkpoint,
     save_checkpoint,
+    upgrade_state_dict,
 )
 from model.config import RankerConfig
-from model.ranker import NO_ACTION, OOV_ITEM, Ranker, ScoreRequest
+from model.modes import ScoreRequest
+from model.ranker import Ranker
+from model.vocabulary import Vocabulary
 
 VOCAB = Vocabulary(tuple(str(i) for i in range(100, 120)), ("click", "like"))
 CONFIG = RankerConfig(n_items=VOCAB.n_items, n_actions=VOCAB.n_actions, dim=16, heads=2, rank=4)
@@ -90,27 +94,9 @@ def test_version_ignores_training_metadata(saved: tuple[Path, Ranker, str], tmp_
     assert save_checkpoint(tmp_path / "renamed", ranker, other_vocab) != version
 
 
-def test_vocabulary_lookups() -> None:
-    assert VOCAB.item_row(100) == VOCAB.item_row("100") == 1
-    assert VOCAB.item_row("999") == VOCAB.item_row(999) == OOV_ITEM
-    assert VOCAB.action_row("like") == 2
-    assert VOCAB.action_row(None) == VOCAB.action_row("share") == NO_ACTION
-    with pytest.raises(CheckpointError, match="duplicate"):
-        Vocabulary(("a", "a"))
-
-
-def test_decimal_ids_are_ints_too_but_padded_ones_are_not() -> None:
-    vocab = Vocabulary(("7", "007", "²", "x"))
-    assert vocab.item_row(7) == vocab.item_row("7") == 1
-    assert vocab.item_row("007") == 2 and vocab.item_row("²") == 3
-    assert vocab.item_index == {"7": 1, 7: 1, "007": 2, "²": 3, "x": 4}
-
-
 def test_legacy_parameter_names_still_load(saved: tuple[Path, Ranker, str], tmp_path: Path) -> None:
     """Checkpoints written when the MLP was an nn.Sequential (mlp.0/2/4) keep loading."""
     from safetensors.torch import load_file, save_file
-
-    from model.checkpoint import WEIGHTS_FILE, load_checkpoint
 
     path, ranker, _ = saved
     tensors = load_file(str(path / WEIGHTS_FILE))
@@ -128,6 +114,27 @@ def test_legacy_parameter_names_still_load(saved: tuple[Path, Ranker, str], tmp_
     loaded = load_checkpoint(old)
     for name, tensor in ranker.state_dict().items():
         torch.testing.assert_close(loaded.ranker.state_dict()[name], tensor)
+
+
+# The modes that existed when the legacy names were written: a later mode has no old names.
+@pytest.mark.parametrize("mode", ["svd", "linear", "elastic", "mean"])
+def test_legacy_state_dicts_are_upgraded_to_load_strictly(mode: str) -> None:
+    """A state dict under the names used before the heads were named modules loads as is."""
+    torch.manual_seed(3)
+    config = RankerConfig(n_items=30, dim=16, heads=2, rank=4, mlp_hidden=16, mode=mode)  # type: ignore[arg-type]
+    current = Ranker(config).state_dict()
+    legacy = {}
+    for name, tensor in current.items():
+        for old, new in LEGACY_PREFIXES:
+            if name.startswith(new):
+                name = old + name[len(new) :]
+                break
+        legacy[name] = tensor
+    assert legacy.keys() != current.keys()  # the MLP at least was renamed
+    fresh = Ranker(config)
+    fresh.load_state_dict(upgrade_state_dict(legacy))  # strict: every name matches
+    for name, tensor in fresh.state_dict().items():
+        torch.testing.assert_close(tensor, current[name])
 
 
 def test_save_rejects_a_vocabulary_of_another_size(tmp_path: Path) -> None:
@@ -208,9 +215,14 @@ def test_corrupt_weights_are_checkpoint_errors(saved: tuple[Path, Ranker, str]) 
 
 @pytest.mark.parametrize(
     ("mode", "served"),
-    [("svd", ("svd", "svd_exact", "softmax")), ("softmax", ("svd", "svd_exact", "softmax")),
-     ("elastic", ("elastic",)), ("linear", ("linear",)), ("mean", ("mean",))],
-)  # fmt: skip
+    [
+        ("svd", ("svd", "svd_exact", "softmax")),
+        ("softmax", ("svd", "svd_exact", "softmax")),
+        ("elastic", ("elastic",)),
+        ("linear", ("linear",)),
+        ("mean", ("mean",)),
+    ],
+)
 def test_a_checkpoint_says_which_modes_it_serves(
     mode: str, served: tuple[str, ...], tmp_path: Path
 ) -> None:

@@ -9,12 +9,13 @@ import numpy as np
 import pytest
 import torch
 
-from model.checkpoint import Vocabulary
 from model.config import RankerConfig
 from model.events.interactions import Interactions
 from model.events.windows import history_batch
-from model.lowrank import Decay, LowRankState
-from model.ranker import Ranker, ScoreRequest
+from model.modes import ScoreRequest
+from model.ranker import Ranker
+from model.states import Decay, LowRankState
+from model.vocabulary import Vocabulary
 
 N_ITEMS = 200
 

@@ -10,11 +10,12 @@ import numpy as np
 import pytest
 import torch
 
-from model.checkpoint import Vocabulary, save_checkpoint
+from model.checkpoint import save_checkpoint
 from model.config import RankerConfig
 from model.evaluate import EvalSpec, eval_users, evaluate, main, score_split
 from model.events.interactions import Interactions
 from model.ranker import Ranker
+from model.vocabulary import Vocabulary
 
 N_ITEMS = 30
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from model.config import RankerConfig
-from model.flops import serving_flops
+from model.modes import serving_flops
 
 CONFIG = RankerConfig(n_items=10, dim=64, heads=4, rank=32, mlp_hidden=128)
 

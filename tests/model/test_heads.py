@@ -1,4 +1,4 @@
-"""The ranker's named heads: the scoring MLP, one baseline head per baseline mode, legacy names."""
+"""The ranker's named heads: the scoring MLP, one baseline head per baseline mode."""
 
 from __future__ import annotations
 
@@ -6,15 +6,10 @@ import pytest
 import torch
 
 from model.config import RankerConfig
-from model.heads import (
-    BASELINE_MODES,
-    LEGACY_PREFIXES,
-    ScoringMLP,
-    baseline_heads,
-    upgrade_state_dict,
-)
+from model.heads import ScoringMLP
 from model.layers import TargetAttention
-from model.ranker import HistoryBatch, Ranker, RankerInputError
+from model.modes import BASELINE_MODES
+from model.ranker import HistoryBatch, Ranker, RankerInputError, baseline_heads
 
 
 def _config(mode: str) -> RankerConfig:
@@ -65,22 +60,3 @@ def test_mean_head_ignores_padding_and_weights_events() -> None:
     out = head(attn, torch.zeros(1, 2, 16), rows, mask, weights)  # (1, 2, 16)
     pooled = (rows[0, 0] + 3 * rows[0, 1]) / 4
     torch.testing.assert_close(out[0, 1], head.proj(pooled))
-
-
-@pytest.mark.parametrize("mode", ["svd", *BASELINE_MODES])
-def test_legacy_checkpoint_names_load_strictly(mode: str) -> None:
-    """A state dict under the names used before the heads were named modules loads as is."""
-    torch.manual_seed(3)
-    current = Ranker(_config(mode)).state_dict()
-    legacy = {}
-    for name, tensor in current.items():
-        for old, new in LEGACY_PREFIXES:
-            if name.startswith(new):
-                name = old + name[len(new) :]
-                break
-        legacy[name] = tensor
-    assert legacy.keys() != current.keys()  # the MLP at least was renamed
-    fresh = Ranker(_config(mode))
-    fresh.load_state_dict(upgrade_state_dict(legacy))  # strict: every name matches
-    for name, tensor in fresh.state_dict().items():
-        torch.testing.assert_close(tensor, current[name])

@@ -4,14 +4,17 @@ the scores of the training path on the time-sorted history."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
 
 from model.config import RankerConfig
-from model.lowrank import LowRankState
-from model.ranker import HistoryBatch, Ranker, ScoreRequest
-from model.recent import RecentEvents
+from model.modes import ScoreRequest, mode_spec
+from model.ranker import HistoryBatch, Ranker
+from model.states import LowRankState, RecentEvents
+from tests.model.modes.support import state_user
 
 K = 3
 CONFIG = RankerConfig(
@@ -28,8 +31,8 @@ def ranker() -> Ranker:
     return model.eval()
 
 
-def served_request(ranker: Ranker, items: np.ndarray, actions: np.ndarray, cands: torch.Tensor,
-                   seed: int) -> ScoreRequest:  # fmt: skip
+def served_state(ranker: Ranker, items: np.ndarray, actions: np.ndarray, seed: int
+                 ) -> LowRankState:  # fmt: skip
     """The state a service keeps, built from the events in random blocks, in random order."""
     rng = np.random.default_rng(seed)
     order = rng.permutation(items.size)
@@ -42,12 +45,12 @@ def served_request(ranker: Ranker, items: np.ndarray, actions: np.ndarray, cands
             rows = ranker.embed_events(*events).double().numpy()
         state = state.append(rows, ts=ts[block])
         window = window.merged(items[block], actions[block], ts[block])
-    return ScoreRequest(
-        candidates=cands,
-        interests=torch.from_numpy(state.interests()).float(),
-        recent_items=torch.from_numpy(window.items),
-        recent_actions=torch.from_numpy(window.actions),
-    )
+    return dataclasses.replace(state, recent=window)
+
+
+def svd_request(ranker: Ranker, state: LowRankState, cands: torch.Tensor) -> ScoreRequest:
+    """The `svd` input the service builds from that state (its builder's tokens)."""
+    return mode_spec("svd").request(cands, state_user(ranker, state, CONFIG.rank))
 
 
 def test_serving_from_the_state_equals_the_training_path(ranker: Ranker) -> None:
@@ -63,7 +66,7 @@ def test_serving_from_the_state_equals_the_training_path(ranker: Ranker) -> None
         with torch.no_grad():
             trained = ranker(cands[None], history, "svd")[0]
         with torch.inference_mode():
-            request = served_request(ranker, items, actions, cands, seed)
+            request = svd_request(ranker, served_state(ranker, items, actions, seed), cands)
             served = ranker.score_requests("svd", [request])[0]
         torch.testing.assert_close(served, trained, atol=1e-5, rtol=1e-5)
 
@@ -72,9 +75,10 @@ def test_the_recent_events_change_the_scores(ranker: Ranker) -> None:
     """The window is not ignored: the same factors with other latest events score otherwise."""
     cands = torch.arange(1, 15)
     items, actions = np.arange(1, 21), np.zeros(20, dtype=np.int64)
-    request = served_request(ranker, items, actions, cands, 0)
-    other = ScoreRequest(cands, request.interests, recent_items=torch.tensor([30, 31, 32]),
-                         recent_actions=torch.tensor([1, 2, 1]))  # fmt: skip
+    state = served_state(ranker, items, actions, 0)
+    latest = RecentEvents.empty(K).merged([30, 31, 32], [1, 2, 1], [20.0, 21.0, 22.0])
+    other = dataclasses.replace(state, recent=latest)
     with torch.inference_mode():
-        a, b = ranker.score_requests("svd", [request, other])
+        request = svd_request(ranker, state, cands)
+        a, b = ranker.score_requests("svd", [request, svd_request(ranker, other, cands)])
     assert float((a - b).abs().max()) > 1e-4, (a - b).abs().max()

@@ -7,9 +7,11 @@ from dataclasses import dataclass
 import pytest
 import torch
 
-from model.config import SERVING_MODES, RankerConfig
-from model.lowrank import LowRankState
-from model.ranker import HistoryBatch, Ranker, RankerInputError, ScoreRequest
+from model.config import RankerConfig
+from model.modes import SERVING_MODES, LoggedEvents, ScoreRequest, mode_spec
+from model.ranker import HistoryBatch, Ranker, RankerInputError
+from model.states import LowRankState
+from tests.model.modes.support import state_user
 
 CONFIG = RankerConfig(n_items=60, n_actions=3, dim=16, heads=2, rank=4, oversample=4, mlp_hidden=16)
 # History lengths (one user with none, one shorter than r) and candidate counts.
@@ -48,8 +50,8 @@ def users() -> list[User]:
     return out
 
 
-def request(ranker: Ranker, user: User) -> ScoreRequest:
-    """What the service sends: factors from the state, the log for the history modes."""
+def request(ranker: Ranker, user: User, mode: str) -> ScoreRequest:
+    """What the service sends: the mode's input built from the factors and the log."""
     r, d = CONFIG.rank, CONFIG.dim
     if user.items.numel():
         with torch.no_grad():
@@ -57,14 +59,8 @@ def request(ranker: Ranker, user: User) -> ScoreRequest:
         state = LowRankState.from_rows(rows, r, user.weights.double().numpy(), oversample=4)
     else:
         state = LowRankState.empty(d, r, oversample=4)
-    return ScoreRequest(
-        candidates=user.candidates,
-        interests=torch.tensor(state.interests(r), dtype=torch.float32),
-        history_items=user.items,
-        history_actions=user.actions,
-        weights=user.weights,
-        basis=torch.tensor(state.V[:, :r], dtype=torch.float32),
-    )
+    log = LoggedEvents(user.items.numpy(), user.actions.numpy(), user.weights.numpy())
+    return mode_spec(mode).request(user.candidates, state_user(ranker, state, r, log))
 
 
 def pad(seqs: list[torch.Tensor], dtype: torch.dtype) -> torch.Tensor:
@@ -76,7 +72,7 @@ def pad(seqs: list[torch.Tensor], dtype: torch.dtype) -> torch.Tensor:
 
 @pytest.mark.parametrize("mode", SERVING_MODES)
 def test_batched_call_equals_per_user_calls(ranker: Ranker, users: list[User], mode: str) -> None:
-    requests = [request(ranker, u) for u in users]
+    requests = [request(ranker, u, mode) for u in users]
     with torch.inference_mode():
         batched = ranker.score_requests(mode, requests)
         single = [ranker.score_requests(mode, [req])[0] for req in requests]
@@ -97,7 +93,7 @@ def test_training_path_equals_serving_path(ranker: Ranker, users: list[User], mo
     candidates = pad([u.candidates for u in users], torch.long)
     with torch.no_grad():
         trained = ranker(candidates, history, mode)  # (B, M_max)
-        served = ranker.score_requests(mode, [request(ranker, u) for u in users])
+        served = ranker.score_requests(mode, [request(ranker, u, mode) for u in users])
     for i, s in enumerate(served):
         torch.testing.assert_close(trained[i, : s.shape[0]], s, atol=1e-5, rtol=1e-5)
 
@@ -111,7 +107,7 @@ def test_a_user_without_history_gets_a_zero_attention_output(
         cand = ranker.embed_items(empty.candidates)[None]  # (1, M, d)
         expected = ranker.score_outputs(cand, torch.zeros_like(cand))[0]
         for mode in SERVING_MODES:
-            (scores,) = ranker.score_requests(mode, [request(ranker, empty)])
+            (scores,) = ranker.score_requests(mode, [request(ranker, empty, mode)])
             torch.testing.assert_close(scores, expected)
 
 
@@ -122,13 +118,13 @@ def test_history_changes_scores(ranker: Ranker, users: list[User]) -> None:
     with torch.no_grad():
         for mode in SERVING_MODES:
             s_b, s_swapped = ranker.score_requests(
-                mode, [request(ranker, b), request(ranker, swapped)]
+                mode, [request(ranker, b, mode), request(ranker, swapped, mode)]
             )
             assert (s_b - s_swapped).abs().max() > 1e-4
 
 
 def test_serving_input_errors(ranker: Ranker, users: list[User]) -> None:
-    req = request(ranker, users[2])
+    req = request(ranker, users[2], "softmax")
     assert ranker.score_requests("svd", []) == []
     with pytest.raises(RankerInputError, match="serving mode"):
         ranker.score_requests("linear", [req])

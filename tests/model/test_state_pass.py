@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from model.config import RankerConfig
-from model.lowrank import Decay
-from model.ranker import HistoryBatch, Ranker, RankerInputError, ScoreRequest
-from model.states import make_builder
+from model.modes import ScoreRequest
+from model.ranker import HistoryBatch, Ranker, RankerInputError
+from model.states import Decay, make_builder
 
 
 def _ranker(mode: str) -> Ranker:
@@ -24,10 +24,7 @@ def _ranker(mode: str) -> Ranker:
 def _request(ranker: Ranker, mode: str, items: torch.Tensor, actions: torch.Tensor,
              ts: np.ndarray, cands: torch.Tensor, decay: Decay) -> ScoreRequest:  # fmt: skip
     builder = make_builder(ranker, rank=8, oversample=4, decay=decay, tag="t")
-    state = builder.empty()
-    if items.numel():
-        rows = ranker.embed_events(items, actions).double().detach().numpy()
-        state = builder.from_rows(rows, ts)
+    state = builder.from_events(items.numpy(), actions.numpy(), ts)  # none: the empty state
     features = torch.from_numpy(builder.features(state)).float()
     if mode == "elastic":
         return ScoreRequest(cands, interests=features)

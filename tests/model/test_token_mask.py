@@ -11,8 +11,10 @@ import torch
 
 from model.config import RankerConfig
 from model.layers import interest_tokens
-from model.lowrank import LowRankState
-from model.ranker import HistoryBatch, Ranker, ScoreRequest
+from model.modes import mode_spec
+from model.ranker import HistoryBatch, Ranker
+from model.states import LowRankState
+from tests.model.modes.support import state_user
 
 CONFIG = RankerConfig(n_items=50, n_actions=2, dim=32, heads=2, rank=8, oversample=4, mlp_hidden=16)
 N_EVENTS = 5
@@ -65,9 +67,8 @@ def served_scores(rank: int, history: HistoryBatch, incremental: bool) -> torch.
     else:
         state = LowRankState.from_rows(rows, rank, weights, oversample=4)
     assert state.live_rank() == N_EVENTS
-    request = ScoreRequest(
-        candidates=CANDIDATES[0], interests=torch.from_numpy(state.interests()).float()
-    )
+    user = state_user(ranker, state, rank)
+    request = mode_spec("svd").request(CANDIDATES[0], user)  # the live tokens only
     with torch.inference_mode():
         return ranker.score_requests("svd", [request])[0]
 

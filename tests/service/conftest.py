@@ -11,9 +11,10 @@ import pytest
 import torch
 from fastapi import FastAPI
 
-from model.checkpoint import Vocabulary, save_checkpoint
+from model.checkpoint import save_checkpoint
 from model.config import RankerConfig
 from model.ranker import Ranker
+from model.vocabulary import Vocabulary
 from service.settings import Settings
 from tests.service.support import ACTIONS, DIM, ITEMS, OVERSAMPLE, RANK, running_app
 

@@ -12,7 +12,7 @@ import numpy as np
 from fastapi import FastAPI
 
 from model.checkpoint import load_checkpoint
-from model.lowrank import LowRankState
+from model.states import LowRankState
 from service.app import create_app
 from service.settings import Settings
 

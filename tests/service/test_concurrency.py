@@ -13,7 +13,7 @@ import httpx
 import numpy as np
 import pytest
 
-from model.lowrank import LowRankState
+from model.states import LowRankState
 from service.errors import StoreUnavailable
 from service.store.eventlog import decode_log
 from service.store.redis_client import connect_redis

@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 import redis
 
-from model.lowrank import LowRankState
+from model.states import LowRankState
 from service.history.postgres import PostgresHistory
 from service.store.eventlog import decode_log, event_id_key
 from solar_tools.processes import Serve, Worker

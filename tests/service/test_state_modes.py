@@ -21,10 +21,11 @@ import numpy as np
 import pytest
 import torch
 
-from model.checkpoint import Vocabulary, load_checkpoint, save_checkpoint
+from model.checkpoint import load_checkpoint, save_checkpoint
 from model.config import RankerConfig
-from model.lowrank import Decay
 from model.ranker import HistoryBatch, Ranker
+from model.states import Decay
+from model.vocabulary import Vocabulary
 from solar_tools.redis_server import free_port
 from tests.service.conftest import SettingsFactory
 from tests.service.support import ACTIONS, DIM, ITEMS, event, ingest, running_app
@@ -37,9 +38,17 @@ HALF_LIFE_S = 400.0
 def _checkpoint(directory: Path, mode: str) -> Path:
     torch.manual_seed(7)
     config = RankerConfig(
-        n_items=len(ITEMS) + 1, n_actions=len(ACTIONS) + 1, dim=DIM, heads=2, rank=4,
-        oversample=12, mlp_hidden=16, mode=mode, elastic_tokens=6, half_life_s=HALF_LIFE_S,
-    )  # fmt: skip
+        n_items=len(ITEMS) + 1,
+        n_actions=len(ACTIONS) + 1,
+        dim=DIM,
+        heads=2,
+        rank=4,
+        oversample=12,
+        mlp_hidden=16,
+        mode=mode,
+        elastic_tokens=6,
+        half_life_s=HALF_LIFE_S,
+    )
     ranker = Ranker(config)
     with torch.no_grad():  # embeddings large enough that a history moves the scores clearly
         ranker.item_emb.weight.normal_(0.0, 1.0)
@@ -51,14 +60,20 @@ def _checkpoint(directory: Path, mode: str) -> Path:
 def _history(user: str, seed: int) -> list[dict[str, Any]]:
     rng = np.random.default_rng(seed)
     return [
-        event(user, ITEMS[int(rng.integers(len(ITEMS)))], float(rng.uniform(0, 3_000)),
-              ACTIONS[int(rng.integers(3))] if rng.random() < 0.7 else None, f"e{i}")
+        event(
+            user,
+            ITEMS[int(rng.integers(len(ITEMS)))],
+            float(rng.uniform(0, 3_000)),
+            ACTIONS[int(rng.integers(3))] if rng.random() < 0.7 else None,
+            f"e{i}",
+        )
         for i in range(70)
-    ]  # fmt: skip
+    ]
 
 
-def _offline(checkpoint: Path, events: list[dict[str, Any]], cands: list[Any], mode: str
-             ) -> dict[Any, float]:  # fmt: skip
+def _offline(
+    checkpoint: Path, events: list[dict[str, Any]], cands: list[Any], mode: str
+) -> dict[Any, float]:
     """``ranker(candidates, history, mode)`` of the checkpoint: the offline evaluation."""
     ckpt = load_checkpoint(checkpoint)
     vocab = ckpt.vocab
@@ -74,8 +89,7 @@ def _offline(checkpoint: Path, events: list[dict[str, Any]], cands: list[Any], m
 
 
 async def _scores(client: Any, user: str, cands: list[Any], mode: str) -> dict[Any, float]:
-    response = await client.post("/rank", json={"user_id": user, "candidates": cands,
-                                                "mode": mode})  # fmt: skip
+    response = await client.post("/rank", json={"user_id": user, "candidates": cands, "mode": mode})
     assert response.status_code == 200, response.text
     body = response.json()
     assert body["mode"] == mode and len(body["items"]) == len(cands)
@@ -107,8 +121,9 @@ async def test_blocks_and_one_shot_and_offline_scores_agree(
         assert (user["history_length"], user["pending"], user["state_kind"]) == (70, 0, mode)
         assert 0 < user["state_bytes"] <= 16 * 1024 and user["singular_values"] == []
 
-        refused = await client.post("/rank", json={"user_id": "once", "candidates": [1],
-                                                   "mode": "svd"})  # fmt: skip
+        refused = await client.post(
+            "/rank", json={"user_id": "once", "candidates": [1], "mode": "svd"}
+        )
         assert refused.status_code == 422
         assert mode in refused.text and "served modes" in refused.text
     offline = _offline(checkpoint, once, cands, mode)
@@ -151,16 +166,31 @@ def test_a_real_server_process_serves_the_state_mode(
     """`solar serve` as a uvicorn process on a socket, with its applier, on real Redis."""
     checkpoint = _checkpoint(tmp_path / mode, mode)
     port = free_port()
-    env = {**os.environ, "SOLAR_MODEL_PATH": str(checkpoint), "SOLAR_REDIS_URL": redis_url,
-           "SOLAR_MAX_WAIT_MS": "1"}  # fmt: skip
+    env = {
+        **os.environ,
+        "SOLAR_MODEL_PATH": str(checkpoint),
+        "SOLAR_REDIS_URL": redis_url,
+        "SOLAR_MAX_WAIT_MS": "1",
+    }
     log_path = tmp_path / "server.log"
     history = _history("p", 21)
     cands = list(ITEMS[:20])
     with log_path.open("wb") as log:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "service.cli", "serve", "--host", "127.0.0.1", "--port",
-             str(port)], env=env, stdout=log, stderr=subprocess.STDOUT,
-        )  # fmt: skip
+            [
+                sys.executable,
+                "-m",
+                "service.cli",
+                "serve",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+            ],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
         try:
             with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10.0) as client:
                 _wait_ready(client, proc, log_path)
@@ -168,8 +198,9 @@ def test_a_real_server_process_serves_the_state_mode(
                     block = {"events": history[start : start + 13]}
                     response = client.post("/ingest?wait=true", json=block)
                     assert response.status_code == 200, response.text
-                response = client.post("/rank", json={"user_id": "p", "candidates": cands,
-                                                      "mode": mode})  # fmt: skip
+                response = client.post(
+                    "/rank", json={"user_id": "p", "candidates": cands, "mode": mode}
+                )
                 assert response.status_code == 200, response.text
                 served = {i["item_id"]: i["score"] for i in response.json()["items"]}
         finally:

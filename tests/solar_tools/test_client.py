@@ -15,7 +15,7 @@ import httpx
 import pytest
 from tqdm import tqdm
 
-from bench.harness import service
+from bench.common.harness import service
 from solar_tools.client import (
     AsyncSolarClient,
     Retry,

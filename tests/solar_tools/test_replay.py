@@ -12,7 +12,7 @@ from typing import Any
 import httpx
 import pytest
 
-from bench.harness import service
+from bench.common.harness import service
 from solar_tools import replay as replay_module
 from solar_tools.client import AsyncSolarClient, SolarClient
 from solar_tools.replay import (

@@ -8,8 +8,8 @@ from fastapi import APIRouter, Depends, Path
 
 from service.api.deps import UserStatesDep, require_token
 from service.api.routes.common import errors
-from service.api.schemas import USER_ID_REGEX, UserDeleted, UserInfo
-from service.errors import MAX_USER_ID_LENGTH
+from service.api.schemas import UserDeleted, UserInfo
+from service.user_ids import MAX_USER_ID_LENGTH, USER_ID_REGEX, USER_ID_RULE
 
 __all__ = ["router"]
 
@@ -21,7 +21,7 @@ UserIdPath = Annotated[
         min_length=1,
         max_length=MAX_USER_ID_LENGTH,
         pattern=USER_ID_REGEX,
-        description="1-128 characters of [A-Za-z0-9_.:@-]",
+        description=USER_ID_RULE,
     ),
 ]
 

@@ -6,9 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from model.lowrank import Decay
-from model.states import ElasticState, LinearState
-from model.states.builders import elastic_spec, linear_spec
+from model.states import Decay, ElasticState, LinearState
+from model.states.weights import elastic_spec, linear_spec
 from tests.model.states.support import HEADS, events, ranker
 
 EVENTS = 2_000

@@ -7,10 +7,9 @@ import pytest
 import torch
 
 from model.heads import ElasticHead
-from model.lowrank import Decay
-from model.state_blob import LowRankError
-from model.states.builders import elastic_spec
+from model.states import Decay, StateError
 from model.states.elastic import ElasticState
+from model.states.weights import elastic_spec
 from tests.model.states.support import HEADS, TOKENS, blocks, events, log_weights, ranker
 
 
@@ -88,9 +87,9 @@ def test_bad_rows_are_refused() -> None:
     model = ranker("elastic")
     spec = elastic_spec(model.baselines["elastic"].dispatcher, HEADS)
     state = ElasticState.empty(spec)
-    with pytest.raises(LowRankError):
+    with pytest.raises(StateError):
         state.append(np.ones((2, 63)), np.zeros(2), spec, None)
-    with pytest.raises(LowRankError):
+    with pytest.raises(StateError):
         state.append(np.full((1, 64), np.nan), np.zeros(1), spec, None)
-    with pytest.raises(LowRankError):
+    with pytest.raises(StateError):
         state.append(np.ones((2, 64)), np.zeros(3), spec, None)

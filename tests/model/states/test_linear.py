@@ -8,11 +8,11 @@ import torch
 
 from model.attention import elu_feature
 from model.heads import LinearHead
-from model.lowrank import Decay
 from model.state_pass import linear_outputs
-from model.states.builders import linear_spec
+from model.states import Decay
 from model.states.linear import LinearState
 from model.states.linear import elu_feature as np_elu_feature
+from model.states.weights import linear_spec
 from tests.model.states.support import HEADS, blocks, events, log_weights, ranker
 
 

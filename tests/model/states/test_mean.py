@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from model.heads import MeanHead
-from model.lowrank import Decay
 from model.state_pass import mean_outputs
+from model.states import Decay
 from model.states.mean import MeanState
 from tests.model.states.support import blocks, events, log_weights, ranker
 

@@ -19,7 +19,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from bench.harness import service
+from bench.common.harness import service
 from service.api.docs import STATIC_PATH
 from solar_tools.redis_server import free_port
 

@@ -11,9 +11,10 @@ from typing import Any
 import pytest
 import torch
 
-from model.checkpoint import Vocabulary, load_checkpoint, save_checkpoint
+from model.checkpoint import load_checkpoint, save_checkpoint
 from model.config import RankerConfig
 from model.ranker import HistoryBatch, Ranker
+from model.vocabulary import Vocabulary
 from tests.service.conftest import SettingsFactory
 from tests.service.support import ACTIONS, DIM, ITEMS, OVERSAMPLE, RANK, event, ingest, running_app
 
@@ -27,9 +28,15 @@ CANDIDATES: list[Any] = [1, 5, 9, "alpha", 17, 23, 42]
 def hybrid_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     torch.manual_seed(5)
     config = RankerConfig(
-        n_items=len(ITEMS) + 1, n_actions=len(ACTIONS) + 1, dim=DIM, heads=2, rank=RANK,
-        oversample=OVERSAMPLE, mlp_hidden=16, recent_tokens=K,
-    )  # fmt: skip
+        n_items=len(ITEMS) + 1,
+        n_actions=len(ACTIONS) + 1,
+        dim=DIM,
+        heads=2,
+        rank=RANK,
+        oversample=OVERSAMPLE,
+        mlp_hidden=16,
+        recent_tokens=K,
+    )
     ranker = Ranker(config)
     with torch.no_grad():
         ranker.action_emb.weight.normal_(0.0, 0.3)
@@ -43,8 +50,9 @@ def offline_scores(directory: Path, history: list[dict[str, Any]]) -> list[float
     ordered = sorted(history, key=lambda e: e["ts"])
     items = torch.tensor([[ckpt.vocab.item_row(e["item_id"]) for e in ordered]])
     actions = torch.tensor([[ckpt.vocab.action_row(e.get("action")) for e in ordered]])
-    batch = HistoryBatch(items, actions, torch.ones_like(items, dtype=torch.bool),
-                         torch.ones(items.shape))  # fmt: skip
+    batch = HistoryBatch(
+        items, actions, torch.ones_like(items, dtype=torch.bool), torch.ones(items.shape)
+    )
     cands = torch.tensor([[ckpt.vocab.item_row(c) for c in CANDIDATES]])
     with torch.no_grad():
         return [float(x) for x in ckpt.ranker(cands, batch, "svd")[0]]

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import redis
 
-from model.lowrank import Decay, LowRankState
+from model.states import Decay, LowRankState
 from service.core.applier import Applier
 from service.core.ingest import EventColumns, Ingestor, IngestResult
 from service.core.serving_model import load_serving_model

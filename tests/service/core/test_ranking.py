@@ -12,7 +12,10 @@ import pytest
 import torch
 
 from model.checkpoint import load_checkpoint
-from model.ranker import ScoreRequest
+from model.modes import MODES, ScoreRequest, mode_spec
+from service.core.ranking import Ranking
+from service.core.users import UserStates
+from tests.model.modes.support import StrongestInterest, state_user
 from tests.service.conftest import SettingsFactory
 from tests.service.support import RANK, event, ingest, reference_state, running_app
 
@@ -139,3 +142,32 @@ async def test_a_history_shorter_than_r_ranks_the_same_whatever_the_served_rank(
             scores.append(_scores(both[0]))
     for c in CANDIDATES:
         assert scores[0][c] == pytest.approx(scores[1][c], abs=1e-5)
+
+
+async def test_a_new_registry_entry_is_ranked_without_touching_the_service(
+    make_settings: SettingsFactory, checkpoint_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One more entry in model.modes: the served modes, the input built from the loaded user,
+    the batcher's packing and pass all follow; scores equal the ranker's own."""
+    monkeypatch.setitem(MODES, "svd_top1", StrongestInterest())
+    history = [event("u", i % 43 + 1, float(i), ("click", None)[i % 2]) for i in range(30)]
+    settings = make_settings()
+    async with running_app(settings) as (app, client):
+        await ingest(client, history)
+        assert "svd_top1" in (model := app.state.model).served_modes
+        users = UserStates.create(
+            settings, app.state.store, model, app.state.metrics, history=app.state.history
+        )
+        ranking = Ranking(users=users, metrics=app.state.metrics, batcher=app.state.batcher)
+        outcome = await ranking.rank("u", CANDIDATES, None, "svd_top1")
+    got = dict(outcome.items)
+    ckpt = load_checkpoint(checkpoint_dir)
+    user = state_user(ckpt.ranker, reference_state(str(checkpoint_dir), history), RANK)
+    rows = torch.tensor([ckpt.vocab.item_row(c) for c in CANDIDATES])
+    request = mode_spec("svd_top1").request(rows, user)
+    with torch.inference_mode():
+        (logits,) = ckpt.ranker.score_requests("svd_top1", [request])
+        (full,) = ckpt.ranker.score_requests("svd", [mode_spec("svd").request(rows, user)])
+    for c, expected in zip(CANDIDATES, logits.tolist(), strict=True):
+        assert got[c] == pytest.approx(expected, abs=1e-4)
+    assert float((logits - full).abs().max()) > 3e-4  # not svd: 3× the tolerance above

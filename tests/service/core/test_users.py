@@ -2,21 +2,16 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from model.lowrank import Decay, LowRankState
+from model.states import Decay, LowRankState, StateBuilder, UserState
 from service.core.serving_model import ServingModel, load_serving_model
-from service.core.users import (
-    UserStates,
-    append_rows,
-    batch_state,
-    parse_state,
-    served_singular_values,
-)
+from service.core.users import UserStates, parse_state, served_singular_values
 from service.errors import StateUnreadable, UnknownUser
 from service.history.base import HistoryChunk
 from service.history.memory import MemoryHistory
@@ -25,6 +20,7 @@ from service.store.base import AppendRequest
 from service.store.dedup_ring import digests
 from service.store.eventlog import identity_keys, make_records
 from service.store.memory import MemoryStore
+from tests.model.states.support import legacy_blob
 from tests.service.conftest import SettingsFactory
 from tests.service.support import gram
 
@@ -32,6 +28,29 @@ from tests.service.support import gram
 @pytest.fixture
 def model(make_settings: SettingsFactory) -> ServingModel:
     return load_serving_model(make_settings())
+
+
+def _rows_builder(model: ServingModel, rows: np.ndarray) -> StateBuilder:
+    """The model's state builder (its kind, rank, oversampling, decay, tag) with the event i
+    embedded as ``rows[i]``: arbitrary rows (N, d) as events."""
+    return dataclasses.replace(model.states, embed=lambda items, _actions: rows[items])
+
+
+def batch_state(rows: np.ndarray, ts: np.ndarray, model: ServingModel) -> LowRankState:
+    events = np.arange(rows.shape[0])
+    state = _rows_builder(model, rows).from_events(events, events * 0, ts)
+    assert isinstance(state, LowRankState)
+    return state
+
+
+def append_rows(
+    state: UserState | None, rows: np.ndarray, ts: np.ndarray, model: ServingModel
+) -> LowRankState:
+    builder, events = _rows_builder(model, rows), np.arange(rows.shape[0])
+    base = state if state is not None else builder.empty()
+    updated = builder.append(base, events, events * 0, ts)
+    assert isinstance(updated, LowRankState)
+    return updated
 
 
 @pytest.mark.parametrize("half_life_s", [None, 50.0])
@@ -122,10 +141,9 @@ async def _users(model: ServingModel, store_url: str | None) -> UserStates:
     from service.backends import open_backends
     from service.settings import Settings
 
-    backends = await open_backends(Settings(redis_url=store_url))
-    return UserStates(
-        backends.store, model, Metrics(), history=backends.history, dedup_window=1_000
-    )
+    settings = Settings(redis_url=store_url, dedup_window=1_000)
+    backends = await open_backends(settings)
+    return UserStates.create(settings, backends.store, model, Metrics(), history=backends.history)
 
 
 async def _append(users: UserStates, records: np.ndarray) -> None:
@@ -156,6 +174,35 @@ async def test_apply_then_load_gives_the_batch_factors(
         assert (await users.load("u")).log.shape == (0,)  # the log only when asked for
         view = await users.view("u")
         assert (view.history_length, view.pending) == (12, 0)
+    finally:
+        await users.store.close()
+
+
+@pytest.mark.anyio
+async def test_a_state_stored_by_the_previous_release_is_used_and_rewritten_in_format_3(
+    model: ServingModel, store_url: str | None
+) -> None:
+    """A format-1 blob (written before the family's one format) of the model's shape and tag
+    loads as is, no rebuild; the next update writes format 3."""
+    users = await _users(model, store_url)
+    try:
+        first, second = _records(7), _records(5, start=8)
+        await _append(users, first)
+        old = users.from_log(first)
+        assert isinstance(old, LowRankState)
+        legacy = legacy_blob(old)
+        assert legacy[4:6] == b"\x01\x00"
+        assert await users.store.commit_state("u", legacy, gen=0, expected_applied=0, applied=7)
+        assert parse_state(legacy, model).rebuild is None
+        loaded = (await users.load("u")).state
+        assert isinstance(loaded, LowRankState) and loaded.n == 7
+        np.testing.assert_array_equal(loaded.V, LowRankState.from_bytes(old.to_bytes()).V)
+        await _append(users, second)
+        assert await users.apply_pending("u") == (5, None)  # updated, not rebuilt
+        blob = await users.store.get_state("u")
+        assert blob is not None and blob[4:6] == b"\x03\x00"
+        ref = users.from_log(np.concatenate([first, second]))
+        np.testing.assert_allclose(gram(LowRankState.from_bytes(blob)), gram(ref), atol=1e-5)
     finally:
         await users.store.close()
 
@@ -208,9 +255,36 @@ async def test_a_deleted_user_is_not_brought_back_by_an_apply(
     users = await _users(model, store_url)
     try:
         await _append(users, _records(4))
-        assert await users.store.delete("u")
+        assert await users.forget("u")
         assert (await users.apply_pending("u")).events == 0
         assert await users.store.get_state("u") is None
+        with pytest.raises(UnknownUser):
+            await users.view("u")
+    finally:
+        await users.store.close()
+
+
+@pytest.mark.anyio
+async def test_forget_removes_state_and_log_and_fences_a_late_applier(
+    model: ServingModel, store_url: str | None
+) -> None:
+    """An applier that read the user before the delete cannot write its state afterwards."""
+    users = await _users(model, store_url)
+    try:
+        await _append(users, _records(6))
+        assert (await users.apply_pending("u")).events == 6
+        await _append(users, _records(3, start=7))
+        late = await users.store.read_log("u", unapplied_only=True)  # the applier's read
+        state = users.from_log(_records(9))
+        assert await users.forget("u") is True
+        assert await users.forget("u") is False  # nothing stored any more
+        assert not await users.store.commit_state(  # the applier's fenced write: refused
+            "u", state.to_bytes(), gen=late.gen, expected_applied=late.applied, applied=late.seq
+        )
+        assert await users.store.get_state("u") is None
+        gone = await users.store.read_log("u", unapplied_only=False)
+        assert (gone.length, gone.records) == (0, b"")
+        assert (await users.load("u")).state is None
         with pytest.raises(UnknownUser):
             await users.view("u")
     finally:

@@ -15,9 +15,10 @@ import numpy as np
 import pytest
 import torch
 
-from model.config import SERVING_MODES, RankerConfig
-from model.lowrank import LowRankState
-from model.ranker import HistoryBatch, Ranker, ScoreRequest
+from model.config import RankerConfig
+from model.modes import SERVING_MODES, ScoreRequest
+from model.ranker import HistoryBatch, Ranker
+from model.states import LowRankState
 from service.scoring.scorer import BatchScorer, Ranked, RankJob
 
 R = 32

@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 import torch
 
-from model.ranker import ScoreRequest
+from model.modes import MODES, HostBuffers, ScoreRequest, mode_spec
 from service.core.serving_model import load_serving_model
 from service.scoring.scorer import BatchScorer, RankJob, split_jobs
 from tests.service.conftest import SettingsFactory
@@ -58,10 +58,47 @@ def test_warm_up_scores_every_serving_mode(make_settings: SettingsFactory) -> No
         seen.append("svd")
         return real_svd(*args)
 
-    def history(mode: str, *args: Any) -> torch.Tensor:
-        seen.append(mode)
-        return real_history(mode, *args)
+    def history(*args: Any) -> torch.Tensor:
+        basis = args[4] if len(args) > 4 else None  # svd_exact projects on V_r, softmax not
+        seen.append("svd_exact" if basis is not None else "softmax")
+        return real_history(*args)
 
     scorer.serving.svd, scorer.serving.history = svd, history  # type: ignore[method-assign]
     scorer.warm_up(model.rank)
     assert sorted(seen) == ["softmax", "svd", "svd_exact"]
+
+
+def _requests(mode: str, gen: torch.Generator) -> list[ScoreRequest]:
+    """Three requests of several sizes (M, token counts, N, r) with every input given."""
+    requests = []
+    for m, t, n in ((5, 4, 7), (9, 2, 0), (3, 3, 11)):
+        requests.append(
+            ScoreRequest(
+                torch.randint(0, 40, (m,), generator=gen),
+                interests=torch.randn(t, 16, generator=gen),
+                history_items=torch.randint(1, 40, (n,), generator=gen),
+                history_actions=torch.randint(0, 3, (n,), generator=gen),
+                weights=torch.rand(n, generator=gen),
+                basis=torch.randn(16, t, generator=gen),
+                summary=torch.randn(2, 8, 9, generator=gen),
+            )
+        )
+    return requests
+
+
+@pytest.mark.parametrize("mode", sorted(MODES))
+def test_the_service_and_the_reference_path_pack_the_same_batch(
+    make_settings: SettingsFactory, mode: str
+) -> None:
+    """One packer: the scorer's staging buffer and the plain host arrays hold equal arrays."""
+    ranker = load_serving_model(make_settings()).checkpoint.ranker
+    requests = _requests(mode, torch.Generator().manual_seed(3))
+    staged = BatchScorer(ranker, history_batch_elements=10**6).send(
+        mode, [RankJob(mode, req, 3) for req in requests]
+    )
+    plain = mode_spec(mode).pack(requests, 16, HostBuffers(torch.device("cpu"))).send()
+    assert staged.keys() == plain.keys() >= {"rows", "lengths"}
+    for name, array in plain.items():
+        assert staged[name].dtype == array.dtype, name
+        torch.testing.assert_close(staged[name], array, rtol=0, atol=0, msg=name)
+    assert plain["rows"].shape == (3, 9) and plain["lengths"].tolist() == [5, 9, 3]

@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from model.config import RankerConfig
-from model.ranker import Ranker, ScoreRequest
+from model.modes import ScoreRequest
+from model.ranker import Ranker
 from service.scoring.scorer import BatchScorer, RankJob
 
 
@@ -57,10 +58,10 @@ def test_warm_up_scores_the_served_modes(mode: str) -> None:
         seen.append("tokens")
         return real_svd(*args)
 
-    def state(kind: str, *args: Any) -> torch.Tensor:
-        seen.append(kind)
-        return real_state(kind, *args)
+    def state(*args: Any) -> torch.Tensor:
+        seen.append("summary")
+        return real_state(*args)
 
     scorer.serving.svd, scorer.serving.state = svd, state  # type: ignore[method-assign]
     scorer.warm_up(4, (mode,))
-    assert seen == ["tokens" if mode == "elastic" else mode]
+    assert seen == ["tokens" if mode == "elastic" else "summary"]

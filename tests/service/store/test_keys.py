@@ -6,13 +6,13 @@ import pytest
 
 from service.errors import InvalidUserId
 from service.store.keys import (
-    USER_ID_PATTERN,
     lease_key,
     partition_of,
     stream_key,
     user_keys,
     validate_user_id,
 )
+from service.user_ids import USER_ID_PATTERN
 
 
 def _hash_tag(key: str) -> str:

@@ -1,0 +1,198 @@
+"""Lifelong quality study: each row's own model, trained to convergence, tested, and its
+serving cost, on every dataset and seed; writes docs/RESULTS.md and docs/quality_vs_cost.png.
+
+    python -m bench.quality --workers 2                   # the committed protocol
+    python -m bench.quality --quick                       # smoke run (tiny, 1 seed)
+    python -m bench.quality --datasets path/to/log.csv --columns user=u,item=i,ts=t
+    python -m bench.quality --datasets ml-100k --rows svd softmax@200 --seeds 0
+
+Rows are declared in ROWS (adding one is one line: label, mode, context, overrides); each
+row trains its own model in its mode on its context (None = the whole history; training
+capped at the dataset's ``train_len``, testing on the whole history). Runs are independent
+processes with one torch thread each, ``--workers`` at a time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import dataclasses
+import sys
+import time
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from bench.quality.doc import doc_header, document, plot
+from bench.quality.run import RunResult, Skipped, run_one
+from bench.quality.setup import DatasetSettings, Job, Row
+from model.datasets import columns_argument
+from model.lifelong import LifelongConfig
+
+REPO = Path(__file__).resolve().parents[2]
+
+ROWS: tuple[Row, ...] = (
+    Row("svd", "svd"),
+    Row("svd+recent16", "svd", None, {"recent_tokens": 16}),
+    Row("elastic", "elastic"),
+    Row("linear", "linear"),
+    Row("mean", "mean"),
+    Row("softmax@50", "softmax", 50),
+    Row("softmax@200", "softmax", 200),
+    Row("softmax@all", "softmax"),
+)
+# Early stopping on validation GAUC; max_steps is only a safety ceiling (a run that reaches
+# it is flagged "⚠ceiling" in the table). Fields the trainer lacks are dropped with a warning.
+TRAIN = {
+    "epochs": 100,
+    "batch_size": 48,
+    "lr": 3e-3,
+    "negatives": 127,
+    "patience": 2,
+    "eval_every": 40,
+    "val_users": 200,
+    "val_negatives": 100,
+    "max_steps": 1_500,
+}
+SETTINGS: dict[str, DatasetSettings] = {
+    "ml-100k": DatasetSettings(train_len=200, train=TRAIN, eval_users=300),
+    "ml-1m": DatasetSettings(users=400, long_users=40, train_len=200, train=TRAIN, eval_users=200),
+    "synthetic-lifelong": DatasetSettings(
+        users=None,
+        train_len=200,
+        train=TRAIN,
+        eval_negatives=1_000,
+        lifelong=LifelongConfig(n_users=80, min_length=1_000, max_length=10_000),
+    ),
+}
+# A log file given by path: a user sample with the longest users, sampled test negatives.
+FILE = DatasetSettings(
+    users=1_000, long_users=100, train_len=1_000, train=TRAIN, eval_negatives=1_000, eval_users=500
+)
+QUICK_TRAIN = {**TRAIN, "max_steps": 4, "eval_every": 2, "batch_size": 16, "val_users": 16}
+QUICK = DatasetSettings(
+    users=16,
+    long_users=4,
+    train_len=64,
+    train=QUICK_TRAIN,
+    eval_negatives=64,
+    eval_users=16,
+    lifelong=LifelongConfig(n_users=16, min_length=40, max_length=300),
+    cost_budget_s=0.02,
+)
+
+
+def settings_for(name: str, quick: bool, train: Mapping[str, Any] | None = None) -> DatasetSettings:
+    """The dataset's settings (QUICK's sizes for every dataset with ``--quick``), with the
+    ``train`` fields (``--set``) on top of its TrainConfig fields."""
+    s = SETTINGS.get(name, FILE)
+    if quick:
+        negatives = None if name.startswith("ml-") else QUICK.eval_negatives
+        s = dataclasses.replace(QUICK, eval_negatives=negatives)
+    return dataclasses.replace(s, train={**s.train, **train}) if train else s
+
+
+def _assignment(text: str) -> tuple[str, Any]:
+    """argparse ``type=`` of ``--set``: KEY=VALUE with VALUE a Python literal."""
+    key, sep, value = text.partition("=")
+    if not sep or not key.isidentifier():
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    try:
+        return key, ast.literal_eval(value)
+    except (ValueError, SyntaxError) as exc:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a Python literal") from exc
+
+
+def _jobs(args: argparse.Namespace, rows: Sequence[Row]) -> list[Job]:
+    """Every (dataset, row, seed), the costliest rows (long softmax contexts) first."""
+    jobs = [
+        Job(
+            name,
+            settings_for(name, args.quick, dict(args.set)),
+            row,
+            seed,
+            args.columns,
+            args.sort,
+            str(args.data_dir),
+        )
+        for name in args.datasets
+        for row in rows
+        for seed in args.seeds
+    ]
+    return sorted(jobs, key=lambda j: (j.row.mode != "softmax", -(j.row.context or 10**9)))
+
+
+def _run(jobs: list[Job], workers: int) -> Iterator[RunResult | Skipped]:
+    if workers <= 1:
+        yield from map(run_one, jobs)
+        return
+    with ProcessPoolExecutor(workers) as pool:
+        yield from pool.map(run_one, jobs)
+
+
+def _select(labels: Iterable[str] | None) -> list[Row]:
+    if labels is None:
+        return list(ROWS)
+    known = {r.label: r for r in ROWS}
+    unknown = sorted(set(labels) - set(known))
+    if unknown:
+        raise SystemExit(f"unknown rows {unknown}; rows: {', '.join(known)}")
+    return [known[label] for label in labels]
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--datasets", nargs="+", default=list(SETTINGS), help="names or log paths")
+    p.add_argument("--rows", nargs="+", default=None, help="row labels (default: all)")
+    p.add_argument("--seeds", nargs="+", type=int, default=None, help="default 0 1 2 (quick: 0)")
+    p.add_argument("--workers", type=int, default=2, help="processes (1: in this process)")
+    p.add_argument("--quick", action="store_true", help="tiny smoke run, one seed")
+    p.add_argument("--columns", type=columns_argument, default=None, help="a log's columns")
+    p.add_argument("--sort", action="store_true", help="sort a log file's events by time")
+    p.add_argument(
+        "--set",
+        nargs="+",
+        type=_assignment,
+        default=[],
+        metavar="KEY=VALUE",
+        help="TrainConfig fields of every run, e.g. max_steps=300 negatives=127",
+    )
+    p.add_argument("--data-dir", type=Path, default=REPO / "data")
+    p.add_argument("--out", type=Path, default=REPO / "docs")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the study and write ``--out``/RESULTS.md and ``--out``/quality_vs_cost.png."""
+    args = _parser().parse_args(argv)
+    args.seeds = args.seeds or ([0] if args.quick else [0, 1, 2])
+    rows = _select(args.rows)
+    start = time.perf_counter()
+    runs: list[RunResult] = []
+    skipped: list[Skipped] = []
+    for out in _run(_jobs(args, rows), args.workers):
+        if isinstance(out, Skipped):
+            print(f"{out.dataset:20s} {out.label:14s} skipped: {out.reason}", flush=True)
+            if out not in skipped:
+                skipped.append(out)
+            continue
+        runs.append(out)
+        print(
+            f"{out.dataset:20s} {out.label:14s} seed {out.seed} GAUC {out.metrics['GAUC']:.4f} "
+            f"steps {out.steps} {out.us_per_request:,.0f} µs ({out.wall_s:.0f}s)",
+            flush=True,
+        )
+    wall = time.perf_counter() - start
+    shown = " ".join(argv if argv is not None else sys.argv[1:])
+    header = doc_header(f"python -m bench.quality {shown}", wall, args.workers)
+    names = {name: settings_for(name, args.quick, dict(args.set)) for name in args.datasets}
+    args.out.mkdir(parents=True, exist_ok=True)
+    plot(rows, runs, args.out / "quality_vs_cost.png")
+    (args.out / "RESULTS.md").write_text(document(rows, runs, skipped, names, header))
+    print(f"wrote {args.out / 'RESULTS.md'} in {wall:.0f}s")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
