@@ -1,10 +1,14 @@
-"""Open the configured store and ingest stream: embedded, or on one Redis (or a cluster)."""
+"""Open the configured store and ingest stream (embedded, or on one Redis or a cluster) and
+the durable history tier (embedded, or PostgreSQL)."""
 
 from __future__ import annotations
 
 import logging
 from typing import NamedTuple
 
+from service.history.base import HistoryStore
+from service.history.memory import MemoryHistory
+from service.history.postgres import PostgresHistory, redact_url
 from service.settings import Settings
 from service.store.base import Store, StoreObserver
 from service.store.memory import MemoryStore
@@ -14,31 +18,37 @@ from service.stream.base import IngestStream
 from service.stream.memory import MemoryStream
 from service.stream.redis_stream import RedisStream
 
-__all__ = ["Backends", "open_backends"]
+__all__ = ["Backends", "open_backends", "open_history"]
 
 logger = logging.getLogger(__name__)
 
 
 class Backends(NamedTuple):
-    """The store and the ingest stream of one process (they share one Redis client)."""
+    """The store and the ingest stream of one process (they share one Redis client), and the
+    durable history tier."""
 
     store: Store
     stream: IngestStream
+    history: HistoryStore
 
     async def close(self) -> None:
         await self.stream.close()
         await self.store.close()
+        await self.history.close()
 
 
 async def open_backends(settings: Settings, observer: StoreObserver | None = None) -> Backends:
-    """Embedded store and stream without ``SOLAR_REDIS_URL``; else Redis, once it answers.
+    """Embedded store and stream without ``SOLAR_REDIS_URL``; else Redis, once it answers;
+    the history tier of ``open_history``.
 
     Raises:
         StoreUnavailable: Redis did not answer within the configured retries.
+        HistoryUnavailable: PostgreSQL did not answer within the configured retries.
     """
+    history = await open_history(settings)
     if not settings.redis_url:
         logger.info("store: embedded (in-process, not shared, not persistent)")
-        return Backends(MemoryStore(observer=observer), MemoryStream(settings.partitions))
+        return Backends(MemoryStore(observer=observer), MemoryStream(settings.partitions), history)
     client = await connect_redis(
         settings.redis_url,
         cluster=settings.redis_cluster,
@@ -51,4 +61,34 @@ async def open_backends(settings: Settings, observer: StoreObserver | None = Non
     return Backends(
         RedisStore(client, url, observer=observer),
         RedisStream(client, url, settings.partitions),
+        history,
     )
+
+
+async def open_history(settings: Settings) -> HistoryStore:
+    """The embedded history without ``SOLAR_HISTORY_URL``; else PostgreSQL, once it answers
+    (its schema and table created if absent).
+
+    Raises:
+        HistoryUnavailable: PostgreSQL did not answer within the configured retries.
+    """
+    if not settings.history_url:
+        logger.info("history: embedded (in-process, not shared, not persistent)")
+        return MemoryHistory()
+    history = await PostgresHistory.open(
+        settings.history_url,
+        schema=settings.history_schema,
+        table=settings.history_table,
+        pool_size=settings.history_pool_size,
+        timeout_s=settings.history_timeout_s,
+        retries=settings.store_connect_retries,
+        backoff_s=settings.store_backoff_s,
+    )
+    logger.info(
+        "history: postgresql at %s (%s.%s, %d connections)",
+        redact_url(settings.history_url),
+        settings.history_schema,
+        settings.history_table,
+        settings.history_pool_size,
+    )
+    return history

@@ -13,6 +13,7 @@ from service.user_ids import USER_ID_RULE
 __all__ = [
     "ApplyTimeout",
     "BatcherClosed",
+    "HistoryUnavailable",
     "InvalidInput",
     "InvalidUserId",
     "NotReady",
@@ -23,9 +24,11 @@ __all__ = [
     "StoreBusy",
     "StoreError",
     "StateUnreadable",
+    "StoreFull",
     "StoreUnavailable",
     "Unauthorized",
     "UnknownUser",
+    "UserRepairing",
 ]
 
 
@@ -167,3 +170,31 @@ class StoreError(Exception):
 
 class StoreUnavailable(StoreError):
     """The store is unreachable or timed out (HTTP 503 with Retry-After)."""
+
+
+class HistoryUnavailable(StoreUnavailable):
+    """The durable history tier is unreachable or timed out (HTTP 503 with Retry-After).
+
+    A ``StoreUnavailable``, so whatever backs off on an unreachable store (the applier, the
+    worker) backs off on the history too; its own ``reason`` labels the metric.
+    """
+
+    reason = "history_unavailable"
+
+
+class StoreFull(StoreError):
+    """Redis is at ``maxmemory`` under ``noeviction`` and refuses writes (``OOM command not
+    allowed``): 503 with Retry-After until appliers and trims free memory, never a 500."""
+
+    reason = "store_full"
+
+
+class UserRepairing(StoreError):
+    """A user's hot keys were inconsistent (a key lost or malformed) and are being rebuilt
+    from the durable tier: 503, retrying is safe."""
+
+    reason = "user_repairing"
+
+    def __init__(self, user_id: str) -> None:
+        super().__init__(f"the hot keys of user {user_id!r} are being rebuilt; retry")
+        self.user_id = user_id

@@ -78,7 +78,8 @@ class Metrics:
         )
         self.ingest_events = Counter(
             "solar_ingest_events_total",
-            "Ingested events by result",
+            "Ingested events by result (accepted, duplicate, refused: older than the dedup "
+            "ring remembers)",
             ["result"],
             registry=reg,
         )
@@ -138,8 +139,24 @@ class Metrics:
         )
         self.ingest_pending = Gauge(
             "solar_ingest_pending",
-            "Notices on an owned ingest partition not yet acknowledged by an applier",
+            "Work on an owned ingest partition not yet confirmed applied: notices not yet "
+            "acknowledged plus users marked by an ingest that the sweeper has not cleared",
             ["partition"],
+            registry=reg,
+        )
+        # Not in DESIGN §6: the sweeper's findings and hot-key repairs (issue: data layer).
+        self.ingest_unannounced = Gauge(
+            "solar_ingest_unannounced",
+            "Stored events the last sweep of an owned partition found unapplied after the "
+            "grace period (their serve died between the store and the announce)",
+            ["partition"],
+            registry=reg,
+        )
+        self.hot_repairs = Counter(
+            "solar_hot_repairs_total",
+            "Users whose hot keys (position, dedup ring, tail) were rebuilt from the durable "
+            "tier, by outcome",
+            ["outcome"],
             registry=reg,
         )
         self.apply_batch_events = Histogram(

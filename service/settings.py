@@ -52,10 +52,18 @@ class Settings(BaseSettings):
         ge=0,
         description="recency half-life in seconds; unset: the checkpoint's; 0: no decay",
     )
-    log_cap: int = Field(
-        default=16_384,
+    log_cap: int | None = Field(
+        default=None,
         ge=1,
-        description="events kept in each user's log (dedup looks back 10,000 events)",
+        description="operator's cap on the events a rebuild or svd_exact/softmax reads (the "
+        "newest N of the durable history); unset: the whole history, never truncated",
+    )
+    dedup_window: int = Field(
+        default=4_000,
+        ge=50,
+        multiple_of=50,
+        description="W: an event re-sent while among its user's last W events is a duplicate "
+        "(32 KB of Redis per user at 4,000); older ones are refused",
     )
     max_candidates: int = Field(default=10_000, ge=1, description="candidates per /rank request")
     max_events: int = Field(default=10_000, ge=1, description="events per /ingest request")
@@ -118,6 +126,15 @@ class Settings(BaseSettings):
         le=65_535,
         description="`solar worker`: serve /metrics on this port (unset: no endpoint)",
     )
+    sweep_s: float = Field(
+        default=1.0, gt=0, description="how often an applier sweeps its partitions' marked users"
+    )
+    sweep_grace_s: float = Field(
+        default=5.0,
+        gt=0,
+        description="an ingest's store step must run within this of its mark; the sweeper "
+        "applies users marked longer ago (a serve killed before announcing)",
+    )
     apply_lease_s: float = Field(
         default=5.0,
         gt=0,
@@ -136,9 +153,39 @@ class Settings(BaseSettings):
         description="freeze the start-up heap out of the garbage collector (service.runtime)",
     )
 
+    # --- the durable history tier (service.history)
+    history_url: str | None = Field(
+        default=None,
+        description="postgresql://user@host:port/db of the durable history; unset or empty: "
+        "the embedded in-process history",
+    )
+    history_schema: str = Field(
+        default="solar",
+        pattern=r"^[a-z_][a-z0-9_]{0,62}$",
+        description="PostgreSQL schema of the history table (created if absent)",
+    )
+    history_table: str = Field(
+        default="history_segments",
+        pattern=r"^[a-z_][a-z0-9_]{0,62}$",
+        description="PostgreSQL table of the history segments (created if absent)",
+    )
+    history_pool_size: int = Field(
+        default=4, ge=1, le=100, description="PostgreSQL connections per process"
+    )
+    history_timeout_s: float = Field(
+        default=2.0, gt=0, description="PostgreSQL connect / statement timeout, seconds"
+    )
+
     @field_validator("redis_url")
     @classmethod
     def _empty_is_none(cls, value: str | None) -> str | None:
+        return value or None
+
+    @field_validator("history_url")
+    @classmethod
+    def _postgres_or_none(cls, value: str | None) -> str | None:
+        if value and not value.startswith(("postgresql://", "postgres://")):
+            raise ValueError("SOLAR_HISTORY_URL must be a postgresql:// URL (or empty)")
         return value or None
 
     @property

@@ -51,7 +51,9 @@ async def run_worker(settings: Settings) -> None:
     backends = await open_backends(settings, metrics.store_observer())
     if settings.gc_freeze:
         freeze_heap()
-    applier = Applier.create(settings, backends.store, backends.stream, model, metrics)
+    applier = Applier.create(
+        settings, backends.store, backends.stream, model, metrics, history=backends.history
+    )
     loop = asyncio.get_running_loop()
     task = asyncio.create_task(applier.run(), name="solar-worker")
     for sig in (signal.SIGTERM, signal.SIGINT):

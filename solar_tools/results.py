@@ -93,15 +93,20 @@ class RankResult:
 
 @dataclass(frozen=True)
 class IngestResult:
-    """``POST /ingest`` of one request: events stored, events already known, users touched."""
+    """``POST /ingest`` of one request: events stored, events already known, users touched,
+    and events refused as older than the user's dedup window remembers."""
 
     accepted: int
     duplicates: int
     users: int
+    refused: int = 0
 
     @classmethod
     def from_json(cls, body: Mapping[str, Any]) -> IngestResult:
-        return cls(*(int(_get(body, k)) for k in ("accepted", "duplicates", "users")))
+        accepted, duplicates, users = (
+            int(_get(body, k)) for k in ("accepted", "duplicates", "users")
+        )
+        return cls(accepted, duplicates, users, refused=int(body.get("refused", 0)))
 
 
 @dataclass(frozen=True)

@@ -8,17 +8,23 @@ once per session on a free loopback port (never 6379); ``redis_url`` flushes it 
 test. ``cluster_url`` does the same for a real 3-master Redis Cluster. A missing redis-server
 binary fails the tests that need it instead of skipping them.
 
+History tests use a real, private PostgreSQL (``solar_tools/postgres_server.py``: initdb and
+pg_ctl on a free port, never the shared server on 5432) started once per session; a missing
+PostgreSQL fails them with a clear message instead of skipping them.
+
 ``device`` is the torch device of the device-aware tests (``SOLAR_TEST_DEVICE``, default cpu).
 """
 
 from __future__ import annotations
 
 import os
+import uuid
 from collections.abc import Iterator
 
 import pytest
 import torch
 
+from solar_tools.postgres_server import PostgresServer
 from solar_tools.redis_server import RedisClusterServers, RedisServer
 
 
@@ -69,3 +75,30 @@ def cluster_url(redis_cluster: RedisClusterServers) -> str:
     """``redis+cluster://`` URL of the session's cluster, every master flushed."""
     redis_cluster.flush()
     return redis_cluster.url
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    """A private PostgreSQL 15 for the whole session (its data deleted at the end); tests
+    may stop it (even ``immediate``, like a crash) and start it again."""
+    server = PostgresServer()
+    server.start()
+    try:
+        yield server
+    finally:
+        server.destroy()
+
+
+@pytest.fixture
+def postgres_url(postgres_server: PostgresServer) -> str:
+    """URL of the session's PostgreSQL, running (started again if a test left it stopped)."""
+    if not (postgres_server.datadir / "postmaster.pid").exists():
+        postgres_server.start()
+    return postgres_server.url()
+
+
+@pytest.fixture
+def shared_history(postgres_url: str) -> dict[str, str]:
+    """Settings overrides for a durable history that several apps or processes share: the
+    session's PostgreSQL, in a schema of this test's own (so users never carry over)."""
+    return {"history_url": postgres_url, "history_schema": f"t_{uuid.uuid4().hex[:16]}"}

@@ -267,7 +267,7 @@ def test_dockerfile_copies_only_what_the_context_keeps() -> None:
             assert (ROOT / source).exists(), source
 
 
-def test_redis_conf_is_durable_with_an_eviction_policy() -> None:
+def test_redis_conf_is_durable_and_never_evicts() -> None:
     conf = dict(
         line.split(None, 1)
         for line in (DOCKER / "redis.conf").read_text().splitlines()
@@ -275,9 +275,9 @@ def test_redis_conf_is_durable_with_an_eviction_policy() -> None:
     )
     assert conf["appendonly"] == "yes" and conf["appendfsync"] == "everysec"
     assert conf["maxmemory"].endswith(("gb", "mb"))
-    assert conf["maxmemory-policy"] == "allkeys-lru"
+    assert conf["maxmemory-policy"] == "noeviction"
     text = (DOCKER / "redis.conf").read_text()
-    assert "allkeys-lru:" in text  # the choice is explained in a comment
+    assert "# noeviction:" in text  # the choice is explained in a comment
 
 
 @pytest.fixture
@@ -322,7 +322,7 @@ def test_redis_conf_loads_in_a_real_redis_server(conf_redis: redis.Redis) -> Non
     keys = ("appendonly", "appendfsync", "maxmemory-policy", "maxmemory")
     got = {k: str(conf_redis.config_get(k)[k]) for k in keys}
     assert got["appendonly"] == "yes" and got["appendfsync"] == "everysec"
-    assert got["maxmemory-policy"] == "allkeys-lru"
+    assert got["maxmemory-policy"] == "noeviction"
     assert int(got["maxmemory"]) == 2 * 1024**3
 
 

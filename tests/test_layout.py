@@ -2,9 +2,9 @@
 
 Layers of ``service/`` from the top: ``api`` (HTTP) and ``worker`` → ``core`` (use cases,
 user state, the applier, the loaded model) and ``backends`` → ``scoring`` (batcher, batch
-scorer), ``store`` (storage) and ``stream`` (the ingest stream) → the shared ``errors``,
-``user_ids``, ``settings`` and ``metrics``. ``model/`` is a library that never imports the
-service, FastAPI or Redis.
+scorer), ``store`` (storage), ``history`` (the durable history tier) and ``stream`` (the
+ingest stream) → the shared ``errors``, ``user_ids``, ``settings`` and ``metrics``.
+``model/`` is a library that never imports the service, FastAPI or Redis.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ SERVICE_LAYERS = {
     "service.worker": 5,
     "service.scoring": 2,
     "service.store": 2,
+    "service.history": 2,
     "service.stream": 2,
     "service.errors": 0,
     "service.user_ids": 0,

@@ -92,11 +92,14 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             freeze_heap()
         stalls.start()
         if settings.applier == "inline":
-            applier = Applier.create(settings, backends.store, backends.stream, model, metrics)
+            applier = Applier.create(
+                settings, backends.store, backends.stream, model, metrics, history=backends.history
+            )
             applier_task = asyncio.create_task(applier.run(), name="solar-applier")
         app.state.model = model
         app.state.store = backends.store
         app.state.stream = backends.stream
+        app.state.history = backends.history
         app.state.batcher = batcher
         logger.info(
             "solar ready: model %s, max_batch %d, applier %s",
@@ -113,7 +116,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             applier.stop()
             await asyncio.gather(applier_task, return_exceptions=True)
         await backends.close()
-        app.state.store = app.state.stream = None
+        app.state.store = app.state.stream = app.state.history = None
 
 
 def _openapi(app: FastAPI) -> Callable[[], dict[str, Any]]:

@@ -23,6 +23,7 @@ from service.core.ranking import Ranking
 from service.core.serving_model import ServingModel
 from service.core.users import UserStates
 from service.errors import NotReady, Unauthorized
+from service.history.base import HistoryStore
 from service.metrics import Metrics
 from service.scoring.batcher import MicroBatcher
 from service.scoring.scorer import Ranked, RankJob
@@ -93,18 +94,28 @@ async def get_stream(request: Request) -> IngestStream:
     return stream
 
 
+async def get_history(request: Request) -> HistoryStore:
+    history: HistoryStore = _running(request, "history")
+    return history
+
+
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 MetricsDep = Annotated[Metrics, Depends(get_metrics)]
 StoreDep = Annotated[Store, Depends(get_store)]
 ModelDep = Annotated[ServingModel, Depends(get_model)]
 BatcherDep = Annotated[RankBatcher, Depends(get_batcher)]
 StreamDep = Annotated[IngestStream, Depends(get_stream)]
+HistoryDep = Annotated[HistoryStore, Depends(get_history)]
 
 
 async def get_user_states(
-    store: StoreDep, model: ModelDep, metrics: MetricsDep, settings: SettingsDep
+    store: StoreDep,
+    model: ModelDep,
+    metrics: MetricsDep,
+    settings: SettingsDep,
+    history: HistoryDep,
 ) -> UserStates:
-    return UserStates.create(settings, store, model, metrics)
+    return UserStates.create(settings, store, model, metrics, history=history)
 
 
 UserStatesDep = Annotated[UserStates, Depends(get_user_states)]
@@ -115,14 +126,20 @@ async def get_ranking(users: UserStatesDep, metrics: MetricsDep, batcher: Batche
 
 
 async def get_ingestor(
-    store: StoreDep, stream: StreamDep, metrics: MetricsDep, settings: SettingsDep
+    store: StoreDep,
+    stream: StreamDep,
+    metrics: MetricsDep,
+    settings: SettingsDep,
+    history: HistoryDep,
 ) -> Ingestor:
     return Ingestor(
         store=store,
         stream=stream,
         metrics=metrics,
-        log_cap=settings.log_cap,
+        history=history,
+        dedup_window=settings.dedup_window,
         wait_s=settings.ingest_wait_s,
+        grace_s=settings.sweep_grace_s,
     )
 
 

@@ -53,7 +53,7 @@ def _classify(exc: Exception) -> tuple[int, str, str, list[dict[str, str]]]:
     if isinstance(exc, ServiceError):
         return exc.status_code, exc.reason, str(exc), []
     if isinstance(exc, StoreError):
-        return 503, "store_unavailable", f"store unavailable: {exc}", []
+        return 503, exc.reason, f"{exc.reason.replace('_', ' ')}: {exc}", []
     if isinstance(exc, StarletteHTTPException) and exc.status_code == 400:
         # FastAPI's body reader answers 400 for a body it cannot decode (not UTF-8).
         return 422, "invalid", "malformed request body", [_value_error("body", str(exc.detail))]

@@ -177,8 +177,16 @@ class IngestRequest(_Strict):
 
 class IngestResponse(BaseModel):
     accepted: int = Field(description="new events stored (applied to the factors shortly after)")
-    duplicates: int = Field(description="events already seen (same event_id or identity)")
+    duplicates: int = Field(
+        description="events already among the user's last W events (same event_id, or without "
+        "one the same item, ts and action): not stored again"
+    )
     users: int = Field(description="distinct users in the request")
+    refused: int = Field(
+        default=0,
+        description="events older than the user's dedup window remembers (ts at or before the "
+        "newest ts that left it): not stored, since they may be re-sends of forgotten events",
+    )
 
 
 class UserInfo(BaseModel):

@@ -10,6 +10,17 @@ the user's unapplied records as one block update, fenced on the position read) a
 acknowledges. A user whose apply failed keeps its notices pending; the task claims them again.
 A task whose lease was lost stops after its current batch; the fence keeps the overlap safe.
 Stopping is a flag (:meth:`Applier.stop`), not cancellation; see there.
+
+Users are isolated: whatever fails for one user (a tier down, a malformed key, a bug) is
+logged and leaves that user's notices pending for a later claim; the rest of the batch is
+applied and acknowledged.
+
+The sweeper: every ``sweep_s`` a partition task lists the users its ingests marked dirty
+more than ``sweep_grace_s`` ago (``IngestStream.mark``), applies each (which also writes its
+undurable tail to the durable tier) and clears the marks that did not move meanwhile. A serve
+killed between its store and announce steps leaves its users marked, so their events are
+applied within ``sweep_grace_s + sweep_s`` without any notice; ``solar_ingest_unannounced``
+counts the events a sweep found that way.
 """
 
 from __future__ import annotations
@@ -25,8 +36,9 @@ import uuid
 from dataclasses import dataclass, field
 
 from service.core.serving_model import ServingModel
-from service.core.users import UserStates
-from service.errors import StoreBusy, StoreError
+from service.core.users import Applied, UserStates
+from service.errors import ServiceError, StoreError
+from service.history.base import HistoryStore
 from service.metrics import Metrics
 from service.settings import Settings
 from service.store.base import Store
@@ -47,6 +59,8 @@ class ApplierConfig:
     read_count: int = 512  # notices per read
     block_s: float = 0.2  # how long a read waits for notices
     users_in_flight: int = 16  # users applied concurrently within a partition batch
+    sweep_s: float = 1.0  # how often a partition's marked users are swept
+    sweep_grace_s: float = 5.0  # the sweeper applies users marked longer ago than this
 
 
 def applier_id() -> str:
@@ -74,10 +88,17 @@ class Applier:
         stream: IngestStream,
         model: ServingModel,
         metrics: Metrics,
+        *,
+        history: HistoryStore,
     ) -> Applier:
         """The applier of a process, configured by ``settings``."""
-        users = UserStates.create(settings, store, model, metrics)
-        return cls(users, stream, metrics, ApplierConfig(lease_s=settings.apply_lease_s))
+        users = UserStates.create(settings, store, model, metrics, history=history)
+        config = ApplierConfig(
+            lease_s=settings.apply_lease_s,
+            sweep_s=settings.sweep_s,
+            sweep_grace_s=settings.sweep_grace_s,
+        )
+        return cls(users, stream, metrics, config)
 
     @property
     def owned(self) -> list[int]:
@@ -155,8 +176,12 @@ class Applier:
 
     async def _partition(self, k: int) -> None:
         claim = True  # a new owner first takes over what the last one left pending
+        next_sweep = time.monotonic() + self.config.sweep_s
         while k in self._held and not self._stopping:
             try:
+                if time.monotonic() >= next_sweep:
+                    next_sweep = time.monotonic() + self.config.sweep_s
+                    await self.sweep(k)
                 if claim:
                     notices = await self.stream.claim(k, self.consumer, self.config.read_count)
                     claim = len(notices) == self.config.read_count
@@ -166,9 +191,8 @@ class Applier:
                     )
                 if notices:
                     claim = not await self.apply(k, notices) or claim
-                self.metrics.ingest_pending.labels(partition=str(k)).set(
-                    await self.stream.backlog(k)
-                )
+                backlog = await self.stream.backlog(k) + await self.stream.dirty_count(k)
+                self.metrics.ingest_pending.labels(partition=str(k)).set(backlog)
             except StoreError as exc:
                 logger.warning("applier %s partition %d: %s", self.consumer, k, exc)
                 claim = True
@@ -184,10 +208,8 @@ class Applier:
 
         async def one(user_id: str, user_notices: list[Notice]) -> list[str]:
             async with gate:
-                try:
-                    applied = await self.users.apply_pending(user_id)
-                except (StoreError, StoreBusy) as exc:
-                    logger.warning("apply %s failed, will retry: %s", user_id, exc)
+                applied = await self._apply_user(user_id)
+                if applied is None:
                     return []
             if applied.events:
                 self.metrics.apply_batch_events.observe(applied.events)
@@ -199,3 +221,39 @@ class Applier:
         acked = [entry for entries in done for entry in entries]
         await self.stream.ack(partition, acked)
         return len(acked) == len(notices)
+
+    async def _apply_user(self, user_id: str) -> Applied | None:
+        """``UserStates.apply_pending`` isolated to the user: None (logged) when it failed,
+        so one broken user never blocks the rest of its batch nor ends the partition task."""
+        try:
+            return await self.users.apply_pending(user_id)
+        except (StoreError, ServiceError) as exc:  # a tier down, fence races: retried later
+            logger.warning("apply %s failed, will retry: %s", user_id, exc)
+        except Exception:  # the per-user isolation boundary: a bug must not stop the others
+            logger.exception("apply %s failed unexpectedly, will retry", user_id)
+        return None
+
+    async def sweep(self, partition: int) -> int:
+        """Apply the partition's users marked dirty longer than the grace period ago and
+        clear their marks; the events it found unapplied (stored but never announced, or
+        announced but not applied in time)."""
+        before_s = time.time() - self.config.sweep_grace_s
+        marks = await self.stream.dirty(partition, before_s, self.config.read_count)
+        found = 0
+        done: list[tuple[str, float]] = []
+        gate = asyncio.Semaphore(self.config.users_in_flight)
+
+        async def one(user_id: str, mark: float) -> None:
+            nonlocal found
+            async with gate:
+                applied = await self._apply_user(user_id)
+            if applied is not None:
+                found += applied.events
+                done.append((user_id, mark))
+
+        await asyncio.gather(*(one(u, m) for u, m in marks))
+        await self.stream.clean(partition, done)
+        self.metrics.ingest_unannounced.labels(partition=str(partition)).set(found)
+        if found:
+            logger.warning("sweep of partition %d applied %d unannounced events", partition, found)
+        return found

@@ -1,13 +1,26 @@
-"""The /ingest use case: group events by user and, per user, one atomic store step; no factor
-update in the request (DESIGN §3).
+"""The /ingest use case: group events by user and, per user, one atomic store step; the whole
+history written to the durable tier before the acknowledgement; no factor update in the
+request (DESIGN §3).
 
-Per user: ``Store.append_events`` (for all users of the request in one round trip,
-``append_batch``) drops the events already among the user's last 10,000, appends the fresh
-records to the log and returns the user's new position; a notice then goes to the user's
-partition of the ingest stream (one more round trip), where an applier folds the events into
-the state. The request is acknowledged once every user's step and notice are confirmed, with exact
-counts. A notice is posted whenever the user has unapplied events, duplicates only included,
-so a client retrying after a failure between the two steps leaves nothing unannounced.
+One request, in round trips:
+
+1. ``IngestStream.mark``: the users are marked dirty on their partitions (the sweeper's net:
+   a serve killed after step 2 leaves them marked, and the sweeper applies them);
+2. ``Store.append_batch``: per user, dedup against its ring (``service.store.dedup_ring``),
+   the fresh records appended to the Redis tail, and back the records not yet durable
+   (this request's, and any an earlier request stored but died before writing durably);
+   refused unless it runs within ``sweep_grace_s`` of the mark (so the sweeper, which waits
+   that long, never misses what it stored). A user whose hot keys are inconsistent is
+   repaired from the durable tier (``service.core.repair``) and appended again;
+3. ``HistoryStore.append``: those records, all users in one batched write (idempotent by
+   seq, so a retry after a crash anywhere is safe);
+4. ``Store.mark_durable`` and ``IngestStream.post_batch`` (concurrently): the tails may drop
+   what is durable and applied, and the appliers are told.
+
+The request is acknowledged with exact counts once all of it is confirmed: nothing
+acknowledged lives only in Redis. A notice is posted whenever the user has unapplied events,
+duplicates-only calls included, so a client retrying after a failure between the steps
+leaves nothing unannounced.
 
 ``wait=True`` (``POST /ingest?wait=true``) returns only once every user's state covers the
 position of this request (read-your-writes), polling the positions up to ``wait_s``.
@@ -25,10 +38,13 @@ from typing import NamedTuple
 import numpy as np
 
 from service.core.items import ItemId
-from service.errors import ApplyTimeout
+from service.core.repair import repair_user
+from service.errors import ApplyTimeout, UserRepairing
+from service.history.base import HistoryChunk, HistoryGap, HistoryStore
 from service.metrics import Metrics
-from service.store.base import AppendRequest, Store
-from service.store.eventlog import DEDUP_WINDOW, identity_keys, make_records
+from service.store.base import AppendRequest, AppendResult, Store
+from service.store.dedup_ring import digests
+from service.store.eventlog import identity_keys, make_records
 from service.stream.base import IngestStream
 
 __all__ = ["EventColumns", "IngestResult", "Ingestor"]
@@ -61,42 +77,107 @@ class IngestResult(NamedTuple):
     accepted: int
     duplicates: int
     users: int
+    refused: int = 0  # older than the dedup ring remembers: not stored (never applied twice)
 
 
 @dataclass
 class Ingestor:
-    """Appends validated events to the store and announces them on the ingest stream."""
+    """Appends validated events to the store and the durable tier, and announces them."""
 
     store: Store
     stream: IngestStream
     metrics: Metrics
-    log_cap: int
+    history: HistoryStore
+    dedup_window: int
     wait_s: float = 5.0
+    grace_s: float = 5.0  # the store step runs within this of the users' dirty mark
 
     async def ingest(self, events: EventColumns, *, wait: bool = False) -> IngestResult:
         """Store ``events``; returns exact counts once every user's step is confirmed.
 
         Raises:
-            StoreUnavailable / StoreError: the store failed (503; retrying is safe).
+            StoreUnavailable / StoreError / HistoryUnavailable: a tier failed (503; retrying
+                is safe: what was stored is deduplicated and made durable by the retry).
             ApplyTimeout: ``wait`` and the events were not applied within ``wait_s`` (503).
         """
         groups = events.by_user()
-        results = await self.store.append_batch(
-            [AppendRequest(u, recs.tobytes(), identity_keys(recs)) for u, recs in groups.items()],
-            log_cap=self.log_cap,
-            dedup_window=DEDUP_WINDOW,
-        )
+        requests = [
+            AppendRequest(u, recs.tobytes(), digests(identity_keys(recs)))
+            for u, recs in groups.items()
+        ]
+        marked_s = time.time()
+        await self.stream.mark(list(groups), marked_s)
+        results = await self._append(requests, marked_s + self.grace_s)
+        chunks = [
+            HistoryChunk(u, r.durable + 1, r.undurable)
+            for u, r in zip(groups, results, strict=True)
+            if r.undurable
+        ]
+        await self._write_durably(chunks)
         # Announce every user with unapplied events, duplicates-only ones included: a retry
-        # after a failure between the two steps then leaves nothing unannounced.
+        # after a failure between the steps then leaves nothing unannounced.
         unapplied = [(u, r.seq) for u, r in zip(groups, results, strict=True) if r.seq > r.applied]
-        await self.stream.post_batch(unapplied, time.time())
+        await asyncio.gather(
+            self.store.mark_durable([(c.user_id, c.last_seq) for c in chunks]),
+            self.stream.post_batch(unapplied, time.time()),
+        )
         accepted = sum(r.accepted for r in results)
         duplicates = sum(r.duplicates for r in results)
+        refused = sum(r.refused for r in results)
         self.metrics.ingest_events.labels(result="accepted").inc(accepted)
         self.metrics.ingest_events.labels(result="duplicate").inc(duplicates)
+        self.metrics.ingest_events.labels(result="refused").inc(refused)
         if wait:
             await self._wait_applied({u: r.seq for u, r in zip(groups, results, strict=True)})
-        return IngestResult(accepted=accepted, duplicates=duplicates, users=len(groups))
+        return IngestResult(accepted, duplicates, len(groups), refused)
+
+    async def _append(
+        self, requests: list[AppendRequest], not_after_s: float
+    ) -> list[AppendResult]:
+        """``Store.append_batch``, then once more for the users it could not take: users
+        unknown to Redis are created if the durable tier does not know them either (else
+        all their hot keys were lost), and users with lost hot keys are first repaired from
+        the durable tier. A second refusal is a 503."""
+        results = await self.store.append_batch(
+            requests, dedup_window=self.dedup_window, not_after_s=not_after_s
+        )
+        retry = [i for i, r in enumerate(results) if r.repair or r.unknown]
+        if not retry:
+            return results
+        unknown = [i for i in retry if results[i].unknown]
+        stored = await asyncio.gather(
+            *(self.history.last_seq(requests[i].user_id) for i in unknown)
+        )
+        lost = {i for i, last in zip(unknown, stored, strict=True) if last > 0}
+        for i in retry:
+            if results[i].repair or i in lost:
+                await repair_user(
+                    requests[i].user_id, self.store, self.history, self.dedup_window, self.metrics
+                )
+        again = await self.store.append_batch(
+            [requests[i] for i in retry],
+            dedup_window=self.dedup_window,
+            not_after_s=not_after_s,
+            create=True,
+        )
+        for i, result in zip(retry, again, strict=True):
+            if result.repair:
+                raise UserRepairing(requests[i].user_id)
+            results[i] = result
+        return results
+
+    async def _write_durably(self, chunks: list[HistoryChunk]) -> None:
+        """One batched durable write; a user whose position ran ahead of the durable tier
+        (a gap: its tail was lost) is repaired, and the request answered 503."""
+        if not chunks:
+            return
+        try:
+            await self.history.append(chunks)
+        except HistoryGap as gap:
+            await repair_user(
+                gap.user_id, self.store, self.history, self.dedup_window, self.metrics
+            )
+            raise UserRepairing(gap.user_id) from gap
 
     async def _wait_applied(self, targets: dict[str, int]) -> None:
         deadline = time.monotonic() + self.wait_s

@@ -1,5 +1,10 @@
 """A user's state: the one place that loads it, checks it against the model, applies the
-pending events to it, rebuilds it from the event log when it is stale, and writes it back.
+pending events to it, rebuilds it from the event history when it is stale, and writes it back.
+
+The history is the durable tier's plus the Redis tail's undurable records
+(``service.core.user_history``); the applier first makes the tail durable, so a state never
+covers an event the durable tier lacks. A malformed tail or lost hot key makes the user
+repaired from the durable tier (``service.core.repair``), never an applier crash.
 
 The state is of the kind the model serves (``ServingModel.states``, a builder of the
 ``model.states`` family: the svd factors with the hybrid's window of latest events, or the
@@ -7,11 +12,10 @@ elastic, linear or mean state); nothing here depends on which: the builder takes
 events (item rows, action rows, times) and embeds them itself. A stored state is usable when
 it decodes and carries the serving model's tag, kind and shape. The applier folds a user's
 unapplied log records into it as ONE block update (Brand's for the factors). It is rebuilt
-from the log (the batch state, off the event loop) when it was written under another model
-(``model_version``) or configuration (``config``: also another kind or shape), is
-unreadable (``corrupt``), is missing while the log holds applied events (``missing``: the
-state key alone was lost), has drifted past the residual threshold (``residual``), or when
-unapplied events were trimmed from the log before being applied (``truncated``). Every write
+from the history (the batch state, off the event loop) when it was written under another
+model (``model_version``) or configuration (``config``: also another kind or shape), is
+unreadable (``corrupt``), is missing while events were applied (``missing``: the state key
+alone was lost), or has drifted past the residual threshold (``residual``). Every write
 is ``Store.commit_state``: fenced on the position read, so a concurrent writer wins and a
 deleted user stays deleted.
 ``UserStates.view`` describes a stored state as it is (no rebuild) for ``GET /users/{id}``.
@@ -24,19 +28,22 @@ import functools
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import NamedTuple
 
 import numpy as np
 
 from model.config import LIVE_TOKEN_RTOL
 from model.states import StateFormatError, UserState, decode_user_state
+from service.core.repair import repair_user
 from service.core.serving_model import ServingModel, StateTag
-from service.errors import StateUnreadable, StoreBusy, UnknownUser
+from service.core.user_history import history_records, persist_undurable, unapplied_records
+from service.errors import StateUnreadable, StoreBusy, UnknownUser, UserRepairing
+from service.history.base import HistoryStore
 from service.metrics import Metrics
 from service.settings import Settings
 from service.store.base import LogSlice, Store
-from service.store.eventlog import decode_log
+from service.store.eventlog import LogFormatError, decode_log
 
 __all__ = [
     "Applied",
@@ -109,9 +116,8 @@ class Applied(NamedTuple):
 
 
 def _parse(snapshot: LogSlice, model: ServingModel) -> ParsedState:
-    # The log holds applied events when it holds more than the unapplied ones.
-    applied_in_log = snapshot.length > snapshot.seq - snapshot.applied
-    return parse_state(snapshot.state, model, applied_in_log=applied_in_log)
+    # The durable history holds applied events whenever the position says some were applied.
+    return parse_state(snapshot.state, model, applied_in_log=snapshot.applied > 0)
 
 
 @dataclass
@@ -123,14 +129,31 @@ class UserStates:
     metrics: Metrics
     rebuild_residual_ratio: float = 0.5  # rebuild when ρ/(Σσ²+ρ) passes this after an update
     commit_attempts: int = 8  # fenced writes lost to another writer before giving up
+    history: HistoryStore = field(kw_only=True)
+    dedup_window: int = field(kw_only=True)
+    log_cap: int | None = field(default=None, kw_only=True)  # the operator's cap on reads
 
     @classmethod
     def create(
-        cls, settings: Settings, store: Store, model: ServingModel, metrics: Metrics
+        cls,
+        settings: Settings,
+        store: Store,
+        model: ServingModel,
+        metrics: Metrics,
+        *,
+        history: HistoryStore,
     ) -> UserStates:
         """The user states of a process (the API's and the applier's), configured by
-        ``settings``."""
-        return cls(store, model, metrics, settings.rebuild_residual_ratio)
+        ``settings``, over the store and the durable history tier."""
+        return cls(
+            store,
+            model,
+            metrics,
+            settings.rebuild_residual_ratio,
+            history=history,
+            dedup_window=settings.dedup_window,
+            log_cap=settings.log_cap,
+        )
 
     # ------------------------------------------------------------------ compute
     def from_log(self, records: np.ndarray) -> UserState:
@@ -159,20 +182,29 @@ class UserStates:
         """Fold every unapplied event of the user into its state as one block update (or a
         rebuild when the state is stale) and commit it, fenced on the position read.
 
-        Re-running it applies nothing twice: the state covers a prefix of the log.
+        The tail's undurable records are first made durable. Re-running it applies nothing
+        twice: the state covers a prefix of the history.
 
         Raises:
             StoreBusy: ``commit_attempts`` fenced writes lost in a row.
-            StoreUnavailable: the store failed.
+            StoreUnavailable / HistoryUnavailable: a tier failed.
         """
         for _ in range(self.commit_attempts):
             snapshot = await self.store.read_log(user_id, unapplied_only=True)
             parsed = _parse(snapshot, self.model)
-            reason = parsed.rebuild or ("truncated" if snapshot.truncated else None)
+            reason = parsed.rebuild
             if reason is None and snapshot.seq == snapshot.applied:
                 return Applied(0, None)
+            try:
+                if snapshot.seq > snapshot.durable:
+                    await persist_undurable(self.store, self.history, user_id, snapshot)
+                    continue
+                records = await unapplied_records(self.history, user_id, snapshot)
+            except LogFormatError:  # the tail lacks what the position says: repair the user
+                await repair_user(user_id, self.store, self.history, self.dedup_window,
+                                  self.metrics)  # fmt: skip
+                continue
             if reason is None:
-                records = decode_log(snapshot.records)
                 update = functools.partial(self._updated, parsed.state, records)
                 state = await asyncio.to_thread(self._timed, update)
                 if state.residual_ratio > self.rebuild_residual_ratio:
@@ -181,7 +213,7 @@ class UserStates:
                     return Applied(int(records.shape[0]), None)
                 else:
                     continue
-            if (await self._rebuild(user_id, reason))[1]:
+            if (await self._rebuild(user_id, reason, snapshot))[1]:
                 return Applied(snapshot.seq - snapshot.applied, reason)
         raise StoreBusy(self.commit_attempts)
 
@@ -195,15 +227,14 @@ class UserStates:
         )
 
     async def _rebuild(
-        self, user_id: str, reason: str, snapshot: LogSlice | None = None
+        self, user_id: str, reason: str, snapshot: LogSlice
     ) -> tuple[UserState, bool]:
-        """Batch factors of the whole log (``snapshot``, a whole-log read, or read now),
-        committed as covering it. Returns (state, whether the fence held and it was written)."""
-        if snapshot is None:
-            snapshot = await self.store.read_log(user_id, unapplied_only=False)
-        records = decode_log(snapshot.records)
+        """Batch factors of the whole durable history, committed as covering ``durable``.
+        Returns (state, whether the fence held and it was written)."""
+        durable = snapshot._replace(seq=snapshot.durable, records=b"")
+        records = await history_records(self.history, user_id, durable, self.log_cap)
         state = await asyncio.to_thread(self._timed, functools.partial(self.from_log, records))
-        if not await self._commit(user_id, snapshot, state):
+        if not await self._commit(user_id, durable, state):
             return state, False
         self.metrics.state_rebuilds.labels(reason=reason).inc()
         logger.info("user state rebuilt from %d events (%s)", records.shape[0], reason)
@@ -213,8 +244,9 @@ class UserStates:
     async def load(self, user_id: str, *, with_log: bool = False) -> LoadedUser:
         """The user's usable state, rebuilding (and writing back) a stale one.
 
-        Without ``with_log`` a known user costs one GET of the state; the log is read only
-        for a user without a usable state (to tell whether history exists) or to rebuild.
+        Without ``with_log`` a known user costs one GET of the state; the position and the
+        durable history are read only for a user without a usable state or to rebuild. A
+        malformed tail is ``UserRepairing`` (503: the applier repairs the user).
         """
         if not with_log:
             parsed = parse_state(await self.store.get_state(user_id), self.model)
@@ -227,16 +259,20 @@ class UserStates:
             # Written back unless the applier (or a delete) moved the fence first; either way
             # this request is served from what it read.
             state, _ = await self._rebuild(user_id, parsed.rebuild, snapshot)
-        return LoadedUser(state, decode_log(snapshot.records if with_log else b""))
+        if not with_log:
+            return LoadedUser(state, decode_log(b""))
+        try:
+            log = await history_records(self.history, user_id, snapshot, self.log_cap)
+            return LoadedUser(state, log)
+        except LogFormatError as exc:
+            raise UserRepairing(user_id) from exc
 
     # ------------------------------------------------------------------ forgetting
     async def forget(self, user_id: str) -> bool:
-        """Delete the user's state, event log and dedup data from the store, atomically.
-
-        The delete moves the user's write fence (its generation), so an applier still holding
-        the user's events commits nothing: a deleted user stays deleted. Returns False when
-        nothing was stored.
-        """
+        """Delete the user from every tier: the durable history first (a concurrent durable
+        write then fails with a gap), then all hot keys at once (the position stays as a
+        fence with a new generation: no late commit lands). False: nothing was in Redis."""
+        await self.history.delete(user_id)
         return await self.store.delete(user_id)
 
     # ------------------------------------------------------------------ inspection

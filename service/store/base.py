@@ -1,19 +1,30 @@
-"""The store interface (DESIGN §3, §4): per user a state blob, a capped event log, a dedup set
-and a position record.
+"""The store interface (DESIGN §3, §4): Redis holds what is hot, per user a state blob, a
+short tail of the event log, a compact dedup ring and a position record.
 
-Every event a user ever had gets an absolute sequence number ``seq`` (1, 2, …). The log keeps
-the newest ``log_cap`` records, so it holds the events ``(seq - len, seq]``; the state covers
-the prefix up to ``applied``, so ``seq - applied`` events are acknowledged but not yet applied.
+Every event a user ever had gets an absolute sequence number ``seq`` (1, 2, …). The whole
+history lives in the durable tier (``service.history``); the store keeps only the *tail*: the
+records not yet durable or not yet applied, i.e. the events ``(min(applied, durable), seq]``
+(``length`` records ending at ``seq``). ``durable``: the events up to it are in the durable
+tier; ``applied``: the state covers the events up to it (always ≤ ``durable``: an applier
+persists before it applies). ``delete`` starts the user again at seq 0 with a new ``gen``.
 
-- ``append_events`` (the /ingest step, one atomic operation per user): drop events whose
-  identity is among the user's last ``dedup_window`` events (or earlier in the same call),
-  append the fresh records, trim the log's head (never copying the whole log), return the
-  counts and the new ``seq``. O(1) in the history length per event.
-- ``read_log``: one consistent snapshot of state, position and the unapplied (or all) records.
+- ``append_batch`` (the /ingest step, one atomic operation per user): dedup against the
+  user's ring of its last ``dedup_window`` events (``service.store.dedup_ring``: duplicates,
+  and ``refused`` events older than what the ring remembers), append the fresh records to the
+  tail, return the counts, the new ``seq`` and the records not yet durable (this call's and
+  any left by an earlier call that died before the durable write). A user whose hot keys are
+  inconsistent (position, ring or tail lost or malformed) is answered ``repair``: nothing is
+  written until ``restore`` rebuilt them from the durable tier.
+- ``mark_durable``: the events up to ``seq`` are in the durable tier; the tail drops what is
+  both durable and applied.
+- ``read_log``: one consistent snapshot of state, position and the tail's records.
 - ``commit_state``: write a state covering ``applied`` iff the user's fence (``gen`` and the
-  ``applied`` read before) did not move: a compare-and-set on the covered position, so two
-  appliers, or an applier and a /rank rebuild, never overwrite each other, and a late writer
-  after ``delete`` (which bumps ``gen``) cannot resurrect the user.
+  ``applied`` read before) did not move and ``applied ≤ durable``: a compare-and-set on the
+  covered position, so two appliers, or an applier and a /rank rebuild, never overwrite each
+  other, and a late writer after ``delete`` (which bumps ``gen``) cannot resurrect the user.
+- ``restore``: reset a user's position to ``seq`` (the durable tier's last event), its ring
+  to one rebuilt from the durable tier and its tail to empty, iff the position still reads
+  what the caller saw (``service.core.repair``).
 
 Two implementations with the same semantics: ``RedisStore`` (``redis_store``: one Lua script
 per operation, all keys of a user in one hash slot, so it works on Redis Cluster) and
@@ -29,9 +40,11 @@ from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import NamedTuple, Protocol, runtime_checkable
 
-from service.store.eventlog import IDENTITY_SIZE, RECORD_SIZE, LogFormatError
+from service.store.dedup_ring import DIGEST_SIZE, check_window
+from service.store.eventlog import RECORD_SIZE, LogFormatError
 
 __all__ = [
+    "CHUNK_RECORDS",
     "AppendRequest",
     "AppendResult",
     "LogSlice",
@@ -43,21 +56,37 @@ __all__ = [
 ]
 
 
+CHUNK_RECORDS = 256  # records per element of a tail (5 KB): appends and trims copy ≤ one
+
+
 class AppendResult(NamedTuple):
-    """Outcome of ``append_events``: exact counts and the user's position afterwards."""
+    """Outcome of one user's append: exact counts and the user's position afterwards.
+
+    ``undurable``: the records ``(durable, seq]`` (concatenated, oldest first) that the caller
+    must write to the durable tier before acknowledging. ``repair``: nothing was written, the
+    user's hot keys must first be rebuilt from the durable tier (the counts are then 0).
+    ``unknown``: the user has no keys and ``create`` was not given: nothing was written (the
+    caller first checks that the durable tier does not know the user either).
+    """
 
     accepted: int
     duplicates: int
+    refused: int  # older than the dedup ring remembers: not stored (dedup_ring's guarantee)
     seq: int  # sequence number of the user's newest event
     applied: int  # sequence number the stored state covers
+    durable: int  # sequence number up to which the durable tier holds the events
+    undurable: bytes = b""
+    repair: bool = False
+    unknown: bool = False
 
 
 class AppendRequest(NamedTuple):
-    """One user's part of an ``append_batch`` call."""
+    """One user's part of an ``append_batch`` call: records and their 8-byte dedup digests
+    (``dedup_ring.digests``)."""
 
     user_id: str
     records: bytes
-    identities: bytes
+    digests: bytes
 
 
 class UserPosition(NamedTuple):
@@ -90,12 +119,20 @@ class LogSlice(NamedTuple):
     gen: int
     length: int
     records: bytes
+    durable: int = 0
+    exists: bool = True  # False: the user has no position record
 
     @property
     def truncated(self) -> bool:
-        """Some unapplied events were trimmed from the log before being applied (the state
-        must then be rebuilt from what the log holds)."""
-        return self.seq - self.applied > self.length
+        """The tail does not hold every unapplied event (they are read from the durable tier
+        instead, or the state is rebuilt from it)."""
+        return (self.seq - self.applied) * RECORD_SIZE > len(self.records)
+
+    @property
+    def undurable(self) -> bytes:
+        """The tail's records after ``durable`` (empty when the tail does not reach back)."""
+        want = (self.seq - self.durable) * RECORD_SIZE
+        return self.records[-want:] if 0 < want <= len(self.records) else b""
 
 
 class StoreObserver(Protocol):
@@ -110,20 +147,29 @@ class StoreObserver(Protocol):
 class Store(Protocol):
     """Storage of user states and event logs; see the module docstring for the semantics."""
 
-    async def append_events(
-        self,
-        user_id: str,
-        records: bytes,
-        identities: bytes,
-        *,
-        log_cap: int,
-        dedup_window: int,
-    ) -> AppendResult: ...
-
     async def append_batch(
-        self, requests: Sequence[AppendRequest], *, log_cap: int, dedup_window: int
+        self,
+        requests: Sequence[AppendRequest],
+        *,
+        dedup_window: int,
+        not_after_s: float | None = None,
+        create: bool = False,
     ) -> list[AppendResult]:
-        """``append_events`` for many users in one round trip (each user still atomic)."""
+        """Every user's append in one round trip (each user atomic). ``not_after_s`` (unix
+        seconds): a user whose step would run later is refused (``StoreBusy``), so a sweeper
+        that saw the user marked dirty before then sees what this call stored. ``create``:
+        users without any key are created (else answered ``unknown``)."""
+        ...
+
+    async def mark_durable(self, marks: Sequence[tuple[str, int]]) -> None:
+        """(user, seq): the durable tier holds the user's events up to seq (one round trip)."""
+        ...
+
+    async def restore(
+        self, user_id: str, *, expected_seq: int | None, seq: int, ring: bytes
+    ) -> bool:
+        """Rebuild the user's hot keys (see the module docstring); False if the position moved
+        (``expected_seq`` None: there was none)."""
         ...
 
     async def get_state(self, user_id: str) -> bytes | None: ...
@@ -143,15 +189,14 @@ class Store(Protocol):
     async def close(self) -> None: ...
 
 
-def check_append(records: bytes, identities: bytes, log_cap: int, dedup_window: int) -> int:
-    """The number of records in an ``append_events`` call; ValueError if the blobs disagree."""
+def check_append(records: bytes, digests: bytes, dedup_window: int) -> int:
+    """The number of records of one user's append; ValueError if the blobs disagree."""
     if len(records) % RECORD_SIZE:
         raise LogFormatError(len(records))
     n = len(records) // RECORD_SIZE
-    if len(identities) != n * IDENTITY_SIZE:
-        raise ValueError(f"{len(identities)} identity bytes for {n} records")
-    if log_cap < 1 or dedup_window < 0:
-        raise ValueError(f"log_cap must be ≥ 1 and dedup_window ≥ 0: {log_cap}, {dedup_window}")
+    if len(digests) != n * DIGEST_SIZE:
+        raise ValueError(f"{len(digests)} digest bytes for {n} records")
+    check_window(dedup_window)
     return n
 
 

@@ -25,7 +25,6 @@ import numpy as np
 import numpy.typing as npt
 
 __all__ = [
-    "DEDUP_WINDOW",
     "EVENT_DTYPE",
     "IDENTITY_SIZE",
     "RECORD_SIZE",
@@ -41,7 +40,6 @@ __all__ = [
 EVENT_DTYPE = np.dtype([("ts", "<f8"), ("item", "V6"), ("action", "u1"), ("event_id", "V5")])
 RECORD_SIZE = 20
 IDENTITY_SIZE = 16
-DEDUP_WINDOW = 10_000
 _NO_EVENT_ID = bytes(5)
 
 

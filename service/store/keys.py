@@ -17,6 +17,7 @@ __all__ = [
     "APPLIERS_KEY",
     "KEY_PREFIX",
     "UserKeys",
+    "dirty_key",
     "lease_key",
     "partition_of",
     "stream_key",
@@ -30,9 +31,10 @@ KEY_PREFIX = "solar"
 class UserKeys(NamedTuple):
     """The keys of one user, in the order the store's Lua scripts expect them.
 
-    ``solar:{<user_id>}:state`` (the state blob), ``:log`` (a list of chunks of 20-byte event
-    records, oldest first), ``:pos`` (a hash: ``seq``, ``applied``, ``len``, ``gen``) and
-    ``:dedup`` (a sorted set of the identities of the last events, scored by ``seq``).
+    ``solar:{<user_id>}:state`` (the state blob), ``:log`` (the tail of the event log: a list
+    of chunks of 20-byte records, oldest first, only those not yet durable or applied),
+    ``:pos`` (a hash: ``seq``, ``applied``, ``durable``, ``len``, ``gen``) and ``:dedup`` (the
+    ring of the last W identity digests, ``service.store.dedup_ring``).
     """
 
     state: str
@@ -72,6 +74,12 @@ def stream_key(partition: int) -> str:
 def lease_key(partition: int) -> str:
     """Who applies partition k now (same slot as its stream)."""
     return f"{stream_key(partition)}:lease"
+
+
+def dirty_key(partition: int) -> str:
+    """Users of partition k whose ingest may not be applied yet, scored by when it began
+    (same slot as the stream): what the sweeper checks."""
+    return f"{stream_key(partition)}:dirty"
 
 
 APPLIERS_KEY = f"{KEY_PREFIX}:appliers"  # sorted set: applier id → last heartbeat (ms)

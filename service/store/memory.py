@@ -1,16 +1,20 @@
 """The embedded store: ``RedisStore``'s semantics in one process (not shared, not persistent).
 
 Each operation runs without awaiting, so it is atomic on the event loop like a Lua script is
-in Redis. The log is a list of chunks so that trimming its head never copies it whole.
+in Redis. The tail is a list of chunks so that trimming its head never copies it whole; the
+dedup ring is ``DedupRing``, the Python twin of the Redis string.
 """
 
 from __future__ import annotations
 
+import time
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from service.errors import StoreBusy
 from service.store.base import (
+    CHUNK_RECORDS,
     AppendRequest,
     AppendResult,
     LogSlice,
@@ -19,12 +23,11 @@ from service.store.base import (
     UserPosition,
     check_append,
 )
-from service.store.eventlog import IDENTITY_SIZE, RECORD_SIZE
+from service.store.dedup_ring import DedupRing
+from service.store.eventlog import RECORD_SIZE, decode_log
 from service.store.keys import validate_user_id
 
 __all__ = ["MemoryStore"]
-
-CHUNK_RECORDS = 256  # records per log chunk (as in RedisStore)
 
 
 @dataclass
@@ -32,13 +35,15 @@ class _User:
     state: bytes | None = None
     seq: int = 0
     applied: int = 0
+    durable: int = 0
     gen: int = 0
     chunks: deque[bytes] = field(default_factory=deque)
-    length: int = 0  # records held by ``chunks``
-    seen: dict[bytes, int] = field(default_factory=dict)  # identity → seq
-    order: deque[tuple[int, bytes]] = field(default_factory=deque)  # (seq, identity), oldest first
+    length: int = 0  # records held by ``chunks``: the events (seq - length, seq]
+    ring: DedupRing | None = None
 
-    def append(self, data: bytes, log_cap: int) -> None:
+    def push(self, data: bytes) -> None:
+        """Append records to the tail."""
+        self.length += len(data) // RECORD_SIZE
         chunk = CHUNK_RECORDS * RECORD_SIZE
         if self.chunks and len(self.chunks[-1]) < chunk:
             room = chunk - len(self.chunks[-1])
@@ -46,15 +51,19 @@ class _User:
             data = data[room:]
         for start in range(0, len(data), chunk):
             self.chunks.append(data[start : start + chunk])
-        while self.length > log_cap:
-            excess = self.length - log_cap
+
+    def trim(self) -> None:
+        """Keep the events after min(applied, durable) only."""
+        keep = self.seq - min(self.applied, self.durable)
+        while self.length > keep:
+            excess = self.length - keep
             head = len(self.chunks[0]) // RECORD_SIZE
             if head <= excess:
                 self.chunks.popleft()
                 self.length -= head
             else:
                 self.chunks[0] = self.chunks[0][excess * RECORD_SIZE :]
-                self.length = log_cap
+                self.length = keep
 
     def tail(self, count: int) -> bytes:
         """The newest ``count`` records (≤ length)."""
@@ -77,46 +86,55 @@ class MemoryStore(ObservedStore):
         super().__init__(observer)
         self._users: dict[str, _User] = {}
 
-    async def append_events(
-        self,
-        user_id: str,
-        records: bytes,
-        identities: bytes,
-        *,
-        log_cap: int,
-        dedup_window: int,
-    ) -> AppendResult:
-        validate_user_id(user_id)
-        n = check_append(records, identities, log_cap, dedup_window)
-        async with self._timed("append"):
-            user = self._users.setdefault(user_id, _User())
-            fresh: list[bytes] = []
-            for i in range(n):
-                identity = identities[i * IDENTITY_SIZE : (i + 1) * IDENTITY_SIZE]
-                if identity in user.seen:
-                    continue
-                user.seq += 1
-                user.seen[identity] = user.seq
-                user.order.append((user.seq, identity))
-                fresh.append(records[i * RECORD_SIZE : (i + 1) * RECORD_SIZE])
-            if fresh:
-                user.length += len(fresh)
-                user.append(b"".join(fresh), log_cap)
-                while user.order and user.order[0][0] <= user.seq - dedup_window:
-                    seq, identity = user.order.popleft()
-                    if user.seen.get(identity) == seq:
-                        del user.seen[identity]
-            return AppendResult(len(fresh), n - len(fresh), user.seq, user.applied)
+    def _append(self, request: AppendRequest, dedup_window: int, create: bool) -> AppendResult:
+        validate_user_id(request.user_id)
+        if request.user_id not in self._users and not create:
+            return AppendResult(0, 0, 0, 0, 0, 0, b"", unknown=True)
+        user = self._users.setdefault(request.user_id, _User())
+        if user.ring is None:
+            if user.seq > 0:
+                return AppendResult(0, 0, 0, 0, 0, 0, b"", repair=True)
+            user.ring = DedupRing(dedup_window)
+        elif user.ring.window != dedup_window:
+            return AppendResult(0, 0, 0, 0, 0, 0, b"", repair=True)
+        records = decode_log(request.records)
+        counts = user.ring.admit(user.seq, request.digests, records["ts"])
+        if counts.fresh:
+            user.push(records[counts.fresh].tobytes())
+            user.seq += len(counts.fresh)
+        undurable = user.tail(user.seq - user.durable)
+        return AppendResult(
+            len(counts.fresh),
+            counts.duplicates,
+            counts.refused,
+            user.seq,
+            user.applied,
+            user.durable,
+            undurable,
+        )
 
     async def append_batch(
-        self, requests: Sequence[AppendRequest], *, log_cap: int, dedup_window: int
+        self,
+        requests: Sequence[AppendRequest],
+        *,
+        dedup_window: int,
+        not_after_s: float | None = None,
+        create: bool = False,
     ) -> list[AppendResult]:
-        return [
-            await self.append_events(
-                r.user_id, r.records, r.identities, log_cap=log_cap, dedup_window=dedup_window
-            )
-            for r in requests
-        ]
+        for r in requests:
+            check_append(r.records, r.digests, dedup_window)
+        if not_after_s is not None and time.time() > not_after_s:
+            raise StoreBusy(1)
+        async with self._timed("append_batch"):
+            return [self._append(r, dedup_window, create) for r in requests]
+
+    async def mark_durable(self, marks: Sequence[tuple[str, int]]) -> None:
+        async with self._timed("mark_durable"):
+            for user_id, seq in marks:
+                user = self._users.get(user_id)
+                if user is not None and seq > user.durable:
+                    user.durable = min(seq, user.seq)
+                    user.trim()
 
     async def get_state(self, user_id: str) -> bytes | None:
         validate_user_id(user_id)
@@ -135,11 +153,17 @@ class MemoryStore(ObservedStore):
         async with self._timed("read_log"):
             user = self._users.get(user_id)
             if user is None:
-                return LogSlice(None, 0, 0, 0, 0, b"")
+                return LogSlice(None, 0, 0, 0, 0, b"", exists=False)
             unapplied = user.seq - user.applied
             want = min(user.length, unapplied) if unapplied_only else user.length
             return LogSlice(
-                user.state, user.seq, user.applied, user.gen, user.length, user.tail(want)
+                user.state,
+                user.seq,
+                user.applied,
+                user.gen,
+                user.length,
+                user.tail(want),
+                durable=user.durable,
             )
 
     async def commit_state(
@@ -148,21 +172,44 @@ class MemoryStore(ObservedStore):
         validate_user_id(user_id)
         async with self._timed("commit"):
             user = self._users.get(user_id)
-            current = (0, 0, 0) if user is None else (user.gen, user.applied, user.seq)
-            if current[:2] != (gen, expected_applied) or current[2] < applied or user is None:
+            if (
+                user is None
+                or (user.gen, user.applied) != (gen, expected_applied)
+                or user.seq < applied
+                or applied > user.durable
+            ):
                 return self._cas_result(False)
             user.state, user.applied = bytes(state), applied
+            user.trim()
             return self._cas_result(True)
 
+    async def restore(
+        self, user_id: str, *, expected_seq: int | None, seq: int, ring: bytes
+    ) -> bool:
+        validate_user_id(user_id)
+        async with self._timed("restore"):
+            user = self._users.get(user_id)
+            if (None if user is None else user.seq) != expected_seq:
+                return False
+            if user is None:
+                user = self._users[user_id] = _User()
+            if user.applied > seq:
+                user.state, user.applied = None, 0
+            user.seq = user.durable = seq
+            user.chunks.clear()
+            user.length = 0
+            user.ring = DedupRing.from_bytes(ring)
+            return True
+
     async def delete(self, user_id: str) -> bool:
-        """Forget the user's state, log and dedup data; its position stays as a fence."""
+        """Forget the user's state, tail and ring; its position stays as a fence."""
         validate_user_id(user_id)
         async with self._timed("delete"):
             user = self._users.get(user_id)
             if user is None:
                 return False
-            existed = user.state is not None or user.length > 0
-            self._users[user_id] = _User(seq=user.seq, applied=user.seq, gen=user.gen + 1)
+            existed = user.state is not None or user.length > 0 or user.ring is not None
+            self._users[user_id] = _User(gen=user.gen + 1)
             return existed
 
     async def ping(self) -> None:

@@ -22,7 +22,7 @@ from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
-from service.errors import StoreError, StoreUnavailable
+from service.errors import StoreError, StoreFull, StoreUnavailable
 
 __all__ = ["CLUSTER_SCHEME", "RedisClient", "connect_redis", "redact", "redis_errors"]
 
@@ -62,6 +62,12 @@ async def redis_errors(op: str, url: str) -> AsyncIterator[None]:
         yield
     except _UNAVAILABLE as exc:
         raise StoreUnavailable(f"redis {op} at {url} failed: {type(exc).__name__}: {exc}") from exc
+    except redis_exc.OutOfMemoryError as exc:  # maxmemory under noeviction: back off
+        raise StoreFull(f"redis {op} at {url} is full: {exc}") from exc
+    except redis_exc.ResponseError as exc:
+        if "OOM" in str(exc):  # inside a script the OOM reply comes back as a plain error
+            raise StoreFull(f"redis {op} at {url} is full: {exc}") from exc
+        raise StoreError(f"redis {op} at {url} failed: {type(exc).__name__}: {exc}") from exc
     except redis_exc.RedisError as exc:
         raise StoreError(f"redis {op} at {url} failed: {type(exc).__name__}: {exc}") from exc
 

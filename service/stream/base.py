@@ -14,6 +14,10 @@ Semantics shared by both implementations:
 - ``backlog`` counts the notices not yet acknowledged (delivered or not).
 - ``heartbeat`` records that an applier is alive and returns how many are (for sharing the
   partitions out).
+- ``mark`` (the sweeper's net): /ingest marks its users dirty BEFORE storing, scored by the
+  time it began; ``dirty`` lists a partition's users marked before a time, and ``clean``
+  unmarks a user iff its mark did not move since it was listed. A serve killed between the
+  store and the announce leaves its users marked, so the sweeper applies them.
 """
 
 from __future__ import annotations
@@ -61,5 +65,21 @@ class IngestStream(Protocol):
     async def backlog(self, partition: int) -> int: ...
 
     async def heartbeat(self, consumer: str, ttl_s: float) -> int: ...
+
+    async def mark(self, user_ids: Sequence[str], now_s: float) -> None:
+        """Mark the users dirty at ``now_s`` (unix seconds), in one round trip."""
+        ...
+
+    async def dirty(self, partition: int, before_s: float, count: int) -> list[tuple[str, float]]:
+        """Up to ``count`` (user, mark) of the partition marked at or before ``before_s``."""
+        ...
+
+    async def clean(self, partition: int, marks: Sequence[tuple[str, float]]) -> None:
+        """Unmark each user whose mark is still the one given."""
+        ...
+
+    async def dirty_count(self, partition: int) -> int:
+        """Users of the partition marked dirty now."""
+        ...
 
     async def close(self) -> None: ...

@@ -19,6 +19,7 @@ class _Partition:
     undelivered: list[str] = field(default_factory=list)
     pending: dict[str, str] = field(default_factory=dict)  # entry id → consumer
     lease: tuple[str, float] | None = None  # (holder, expires at, monotonic s)
+    dirty: dict[str, float] = field(default_factory=dict)  # user → mark (unix s)
     arrived: asyncio.Event = field(default_factory=asyncio.Event)
 
 
@@ -93,6 +94,23 @@ class MemoryStream:
         self._alive[consumer] = now
         self._alive = {c: t for c, t in self._alive.items() if t > now - ttl_s}
         return len(self._alive)
+
+    async def mark(self, user_ids: Sequence[str], now_s: float) -> None:
+        for user_id in user_ids:
+            self._parts[partition_of(user_id, self.partitions)].dirty[user_id] = now_s
+
+    async def dirty(self, partition: int, before_s: float, count: int) -> list[tuple[str, float]]:
+        marks = sorted(self._parts[partition].dirty.items(), key=lambda m: m[1])
+        return [m for m in marks if m[1] <= before_s][:count]
+
+    async def clean(self, partition: int, marks: Sequence[tuple[str, float]]) -> None:
+        dirty = self._parts[partition].dirty
+        for user_id, mark in marks:
+            if dirty.get(user_id) == mark:
+                del dirty[user_id]
+
+    async def dirty_count(self, partition: int) -> int:
+        return len(self._parts[partition].dirty)
 
     async def close(self) -> None:
         return

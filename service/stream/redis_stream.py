@@ -14,7 +14,7 @@ from typing import Any
 
 from redis import exceptions as redis_exc
 
-from service.store.keys import APPLIERS_KEY, lease_key, partition_of, stream_key
+from service.store.keys import APPLIERS_KEY, dirty_key, lease_key, partition_of, stream_key
 from service.store.redis_client import RedisClient, redis_errors
 from service.stream.base import Notice
 
@@ -22,17 +22,38 @@ __all__ = ["GROUP", "RedisStream"]
 
 GROUP = "appliers"
 
+# allow-oom: at maxmemory (noeviction) appliers must keep their leases and go on applying,
+# which is what frees memory (tails trimmed, notices deleted).
 # KEYS: lease. ARGV: consumer, lease ms. Take a free lease or renew one's own.
-_ACQUIRE_LUA = """
+_ACQUIRE_LUA = """#!lua flags=allow-oom
 local holder = redis.call('GET', KEYS[1])
 if holder and holder ~= ARGV[1] then return 0 end
 redis.call('SET', KEYS[1], ARGV[1], 'PX', tonumber(ARGV[2]))
 return 1
 """
 
-_RELEASE_LUA = """
+_RELEASE_LUA = """#!lua flags=allow-oom
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
+"""
+
+# KEYS: appliers. ARGV: consumer, now ms, ttl ms. Returns the live appliers.
+_HEARTBEAT_LUA = """#!lua flags=allow-oom
+redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', tonumber(ARGV[2]) - tonumber(ARGV[3]))
+return redis.call('ZCARD', KEYS[1])
+"""
+
+# KEYS: dirty. ARGV: user, mark, user, mark, … Unmark the users whose mark did not move.
+_CLEAN_LUA = """#!lua flags=allow-oom
+local n = 0
+for i = 1, #ARGV, 2 do
+  local score = redis.call('ZSCORE', KEYS[1], ARGV[i])
+  if score and tonumber(score) == tonumber(ARGV[i + 1]) then
+    n = n + redis.call('ZREM', KEYS[1], ARGV[i])
+  end
+end
+return n
 """
 
 
@@ -51,6 +72,8 @@ class RedisStream:
         self._client = client
         self._acquire = client.register_script(_ACQUIRE_LUA)
         self._release = client.register_script(_RELEASE_LUA)
+        self._heartbeat = client.register_script(_HEARTBEAT_LUA)
+        self._clean = client.register_script(_CLEAN_LUA)
         self._groups: set[int] = set()
 
     async def _ensure_group(self, partition: int) -> None:
@@ -152,11 +175,43 @@ class RedisStream:
             return int(await self._client.xlen(stream_key(partition)))
 
     async def heartbeat(self, consumer: str, ttl_s: float) -> int:
-        now_ms = time.time() * 1000
+        now_ms = int(time.time() * 1000)
         async with redis_errors("heartbeat", self.url):
-            await self._client.zadd(APPLIERS_KEY, {consumer: now_ms})
-            await self._client.zremrangebyscore(APPLIERS_KEY, "-inf", now_ms - ttl_s * 1000)
-            return int(await self._client.zcard(APPLIERS_KEY))
+            live = await self._heartbeat(
+                keys=[APPLIERS_KEY], args=[consumer, now_ms, int(ttl_s * 1000)]
+            )
+        return int(live)
+
+    async def mark(self, user_ids: Sequence[str], now_s: float) -> None:
+        if not user_ids:
+            return
+        by_partition: dict[int, dict[str, float]] = {}
+        for user_id in user_ids:
+            by_partition.setdefault(partition_of(user_id, self.partitions), {})[user_id] = now_s
+        async with redis_errors("mark", self.url):
+            pipe: Any
+            async with self._client.pipeline(transaction=False) as pipe:
+                for k, members in by_partition.items():
+                    pipe.zadd(dirty_key(k), members)
+                await pipe.execute()
+
+    async def dirty(self, partition: int, before_s: float, count: int) -> list[tuple[str, float]]:
+        async with redis_errors("dirty", self.url):
+            reply: Any = await self._client.zrangebyscore(
+                dirty_key(partition), "-inf", before_s, start=0, num=count, withscores=True
+            )
+        return [(_text(member), float(score)) for member, score in reply]
+
+    async def clean(self, partition: int, marks: Sequence[tuple[str, float]]) -> None:
+        if not marks:
+            return
+        args = [x for user_id, mark in marks for x in (user_id, repr(mark))]  # exact doubles
+        async with redis_errors("clean", self.url):
+            await self._clean(keys=[dirty_key(partition)], args=args)
+
+    async def dirty_count(self, partition: int) -> int:
+        async with redis_errors("dirty_count", self.url):
+            return int(await self._client.zcard(dirty_key(partition)))
 
     async def close(self) -> None:
         return  # the client belongs to the store, which closes it

@@ -1,11 +1,15 @@
-"""open_backends: embedded store and stream without a Redis URL; Redis (or a cluster) with one."""
+"""open_backends: embedded store and stream without a Redis URL; Redis (or a cluster) with one.
+open_history: the embedded history without a history URL; PostgreSQL with one."""
 
 from __future__ import annotations
 
 import pytest
 
-from service.backends import open_backends
-from service.errors import StoreUnavailable
+from service.backends import open_backends, open_history
+from service.errors import HistoryUnavailable, StoreUnavailable
+from service.history.base import HistoryChunk, HistoryStore
+from service.history.memory import MemoryHistory
+from service.history.postgres import PostgresHistory
 from service.settings import Settings
 from service.store.base import Store
 from service.store.memory import MemoryStore
@@ -48,3 +52,41 @@ async def test_an_unreachable_redis_is_refused_after_the_retries() -> None:
     )
     with pytest.raises(StoreUnavailable, match="after 2 attempts"):
         await open_backends(settings)
+
+
+async def test_no_history_url_is_the_embedded_history() -> None:
+    history = await open_history(Settings(history_url=""))
+    assert isinstance(history, MemoryHistory) and isinstance(history, HistoryStore)
+    await history.close()
+
+
+async def test_a_history_url_opens_postgresql_and_creates_the_table(postgres_url: str) -> None:
+    settings = Settings(history_url=postgres_url, history_schema="backends", history_table="h")
+    history = await open_history(settings)
+    try:
+        assert isinstance(history, PostgresHistory) and isinstance(history, HistoryStore)
+        await history.append([HistoryChunk("u", 1, bytes(40))])
+        assert await history.last_seq("u") == 2
+        again = await open_history(settings)  # the table exists: kept, not recreated
+        assert await again.last_seq("u") == 2
+        await again.close()
+    finally:
+        await history.close()
+
+
+async def test_an_unreachable_postgresql_is_refused_after_the_retries() -> None:
+    settings = Settings(
+        history_url=f"postgresql://postgres@127.0.0.1:{free_port()}/postgres",
+        history_timeout_s=0.5,
+        store_connect_retries=1,
+        store_backoff_s=0.01,
+    )
+    with pytest.raises(HistoryUnavailable, match=r"postgresql create schema at .* failed"):
+        await open_history(settings)
+
+
+def test_a_history_url_must_be_postgresql() -> None:
+    with pytest.raises(ValueError, match="postgresql://"):
+        Settings(history_url="redis://127.0.0.1:6379/0")
+    with pytest.raises(ValueError):
+        Settings(history_table="Robert'); DROP TABLE")

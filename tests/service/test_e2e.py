@@ -74,12 +74,12 @@ def test_serve_end_to_end(server: str) -> None:
     with httpx.Client(base_url=server, timeout=10.0, headers=auth) as client:
         events = [event("e2e", i, 100.0 + i, "click") for i in range(1, 21)]
         response = client.post("/ingest", json={"events": events[:10]})
-        assert response.json() == {"accepted": 10, "duplicates": 0, "users": 1}
+        assert response.json() == {"accepted": 10, "duplicates": 0, "users": 1, "refused": 0}
         ndjson = "\n".join(json.dumps(e) for e in events[5:])
         response = client.post(
             "/ingest?wait=true", content=ndjson, headers={"content-type": "application/x-ndjson"}
         )
-        assert response.json() == {"accepted": 10, "duplicates": 5, "users": 1}
+        assert response.json() == {"accepted": 10, "duplicates": 5, "users": 1, "refused": 0}
         for mode in ("svd", "svd_exact", "softmax"):
             response = client.post(
                 "/rank",

@@ -51,7 +51,7 @@ def test_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.delenv(name, raising=False)
     s = Settings()
     assert s.redis_url is None and s.model_path == DEFAULT_MODEL_PATH
-    assert s.max_candidates == 10_000 and s.log_cap == 16_384
+    assert s.max_candidates == 10_000 and s.log_cap is None and s.dedup_window == 4_000
     assert s.token() is None and (s.host, s.port) == ("127.0.0.1", 8000)
 
 

@@ -134,16 +134,22 @@ async def test_blocks_and_one_shot_and_offline_scores_agree(
 
 
 async def test_a_model_change_rebuilds_states_of_another_kind(
-    make_settings: SettingsFactory, redis_url: str, tmp_path: Path, checkpoint_dir: Path
+    make_settings: SettingsFactory,
+    redis_url: str,
+    tmp_path: Path,
+    checkpoint_dir: Path,
+    shared_history: dict[str, str],
 ) -> None:
     """Users first served by the svd model, then by an elastic one: their factors are rebuilt
     into elastic states from the log (the tag and kind differ), with the same scores as new."""
     history = _history("u", 3)
-    async with running_app(make_settings(redis_url=redis_url)) as (_, client):
+    async with running_app(make_settings(redis_url=redis_url, **shared_history)) as (_, client):
         await ingest(client, history)
         assert (await client.get("/users/u")).json()["state_kind"] == "svd"
     checkpoint = _checkpoint(tmp_path / "elastic", "elastic")
-    settings = make_settings(model_path=checkpoint, redis_url=redis_url, half_life_s=None)
+    settings = make_settings(
+        model_path=checkpoint, redis_url=redis_url, half_life_s=None, **shared_history
+    )
     async with running_app(settings) as (_, client):
         cands = list(ITEMS[:12])
         rebuilt = await _scores(client, "u", cands, "elastic")

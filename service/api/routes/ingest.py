@@ -81,7 +81,9 @@ async def ingest(
     the answer with `wait=true`.
 
     Re-sent events (same `event_id`, or without one the same user, item, ts and action)
-    among a user's last 10,000 events are counted as duplicates and change nothing.
+    among a user's last W events (`SOLAR_DEDUP_WINDOW`, 4,000) are counted as duplicates and
+    change nothing; events older than that window remembers are counted as `refused` and
+    not stored, so no event is ever applied twice.
     """
     if _media_type(request) == NDJSON:
         events = await parse_ndjson_events(request.stream(), settings.max_events)
@@ -98,5 +100,8 @@ async def ingest(
         wait=wait,
     )
     return IngestResponse(
-        accepted=result.accepted, duplicates=result.duplicates, users=result.users
+        accepted=result.accepted,
+        duplicates=result.duplicates,
+        users=result.users,
+        refused=result.refused,
     )

@@ -47,6 +47,6 @@ async def get_user(user_id: UserIdPath, users: UserStatesDep) -> UserInfo:
     summary="Forget a user",
 )
 async def delete_user(user_id: UserIdPath, users: UserStatesDep) -> UserDeleted:
-    """Delete the user's state, event log and dedup data, atomically; an applier still
-    holding the user's events cannot bring it back."""
+    """Delete the user from every tier (its durable history, then its state, event tail and
+    dedup data at once); an applier still holding the user's events cannot bring it back."""
     return UserDeleted(user_id=user_id, deleted=await users.forget(user_id))

@@ -72,9 +72,14 @@ async def test_ingest_contract_and_duplicates(client: httpx.AsyncClient) -> None
         event("b", "alpha", 12.0),
         event("a", 1, 99.0, event_id="e1"),  # same event id: duplicate within the request
     ]
-    assert await ingest(client, events) == {"accepted": 3, "duplicates": 1, "users": 2}
+    assert await ingest(client, events) == {
+        "accepted": 3,
+        "duplicates": 1,
+        "users": 2,
+        "refused": 0,
+    }
     again = await ingest(client, events[:3])  # re-sent: every one a duplicate
-    assert again == {"accepted": 0, "duplicates": 3, "users": 2}
+    assert again == {"accepted": 0, "duplicates": 3, "users": 2, "refused": 0}
     user = (await client.get("/users/a")).json()
     assert user["history_length"] == 2
 
@@ -85,7 +90,7 @@ async def test_ingest_ndjson(client: httpx.AsyncClient) -> None:
         "/ingest", content=lines, headers={"content-type": "application/x-ndjson"}
     )
     assert response.status_code == 200, response.text
-    assert response.json() == {"accepted": 5, "duplicates": 0, "users": 1}
+    assert response.json() == {"accepted": 5, "duplicates": 0, "users": 1, "refused": 0}
 
 
 async def test_ingest_ndjson_streamed_in_chunks(client: httpx.AsyncClient) -> None:

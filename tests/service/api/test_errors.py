@@ -15,7 +15,14 @@ from fastapi import Request
 from service.api.deps import get_batcher, get_store
 from service.api.errors import handle_error
 from service.app import create_app
-from service.errors import InvalidInput, PayloadTooLarge, QueueFull, StoreBusy, StoreUnavailable
+from service.errors import (
+    HistoryUnavailable,
+    InvalidInput,
+    PayloadTooLarge,
+    QueueFull,
+    StoreBusy,
+    StoreUnavailable,
+)
 from service.scoring.batcher import MicroBatcher
 from service.scoring.scorer import BatchScorer, Ranked, RankJob
 from service.store.memory import MemoryStore
@@ -194,7 +201,7 @@ class _DownStore(MemoryStore):
     async def read_log(self, user_id: str, **kwargs: Any) -> Any:
         raise StoreUnavailable("down")
 
-    async def append_events(self, user_id: str, *args: Any, **kwargs: Any) -> Any:
+    async def append_batch(self, *args: Any, **kwargs: Any) -> Any:
         raise StoreUnavailable("down")
 
     async def position(self, user_id: str) -> Any:
@@ -265,6 +272,7 @@ async def test_full_queue_is_503_at_once(make_settings: SettingsFactory) -> None
         (QueueFull(4), 503),
         (StoreBusy(5), 503),
         (StoreUnavailable("x"), 503),
+        (HistoryUnavailable("x"), 503),
         (RuntimeError("a bug"), 500),
     ],
 )
@@ -307,3 +315,16 @@ async def test_requests_before_startup_get_503_not_500(make_settings: SettingsFa
             response = await client.request(method, path, json=body)
             assert response.status_code == 503, (path, response.text)
             assert "Retry-After" in response.headers
+
+
+async def test_history_unavailable_names_the_history_and_its_reason(
+    make_settings: SettingsFactory,
+) -> None:
+    app = create_app(make_settings(retry_after_s=2))
+    app.state.settings = make_settings(retry_after_s=2)
+    request = Request({"type": "http", "app": app, "method": "POST", "path": "/x", "headers": []})
+    response = await handle_error(request, HistoryUnavailable("postgres down"))
+    assert response.status_code == 503 and response.headers["Retry-After"] == "2"
+    assert json.loads(bytes(response.body)) == {"detail": "history unavailable: postgres down"}
+    store = await handle_error(request, StoreUnavailable("redis down"))
+    assert json.loads(bytes(store.body)) == {"detail": "store unavailable: redis down"}

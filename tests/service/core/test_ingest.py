@@ -15,6 +15,7 @@ from service.core.applier import Applier
 from service.core.ingest import EventColumns, Ingestor, IngestResult
 from service.core.serving_model import load_serving_model
 from service.errors import ApplyTimeout, StoreBusy
+from service.history.memory import MemoryHistory
 from service.metrics import Metrics
 from service.store.eventlog import decode_log, make_records
 from service.store.keys import partition_of
@@ -46,15 +47,24 @@ class Pipeline:
     """Ingest → stream → applier over one store, as a serve process with its applier."""
 
     def __init__(
-        self, make_settings: SettingsFactory, store: MemoryStore | None = None, **kw: Any
+        self,
+        make_settings: SettingsFactory,
+        store: MemoryStore | None = None,
+        history: MemoryHistory | None = None,
+        **kw: Any,
     ) -> None:
         settings = make_settings(**kw)
         self.metrics = Metrics()
         self.store = store if store is not None else MemoryStore()
         self.stream = MemoryStream(settings.partitions)
         self.model = load_serving_model(settings)
-        self.ingestor = Ingestor(self.store, self.stream, self.metrics, settings.log_cap, 0.5)
-        self.applier = Applier.create(settings, self.store, self.stream, self.model, self.metrics)
+        self.history = history if history is not None else MemoryHistory()
+        self.ingestor = Ingestor(
+            self.store, self.stream, self.metrics, self.history, settings.dedup_window, 0.5
+        )
+        self.applier = Applier.create(
+            settings, self.store, self.stream, self.model, self.metrics, history=self.history
+        )
         self.users = self.applier.users
 
     async def ingest(self, raw: list[dict[str, Any]], *, apply: bool = True) -> IngestResult:
@@ -178,22 +188,31 @@ async def test_wait_returns_once_applied_or_times_out(make_settings: SettingsFac
         await runner
 
 
-async def test_log_is_appended_and_capped(make_settings: SettingsFactory) -> None:
-    pipe = Pipeline(make_settings, log_cap=5)
-    await pipe.ingest([event("u", i, float(i)) for i in range(1, 4)])
-    await pipe.ingest([event("u", i, float(i)) for i in range(4, 9)])
+async def test_the_history_is_durable_and_the_tail_short(make_settings: SettingsFactory) -> None:
+    pipe = Pipeline(make_settings)
+    await pipe.ingest([event("u", i, float(i)) for i in range(1, 4)], apply=False)
     snapshot = await pipe.store.read_log("u", unapplied_only=False)
-    assert list(decode_log(snapshot.records)["ts"]) == [4.0, 5.0, 6.0, 7.0, 8.0]
-    assert (await pipe.state("u")).n == 8  # the factors keep every applied event
+    assert (snapshot.length, snapshot.durable, snapshot.applied) == (3, 3, 0)  # acknowledged
+    assert (await pipe.history.read("u")).last_seq == 3  # ... only once durable
+    await pipe.drain()
+    await pipe.ingest([event("u", i, float(i)) for i in range(4, 9)])
+    assert (await pipe.store.read_log("u", unapplied_only=False)).length == 0
+    stored = await pipe.history.read("u")
+    assert list(decode_log(stored.records)["ts"]) == [float(i) for i in range(1, 9)]
+    assert (await pipe.state("u")).n == 8
 
 
-async def test_unapplied_events_trimmed_away_rebuild_from_the_log(
+async def test_a_rebuild_reads_the_whole_history_or_the_operators_cap(
     make_settings: SettingsFactory,
 ) -> None:
-    pipe = Pipeline(make_settings, log_cap=5)
-    await pipe.ingest([event("u", i, float(i)) for i in range(1, 9)])  # 8 > cap, unapplied
-    assert pipe.rebuilds("truncated") == 1
-    assert (await pipe.state("u")).n == 5  # what the log still held
+    for cap, expected in ((None, 31), (5, 5)):  # the rebuild runs once event 31 is durable
+        pipe = Pipeline(make_settings, log_cap=cap)
+        await pipe.ingest([event("u", i, float(i)) for i in range(1, 31)])
+        assert await pipe.store.commit_state("u", b"garbage", gen=0, expected_applied=30,
+                                             applied=30)  # fmt: skip
+        assert (await pipe.ingest([event("u", 31, 31.0)])).accepted == 1
+        assert (await pipe.state("u")).n == expected
+        assert pipe.rebuilds("corrupt") == 1
 
 
 async def test_state_of_another_model_is_rebuilt_from_the_log(
@@ -203,7 +222,7 @@ async def test_state_of_another_model_is_rebuilt_from_the_log(
     old = Pipeline(make_settings, store=store, model_path=other_checkpoint_dir)
     raw = [event("u", i, float(i), "share") for i in range(1, 11)]
     await old.ingest(raw[:6])
-    new = Pipeline(make_settings, store=store)
+    new = Pipeline(make_settings, store=store, history=old.history)
     assert (await new.state("u")).tag == old.model.version
     await new.ingest(raw[6:])
     state = await new.state("u")
@@ -221,7 +240,7 @@ async def test_corrupt_state_is_rebuilt(make_settings: SettingsFactory) -> None:
     assert (await pipe.ingest([event("u", 3, 3.0)])).accepted == 1
     assert (await pipe.state("u")).n == 3
     assert pipe.rebuilds("corrupt") == 1
-    assert snapshot.length == 2
+    assert snapshot.seq == 2
 
 
 async def test_residual_over_threshold_triggers_a_rebuild(make_settings: SettingsFactory) -> None:
@@ -301,7 +320,7 @@ async def test_changed_half_life_rebuilds_instead_of_mixing_weights(
     plain = Pipeline(make_settings, store=store)
     raw = [event("u", i, 100.0 * i) for i in range(1, 11)]
     await plain.ingest(raw[:6])
-    decayed = Pipeline(make_settings, store=store, half_life_s=300.0)
+    decayed = Pipeline(make_settings, store=store, history=plain.history, half_life_s=300.0)
     await decayed.ingest(raw[6:])
     state = await decayed.state("u")
     assert state.tag == str(decayed.model.state_tag) != str(plain.model.state_tag)

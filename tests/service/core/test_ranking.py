@@ -99,16 +99,19 @@ async def test_concurrent_requests_in_mixed_modes_match_sequential_ones(
 
 
 async def test_state_of_another_model_is_rebuilt_on_rank(
-    make_settings: SettingsFactory, redis_url: str, other_checkpoint_dir: Path
+    make_settings: SettingsFactory,
+    redis_url: str,
+    other_checkpoint_dir: Path,
+    shared_history: dict[str, str],
 ) -> None:
     history = [event("u", i, float(i)) for i in range(1, 15)]
-    async with running_app(make_settings(redis_url=redis_url, model_path=other_checkpoint_dir)) as (
-        _,
-        old,
-    ):
+    old_settings = make_settings(
+        redis_url=redis_url, model_path=other_checkpoint_dir, **shared_history
+    )
+    async with running_app(old_settings) as (_, old):
         await ingest(old, history)
         old_version = (await old.get("/model")).json()["version"]
-    async with running_app(make_settings(redis_url=redis_url)) as (app, new):
+    async with running_app(make_settings(redis_url=redis_url, **shared_history)) as (app, new):
         assert (await new.get("/users/u")).json()["model_version"] == old_version
         body = await _rank(new, "svd")
         assert body["history_length"] == len(history)
@@ -152,7 +155,9 @@ async def test_a_new_registry_entry_is_ranked_without_touching_the_service(
     async with running_app(settings) as (app, client):
         await ingest(client, history)
         assert "svd_top1" in (model := app.state.model).served_modes
-        users = UserStates.create(settings, app.state.store, model, app.state.metrics)
+        users = UserStates.create(
+            settings, app.state.store, model, app.state.metrics, history=app.state.history
+        )
         ranking = Ranking(users=users, metrics=app.state.metrics, batcher=app.state.batcher)
         outcome = await ranking.rank("u", CANDIDATES, None, "svd_top1")
     got = dict(outcome.items)

@@ -13,7 +13,11 @@ from model.states import Decay, LowRankState, StateBuilder, UserState
 from service.core.serving_model import ServingModel, load_serving_model
 from service.core.users import UserStates, parse_state, served_singular_values
 from service.errors import StateUnreadable, UnknownUser
+from service.history.base import HistoryChunk
+from service.history.memory import MemoryHistory
 from service.metrics import Metrics
+from service.store.base import AppendRequest
+from service.store.dedup_ring import digests
 from service.store.eventlog import identity_keys, make_records
 from service.store.memory import MemoryStore
 from tests.model.states.support import legacy_blob
@@ -104,7 +108,7 @@ def test_rebuild_from_log_maps_items_and_actions(model: ServingModel, checkpoint
     vocab = model.checkpoint.vocab
     assert items.tolist() == [vocab.item_row(1), vocab.item_row("alpha"), 0]
     assert actions.tolist() == [vocab.action_row("click"), 0, 0]
-    users = UserStates(MemoryStore(), model, Metrics())
+    users = UserStates(MemoryStore(), model, Metrics(), history=MemoryHistory(), dedup_window=1_000)
     state = users.from_log(records)
     assert state.n == 3 and state.t_ref == 3.0
     assert users.from_log(records[:0]).n == 0
@@ -137,15 +141,16 @@ async def _users(model: ServingModel, store_url: str | None) -> UserStates:
     from service.backends import open_backends
     from service.settings import Settings
 
-    settings = Settings(redis_url=store_url)
+    settings = Settings(redis_url=store_url, dedup_window=1_000)
     backends = await open_backends(settings)
-    return UserStates.create(settings, backends.store, model, Metrics())
+    return UserStates.create(settings, backends.store, model, Metrics(), history=backends.history)
 
 
 async def _append(users: UserStates, records: np.ndarray) -> None:
-    await users.store.append_events(
-        "u", records.tobytes(), identity_keys(records), log_cap=100, dedup_window=1_000
-    )
+    request = AppendRequest("u", records.tobytes(), digests(identity_keys(records)))
+    (result,) = await users.store.append_batch([request], dedup_window=1_000, create=True)
+    await users.history.append([HistoryChunk("u", result.durable + 1, result.undurable)])
+    await users.store.mark_durable([("u", result.seq)])
 
 
 @pytest.mark.anyio

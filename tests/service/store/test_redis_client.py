@@ -9,7 +9,9 @@ import anyio
 import pytest
 import redis
 
-from service.errors import StoreUnavailable
+from service.errors import StoreFull, StoreUnavailable
+from service.store.base import AppendRequest, AppendResult
+from service.store.dedup_ring import digests
 from service.store.eventlog import identity_keys, make_records
 from service.store.redis_client import connect_redis, make_client, redact
 from service.store.redis_store import RedisStore
@@ -20,7 +22,13 @@ pytestmark = pytest.mark.anyio
 
 def _one_event() -> tuple[bytes, bytes]:
     recs = make_records([1.0], [1], [None], ["e1"])
-    return recs.tobytes(), identity_keys(recs)
+    return recs.tobytes(), digests(identity_keys(recs))
+
+
+async def _append(store: RedisStore, recs: bytes, digs: bytes) -> AppendResult:
+    return (
+        await store.append_batch([AppendRequest("u", recs, digs)], dedup_window=50, create=True)
+    )[0]
 
 
 async def test_unavailable_while_stopped_then_recovers(redis_server: RedisServer) -> None:
@@ -29,14 +37,14 @@ async def test_unavailable_while_stopped_then_recovers(redis_server: RedisServer
     store = RedisStore(make_client(url, timeout_s=0.5), url)
     recs, idents = _one_event()
     try:
-        await store.append_events("u", recs, idents, log_cap=10, dedup_window=10)
+        await _append(store, recs, idents)
         redis_server.stop()
         for call in (
             store.ping,
             lambda: store.get_state("u"),
             lambda: store.position("u"),
             lambda: store.read_log("u", unapplied_only=True),
-            lambda: store.append_events("u", recs, idents, log_cap=10, dedup_window=10),
+            lambda: _append(store, recs, idents),
             lambda: store.commit_state("u", b"S", gen=0, expected_applied=0, applied=1),
             lambda: store.delete("u"),
         ):
@@ -52,7 +60,7 @@ async def test_unavailable_while_stopped_then_recovers(redis_server: RedisServer
         # Same client, no reconnect call: the pool replaces its dead connections and the
         # scripts are loaded again (the restarted server has no data and no scripts).
         await store.ping()
-        result = await store.append_events("u", recs, idents, log_cap=10, dedup_window=10)
+        result = await _append(store, recs, idents)
         assert result.accepted == 1 and result.seq == 1
     finally:
         await store.close()
@@ -128,3 +136,34 @@ async def test_a_cluster_url_uses_the_cluster_client(cluster_url: str) -> None:
 def test_redact_hides_the_password() -> None:
     assert redact("redis://:pw@h:1/0") == "redis://:***@h:1/0"
     assert redact("redis://h:1/0") == "redis://h:1/0"
+
+
+async def test_a_full_redis_refuses_appends_as_store_full_but_still_frees(
+    redis_server: RedisServer,
+) -> None:
+    """maxmemory reached under noeviction: an append is ``StoreFull`` (a 503, never a 500),
+    while the scripts that free memory (mark durable, commit: they trim the tail) still run."""
+    redis_server.flush()
+    url = redis_server.url
+    store = RedisStore(make_client(url, timeout_s=0.5), url)
+    raw = redis.Redis.from_url(url)
+    recs, digs = _one_event()
+    try:
+        first = await _append(store, recs, digs)
+        raw.config_set("maxmemory-policy", "noeviction")
+        raw.config_set("maxmemory", "1")  # every byte over: writes that grow memory refused
+        with pytest.raises(StoreFull) as info:
+            await _append(store, *_one_event_at(2.0))
+        assert info.value.reason == "store_full" and "full" in str(info.value)
+        await store.mark_durable([("u", first.seq)])
+        assert await store.commit_state("u", b"S", gen=0, expected_applied=0, applied=first.seq)
+        assert (await store.read_log("u", unapplied_only=False)).length == 0  # trimmed
+    finally:
+        raw.config_set("maxmemory", "0")
+        raw.close()
+        await store.close()
+
+
+def _one_event_at(ts: float) -> tuple[bytes, bytes]:
+    recs = make_records([ts], [1], [None], [f"e{ts}"])
+    return recs.tobytes(), digests(identity_keys(recs))

@@ -1,17 +1,26 @@
 """Store semantics, identical on the embedded store, a real Redis and a real Redis Cluster:
-dedup within the window, the capped log, positions, the fenced commit, delete as a fence."""
+the dedup ring (duplicates within the window, refused events older than it remembers), the
+short tail (kept until durable and applied), positions, the fenced commit, restore, and
+delete as a fence."""
 
 from __future__ import annotations
 
 import asyncio
-import struct
 from collections.abc import AsyncIterator
 
 import numpy as np
 import pytest
 
-from service.errors import InvalidUserId
-from service.store.base import AppendRequest, LogSlice, Store, UserPosition
+from service.errors import InvalidUserId, StoreBusy
+from service.store.base import (
+    CHUNK_RECORDS,
+    AppendRequest,
+    AppendResult,
+    LogSlice,
+    Store,
+    UserPosition,
+)
+from service.store.dedup_ring import BLOCK, DedupRing, digests, ring_size
 from service.store.eventlog import (
     RECORD_SIZE,
     LogFormatError,
@@ -21,9 +30,11 @@ from service.store.eventlog import (
 )
 from service.store.memory import MemoryStore
 from service.store.redis_client import connect_redis
-from service.store.redis_store import CHUNK_RECORDS, RedisStore
+from service.store.redis_store import RedisStore
 
 pytestmark = pytest.mark.anyio
+
+WINDOW = 100
 
 
 class RecordingObserver:
@@ -39,15 +50,15 @@ class RecordingObserver:
         self.conflicts += 1
 
 
-def events(*ids: int, with_event_id: bool = True) -> tuple[bytes, bytes]:
-    """(records, identities) of one event per id: ts = item = id, event id "e<id>"."""
+def events(*ids: float, with_event_id: bool = True) -> tuple[bytes, bytes]:
+    """(records, digests) of one event per id: ts = item = id, event id "e<id>"."""
     recs = make_records(
         [float(i) for i in ids],
-        list(ids),
+        [int(i) for i in ids],
         [None] * len(ids),
         [f"e{i}" if with_event_id else None for i in ids],
     )
-    return recs.tobytes(), identity_keys(recs)
+    return recs.tobytes(), digests(identity_keys(recs))
 
 
 def ts_of(blob: bytes) -> list[float]:
@@ -68,53 +79,104 @@ async def store(request: pytest.FixtureRequest) -> AsyncIterator[Store]:
     await created.close()
 
 
-async def append(store: Store, *ids: int, cap: int = 100, window: int = 10_000) -> tuple[int, ...]:
-    recs, idents = events(*ids)
-    result = await store.append_events("u", recs, idents, log_cap=cap, dedup_window=window)
-    return tuple(result)
+async def append(
+    store: Store, *ids: float, user: str = "u", window: int = WINDOW, durable: bool = True
+) -> AppendResult:
+    """Append, then (as /ingest does once the durable tier holds them) mark them durable."""
+    recs, digs = events(*ids)
+    (result,) = await store.append_batch(
+        [AppendRequest(user, recs, digs)], dedup_window=window, create=True
+    )
+    if durable and not result.repair:
+        await store.mark_durable([(user, result.seq)])
+    return result
+
+
+def counts(result: AppendResult) -> tuple[int, int, int, int, int]:
+    return result.accepted, result.duplicates, result.refused, result.seq, result.applied
 
 
 async def test_unknown_user(store: Store) -> None:
     assert await store.get_state("nobody") is None
     assert await store.position("nobody") == UserPosition(0, 0)
-    assert await store.read_log("nobody", unapplied_only=False) == LogSlice(None, 0, 0, 0, 0, b"")
+    snapshot = await store.read_log("nobody", unapplied_only=False)
+    assert snapshot[:6] == LogSlice(None, 0, 0, 0, 0, b"")[:6] and not snapshot.exists
     assert await store.delete("nobody") is False
 
 
 async def test_append_numbers_events_and_drops_duplicates(store: Store) -> None:
-    assert await append(store, 1, 2, 3) == (3, 0, 3, 0)
-    assert await append(store, 3, 4, 4, 5) == (2, 2, 5, 0)  # 3 seen before, 4 twice here
+    first = await append(store, 1, 2, 3, durable=False)
+    assert counts(first) == (3, 0, 0, 3, 0) and ts_of(first.undurable) == [1.0, 2.0, 3.0]
+    # 3 seen before, 4 twice here; 1..3 are not durable yet, so they come back again
+    second = await append(store, 3, 4, 4, 5)
+    assert counts(second) == (2, 2, 0, 5, 0) and second.durable == 0
+    assert ts_of(second.undurable) == [1.0, 2.0, 3.0, 4.0, 5.0]
     snapshot = await store.read_log("u", unapplied_only=False)
     assert ts_of(snapshot.records) == [1.0, 2.0, 3.0, 4.0, 5.0]
-    assert (snapshot.seq, snapshot.applied, snapshot.length) == (5, 0, 5)
+    assert (snapshot.seq, snapshot.applied, snapshot.durable, snapshot.length) == (5, 0, 5, 5)
     assert await store.position("u") == UserPosition(5, 0)
 
 
 async def test_identity_without_event_id_is_the_whole_event(store: Store) -> None:
-    recs, idents = events(1, 2, with_event_id=False)
-    assert (await store.append_events("u", recs, idents, log_cap=10, dedup_window=10))[:2] == (2, 0)
-    assert (await store.append_events("u", recs, idents, log_cap=10, dedup_window=10))[:2] == (0, 2)
+    recs, digs = events(1, 2, with_event_id=False)
+    request = [AppendRequest("u", recs, digs)]
+    assert counts((await store.append_batch(request, dedup_window=WINDOW, create=True))[0])[:2] == (
+        2,
+        0,
+    )
+    assert counts((await store.append_batch(request, dedup_window=WINDOW, create=True))[0])[:2] == (
+        0,
+        2,
+    )
 
 
-async def test_dedup_looks_back_exactly_the_window(store: Store) -> None:
-    await append(store, *range(1, 11), window=4)
-    assert (await append(store, 6, window=4))[:2] == (1, 0)  # the last 4 are 7..10
-    assert (await append(store, 9, 10, window=4))[:2] == (0, 2)  # now 8..11 (11 = the new 6)
-    assert (await append(store, 7, window=4))[:2] == (1, 0)
+async def test_dedup_remembers_exactly_the_last_window_events(store: Store) -> None:
+    await append(store, *range(1, 2 * WINDOW + 1))
+    # the ring holds events 101..200: re-sending any of them is a duplicate
+    assert counts(await append(store, *range(101, 201)))[:3] == (0, 100, 0)
+    # older ones left the ring: refused (their ts is below the watermark), never stored
+    assert counts(await append(store, 1, 50, 99))[:3] == (0, 0, 3)
+    # newer events are accepted, and push the oldest out
+    assert counts(await append(store, 201.5, 202.5))[:4] == (2, 0, 0, 202)
+    assert counts(await append(store, 101))[:3] == (0, 0, 1)
 
 
-async def test_the_log_keeps_its_last_cap_records_across_chunks(store: Store) -> None:
+async def test_the_watermark_is_conservative_by_blocks(store: Store) -> None:
+    """Overwriting a block's first slot puts the whole block's old maximum behind the
+    watermark, so an event older than any evicted one is refused even if it is new."""
+    await append(store, *range(1, WINDOW + 1))
+    assert counts(await append(store, 1000))[:3] == (1, 0, 0)  # evicts event 1 (block 0)
+    new_but_old = 0.5 + BLOCK - 1  # below block 0's old maximum (ts 50)
+    assert counts(await append(store, new_but_old))[:3] == (0, 0, 1)
+    assert counts(await append(store, 60.5))[:3] == (1, 0, 0)  # block 1 not evicted yet
+
+
+async def test_the_tail_keeps_what_is_not_durable_or_not_applied(store: Store) -> None:
     n = 3 * CHUNK_RECORDS + 17
     for start in range(1, n + 1, 100):
-        await append(store, *range(start, min(start + 100, n + 1)), cap=CHUNK_RECORDS + 5)
+        await append(store, *range(start, min(start + 100, n + 1)), window=1_000)
     snapshot = await store.read_log("u", unapplied_only=False)
-    assert snapshot.length == CHUNK_RECORDS + 5 and snapshot.seq == n
-    assert ts_of(snapshot.records) == [float(i) for i in range(n - CHUNK_RECORDS - 4, n + 1)]
+    assert snapshot.length == n and snapshot.seq == n and snapshot.durable == n
+    assert ts_of(snapshot.records) == [float(i) for i in range(1, n + 1)]
+    assert await store.commit_state("u", b"S", gen=0, expected_applied=0, applied=n - 5)
+    snapshot = await store.read_log("u", unapplied_only=False)
+    assert snapshot.length == 5 and ts_of(snapshot.records) == [
+        float(i) for i in range(n - 4, n + 1)
+    ]
+    assert await store.commit_state("u", b"S", gen=0, expected_applied=n - 5, applied=n)
+    assert (await store.read_log("u", unapplied_only=False)).length == 0
 
 
-async def test_unapplied_records_and_the_fenced_commit(
-    store: Store, request: pytest.FixtureRequest
-) -> None:
+async def test_a_state_never_covers_events_not_yet_durable(store: Store) -> None:
+    await append(store, 1, 2, 3, durable=False)
+    assert not await store.commit_state("u", b"S", gen=0, expected_applied=0, applied=3)
+    await store.mark_durable([("u", 2)])
+    assert await store.commit_state("u", b"S", gen=0, expected_applied=0, applied=2)
+    snapshot = await store.read_log("u", unapplied_only=False)
+    assert ts_of(snapshot.records) == [3.0] and ts_of(snapshot.undurable) == [3.0]
+
+
+async def test_unapplied_records_and_the_fenced_commit(store: Store) -> None:
     await append(store, 1, 2, 3)
     first = await store.read_log("u", unapplied_only=True)
     assert ts_of(first.records) == [1.0, 2.0, 3.0] and not first.truncated
@@ -132,11 +194,15 @@ async def test_unapplied_records_and_the_fenced_commit(
     assert ts_of((await store.read_log("u", unapplied_only=True)).records) == []
 
 
-async def test_unapplied_events_trimmed_away_are_reported(store: Store) -> None:
-    await append(store, *range(1, 21), cap=8)
-    snapshot = await store.read_log("u", unapplied_only=True)
-    assert snapshot.truncated and snapshot.length == 8
-    assert ts_of(snapshot.records) == [float(i) for i in range(13, 21)]
+async def test_restore_rebuilds_the_hot_keys_once(store: Store) -> None:
+    await append(store, 1, 2, 3)
+    ring = DedupRing.replay(WINDOW, decode_log(events(1, 2, 3, 4)[0]), last_seq=4)
+    assert not await store.restore("u", expected_seq=2, seq=4, ring=ring.to_bytes())
+    assert await store.restore("u", expected_seq=3, seq=4, ring=ring.to_bytes())
+    snapshot = await store.read_log("u", unapplied_only=False)
+    assert (snapshot.seq, snapshot.durable, snapshot.length) == (4, 4, 0)
+    assert counts(await append(store, 4, 5))[:4] == (1, 1, 0, 5)  # 4 is in the rebuilt ring
+    assert await store.restore("v", expected_seq=None, seq=0, ring=DedupRing(WINDOW).to_bytes())
 
 
 async def test_delete_is_atomic_and_a_late_writer_cannot_resurrect(store: Store) -> None:
@@ -144,46 +210,69 @@ async def test_delete_is_atomic_and_a_late_writer_cannot_resurrect(store: Store)
     before = await store.read_log("u", unapplied_only=True)
     assert await store.delete("u") is True
     assert await store.get_state("u") is None
-    assert await store.position("u") == UserPosition(2, 2)  # nothing pending any more
+    assert await store.position("u") == UserPosition(0, 0)  # nothing pending any more
     fence = {"gen": before.gen, "expected_applied": before.applied, "applied": before.seq}
     assert not await store.commit_state("u", b"zombie", **fence)
     assert await store.get_state("u") is None
     assert (await store.read_log("u", unapplied_only=False)).records == b""
     # The user comes back as new: its old events are no longer duplicates.
-    assert await append(store, 1) == (1, 0, 3, 2)
+    assert counts(await append(store, 1)) == (1, 0, 0, 1, 0)
     after = await store.read_log("u", unapplied_only=True)
     assert ts_of(after.records) == [1.0] and after.gen == before.gen + 1
-    assert await store.commit_state("u", b"S", gen=after.gen, expected_applied=2, applied=3)
+    assert await store.commit_state("u", b"S", gen=after.gen, expected_applied=0, applied=1)
 
 
 async def test_users_are_isolated_and_blobs_are_binary_safe(store: Store) -> None:
     blob = bytes(range(256)) * 3
     await append(store, 1)
-    recs, idents = events(1)
-    await store.append_events("v", recs, idents, log_cap=10, dedup_window=10)
+    await append(store, 1, user="v")
     assert await store.commit_state("v", blob, gen=0, expected_applied=0, applied=1)
     assert await store.get_state("v") == blob and await store.get_state("u") is None
 
 
 async def test_invalid_arguments_are_rejected_before_any_change(store: Store) -> None:
-    recs, idents = events(1, 2)
+    recs, digs = events(1, 2)
     with pytest.raises(LogFormatError):
-        await store.append_events("u", recs[:-1], idents, log_cap=10, dedup_window=10)
-    with pytest.raises(ValueError, match="identity"):
-        await store.append_events("u", recs, idents[:-16], log_cap=10, dedup_window=10)
-    with pytest.raises(ValueError, match="log_cap"):
-        await store.append_events("u", recs, idents, log_cap=0, dedup_window=10)
+        await store.append_batch(
+            [AppendRequest("u", recs[:-1], digs)], dedup_window=WINDOW, create=True
+        )
+    with pytest.raises(ValueError, match="digest"):
+        await store.append_batch(
+            [AppendRequest("u", recs, digs[:-8])], dedup_window=WINDOW, create=True
+        )
+    with pytest.raises(ValueError, match="window"):
+        await store.append_batch([AppendRequest("u", recs, digs)], dedup_window=BLOCK + 1)
     for bad in ("", "a}b", "x" * 129):
         with pytest.raises(InvalidUserId):
             await store.get_state(bad)
     assert await store.position("u") == UserPosition(0, 0)
 
 
+async def test_a_user_without_keys_is_created_only_when_asked(store: Store) -> None:
+    recs, digs = events(1)
+    (result,) = await store.append_batch([AppendRequest("u", recs, digs)], dedup_window=WINDOW)
+    assert result.unknown and result.accepted == 0
+    assert await store.position("u") == UserPosition(0, 0)
+    assert counts(await append(store, 1)) == (1, 0, 0, 1, 0)
+    (again,) = await store.append_batch([AppendRequest("u", *events(2))], dedup_window=WINDOW)
+    assert not again.unknown and again.accepted == 1  # known now: no flag needed
+
+
+async def test_a_late_append_is_refused_whole(store: Store) -> None:
+    recs, digs = events(1)
+    with pytest.raises(StoreBusy):
+        await store.append_batch([AppendRequest("u", recs, digs)], dedup_window=WINDOW,
+                                 not_after_s=1.0)  # fmt: skip
+    assert await store.position("u") == UserPosition(0, 0)
+
+
 async def test_concurrent_appends_number_every_event_once(store: Store) -> None:
     batches = [list(range(i * 10 + 1, i * 10 + 11)) for i in range(20)]
-    results = await asyncio.gather(*(append(store, *b, b[0], cap=1_000) for b in batches))
-    assert sum(r[0] for r in results) == 200 and sum(r[1] for r in results) == 20
-    seqs = sorted(r[2] for r in results)
+    results = await asyncio.gather(
+        *(append(store, *b, b[0], window=1_000, durable=False) for b in batches)
+    )
+    assert sum(r.accepted for r in results) == 200 and sum(r.duplicates for r in results) == 20
+    seqs = sorted(r.seq for r in results)
     assert seqs[-1] == 200 and len(set(seqs)) == 20
     assert sorted(ts_of((await store.read_log("u", unapplied_only=False)).records)) == [
         float(i) for i in range(1, 201)
@@ -198,34 +287,51 @@ async def test_records_are_20_bytes_and_the_observer_sees_every_op() -> None:
     await append(store, 1)
     await store.read_log("u", unapplied_only=True)
     assert not await store.commit_state("u", b"S", gen=0, expected_applied=5, applied=1)
-    assert observer.ops == ["append", "read_log", "commit"] and observer.conflicts == 1
+    assert observer.ops == ["append_batch", "mark_durable", "read_log", "commit"]
+    assert observer.conflicts == 1
 
 
 async def test_redis_key_layout_and_memory(redis_url: str) -> None:
     client = await connect_redis(redis_url)
     store = RedisStore(client, redis_url)
     try:
-        await append(store, *range(1, 301))
+        await append(store, *range(1, 301), window=4_000, durable=False)
         keys = sorted(k.decode() for k in await client.keys("*"))
         assert keys == ["solar:{u}:dedup", "solar:{u}:log", "solar:{u}:pos"]
         assert await client.llen("solar:{u}:log") == 2  # 256 + 44 records
-        pos = await client.hgetall("solar:{u}:pos")
-        assert pos[b"seq"] == b"300" and pos[b"len"] == b"100"  # cap 100
-        assert await client.zcard("solar:{u}:dedup") == 300
-        assert struct.calcsize("<d") == 8  # records start with the float64 ts
-        raw = b"".join(await client.lrange("solar:{u}:log", 0, -1))
-        assert decode_log(raw)["ts"][0] == 201.0
-        assert np.all(np.diff(decode_log(raw)["ts"]) == 1.0)
+        ring = await client.get("solar:{u}:dedup")
+        assert (
+            len(ring) == ring_size(4_000) and await client.memory_usage("solar:{u}:dedup") < 33_000
+        )
+        parsed = DedupRing.from_bytes(ring)
+        assert parsed.to_bytes() == ring and events(300)[1] in parsed
+        await store.mark_durable([("u", 300)])
+        assert await store.commit_state("u", b"S", gen=0, expected_applied=0, applied=300)
+        assert sorted(k.decode() for k in await client.keys("*")) == [
+            "solar:{u}:dedup", "solar:{u}:pos", "solar:{u}:state"
+        ]  # fmt: skip
     finally:
         await store.close()
 
 
-async def test_append_batch_equals_appends_one_by_one(store: Store) -> None:
-    requests = []
-    for user, ids in (("a", (1, 2, 2)), ("b", (3,)), ("a", (2, 4))):
-        recs, idents = events(*ids)
-        requests.append(AppendRequest(user, recs, idents))
-    results = await store.append_batch(requests, log_cap=100, dedup_window=100)
-    assert [tuple(r) for r in results] == [(2, 1, 2, 0), (1, 0, 1, 0), (1, 1, 3, 0)]
-    assert ts_of((await store.read_log("a", unapplied_only=False)).records) == [1.0, 2.0, 4.0]
-    assert await store.append_batch([], log_cap=100, dedup_window=100) == []
+async def test_redis_ring_equals_the_python_twin(redis_url: str) -> None:
+    """The Lua script and ``DedupRing`` take the same decisions and write the same bytes."""
+    client = await connect_redis(redis_url)
+    store = RedisStore(client, redis_url)
+    twin, seq = DedupRing(WINDOW), 0
+    rng = np.random.default_rng(0)
+    try:
+        for _ in range(30):
+            ids = rng.integers(1, 400, size=int(rng.integers(1, 40))) + rng.random() * 0
+            recs, digs = events(*(float(i) for i in ids))
+            (got,) = await store.append_batch(
+                [AppendRequest("u", recs, digs)], dedup_window=WINDOW, create=True
+            )
+            want = twin.admit(seq, digs, decode_log(recs)["ts"])
+            seq += len(want.fresh)
+            assert (got.accepted, got.duplicates, got.refused, got.seq) == (
+                len(want.fresh), want.duplicates, want.refused, seq
+            )  # fmt: skip
+            assert await client.get("solar:{u}:dedup") == twin.to_bytes()
+    finally:
+        await store.close()

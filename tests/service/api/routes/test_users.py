@@ -33,7 +33,9 @@ async def test_delete_goes_through_the_use_case(
     app, client = app_client
     await ingest(client, [event("u1", 1, 100.0), event("u1", 2, 101.0)])
     state = app.state
-    recorded = _Recorded(state.store, state.model, state.metrics)
+    recorded = _Recorded(
+        state.store, state.model, state.metrics, history=state.history, dedup_window=4_000
+    )
     app.dependency_overrides[get_user_states] = lambda: recorded
     try:
         response = await client.delete("/users/u1")

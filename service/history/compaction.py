@@ -1,0 +1,121 @@
+"""When to compact: count each user's small appends, compact users in the background.
+
+A process counts the small segments it appended per user; at ``after`` of them the user is
+queued, and so is a user with fewer whose last append is ``idle_s`` old (else the last few
+small appends of every user would stay small: a fifth of a 100-event user's history). One
+background task compacts queued users ``batch`` at a time (one transaction, so one commit,
+for the batch: compacting user by user would wait for a disk flush each).
+The counts are hints held in memory (at most ``max_tracked`` users, then dropped): a
+process that restarts, or a user spread over many processes, is compacted later than it
+could be, never wrongly, since ``compact`` reads what is stored.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable, Sequence
+
+from service.errors import StoreError
+
+__all__ = ["BackgroundCompactor"]
+
+logger = logging.getLogger(__name__)
+
+
+class BackgroundCompactor:
+    """Calls ``compact(*users)`` in the background for users with ``after`` small appends.
+
+    Args:
+        compact: merges the given users' small segments (``PostgresHistory.compact``).
+        after: small appends of a user before it is queued; 0 turns the compactor off.
+        idle_s: a user with fewer small appends is queued this long after its last one.
+        batch: most users per ``compact`` call.
+        max_tracked: most users counted at once (the counts are cleared beyond it).
+    """
+
+    def __init__(
+        self,
+        compact: Callable[..., Awaitable[int]],
+        *,
+        after: int,
+        idle_s: float = 10.0,
+        batch: int = 64,
+        max_tracked: int = 100_000,
+    ) -> None:
+        self._compact = compact
+        self._after = after
+        self._idle_s = idle_s
+        self._batch = batch
+        self._max_tracked = max_tracked
+        # user → (small segments appended since compacted, monotonic time of the last one)
+        self._counts: dict[str, tuple[int, float]] = {}
+        self._queued: set[str] = set()
+        self._queue: asyncio.Queue[str] = asyncio.Queue()
+        self._tasks: list[asyncio.Task[None]] = []
+
+    def _enqueue(self, user_id: str) -> None:
+        if user_id not in self._queued:
+            self._queued.add(user_id)
+            self._queue.put_nowait(user_id)
+
+    def note(self, users: Sequence[str]) -> None:
+        """Count one small append for each of ``users``; queue those reaching ``after``."""
+        if self._after <= 0:
+            return
+        if len(self._counts) > self._max_tracked:
+            self._counts.clear()
+        now = time.monotonic()
+        for user_id in users:
+            count = self._counts.get(user_id, (0, now))[0] + 1
+            self._counts[user_id] = (count, now)
+            if count >= self._after:
+                self._enqueue(user_id)
+        if users and not self._tasks:
+            self._tasks = [asyncio.create_task(self._run()), asyncio.create_task(self._sweep())]
+
+    def forget(self, users: Sequence[str]) -> None:
+        """The users were compacted or deleted: count from zero again."""
+        for user_id in users:
+            self._counts.pop(user_id, None)
+
+    async def _sweep(self) -> None:
+        """Queue the users whose last small append is ``idle_s`` old."""
+        while True:
+            await asyncio.sleep(self._idle_s / 4)
+            oldest = time.monotonic() - self._idle_s
+            for user_id, (_, last) in list(self._counts.items()):
+                if last <= oldest:
+                    self._enqueue(user_id)
+
+    async def _run(self) -> None:
+        while True:
+            users = [await self._queue.get()]
+            while not self._queue.empty() and len(users) < self._batch:
+                users.append(self._queue.get_nowait())
+            self._queued.difference_update(users)
+            try:
+                await self._compact(*users)
+            except StoreError as exc:  # unavailable or corrupt: queued again after `after`
+                self.forget(users)
+                logger.warning("history: compacting %d users failed: %s", len(users), exc)
+            finally:
+                for _ in users:
+                    self._queue.task_done()
+
+    async def idle(self) -> None:
+        """Wait until every counted user is compacted (or failed): up to ``idle_s`` and the
+        compactions."""
+        while True:
+            await self._queue.join()
+            if not self._counts:
+                return
+            await asyncio.sleep(0.05)
+
+    async def close(self) -> None:
+        """Stop the background tasks (a compaction in flight is rolled back)."""
+        tasks, self._tasks = self._tasks, []
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)

@@ -1,0 +1,250 @@
+"""The Lua scripts of ``RedisStore``, one per operation (semantics: ``service.store.base``).
+
+Each touches the keys of one user (one hash slot), so it runs atomically on one master of a
+single Redis or a Cluster. The tail is a list of chunks of 20-byte records; the dedup ring is
+one string (layout: ``service.store.dedup_ring``) searched with a plain ``string.find`` (a
+match counts only at an 8-byte boundary) and patched with ``SETRANGE``.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "APPEND_LUA",
+    "COMMIT_LUA",
+    "DELETE_LUA",
+    "DURABLE_LUA",
+    "READ_LUA",
+    "RESTORE_LUA",
+]
+
+# Shared Lua helpers. tail_read(key, want, chunk): the newest `want` records of a tail, or nil
+# when it holds fewer or is malformed. tail_trim(key, len, keep): drop head records until
+# `keep` remain; returns the new length.
+_TAIL_LUA = """
+local function tail_read(key, want, chunk)
+  if want <= 0 then return '' end
+  local data = table.concat(redis.call('LRANGE', key, -(math.floor(want * 20 / chunk) + 2), -1))
+  if #data % 20 ~= 0 or #data < want * 20 then return nil end
+  return string.sub(data, #data - want * 20 + 1)
+end
+local function tail_trim(key, len, keep)
+  if keep <= 0 then
+    redis.call('DEL', key)
+    return 0
+  end
+  while len > keep do
+    local head = redis.call('LINDEX', key, 0)
+    if not head then return 0 end
+    local excess, held = len - keep, math.floor(#head / 20)
+    if held <= excess then
+      redis.call('LPOP', key)
+      len = len - held
+    else
+      redis.call('LSET', key, 0, string.sub(head, excess * 20 + 1))
+      len = keep
+    end
+  end
+  return len
+end
+"""
+
+# KEYS: tail, pos, ring, state. ARGV: records, digests, window, chunk bytes, block,
+# not-after (unix s, '' for none), '1' if a user without keys may be created. Returns {-2}:
+# too late; {-1}: repair first; {-3}: unknown user, not created; else
+# {accepted, duplicates, refused, seq, applied, durable, undurable records}.
+APPEND_LUA = (
+    _TAIL_LUA
+    + """
+local recs, digs = ARGV[1], ARGV[2]
+local W, chunk, B = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
+if ARGV[6] ~= '' then
+  local t = redis.call('TIME')
+  if tonumber(t[1]) + tonumber(t[2]) / 1e6 > tonumber(ARGV[6]) then return {-2} end
+end
+local nb = W / B
+local dsize = W * 8
+local p = redis.call('HMGET', KEYS[2], 'seq', 'applied', 'len', 'durable')
+local seq, applied = tonumber(p[1] or '0'), tonumber(p[2] or '0')
+local len, durable = tonumber(p[3] or '0'), tonumber(p[4] or '0')
+local ring = redis.call('GET', KEYS[3])
+if not p[1] then
+  if ring or redis.call('EXISTS', KEYS[1], KEYS[4]) > 0 then return {-1} end
+  if ARGV[7] ~= '1' then return {-3} end
+elseif ring then
+  if #ring ~= dsize + nb * 8 + 8 then return {-1} end
+elseif seq > 0 then
+  return {-1}
+end
+if seq - len > durable or (len > 0 and redis.call('EXISTS', KEYS[1]) == 0) then
+  return {-1}  -- the tail lacks records its length promises (lost or trimmed by hand)
+end
+local prior = tail_read(KEYS[1], seq - durable, chunk)
+if not prior then return {-1} end
+local created = not ring
+if created then ring = string.rep('\0', dsize + nb * 8) .. struct.pack('<d', -math.huge) end
+local wm = struct.unpack('<d', ring, dsize + nb * 8 + 1)
+local bmax, seen, fresh, digests = {}, {}, {}, {}
+local dups, refused, first = 0, 0, seq
+for i = 0, #recs / 20 - 1 do
+  local d = string.sub(digs, i * 8 + 1, i * 8 + 8)
+  local dup = seen[d]
+  if not dup then
+    local from = 1
+    while true do
+      local at = string.find(ring, d, from, true)
+      if not at or at > dsize then break end
+      if (at - 1) % 8 == 0 then
+        dup = true
+        break
+      end
+      from = at + 1
+    end
+  end
+  if dup then
+    dups = dups + 1
+  else
+    local ts = struct.unpack('<d', recs, i * 20 + 1)
+    if ts <= wm then
+      refused = refused + 1
+    else
+      seen[d] = true
+      seq = seq + 1
+      fresh[#fresh + 1] = string.sub(recs, i * 20 + 1, i * 20 + 20)
+      digests[#digests + 1] = d
+      local slot = (seq - 1) % W
+      local b = math.floor(slot / B)
+      local m = bmax[b] or struct.unpack('<d', ring, dsize + b * 8 + 1)
+      if seq > W and slot % B == 0 then
+        if m > wm then wm = m end
+        m = ts
+      elseif ts > m then
+        m = ts
+      end
+      bmax[b] = m
+    end
+  end
+end
+local k = #fresh
+if k > 0 then
+  if created then redis.call('SET', KEYS[3], ring) end
+  local skip = math.max(0, k - W)
+  local d = table.concat(digests, '', skip + 1, k)
+  local slot0 = (first + skip) % W
+  local head = math.min(#d, (W - slot0) * 8)
+  redis.call('SETRANGE', KEYS[3], slot0 * 8, string.sub(d, 1, head))
+  if #d > head then redis.call('SETRANGE', KEYS[3], 0, string.sub(d, head + 1)) end
+  local region = {}
+  for b = 0, nb - 1 do
+    region[b + 1] = bmax[b] and struct.pack('<d', bmax[b])
+      or string.sub(ring, dsize + b * 8 + 1, dsize + b * 8 + 8)
+  end
+  region[nb + 1] = struct.pack('<d', wm)
+  redis.call('SETRANGE', KEYS[3], dsize, table.concat(region))
+  local data = table.concat(fresh)
+  local tail = redis.call('LINDEX', KEYS[1], -1)
+  if tail and #tail < chunk then
+    local room = chunk - #tail
+    redis.call('LSET', KEYS[1], -1, tail .. string.sub(data, 1, room))
+    data = string.sub(data, room + 1)
+  end
+  while #data > 0 do
+    redis.call('RPUSH', KEYS[1], string.sub(data, 1, chunk))
+    data = string.sub(data, chunk + 1)
+  end
+  redis.call('HSET', KEYS[2], 'seq', seq, 'len', len + k, 'durable', durable)
+  redis.call('PERSIST', KEYS[2])
+  prior = prior .. table.concat(fresh)
+end
+return {k, dups, refused, seq, applied, durable, prior}
+"""
+)
+
+# allow-oom (shebang flags, Redis ≥ 7): at maxmemory under noeviction, marking durable,
+# committing and deleting must still run: they are what trims tails and frees memory. The
+# append is flagless, so its first write is refused with OOM (answered 503).
+_ALLOW_OOM = "#!lua flags=allow-oom\n"
+
+# KEYS: pos, tail. ARGV: seq, chunk bytes. The durable tier holds the events up to seq.
+DURABLE_LUA = (
+    _ALLOW_OOM
+    + _TAIL_LUA
+    + """
+local p = redis.call('HMGET', KEYS[1], 'seq', 'applied', 'len', 'durable')
+if not p[1] then return 0 end
+local seq, applied = tonumber(p[1]), tonumber(p[2] or '0')
+local len, durable = tonumber(p[3] or '0'), tonumber(p[4] or '0')
+local upto = math.min(tonumber(ARGV[1]), seq)
+if upto <= durable then return 0 end
+len = tail_trim(KEYS[2], len, seq - math.min(applied, upto))
+redis.call('HSET', KEYS[1], 'durable', upto, 'len', len)
+return 1
+"""
+)
+
+# KEYS: state, tail, pos. ARGV: "unapplied" | "all", chunk bytes.
+READ_LUA = (
+    _TAIL_LUA
+    + """
+local p = redis.call('HMGET', KEYS[3], 'seq', 'applied', 'len', 'gen', 'durable')
+local seq, applied = tonumber(p[1] or '0'), tonumber(p[2] or '0')
+local len, gen = tonumber(p[3] or '0'), tonumber(p[4] or '0')
+local durable = tonumber(p[5] or '0')
+local want = len
+if ARGV[1] == 'unapplied' then want = math.min(len, seq - applied) end
+local records = tail_read(KEYS[2], want, tonumber(ARGV[2])) or false
+return {redis.call('GET', KEYS[1]) or false, seq, applied, gen, len, records, durable,
+        p[1] and 1 or 0}
+"""
+)
+
+# KEYS: state, pos, tail. ARGV: state blob, gen, expected applied, new applied, chunk bytes.
+COMMIT_LUA = (
+    _ALLOW_OOM
+    + _TAIL_LUA
+    + """
+local p = redis.call('HMGET', KEYS[2], 'seq', 'applied', 'gen', 'len', 'durable')
+local seq, applied, gen = tonumber(p[1] or '0'), tonumber(p[2] or '0'), tonumber(p[3] or '0')
+local len, durable = tonumber(p[4] or '0'), tonumber(p[5] or '0')
+local new = tonumber(ARGV[4])
+if gen ~= tonumber(ARGV[2]) or applied ~= tonumber(ARGV[3]) or seq < new
+   or new > durable then
+  return 0
+end
+redis.call('SET', KEYS[1], ARGV[1])
+len = tail_trim(KEYS[3], len, seq - math.min(new, durable))
+redis.call('HSET', KEYS[2], 'applied', new, 'len', len)
+return 1
+"""
+)
+
+# KEYS: state, tail, pos, ring. ARGV: fence ttl (s). The position stays as a fence.
+DELETE_LUA = (
+    _ALLOW_OOM
+    + """
+local existed = redis.call('EXISTS', KEYS[1], KEYS[2], KEYS[4])
+local pos = redis.call('HMGET', KEYS[3], 'seq', 'gen')
+local seq, gen = tonumber(pos[1] or '0'), tonumber(pos[2] or '0')
+redis.call('DEL', KEYS[1], KEYS[2], KEYS[4])
+if seq > 0 or existed > 0 then
+  redis.call('HSET', KEYS[3], 'seq', 0, 'applied', 0, 'len', 0, 'durable', 0, 'gen', gen + 1)
+  redis.call('EXPIRE', KEYS[3], tonumber(ARGV[1]))
+end
+return existed
+"""
+)
+
+# KEYS: state, tail, pos, ring. ARGV: expected seq ('' = no position), seq, ring.
+RESTORE_LUA = """
+local p = redis.call('HMGET', KEYS[3], 'seq', 'applied')
+if (p[1] or '') ~= ARGV[1] then return 0 end
+local seq, applied = tonumber(ARGV[2]), tonumber(p[2] or '0')
+if not p[1] or applied > seq then
+  redis.call('DEL', KEYS[1])
+  applied = 0
+end
+redis.call('DEL', KEYS[2])
+redis.call('SET', KEYS[4], ARGV[3])
+redis.call('HSET', KEYS[3], 'seq', seq, 'applied', applied, 'durable', seq, 'len', 0)
+redis.call('PERSIST', KEYS[3])
+return 1
+"""
