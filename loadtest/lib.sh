@@ -58,6 +58,24 @@ start_redis() {
     return 1
 }
 
+# start_postgres DIR: a private PostgreSQL (the durable history tier that serve and worker
+# share) on a free loopback port, never 5432; sets HISTORY_URL.
+start_postgres() {
+    local dir="$1"
+    "$VENV_BIN/python" -m solar_tools.postgres_server --fsync --url-file "$dir/pg.url" \
+        >"$dir/postgres.log" 2>&1 &
+    STARTED_PIDS+=("$!")
+    for _ in $(seq 600); do
+        if [[ -s "$dir/pg.url" ]]; then
+            HISTORY_URL="$(cat "$dir/pg.url")"
+            return 0
+        fi
+        sleep 0.1
+    done
+    log "private PostgreSQL did not start"; cat "$dir/postgres.log" >&2
+    return 1
+}
+
 # start_service PORT REDIS_URL MODEL_DIR LOGFILE [VAR=VALUE ...]: `solar serve` on loopback.
 # numpy's OpenBLAS gets one thread: the factor updates are many tiny (64×64) SVDs, and a
 # multi-threaded OpenBLAS spinning against the load generator on 2 cores makes each ~100×

@@ -58,10 +58,14 @@ promtool check rules "$WORK/rules.yml" >&2
 
 log "redis 127.0.0.1:$redis_port, replicas $url_a $url_b, prometheus $prom_url"
 start_redis "$redis_port" "$WORK"
+start_postgres "$WORK"  # the durable history the replicas and the worker share
 redis_url="redis://127.0.0.1:$redis_port/0"
-start_service "$port_a" "$redis_url" "$MODEL_DIR" "$WORK/solar-a.log" SOLAR_APPLIER=external
-start_service "$port_b" "$redis_url" "$MODEL_DIR" "$WORK/solar-b.log" SOLAR_APPLIER=external
-start_worker "$redis_url" "$MODEL_DIR" "$WORK/worker.log" SOLAR_WORKER_METRICS_PORT="$port_w"
+start_service "$port_a" "$redis_url" "$MODEL_DIR" "$WORK/solar-a.log" SOLAR_APPLIER=external \
+    SOLAR_HISTORY_URL="$HISTORY_URL"
+start_service "$port_b" "$redis_url" "$MODEL_DIR" "$WORK/solar-b.log" SOLAR_APPLIER=external \
+    SOLAR_HISTORY_URL="$HISTORY_URL"
+start_worker "$redis_url" "$MODEL_DIR" "$WORK/worker.log" SOLAR_WORKER_METRICS_PORT="$port_w" \
+    SOLAR_HISTORY_URL="$HISTORY_URL"
 prometheus --config.file="$WORK/prometheus.yml" --storage.tsdb.path="$WORK/tsdb" \
     --web.listen-address="127.0.0.1:$prom_port" --log.level=warn >"$WORK/prometheus.log" 2>&1 &
 STARTED_PIDS+=("$!")

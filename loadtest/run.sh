@@ -50,6 +50,8 @@ if [[ -z "$HOST" ]]; then
     HOST="http://127.0.0.1:$service_port"
     log "starting redis-server on 127.0.0.1:$redis_port and solar on $HOST"
     start_redis "$redis_port" "$WORK"
+    start_postgres "$WORK"  # the durable history, shared by serve and worker
+    SERVICE_ENV="SOLAR_HISTORY_URL=$HISTORY_URL $SERVICE_ENV"
     # shellcheck disable=SC2086  # SERVICE_ENV is a list of VAR=VALUE words
     start_service "$service_port" "redis://127.0.0.1:$redis_port/0" "$MODEL_DIR" \
         "$OUT/service.log" SOLAR_APPLIER="$APPLIER" $SERVICE_ENV

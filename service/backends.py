@@ -18,7 +18,7 @@ from service.stream.base import IngestStream
 from service.stream.memory import MemoryStream
 from service.stream.redis_stream import RedisStream
 
-__all__ = ["Backends", "open_backends", "open_history"]
+__all__ = ["Backends", "UnsharedHistory", "open_backends", "open_history"]
 
 logger = logging.getLogger(__name__)
 
@@ -37,14 +37,39 @@ class Backends(NamedTuple):
         await self.history.close()
 
 
-async def open_backends(settings: Settings, observer: StoreObserver | None = None) -> Backends:
+class UnsharedHistory(ValueError):
+    """Redis is shared with other processes but the history tier is the embedded one.
+
+    The embedded history lives in one process's memory: a `solar worker`, an external
+    applier's serve, or a second uvicorn worker would each see only their own part of the
+    histories, so rebuilds, repairs and `svd_exact`/`softmax` would read truncated histories.
+    """
+
+    def __init__(self, role: str) -> None:
+        super().__init__(
+            f"{role} shares Redis with other processes, so it needs a shared durable history: "
+            "set SOLAR_HISTORY_URL=postgresql://… (the embedded history lives in one "
+            "process's memory; it serves only a lone `solar serve` with SOLAR_APPLIER=inline "
+            "and SOLAR_WORKERS=1)"
+        )
+
+
+async def open_backends(
+    settings: Settings, observer: StoreObserver | None = None, *, shares_redis: str | None = None
+) -> Backends:
     """Embedded store and stream without ``SOLAR_REDIS_URL``; else Redis, once it answers;
     the history tier of ``open_history``.
 
+    ``shares_redis``: this process is one of several on the same Redis (a worker, a serve
+    with an external applier or several uvicorn workers), named for the error message.
+
     Raises:
+        UnsharedHistory: ``shares_redis`` with Redis and no ``SOLAR_HISTORY_URL``.
         StoreUnavailable: Redis did not answer within the configured retries.
         HistoryUnavailable: PostgreSQL did not answer within the configured retries.
     """
+    if settings.redis_url and shares_redis and not settings.history_url:
+        raise UnsharedHistory(shares_redis)
     history = await open_history(settings)
     if not settings.redis_url:
         logger.info("store: embedded (in-process, not shared, not persistent)")

@@ -48,7 +48,7 @@ async def run_worker(settings: Settings) -> None:
 
     torch.set_num_threads(settings.torch_threads)
     model = await asyncio.to_thread(load_serving_model, settings)
-    backends = await open_backends(settings, metrics.store_observer())
+    backends = await open_backends(settings, metrics.store_observer(), shares_redis="solar worker")
     if settings.gc_freeze:
         freeze_heap()
     applier = Applier.create(
@@ -81,6 +81,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     if not settings.redis_url:
         logger.error("solar worker needs a shared store: set SOLAR_REDIS_URL")
+        return 2
+    if not settings.history_url:
+        from service.backends import UnsharedHistory
+
+        logger.error("%s", UnsharedHistory("solar worker"))
         return 2
     from service.core.serving_model import ModelUnavailable, require_checkpoint
     from service.errors import StoreUnavailable

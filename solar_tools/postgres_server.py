@@ -130,3 +130,32 @@ class PostgresServer:
             self.stop("immediate")
         finally:
             shutil.rmtree(self.workdir, ignore_errors=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m solar_tools.postgres_server --url-file F``: start a private instance, write
+    its URL to F, and keep it until SIGTERM or SIGINT (then stop it and delete its data).
+    For shell scripts (``loadtest/lib.sh``) that need a durable history tier."""
+    import argparse
+    import signal
+    import threading
+
+    parser = argparse.ArgumentParser(prog="python -m solar_tools.postgres_server")
+    parser.add_argument("--url-file", type=Path, required=True, help="where to write the URL")
+    parser.add_argument("--fsync", action="store_true", help="keep fsync on (benchmarks)")
+    args = parser.parse_args(argv)
+    done = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: done.set())
+    server = PostgresServer(fsync=args.fsync)
+    try:
+        server.start()
+        args.url_file.write_text(server.url() + "\n")
+        done.wait()
+    finally:
+        server.destroy()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -127,6 +127,17 @@ def test_two_replicas_on_one_redis(compose: dict[str, Any]) -> None:
     assert "6379" in compose["services"]["redis"]["expose"]
 
 
+def test_every_process_on_redis_shares_one_durable_history(compose: dict[str, Any]) -> None:
+    """Replicas and worker share Redis, so they must share the PostgreSQL history too (the
+    embedded one would give each process only its own part of the histories)."""
+    sharing = {**_replicas(compose), "worker": compose["services"]["worker"]}
+    urls = {name: s["environment"].get("SOLAR_HISTORY_URL") for name, s in sharing.items()}
+    assert set(urls.values()) == {"postgresql://solar@postgres:5432/solar"}, urls
+    for service in sharing.values():
+        assert service["depends_on"]["postgres"]["condition"] == "service_healthy"
+    assert "5432" in compose["services"]["postgres"]["expose"]
+
+
 def test_published_ports_bind_to_loopback(compose: dict[str, Any]) -> None:
     published = [p for s in compose["services"].values() for p in s.get("ports", [])]
     assert published

@@ -38,6 +38,7 @@ from bench.common.load import (
     percentile,
 )
 from solar_tools.client import AsyncSolarClient, SolarClient, SolarUnavailable
+from solar_tools.postgres_server import PostgresServer
 from solar_tools.redis_server import RedisServer, free_port
 
 REPO = Path(__file__).resolve().parents[2]
@@ -76,6 +77,18 @@ def redis_server() -> Iterator[str]:
             yield server.url
         finally:
             server.stop()
+
+
+@contextmanager
+def postgres_history() -> Iterator[str]:
+    """A private PostgreSQL (``solar_tools.postgres_server``, fsync on) for the durable history
+    of processes that share one Redis (serve + worker); yields its ``SOLAR_HISTORY_URL``."""
+    server = PostgresServer(fsync=True)
+    server.start()
+    try:
+        yield server.url()
+    finally:
+        server.destroy()
 
 
 @contextmanager

@@ -147,7 +147,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         model = harness.random_checkpoint(Path(tmp) / "model", n_items=10_000)
         users = [f"lr{u}" for u in range(args.users)]
         load = MixedLoad(users, harness.vocabulary(model), actions=harness.actions(model))
-        with harness.redis_server() as redis_url:
+        with harness.redis_server() as redis_url, harness.postgres_history() as history_url:
+            args.env["SOLAR_HISTORY_URL"] = history_url  # serve and worker share the history
             _seed(model, redis_url, users, args)
             for r in range(args.rounds):
                 for side in ("base", "this") if r % 2 == 0 else ("this", "base"):

@@ -72,59 +72,60 @@ def main(argv: Sequence[str] | None = None) -> int:
         load = MixedLoad(users, items, actions=harness.actions(model))
         env = {"SOLAR_LOG_CAP": "16384", "SOLAR_APPLIER": "external",
                **dict(e.split("=", 1) for e in args.env)}  # fmt: skip
-        with harness.redis_server() as redis_url, \
-                harness.service(model, redis_url, env=env) as base, \
-                harness.worker(model, redis_url, env=env) as worker_url:  # fmt: skip
-            seeded = harness.seed_users(base, users[: args.seed_users], args.events, items,
-                                        kinds=harness.actions(model))  # fmt: skip
-            while httpx.get(f"{base}/users/{users[args.seed_users - 1]}").json()["pending"]:
-                time.sleep(0.5)
-            print(f"seeded {seeded.events} events ({args.env or 'defaults'})", flush=True)
-            port = base.rsplit(":", 1)[1]
-            serve = _pid(f"service.cli serve --host 127.0.0.1 --port {port}", tmp)
-            worker = _pid("service.cli worker", tmp)
-            for rate in args.rates:
-                before = fetch(f"{base}/metrics"), fetch(worker_url)
-                cpu0 = cpu_s(serve), cpu_s(worker)
-                spies = [
-                    subprocess.Popen(
-                        [
-                            str(Path(sys.executable).with_name("py-spy")),
-                            "record",
-                            "-p",
-                            str(pid),
-                            "-d",
-                            str(int(args.seconds)),
-                            "-r",
-                            "50",
-                            "-f",
-                            "raw",
-                            "-o",
-                            f"{args.profile}-{name}-{rate:.0f}.txt",
-                            "--nonblocking",
-                        ],
-                        stdout=subprocess.DEVNULL,
-                        stderr=subprocess.STDOUT,
-                    )  # fmt: skip
-                    for name, pid in (("serve", serve), ("worker", worker))
-                    if args.profile
-                ]
-                result = measure_mixed(base, load, rate=rate, seconds=args.seconds)
-                cpu1 = cpu_s(serve), cpu_s(worker)
-                for spy in spies:
-                    spy.wait()
-                figures = {
-                    "serve": run_figures(before[0], fetch(f"{base}/metrics")),
-                    "worker": run_figures(before[1], fetch(worker_url)),
-                }
-                print(
-                    f"rate {rate:.0f}/s: /rank p50 {result.rank_ms(50):.1f} ms, p99 "
-                    f"{result.rank_ms(99):.1f} ms, {len(result.rank_s)} ok, {result.failures} "
-                    f"failed; CPU serve {(cpu1[0] - cpu0[0]) / result.seconds:.2f} cores, "
-                    f"worker {(cpu1[1] - cpu0[1]) / result.seconds:.2f}; load average "
-                    f"{os.getloadavg()[0]:.1f}"
-                )
-                print(json.dumps(figures, indent=1), flush=True)
+        with harness.redis_server() as redis_url, harness.postgres_history() as history_url:
+            env["SOLAR_HISTORY_URL"] = history_url  # serve and worker share the history
+            with harness.service(model, redis_url, env=env) as base, \
+                    harness.worker(model, redis_url, env=env) as worker_url:  # fmt: skip
+                seeded = harness.seed_users(base, users[: args.seed_users], args.events, items,
+                                            kinds=harness.actions(model))  # fmt: skip
+                while httpx.get(f"{base}/users/{users[args.seed_users - 1]}").json()["pending"]:
+                    time.sleep(0.5)
+                print(f"seeded {seeded.events} events ({args.env or 'defaults'})", flush=True)
+                port = base.rsplit(":", 1)[1]
+                serve = _pid(f"service.cli serve --host 127.0.0.1 --port {port}", tmp)
+                worker = _pid("service.cli worker", tmp)
+                for rate in args.rates:
+                    before = fetch(f"{base}/metrics"), fetch(worker_url)
+                    cpu0 = cpu_s(serve), cpu_s(worker)
+                    spies = [
+                        subprocess.Popen(
+                            [
+                                str(Path(sys.executable).with_name("py-spy")),
+                                "record",
+                                "-p",
+                                str(pid),
+                                "-d",
+                                str(int(args.seconds)),
+                                "-r",
+                                "50",
+                                "-f",
+                                "raw",
+                                "-o",
+                                f"{args.profile}-{name}-{rate:.0f}.txt",
+                                "--nonblocking",
+                            ],
+                            stdout=subprocess.DEVNULL,
+                            stderr=subprocess.STDOUT,
+                        )  # fmt: skip
+                        for name, pid in (("serve", serve), ("worker", worker))
+                        if args.profile
+                    ]
+                    result = measure_mixed(base, load, rate=rate, seconds=args.seconds)
+                    cpu1 = cpu_s(serve), cpu_s(worker)
+                    for spy in spies:
+                        spy.wait()
+                    figures = {
+                        "serve": run_figures(before[0], fetch(f"{base}/metrics")),
+                        "worker": run_figures(before[1], fetch(worker_url)),
+                    }
+                    print(
+                        f"rate {rate:.0f}/s: /rank p50 {result.rank_ms(50):.1f} ms, p99 "
+                        f"{result.rank_ms(99):.1f} ms, {len(result.rank_s)} ok, {result.failures} "
+                        f"failed; CPU serve {(cpu1[0] - cpu0[0]) / result.seconds:.2f} cores, "
+                        f"worker {(cpu1[1] - cpu0[1]) / result.seconds:.2f}; load average "
+                        f"{os.getloadavg()[0]:.1f}"
+                    )
+                    print(json.dumps(figures, indent=1), flush=True)
     return 0
 
 

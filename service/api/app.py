@@ -65,7 +65,10 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     _set_torch_threads(settings)
     model = await asyncio.to_thread(load_serving_model, settings)
     metrics.set_model(model.version, model.rank, model.dim)
-    backends = await open_backends(settings, metrics.store_observer())
+    shared = settings.applier == "external" or settings.workers > 1
+    backends = await open_backends(
+        settings, metrics.store_observer(), shares_redis="solar serve" if shared else None
+    )
     applier: Applier | None = None
     applier_task: asyncio.Task[None] | None = None
     stalls = StallMonitor(metrics)

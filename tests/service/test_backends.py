@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from service.backends import open_backends, open_history
+from service.backends import UnsharedHistory, open_backends, open_history
 from service.errors import HistoryUnavailable, StoreUnavailable
 from service.history.base import HistoryChunk, HistoryStore
 from service.history.memory import MemoryHistory
@@ -52,6 +52,23 @@ async def test_an_unreachable_redis_is_refused_after_the_retries() -> None:
     )
     with pytest.raises(StoreUnavailable, match="after 2 attempts"):
         await open_backends(settings)
+
+
+async def test_a_process_sharing_redis_refuses_the_embedded_history(
+    redis_url: str, postgres_url: str
+) -> None:
+    """A worker (or a serve with an external applier) on Redis with an in-process history
+    would read other processes' users' histories as empty: refused before connecting."""
+    with pytest.raises(UnsharedHistory, match="SOLAR_HISTORY_URL"):
+        await open_backends(Settings(redis_url=redis_url), shares_redis="solar worker")
+    lone = await open_backends(Settings(redis_url=redis_url))  # a lone serve: embedded is fine
+    assert isinstance(lone.history, MemoryHistory)
+    await lone.close()
+    shared = await open_backends(
+        Settings(redis_url=redis_url, history_url=postgres_url), shares_redis="solar worker"
+    )
+    assert isinstance(shared.history, PostgresHistory)
+    await shared.close()
 
 
 async def test_no_history_url_is_the_embedded_history() -> None:
