@@ -1,6 +1,6 @@
 """Target-attention kernels: candidates (queries) attend to a user's history.
 
-Single-head, projection-free kernels (the Python API of DESIGN §9); each takes q (M, d) or
+Single-head, projection-free kernels (the Python API of docs/DESIGN.md §9); each takes q (M, d) or
 (B, M, d) and returns the same shape:
 
 * :func:`svd_attention` — SOLAR SVD-Attention over r interest tokens, O(M·r·d).

@@ -8,7 +8,7 @@ from typing import Any, Literal, get_args
 # Extra factors p a low-rank state keeps beyond the served rank r (ℓ = r + p, model.states.svd).
 DEFAULT_OVERSAMPLE = 16
 # Interest tokens with σ_k ≤ LIVE_TOKEN_RTOL·σ_1 carry no information and are masked out of
-# the softmax, in training (model.layers) and serving (model.states.svd) alike (DESIGN §2).
+# the softmax, in training (model.layers) and serving (model.states.svd) alike (docs/DESIGN.md §2).
 LIVE_TOKEN_RTOL = 1e-6
 
 # The names of the registry's entries (``model.modes``: what each mode is and does).

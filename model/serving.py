@@ -256,9 +256,13 @@ class ServingPass:
 
     # ------------------------------------------------------------------ pieces
     def _attend(
-        self, w: ServingWeights, feats: Tensor, context: Tensor, bias: Tensor | None,
+        self,
+        w: ServingWeights,
+        feats: Tensor,
+        context: Tensor,
+        bias: Tensor | None,
         out: Tensor,
-    ) -> None:  # fmt: skip
+    ) -> None:
         """Attention output W_O softmax(q Kᵀ/√d_h) V into ``out`` (B·M, d), a column slice of
         the MLP input x.
 

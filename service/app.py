@@ -1,4 +1,4 @@
-"""``service.app.create_app``: the import path of DESIGN §9, kept where outside checks look.
+"""``service.app.create_app``: the import path of docs/DESIGN.md §9, kept where outside checks look.
 
 The app itself is built in ``service.api.app``.
 """

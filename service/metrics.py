@@ -1,4 +1,4 @@
-"""Every Prometheus object of the service (DESIGN §6), on a per-app ``CollectorRegistry``.
+"""Every Prometheus object of the service (docs/DESIGN.md §6), on a per-app ``CollectorRegistry``.
 
 Several apps in one process (tests, two replicas sharing a Redis) each own a ``Metrics`` and
 never collide. Labels are low-cardinality: never a user or an item. Durations in seconds.
@@ -16,25 +16,82 @@ __all__ = ["RANK_STAGES", "REQUEST_BUCKETS_S", "Metrics", "StoreMetrics"]
 # hand-back from the batch thread to the event loop, encoding the answer.
 RANK_STAGES = ("receive", "decode", "store", "queue", "pass", "handoff", "encode")
 
-# 0.5 ms … 1 s (DESIGN §6).
+# 0.5 ms … 1 s (docs/DESIGN.md §6).
 REQUEST_BUCKETS_S = (
-    0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05, 0.075,
-    0.1, 0.2, 0.5, 1.0,
-)  # fmt: skip
+    0.0005,
+    0.001,
+    0.002,
+    0.003,
+    0.005,
+    0.0075,
+    0.01,
+    0.015,
+    0.02,
+    0.03,
+    0.05,
+    0.075,
+    0.1,
+    0.2,
+    0.5,
+    1.0,
+)
 _FAST_BUCKETS_S = (
-    0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
-    0.5, 1.0,
-)  # fmt: skip
+    0.00005,
+    0.0001,
+    0.00025,
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+)
 # Finer in the 1-100 ms range, where a stage's tail decides a 30 ms p99 target.
 _STAGE_BUCKETS_S = (
-    0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.02,
-    0.03, 0.05, 0.075, 0.1, 0.25, 0.5, 1.0, 2.5,
-)  # fmt: skip
+    0.00005,
+    0.0001,
+    0.00025,
+    0.0005,
+    0.001,
+    0.002,
+    0.003,
+    0.005,
+    0.0075,
+    0.01,
+    0.015,
+    0.02,
+    0.03,
+    0.05,
+    0.075,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+)
 _CANDIDATE_BUCKETS = (1, 10, 50, 100, 250, 500, 1_000, 2_048, 4_096, 10_000)
 _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 _LAG_BUCKETS_S = (
-    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
-)  # fmt: skip
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
+)
 _APPLY_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 1_024, 4_096, 16_384)
 _RATIO_BUCKETS = (0.0, 0.001, 0.01, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0)
 
@@ -123,7 +180,7 @@ class Metrics:
         )
         # process_cpu_seconds_total, memory, open fds (as on the default registry).
         ProcessCollector(registry=reg)
-        # Not in DESIGN §6: states rebuilt from the event log (model change, drift, config).
+        # Not in docs/DESIGN.md §6: states rebuilt from the event log (model change, drift, config).
         self.state_rebuilds = Counter(
             "solar_state_rebuilds_total",
             "User states rebuilt from the event log, by reason",
@@ -144,7 +201,7 @@ class Metrics:
             ["partition"],
             registry=reg,
         )
-        # Not in DESIGN §6: the sweeper's findings and hot-key repairs (issue: data layer).
+        # Not in docs/DESIGN.md §6: the sweeper's findings and hot-key repairs (issue: data layer).
         self.ingest_unannounced = Gauge(
             "solar_ingest_unannounced",
             "Stored events the last sweep of an owned partition found unapplied after the "
@@ -166,7 +223,8 @@ class Metrics:
             registry=reg,
         )
 
-        # Not in DESIGN §6: where a /rank request's time goes, and what can stall every request.
+        # Not in docs/DESIGN.md §6: where a /rank request's time goes, and what can stall every
+        # request.
         self.rank_stage_seconds = Histogram(
             "solar_rank_stage_seconds",
             "Time of one stage of a /rank request (RANK_STAGES)",

@@ -22,11 +22,11 @@ ServeDtype = Literal["auto", "float32", "bfloat16"]
 
 
 class Settings(BaseSettings):
-    """Every knob of the service (DESIGN §7 plus operational limits)."""
+    """Every knob of the service (docs/DESIGN.md §7 plus operational limits)."""
 
     model_config = SettingsConfigDict(env_prefix="SOLAR_", extra="ignore", frozen=True)
 
-    # --- DESIGN §7
+    # --- docs/DESIGN.md §7
     redis_url: str | None = Field(
         default=None,
         description="redis://host:port/db of the store; unset or empty: embedded store",

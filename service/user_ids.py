@@ -1,4 +1,4 @@
-"""The user-id rule (DESIGN §5): 1-128 characters of ``[A-Za-z0-9_.:@-]``.
+"""The user-id rule (docs/DESIGN.md §5): 1-128 characters of ``[A-Za-z0-9_.:@-]``.
 
 Its one home: the store's key builder (``service.store.keys``), the request schemas and the
 ``/users/{user_id}`` path (``service.api``), the fast ``/rank`` decoder and the domain error

@@ -1,4 +1,4 @@
-"""`solar worker`: a process that only applies ingested events (DESIGN §3).
+"""`solar worker`: a process that only applies ingested events (docs/DESIGN.md §3).
 
 It loads the model (the applier embeds events with it), connects to Redis and runs one
 :class:`Applier` until SIGTERM or SIGINT, then releases its partition leases. Run as many as
@@ -58,8 +58,12 @@ async def run_worker(settings: Settings) -> None:
     task = asyncio.create_task(applier.run(), name="solar-worker")
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, applier.stop)
-    logger.info("solar worker %s: model %s, %d partitions", applier.consumer, model.version,
-                settings.partitions)  # fmt: skip
+    logger.info(
+        "solar worker %s: model %s, %d partitions",
+        applier.consumer,
+        model.version,
+        settings.partitions,
+    )
     try:
         await task
         logger.info("solar worker %s: stopped", applier.consumer)

@@ -93,15 +93,17 @@ class SolarClient(ClientBase):
         if self._owned:
             self._http.close()
 
-    def _call(self, method: str, path: str, ndjson: Sequence[Event] | None = None,
-              **kwargs: Any) -> Any:  # fmt: skip
+    def _call(
+        self, method: str, path: str, ndjson: Sequence[Event] | None = None, **kwargs: Any
+    ) -> Any:
         headers = {**self._auth, **({"Content-Type": NDJSON} if ndjson is not None else {})}
         for attempt in range(1, self.retry.attempts + 1):
             content = ndjson_chunks(ndjson) if ndjson is not None else None
             outcome: httpx.Response | Exception
             try:
-                outcome = self._http.request(method, path, headers=headers, content=content,
-                                             **kwargs)  # fmt: skip
+                outcome = self._http.request(
+                    method, path, headers=headers, content=content, **kwargs
+                )
             except RETRIED_ERRORS as exc:
                 outcome = exc
             wait_s = self._retry_in_s(attempt, outcome, f"{method} {path}")
@@ -111,8 +113,14 @@ class SolarClient(ClientBase):
             time.sleep(wait_s)
         raise AssertionError("unreachable")  # the last attempt returns or raises
 
-    def rank(self, user_id: str, candidates: Sequence[ItemId], *, top_k: int | None = None,
-             mode: str | None = None) -> RankResult:  # fmt: skip
+    def rank(
+        self,
+        user_id: str,
+        candidates: Sequence[ItemId],
+        *,
+        top_k: int | None = None,
+        mode: str | None = None,
+    ) -> RankResult:
         """Score ``candidates`` for the user (mode: svd | svd_exact | softmax)."""
         body = rank_body(user_id, candidates, top_k, mode)
         return RankResult.from_json(self._call("POST", "/rank", json=body))
@@ -212,15 +220,17 @@ class AsyncSolarClient(ClientBase):
         if self._owned:
             await self._http.aclose()
 
-    async def _call(self, method: str, path: str, ndjson: Sequence[Event] | None = None,
-                    **kwargs: Any) -> Any:  # fmt: skip
+    async def _call(
+        self, method: str, path: str, ndjson: Sequence[Event] | None = None, **kwargs: Any
+    ) -> Any:
         headers = {**self._auth, **({"Content-Type": NDJSON} if ndjson is not None else {})}
         for attempt in range(1, self.retry.attempts + 1):
             content = async_ndjson_chunks(ndjson) if ndjson is not None else None
             outcome: httpx.Response | Exception
             try:
-                outcome = await self._http.request(method, path, headers=headers,
-                                                   content=content, **kwargs)  # fmt: skip
+                outcome = await self._http.request(
+                    method, path, headers=headers, content=content, **kwargs
+                )
             except RETRIED_ERRORS as exc:
                 outcome = exc
             wait_s = self._retry_in_s(attempt, outcome, f"{method} {path}")
@@ -230,8 +240,14 @@ class AsyncSolarClient(ClientBase):
             await asyncio.sleep(wait_s)
         raise AssertionError("unreachable")  # the last attempt returns or raises
 
-    async def rank(self, user_id: str, candidates: Sequence[ItemId], *,
-                   top_k: int | None = None, mode: str | None = None) -> RankResult:  # fmt: skip
+    async def rank(
+        self,
+        user_id: str,
+        candidates: Sequence[ItemId],
+        *,
+        top_k: int | None = None,
+        mode: str | None = None,
+    ) -> RankResult:
         body = rank_body(user_id, candidates, top_k, mode)
         return RankResult.from_json(await self._call("POST", "/rank", json=body))
 

@@ -154,9 +154,12 @@ class IngestTally:
     def __init__(self, progress: Progress, total: int | None) -> None:
         self._owned = progress is True
         self.bar: tqdm[Any] | None = (
-            tqdm(total=total, unit="ev", smoothing=0.1) if progress is True
-            else progress if isinstance(progress, tqdm) else None
-        )  # fmt: skip
+            tqdm(total=total, unit="ev", smoothing=0.1)
+            if progress is True
+            else progress
+            if isinstance(progress, tqdm)
+            else None
+        )
         self.started = time.perf_counter()
         self.accepted = self.duplicates = self.batches = 0
 

@@ -81,14 +81,20 @@ class RedisServer:
             return
         args = [
             REDIS_SERVER_BIN,
-            "--port", str(self.port),
-            "--bind", "127.0.0.1",
-            "--save", "",
-            "--appendonly", "no",
-            "--daemonize", "no",
-            "--dir", str(self.workdir),
+            "--port",
+            str(self.port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--daemonize",
+            "no",
+            "--dir",
+            str(self.workdir),
             *self.extra_args,
-        ]  # fmt: skip
+        ]
         with self.log_path.open("ab") as log:
             self._proc = subprocess.Popen(
                 args, cwd=self.workdir, stdout=log, stderr=subprocess.STDOUT
@@ -181,8 +187,14 @@ class RedisClusterServers:
         for i in range(masters):
             node_dir = workdir / f"node{i}"
             node_dir.mkdir(parents=True, exist_ok=True)
-            args = ("--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
-                    "--cluster-node-timeout", "2000")  # fmt: skip
+            args = (
+                "--cluster-enabled",
+                "yes",
+                "--cluster-config-file",
+                "nodes.conf",
+                "--cluster-node-timeout",
+                "2000",
+            )
             # The cluster bus listens on port + 10,000.
             port = free_port(max_port=55_535)
             self.nodes.append(RedisServer(node_dir, port=port, extra_args=args))

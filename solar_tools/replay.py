@@ -166,9 +166,12 @@ async def replay(
     """
     try:
         return await client.ingest_many(
-            events, batch_size=batch_size, concurrency=concurrency, progress=progress,
+            events,
+            batch_size=batch_size,
+            concurrency=concurrency,
+            progress=progress,
             total=total,
-        )  # fmt: skip
+        )
     except SolarHTTPError as exc:
         hint = " (try a smaller --batch-size)" if exc.status == 413 else ""
         raise ReplayError(f"POST /ingest: {exc}{hint}") from exc
@@ -224,9 +227,13 @@ async def _run(args: argparse.Namespace) -> BulkIngestResult:
         await client.wait_ready(args.wait_ready)
         events, total = await _events(args, client)
         return await replay(
-            client, events, batch_size=args.batch_size, concurrency=args.concurrency,
-            progress=not args.no_progress, total=total,
-        )  # fmt: skip
+            client,
+            events,
+            batch_size=args.batch_size,
+            concurrency=args.concurrency,
+            progress=not args.no_progress,
+            total=total,
+        )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -244,7 +251,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     logger.info(
         "replayed %d events (%d accepted, %d duplicates) in %d batches, %.1f s, %.0f events/s",
-        result.events, result.accepted, result.duplicates, result.batches, result.seconds,
+        result.events,
+        result.accepted,
+        result.duplicates,
+        result.batches,
+        result.seconds,
         result.events_per_s,
-    )  # fmt: skip
+    )
     return 0

@@ -47,8 +47,10 @@ def _anchors(path: Path) -> set[str]:
 
 
 def _sources() -> list[Path]:
-    tracked = [ROOT / d for d in ("model", "service", "solar_tools", "bench", "tests", "loadtest",
-                                  "docker", "docs")]  # fmt: skip
+    tracked = [
+        ROOT / d
+        for d in ("model", "service", "solar_tools", "bench", "tests", "loadtest", "docker", "docs")
+    ]
     files = [p for d in tracked for p in d.rglob("*") if p.suffix in SOURCE_SUFFIXES]
     return [*files, ROOT / "README.md", ROOT / "Makefile", ROOT / "Dockerfile"]
 
@@ -108,8 +110,12 @@ def test_references_outside_model_and_service_name_the_file_in_the_repository() 
 
 def test_every_setting_has_its_line_in_configuration() -> None:
     text = (DOCS / "CONFIGURATION.md").read_text()
-    rows = {m for line in text.splitlines() if line.startswith("|")
-            for m in re.findall(r"`(SOLAR_[A-Z_]+)`", line.split("|")[1])}  # fmt: skip
+    rows = {
+        m
+        for line in text.splitlines()
+        if line.startswith("|")
+        for m in re.findall(r"`(SOLAR_[A-Z_]+)`", line.split("|")[1])
+    }
     fields = {f"SOLAR_{name.upper()}" for name in Settings.model_fields}
     assert fields - rows == set(), "settings without a line"
     assert rows - fields == set(), "lines without a setting"

@@ -10,8 +10,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _dry_run(*targets: str) -> str:
-    run = subprocess.run(["make", "-n", *targets], cwd=ROOT, capture_output=True, text=True,
-                         timeout=30)  # fmt: skip
+    run = subprocess.run(
+        ["make", "-n", *targets], cwd=ROOT, capture_output=True, text=True, timeout=30
+    )
     assert run.returncode == 0, run.stderr
     return run.stdout
 

@@ -119,8 +119,18 @@ def service(
     with tempfile.TemporaryDirectory(prefix="solar-bench-serve-") as workdir:
         log_path = Path(workdir) / "serve.log"
         with log_path.open("wb") as log:
-            command = [sys.executable, "-m", "service.cli", "serve", "--host", LOOPBACK,
-                       "--port", str(port), "--log-level", "warning"]  # fmt: skip
+            command = [
+                sys.executable,
+                "-m",
+                "service.cli",
+                "serve",
+                "--host",
+                LOOPBACK,
+                "--port",
+                str(port),
+                "--log-level",
+                "warning",
+            ]
             proc = subprocess.Popen(command, cwd=tree, env=variables, stdout=log, stderr=log)
             try:
                 _wait_ready(base_url, proc, log_path, startup_timeout_s)
@@ -154,8 +164,13 @@ def worker(
     with tempfile.TemporaryDirectory(prefix="solar-bench-worker-") as workdir:
         log_path = Path(workdir) / "worker.log"
         with log_path.open("wb") as log:
-            proc = subprocess.Popen([sys.executable, "-m", "service.cli", "worker"], cwd=tree,
-                                    env=variables, stdout=log, stderr=log)  # fmt: skip
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "service.cli", "worker"],
+                cwd=tree,
+                env=variables,
+                stdout=log,
+                stderr=log,
+            )
             url = f"http://{LOOPBACK}:{port}/metrics"
             try:
                 _wait_worker(url, proc, log_path, startup_timeout_s)
@@ -267,8 +282,12 @@ def user_events(
             k = (rng.choice(centres) + rng.randrange(width)) % len(items)
         else:
             k = rng.randrange(len(items))
-        e: dict[str, object] = {"user_id": user_id, "item_id": items[k], "ts": t0 + 30.0 * j,
-                                "event_id": f"{user_id}-{j}"}  # fmt: skip
+        e: dict[str, object] = {
+            "user_id": user_id,
+            "item_id": items[k],
+            "ts": t0 + 30.0 * j,
+            "event_id": f"{user_id}-{j}",
+        }
         if kinds and rng.random() < 0.33:
             e["action"] = rng.choice(list(kinds))
         events.append(e)
@@ -297,8 +316,9 @@ def seed_users(
         bodies += [events[i : i + batch] for i in range(0, n_events, batch)]
     start = time.perf_counter()
     accepted = asyncio.run(_post_all(base_url, bodies, concurrency, token))
-    return SeedResult(events=n_events * len(users), seconds=time.perf_counter() - start,
-                      accepted=accepted)  # fmt: skip
+    return SeedResult(
+        events=n_events * len(users), seconds=time.perf_counter() - start, accepted=accepted
+    )
 
 
 async def _post_all(

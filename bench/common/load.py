@@ -118,14 +118,14 @@ def measure_rank(
                 "top_k": top_k,
                 "mode": mode,
             }
-        )  # fmt: skip
+        )
         for _ in range(_CANDIDATE_POOL)
     ]
     limit = max_requests if max_requests is not None else 10**9
     return asyncio.run(
         _measure(
             base_url, bodies, mode, concurrency, limit, max_seconds, rate, warmup_requests, token
-        )  # fmt: skip
+        )
     )
 
 

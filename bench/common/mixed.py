@@ -83,8 +83,11 @@ class _Bodies:
         known = load.candidates - load.unknown
         self._pool = []
         for i in range(_CANDIDATE_POOL):
-            ids = rng.sample(list(load.items), known) if known <= len(load.items) else (
-                rng.choices(list(load.items), k=known))  # fmt: skip
+            ids = (
+                rng.sample(list(load.items), known)
+                if known <= len(load.items)
+                else (rng.choices(list(load.items), k=known))
+            )
             ids += [f"unknown-{i}-{j}" for j in range(load.unknown)]
             rng.shuffle(ids)
             self._pool.append(json.dumps(ids))
@@ -94,15 +97,20 @@ class _Bodies:
 
     def rank(self) -> str:
         cands = self.rng.choice(self._pool)
-        return (f'{{"user_id":{json.dumps(self.user())},"candidates":{cands},'
-                f'"top_k":{self.load.top_k}}}')  # fmt: skip
+        return (
+            f'{{"user_id":{json.dumps(self.user())},"candidates":{cands},'
+            f'"top_k":{self.load.top_k}}}'
+        )
 
     def ingest(self) -> str:
         now = time.time()
         events = []
         for _ in range(self.rng.randint(1, self.load.max_events)):
-            event: dict[str, object] = {"user_id": self.user(), "ts": now,
-                                        "item_id": self.rng.choice(self.load.items)}  # fmt: skip
+            event: dict[str, object] = {
+                "user_id": self.user(),
+                "ts": now,
+                "item_id": self.rng.choice(self.load.items),
+            }
             if self.load.actions:
                 event["action"] = self.rng.choice(list(self.load.actions))
             events.append(event)
@@ -123,8 +131,14 @@ def measure_mixed(
     return asyncio.run(_run(base_url, load, rate, seconds, concurrency, random.Random(seed)))
 
 
-async def _run(base_url: str, load: MixedLoad, rate: float | None, seconds: float,
-               concurrency: int, rng: random.Random) -> MixedResult:  # fmt: skip
+async def _run(
+    base_url: str,
+    load: MixedLoad,
+    rate: float | None,
+    seconds: float,
+    concurrency: int,
+    rng: random.Random,
+) -> MixedResult:
     bodies = _Bodies(load, rng)
     result = MixedResult(offered_rate=rate)
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
@@ -163,8 +177,13 @@ async def _run(base_url: str, load: MixedLoad, rate: float | None, seconds: floa
     return result
 
 
-async def _poisson(one: Callable[[float], Awaitable[None]], rate: float, deadline: float,
-                   concurrency: int, rng: random.Random) -> int:  # fmt: skip
+async def _poisson(
+    one: Callable[[float], Awaitable[None]],
+    rate: float,
+    deadline: float,
+    concurrency: int,
+    rng: random.Random,
+) -> int:
     """Start ``one(scheduled)`` at Poisson arrival times until ``deadline``; returns how many
     arrivals found ``concurrency`` requests in flight and were dropped."""
     in_flight = 0

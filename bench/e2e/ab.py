@@ -33,25 +33,46 @@ from bench.common import harness
 from bench.common.markdown import write_section
 
 logger = logging.getLogger("bench.e2e.ab")
-FIGURES = ("seq p50 ms", "seq p99 ms", "seq server CPU ms", "svd req/s", "svd server CPU ms",
-           "softmax req/s", "svd/softmax")  # fmt: skip
+FIGURES = (
+    "seq p50 ms",
+    "seq p99 ms",
+    "seq server CPU ms",
+    "svd req/s",
+    "svd server CPU ms",
+    "softmax req/s",
+    "svd/softmax",
+)
 
 
 def export(revision: str, target: Path) -> Path:
     """The tree of ``revision`` (git archive) under ``target``."""
-    archive = subprocess.run(["git", "archive", revision], cwd=harness.REPO, check=True,
-                             capture_output=True).stdout  # fmt: skip
+    archive = subprocess.run(
+        ["git", "archive", revision], cwd=harness.REPO, check=True, capture_output=True
+    ).stdout
     with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
         tar.extractall(target, filter="data")
     return target
 
 
-def one_side(tree: Path, model: Path, redis_url: str, users: list[str], items: list[str],
-             args: argparse.Namespace) -> dict[str, float]:  # fmt: skip
+def one_side(
+    tree: Path,
+    model: Path,
+    redis_url: str,
+    users: list[str],
+    items: list[str],
+    args: argparse.Namespace,
+) -> dict[str, float]:
     """The figures of one fresh service of ``tree``."""
     with harness.service(model, redis_url, tree=tree, env=args.env) as base:
-        seq = harness.measure_rank(base, users, items, candidates=args.m, concurrency=1,
-                                   max_requests=args.sequential, max_seconds=60.0)  # fmt: skip
+        seq = harness.measure_rank(
+            base,
+            users,
+            items,
+            candidates=args.m,
+            concurrency=1,
+            max_requests=args.sequential,
+            max_seconds=60.0,
+        )
         closed = {
             mode: harness.measure_rank(
                 base,
@@ -61,12 +82,19 @@ def one_side(tree: Path, model: Path, redis_url: str, users: list[str], items: l
                 mode=mode,
                 concurrency=args.concurrency,
                 max_seconds=args.seconds,
-            )  # fmt: skip
+            )
             for mode in ("svd", "softmax")
         }
     svd, soft = closed["svd"].requests_per_s, closed["softmax"].requests_per_s
-    values = (seq.p50_ms, seq.p99_ms, seq.cpu_ms_per_request[0], svd,
-              closed["svd"].cpu_ms_per_request[0], soft, svd / soft)  # fmt: skip
+    values = (
+        seq.p50_ms,
+        seq.p99_ms,
+        seq.cpu_ms_per_request[0],
+        svd,
+        closed["svd"].cpu_ms_per_request[0],
+        soft,
+        svd / soft,
+    )
     return dict(zip(FIGURES, values, strict=True))
 
 
@@ -110,8 +138,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-def markdown(results: dict[str, list[dict[str, float]]], args: argparse.Namespace, command: str,
-             load: float) -> str:  # fmt: skip
+def markdown(
+    results: dict[str, list[dict[str, float]]], args: argparse.Namespace, command: str, load: float
+) -> str:
     lines = [
         f"## End to end against `{args.base}`, same run",
         "",
@@ -128,8 +157,9 @@ def markdown(results: dict[str, list[dict[str, float]]], args: argparse.Namespac
         cells = []
         for figure in FIGURES:
             values = [r[figure] for r in results[side]]
-            cells.append(f"{statistics.median(values):.1f} (" +
-                         ", ".join(f"{v:.1f}" for v in values) + ")")  # fmt: skip
+            cells.append(
+                f"{statistics.median(values):.1f} (" + ", ".join(f"{v:.1f}" for v in values) + ")"
+            )
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 

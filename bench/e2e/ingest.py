@@ -70,8 +70,10 @@ async def _paced(base: str, rate: float, seconds: float) -> None:
         while time.monotonic() - start < seconds:
             n = rng.randint(1, 50)
             user = rng.choices(users, weights)[0]
-            events = [{"user_id": user, "item_id": rng.randrange(1, 1_000), "ts": ts + j}
-                      for j in range(n)]  # fmt: skip
+            events = [
+                {"user_id": user, "item_id": rng.randrange(1, 1_000), "ts": ts + j}
+                for j in range(n)
+            ]
             ts += n
             await client.post("/ingest", json={"events": events})
             sent += n
@@ -128,8 +130,12 @@ def main() -> int:
     server = RedisServer(work / "redis")
     server.start()
     model = random_checkpoint(work / "model")
-    env = {"SOLAR_MODEL_PATH": str(model), "SOLAR_REDIS_URL": server.url,
-           "SOLAR_APPLIER": "external", "SOLAR_HALF_LIFE_S": "0"}  # fmt: skip
+    env = {
+        "SOLAR_MODEL_PATH": str(model),
+        "SOLAR_REDIS_URL": server.url,
+        "SOLAR_APPLIER": "external",
+        "SOLAR_HALF_LIFE_S": "0",
+    }
     users = [f"b{i}" for i in range(args.users)]
     serve = Serve(env, work / "serve.log")
     worker: Worker | None = None
@@ -154,11 +160,20 @@ def main() -> int:
         one = [f"m{i}" for i in range(1)]
         with httpx.Client(base_url=serve.base, timeout=60) as client:
             for i in range(0, 10_000, 1_000):
-                events = [{"user_id": one[0], "item_id": j % 997 + 1, "ts": 1e9 + i + j,
-                           "event_id": f"e{i + j}"} for j in range(1_000)]  # fmt: skip
+                events = [
+                    {
+                        "user_id": one[0],
+                        "item_id": j % 997 + 1,
+                        "ts": 1e9 + i + j,
+                        "event_id": f"e{i + j}",
+                    }
+                    for j in range(1_000)
+                ]
                 client.post("/ingest?wait=true", json={"events": events})
-        memory = {k.split(":")[-1]: raw.memory_usage(f"solar:{{m0}}:{k.split(':')[-1]}")
-                  for k in ("state", "log", "pos", "dedup")}  # fmt: skip
+        memory = {
+            k.split(":")[-1]: raw.memory_usage(f"solar:{{m0}}:{k.split(':')[-1]}")
+            for k in ("state", "log", "pos", "dedup")
+        }
         raw.close()
     finally:
         if worker is not None:
@@ -167,13 +182,17 @@ def main() -> int:
         server.stop()
     print("| figure | value | target |")
     print("| --- | --- | --- |")
-    print(f"| acknowledged events/s, one serve process ({args.clients} clients, "
-          f"1,000-event bodies, {args.users} users) | {ack_rate:,.0f} | ≥ 20,000 |")  # fmt: skip
+    print(
+        f"| acknowledged events/s, one serve process ({args.clients} clients, "
+        f"1,000-event bodies, {args.users} users) | {ack_rate:,.0f} | ≥ 20,000 |"
+    )
     print(
         f"| applied events/s, one worker (draining that backlog) | {apply_rate:,.0f} | ≥ 20,000 |"
     )
-    print(f"| apply lag p50 / p99 at {args.rate:,.0f} events/s paced (bucket bounds) | "
-          f"≤ {p50 * 1e3:g} ms / ≤ {p99 * 1e3:g} ms | p99 ≤ 100 ms |")  # fmt: skip
+    print(
+        f"| apply lag p50 / p99 at {args.rate:,.0f} events/s paced (bucket bounds) | "
+        f"≤ {p50 * 1e3:g} ms / ≤ {p99 * 1e3:g} ms | p99 ≤ 100 ms |"
+    )
     print(
         "| Redis bytes per user at 10,000 events (MEMORY USAGE) | "
         + ", ".join(f"{k} {v:,}" for k, v in memory.items())

@@ -49,8 +49,10 @@ def _p99(figures: dict[str, dict[str, dict[str, Any]]], name: str, key: str = "a
 def _row(rate: float | None, result: Any, server: dict[str, Any], worker: dict[str, Any]) -> Row:
     gc = server.get("solar_gc_pause_seconds", {})
     done = max(1, len(result.rank_s) + len(result.ingest_s))
-    cpu = {name: figures.get("process_cpu_seconds", {}).get("all", {}).get("seconds")
-           for name, figures in (("serve", server), ("worker", worker))}  # fmt: skip
+    cpu = {
+        name: figures.get("process_cpu_seconds", {}).get("all", {}).get("seconds")
+        for name, figures in (("serve", server), ("worker", worker))
+    }
     shapes = server.get("solar_pass_seconds", {})
     return {
         "offered": rate,
@@ -74,13 +76,16 @@ def _row(rate: float | None, result: Any, server: dict[str, Any], worker: dict[s
     }
 
 
-def one_side(tree: Path, model: Path, redis_url: str, load: MixedLoad,
-             args: argparse.Namespace) -> list[Row]:  # fmt: skip
+def one_side(
+    tree: Path, model: Path, redis_url: str, load: MixedLoad, args: argparse.Namespace
+) -> list[Row]:
     """The rates, then the saturation rate, against fresh processes of ``tree``."""
     env = {**args.env, "SOLAR_APPLIER": "external"}
     rows = []
-    with harness.service(model, redis_url, tree=tree, env=env) as base, \
-            harness.worker(model, redis_url, tree=tree, env=env) as worker_url:  # fmt: skip
+    with (
+        harness.service(model, redis_url, tree=tree, env=env) as base,
+        harness.worker(model, redis_url, tree=tree, env=env) as worker_url,
+    ):
         time.sleep(2.0)  # both started: let their start-up's last CPU settle
         for rate in [*args.rates, None]:
             before = fetch(f"{base}/metrics"), fetch(worker_url)
@@ -103,8 +108,7 @@ def _seed(model: Path, redis_url: str, users: list[str], args: argparse.Namespac
     waits until every partition is drained, so no side starts with a backlog."""
     items, kinds = harness.vocabulary(model), harness.actions(model)
     with harness.service(model, redis_url, env=args.env) as base:
-        seeded = harness.seed_users(base, users[: args.seed_users], args.events, items,
-                                    kinds=kinds)  # fmt: skip
+        seeded = harness.seed_users(base, users[: args.seed_users], args.events, items, kinds=kinds)
         logger.info("seeded %d events in %.1f s", seeded.events, seeded.seconds)
         deadline = time.monotonic() + 180
         while time.monotonic() < deadline:  # every partition drained: no backlog left over
@@ -116,8 +120,11 @@ def _seed(model: Path, redis_url: str, users: list[str], args: argparse.Namespac
 
 def gauge_sum(text: str, name: str) -> float | None:
     """The sum of gauge ``name``'s samples in a /metrics text; None when it has none."""
-    values = [float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
-              if line.startswith(name + "{") or line.startswith(name + " ")]  # fmt: skip
+    values = [
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith(name + "{") or line.startswith(name + " ")
+    ]
     return sum(values) if values else None
 
 
@@ -155,8 +162,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     results[side].append(one_side(trees[side], model, redis_url, load, args))
     command = shlex.join([".venv/bin/python", "-m", "bench.e2e.loadrange", *raw])
     load_avg = (load_before, os.getloadavg()[0])
-    document = {"command": command, "load_average": load_avg, "base": args.base,
-                "results": results}  # fmt: skip
+    document = {"command": command, "load_average": load_avg, "base": args.base, "results": results}
     args.json.write_text(json.dumps(document, indent=1) + "\n")
     plot(results, args)
     text = markdown(results, args, command, load_avg)
@@ -175,11 +181,16 @@ def _fmt(values: list[Any]) -> str:
     if not real:
         return "–"
     return f"{statistics.median(real):.1f}" + (
-        " (" + ", ".join(f"{v:.1f}" for v in real) + ")" if len(real) > 1 else "")  # fmt: skip
+        " (" + ", ".join(f"{v:.1f}" for v in real) + ")" if len(real) > 1 else ""
+    )
 
 
-def markdown(results: dict[str, list[list[Row]]], args: argparse.Namespace, command: str,
-             load_avg: tuple[float, float]) -> str:  # fmt: skip
+def markdown(
+    results: dict[str, list[list[Row]]],
+    args: argparse.Namespace,
+    command: str,
+    load_avg: tuple[float, float],
+) -> str:
     lines = [
         f"## /rank across the load range against `{args.base}`, same run",
         "",
@@ -224,8 +235,9 @@ def markdown(results: dict[str, list[list[Row]]], args: argparse.Namespace, comm
             ]
             lines.append("| " + " | ".join(cells) + " |")
     this = [row for rnd in results["this"] for row in rnd]
-    gc_lines = sorted({f"gen {g}: {c} pauses, p99 {p} ms" for r in this
-                       for g, (c, p) in r["gc_pauses"].items()})  # fmt: skip
+    gc_lines = sorted(
+        {f"gen {g}: {c} pauses, p99 {p} ms" for r in this for g, (c, p) in r["gc_pauses"].items()}
+    )
     new = sum(r["new_shape_passes"] for r in this)
     lines += [
         "",
@@ -256,8 +268,14 @@ def plot(results: dict[str, list[list[Row]]], args: argparse.Namespace) -> None:
             label = f"{'this branch' if side == 'this' else args.base} {q[5:8]}"
             ax.plot(rates, values, style, marker="o", color=colour, label=label)
         sat = [rnd[-1] for rnd in rounds]
-        ax.plot([_median(sat, "requests_per_s")], [_median(sat, "rank_p99_ms")], "x",
-                color=colour, markersize=10, label=f"{side} saturation p99")  # fmt: skip
+        ax.plot(
+            [_median(sat, "requests_per_s")],
+            [_median(sat, "rank_p99_ms")],
+            "x",
+            color=colour,
+            markersize=10,
+            label=f"{side} saturation p99",
+        )
     ax.axhline(30, color="tab:red", linewidth=0.8, label="p99 target 30 ms")
     ax.set_xlabel("offered requests/s (Poisson; saturation at its achieved rate)")
     ax.set_ylabel("/rank latency, ms")

@@ -224,8 +224,9 @@ def markdown(report: Report) -> str:
 def write_outputs(report: Report, out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     plot_latency(report.latency, out / "bench_latency_vs_n.png", report.settings["candidates"])
-    plot_batches(report.batches, out / "bench_throughput_vs_batch.png",
-                 report.settings["concurrency"])  # fmt: skip
+    plot_batches(
+        report.batches, out / "bench_throughput_vs_batch.png", report.settings["concurrency"]
+    )
     # Only this benchmark's section: bench/micro/stages.py writes its own into the same file.
     write_section(out / "BENCHMARKS.md", "report", markdown(report))
     document = asdict(report)
@@ -264,14 +265,26 @@ def run_latency_sweep(
         for mode in MODES:
             for n in ns:
                 result = harness.measure_rank(
-                    base_url, [f"n{n}"], items, candidates=args.candidates, mode=mode,
-                    concurrency=1, max_requests=args.requests, max_seconds=args.point_seconds,
+                    base_url,
+                    [f"n{n}"],
+                    items,
+                    candidates=args.candidates,
+                    mode=mode,
+                    concurrency=1,
+                    max_requests=args.requests,
+                    max_seconds=args.point_seconds,
                     warmup_requests=2,
-                )  # fmt: skip
+                )
                 point = latency_point(mode, n, result.latencies_s)
-                logger.info("%s N=%d: p50 %.1f ms p99 %.1f ms (%d requests, %d failed)",
-                            mode, n, point.p50_ms, point.p99_ms, point.requests,
-                            result.failures)  # fmt: skip
+                logger.info(
+                    "%s N=%d: p50 %.1f ms p99 %.1f ms (%d requests, %d failed)",
+                    mode,
+                    n,
+                    point.p50_ms,
+                    point.p99_ms,
+                    point.requests,
+                    result.failures,
+                )
                 points.append(point)
     return points, events / seconds
 
@@ -290,9 +303,14 @@ def run_batch_sweep(
                 if max_batch == batches[0]:
                     harness.seed_users(base_url, users, 10_000, items, concurrency=1)
                 result = harness.measure_rank(
-                    base_url, users, items, candidates=args.candidates, mode="svd",
-                    concurrency=args.concurrency, max_seconds=args.batch_seconds,
-                )  # fmt: skip
+                    base_url,
+                    users,
+                    items,
+                    candidates=args.candidates,
+                    mode="svd",
+                    concurrency=args.concurrency,
+                    max_seconds=args.batch_seconds,
+                )
             point = BatchPoint(
                 max_batch=max_batch,
                 requests_per_s=result.requests_per_s,
@@ -300,8 +318,13 @@ def run_batch_sweep(
                 p99_ms=result.p99_ms,
                 failures=result.failures,
             )
-            logger.info("max_batch=%d: %.1f req/s, p50 %.1f ms, p99 %.1f ms", max_batch,
-                        point.requests_per_s, point.p50_ms, point.p99_ms)  # fmt: skip
+            logger.info(
+                "max_batch=%d: %.1f req/s, p50 %.1f ms, p99 %.1f ms",
+                max_batch,
+                point.requests_per_s,
+                point.p50_ms,
+                point.p99_ms,
+            )
             points.append(point)
     return points
 
@@ -346,9 +369,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             model_dir = harness.random_checkpoint(Path(tmp) / "model", n_items=args.items)
         vocabulary = len(harness.vocabulary(model_dir))
         settings = {k: getattr(args, k) for k in keys}
-        settings |= {"candidates": min(args.candidates, vocabulary), "vocabulary": vocabulary,
-                     "model": args.model_dir or "random", "ns": list(ns),
-                     "batches": list(batches)}  # fmt: skip
+        settings |= {
+            "candidates": min(args.candidates, vocabulary),
+            "vocabulary": vocabulary,
+            "model": args.model_dir or "random",
+            "ns": list(ns),
+            "batches": list(batches),
+        }
         report = Report(command=command, machine=machine_info(), settings=settings)
         report.latency, report.ingest_events_per_s = run_latency_sweep(args, model_dir, ns)
         report.batches = run_batch_sweep(args, model_dir, batches)

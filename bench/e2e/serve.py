@@ -42,8 +42,11 @@ TARGET_INGEST_EVENTS_S = 3_000.0
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default="artifacts/default-model", help="checkpoint directory")
-    p.add_argument("--random-model-if-missing", action="store_true",
-                   help="benchmark a random d=64 model when --model does not exist")  # fmt: skip
+    p.add_argument(
+        "--random-model-if-missing",
+        action="store_true",
+        help="benchmark a random d=64 model when --model does not exist",
+    )
     p.add_argument("--users", type=int, default=20, help="users U to seed")
     p.add_argument("--events", type=int, default=10_000, help="events N per user")
     p.add_argument("--ingest-batch", type=int, default=1_000, help="events per /ingest body")
@@ -96,20 +99,31 @@ def run(args: argparse.Namespace, model: Path) -> dict[str, Any]:
     with harness.redis_server() as redis_url, harness.service(model, redis_url, env=env) as base:
         items = harness.vocabulary(model)
         logger.info("seeding %d users x %d events", args.users, args.events)
-        seeded = harness.seed_users(base, users, args.events, items, batch=args.ingest_batch,
-                                    kinds=harness.actions(model))  # fmt: skip
+        seeded = harness.seed_users(
+            base, users, args.events, items, batch=args.ingest_batch, kinds=harness.actions(model)
+        )
         results["ingest"] = {**asdict(seeded), "events_per_s": seeded.events_per_s}
-        common = {"candidates": args.candidates, "top_k": args.top_k,
-                  "max_seconds": args.seconds, "max_requests": args.max_requests}  # fmt: skip
+        common = {
+            "candidates": args.candidates,
+            "top_k": args.top_k,
+            "max_seconds": args.seconds,
+            "max_requests": args.max_requests,
+        }
         for mode in ("svd", "softmax"):
             logger.info("%s: open loop at %.0f req/s", mode, args.rate)
             paced = harness.measure_rank(
-                base, users, items, mode=mode, rate=args.rate,
-                concurrency=max(args.concurrency, 64), **common,
-            )  # fmt: skip
+                base,
+                users,
+                items,
+                mode=mode,
+                rate=args.rate,
+                concurrency=max(args.concurrency, 64),
+                **common,
+            )
             logger.info("%s: closed loop, %d clients", mode, args.concurrency)
-            closed = harness.measure_rank(base, users, items, mode=mode,
-                                          concurrency=args.concurrency, **common)  # fmt: skip
+            closed = harness.measure_rank(
+                base, users, items, mode=mode, concurrency=args.concurrency, **common
+            )
             results[mode] = {"open": paced, "closed": closed}
     return results
 
@@ -149,11 +163,18 @@ def report(args: argparse.Namespace, model: Path, results: dict[str, Any], secon
 def _document(args: argparse.Namespace, results: dict[str, Any], seconds: float) -> dict[str, Any]:
     def summary(r: harness.RankResult) -> dict[str, Any]:
         server_ms, client_ms = r.cpu_ms_per_request
-        return {"offered_rate": r.offered_rate, "ok": len(r.latencies_s), "failures": r.failures,
-                "unsent": r.unsent,
-                "p50_ms": r.p50_ms, "p99_ms": r.p99_ms, "requests_per_s": r.requests_per_s,
-                "seconds": r.seconds, "server_cpu_ms_per_request": server_ms,
-                "client_cpu_ms_per_request": client_ms}  # fmt: skip
+        return {
+            "offered_rate": r.offered_rate,
+            "ok": len(r.latencies_s),
+            "failures": r.failures,
+            "unsent": r.unsent,
+            "p50_ms": r.p50_ms,
+            "p99_ms": r.p99_ms,
+            "requests_per_s": r.requests_per_s,
+            "seconds": r.seconds,
+            "server_cpu_ms_per_request": server_ms,
+            "client_cpu_ms_per_request": client_ms,
+        }
 
     modes = {m: {k: summary(v) for k, v in results[m].items()} for m in ("svd", "softmax")}
     ratio = modes["svd"]["closed"]["requests_per_s"] / modes["softmax"]["closed"]["requests_per_s"]
@@ -163,7 +184,7 @@ def _document(args: argparse.Namespace, results: dict[str, Any], seconds: float)
             "cpus": os.cpu_count(),
             "platform": platform.platform(),
             "load_average_1m": os.getloadavg()[0],
-        },  # fmt: skip
+        },
         "ingest": results["ingest"],
         "rank": modes,
         "svd_softmax_throughput_ratio": ratio,

@@ -70,14 +70,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         items = harness.vocabulary(model)
         users = [f"lr{u}" for u in range(args.users)]
         load = MixedLoad(users, items, actions=harness.actions(model))
-        env = {"SOLAR_LOG_CAP": "16384", "SOLAR_APPLIER": "external",
-               **dict(e.split("=", 1) for e in args.env)}  # fmt: skip
+        env = {
+            "SOLAR_LOG_CAP": "16384",
+            "SOLAR_APPLIER": "external",
+            **dict(e.split("=", 1) for e in args.env),
+        }
         with harness.redis_server() as redis_url, harness.postgres_history() as history_url:
             env["SOLAR_HISTORY_URL"] = history_url  # serve and worker share the history
-            with harness.service(model, redis_url, env=env) as base, \
-                    harness.worker(model, redis_url, env=env) as worker_url:  # fmt: skip
-                seeded = harness.seed_users(base, users[: args.seed_users], args.events, items,
-                                            kinds=harness.actions(model))  # fmt: skip
+            with (
+                harness.service(model, redis_url, env=env) as base,
+                harness.worker(model, redis_url, env=env) as worker_url,
+            ):
+                seeded = harness.seed_users(
+                    base, users[: args.seed_users], args.events, items, kinds=harness.actions(model)
+                )
                 while httpx.get(f"{base}/users/{users[args.seed_users - 1]}").json()["pending"]:
                     time.sleep(0.5)
                 print(f"seeded {seeded.events} events ({args.env or 'defaults'})", flush=True)
@@ -106,7 +112,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                             ],
                             stdout=subprocess.DEVNULL,
                             stderr=subprocess.STDOUT,
-                        )  # fmt: skip
+                        )
                         for name, pid in (("serve", serve), ("worker", worker))
                         if args.profile
                     ]

@@ -126,9 +126,15 @@ async def throughput(t: Tiers, n_users: int, body: int, seconds: float) -> tuple
 
 def http_acknowledged(model_path: Path, redis_url: str, pg_url: str, seconds: float) -> float:
     """Events/s acknowledged by one ``solar serve`` over HTTP (see the module docstring)."""
-    env = {**os.environ, "SOLAR_MODEL_PATH": str(model_path), "SOLAR_REDIS_URL": redis_url,
-           "SOLAR_HISTORY_URL": pg_url, "SOLAR_HISTORY_SCHEMA": "http",
-           "SOLAR_APPLIER": "external", "SOLAR_HALF_LIFE_S": "0"}  # fmt: skip
+    env = {
+        **os.environ,
+        "SOLAR_MODEL_PATH": str(model_path),
+        "SOLAR_REDIS_URL": redis_url,
+        "SOLAR_HISTORY_URL": pg_url,
+        "SOLAR_HISTORY_SCHEMA": "http",
+        "SOLAR_APPLIER": "external",
+        "SOLAR_HALF_LIFE_S": "0",
+    }
     serve = Serve(env, model_path.parent / "serve.log")
     users = [f"h{i}" for i in range(200)]
     try:
@@ -141,8 +147,14 @@ def http_acknowledged(model_path: Path, redis_url: str, pg_url: str, seconds: fl
                 async with httpx.AsyncClient(base_url=serve.base, timeout=30) as client:
                     ts = 1.7e9 + c * 1e7
                     while time.monotonic() < deadline:
-                        events = [{"user_id": rng.choice(users), "item_id": rng.randrange(1, 1_000),
-                                   "ts": ts + i} for i in range(1_000)]  # fmt: skip
+                        events = [
+                            {
+                                "user_id": rng.choice(users),
+                                "item_id": rng.randrange(1, 1_000),
+                                "ts": ts + i,
+                            }
+                            for i in range(1_000)
+                        ]
                         ts += 1_000
                         response = await client.post("/ingest", json={"events": events})
                         response.raise_for_status()
@@ -163,8 +175,14 @@ async def run(args: argparse.Namespace, redis_url: str, pg_url: str, workdir: Pa
     client = await connect_redis(redis_url)
     history = await PostgresHistory.open(pg_url)
     metrics = Metrics()
-    t = Tiers(client, RedisStore(client, redis_url), RedisStream(client, redis_url, 16),
-              history, model, metrics)  # fmt: skip
+    t = Tiers(
+        client,
+        RedisStore(client, redis_url),
+        RedisStream(client, redis_url, 16),
+        history,
+        model,
+        metrics,
+    )
     try:
         print(f"model {model.version} (d={model.dim}, r={model.rank}), dedup window {DEDUP_WINDOW}")
         print("\n| events | state B | dedup ring B | tail B | pos B | Redis total B |")
@@ -172,18 +190,24 @@ async def run(args: argparse.Namespace, redis_url: str, pg_url: str, workdir: Pa
         for n in args.sizes:
             s = await user_bytes(t, n)
             total = sum(s.values())
-            print(f"| {n:,} | {s['state']:,} | {s['dedup']:,} | {s['log']:,} | {s['pos']:,} "
-                  f"| {total:,} |")  # fmt: skip
+            print(
+                f"| {n:,} | {s['state']:,} | {s['dedup']:,} | {s['log']:,} | {s['pos']:,} "
+                f"| {total:,} |"
+            )
         rows = sum(args.sizes)
         async with history._pool.connection() as conn:  # noqa: SLF001 (a benchmark's peek)
             cur = await conn.execute("SELECT pg_total_relation_size('solar.history_segments')")
             (table_bytes,) = await cur.fetchone()
-        print(f"\ndurable tier (PostgreSQL table + TOAST + indexes): {table_bytes:,} B for "
-              f"{rows:,} events = {table_bytes / rows:.1f} B/event")  # fmt: skip
+        print(
+            f"\ndurable tier (PostgreSQL table + TOAST + indexes): {table_bytes:,} B for "
+            f"{rows:,} events = {table_bytes / rows:.1f} B/event"
+        )
         acked, applied = await throughput(t, args.users, args.body, args.seconds)
-        print(f"\ningest, in-process, {args.users} users, {args.body}-event calls, "
-              f"{args.seconds:g} s: {acked:,.0f} events/s acknowledged; "
-              f"one applier drained them at {applied:,.0f} events/s")  # fmt: skip
+        print(
+            f"\ningest, in-process, {args.users} users, {args.body}-event calls, "
+            f"{args.seconds:g} s: {acked:,.0f} events/s acknowledged; "
+            f"one applier drained them at {applied:,.0f} events/s"
+        )
         rebuilds = {
             sample.labels["reason"]: int(sample.value)
             for sample in metrics.state_rebuilds.collect()[0].samples
@@ -216,8 +240,10 @@ def main() -> None:
             asyncio.run(run(args, redis.url, postgres.url(), workdir))
             if args.http_seconds > 0:
                 rate = http_acknowledged(args.model, redis.url, postgres.url(), args.http_seconds)
-                print(f"\nover HTTP, one solar serve, 4 clients × 1,000-event bodies, 200 users, "
-                      f"{args.http_seconds:g} s: {rate:,} events/s acknowledged")  # fmt: skip
+                print(
+                    f"\nover HTTP, one solar serve, 4 clients × 1,000-event bodies, 200 users, "
+                    f"{args.http_seconds:g} s: {rate:,} events/s acknowledged"
+                )
         finally:
             redis.stop()
             postgres.destroy()

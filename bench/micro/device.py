@@ -79,8 +79,13 @@ def measure(scorer: BatchScorer, jobs: list[RankJob], seconds: float) -> tuple[f
     return len(jobs) * len(latencies) / (time.perf_counter() - start), latencies
 
 
-def run(model_dir: Path, devices: Sequence[str], ms: Sequence[int], batches: Sequence[int],
-        seconds: float) -> list[Point]:  # fmt: skip
+def run(
+    model_dir: Path,
+    devices: Sequence[str],
+    ms: Sequence[int],
+    batches: Sequence[int],
+    seconds: float,
+) -> list[Point]:
     points = []
     for name in devices:
         ranker = load_checkpoint(model_dir, device=torch.device(name)).ranker
@@ -132,11 +137,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     load = os.getloadavg()[0]
     with tempfile.TemporaryDirectory(prefix="solar-device-") as tmp:
         model_dir = harness.random_checkpoint(Path(tmp) / "model", n_items=10_000)
-        points = run(model_dir, devices, [int(x) for x in args.ms.split(",")],
-                     [int(x) for x in args.batches.split(",")], args.seconds)  # fmt: skip
+        points = run(
+            model_dir,
+            devices,
+            [int(x) for x in args.ms.split(",")],
+            [int(x) for x in args.batches.split(",")],
+            args.seconds,
+        )
     gpu = torch.cuda.get_device_name() if "cuda" in devices else "no GPU"
-    note = (f"{os.cpu_count()} CPUs, {args.cpu_threads} torch thread(s), {gpu}, torch "
-            f"{torch.__version__}; load average {load:.1f} → {os.getloadavg()[0]:.1f}")  # fmt: skip
+    note = (
+        f"{os.cpu_count()} CPUs, {args.cpu_threads} torch thread(s), {gpu}, torch "
+        f"{torch.__version__}; load average {load:.1f} → {os.getloadavg()[0]:.1f}"
+    )
     text = markdown(
         points, shlex.join([".venv/bin/python", "-m", "bench.micro.device", *raw]), note
     )

@@ -86,8 +86,9 @@ def functional_pass(w: ServingWeights, heads: int) -> Pass:
     return run
 
 
-def measure(variants: dict[str, Pass], rows: Tensor, tokens: Tensor, rounds: int,
-            budget_s: float) -> dict[str, float]:  # fmt: skip
+def measure(
+    variants: dict[str, Pass], rows: Tensor, tokens: Tensor, rounds: int, budget_s: float
+) -> dict[str, float]:
     """Median over ``rounds`` of each variant's per-round median seconds, interleaved."""
     times: dict[str, list[float]] = {name: [] for name in variants}
     with torch.inference_mode():
@@ -143,8 +144,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         rate = gemm_rate_gflops(ranker.config, min(b * args.m, 8_192), args.budget_s)
         flops = serving_flops(ranker.config, "svd", args.m, ranker.config.rank).total
         roofline_ms = flops / rate / 1e6
-        deltas = [float((outputs[n] - outputs["plain"]).abs().max()) for n in variants if
-                  n != "plain"]  # fmt: skip
+        deltas = [
+            float((outputs[n] - outputs["plain"]).abs().max()) for n in variants if n != "plain"
+        ]
         cells = " | ".join(f"{1e3 * seconds[n] / b:.2f}" for n in variants)
         lines.append(
             f"| {args.m:,} | {b} | {cells} | {roofline_ms:.2f} | "

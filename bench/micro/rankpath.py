@@ -136,8 +136,9 @@ class RankPath:
         job = RankJob("svd", ScoreRequest(torch.from_numpy(found.rows)), TOP_K)
         lengths = {"lengths": torch.tensor([m])}
         (ranked,) = self.scorer.top_k(logits.clone(), lengths, [job])
-        outcome = RankOutcome(found.ids, ranked.positions, ranked.scores, found.unknown,
-                              HISTORY, self.model.version)  # fmt: skip
+        outcome = RankOutcome(
+            found.ids, ranked.positions, ranked.scores, found.unknown, HISTORY, self.model.version
+        )
         raw = median_s(lambda: msgspec.json.decode(body), budget_s)
         typed = median_s(lambda: decode_rank_body(body, JSON), budget_s)
         seconds = {

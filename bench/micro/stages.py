@@ -80,8 +80,9 @@ class HttpRow:
     healthz_p50_ms: float
 
 
-async def profile(path: RankPath, ms: Sequence[int], batches: Sequence[int], budget_s: float
-                  ) -> list[StageRow]:  # fmt: skip
+async def profile(
+    path: RankPath, ms: Sequence[int], batches: Sequence[int], budget_s: float
+) -> list[StageRow]:
     """Every stage at every (M, B)."""
     rows = []
     config = path.model.checkpoint.ranker.config
@@ -95,9 +96,14 @@ async def profile(path: RankPath, ms: Sequence[int], batches: Sequence[int], bud
             flops = serving_flops(config, "svd", m, path.model.rank).total
             stage_ms = {**per_request, **batch, "pass": 1e3 * pass_s / b}
             rows.append(StageRow(m, b, stage_ms, 1e3 * pass_s, flops / 1e6, rate))
-            logger.info("M=%d B=%d: pass %.2f ms/request (roofline %.2f), rest %.2f ms", m, b,
-                        rows[-1].stage_ms["pass"], rows[-1].roofline_ms,
-                        rows[-1].non_model_ms)  # fmt: skip
+            logger.info(
+                "M=%d B=%d: pass %.2f ms/request (roofline %.2f), rest %.2f ms",
+                m,
+                b,
+                rows[-1].stage_ms["pass"],
+                rows[-1].roofline_ms,
+                rows[-1].non_model_ms,
+            )
     return rows
 
 
@@ -110,11 +116,23 @@ def http_latency(model_dir: Path, ms: Sequence[int], requests: int) -> list[Http
         harness.seed_users(base, users, 1_000, items, concurrency=1)
         for m in ms:
             floor = harness.measure_healthz(base, requests)
-            result = harness.measure_rank(base, users, items, candidates=m, concurrency=1,
-                                          max_requests=requests, max_seconds=30.0)  # fmt: skip
+            result = harness.measure_rank(
+                base,
+                users,
+                items,
+                candidates=m,
+                concurrency=1,
+                max_requests=requests,
+                max_seconds=30.0,
+            )
             out.append(HttpRow(m, len(result.latencies_s), result.p50_ms, result.p99_ms, floor))
-            logger.info("HTTP M=%d: p50 %.2f ms p99 %.2f ms (healthz %.2f ms)", m,
-                        result.p50_ms, result.p99_ms, floor)  # fmt: skip
+            logger.info(
+                "HTTP M=%d: p50 %.2f ms p99 %.2f ms (healthz %.2f ms)",
+                m,
+                result.p50_ms,
+                result.p99_ms,
+                floor,
+            )
     return out
 
 
@@ -201,8 +219,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-async def _profile(model_dir: Path, redis_url: str, ms: Sequence[int], batches: Sequence[int],
-                   budget_s: float) -> list[StageRow]:  # fmt: skip
+async def _profile(
+    model_dir: Path, redis_url: str, ms: Sequence[int], batches: Sequence[int], budget_s: float
+) -> list[StageRow]:
     path = await RankPath.open(model_dir, redis_url, users=max(batches))
     try:
         return await profile(path, ms, batches, budget_s)

@@ -56,8 +56,14 @@ class ModeRow:
 def _ranker(mode: str) -> Ranker:
     torch.manual_seed(0)
     trained = mode if mode in ("elastic", "linear", "mean") else "svd"
-    config = RankerConfig(n_items=ITEMS, dim=64, heads=4, rank=32, mode=trained,  # type: ignore[arg-type]
-                          half_life_s=HALF_LIFE_S)  # fmt: skip
+    config = RankerConfig(
+        n_items=ITEMS,
+        dim=64,
+        heads=4,
+        rank=32,
+        mode=trained,  # type: ignore[arg-type]
+        half_life_s=HALF_LIFE_S,
+    )
     return Ranker(config).eval()
 
 
@@ -72,8 +78,9 @@ def _time_us(fn: Callable[[], object], repeats: int) -> float:
     return 1e6 * float(np.median(times))
 
 
-def _append_us(builder: StateBuilder, state: UserState, items: np.ndarray, ts: np.ndarray,
-               block: int) -> float:  # fmt: skip
+def _append_us(
+    builder: StateBuilder, state: UserState, items: np.ndarray, ts: np.ndarray, block: int
+) -> float:
     """µs per event of appending the events ``items`` (E,) (no action) in blocks of ``block``
     to ``state``."""
     actions = np.zeros_like(items)
@@ -121,9 +128,12 @@ def measure(mode: str, repeats: int, append_events: int, rng: np.random.Generato
         return ModeRow(mode, None, None, None, score_us)
     fresh, fresh_ts = ids[N:], ts[N:]
     return ModeRow(
-        mode, state.nbytes, _append_us(builder, state, fresh, fresh_ts, 1),
-        _append_us(builder, state, fresh, fresh_ts, 16), score_us,
-    )  # fmt: skip
+        mode,
+        state.nbytes,
+        _append_us(builder, state, fresh, fresh_ts, 1),
+        _append_us(builder, state, fresh, fresh_ts, 16),
+        score_us,
+    )
 
 
 def measure_all(quick: bool, seed: int = 0) -> list[ModeRow]:
@@ -144,8 +154,10 @@ def table(rows: Sequence[ModeRow]) -> list[str]:
         size = "—" if r.state_bytes is None else f"{r.state_bytes:,}"
         single = "—" if r.append_us is None else f"{r.append_us:,.1f}"
         block = "—" if r.block16_us is None else f"{r.block16_us:,.1f}"
-        lines.append(f"| `{r.mode}` | {size} | {single} | {block} | {r.score_us:,.0f} | "
-                     f"{base / r.score_us:,.1f}× |")  # fmt: skip
+        lines.append(
+            f"| `{r.mode}` | {size} | {single} | {block} | {r.score_us:,.0f} | "
+            f"{base / r.score_us:,.1f}× |"
+        )
     sizes = [r.state_bytes for r in rows if r.state_bytes is not None]
     lines += [
         "",
@@ -169,15 +181,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     command = " ".join(
         ["python -m bench.micro.state_modes", *(argv if argv is not None else sys.argv[1:])]
     )
-    text = "\n".join([
-        "## Compressed-state modes: state bytes, append and scoring cost",
-        "",
-        f"Produced by `{command}` in {time.perf_counter() - started:.0f} s "
-        f"({os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}, "
-        f"torch {torch.get_num_threads()} thread(s)); ratios are to `softmax` in the same run.",
-        "",
-        *lines,
-    ])  # fmt: skip
+    text = "\n".join(
+        [
+            "## Compressed-state modes: state bytes, append and scoring cost",
+            "",
+            f"Produced by `{command}` in {time.perf_counter() - started:.0f} s "
+            f"({os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}, "
+            f"torch {torch.get_num_threads()} thread(s)); ratios are to `softmax` in the same run.",
+            "",
+            *lines,
+        ]
+    )
     print(text)
     if args.markdown is not None:
         write_section(args.markdown, "state-modes", text)

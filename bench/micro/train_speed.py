@@ -80,8 +80,10 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     torch.set_num_threads(1)
     data = load_dataset(args.dataset, args.data_dir)
-    print(f"{args.dataset}: contexts of the last {args.max_len} events, B = {args.batch}, "
-          f"median of {args.steps} steps, one thread")  # fmt: skip
+    print(
+        f"{args.dataset}: contexts of the last {args.max_len} events, B = {args.batch}, "
+        f"median of {args.steps} steps, one thread"
+    )
     print("| mode | K | contexts/s | step ms | ÷ softmax |\n|---|---|---|---|---|")
     for k in args.negatives:
         base = None

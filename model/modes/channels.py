@@ -1,5 +1,5 @@
 """`lifelong`: a long-term and a short-term channel, each with its own softmax and its own
-attention output into the scoring MLP (DESIGN §2).
+attention output into the scoring MLP (docs/DESIGN.md §2).
 
 * Long-term: the r interest tokens of the user's svd factors over the whole history (decayed
   by ``half_life_s`` when set, so an old interest fades: the time-aware channel).

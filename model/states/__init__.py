@@ -1,4 +1,4 @@
-"""The user-state family (DESIGN §2): every kind of per-user compressed state.
+"""The user-state family (docs/DESIGN.md §2): every kind of per-user compressed state.
 
 - ``svd``: the truncated-SVD factors of the weighted history (:class:`LowRankState`, with
   the hybrid's window of latest events; ``model.states.svd``),

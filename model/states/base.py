@@ -1,4 +1,4 @@
-"""What every per-user compressed state is (DESIGN §2, "compressed-state family").
+"""What every per-user compressed state is (docs/DESIGN.md §2, "compressed-state family").
 
 A state summarises a user's weighted history in a size independent of its length, absorbs a
 block of new events in O(1) of that length, and serialises to a versioned, checksummed blob

@@ -1,4 +1,5 @@
-"""The one binary codec of the user-state family (DESIGN §4): versioned, little-endian, CRC32.
+"""The one binary codec of the user-state family (docs/DESIGN.md §4): versioned,
+little-endian, CRC32.
 
 Every kind is written in format 3: header (``_HEADER``: magic, version, kind code, flags, n,
 n_eff, t_ref, three dimensions, len(tag)), the UTF-8 tag, then the optional sections the
@@ -99,10 +100,17 @@ def blob_version(blob: bytes) -> int:
 
 # ----------------------------------------------------------------------------- encoding
 def encode_blob(
-    kind: str, n: int, n_eff: float, t_ref: float | None, dims: tuple[int, int, int],
-    tag: str, values: Array, *, residual: float | None = None,
+    kind: str,
+    n: int,
+    n_eff: float,
+    t_ref: float | None,
+    dims: tuple[int, int, int],
+    tag: str,
+    values: Array,
+    *,
+    residual: float | None = None,
     window: RecentEvents | None = None,
-) -> bytes:  # fmt: skip
+) -> bytes:
     """The format-3 blob of one state; ``values`` are stored as float32, ``residual`` (None:
     the kind drops nothing) as float64.
 
@@ -122,9 +130,16 @@ def encode_blob(
         | (_FLAG_HAS_WINDOW if window is not None else 0)
     )
     header = _HEADER.pack(
-        _MAGIC, FAMILY_VERSION, KIND_CODES[kind], flags, n, n_eff,
-        t_ref if t_ref is not None else 0.0, *dims, len(raw_tag),
-    )  # fmt: skip
+        _MAGIC,
+        FAMILY_VERSION,
+        KIND_CODES[kind],
+        flags,
+        n,
+        n_eff,
+        t_ref if t_ref is not None else 0.0,
+        *dims,
+        len(raw_tag),
+    )
     body = b"".join(
         (
             header,

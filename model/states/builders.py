@@ -142,8 +142,9 @@ class SvdBuilder(_FromEvents):
         return self._windowed(super().append(state, items, actions, ts), items, actions, ts)
 
     def _from_rows(self, rows: Array, ts: Array) -> LowRankState:
-        return LowRankState.from_rows(rows, self.rank, oversample=self.oversample, ts=ts,
-                                      decay=self.decay, tag=self.tag)  # fmt: skip
+        return LowRankState.from_rows(
+            rows, self.rank, oversample=self.oversample, ts=ts, decay=self.decay, tag=self.tag
+        )
 
     def _append(self, state: UserState, rows: Array, ts: Array) -> LowRankState:
         return _own(state, LowRankState).append(rows, ts=ts, decay=self.decay)
@@ -193,8 +194,11 @@ class SvdBuilder(_FromEvents):
         ell = min(self.rank + self.oversample, self.dim)
         window = 0 if state.recent is None else state.recent.capacity
         return (state.rank, state.ell, state.d, window) == (
-            self.rank, ell, self.dim, self.recent_tokens,
-        )  # fmt: skip
+            self.rank,
+            ell,
+            self.dim,
+            self.recent_tokens,
+        )
 
 
 @dataclass(frozen=True)
@@ -246,8 +250,9 @@ class LinearBuilder(_FromEvents):
     def fits(self, state: UserState) -> bool:
         spec = self.spec
         return isinstance(state, LinearState) and state.z.shape == (
-            spec.heads, spec.dim // spec.heads,
-        )  # fmt: skip
+            spec.heads,
+            spec.dim // spec.heads,
+        )
 
 
 @dataclass(frozen=True)
@@ -275,9 +280,14 @@ class MeanBuilder(_FromEvents):
 
 
 def make_builder(
-    ranker: Ranker, *, rank: int, oversample: int, decay: Decay | None, tag: str,
+    ranker: Ranker,
+    *,
+    rank: int,
+    oversample: int,
+    decay: Decay | None,
+    tag: str,
     embed: Embed | None = None,
-) -> StateBuilder:  # fmt: skip
+) -> StateBuilder:
     """The builder of the state a ranker trained in ``ranker.config.mode`` is served from;
     events are embedded by ``embed`` (default :func:`ranker_embed`)."""
     config = ranker.config

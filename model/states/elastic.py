@@ -160,9 +160,14 @@ class ElasticState:
         if min(blob.dims) < 1 or np.any(l < 0):
             raise StateFormatError(f"elastic state blob: dimensions {blob.dims}, or l < 0")
         return cls(
-            v[: H * k].reshape(H, k).copy(), l.copy(), v[2 * H * k :].reshape(H, k, dh).copy(),
-            n=blob.n, n_eff=blob.n_eff, t_ref=blob.t_ref, tag=blob.tag,
-        )  # fmt: skip
+            v[: H * k].reshape(H, k).copy(),
+            l.copy(),
+            v[2 * H * k :].reshape(H, k, dh).copy(),
+            n=blob.n,
+            n_eff=blob.n_eff,
+            t_ref=blob.t_ref,
+            tag=blob.tag,
+        )
 
     @classmethod
     def from_bytes(cls, blob: bytes) -> ElasticState:

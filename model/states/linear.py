@@ -126,9 +126,13 @@ class LinearState:
         if np.any(z < 0):  # a sum of positive features
             raise StateFormatError("linear state blob holds a negative normaliser")
         return cls(
-            v[: H * dh * dh].reshape(H, dh, dh).copy(), z.copy(),
-            n=blob.n, n_eff=blob.n_eff, t_ref=blob.t_ref, tag=blob.tag,
-        )  # fmt: skip
+            v[: H * dh * dh].reshape(H, dh, dh).copy(),
+            z.copy(),
+            n=blob.n,
+            n_eff=blob.n_eff,
+            t_ref=blob.t_ref,
+            tag=blob.tag,
+        )
 
     @classmethod
     def from_bytes(cls, blob: bytes) -> LinearState:

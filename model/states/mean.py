@@ -44,9 +44,7 @@ class MeanState:
         return cls(np.zeros(dim), tag=tag)
 
     @classmethod
-    def from_rows(
-        cls, rows: Array, ts: Array, decay: Decay | None, tag: str = ""
-    ) -> MeanState:  # fmt: skip
+    def from_rows(cls, rows: Array, ts: Array, decay: Decay | None, tag: str = "") -> MeanState:
         """The state of rows (N, d) at times ts (N,)."""
         return cls.empty(np.shape(rows)[-1], tag).append(rows, ts, decay)
 

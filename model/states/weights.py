@@ -51,8 +51,10 @@ def elastic_spec(dispatcher: ElasticDispatcher, heads: int) -> ElasticSpec:
     queries = q.reshape(k, heads, dh).transpose(1, 0, 2) / math.sqrt(dh)  # (H, k, d_h)
     return ElasticSpec(
         np.ascontiguousarray(queries),
-        _np(attn.w_k.weight).T.copy(), _np(attn.w_v.weight).T.copy(), _np(attn.w_o.weight).T.copy(),
-    )  # fmt: skip
+        _np(attn.w_k.weight).T.copy(),
+        _np(attn.w_v.weight).T.copy(),
+        _np(attn.w_o.weight).T.copy(),
+    )
 
 
 def linear_spec(attention: LinearTargetAttention, heads: int) -> LinearSpec:

@@ -106,8 +106,10 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.batcher = batcher
         logger.info(
             "solar ready: model %s, max_batch %d, applier %s",
-            model.version, settings.max_batch, settings.applier,
-        )  # fmt: skip
+            model.version,
+            settings.max_batch,
+            settings.applier,
+        )
         try:
             yield
         finally:

@@ -1,4 +1,4 @@
-"""Request and response bodies of the HTTP API (DESIGN §5), with descriptions for /docs.
+"""Request and response bodies of the HTTP API (docs/DESIGN.md §5), with descriptions for /docs.
 
 Limits that depend on settings (candidates and events per request) are checked by the routes
 and answered with 413; everything else malformed is a 422 naming the field.

@@ -1,5 +1,5 @@
-"""The applier (DESIGN §3): owns partitions of the ingest stream and folds the notified users'
-events into their states.
+"""The applier (docs/DESIGN.md §3): owns partitions of the ingest stream and folds the notified
+users' events into their states.
 
 One ``Applier`` per process (``solar worker``, or inside ``solar serve`` unless
 ``SOLAR_APPLIER=external``). Every ``lease_s / 3`` it heartbeats, renews the leases it holds

@@ -1,6 +1,6 @@
 """The /ingest use case: group events by user and, per user, one atomic store step; the whole
 history written to the durable tier before the acknowledgement; no factor update in the
-request (DESIGN §3).
+request (docs/DESIGN.md §3).
 
 One request, in round trips:
 

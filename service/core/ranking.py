@@ -50,8 +50,9 @@ class RankOutcome(NamedTuple):
     def items(self) -> list[tuple[ItemId, float]]:
         """(item id, logit) pairs, best first."""
         ids = self.ids
-        return [(ids[p], s) for p, s in zip(self.positions.tolist(), self.scores.tolist(),
-                                            strict=True)]  # fmt: skip
+        return [
+            (ids[p], s) for p, s in zip(self.positions.tolist(), self.scores.tolist(), strict=True)
+        ]
 
 
 @dataclass

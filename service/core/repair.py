@@ -1,4 +1,4 @@
-"""Rebuilding a user's hot keys from the durable tier (DESIGN §4: key loss is safe).
+"""Rebuilding a user's hot keys from the durable tier (docs/DESIGN.md §4: key loss is safe).
 
 The store answers ``repair`` for a user whose hot keys disagree (the position, the dedup
 ring or the tail lost or malformed: deleted by hand, a partial restore, a foreign write).
@@ -59,6 +59,8 @@ async def repair_user(
     metrics.hot_repairs.labels(outcome="restored" if done else "raced").inc()
     logger.warning(
         "user %s: hot keys rebuilt from %d durable events (%s)",
-        user_id, stored.last_seq, "restored" if done else "another writer first",
-    )  # fmt: skip
+        user_id,
+        stored.last_seq,
+        "restored" if done else "another writer first",
+    )
     return done

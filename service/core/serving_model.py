@@ -235,8 +235,13 @@ def load_serving_model(settings: Settings) -> ServingModel:
     keys, rows = _item_tables(checkpoint)
     logger.info(
         "model %s loaded from %s on %s (d=%d, r=%d, %d items)",
-        checkpoint.version, path, device, config.dim, rank, len(checkpoint.vocab.items),
-    )  # fmt: skip
+        checkpoint.version,
+        path,
+        device,
+        config.dim,
+        rank,
+        len(checkpoint.vocab.items),
+    )
     return ServingModel(
         checkpoint=checkpoint,
         device=device,

@@ -1,5 +1,5 @@
 """A user's event history across the two tiers: the durable tier's events plus the Redis
-tail's events not yet durable (DESIGN §4).
+tail's events not yet durable (docs/DESIGN.md §4).
 
 What the applier and the rank path read, and the one step that moves tail records into the
 durable tier outside /ingest (the sweeper's case: a serve died between its Redis step and its

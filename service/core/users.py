@@ -201,8 +201,9 @@ class UserStates:
                     continue
                 records = await unapplied_records(self.history, user_id, snapshot)
             except LogFormatError:  # the tail lacks what the position says: repair the user
-                await repair_user(user_id, self.store, self.history, self.dedup_window,
-                                  self.metrics)  # fmt: skip
+                await repair_user(
+                    user_id, self.store, self.history, self.dedup_window, self.metrics
+                )
                 continue
             if reason is None:
                 update = functools.partial(self._updated, parsed.state, records)

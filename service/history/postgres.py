@@ -7,7 +7,7 @@ every user. Why segments: a row per event costs more than its 20 bytes in row he
 (a heap tuple header is 23 B), while a segment row of n events costs ~70 B of row and index
 overhead once; its ``data`` is ``codec.encode_segment``'s columnar, deflated blob (about
 11-14 B per event with event ids), so the tier stays under 16 B per event on disk
-(``bench/history.py`` measures it with ``pg_total_relation_size``).
+(``python -m bench.e2e.history`` measures it with ``pg_total_relation_size``).
 
 ``append`` is one round trip (a pipeline: BEGIN, the users' advisory locks, one
 ``INSERT … SELECT FROM unnest`` that stores the chunks that end after what is stored, or

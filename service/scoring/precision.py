@@ -47,9 +47,12 @@ def _calibration(ranker: Ranker, rank: int, seed: int = 0) -> _Calibration:
         tokens = (sigma[:, :rank, None] * vt[:, :rank]).float()  # (B, r, d), like the factors
     mask = torch.ones(B, N, dtype=torch.bool, device=device)
     return _Calibration(
-        rows.to(device), tokens, (items.to(device), actions.to(device)), mask,
+        rows.to(device),
+        tokens,
+        (items.to(device), actions.to(device)),
+        mask,
         torch.zeros(B, N, device=device),
-    )  # fmt: skip
+    )
 
 
 def max_bf16_error(ranker: Ranker, rank: int) -> float:

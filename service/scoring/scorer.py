@@ -155,8 +155,9 @@ class BatchScorer:
         """(B, M) float32 logits of the mode's fused pass (a view into its workspace)."""
         return mode_spec(mode).score(self.serving, inputs)
 
-    def top_k(self, logits: Tensor, inputs: dict[str, Tensor], jobs: Sequence[RankJob]
-              ) -> list[Ranked]:  # fmt: skip
+    def top_k(
+        self, logits: Tensor, inputs: dict[str, Tensor], jobs: Sequence[RankJob]
+    ) -> list[Ranked]:
         """One ``torch.topk`` over the padded logits (padding at -inf), one wait for both."""
         lengths = [int(job.request.candidates.shape[0]) for job in jobs]
         ks = [min(job.top_k, m) for job, m in zip(jobs, lengths, strict=True)]

@@ -1,4 +1,4 @@
-"""The store interface (DESIGN §3, §4): Redis holds what is hot, per user a state blob, a
+"""The store interface (docs/DESIGN.md §3, §4): Redis holds what is hot, per user a state blob, a
 short tail of the event log, a compact dedup ring and a position record.
 
 Every event a user ever had gets an absolute sequence number ``seq`` (1, 2, …). The whole

@@ -1,4 +1,5 @@
-"""The compact exact dedup structure: a ring of the user's last W identity digests (DESIGN §4).
+"""The compact exact dedup structure: a ring of the user's last W identity digests
+(docs/DESIGN.md §4).
 
 Guarantee (the README's sentence): *an event re-sent while it is among the user's last W
 accepted events is counted as a duplicate and never applied twice; an older event (its ts at

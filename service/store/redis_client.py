@@ -127,7 +127,11 @@ async def connect_redis(
             delay_s = min(backoff_s * 2**attempt, _MAX_CONNECT_BACKOFF_S)
             logger.warning(
                 "redis at %s unreachable (attempt %d/%d), retrying in %.2f s: %s",
-                shown, attempt + 1, retries + 1, delay_s, exc,
-            )  # fmt: skip
+                shown,
+                attempt + 1,
+                retries + 1,
+                delay_s,
+                exc,
+            )
             await asyncio.sleep(delay_s)
     raise StoreUnavailable(f"redis at {shown} unreachable after {retries + 1} attempts: {last}")

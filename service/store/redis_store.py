@@ -1,4 +1,4 @@
-"""The production store on Redis or Redis Cluster (DESIGN §4): one Lua script per operation.
+"""The production store on Redis or Redis Cluster (docs/DESIGN.md §4): one Lua script per operation.
 
 The keys of a user share a hash tag (``service.store.keys``), so each script touches one
 slot and runs atomically on one master. The tail of the log is a list of chunks of
@@ -189,17 +189,21 @@ class RedisStore(ObservedStore):
         keys = user_keys(user_id)
         expected = "" if expected_seq is None else str(expected_seq)
         ok = await self._call(
-            "restore", self._restore, [keys.state, keys.log, keys.pos, keys.dedup],
+            "restore",
+            self._restore,
+            [keys.state, keys.log, keys.pos, keys.dedup],
             [expected, seq, ring],
-        )  # fmt: skip
+        )
         return bool(ok)
 
     async def delete(self, user_id: str) -> bool:
         keys = user_keys(user_id)
         existed = await self._call(
-            "delete", self._delete, [keys.state, keys.log, keys.pos, keys.dedup],
+            "delete",
+            self._delete,
+            [keys.state, keys.log, keys.pos, keys.dedup],
             [DELETED_FENCE_TTL_S],
-        )  # fmt: skip
+        )
         return int(existed) > 0
 
     async def ping(self) -> None:

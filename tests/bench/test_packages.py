@@ -88,8 +88,9 @@ def test_every_tool_answers_help_as_python_dash_m() -> None:
         "        raise AssertionError(f'{tool} --help did not exit')\n"
         "    print('ok', tool, flush=True)\n"
     )
-    run = subprocess.run([sys.executable, "-c", code, *TOOLS], cwd=ROOT, capture_output=True,
-                         text=True, timeout=300)  # fmt: skip
+    run = subprocess.run(
+        [sys.executable, "-c", code, *TOOLS], cwd=ROOT, capture_output=True, text=True, timeout=300
+    )
     assert run.returncode == 0, run.stderr[-3000:]
     assert [line.split()[1] for line in run.stdout.splitlines() if line.startswith("ok ")] == list(
         TOOLS

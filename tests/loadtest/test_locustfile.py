@@ -212,8 +212,9 @@ class _Stub(BaseHTTPRequestHandler):
         if url.path == "/metrics":  # one decode-stage observation per /rank so far
             n = _Stub.seen["/rank"]
             name = "solar_rank_stage_seconds_bucket"
-            text = (f'{name}{{le="0.001",stage="decode"}} {n}\n'
-                    f'{name}{{le="+Inf",stage="decode"}} {n}\n')  # fmt: skip
+            text = (
+                f'{name}{{le="0.001",stage="decode"}} {n}\n{name}{{le="+Inf",stage="decode"}} {n}\n'
+            )
             data = text.encode()
             self.send_response(200)
             self.send_header("Content-Length", str(len(data)))
@@ -272,15 +273,38 @@ def test_headless_run_writes_a_summary(stub_url: str, tmp_path: Path) -> None:
     _Stub.seen.clear()
     _Stub.bodies.clear()
     summary = tmp_path / "summary.json"
-    env = dict(os.environ, SOLAR_LT_RATE="50", SOLAR_LT_LOCUST_USERS="5",
-               SOLAR_LT_CANDIDATES="16", SOLAR_LT_SUMMARY=str(summary))  # fmt: skip
+    env = dict(
+        os.environ,
+        SOLAR_LT_RATE="50",
+        SOLAR_LT_LOCUST_USERS="5",
+        SOLAR_LT_CANDIDATES="16",
+        SOLAR_LT_SUMMARY=str(summary),
+    )
     locust = Path(sys.executable).with_name("locust")
     subprocess.run(
-        [str(locust), "-f", str(LOADTEST / "locustfile.py"), "--headless", "--host", stub_url,
-         "--users", "5", "--spawn-rate", "5", "--run-time", "4s", "--only-summary",
-         "--loglevel", "WARNING"],
-        env=env, cwd=tmp_path, check=True, timeout=60, capture_output=True,
-    )  # fmt: skip
+        [
+            str(locust),
+            "-f",
+            str(LOADTEST / "locustfile.py"),
+            "--headless",
+            "--host",
+            stub_url,
+            "--users",
+            "5",
+            "--spawn-rate",
+            "5",
+            "--run-time",
+            "4s",
+            "--only-summary",
+            "--loglevel",
+            "WARNING",
+        ],
+        env=env,
+        cwd=tmp_path,
+        check=True,
+        timeout=60,
+        capture_output=True,
+    )
     document = json.loads(summary.read_text())
     endpoints = document["endpoints"]
     total = endpoints["total"]["requests"]
@@ -299,9 +323,22 @@ def test_headless_run_writes_a_summary(stub_url: str, tmp_path: Path) -> None:
 def test_refuses_a_remote_host(tmp_path: Path) -> None:
     locust = Path(sys.executable).with_name("locust")
     run = subprocess.run(
-        [str(locust), "-f", str(LOADTEST / "locustfile.py"), "--headless",
-         "--host", "http://192.0.2.1:8000", "--users", "1", "--run-time", "2s",
-         "--only-summary"],
-        cwd=tmp_path, timeout=60, capture_output=True, text=True,
-    )  # fmt: skip
+        [
+            str(locust),
+            "-f",
+            str(LOADTEST / "locustfile.py"),
+            "--headless",
+            "--host",
+            "http://192.0.2.1:8000",
+            "--users",
+            "1",
+            "--run-time",
+            "2s",
+            "--only-summary",
+        ],
+        cwd=tmp_path,
+        timeout=60,
+        capture_output=True,
+        text=True,
+    )
     assert "refusing to send load" in run.stdout + run.stderr

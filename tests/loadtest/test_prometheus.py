@@ -22,8 +22,12 @@ def test_prometheus_reports_a_finite_rank_p99(tiny_model_dir: Path) -> None:
     env = dict(os.environ, MODEL_DIR=str(tiny_model_dir), LOAD_S="10", RATE="30")
     run = subprocess.run(
         ["bash", str(ROOT / "loadtest" / "prometheus_check.sh")],
-        env=env, cwd=ROOT, capture_output=True, text=True, timeout=400,
-    )  # fmt: skip
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=400,
+    )
     output = run.stdout + run.stderr
     assert run.returncode == 0, output[-4000:]
     match = re.search(r"p99\(/rank\) = ([0-9.]+) ms", output)

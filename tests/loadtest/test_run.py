@@ -16,12 +16,25 @@ ROOT = Path(__file__).resolve().parents[2]
 @pytest.mark.slow
 def test_run_sh_writes_summary_and_stops_everything(tiny_model_dir: Path, tmp_path: Path) -> None:
     out = tmp_path / "out"
-    env = dict(os.environ, MODEL_DIR=str(tiny_model_dir), OUT=str(out), DURATION="6",
-               RATE="20", USERS="4", SEED_USERS="3", HISTORY="300", CANDIDATES="256")  # fmt: skip
+    env = dict(
+        os.environ,
+        MODEL_DIR=str(tiny_model_dir),
+        OUT=str(out),
+        DURATION="6",
+        RATE="20",
+        USERS="4",
+        SEED_USERS="3",
+        HISTORY="300",
+        CANDIDATES="256",
+    )
     run = subprocess.run(
         ["bash", str(ROOT / "loadtest" / "run.sh")],
-        env=env, cwd=ROOT, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     output = run.stdout + run.stderr
     assert run.returncode == 0, output[-4000:]
     summary = json.loads((out / "summary.json").read_text())

@@ -31,8 +31,7 @@ def ranker() -> Ranker:
     return model.eval()
 
 
-def served_state(ranker: Ranker, items: np.ndarray, actions: np.ndarray, seed: int
-                 ) -> LowRankState:  # fmt: skip
+def served_state(ranker: Ranker, items: np.ndarray, actions: np.ndarray, seed: int) -> LowRankState:
     """The state a service keeps, built from the events in random blocks, in random order."""
     rng = np.random.default_rng(seed)
     order = rng.permutation(items.size)
@@ -60,9 +59,11 @@ def test_serving_from_the_state_equals_the_training_path(ranker: Ranker) -> None
         items = rng.integers(1, CONFIG.n_items, n)
         actions = rng.integers(0, CONFIG.n_actions, n)
         history = HistoryBatch(
-            torch.from_numpy(items)[None], torch.from_numpy(actions)[None],
-            torch.ones(1, n, dtype=torch.bool), torch.ones(1, n),
-        )  # fmt: skip
+            torch.from_numpy(items)[None],
+            torch.from_numpy(actions)[None],
+            torch.ones(1, n, dtype=torch.bool),
+            torch.ones(1, n),
+        )
         with torch.no_grad():
             trained = ranker(cands[None], history, "svd")[0]
         with torch.inference_mode():

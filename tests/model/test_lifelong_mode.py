@@ -17,9 +17,16 @@ from tests.model.modes.support import state_user
 
 L = 3
 CONFIG = RankerConfig(
-    n_items=40, n_actions=3, dim=16, heads=2, rank=4, oversample=4, mlp_hidden=16,
-    mode="lifelong", recent_tokens=L,
-)  # fmt: skip
+    n_items=40,
+    n_actions=3,
+    dim=16,
+    heads=2,
+    rank=4,
+    oversample=4,
+    mlp_hidden=16,
+    mode="lifelong",
+    recent_tokens=L,
+)
 LENGTHS = (0, 1, 2, 3, 12, 30)  # none, shorter than L, exactly L, longer than r + L
 
 
@@ -34,13 +41,16 @@ def ranker() -> Ranker:
 def _history(items: np.ndarray, actions: np.ndarray) -> HistoryBatch:
     n = items.size
     return HistoryBatch(
-        torch.from_numpy(items)[None], torch.from_numpy(actions)[None],
-        torch.ones(1, n, dtype=torch.bool), torch.ones(1, n),
-    )  # fmt: skip
+        torch.from_numpy(items)[None],
+        torch.from_numpy(actions)[None],
+        torch.ones(1, n, dtype=torch.bool),
+        torch.ones(1, n),
+    )
 
 
-def _served(ranker: Ranker, items: np.ndarray, actions: np.ndarray, seed: int, cands: torch.Tensor
-            ) -> torch.Tensor:  # fmt: skip
+def _served(
+    ranker: Ranker, items: np.ndarray, actions: np.ndarray, seed: int, cands: torch.Tensor
+) -> torch.Tensor:
     builder = make_builder(ranker, rank=CONFIG.rank, oversample=4, decay=None, tag="")
     rng = np.random.default_rng(seed)
     order = rng.permutation(items.size)

@@ -163,11 +163,18 @@ def test_serving_tables_follow_weight_updates() -> None:
         state = LowRankState.from_rows(rows.double().numpy(), 4)
         interests = torch.from_numpy(state.interests()).float()
         with torch.inference_mode():
-            return model.score_requests("softmax", [ScoreRequest(
-                candidates=candidates[0], history_items=history.items[0],
-                history_actions=history.actions[0], weights=torch.ones(12),
-                interests=interests,
-            )])[0]  # fmt: skip
+            return model.score_requests(
+                "softmax",
+                [
+                    ScoreRequest(
+                        candidates=candidates[0],
+                        history_items=history.items[0],
+                        history_actions=history.actions[0],
+                        weights=torch.ones(12),
+                        interests=interests,
+                    )
+                ],
+            )[0]
 
     before = served()
     optimiser = torch.optim.SGD(model.parameters(), lr=0.5)

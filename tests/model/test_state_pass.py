@@ -14,15 +14,25 @@ from model.states import Decay, make_builder
 
 def _ranker(mode: str) -> Ranker:
     torch.manual_seed(3)
-    ranker = Ranker(RankerConfig(n_items=60, n_actions=3, dim=32, heads=4, mode=mode,
-                                 elastic_tokens=8, mlp_hidden=32))  # fmt: skip
+    ranker = Ranker(
+        RankerConfig(
+            n_items=60, n_actions=3, dim=32, heads=4, mode=mode, elastic_tokens=8, mlp_hidden=32
+        )
+    )
     with torch.no_grad():
         ranker.action_emb.weight.normal_(0.0, 0.1)
     return ranker.eval()
 
 
-def _request(ranker: Ranker, mode: str, items: torch.Tensor, actions: torch.Tensor,
-             ts: np.ndarray, cands: torch.Tensor, decay: Decay) -> ScoreRequest:  # fmt: skip
+def _request(
+    ranker: Ranker,
+    mode: str,
+    items: torch.Tensor,
+    actions: torch.Tensor,
+    ts: np.ndarray,
+    cands: torch.Tensor,
+    decay: Decay,
+) -> ScoreRequest:
     builder = make_builder(ranker, rank=8, oversample=4, decay=decay, tag="t")
     state = builder.from_events(items.numpy(), actions.numpy(), ts)  # none: the empty state
     features = torch.from_numpy(builder.features(state)).float()

@@ -61,9 +61,16 @@ def test_training_is_deterministic(data: Interactions) -> None:
 
 def test_validation_every_n_steps_and_early_stopping_keep_the_best(data: Interactions) -> None:
     cfg = TrainConfig(
-        epochs=20, batch_size=64, max_len=20, val_users=20, eval_every=3, max_steps=12,
-        lr=0.0, patience=2, progress=False,
-    )  # fmt: skip
+        epochs=20,
+        batch_size=64,
+        max_len=20,
+        val_users=20,
+        eval_every=3,
+        max_steps=12,
+        lr=0.0,
+        patience=2,
+        progress=False,
+    )
     result = train(_model_cfg(data, "mean"), data, cfg)
     # lr 0: every validation scores the initial weights, so none improves on the first and
     # training stops after patience=2 more validations (at steps 3, 6, 9).
@@ -133,8 +140,21 @@ def test_cli_trains_and_evaluates_a_log_with_other_column_names(
     assert main([*argv, *columns, "--device", "cpu"]) == 0
     ckpt = load_checkpoint(out)
     assert ckpt.vocab.items[0].startswith("sku-") and ckpt.vocab.actions == ("view",)
-    assert eval_main(["--checkpoint", str(out), "--dataset", str(path), *columns,
-                      "--negatives", "20", "--json"]) == 0  # fmt: skip
+    assert (
+        eval_main(
+            [
+                "--checkpoint",
+                str(out),
+                "--dataset",
+                str(path),
+                *columns,
+                "--negatives",
+                "20",
+                "--json",
+            ]
+        )
+        == 0
+    )
     assert main([*argv, "--columns", "user=customer_id,item=product,ts=event_time"]) == 1
     assert "no column 'product'" in caplog.text and str(path) in caplog.text
     with pytest.raises(SystemExit) as exc:
@@ -144,8 +164,18 @@ def test_cli_trains_and_evaluates_a_log_with_other_column_names(
 
 def test_a_step_budget_trains_the_same_model_twice(tmp_path: Path, data: Interactions) -> None:
     path = _shop_log(tmp_path / "shop.csv", data, users=20)
-    argv = ["--dataset", str(path), "--columns", "user=customer_id,item=sku,ts=event_time",
-            "--max-steps", "6", "--batch-size", "32", "--max-len", "10"]  # fmt: skip
+    argv = [
+        "--dataset",
+        str(path),
+        "--columns",
+        "user=customer_id,item=sku,ts=event_time",
+        "--max-steps",
+        "6",
+        "--batch-size",
+        "32",
+        "--max-len",
+        "10",
+    ]
     assert main([*argv, "--out", str(tmp_path / "a")]) == 0
     assert main([*argv, "--out", str(tmp_path / "b")]) == 0
     a, b = load_checkpoint(tmp_path / "a"), load_checkpoint(tmp_path / "b")

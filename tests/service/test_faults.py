@@ -57,7 +57,7 @@ def _events(users: list[str], per_user: int, seed: int) -> list[dict[str, Any]]:
             1_000.0 + j + rng.random(),
             rng.choice([None, "click"]),
             f"{u}-{j}",
-        )  # fmt: skip
+        )
         for u in users
         for j in range(per_user)
     ]
@@ -246,8 +246,10 @@ def test_two_serves_and_two_workers_on_hot_users(
                 client.close()
         seconds = time.monotonic() - start
         conflicts = sum(w.metric("solar_store_conflicts_total") for w in workers)
-        print(f"\nhot users: {conflicts:g} lost commits in {seconds:.1f} s "
-              f"({conflicts / seconds:.2f}/s) over {len(sent)} events")  # fmt: skip
+        print(
+            f"\nhot users: {conflicts:g} lost commits in {seconds:.1f} s "
+            f"({conflicts / seconds:.2f}/s) over {len(sent)} events"
+        )
         assert conflicts <= 2  # one writer per partition: at most a take-over race
         _check_exactly_once(redis_url, checkpoint_dir, sent)
     finally:
@@ -444,9 +446,13 @@ def test_a_serve_killed_between_store_and_announce_leaves_no_user_pending(
     retry: once the sweeper ran, no user is pending, nothing is applied twice, and every
     acknowledged event is in the durable history."""
     env = _env(
-        checkpoint_dir, redis_url, shared_history, SOLAR_APPLIER="external",
-        SOLAR_SWEEP_S="0.5", SOLAR_SWEEP_GRACE_S="1.0",
-    )  # fmt: skip
+        checkpoint_dir,
+        redis_url,
+        shared_history,
+        SOLAR_APPLIER="external",
+        SOLAR_SWEEP_S="0.5",
+        SOLAR_SWEEP_GRACE_S="1.0",
+    )
     users = [f"s{i}" for i in range(200)]
     sent = _events(users, 50, seed=7)
     bodies = [sent[i : i + 1_000] for i in range(0, len(sent), 1_000)]

@@ -60,8 +60,9 @@ def test_sync_client_against_a_real_server(server_url: str) -> None:
         ranked = solar.rank("u1", [1, 2, "alpha", "nope"], top_k=3, mode="svd_exact")
         assert ranked.mode == "svd_exact" and ranked.history_length == 30
         assert len(ranked.items) == 3 and ranked.unknown_items == ("nope",)
-        assert [i.score for i in ranked.items] == sorted((i.score for i in ranked.items),
-                                                        reverse=True)  # fmt: skip
+        assert [i.score for i in ranked.items] == sorted(
+            (i.score for i in ranked.items), reverse=True
+        )
         user = solar.user("u1")
         assert user.history_length == 30 and len(user.singular_values) == RANK
         assert user.last_ts == 1_029.0 and user.model_version == model.version

@@ -123,9 +123,19 @@ async def test_vocabulary_pages_through_model_items() -> None:
 
 def test_main_returns_1_when_the_service_is_unreachable() -> None:
     code = replay_module.main(
-        ["--url", "http://127.0.0.1:9", "--synthetic", "--users", "1", "--events", "1",
-         "--wait-ready", "0.3", "--no-progress"]
-    )  # fmt: skip
+        [
+            "--url",
+            "http://127.0.0.1:9",
+            "--synthetic",
+            "--users",
+            "1",
+            "--events",
+            "1",
+            "--wait-ready",
+            "0.3",
+            "--no-progress",
+        ]
+    )
     assert code == 1
 
 

@@ -17,9 +17,15 @@ from solar_tools.results import (
 
 
 def test_rank_result() -> None:
-    body = {"user_id": "u", "model_version": "v", "mode": "svd", "history_length": 3,
-            "items": [{"item_id": 7, "score": 1}, {"item_id": "a", "score": 0.5}],
-            "unknown_items": ["zz"], "added_later": True}  # fmt: skip
+    body = {
+        "user_id": "u",
+        "model_version": "v",
+        "mode": "svd",
+        "history_length": 3,
+        "items": [{"item_id": 7, "score": 1}, {"item_id": "a", "score": 0.5}],
+        "unknown_items": ["zz"],
+        "added_later": True,
+    }
     result = RankResult.from_json(body)
     assert result.item_ids == [7, "a"] and result.items[0].score == 1.0
     assert result.unknown_items == ("zz",) and result.history_length == 3
@@ -28,14 +34,34 @@ def test_rank_result() -> None:
 
 
 def test_user_model_and_page() -> None:
-    user = UserInfo.from_json({"user_id": "u", "history_length": 2, "rank": 2,
-                               "singular_values": [2, 1], "residual_ratio": 0,
-                               "last_ts": None, "model_version": "v"})  # fmt: skip
+    user = UserInfo.from_json(
+        {
+            "user_id": "u",
+            "history_length": 2,
+            "rank": 2,
+            "singular_values": [2, 1],
+            "residual_ratio": 0,
+            "last_ts": None,
+            "model_version": "v",
+        }
+    )
     assert user.singular_values == (2.0, 1.0) and user.last_ts is None
-    model = ModelInfo.from_json({"version": "v", "d": 64, "r": 32, "dim": 64, "rank": 32,
-                                 "oversample": 16, "half_life_s": None, "vocabulary_size": 9,
-                                 "n_items": 10, "actions": ["click"], "modes": ["svd"],
-                                 "device": "cpu"})  # fmt: skip
+    model = ModelInfo.from_json(
+        {
+            "version": "v",
+            "d": 64,
+            "r": 32,
+            "dim": 64,
+            "rank": 32,
+            "oversample": 16,
+            "half_life_s": None,
+            "vocabulary_size": 9,
+            "n_items": 10,
+            "actions": ["click"],
+            "modes": ["svd"],
+            "device": "cpu",
+        }
+    )
     assert (model.d, model.r, model.vocabulary_size, model.actions) == (64, 32, 9, ("click",))
     page = ItemsPage.from_json({"offset": 0, "limit": 2, "total": 3, "items": [1, "b"]})
     assert not page.last and ItemsPage(2, 2, 3, ("c",)).last and ItemsPage(0, 5, 0).last

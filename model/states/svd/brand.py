@@ -1,4 +1,4 @@
-"""The Brand thin-SVD row update of a state's factors, and the helpers it needs (DESIGN §2).
+"""The Brand thin-SVD row update of a state's factors, and the helpers it needs (docs/DESIGN.md §2).
 
 Pure float64 array functions on (σ (ℓ,), V (d, ℓ)); :class:`model.states.LowRankState`
 composes them. U is never formed.

@@ -1,4 +1,4 @@
-"""The user's last k raw events, kept beside the factors for the `svd` hybrid (DESIGN §2).
+"""The user's last k raw events, kept beside the factors for the `svd` hybrid (docs/DESIGN.md §2).
 
 With ``recent_tokens = k > 0`` the ranker lets candidates attend to the r interest tokens and,
 in the same softmax, to the rows x_j of the user's k latest events. The state keeps those

@@ -1,6 +1,6 @@
 """Eigen-decomposition of diag(σ²) + z zᵀ through the secular equation (one-event updates).
 
-A one-row Brand update (DESIGN §2) needs the right singular vectors of the arrow matrix
+A one-row Brand update (docs/DESIGN.md §2) needs the right singular vectors of the arrow matrix
 K = [[diag σ, 0], [p, ρ]], i.e. the eigenvectors of KᵀK = diag(d) + z zᵀ with d = [σ², 0]
 and z = [p, ρ]. A diagonal plus a rank-one term has n = ℓ + 1 eigenvalues that interlace
 the poles d_j; each is the root of f(λ) = 1 + Σ_j z_j² / (d_j - λ) in its own interval.

@@ -2,8 +2,8 @@
 
 For a history X (N×d) with weights w, the state holds the rank-ℓ truncated SVD
 W^{1/2} X ≈ U diag(σ) Vᵀ without U, plus s = Σ w_j x_j, n_eff = Σ w_j, the event count n,
-the reference time t_ref and the residual energy ρ dropped by truncation (DESIGN §2); for the
-`svd` hybrid also the user's latest events (``recent``, kept by the svd builder).
+the reference time t_ref and the residual energy ρ dropped by truncation (docs/DESIGN.md §2);
+for the `svd` hybrid also the user's latest events (``recent``, kept by the svd builder).
 
 Invariants kept by every constructor and by :meth:`LowRankState.append`:
 
@@ -37,9 +37,12 @@ Array = NDArray[np.float64]
 
 
 def _weighted(
-    weights: ArrayLike | None, ts: ArrayLike | None, n: int, t_ref: float | None,
+    weights: ArrayLike | None,
+    ts: ArrayLike | None,
+    n: int,
+    t_ref: float | None,
     decay: Decay | None,
-) -> tuple[Array, Clock | None]:  # fmt: skip
+) -> tuple[Array, Clock | None]:
     """The weights (n,) of n rows, times their decay seen from the new t_ref, and the block's
     clock (None without times: t_ref stays)."""
     w = as_vector(weights, n, "weights")
@@ -201,7 +204,7 @@ class LowRankState:
         """How many of the first r tokens are live: σ_k > 1e-6·σ_1 (0 for no history).
 
         The others (a history shorter than r, or of rank < r) carry no information and are
-        left out of the softmax (DESIGN §2), in serving as in training.
+        left out of the softmax (docs/DESIGN.md §2), in serving as in training.
         """
         r = self.rank if r is None else r
         top = float(self.sigma[0]) if self.ell else 0.0
@@ -272,9 +275,16 @@ class LowRankState:
         """The family's format-3 blob, kind svd (≤ 16 KB at d=64, ℓ=48; ``model.states.blob``)."""
         values = np.concatenate((self.sigma, self.V.ravel(), self.s))
         return encode_blob(
-            self.kind, self.n, self.n_eff, self.t_ref, (self.d, self.ell, self.rank), self.tag,
-            values, residual=self.residual, window=self.recent,
-        )  # fmt: skip
+            self.kind,
+            self.n,
+            self.n_eff,
+            self.t_ref,
+            (self.d, self.ell, self.rank),
+            self.tag,
+            values,
+            residual=self.residual,
+            window=self.recent,
+        )
 
     @classmethod
     def from_blob(cls, blob: Blob) -> LowRankState:

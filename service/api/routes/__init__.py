@@ -1,4 +1,4 @@
-"""One router per resource: rank, ingest, users, model, health (DESIGN §5)."""
+"""One router per resource: rank, ingest, users, model, health (docs/DESIGN.md §5)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Operational routes: /healthz, /readyz and /metrics (DESIGN §5)."""
+"""Operational routes: /healthz, /readyz and /metrics (docs/DESIGN.md §5)."""
 
 from __future__ import annotations
 

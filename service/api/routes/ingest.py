@@ -1,4 +1,4 @@
-"""POST /ingest: absorb events, as one JSON document or streamed NDJSON (DESIGN §5)."""
+"""POST /ingest: absorb events, as one JSON document or streamed NDJSON (docs/DESIGN.md §5)."""
 
 from __future__ import annotations
 

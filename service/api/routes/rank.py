@@ -1,4 +1,4 @@
-"""POST /rank: score candidates for a user (DESIGN §5)."""
+"""POST /rank: score candidates for a user (docs/DESIGN.md §5)."""
 
 from __future__ import annotations
 

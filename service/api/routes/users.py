@@ -1,4 +1,4 @@
-"""GET and DELETE /users/{user_id}: inspect or forget a user (DESIGN §5)."""
+"""GET and DELETE /users/{user_id}: inspect or forget a user (docs/DESIGN.md §5)."""
 
 from __future__ import annotations
 

@@ -11,8 +11,10 @@ from bench.e2e import loadrange
 
 def _row(rate: float | None, p99_s: float) -> dict[str, Any]:
     result = MixedResult(offered_rate=rate, seconds=10.0, rank_s=[0.001] * 98 + [p99_s] * 2)
-    server = {"solar_rank_stage_seconds": {"pass": {"count": 100, "p50": 1.0, "p99": 7.5}},
-              "solar_gc_pause_seconds": {"0": {"count": 3, "p50": 0.5, "p99": 0.9}}}  # fmt: skip
+    server = {
+        "solar_rank_stage_seconds": {"pass": {"count": 100, "p50": 1.0, "p99": 7.5}},
+        "solar_gc_pause_seconds": {"0": {"count": 3, "p50": 0.5, "p99": 0.9}},
+    }
     worker = {"solar_apply_lag_seconds": {"all": {"count": 5, "p50": 5.0, "p99": 40.0}}}
     return loadrange._row(rate, result, server, worker)
 
@@ -26,8 +28,15 @@ def test_a_row_holds_the_client_and_server_figures() -> None:
 
 def test_markdown_shows_each_rate_with_the_median_and_every_round() -> None:
     rounds = [[_row(30.0, 0.01), _row(None, 0.05)], [_row(30.0, 0.03), _row(None, 0.05)]]
-    args = argparse.Namespace(base="main", users=10, seed_users=2, events=5, seconds=1.0,
-                              saturation_seconds=1.0, concurrency=2)  # fmt: skip
+    args = argparse.Namespace(
+        base="main",
+        users=10,
+        seed_users=2,
+        events=5,
+        seconds=1.0,
+        saturation_seconds=1.0,
+        concurrency=2,
+    )
     text = loadrange.markdown({"base": rounds, "this": rounds[:1]}, args, "cmd", (1.0, 2.0))
     lines = [line for line in text.splitlines() if line.startswith("| `main` | 30 |")]
     assert len(lines) == 1 and "| 0 |" in lines[0]  # no failures

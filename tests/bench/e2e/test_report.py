@@ -29,10 +29,24 @@ def test_outputs_hold_tables_ratios_and_plots(report: types.ModuleType, tmp_path
         for n in (1_000, 100_000)
     ]
     batches = [report.BatchPoint(b, 100.0 * b, 5.0, 9.0 + b, 0) for b in (1, 8)]
-    settings = {"candidates": 2048, "requests": 5, "point_seconds": 1.0, "concurrency": 4,
-                "batch_seconds": 1.0, "ns": [1_000, 100_000], "batches": [1, 8]}  # fmt: skip
-    doc = report.Report("python -m bench.e2e.report", report.machine_info(), settings,
-                        latency, batches, 60.0, 1234.0)  # fmt: skip
+    settings = {
+        "candidates": 2048,
+        "requests": 5,
+        "point_seconds": 1.0,
+        "concurrency": 4,
+        "batch_seconds": 1.0,
+        "ns": [1_000, 100_000],
+        "batches": [1, 8],
+    }
+    doc = report.Report(
+        "python -m bench.e2e.report",
+        report.machine_info(),
+        settings,
+        latency,
+        batches,
+        60.0,
+        1234.0,
+    )
     report.write_outputs(doc, tmp_path)
     md = (tmp_path / "BENCHMARKS.md").read_text()
     assert "python -m bench.e2e.report" in md and "1,234 events/s" in md

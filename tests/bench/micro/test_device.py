@@ -9,8 +9,18 @@ from bench.micro import device
 
 def test_quick_run_writes_its_section(tmp_path: Path) -> None:
     markdown = tmp_path / "BENCHMARKS.md"
-    argv = ["--devices", "cpu", "--ms", "64,128", "--batches", "1,4", "--seconds", "0.05",
-            "--markdown", str(markdown)]  # fmt: skip
+    argv = [
+        "--devices",
+        "cpu",
+        "--ms",
+        "64,128",
+        "--batches",
+        "1,4",
+        "--seconds",
+        "0.05",
+        "--markdown",
+        str(markdown),
+    ]
     assert device.main(argv) == 0
     text = markdown.read_text()
     assert "<!-- begin:device -->" in text

@@ -9,8 +9,19 @@ from bench.micro import fusions
 
 def test_eager_variants_agree_and_are_timed(tmp_path: Path) -> None:
     markdown = tmp_path / "BENCHMARKS.md"
-    argv = ["--m", "64", "--batches", "1,2", "--rounds", "1", "--budget-s", "0.01",
-            "--no-compile", "--markdown", str(markdown)]  # fmt: skip
+    argv = [
+        "--m",
+        "64",
+        "--batches",
+        "1,2",
+        "--rounds",
+        "1",
+        "--budget-s",
+        "0.01",
+        "--no-compile",
+        "--markdown",
+        str(markdown),
+    ]
     assert fusions.main(argv) == 0
     rows = [
         line.split("|") for line in markdown.read_text().splitlines() if line.startswith("| 64 |")

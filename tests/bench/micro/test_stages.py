@@ -17,8 +17,16 @@ def test_quick_profile_writes_its_section(tmp_path: Path) -> None:
     markdown = tmp_path / "BENCHMARKS.md"
     markdown.write_text("# Benchmarks\n\nprose kept\n")
     out = tmp_path / "stages.json"
-    argv = ["--quick", "--no-http", "--budget-s", "0.02", "--markdown", str(markdown),
-            "--json", str(out)]  # fmt: skip
+    argv = [
+        "--quick",
+        "--no-http",
+        "--budget-s",
+        "0.02",
+        "--markdown",
+        str(markdown),
+        "--json",
+        str(out),
+    ]
     assert stages.main(argv) == 0
     text = markdown.read_text()
     assert text.startswith("# Benchmarks\n\nprose kept\n")

@@ -32,8 +32,10 @@ def _write(path: Path, text: str) -> Path:
 
 def test_parse_columns() -> None:
     assert parse_columns("user=customer_id,item=sku,ts=event_time") == {
-        "user": "customer_id", "item": "sku", "ts": "event_time"
-    }  # fmt: skip
+        "user": "customer_id",
+        "item": "sku",
+        "ts": "event_time",
+    }
     assert parse_columns(" user = a , action=k ,") == {"user": "a", "action": "k"}
     for spec, message in [
         ("user", "not ROLE=COLUMN"),
@@ -52,8 +54,11 @@ def test_csv_with_a_column_mapping_and_mixed_time_formats(tmp_path: Path) -> Non
     assert data.vocab.items == ("A-1", "B-2") and data.vocab.actions == ("buy", "view")
     assert data.ts.tolist() == [T0, T0 + 60, T0, T0 + 30]  # per user, in time order
     assert [data.vocab.actions[a - 1] if a else None for a in data.actions] == [
-        "buy", None, "view", "view"
-    ]  # fmt: skip
+        "buy",
+        None,
+        "view",
+        "view",
+    ]
 
 
 def test_mapped_names_match_case_insensitively_and_defaults_fill_the_rest(
@@ -108,10 +113,17 @@ def test_empty_id_names_its_row(tmp_path: Path) -> None:
 def test_unix_seconds_of_every_form() -> None:
     moment = datetime(2024, 5, 1, 12, 0, tzinfo=timezone.utc)
     values: list[object] = [
-        T0, int(T0), str(T0), "2024-05-01T12:00:00Z", "2024-05-01T14:00:00+02:00",
-        "2024-05-01T12:00:00", moment, moment.replace(tzinfo=None),
-        moment.astimezone(timezone(timedelta(hours=-5))), date(2024, 5, 1),
-    ]  # fmt: skip
+        T0,
+        int(T0),
+        str(T0),
+        "2024-05-01T12:00:00Z",
+        "2024-05-01T14:00:00+02:00",
+        "2024-05-01T12:00:00",
+        moment,
+        moment.replace(tzinfo=None),
+        moment.astimezone(timezone(timedelta(hours=-5))),
+        date(2024, 5, 1),
+    ]
     got = unix_seconds(values, Path("f.csv"), "ts").tolist()
     assert got == [T0] * 9 + [T0 - 12 * 3600]
     with pytest.raises(DatasetError, match="data row 2: cannot read None"):

@@ -26,7 +26,7 @@ def test_padded_batch_scores_equal_each_request_alone_unpadded(mode: str) -> Non
     requests = [
         ScoreRequest(
             torch.randint(0, 500, (m,), generator=gen), interests=torch.randn(t, 64, generator=gen)
-        )  # fmt: skip
+        )
         for m, t in ((130, 5), (7, 33), (64, 16))
     ]
     spec = mode_spec(mode)

@@ -51,9 +51,14 @@ def test_an_unknown_mode_is_a_clear_error() -> None:
 
 def test_state_kinds_and_served_modes() -> None:
     assert {m: state_kind(m) for m in ATTENTION_MODES} == {
-        "svd": "svd", "svd_exact": "svd", "softmax": "svd",
-        "elastic": "elastic", "linear": "linear", "mean": "mean", "lifelong": "lifelong",
-    }  # fmt: skip
+        "svd": "svd",
+        "svd_exact": "svd",
+        "softmax": "svd",
+        "elastic": "elastic",
+        "linear": "linear",
+        "mean": "mean",
+        "lifelong": "lifelong",
+    }
     assert SERVING_MODES == ("svd", "svd_exact", "softmax")
     assert sorted(BASELINE_MODES) == ["elastic", "linear", "mean"]
     for mode in ATTENTION_MODES:

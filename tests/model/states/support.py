@@ -20,8 +20,15 @@ def ranker(
 ) -> Ranker:
     """A random float64 ranker trained "in" ``mode`` (eval mode), 50 items and 3 actions."""
     torch.manual_seed(seed)
-    config = RankerConfig(n_items=50, n_actions=3, dim=dim, heads=heads, mode=mode,
-                          elastic_tokens=TOKENS, recent_tokens=recent_tokens)  # fmt: skip
+    config = RankerConfig(
+        n_items=50,
+        n_actions=3,
+        dim=dim,
+        heads=heads,
+        mode=mode,
+        elastic_tokens=TOKENS,
+        recent_tokens=recent_tokens,
+    )
     model = Ranker(config).double().eval()
     with torch.no_grad():
         model.action_emb.weight[1:].normal_(0.0, 0.1)  # row 0, "no action", stays 0
@@ -64,9 +71,19 @@ def legacy_blob(state: LowRankState) -> bytes:
     d, ell = state.V.shape
     version = 1 if state.recent is None else 2
     header = struct.pack(
-        "<4sHHHHHQdddB", b"SOLR", version, d, ell, state.rank, int(state.t_ref is not None),
-        state.n, state.n_eff, 0.0 if state.t_ref is None else state.t_ref, state.residual, len(tag),
-    )  # fmt: skip
+        "<4sHHHHHQdddB",
+        b"SOLR",
+        version,
+        d,
+        ell,
+        state.rank,
+        int(state.t_ref is not None),
+        state.n,
+        state.n_eff,
+        0.0 if state.t_ref is None else state.t_ref,
+        state.residual,
+        len(tag),
+    )
     arrays = [state.sigma, state.V.ravel(), state.s]
     body = header + tag + b"".join(a.astype("<f4").tobytes() for a in arrays)
     if state.recent is not None:

@@ -50,8 +50,12 @@ KINDS = tuple(STATES)
 
 
 def _arrays(state: UserState) -> list[np.ndarray]:
-    names = {"svd": ("sigma", "V", "s"), "elastic": ("m", "l", "a"), "linear": ("S", "z"),
-             "mean": ("s",)}[state.kind]  # fmt: skip
+    names = {
+        "svd": ("sigma", "V", "s"),
+        "elastic": ("m", "l", "a"),
+        "linear": ("S", "z"),
+        "mean": ("s",),
+    }[state.kind]
     return [getattr(state, name) for name in names]
 
 
@@ -145,8 +149,12 @@ def test_encoding_refuses_long_tags_and_non_finite_values() -> None:
     blob = encode_blob("mean", 3, 2.5, None, (2, 0, 0), "t", np.array([1.0, 2.0]))
     decoded = decode_blob(blob)
     assert (decoded.kind, decoded.n, decoded.n_eff, decoded.t_ref, decoded.tag) == (
-        "mean", 3, 2.5, None, "t",
-    )  # fmt: skip
+        "mean",
+        3,
+        2.5,
+        None,
+        "t",
+    )
     assert set(KIND_CODES) == {"svd", "elastic", "linear", "mean"}
 
 
@@ -279,12 +287,17 @@ def test_a_corrupted_recent_events_window_is_rejected() -> None:
             + body[times + 8 : times + 16]
             + body[times : times + 8]
             + body[times + 16 :]
-        ),  # fmt: skip
+        ),
         "nan": _reseal(body[:times] + struct.pack("<d", math.nan) + body[times + 8 :]),
         "negative": _reseal(body[: window + 4] + struct.pack("<i", -1) + body[window + 8 :]),
     }
-    messages = {"count": "recent events", "capacity": "capacity", "order": "time order",
-                "nan": "non-finite", "negative": "negative"}  # fmt: skip
+    messages = {
+        "count": "recent events",
+        "capacity": "capacity",
+        "order": "time order",
+        "nan": "non-finite",
+        "negative": "negative",
+    }
     for name, bad in cases.items():
         with pytest.raises(StateFormatError, match=messages[name]):
             LowRankState.from_bytes(bad)
@@ -414,9 +427,16 @@ def test_corrupted_format_1_and_2_blobs_are_rejected() -> None:
         "window too long": _reseal(window + b"\0" * 16),
         "window order": _reseal(window[:-16] + window[-8:] + window[-16:-8]),
     }
-    messages = {"truncated": "bytes", "padded": "bytes", "crc": "checksum",
-                "rank > ell": "dimensions", "nan sigma": "non-finite", "bad tag": "UTF-8",
-                "window too long": "bytes", "window order": "time order"}  # fmt: skip
+    messages = {
+        "truncated": "bytes",
+        "padded": "bytes",
+        "crc": "checksum",
+        "rank > ell": "dimensions",
+        "nan sigma": "non-finite",
+        "bad tag": "UTF-8",
+        "window too long": "bytes",
+        "window order": "time order",
+    }
     for name, bad in cases.items():
         with pytest.raises(StateFormatError, match=messages[name]):
             decode_user_state(bad)

@@ -21,8 +21,9 @@ def test_elastic_tokens_do_not_drift(half_life_s: float | None) -> None:
     ts = np.arange(EVENTS) * 30.0  # an event every 30 s, in order
     state = ElasticState.empty(spec)
     for j in range(EVENTS):
-        state = ElasticState.from_bytes(state.to_bytes()).append(rows[j : j + 1], ts[j : j + 1],
-                                                                 spec, decay)  # fmt: skip
+        state = ElasticState.from_bytes(state.to_bytes()).append(
+            rows[j : j + 1], ts[j : j + 1], spec, decay
+        )
     batch = ElasticState.from_rows(rows, ts, spec, decay).tokens(spec)
     np.testing.assert_allclose(state.tokens(spec), batch, atol=1e-5 * np.abs(batch).max())
 
@@ -35,8 +36,9 @@ def test_linear_sums_do_not_drift(half_life_s: float | None) -> None:
     ts = np.arange(EVENTS) * 30.0
     state = LinearState.empty(spec)
     for j in range(EVENTS):
-        state = LinearState.from_bytes(state.to_bytes()).append(rows[j : j + 1], ts[j : j + 1],
-                                                               spec, decay)  # fmt: skip
+        state = LinearState.from_bytes(state.to_bytes()).append(
+            rows[j : j + 1], ts[j : j + 1], spec, decay
+        )
     batch = LinearState.from_rows(rows, ts, spec, decay)
     np.testing.assert_allclose(state.S, batch.S, atol=1e-5 * np.abs(batch.S).max())
     np.testing.assert_allclose(state.z, batch.z, atol=1e-5 * np.abs(batch.z).max())

@@ -13,8 +13,9 @@ from model.states.weights import elastic_spec
 from tests.model.states.support import HEADS, TOKENS, blocks, events, log_weights, ranker
 
 
-def _training_tokens(head: ElasticHead, rows: np.ndarray, ts: np.ndarray, decay: Decay | None
-                     ) -> np.ndarray:  # fmt: skip
+def _training_tokens(
+    head: ElasticHead, rows: np.ndarray, ts: np.ndarray, decay: Decay | None
+) -> np.ndarray:
     """The batch dispatcher output (k, d) of the training path (float64)."""
     X = torch.from_numpy(rows)[None]  # (1, N, d)
     mask = torch.ones(1, rows.shape[0], dtype=torch.bool)

@@ -50,8 +50,9 @@ def test_random_blocks_out_of_order_equal_the_batch_computation(
     # ... and the candidates' outputs equal the training layer's on the whole history.
     cand = torch.randn(1, 7, 64, dtype=torch.float64)
     with torch.no_grad():
-        expected = head.attention(cand, torch.from_numpy(rows)[None],
-                                  torch.ones(1, 89, dtype=torch.bool), w)  # fmt: skip
+        expected = head.attention(
+            cand, torch.from_numpy(rows)[None], torch.ones(1, 89, dtype=torch.bool), w
+        )
         got = linear_outputs(head, cand, torch.from_numpy(state.summary())[None])
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=0)
 

@@ -24,8 +24,13 @@ def test_random_blocks_equal_the_training_head(half_life_s: float | None) -> Non
     cand = torch.randn(1, 5, 64, dtype=torch.float64)
     w = log_weights(ts, decay).exp()
     with torch.no_grad():
-        expected = head(None, cand, torch.from_numpy(rows)[None],  # type: ignore[arg-type]
-                        torch.ones(1, 61, dtype=torch.bool), w)  # fmt: skip
+        expected = head(
+            None,
+            cand,
+            torch.from_numpy(rows)[None],  # type: ignore[arg-type]
+            torch.ones(1, 61, dtype=torch.bool),
+            w,
+        )
         got = mean_outputs(head, torch.from_numpy(state.pooled())[None], 5)
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=0)
     assert state.nbytes == 39 + 64 * 4 + 4

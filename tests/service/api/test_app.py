@@ -27,8 +27,13 @@ async def test_rank_contract(client: httpx.AsyncClient, checkpoint_dir: Path) ->
     assert response.status_code == 200, response.text
     body = response.json()
     assert set(body) == {
-        "user_id", "model_version", "mode", "history_length", "items", "unknown_items"
-    }  # fmt: skip
+        "user_id",
+        "model_version",
+        "mode",
+        "history_length",
+        "items",
+        "unknown_items",
+    }
     assert body["user_id"] == "u1"
     assert body["model_version"] == load_checkpoint(checkpoint_dir).version
     assert body["mode"] == "svd"

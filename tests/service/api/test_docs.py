@@ -36,8 +36,9 @@ def _apt_install(package: str) -> str:
     first = subprocess.run(install, env=env, capture_output=True, text=True, timeout=600)
     if first.returncode == 0:
         return first.stdout
-    update = subprocess.run(["apt-get", "-q", "update"], env=env, capture_output=True, text=True,
-                            timeout=600)  # fmt: skip
+    update = subprocess.run(
+        ["apt-get", "-q", "update"], env=env, capture_output=True, text=True, timeout=600
+    )
     second = subprocess.run(install, env=env, capture_output=True, text=True, timeout=600)
     return first.stderr + update.stderr + second.stdout + second.stderr
 
@@ -67,12 +68,20 @@ def base_url(checkpoint_dir: Path) -> Iterator[str]:
 def render(chromium: str, url: str, profile: Path) -> str:
     """The DOM of ``url`` after the page ran, loaded with every non-loopback request failing."""
     command = [
-        chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-        "--no-first-run", "--disable-extensions", f"--user-data-dir={profile}",
+        chromium,
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--no-first-run",
+        "--disable-extensions",
+        f"--user-data-dir={profile}",
         f"--proxy-server=http://127.0.0.1:{free_port()}",  # nothing listens there
         "--host-resolver-rules=MAP * ~NOTFOUND , EXCLUDE 127.0.0.1",
-        f"--virtual-time-budget={VIRTUAL_TIME_MS}", "--dump-dom", url,
-    ]  # fmt: skip
+        f"--virtual-time-budget={VIRTUAL_TIME_MS}",
+        "--dump-dom",
+        url,
+    ]
     run = subprocess.run(command, capture_output=True, text=True, timeout=180)
     assert run.returncode == 0, run.stderr[-3000:]
     return run.stdout

@@ -63,15 +63,18 @@ async def test_answers_match_the_fastapi_route(body: bytes, content_type: str | 
     try:
         query = decode_rank_body(body, content_type)
     except Exception as exc:  # compared through the one error handler
-        scope = {"type": "http", "app": FastAPI(), "method": "POST", "path": "/rank",
-                 "headers": []}  # fmt: skip
+        scope = {"type": "http", "app": FastAPI(), "method": "POST", "path": "/rank", "headers": []}
         response = await handle_error(Request(scope), exc)
         assert expected.status_code == response.status_code
         assert expected.json() == json.loads(bytes(response.body))
         return
     assert expected.status_code == 200, expected.text
-    got = {"user_id": query.user_id, "candidates": query.candidates, "top_k": query.top_k,
-           "mode": query.mode.value}  # fmt: skip
+    got = {
+        "user_id": query.user_id,
+        "candidates": query.candidates,
+        "top_k": query.top_k,
+        "mode": query.mode.value,
+    }
     assert got == expected.json()
 
 

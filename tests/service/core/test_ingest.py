@@ -208,8 +208,9 @@ async def test_a_rebuild_reads_the_whole_history_or_the_operators_cap(
     for cap, expected in ((None, 31), (5, 5)):  # the rebuild runs once event 31 is durable
         pipe = Pipeline(make_settings, log_cap=cap)
         await pipe.ingest([event("u", i, float(i)) for i in range(1, 31)])
-        assert await pipe.store.commit_state("u", b"garbage", gen=0, expected_applied=30,
-                                             applied=30)  # fmt: skip
+        assert await pipe.store.commit_state(
+            "u", b"garbage", gen=0, expected_applied=30, applied=30
+        )
         assert (await pipe.ingest([event("u", 31, 31.0)])).accepted == 1
         assert (await pipe.state("u")).n == expected
         assert pipe.rebuilds("corrupt") == 1

@@ -33,8 +33,10 @@ def test_candidate_rows_validates_and_maps() -> None:
 def test_checked_ids_skip_the_per_id_check() -> None:
     index: dict[int | str, int] = {"7": 1, 7: 1}
     assert _mapped([7, "x", 10**30], index, checked=True) == (
-        [7, "x", 10**30], [1, 0, 0], ["x", 10**30]
-    )  # fmt: skip
+        [7, "x", 10**30],
+        [1, 0, 0],
+        ["x", 10**30],
+    )
 
 
 def test_item_id_or_none() -> None:

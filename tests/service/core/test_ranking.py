@@ -136,9 +136,9 @@ async def test_a_history_shorter_than_r_ranks_the_same_whatever_the_served_rank(
         async with running_app(make_settings(rank=rank)) as (_, client):
             await ingest(client, short + longer)
             both = await asyncio.gather(
-                _rank(client, "svd"), client.post("/rank", json={"user_id": "v",
-                                                                  "candidates": CANDIDATES})
-            )  # fmt: skip
+                _rank(client, "svd"),
+                client.post("/rank", json={"user_id": "v", "candidates": CANDIDATES}),
+            )
             scores.append(_scores(both[0]))
     for c in CANDIDATES:
         assert scores[0][c] == pytest.approx(scores[1][c], abs=1e-5)

@@ -25,8 +25,13 @@ R = 32
 CONFIG = RankerConfig(n_items=400, n_actions=4, dim=64, heads=4, rank=R, mlp_hidden=128)
 # (history length N, distinct items in it, candidates M, top k): no history, fewer events than
 # r, long histories, and one focused on five items (strong interests).
-USERS = [(0, 1, 50, 10), (5, 400, 1, 1), (40, 400, 300, 300), (150, 400, 120, 17),
-         (90, 5, 777, 100)]  # fmt: skip
+USERS = [
+    (0, 1, 50, 10),
+    (5, 400, 1, 1),
+    (40, 400, 300, 300),
+    (150, 400, 120, 17),
+    (90, 5, 777, 100),
+]
 TOLERANCE = 1e-5
 
 

@@ -77,8 +77,9 @@ def test_warm_up_covers_every_bucket_shape_of_a_full_pass(make_settings: Setting
     scorer.warm_up(model.rank, candidates=2_048, max_batch=32)
     arrays = [(shape[0], {a[0]: a[1:] for a in shape[1:]}) for shape in scorer.shapes]
     svd_rows = sorted(named["rows"] for mode, named in arrays if mode == "svd")
-    token_buckets = range(16, bucket(model.rank + model.checkpoint.ranker.config.recent_tokens,
-                                     16) + 1, 16)  # fmt: skip
+    token_buckets = range(
+        16, bucket(model.rank + model.checkpoint.ranker.config.recent_tokens, 16) + 1, 16
+    )
     expected = [(1, 128)] + [(b, 2_048) for b in range(1, 5) for _ in token_buckets]
     assert svd_rows == expected
     svd_tokens = {named["tokens"][:2] for mode, named in arrays if mode == "svd"}

@@ -261,8 +261,9 @@ async def test_a_user_without_keys_is_created_only_when_asked(store: Store) -> N
 async def test_a_late_append_is_refused_whole(store: Store) -> None:
     recs, digs = events(1)
     with pytest.raises(StoreBusy):
-        await store.append_batch([AppendRequest("u", recs, digs)], dedup_window=WINDOW,
-                                 not_after_s=1.0)  # fmt: skip
+        await store.append_batch(
+            [AppendRequest("u", recs, digs)], dedup_window=WINDOW, not_after_s=1.0
+        )
     assert await store.position("u") == UserPosition(0, 0)
 
 
@@ -308,8 +309,10 @@ async def test_redis_key_layout_and_memory(redis_url: str) -> None:
         await store.mark_durable([("u", 300)])
         assert await store.commit_state("u", b"S", gen=0, expected_applied=0, applied=300)
         assert sorted(k.decode() for k in await client.keys("*")) == [
-            "solar:{u}:dedup", "solar:{u}:pos", "solar:{u}:state"
-        ]  # fmt: skip
+            "solar:{u}:dedup",
+            "solar:{u}:pos",
+            "solar:{u}:state",
+        ]
     finally:
         await store.close()
 
@@ -330,8 +333,11 @@ async def test_redis_ring_equals_the_python_twin(redis_url: str) -> None:
             want = twin.admit(seq, digs, decode_log(recs)["ts"])
             seq += len(want.fresh)
             assert (got.accepted, got.duplicates, got.refused, got.seq) == (
-                len(want.fresh), want.duplicates, want.refused, seq
-            )  # fmt: skip
+                len(want.fresh),
+                want.duplicates,
+                want.refused,
+                seq,
+            )
             assert await client.get("solar:{u}:dedup") == twin.to_bytes()
     finally:
         await store.close()

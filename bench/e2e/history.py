@@ -1,7 +1,7 @@
 """Durable history benchmark (issue 19): bytes per event on disk and appends acknowledged/s.
 
-    .venv/bin/python -m bench.history            # prints a Markdown summary (~2-4 min)
-    .venv/bin/python -m bench.history --quick    # small sizes, a smoke run
+    .venv/bin/python -m bench.e2e.history            # prints a Markdown summary (~2-4 min)
+    .venv/bin/python -m bench.e2e.history --quick    # small sizes, a smoke run
 
 On a private PostgreSQL 15 (initdb on a free port, ``fsync`` on as in production, deleted at
 the end), with synthetic histories like /ingest's: ms timestamps, Zipf items over a 50,000

@@ -1,10 +1,10 @@
-"""bench/history.py: the /ingest-shaped append calls, and one small run on a private postgres."""
+"""bench/e2e/history.py: the /ingest-shaped appends, and one small run on a private postgres."""
 
 from __future__ import annotations
 
 import asyncio
 
-from bench import history
+from bench.e2e import history
 from service.store.eventlog import RECORD_SIZE, decode_log
 
 
