@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -24,6 +25,7 @@ import redis
 from model.states import LowRankState
 from service.history.postgres import PostgresHistory
 from service.store.eventlog import decode_log, event_id_key
+from solar_tools.postgres_server import PostgresServer
 from solar_tools.processes import Serve, Worker
 from solar_tools.redis_server import RedisServer
 from tests.service.support import event, gram, reference_state
@@ -495,3 +497,128 @@ async def _stored_event_ids(history: dict[str, str], users: list[str]) -> dict[s
         return out
     finally:
         await tier.close()
+
+
+# ---- the durable tier (PostgreSQL) stopped like a crash and started again under load
+Outcome = tuple[
+    int, bool, bool
+]  # status (-1: transport error), down for the whole call, Retry-After
+
+
+def _call(client: httpx.Client, path: str, body: dict[str, Any], down: threading.Event) -> Outcome:
+    """POST ``body`` to ``path`` and classify the answer against the outage flag."""
+    before = down.is_set()
+    try:
+        response = client.post(path, json=body, timeout=10)
+    except httpx.TransportError:
+        return -1, False, False
+    return response.status_code, before and down.is_set(), "Retry-After" in response.headers
+
+
+def _ingest_retrying(
+    client: httpx.Client,
+    bodies: list[list[dict[str, Any]]],
+    down: threading.Event,
+    outcomes: list[Outcome],
+    acknowledged: list[dict[str, Any]],
+    timeout_s: float,
+) -> None:
+    """Send the bodies one after another, each re-sent until acknowledged (a retrying
+    client); every answer goes to ``outcomes``, every acknowledged body to ``acknowledged``."""
+    deadline = time.monotonic() + timeout_s
+    for body in bodies:
+        while True:
+            assert time.monotonic() < deadline, "ingest never recovered"
+            outcome = _call(client, "/ingest", {"events": body}, down)
+            outcomes.append(outcome)
+            if outcome[0] == 200:
+                acknowledged.extend(body)
+                break
+            time.sleep(0.05)
+        time.sleep(0.02)
+
+
+def _check_outage_answers(ingests: list[Outcome], ranks: list[Outcome]) -> None:
+    """Only 200/503 (never 500, never a dropped connection), every ingest 503 with a
+    Retry-After, and during the outage /ingest answered 503 only."""
+    assert {s for s, *_ in ingests} <= {200, 503}, sorted({s for s, *_ in ingests})
+    assert {s for s, *_ in ranks} <= {200, 503}, sorted({s for s, *_ in ranks})
+    assert all(retry for s, _, retry in ingests if s == 503), "503 without Retry-After"
+    outage_ingests = [s for s, during, _ in ingests if during]
+    outage_ranks = [s for s, during, _ in ranks if during]
+    print(
+        f"\npostgres outage: {len(outage_ingests)} ingests (all 503), "
+        f"{len(outage_ranks)} ranks ({outage_ranks.count(200)} x 200) during it; "
+        f"{len(ingests)} ingest calls in all"
+    )
+    assert outage_ingests and set(outage_ingests) == {503}, outage_ingests
+    assert outage_ranks, "no /rank call during the outage"
+
+
+def test_durable_tier_stopped_and_restarted_under_load_loses_and_doubles_nothing(
+    checkpoint_dir: Path, redis_url: str, tmp_path: Path
+) -> None:
+    """A private PostgreSQL stopped with ``-m immediate`` for a few seconds while a retrying
+    client ingests (one serve, one external worker) and another ranks: during the outage
+    /ingest answers only 503 + Retry-After and /rank 200 or 503, never 500; after the restart
+    (same port, WAL recovery) and the drain, every acknowledged event is applied once."""
+    pg = PostgresServer()  # this test's own: stopping it disturbs no other test
+    pg.start()
+    history = {"history_url": pg.url(), "history_schema": "faults_pg"}
+    env = _env(
+        checkpoint_dir, redis_url, history, SOLAR_APPLIER="external", SOLAR_HISTORY_TIMEOUT_S="0.5"
+    )
+    users = [f"p{i}" for i in range(8)]
+    sent = _events(users, 60, seed=8)
+    down, stop_ranking = threading.Event(), threading.Event()
+    ingests: list[Outcome] = []
+    ranks: list[Outcome] = []
+    acknowledged: list[dict[str, Any]] = []
+
+    def outage() -> None:
+        while len(acknowledged) < len(sent) // 3:  # a third in: mid-load
+            time.sleep(0.01)
+        pg.stop("immediate")  # a crash: no checkpoint, WAL recovery at the next start
+        down.set()
+        time.sleep(3.0)
+        down.clear()
+        pg.start()  # same port, same data directory
+
+    def rank_loop(base: str) -> None:
+        with httpx.Client(base_url=base) as client:
+            while not stop_ranking.is_set():
+                body = {"user_id": random.choice(users), "candidates": [1, 2, 3]}
+                ranks.append(_call(client, "/rank", body, down))
+                time.sleep(0.02)
+
+    processes: list[Serve | Worker] = []
+    try:
+        serve = Serve(env, tmp_path / "serve.log")
+        processes.append(serve)
+        processes.append(Worker(env, tmp_path / "worker.log"))
+        fault = threading.Thread(target=outage, daemon=True)
+        ranker = threading.Thread(target=rank_loop, args=(serve.base,), daemon=True)
+        fault.start()
+        ranker.start()
+        with httpx.Client(base_url=serve.base) as client:
+            bodies = [sent[i : i + 8] for i in range(0, len(sent), 8)]
+            _ingest_retrying(client, bodies, down, ingests, acknowledged, timeout_s=45.0)
+            fault.join(timeout=30)
+            assert not fault.is_alive()
+            stop_ranking.set()
+            ranker.join(timeout=15)
+            _wait_applied(client, users, timeout_s=30.0)
+            distinct: dict[str, set[str]] = {}
+            for e in acknowledged:
+                distinct.setdefault(e["user_id"], set()).add(e["event_id"])
+            for user in users:
+                body = client.get(f"/users/{user}", timeout=10).json()
+                assert (body["history_length"], body["pending"]) == (len(distinct[user]), 0)
+        _check_outage_answers(ingests, ranks)
+        assert len(acknowledged) == len(sent)  # the client re-sent until all were acknowledged
+        _check_exactly_once(redis_url, checkpoint_dir, acknowledged)
+    finally:
+        stop_ranking.set()
+        for process in reversed(processes):
+            process.stop()
+        pg.destroy()
