@@ -278,9 +278,10 @@ class PostgresHistory:
         self._compactor.forget(users)
         return removed
 
-    async def compacted(self) -> None:
-        """Wait until the background compactions queued so far are done."""
-        await self._compactor.idle()
+    async def compacted(self, *, tails: bool = True) -> None:
+        """Wait until the background compactions queued so far are done and, with ``tails``,
+        those of the idle users' tails too (``BackgroundCompactor.idle``)."""
+        await self._compactor.idle(tails=tails)
 
     async def ping(self) -> None:
         async def select(conn: psycopg.AsyncConnection) -> None:

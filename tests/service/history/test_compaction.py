@@ -99,3 +99,23 @@ async def _until(condition: Callable[[], bool]) -> None:
             await asyncio.sleep(0.01)
 
     await asyncio.wait_for(poll(), 5)
+
+
+async def test_a_bug_in_a_compaction_is_logged_and_the_task_goes_on(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    calls: list[tuple[str, ...]] = []
+
+    async def broken(*users: str) -> int:
+        calls.append(users)
+        raise RuntimeError("a bug")
+
+    compactor = BackgroundCompactor(broken, after=1, idle_s=60)
+    try:
+        compactor.note(["a"])
+        await _until(lambda: len(calls) == 1)
+        compactor.note(["b"])
+        await asyncio.wait_for(compactor.idle(), 1)
+        assert calls == [("a",), ("b",)] and "a bug" in caplog.text
+    finally:
+        await compactor.close()
