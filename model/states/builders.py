@@ -118,8 +118,7 @@ class _FromEvents:
 @dataclass(frozen=True)
 class SvdBuilder(_FromEvents):
     """The svd factors (rank r, ℓ = min(r + p, d)) and, for the hybrid (``recent_tokens`` =
-    k > 0), the window of the k latest events, merged with every block. The `lifelong` kind
-    keeps the same state; its features mark each row's channel (``model.modes.channels``)."""
+    k > 0), the window of the k latest events, merged with every block."""
 
     embed: Embed
     dim: int
@@ -160,28 +159,19 @@ class SvdBuilder(_FromEvents):
         return dataclasses.replace(svd, recent=window.merged(items, actions, ts))
 
     def features(self, state: UserState) -> Array:
-        if self.kind == "lifelong":
-            return self._channels(_own(state, LowRankState))
-        svd = _own(state, LowRankState)
-        live = svd.live_rank(self.rank)
-        recent = svd.recent
-        if recent is None or not len(recent):
-            # Only the live tokens: the scorer masks the padding up to the batch's r.
-            return svd.interests(self.rank)[:live] if live else np.zeros((self.rank, self.dim))
-        tokens = svd.interests(self.rank)[:live]  # (live, d)
-        rows = self.embed(recent.items, recent.actions)  # (k', d)
+        tokens, rows = self._tokens_and_rows(_own(state, LowRankState))
+        if not len(tokens) and not len(rows):
+            # No history: (r, d) zeros, so o = 0 (the scorer masks padding up to the batch's r).
+            return np.zeros((self.rank, self.dim))
         return np.concatenate((tokens, rows))  # the latest events join the live tokens
 
-    def _channels(self, svd: LowRankState) -> Array:
-        """(live + L', d + 1): the live interest tokens then the window's rows, the last
-        column LONG_TERM or SHORT_TERM (no rows at all for a user with no history)."""
-        tokens = svd.interests(self.rank)[: svd.live_rank(self.rank)]  # (live, d)
+    def _tokens_and_rows(self, svd: LowRankState) -> tuple[Array, Array]:
+        """The live interest tokens (live, d) and the rows of the window's events (k', d)."""
+        tokens = svd.interests(self.rank)[: svd.live_rank(self.rank)]
         recent = svd.recent
-        rows = np.zeros((0, self.dim))
-        if recent is not None and len(recent):
-            rows = self.embed(recent.items, recent.actions)  # (L', d)
-        marks = np.concatenate((np.full(len(tokens), LONG_TERM), np.full(len(rows), SHORT_TERM)))
-        return np.concatenate((np.concatenate((tokens, rows)), marks[:, None]), axis=1)
+        if recent is None or not len(recent):
+            return tokens, np.zeros((0, self.dim))
+        return tokens, self.embed(recent.items, recent.actions)
 
     def basis(self, state: UserState) -> Array:
         return np.ascontiguousarray(_own(state, LowRankState).V[:, : self.rank])  # (d, r)
@@ -199,6 +189,21 @@ class SvdBuilder(_FromEvents):
             self.dim,
             self.recent_tokens,
         )
+
+
+@dataclass(frozen=True)
+class LifelongBuilder(SvdBuilder):
+    """`lifelong`: the svd state with its window of the L latest events; its features keep
+    the two channels apart (``model.modes.channels``)."""
+
+    kind: str = "lifelong"
+
+    def features(self, state: UserState) -> Array:
+        """(live + L', d + 1): the live interest tokens then the window's rows, the last
+        column LONG_TERM or SHORT_TERM (no rows at all for a user with no history)."""
+        tokens, rows = self._tokens_and_rows(_own(state, LowRankState))
+        marks = np.concatenate((np.full(len(tokens), LONG_TERM), np.full(len(rows), SHORT_TERM)))
+        return np.concatenate((np.concatenate((tokens, rows)), marks[:, None]), axis=1)
 
 
 @dataclass(frozen=True)
@@ -301,6 +306,7 @@ def make_builder(
         return LinearBuilder(embed, linear_spec(linear.attention, config.heads), decay, tag)
     if kind == "mean":
         return MeanBuilder(embed, config.dim, decay, tag)
-    return SvdBuilder(
+    svd = LifelongBuilder if kind == "lifelong" else SvdBuilder
+    return svd(
         embed, config.dim, rank, oversample, decay, tag, kind, recent_tokens=config.recent_tokens
     )
