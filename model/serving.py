@@ -162,13 +162,9 @@ class ServingPass:
         """
         w, space = self.weights, self._workspace()
         B, M = rows.shape
-        feats = space.take("features", B * M, w.features.shape[1])
-        torch.index_select(w.features, 0, rows.reshape(-1), out=feats)
-        bias = None if token_mask is None else logit_mask(token_mask, None, self.dtype)
+        feats = self._gather(w, space, rows)
         x = space.take("x", B * M, 2 * w.o.shape[0])
-        self._attend(w, feats, tokens.to(self.dtype), bias, x[:, : w.o.shape[0]])
-        if token_mask is not None:  # a request whose every token is padding: o = 0
-            x[:, : w.o.shape[0]].view(B, M, -1).mul_(token_mask.any(-1)[:, None, None])
+        self._attend_tokens(w, feats, tokens, token_mask, x[:, : w.o.shape[0]])
         return self._tail(w, feats, x, space).view(B, M)
 
     @torch.no_grad()
@@ -193,8 +189,7 @@ class ServingPass:
         w, space = self.weights, self._workspace()
         B, M = rows.shape
         d = w.o.shape[0]
-        feats = space.take("features", B * M, w.features.shape[1])
-        torch.index_select(w.features, 0, rows.reshape(-1), out=feats)
+        feats = self._gather(w, space, rows)
         items, actions = events
         context = F.embedding(items, w.features[:, :d]) + F.embedding(actions, w.actions)
         if basis is not None:
@@ -215,8 +210,7 @@ class ServingPass:
         w, space = self.weights, self._workspace()
         B, M = rows.shape
         d = w.o.shape[0]
-        feats = space.take("features", B * M, w.features.shape[1])
-        torch.index_select(w.features, 0, rows.reshape(-1), out=feats)
+        feats = self._gather(w, space, rows)
         x = space.take("x", B * M, 2 * d)
         x[:, :d] = outputs(feats[:, :d].view(B, M, d)).reshape(B * M, d)
         return self._tail(w, feats, x, space).view(B, M)
@@ -242,19 +236,37 @@ class ServingPass:
         w, space = self.weights, self._workspace()
         B, M = rows.shape
         d = w.o.shape[0]
-        feats = space.take("features", B * M, w.features.shape[1])
-        torch.index_select(w.features, 0, rows.reshape(-1), out=feats)
+        feats = self._gather(w, space, rows)
         x = space.take("x", B * M, 4 * d)  # [o_long, e ⊙ o_long, o_short, e ⊙ o_short]
         for slot, (context, mask) in enumerate(((tokens, token_mask), (recent, recent_mask))):
             out = x[:, 2 * slot * d : (2 * slot + 1) * d]
-            full = bool(mask.all())  # no padding: SDPA's faster path without a mask
-            bias = None if full else logit_mask(mask, None, self.dtype)
-            self._attend(w, feats, context.to(self.dtype), bias, out)
-            if not full:  # a request with no token in this channel: o = 0
-                out.view(B, M, d).mul_(mask.any(-1).to(self.dtype)[:, None, None])
+            # No padding: SDPA's faster path without a mask.
+            self._attend_tokens(w, feats, context, None if bool(mask.all()) else mask, out)
         return self._tail(w, feats, x, space).view(B, M)
 
     # ------------------------------------------------------------------ pieces
+    def _gather(self, w: ServingWeights, space: Workspace, rows: Tensor) -> Tensor:
+        """The candidates' rows (B·M, 2d + hidden) of the per-item feature table."""
+        feats = space.take("features", rows.numel(), w.features.shape[1])
+        torch.index_select(w.features, 0, rows.reshape(-1), out=feats)
+        return feats
+
+    def _attend_tokens(
+        self,
+        w: ServingWeights,
+        feats: Tensor,
+        tokens: Tensor,
+        token_mask: Tensor | None,
+        out: Tensor,
+    ) -> None:
+        """:meth:`_attend` over tokens (B, T, d), ``token_mask`` (B, T) bool marking the real
+        ones (None: all real); a request with no real token gets o = 0."""
+        bias = None if token_mask is None else logit_mask(token_mask, None, self.dtype)
+        self._attend(w, feats, tokens.to(self.dtype), bias, out)
+        if token_mask is not None:
+            B = tokens.shape[0]
+            out.view(B, feats.shape[0] // B, -1).mul_(token_mask.any(-1)[:, None, None])
+
     def _attend(
         self,
         w: ServingWeights,
