@@ -5,14 +5,19 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import httpx
 import numpy as np
+import torch
 from fastapi import FastAPI
 
-from model.checkpoint import load_checkpoint
+from model.checkpoint import load_checkpoint, save_checkpoint
+from model.config import RankerConfig
+from model.ranker import HistoryBatch, Ranker
 from model.states import LowRankState
+from model.vocabulary import Vocabulary
 from service.app import create_app
 from service.settings import Settings
 
@@ -71,3 +76,42 @@ async def ingest(client: httpx.AsyncClient, events: Sequence[dict[str, Any]]) ->
     assert response.status_code == 200, response.text
     body: dict[str, Any] = response.json()
     return body
+
+
+def small_checkpoint(directory: Path, seed: int, **config: Any) -> Path:
+    """A random checkpoint of the test vocabulary (d = DIM, r = RANK, 2 heads) with
+    ``config`` (e.g. ``recent_tokens``, ``mode``) and non-trivial action rows, saved in
+    ``directory``."""
+    torch.manual_seed(seed)
+    ranker = Ranker(
+        RankerConfig(
+            n_items=len(ITEMS) + 1,
+            n_actions=len(ACTIONS) + 1,
+            dim=DIM,
+            heads=2,
+            rank=RANK,
+            oversample=OVERSAMPLE,
+            mlp_hidden=16,
+            **config,
+        )
+    )
+    with torch.no_grad():
+        ranker.action_emb.weight.normal_(0.0, 0.3)
+    save_checkpoint(directory, ranker, Vocabulary(ITEMS, ACTIONS))
+    return directory
+
+
+def offline_scores(
+    directory: Path, history: Sequence[dict[str, Any]], candidates: Sequence[Any], mode: str
+) -> list[float]:
+    """The training path's scores of ``candidates`` for the time-sorted ``history``."""
+    ckpt = load_checkpoint(directory)
+    ordered = sorted(history, key=lambda e: e["ts"])
+    items = torch.tensor([[ckpt.vocab.item_row(e["item_id"]) for e in ordered]])
+    actions = torch.tensor([[ckpt.vocab.action_row(e.get("action")) for e in ordered]])
+    batch = HistoryBatch(
+        items, actions, torch.ones_like(items, dtype=torch.bool), torch.ones(items.shape)
+    )
+    cands = torch.tensor([[ckpt.vocab.item_row(c) for c in candidates]])
+    with torch.no_grad():
+        return [float(x) for x in ckpt.ranker(cands, batch, mode)[0]]
