@@ -54,6 +54,7 @@ class BackgroundCompactor:
         self._queued: set[str] = set()
         self._queue: asyncio.Queue[str] = asyncio.Queue()
         self._tasks: list[asyncio.Task[None]] = []
+        self._closing = False
 
     def _enqueue(self, user_id: str) -> None:
         if user_id not in self._queued:
@@ -106,6 +107,8 @@ class BackgroundCompactor:
             finally:
                 for _ in users:
                     self._queue.task_done()
+            if self._closing:  # psycopg turns a cancelled query into an error: stop anyway
+                return
 
     async def idle(self, *, tails: bool = True) -> None:
         """Wait until the users queued so far are compacted (or failed) and, with ``tails``,
@@ -127,7 +130,12 @@ class BackgroundCompactor:
 
     async def close(self) -> None:
         """Stop the background tasks (a compaction in flight is rolled back)."""
-        tasks, self._tasks = self._tasks, []
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        self._closing = True
+        pending = set(self._tasks)
+        self._tasks = []
+        # A cancellation that reaches a query in flight comes back from psycopg as a query
+        # error, which `_run` survives by design: cancel again until every task has ended.
+        while pending:
+            for task in pending:
+                task.cancel()
+            _, pending = await asyncio.wait(pending, timeout=1.0)
