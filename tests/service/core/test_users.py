@@ -11,8 +11,8 @@ import pytest
 
 from model.states import Decay, LowRankState, StateBuilder, UserState
 from service.core.serving_model import ServingModel, load_serving_model
-from service.core.users import UserStates, parse_state, served_singular_values
-from service.errors import StateUnreadable, UnknownUser
+from service.core.users import RebuildGate, UserStates, parse_state, served_singular_values
+from service.errors import RebuildsBusy, StateUnreadable, UnknownUser
 from service.history.base import HistoryChunk
 from service.history.memory import MemoryHistory
 from service.metrics import Metrics
@@ -307,3 +307,29 @@ def test_served_singular_values_drop_rounding_noise() -> None:
     sigma = np.array([2.0, 1.0, 3e-7, 8.8e-17, 5.0])  # ℓ = 5 (the tail beyond r unused)
     assert served_singular_values(sigma, 4) == [2.0, 1.0, 0.0, 0.0]
     assert served_singular_values(np.zeros(3), 2) == [0.0, 0.0]  # no history at all
+
+
+@pytest.mark.anyio
+async def test_rank_path_rebuilds_of_a_new_version_are_rate_limited(model: ServingModel) -> None:
+    """A user the version has no state for is rebuilt once on load (reason new_version); past
+    the gate's slots and queue, the next one is refused with RebuildsBusy (503), not queued."""
+    users = UserStates(
+        MemoryStore(),
+        model,
+        Metrics(),
+        history=MemoryHistory(),
+        dedup_window=1_000,
+        rebuild_gate=RebuildGate(concurrent=1, queue=0),
+    )
+    await _append(users, _records(9))
+    loaded = await users.load("u")
+    assert loaded.state is not None and loaded.state.n == 9
+    labels = {"reason": "new_version", "version": model.version, "path": "rank"}
+    registry = users.metrics.registry
+    assert registry.get_sample_value("solar_state_rebuilds_total", labels) == 1
+    assert (await users.load("u")).state is not None  # written back: no second rebuild
+    assert registry.get_sample_value("solar_state_rebuilds_total", labels) == 1
+    async with users.rebuild_gate.turn():  # the one slot is taken
+        with pytest.raises(RebuildsBusy):
+            async with users.rebuild_gate.turn():
+                pass
