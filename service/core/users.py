@@ -169,7 +169,7 @@ class UserStates:
     history: HistoryStore = field(kw_only=True)
     dedup_window: int = field(kw_only=True)
     log_cap: int | None = field(default=None, kw_only=True)  # the operator's cap on reads
-    rebuild_gate: RebuildGate = field(default_factory=lambda: RebuildGate(), kw_only=True)
+    rebuild_gate: RebuildGate = field(default_factory=RebuildGate, kw_only=True)
 
     @property
     def version(self) -> str:
