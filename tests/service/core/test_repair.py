@@ -4,6 +4,7 @@ events but never announced them (service.core.applier)."""
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import pytest
@@ -89,6 +90,7 @@ async def test_the_sweeper_applies_stored_but_unannounced_users(
     )
     k = partition_of("u", 4)
     assert await stream.dirty_count(k) == 1  # marked before storing: the sweeper's net
+    await asyncio.sleep(0.01)  # the mark is older than the grace
     assert await applier.sweep(k) == 10
     assert (await store.position("u", model.version)).pending == 0
     assert metrics.ingest_unannounced.labels(partition=str(k))._value.get() == 10
