@@ -23,7 +23,6 @@ from tests.service.conftest import SettingsFactory
 from tests.service.support import event, gram, ingest, reference_state, running_app
 
 pytestmark = pytest.mark.anyio
-V1 = "v1"  # the model version of the states written here
 
 USERS = ("c0", "c1", "c2")
 
@@ -83,7 +82,7 @@ async def test_concurrent_ingest_on_two_replicas_equals_a_batch_recompute(
         store = RedisStore(await connect_redis(redis_url), redis_url)
         try:
             for u in USERS:
-                record = await store.read_log(u, V1, unapplied_only=False)
+                record = await store.read_log(u, app_a.state.model.version, unapplied_only=False)
                 assert record.state is not None and record.seq == record.applied
                 state = LowRankState.from_bytes(record.state)
                 log = decode_log((await app_a.state.history.read(u)).records)
