@@ -12,6 +12,7 @@ from service.history.postgres import PostgresHistory, redact_url
 from service.settings import Settings
 from service.store.base import Store, StoreObserver
 from service.store.memory import MemoryStore
+from service.store.models import MemoryModels, ModelRegistry, RedisModels
 from service.store.redis_client import connect_redis, redact
 from service.store.redis_store import RedisStore
 from service.stream.base import IngestStream
@@ -24,12 +25,13 @@ logger = logging.getLogger(__name__)
 
 
 class Backends(NamedTuple):
-    """The store and the ingest stream of one process (they share one Redis client), and the
-    durable history tier."""
+    """The store, the ingest stream and the registry of model versions of one process (they
+    share one Redis client), and the durable history tier."""
 
     store: Store
     stream: IngestStream
     history: HistoryStore
+    models: ModelRegistry
 
     async def close(self) -> None:
         await self.stream.close()
@@ -73,7 +75,12 @@ async def open_backends(
     history = await open_history(settings)
     if not settings.redis_url:
         logger.info("store: embedded (in-process, not shared, not persistent)")
-        return Backends(MemoryStore(observer=observer), MemoryStream(settings.partitions), history)
+        return Backends(
+            MemoryStore(observer=observer),
+            MemoryStream(settings.partitions),
+            history,
+            MemoryModels(),
+        )
     client = await connect_redis(
         settings.redis_url,
         cluster=settings.redis_cluster,
@@ -87,6 +94,7 @@ async def open_backends(
         RedisStore(client, url, observer=observer),
         RedisStream(client, url, settings.partitions),
         history,
+        RedisModels(client, url),
     )
 
 

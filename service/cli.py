@@ -1,4 +1,5 @@
-"""The `solar` console script: `solar serve | worker | train | eval | replay | bench`."""
+"""The `solar` console script: `solar serve | worker | backfill | retire | train | eval |
+replay | bench`."""
 
 from __future__ import annotations
 
@@ -12,6 +13,8 @@ from collections.abc import Callable, Sequence
 COMMANDS: dict[str, tuple[str, str]] = {
     "serve": ("service.api.server:main", "run the HTTP service under uvicorn"),
     "worker": ("service.worker:main", "apply ingested events to user states (Redis)"),
+    "backfill": ("service.backfill:main", "build a new model version's states (rollouts)"),
+    "retire": ("service.retire:main", "drop a model version and its states (rollouts)"),
     "train": ("model.train:main", "train a ranker and write a checkpoint"),
     "eval": ("model.evaluate:main", "evaluate checkpoints or modes offline"),
     "replay": ("solar_tools.replay:main", "stream a dataset's events into POST /ingest"),

@@ -15,10 +15,12 @@ __all__ = [
     "BatcherClosed",
     "HistoryUnavailable",
     "InvalidInput",
+    "InvalidModelVersion",
     "InvalidUserId",
     "NotReady",
     "PayloadTooLarge",
     "QueueFull",
+    "RebuildsBusy",
     "ServiceError",
     "ServiceUnavailable",
     "StoreBusy",
@@ -26,6 +28,7 @@ __all__ = [
     "StateUnreadable",
     "StoreFull",
     "StoreUnavailable",
+    "TooManyModelVersions",
     "Unauthorized",
     "UnknownUser",
     "UserRepairing",
@@ -111,6 +114,17 @@ class StoreBusy(ServiceUnavailable):
         self.attempts = attempts
 
 
+class RebuildsBusy(ServiceUnavailable):
+    """Too many users wait for a read-path rebuild of their state (docs/DESIGN.md §3,
+    "Rollouts"): 503 with Retry-After rather than a rebuild storm."""
+
+    reason = "rebuilds_busy"
+
+    def __init__(self, waiting: int) -> None:
+        super().__init__(f"{waiting} state rebuilds already waiting; retry shortly")
+        self.waiting = waiting
+
+
 class UnknownUser(ServiceError):
     """Nothing is stored for the user."""
 
@@ -156,6 +170,30 @@ class InvalidUserId(InvalidInput):
             f"invalid user_id {user_id!r}: expected {USER_ID_RULE}",
         )
         self.user_id = user_id
+
+
+class InvalidModelVersion(InvalidInput):
+    """A model version that cannot name a key: 1–64 characters of ``[A-Za-z0-9_.-]``."""
+
+    def __init__(self, version: object) -> None:
+        super().__init__(
+            "model_version",
+            f"invalid model version {version!r}: expected 1-64 characters of [A-Za-z0-9_.-]",
+        )
+        self.version = version
+
+
+class TooManyModelVersions(ValueError):
+    """Registering one more model version would pass ``SOLAR_MAX_MODEL_VERSIONS``: each active
+    version costs a state per user and an update per event, so one must be retired first."""
+
+    def __init__(self, version: str, active: list[str], limit: int) -> None:
+        super().__init__(
+            f"cannot register model version {version}: {len(active)} versions are active "
+            f"({', '.join(sorted(active))}; at most {limit}): retire one first with "
+            "`solar retire --version V` once no replica serves it"
+        )
+        self.version = version
 
 
 class StoreError(Exception):

@@ -183,8 +183,40 @@ class Metrics:
         # Not in docs/DESIGN.md §6: states rebuilt from the event log (model change, drift, config).
         self.state_rebuilds = Counter(
             "solar_state_rebuilds_total",
-            "User states rebuilt from the event log, by reason",
-            ["reason"],
+            "User states rebuilt from the durable history, by reason, model version and path "
+            "(rank: on a /rank, apply: by an applier)",
+            ["reason", "version", "path"],
+            registry=reg,
+        )
+        # Model rollouts (docs/DESIGN.md §3): the versions applied, their states, the backfill.
+        self.model_states = Gauge(
+            "solar_model_states",
+            "Users with a state under each active model version (kept by the store at state "
+            "creation and deletion; exported by appliers)",
+            ["version"],
+            registry=reg,
+        )
+        self.applied_versions = Gauge(
+            "solar_applied_versions",
+            "Model versions this process's applier keeps current",
+            registry=reg,
+        )
+        self.backfill_users_total = Gauge(
+            "solar_backfill_users_total",
+            "Users the running backfill must cover (listed from the durable history)",
+            ["version"],
+            registry=reg,
+        )
+        self.backfill_users_done = Gauge(
+            "solar_backfill_users_done",
+            "Users the running backfill covered so far",
+            ["version"],
+            registry=reg,
+        )
+        self.backfill_events = Counter(
+            "solar_backfill_events_total",
+            "Events folded into states by the backfill (its rate is the backfill's events/s)",
+            ["version"],
             registry=reg,
         )
 

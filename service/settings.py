@@ -140,6 +140,30 @@ class Settings(BaseSettings):
         gt=0,
         description="partition lease of an applier: a dead one's work is taken over after it",
     )
+    read_rebuilds: int = Field(
+        default=2,
+        ge=1,
+        description="/rank: user states rebuilt from the durable history at once per process "
+        "(a user the backfill has not reached, a lost state)",
+    )
+    read_rebuild_queue: int = Field(
+        default=64,
+        ge=0,
+        description="/rank: requests waiting for a rebuild beyond which 503 + Retry-After",
+    )
+    max_model_versions: int = Field(
+        default=3,
+        ge=1,
+        le=8,
+        description="model versions active at once (each costs a state per user and an update "
+        "per event); registering one more fails until one is retired",
+    )
+    backfill_max_events_per_s: float = Field(
+        default=20_000.0,
+        gt=0,
+        description="`solar backfill`: events folded in per second over all its processes "
+        "(paces it so that live /rank p99 holds)",
+    )
     warmup: bool = Field(
         default=True, description="score every bucket shape of each served mode at startup"
     )

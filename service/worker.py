@@ -29,6 +29,7 @@ async def run_worker(settings: Settings) -> None:
     """Apply until a termination signal arrives."""
     from service.backends import open_backends
     from service.core.applier import Applier
+    from service.core.model_versions import keep_registered, register_model
     from service.core.serving_model import load_serving_model
     from service.metrics import Metrics
 
@@ -52,7 +53,17 @@ async def run_worker(settings: Settings) -> None:
     if settings.gc_freeze:
         freeze_heap()
     applier = Applier.create(
-        settings, backends.store, backends.stream, model, metrics, history=backends.history
+        settings,
+        backends.store,
+        backends.stream,
+        model,
+        metrics,
+        history=backends.history,
+        models=backends.models,
+    )
+    await register_model(backends.models, settings, model)
+    registration = asyncio.create_task(
+        keep_registered(backends.models, settings, model, settings.apply_lease_s)
     )
     loop = asyncio.get_running_loop()
     task = asyncio.create_task(applier.run(), name="solar-worker")
@@ -68,6 +79,8 @@ async def run_worker(settings: Settings) -> None:
         await task
         logger.info("solar worker %s: stopped", applier.consumer)
     finally:
+        registration.cancel()
+        await asyncio.gather(registration, return_exceptions=True)
         await backends.close()
 
 
@@ -92,12 +105,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         logger.error("%s", UnsharedHistory("solar worker"))
         return 2
     from service.core.serving_model import ModelUnavailable, require_checkpoint
-    from service.errors import StoreUnavailable
+    from service.errors import StoreUnavailable, TooManyModelVersions
 
     try:
         require_checkpoint(settings.model_path)
         asyncio.run(run_worker(settings))
-    except (ModelUnavailable, StoreUnavailable) as exc:
+    except (ModelUnavailable, StoreUnavailable, TooManyModelVersions) as exc:
         logger.error("%s", exc)
         return 1
     return 0

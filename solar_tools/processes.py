@@ -1,4 +1,5 @@
-"""Real `solar serve` and `solar worker` child processes, for fault tests and benchmarks."""
+"""Real `solar serve`, `solar worker` and `solar backfill` child processes, for fault tests
+and benchmarks."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import httpx
 
 from solar_tools.redis_server import free_port
 
-__all__ = ["Process", "ProcessError", "Serve", "Worker"]
+__all__ = ["Backfill", "Process", "ProcessError", "Serve", "Worker"]
 
 STARTUP_TIMEOUT_S = 60.0
 
@@ -102,3 +103,19 @@ class Worker(Process):
             if line.startswith(name + " ") or line.startswith(name + "{"):
                 return float(line.rsplit(" ", 1)[1])
         return 0.0
+
+
+class Backfill(Process):
+    """`solar backfill --model PATH [args]`, started (not awaited: :meth:`wait`)."""
+
+    def __init__(self, env: dict[str, str], log: Path, model: Path, *args: str) -> None:
+        super().__init__("backfill", env, log, "--model", str(model), *args)
+
+    def wait(self, timeout_s: float) -> int:
+        """Its exit code once it exited (ProcessError if it runs past ``timeout_s``)."""
+        try:
+            return self.proc.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            _fail(f"solar backfill still running after {timeout_s} s:\n{self.tail()}")
+            raise

@@ -53,6 +53,12 @@ DESIGN_METRICS = {
     "solar_apply_lag_seconds": "histogram",
     "solar_ingest_pending": "gauge",
     "solar_apply_batch_events": "histogram",
+    "solar_state_rebuilds_total": "counter",
+    "solar_model_states": "gauge",
+    "solar_applied_versions": "gauge",
+    "solar_backfill_users_total": "gauge",
+    "solar_backfill_users_done": "gauge",
+    "solar_backfill_events_total": "counter",
 }
 _SUFFIXES = {"histogram": ("_bucket", "_sum", "_count"), "counter": ("",), "gauge": ("",)}
 METRIC_RE = re.compile(r"\bsolar_[a-z0-9_]*[a-z0-9]\b")

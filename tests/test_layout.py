@@ -26,6 +26,8 @@ SERVICE_LAYERS = {
     "service.core": 3,
     "service.backends": 3,
     "service.worker": 5,
+    "service.backfill": 5,
+    "service.retire": 5,
     "service.scoring": 2,
     "service.store": 2,
     "service.history": 2,

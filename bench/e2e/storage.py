@@ -34,7 +34,7 @@ from typing import NamedTuple
 
 import httpx
 
-from bench.harness import random_checkpoint
+from bench.common.harness import random_checkpoint
 from service.core.applier import Applier
 from service.core.ingest import EventColumns, Ingestor
 from service.core.serving_model import ServingModel, load_serving_model
@@ -74,7 +74,7 @@ def _columns(user: str, start: int, n: int, rng: random.Random) -> EventColumns:
 
 
 def _ingestor(t: Tiers) -> Ingestor:
-    return Ingestor(t.store, t.stream, t.metrics, t.history, DEDUP_WINDOW)
+    return Ingestor(t.store, t.stream, t.metrics, t.history, DEDUP_WINDOW, t.model.version)
 
 
 def _users(t: Tiers) -> UserStates:
@@ -88,8 +88,10 @@ async def user_bytes(t: Tiers, n: int) -> dict[str, int]:
     for start in range(0, n, BODY):
         await ingestor.ingest(_columns(user, start, min(BODY, n - start), rng))
         await users.apply_pending(user)
+    keys = user_keys(user)
+    named = {"state": keys.state(t.model.version), "log": keys.log, "pos": keys.pos}
     sizes = {}
-    for name, key in user_keys(user)._asdict().items():
+    for name, key in {**named, "dedup": keys.dedup}.items():
         usage = await t.client.memory_usage(key, samples=0)
         sizes[name] = int(usage or 0)
     return sizes
@@ -120,7 +122,7 @@ async def throughput(t: Tiers, n_users: int, body: int, seconds: float) -> tuple
                 await applier.apply(k, notices)
         apply_s += time.perf_counter() - start
         calls += 1
-    applied = sum([(await t.store.position(u)).applied for u in users])
+    applied = sum([(await t.store.position(u, t.model.version)).applied for u in users])
     return sent / ingest_s, applied / apply_s
 
 

@@ -86,8 +86,10 @@ class RankPath:
             ts = 1.7e9 + np.arange(HISTORY, dtype=np.float64)
             state = model.states.from_events(items, np.zeros_like(items), ts)  # (N,) events
             # A state with no events behind it (the fence allows applied = seq = 0).
-            await store.commit_state(name, state.to_bytes(), gen=0, expected_applied=0, applied=0)
-        blobs = [await store.get_state(name) for name in names]
+            await store.commit_state(
+                name, model.version, state.to_bytes(), gen=0, expected_applied=0, applied=0
+            )
+        blobs = [await store.get_state(name, model.version) for name in names]
         scorer = BatchScorer(model.checkpoint.ranker, settings.history_batch_elements)
         return cls(model, store, names, [b for b in blobs if b is not None], scorer)
 
@@ -145,7 +147,9 @@ class RankPath:
             "decode": raw,
             "validate": max(0.0, typed - raw),
             "ids → rows": median_s(ids, budget_s),
-            "store GET": await _amedian_s(lambda: self.store.get_state(self.users[0]), budget_s),
+            "store GET": await _amedian_s(
+                lambda: self.store.get_state(self.users[0], self.model.version), budget_s
+            ),
             "state + interests": median_s(state, budget_s),
             "top-k": median_s(lambda: self.scorer.top_k(logits.clone(), lengths, [job]), budget_s),
             "encode": median_s(lambda: encode_rank_response(query, outcome), budget_s),

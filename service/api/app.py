@@ -31,7 +31,9 @@ from service.api.routes import (
 from service.api.schemas import IngestRequest, RankRequest
 from service.backends import open_backends
 from service.core.applier import Applier
+from service.core.model_versions import keep_registered, register_model
 from service.core.serving_model import load_serving_model
+from service.core.users import RebuildGate
 from service.metrics import Metrics
 from service.runtime import StallMonitor, freeze_heap
 from service.scoring.batcher import MicroBatcher
@@ -72,7 +74,13 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     applier: Applier | None = None
     applier_task: asyncio.Task[None] | None = None
     stalls = StallMonitor(metrics)
+    registration: asyncio.Task[None] | None = None
     try:
+        await register_model(backends.models, settings, model)
+        registration = asyncio.create_task(
+            keep_registered(backends.models, settings, model, settings.apply_lease_s),
+            name="solar-model-registration",
+        )
         ranker = model.checkpoint.ranker
         dtype = await asyncio.to_thread(choose_dtype, ranker, model.rank, settings.serve_dtype)
         scorer = BatchScorer(ranker, settings.history_batch_elements, dtype, metrics)
@@ -96,7 +104,13 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         stalls.start()
         if settings.applier == "inline":
             applier = Applier.create(
-                settings, backends.store, backends.stream, model, metrics, history=backends.history
+                settings,
+                backends.store,
+                backends.stream,
+                model,
+                metrics,
+                history=backends.history,
+                models=backends.models,
             )
             applier_task = asyncio.create_task(applier.run(), name="solar-applier")
         app.state.model = model
@@ -104,6 +118,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.stream = backends.stream
         app.state.history = backends.history
         app.state.batcher = batcher
+        app.state.rebuild_gate = RebuildGate(settings.read_rebuilds, settings.read_rebuild_queue)
         logger.info(
             "solar ready: model %s, max_batch %d, applier %s",
             model.version,
@@ -117,6 +132,9 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             app.state.model = app.state.batcher = None
     finally:
         await stalls.stop()
+        if registration is not None:
+            registration.cancel()
+            await asyncio.gather(registration, return_exceptions=True)
         if applier is not None and applier_task is not None:
             applier.stop()
             await asyncio.gather(applier_task, return_exceptions=True)

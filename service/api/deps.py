@@ -21,7 +21,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from service.core.ingest import Ingestor
 from service.core.ranking import Ranking
 from service.core.serving_model import ServingModel
-from service.core.users import UserStates
+from service.core.users import RebuildGate, UserStates
 from service.errors import NotReady, Unauthorized
 from service.history.base import HistoryStore
 from service.metrics import Metrics
@@ -99,6 +99,11 @@ async def get_history(request: Request) -> HistoryStore:
     return history
 
 
+async def get_rebuild_gate(request: Request) -> RebuildGate:
+    gate: RebuildGate = _running(request, "rebuild_gate")
+    return gate
+
+
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 MetricsDep = Annotated[Metrics, Depends(get_metrics)]
 StoreDep = Annotated[Store, Depends(get_store)]
@@ -106,6 +111,7 @@ ModelDep = Annotated[ServingModel, Depends(get_model)]
 BatcherDep = Annotated[RankBatcher, Depends(get_batcher)]
 StreamDep = Annotated[IngestStream, Depends(get_stream)]
 HistoryDep = Annotated[HistoryStore, Depends(get_history)]
+RebuildGateDep = Annotated[RebuildGate, Depends(get_rebuild_gate)]
 
 
 async def get_user_states(
@@ -114,8 +120,11 @@ async def get_user_states(
     metrics: MetricsDep,
     settings: SettingsDep,
     history: HistoryDep,
+    rebuild_gate: RebuildGateDep,
 ) -> UserStates:
-    return UserStates.create(settings, store, model, metrics, history=history)
+    return UserStates.create(
+        settings, store, model, metrics, history=history, rebuild_gate=rebuild_gate
+    )
 
 
 UserStatesDep = Annotated[UserStates, Depends(get_user_states)]
@@ -126,6 +135,7 @@ async def get_ranking(users: UserStatesDep, metrics: MetricsDep, batcher: Batche
 
 
 async def get_ingestor(
+    model: ModelDep,
     store: StoreDep,
     stream: StreamDep,
     metrics: MetricsDep,
@@ -138,6 +148,7 @@ async def get_ingestor(
         metrics=metrics,
         history=history,
         dedup_window=settings.dedup_window,
+        model_version=model.version,
         wait_s=settings.ingest_wait_s,
         grace_s=settings.sweep_grace_s,
     )

@@ -11,6 +11,11 @@ acknowledges. A user whose apply failed keeps its notices pending; the task clai
 A task whose lease was lost stops after its current batch; the fence keeps the overlap safe.
 Stopping is a flag (:meth:`Applier.stop`), not cancellation; see there.
 
+Rollouts (docs/DESIGN.md §3): each lease round also follows the registry of model versions
+(``service.core.model_versions``), and each user's events are applied to the state of every
+registered version, each advanced from its own covered position; a user's notices are
+acknowledged once every version committed.
+
 Users are isolated: whatever fails for one user (a tier down, a malformed key, a bug) is
 logged and leaves that user's notices pending for a later claim; the rest of the batch is
 applied and acknowledged.
@@ -35,6 +40,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 
+from service.core.model_versions import AppliedVersions
 from service.core.serving_model import ServingModel
 from service.core.users import Applied, UserStates
 from service.errors import ServiceError, StoreError
@@ -42,6 +48,7 @@ from service.history.base import HistoryStore
 from service.metrics import Metrics
 from service.settings import Settings
 from service.store.base import Store
+from service.store.models import ModelRegistry
 from service.stream.base import IngestStream, Notice
 
 __all__ = ["Applier", "ApplierConfig"]
@@ -74,6 +81,7 @@ class Applier:
     stream: IngestStream
     metrics: Metrics
     config: ApplierConfig = field(default_factory=ApplierConfig)
+    versions: AppliedVersions | None = None  # None: the own model's version only
     consumer: str = field(default_factory=applier_id)
     _tasks: dict[int, asyncio.Task[None]] = field(default_factory=dict, init=False, repr=False)
     _held: set[int] = field(default_factory=set, init=False, repr=False)
@@ -90,15 +98,18 @@ class Applier:
         metrics: Metrics,
         *,
         history: HistoryStore,
+        models: ModelRegistry,
     ) -> Applier:
-        """The applier of a process, configured by ``settings``."""
+        """The applier of a process, configured by ``settings``, applying to every version
+        registered in ``models``."""
         users = UserStates.create(settings, store, model, metrics, history=history)
         config = ApplierConfig(
             lease_s=settings.apply_lease_s,
             sweep_s=settings.sweep_s,
             sweep_grace_s=settings.sweep_grace_s,
         )
-        return cls(users, stream, metrics, config)
+        versions = AppliedVersions(users, models, settings, store, history, metrics)
+        return cls(users, stream, metrics, config, versions)
 
     @property
     def owned(self) -> list[int]:
@@ -115,6 +126,11 @@ class Applier:
                     await self._rebalance()
                 except StoreError as exc:
                     logger.warning("applier %s: lease round failed: %s", self.consumer, exc)
+                try:
+                    if self.versions is not None:
+                        await self.versions.refresh()
+                except StoreError as exc:
+                    logger.warning("applier %s: model registry unread: %s", self.consumer, exc)
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), self.config.lease_s / 3)
         finally:
@@ -223,10 +239,13 @@ class Applier:
         return len(acked) == len(notices)
 
     async def _apply_user(self, user_id: str) -> Applied | None:
-        """``UserStates.apply_pending`` isolated to the user: None (logged) when it failed,
-        so one broken user never blocks the rest of its batch nor ends the partition task."""
+        """``UserStates.apply_pending`` for every version, isolated to the user: None (logged)
+        when it failed, so one broken user never blocks the rest of its batch nor ends the
+        partition task. The own version's outcome."""
+        states = [self.users] if self.versions is None else self.versions.current
         try:
-            return await self.users.apply_pending(user_id)
+            outcomes = [await users.apply_pending(user_id) for users in states]
+            return outcomes[0]
         except (StoreError, ServiceError) as exc:  # a tier down, fence races: retried later
             logger.warning("apply %s failed, will retry: %s", user_id, exc)
         except Exception:  # the per-user isolation boundary: a bug must not stop the others

@@ -22,8 +22,9 @@ acknowledged lives only in Redis. A notice is posted whenever the user has unapp
 duplicates-only calls included, so a client retrying after a failure between the steps
 leaves nothing unannounced.
 
-``wait=True`` (``POST /ingest?wait=true``) returns only once every user's state covers the
-position of this request (read-your-writes), polling the positions up to ``wait_s``.
+``wait=True`` (``POST /ingest?wait=true``) returns only once every user's state under this
+process's model version covers the position of this request (read-your-writes), polling the
+positions up to ``wait_s``.
 """
 
 from __future__ import annotations
@@ -89,6 +90,7 @@ class Ingestor:
     metrics: Metrics
     history: HistoryStore
     dedup_window: int
+    model_version: str  # read-your-writes is for this version's states
     wait_s: float = 5.0
     grace_s: float = 5.0  # the store step runs within this of the users' dirty mark
 
@@ -184,7 +186,9 @@ class Ingestor:
         pause_s = _WAIT_POLL_S[0]
         waiting = dict(targets)
         while waiting:
-            positions = await asyncio.gather(*(self.store.position(u) for u in waiting))
+            positions = await asyncio.gather(
+                *(self.store.position(u, self.model_version) for u in waiting)
+            )
             waiting = {
                 u: seq
                 for (u, seq), pos in zip(waiting.items(), positions, strict=True)

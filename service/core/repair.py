@@ -41,7 +41,7 @@ async def repair_user(
     Raises:
         StoreError / HistoryUnavailable: a tier failed (503; the next call repairs again).
     """
-    snapshot = await store.read_log(user_id, unapplied_only=False)
+    snapshot = await store.read_log(user_id, None, unapplied_only=False)
     undurable = snapshot.undurable if snapshot.exists else b""
     if len(undurable) == (snapshot.seq - snapshot.durable) * RECORD_SIZE and undurable:
         try:

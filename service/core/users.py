@@ -15,19 +15,25 @@ unapplied log records into it as ONE block update (Brand's for the factors). It 
 from the history (the batch state, off the event loop) when it was written under another
 model (``model_version``) or configuration (``config``: also another kind or shape), is
 unreadable (``corrupt``), is missing while events were applied (``missing``: the state key
-alone was lost), or has drifted past the residual threshold (``residual``). Every write
-is ``Store.commit_state``: fenced on the position read, so a concurrent writer wins and a
-deleted user stays deleted.
+alone was lost), or has drifted past the residual threshold (``residual``). States are kept
+per model version (docs/DESIGN.md §3, "Rollouts"): a version's first state of a user is built
+from the whole durable history (by the applier or ``solar backfill``, not counted as a
+rebuild); a /rank that finds none while the user has durable events rebuilds it
+(``new_version``), at most ``read_rebuilds`` at once per process and 503 beyond a queue of
+``read_rebuild_queue``, so a rollout cannot turn into a rebuild storm. Every write is
+``Store.commit_state``: fenced on the version's position read, so a concurrent writer wins,
+another version's state is never touched and a deleted user stays deleted.
 ``UserStates.view`` describes a stored state as it is (no rebuild) for ``GET /users/{id}``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
@@ -38,7 +44,7 @@ from model.states import StateFormatError, UserState, decode_user_state
 from service.core.repair import repair_user
 from service.core.serving_model import ServingModel, StateTag
 from service.core.user_history import history_records, persist_undurable, unapplied_records
-from service.errors import StateUnreadable, StoreBusy, UnknownUser, UserRepairing
+from service.errors import RebuildsBusy, StateUnreadable, StoreBusy, UnknownUser, UserRepairing
 from service.history.base import HistoryStore
 from service.metrics import Metrics
 from service.settings import Settings
@@ -49,6 +55,7 @@ __all__ = [
     "Applied",
     "LoadedUser",
     "ParsedState",
+    "RebuildGate",
     "UserStates",
     "UserView",
     "empty_state",
@@ -120,6 +127,36 @@ def _parse(snapshot: LogSlice, model: ServingModel) -> ParsedState:
     return parse_state(snapshot.state, model, applied_in_log=snapshot.applied > 0)
 
 
+def _read_path_reason(snapshot: LogSlice, parsed: ParsedState) -> str | None:
+    """Why /rank must rebuild the version's state: the parse's reason, or ``new_version``
+    when the version has no state yet while the durable history holds the user's events."""
+    if parsed.rebuild is None and parsed.state is None and snapshot.durable > 0:
+        return "new_version"
+    return parsed.rebuild
+
+
+class RebuildGate:
+    """The limit on /rank rebuilds of one process: ``concurrent`` at once, ``queue`` more
+    waiting, any further one refused with ``RebuildsBusy`` (503 + Retry-After)."""
+
+    def __init__(self, concurrent: int = 2, queue: int = 64) -> None:
+        self._slots = asyncio.Semaphore(concurrent)
+        self._limit = concurrent + queue
+        self._inside = 0  # rebuilding or waiting
+
+    @contextlib.asynccontextmanager
+    async def turn(self) -> AsyncIterator[None]:
+        """Hold one rebuild slot (waiting for it in the queue)."""
+        if self._inside >= self._limit:
+            raise RebuildsBusy(self._inside)
+        self._inside += 1
+        try:
+            async with self._slots:
+                yield
+        finally:
+            self._inside -= 1
+
+
 @dataclass
 class UserStates:
     """Loads, updates, rebuilds and writes back user states in one store for one model."""
@@ -132,6 +169,12 @@ class UserStates:
     history: HistoryStore = field(kw_only=True)
     dedup_window: int = field(kw_only=True)
     log_cap: int | None = field(default=None, kw_only=True)  # the operator's cap on reads
+    rebuild_gate: RebuildGate = field(default_factory=RebuildGate, kw_only=True)
+
+    @property
+    def version(self) -> str:
+        """The model version whose states these are."""
+        return self.model.version
 
     @classmethod
     def create(
@@ -142,9 +185,12 @@ class UserStates:
         metrics: Metrics,
         *,
         history: HistoryStore,
+        rebuild_gate: RebuildGate | None = None,
     ) -> UserStates:
         """The user states of a process (the API's and the applier's), configured by
-        ``settings``, over the store and the durable history tier."""
+        ``settings``, over the store and the durable history tier; ``rebuild_gate``: the
+        process's limit on /rank rebuilds (one per process, shared by every request)."""
+        gate = rebuild_gate or RebuildGate(settings.read_rebuilds, settings.read_rebuild_queue)
         return cls(
             store,
             model,
@@ -153,6 +199,7 @@ class UserStates:
             history=history,
             dedup_window=settings.dedup_window,
             log_cap=settings.log_cap,
+            rebuild_gate=gate,
         )
 
     # ------------------------------------------------------------------ compute
@@ -179,8 +226,9 @@ class UserStates:
 
     # ------------------------------------------------------------------ the applier's step
     async def apply_pending(self, user_id: str) -> Applied:
-        """Fold every unapplied event of the user into its state as one block update (or a
-        rebuild when the state is stale) and commit it, fenced on the position read.
+        """Fold every event of the user not yet in this version's state into it as one block
+        update (the whole history in one batch for the version's first state; a rebuild when
+        the state is stale) and commit it, fenced on the version's position read.
 
         The tail's undurable records are first made durable. Re-running it applies nothing
         twice: the state covers a prefix of the history.
@@ -190,7 +238,7 @@ class UserStates:
             StoreUnavailable / HistoryUnavailable: a tier failed.
         """
         for _ in range(self.commit_attempts):
-            snapshot = await self.store.read_log(user_id, unapplied_only=True)
+            snapshot = await self.store.read_log(user_id, self.version, unapplied_only=True)
             parsed = _parse(snapshot, self.model)
             reason = parsed.rebuild
             if reason is None and snapshot.seq == snapshot.applied:
@@ -206,21 +254,25 @@ class UserStates:
                 )
                 continue
             if reason is None:
-                update = functools.partial(self._updated, parsed.state, records)
-                state = await asyncio.to_thread(self._timed, update)
+                if parsed.state is None:  # the version's first state: the batch state
+                    compute = functools.partial(self.from_log, records)
+                else:
+                    compute = functools.partial(self._updated, parsed.state, records)
+                state = await asyncio.to_thread(self._timed, compute)
                 if state.residual_ratio > self.rebuild_residual_ratio:
                     reason = "residual"
                 elif await self._commit(user_id, snapshot, state):
                     return Applied(int(records.shape[0]), None)
                 else:
                     continue
-            if (await self._rebuild(user_id, reason, snapshot))[1]:
+            if (await self._rebuild(user_id, reason, snapshot, path="apply"))[1]:
                 return Applied(snapshot.seq - snapshot.applied, reason)
         raise StoreBusy(self.commit_attempts)
 
     async def _commit(self, user_id: str, snapshot: LogSlice, state: UserState) -> bool:
         return await self.store.commit_state(
             user_id,
+            self.version,
             state.to_bytes(),
             gen=snapshot.gen,
             expected_applied=snapshot.applied,
@@ -228,7 +280,7 @@ class UserStates:
         )
 
     async def _rebuild(
-        self, user_id: str, reason: str, snapshot: LogSlice
+        self, user_id: str, reason: str, snapshot: LogSlice, *, path: str
     ) -> tuple[UserState, bool]:
         """Batch factors of the whole durable history, committed as covering ``durable``.
         Returns (state, whether the fence held and it was written)."""
@@ -237,29 +289,46 @@ class UserStates:
         state = await asyncio.to_thread(self._timed, functools.partial(self.from_log, records))
         if not await self._commit(user_id, durable, state):
             return state, False
-        self.metrics.state_rebuilds.labels(reason=reason).inc()
+        self.metrics.state_rebuilds.labels(reason=reason, version=self.version, path=path).inc()
         logger.info("user state rebuilt from %d events (%s)", records.shape[0], reason)
         return state, True
 
+    async def _read_path_rebuild(self, user_id: str, reason: str, snapshot: LogSlice) -> UserState:
+        """``_rebuild`` for /rank, at most ``read_rebuilds`` at once in this process.
+
+        Raises:
+            RebuildsBusy: ``read_rebuild_queue`` requests already wait for one (503).
+        """
+        async with self.rebuild_gate.turn():
+            # Another request (or the applier) may have built it meanwhile: read again.
+            fresh = await self.store.read_log(user_id, self.version, unapplied_only=False)
+            parsed = _parse(fresh, self.model)
+            if _read_path_reason(fresh, parsed) is None and parsed.state is not None:
+                return parsed.state
+            # Written back unless the applier (or a delete) moved the fence first; either way
+            # this request is served from what it read.
+            state, _ = await self._rebuild(user_id, reason, fresh, path="rank")
+            return state
+
     # ------------------------------------------------------------------ the rank path
     async def load(self, user_id: str, *, with_log: bool = False) -> LoadedUser:
-        """The user's usable state, rebuilding (and writing back) a stale one.
+        """The user's usable state, rebuilding (and writing back) a stale or missing one.
 
         Without ``with_log`` a known user costs one GET of the state; the position and the
         durable history are read only for a user without a usable state or to rebuild. A
-        malformed tail is ``UserRepairing`` (503: the applier repairs the user).
+        malformed tail is ``UserRepairing`` (503: the applier repairs the user); too many
+        rebuilds waiting is ``RebuildsBusy`` (503).
         """
         if not with_log:
-            parsed = parse_state(await self.store.get_state(user_id), self.model)
+            parsed = parse_state(await self.store.get_state(user_id, self.version), self.model)
             if parsed.state is not None and parsed.rebuild is None:
                 return LoadedUser(parsed.state, decode_log(b""))
-        snapshot = await self.store.read_log(user_id, unapplied_only=False)
+        snapshot = await self.store.read_log(user_id, self.version, unapplied_only=False)
         parsed = _parse(snapshot, self.model)
         state = parsed.state
-        if parsed.rebuild is not None:
-            # Written back unless the applier (or a delete) moved the fence first; either way
-            # this request is served from what it read.
-            state, _ = await self._rebuild(user_id, parsed.rebuild, snapshot)
+        reason = _read_path_reason(snapshot, parsed)
+        if reason is not None:
+            state = await self._read_path_rebuild(user_id, reason, snapshot)
         if not with_log:
             return LoadedUser(state, decode_log(b""))
         try:
@@ -286,8 +355,8 @@ class UserStates:
         """
         # Position first: a commit writes state and position at once, so a state read after a
         # position with nothing pending exists unless the user was deleted.
-        position = await self.store.position(user_id)
-        parsed = parse_state(await self.store.get_state(user_id), self.model)
+        position = await self.store.position(user_id, self.version)
+        parsed = parse_state(await self.store.get_state(user_id, self.version), self.model)
         state = parsed.state
         if parsed.rebuild == "corrupt":
             raise StateUnreadable(user_id)

@@ -126,6 +126,11 @@ class HistoryStore(Protocol):
         """Seq of the user's last stored event; 0 when nothing is stored."""
         ...
 
+    async def users(self, *, after: str = "", limit: int = 1_000) -> list[str]:
+        """Up to ``limit`` users with a stored history whose ids sort after ``after``, in
+        order (page through every user: ``after`` = the last one of the previous page)."""
+        ...
+
     async def delete(self, user_id: str) -> None:
         """Forget the user's history (the next append starts again at seq 1)."""
         ...

@@ -55,6 +55,10 @@ class MemoryHistory:
         validate_user_id(user_id)
         return self._last(user_id)
 
+    async def users(self, *, after: str = "", limit: int = 1_000) -> list[str]:
+        known = sorted(u for u, h in self._users.items() if h.last_seq > 0 and u > after)
+        return known[:limit]
+
     async def delete(self, user_id: str) -> None:
         validate_user_id(user_id)
         self._users.pop(user_id, None)

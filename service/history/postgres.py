@@ -221,6 +221,13 @@ class PostgresHistory:
 
         return await self._run("last_seq", fetch)
 
+    async def users(self, *, after: str = "", limit: int = 1_000) -> list[str]:
+        async def fetch(conn: psycopg.AsyncConnection) -> list[str]:
+            cursor = await conn.execute(self._sql(statements.USERS), (after, limit))
+            return [str(row[0]) for row in await cursor.fetchall()]
+
+        return await self._run("users", fetch)
+
     async def delete(self, user_id: str) -> None:
         validate_user_id(user_id)
 

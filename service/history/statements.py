@@ -23,6 +23,7 @@ __all__ = [
     "READ",
     "REMOVE",
     "SMALL_SEGMENTS",
+    "USERS",
 ]
 
 LOCK_SEED = 19  # advisory-lock namespace of the history (hashtextextended's seed)
@@ -76,6 +77,12 @@ WHERE user_id = %s AND last_seq > %s ORDER BY last_seq
 LAST_SEQ = "SELECT coalesce(max(last_seq), 0) FROM {table} WHERE user_id = %s"
 
 DELETE = "DELETE FROM {table} WHERE user_id = %s"
+
+# A page of the users with a history, in key order (the primary key's index: a backfill lists
+# every user this way, page after page).
+USERS = """
+SELECT DISTINCT user_id FROM {table} WHERE user_id > %s ORDER BY user_id LIMIT %s
+"""
 
 SMALL_SEGMENTS = """
 SELECT user_id, first_seq, last_seq, data FROM {table}

@@ -5,8 +5,12 @@ Every event a user ever had gets an absolute sequence number ``seq`` (1, 2, …)
 history lives in the durable tier (``service.history``); the store keeps only the *tail*: the
 records not yet durable or not yet applied, i.e. the events ``(min(applied, durable), seq]``
 (``length`` records ending at ``seq``). ``durable``: the events up to it are in the durable
-tier; ``applied``: the state covers the events up to it (always ≤ ``durable``: an applier
-persists before it applies). ``delete`` starts the user again at seq 0 with a new ``gen``.
+tier. A user has one state per model version (docs/DESIGN.md §4, "Rollouts"), each with its
+own covered position ``applied(version)`` (always ≤ ``durable``: an applier persists before it
+applies); ``applied`` alone is the highest of them, so the tail drops an event once one version
+applied it and a lagging version reads it from the durable tier. A version's state is advanced
+only from its own position, so two versions never rewrite each other's states. ``delete``
+starts the user again at seq 0 with a new ``gen`` and no state under any version.
 
 - ``append_batch`` (the /ingest step, one atomic operation per user): dedup against the
   user's ring of its last ``dedup_window`` events (``service.store.dedup_ring``: duplicates,
@@ -17,11 +21,14 @@ persists before it applies). ``delete`` starts the user again at seq 0 with a ne
   written until ``restore`` rebuilt them from the durable tier.
 - ``mark_durable``: the events up to ``seq`` are in the durable tier; the tail drops what is
   both durable and applied.
-- ``read_log``: one consistent snapshot of state, position and the tail's records.
-- ``commit_state``: write a state covering ``applied`` iff the user's fence (``gen`` and the
-  ``applied`` read before) did not move and ``applied ≤ durable``: a compare-and-set on the
-  covered position, so two appliers, or an applier and a /rank rebuild, never overwrite each
-  other, and a late writer after ``delete`` (which bumps ``gen``) cannot resurrect the user.
+- ``read_log``: one consistent snapshot of a version's state and position and the tail's
+  records (version None: the log and position only).
+- ``commit_state``: write a version's state covering ``applied`` iff the user's fence (``gen``
+  and the version's ``applied`` read before) did not move and ``applied ≤ durable``: a
+  compare-and-set on the covered position, so two appliers, or an applier and a /rank rebuild,
+  never overwrite each other, and a late writer after ``delete`` (which bumps ``gen``) cannot
+  resurrect the user.
+- ``retire``: delete every user's state under a version (``solar retire``).
 - ``restore``: reset a user's position to ``seq`` (the durable tier's last event), its ring
   to one rebuilt from the durable tier and its tail to empty, iff the position still reads
   what the caller saw (``service.core.repair``).
@@ -73,7 +80,7 @@ class AppendResult(NamedTuple):
     duplicates: int
     refused: int  # older than the dedup ring remembers: not stored (dedup_ring's guarantee)
     seq: int  # sequence number of the user's newest event
-    applied: int  # sequence number the stored state covers
+    applied: int  # the highest sequence number a stored state (of any version) covers
     durable: int  # sequence number up to which the durable tier holds the events
     undurable: bytes = b""
     repair: bool = False
@@ -90,7 +97,7 @@ class AppendRequest(NamedTuple):
 
 
 class UserPosition(NamedTuple):
-    """Where a user's state stands against its log."""
+    """Where a user's state under one model version stands against its log."""
 
     seq: int
     applied: int
@@ -105,8 +112,8 @@ class LogSlice(NamedTuple):
     """One consistent snapshot of a user, as ``read_log`` returns it.
 
     Attributes:
-        state: the state blob, None when there is none.
-        seq, applied: the position (see the module docstring).
+        state: the version's state blob, None when there is none (or no version was asked).
+        seq, applied: the position, ``applied`` the version's (see the module docstring).
         gen: the user's generation; ``delete`` bumps it (part of the write fence).
         length: records the (capped) log holds: the events ``(seq - length, seq]``.
         records: concatenated 20-byte records, oldest first: those after ``applied`` (as many
@@ -172,17 +179,34 @@ class Store(Protocol):
         (``expected_seq`` None: there was none)."""
         ...
 
-    async def get_state(self, user_id: str) -> bytes | None: ...
+    async def get_state(self, user_id: str, version: str) -> bytes | None: ...
 
-    async def position(self, user_id: str) -> UserPosition: ...
+    async def position(self, user_id: str, version: str) -> UserPosition: ...
 
-    async def read_log(self, user_id: str, *, unapplied_only: bool) -> LogSlice: ...
+    async def read_log(
+        self, user_id: str, version: str | None, *, unapplied_only: bool
+    ) -> LogSlice: ...
 
     async def commit_state(
-        self, user_id: str, state: bytes, *, gen: int, expected_applied: int, applied: int
+        self,
+        user_id: str,
+        version: str,
+        state: bytes,
+        *,
+        gen: int,
+        expected_applied: int,
+        applied: int,
     ) -> bool: ...
 
     async def delete(self, user_id: str) -> bool: ...
+
+    async def retire(self, version: str) -> int:
+        """Delete every user's state under ``version``; the number deleted."""
+        ...
+
+    async def state_counts(self) -> dict[str, int]:
+        """Users with a state, per model version (kept at creation and deletion)."""
+        ...
 
     async def ping(self) -> None: ...
 

@@ -25,16 +25,17 @@ from service.store.base import (
 )
 from service.store.dedup_ring import DedupRing
 from service.store.eventlog import RECORD_SIZE, decode_log
-from service.store.keys import validate_user_id
+from service.store.keys import validate_model_version, validate_user_id
 
 __all__ = ["MemoryStore"]
 
 
 @dataclass
 class _User:
-    state: bytes | None = None
+    states: dict[str, bytes] = field(default_factory=dict)  # model version → state blob
+    applied_by: dict[str, int] = field(default_factory=dict)  # model version → covered seq
     seq: int = 0
-    applied: int = 0
+    applied: int = 0  # the highest of applied_by: what the tail may drop
     durable: int = 0
     gen: int = 0
     chunks: deque[bytes] = field(default_factory=deque)
@@ -85,6 +86,7 @@ class MemoryStore(ObservedStore):
     def __init__(self, *, observer: StoreObserver | None = None) -> None:
         super().__init__(observer)
         self._users: dict[str, _User] = {}
+        self._state_counts: dict[str, int] = {}
 
     def _append(self, request: AppendRequest, dedup_window: int, create: bool) -> AppendResult:
         validate_user_id(request.user_id)
@@ -136,30 +138,40 @@ class MemoryStore(ObservedStore):
                     user.durable = min(seq, user.seq)
                     user.trim()
 
-    async def get_state(self, user_id: str) -> bytes | None:
+    async def get_state(self, user_id: str, version: str) -> bytes | None:
         validate_user_id(user_id)
+        validate_model_version(version)
         async with self._timed("get_state"):
             user = self._users.get(user_id)
-            return None if user is None else user.state
+            return None if user is None else user.states.get(version)
 
-    async def position(self, user_id: str) -> UserPosition:
+    async def position(self, user_id: str, version: str) -> UserPosition:
         validate_user_id(user_id)
+        validate_model_version(version)
         async with self._timed("position"):
             user = self._users.get(user_id)
-            return UserPosition(0, 0) if user is None else UserPosition(user.seq, user.applied)
+            if user is None:
+                return UserPosition(0, 0)
+            return UserPosition(user.seq, user.applied_by.get(version, 0))
 
-    async def read_log(self, user_id: str, *, unapplied_only: bool) -> LogSlice:
+    async def read_log(
+        self, user_id: str, version: str | None, *, unapplied_only: bool
+    ) -> LogSlice:
         validate_user_id(user_id)
+        if version is not None:
+            validate_model_version(version)
         async with self._timed("read_log"):
             user = self._users.get(user_id)
             if user is None:
                 return LogSlice(None, 0, 0, 0, 0, b"", exists=False)
-            unapplied = user.seq - user.applied
+            applied = 0 if version is None else user.applied_by.get(version, 0)
+            state = None if version is None else user.states.get(version)
+            unapplied = user.seq - applied
             want = min(user.length, unapplied) if unapplied_only else user.length
             return LogSlice(
-                user.state,
+                state,
                 user.seq,
-                user.applied,
+                applied,
                 user.gen,
                 user.length,
                 user.tail(want),
@@ -167,19 +179,30 @@ class MemoryStore(ObservedStore):
             )
 
     async def commit_state(
-        self, user_id: str, state: bytes, *, gen: int, expected_applied: int, applied: int
+        self,
+        user_id: str,
+        version: str,
+        state: bytes,
+        *,
+        gen: int,
+        expected_applied: int,
+        applied: int,
     ) -> bool:
         validate_user_id(user_id)
+        validate_model_version(version)
         async with self._timed("commit"):
             user = self._users.get(user_id)
             if (
                 user is None
-                or (user.gen, user.applied) != (gen, expected_applied)
+                or (user.gen, user.applied_by.get(version, 0)) != (gen, expected_applied)
                 or user.seq < applied
                 or applied > user.durable
             ):
                 return self._cas_result(False)
-            user.state, user.applied = bytes(state), applied
+            if version not in user.applied_by:
+                self._state_counts[version] = self._state_counts.get(version, 0) + 1
+            user.states[version], user.applied_by[version] = bytes(state), applied
+            user.applied = max(user.applied, applied)
             user.trim()
             return self._cas_result(True)
 
@@ -193,8 +216,10 @@ class MemoryStore(ObservedStore):
                 return False
             if user is None:
                 user = self._users[user_id] = _User()
-            if user.applied > seq:
-                user.state, user.applied = None, 0
+            for version, covered in list(user.applied_by.items()):
+                if covered > seq:  # the state covers events the durable tier lacks
+                    self._forget_state(user, version)
+            user.applied = max(user.applied_by.values(), default=0)
             user.seq = user.durable = seq
             user.chunks.clear()
             user.length = 0
@@ -202,15 +227,36 @@ class MemoryStore(ObservedStore):
             return True
 
     async def delete(self, user_id: str) -> bool:
-        """Forget the user's state, tail and ring; its position stays as a fence."""
+        """Forget the user's states, tail and ring; its position stays as a fence."""
         validate_user_id(user_id)
         async with self._timed("delete"):
             user = self._users.get(user_id)
             if user is None:
                 return False
-            existed = user.state is not None or user.length > 0 or user.ring is not None
+            existed = bool(user.states) or user.length > 0 or user.ring is not None
+            for version in list(user.applied_by):
+                self._forget_state(user, version)
             self._users[user_id] = _User(gen=user.gen + 1)
             return existed
+
+    async def retire(self, version: str) -> int:
+        validate_model_version(version)
+        async with self._timed("retire"):
+            deleted = 0
+            for user in self._users.values():
+                deleted += version in user.states
+                if version in user.applied_by:
+                    self._forget_state(user, version)
+            self._state_counts.pop(version, None)
+            return deleted
+
+    async def state_counts(self) -> dict[str, int]:
+        return dict(self._state_counts)
+
+    def _forget_state(self, user: _User, version: str) -> None:
+        user.states.pop(version, None)
+        del user.applied_by[version]
+        self._state_counts[version] = self._state_counts.get(version, 0) - 1
 
     async def ping(self) -> None:
         async with self._timed("ping"):

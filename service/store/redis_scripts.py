@@ -15,6 +15,7 @@ __all__ = [
     "DURABLE_LUA",
     "READ_LUA",
     "RESTORE_LUA",
+    "RETIRE_LUA",
 ]
 
 # Shared Lua helpers. tail_read(key, want, chunk): the newest `want` records of a tail, or nil
@@ -48,7 +49,7 @@ local function tail_trim(key, len, keep)
 end
 """
 
-# KEYS: tail, pos, ring, state. ARGV: records, digests, window, chunk bytes, block,
+# KEYS: tail, pos, ring. ARGV: records, digests, window, chunk bytes, block,
 # not-after (unix s, '' for none), '1' if a user without keys may be created. Returns {-2}:
 # too late; {-1}: repair first; {-3}: unknown user, not created; else
 # {accepted, duplicates, refused, seq, applied, durable, undurable records}.
@@ -68,7 +69,7 @@ local seq, applied = tonumber(p[1] or '0'), tonumber(p[2] or '0')
 local len, durable = tonumber(p[3] or '0'), tonumber(p[4] or '0')
 local ring = redis.call('GET', KEYS[3])
 if not p[1] then
-  if ring or redis.call('EXISTS', KEYS[1], KEYS[4]) > 0 then return {-1} end
+  if ring or redis.call('EXISTS', KEYS[1]) > 0 then return {-1} end
   if ARGV[7] ~= '1' then return {-3} end
 elseif ring then
   if #ring ~= dsize + nb * 8 + 8 then return {-1} end
@@ -181,70 +182,111 @@ return 1
 """
 )
 
-# KEYS: state, tail, pos. ARGV: "unapplied" | "all", chunk bytes.
+# KEYS: tail, pos[, state of the version]. ARGV: "unapplied" | "all", chunk bytes, the
+# version's position field ('' : the log and position only). A state blob counts only with
+# its position field: a blob left without one (a position lost and re-created) is ignored.
 READ_LUA = (
     _TAIL_LUA
     + """
-local p = redis.call('HMGET', KEYS[3], 'seq', 'applied', 'len', 'gen', 'durable')
-local seq, applied = tonumber(p[1] or '0'), tonumber(p[2] or '0')
-local len, gen = tonumber(p[3] or '0'), tonumber(p[4] or '0')
-local durable = tonumber(p[5] or '0')
+local field = ARGV[3] ~= '' and ARGV[3] or 'seq'
+local p = redis.call('HMGET', KEYS[2], 'seq', 'len', 'gen', 'durable', field)
+local seq, len = tonumber(p[1] or '0'), tonumber(p[2] or '0')
+local gen, durable = tonumber(p[3] or '0'), tonumber(p[4] or '0')
+local applied, state = 0, false
+if ARGV[3] ~= '' and p[5] then
+  applied = tonumber(p[5])
+  state = redis.call('GET', KEYS[3]) or false
+end
 local want = len
 if ARGV[1] == 'unapplied' then want = math.min(len, seq - applied) end
-local records = tail_read(KEYS[2], want, tonumber(ARGV[2])) or false
-return {redis.call('GET', KEYS[1]) or false, seq, applied, gen, len, records, durable,
-        p[1] and 1 or 0}
+local records = tail_read(KEYS[1], want, tonumber(ARGV[2])) or false
+return {state, seq, applied, gen, len, records, durable, p[1] and 1 or 0}
 """
 )
 
-# KEYS: state, pos, tail. ARGV: state blob, gen, expected applied, new applied, chunk bytes.
+# KEYS: state of the version, pos, tail. ARGV: state blob, gen, expected applied, new
+# applied, chunk bytes, the version's position field. `applied` (what the tail may drop) is
+# the highest position of any version: a lagging version reads the durable tier instead.
+# Returns 0: fenced off; 1: written; 2: written, the version's first state of the user.
 COMMIT_LUA = (
     _ALLOW_OOM
     + _TAIL_LUA
     + """
-local p = redis.call('HMGET', KEYS[2], 'seq', 'applied', 'gen', 'len', 'durable')
-local seq, applied, gen = tonumber(p[1] or '0'), tonumber(p[2] or '0'), tonumber(p[3] or '0')
+local p = redis.call('HMGET', KEYS[2], 'seq', 'applied', 'gen', 'len', 'durable', ARGV[6])
+local seq, top, gen = tonumber(p[1] or '0'), tonumber(p[2] or '0'), tonumber(p[3] or '0')
 local len, durable = tonumber(p[4] or '0'), tonumber(p[5] or '0')
 local new = tonumber(ARGV[4])
-if gen ~= tonumber(ARGV[2]) or applied ~= tonumber(ARGV[3]) or seq < new
+if gen ~= tonumber(ARGV[2]) or tonumber(p[6] or '0') ~= tonumber(ARGV[3]) or seq < new
    or new > durable then
   return 0
 end
 redis.call('SET', KEYS[1], ARGV[1])
-len = tail_trim(KEYS[3], len, seq - math.min(new, durable))
-redis.call('HSET', KEYS[2], 'applied', new, 'len', len)
-return 1
+if new > top then top = new end
+len = tail_trim(KEYS[3], len, seq - math.min(top, durable))
+redis.call('HSET', KEYS[2], ARGV[6], new, 'applied', top, 'len', len)
+if p[6] then return 1 end
+return 2
 """
 )
 
-# KEYS: state, tail, pos, ring. ARGV: fence ttl (s). The position stays as a fence.
+# KEYS: tail, pos, ring. ARGV: fence ttl (s), the user's state-key prefix. Every version's
+# state (named by the position's applied:<version> fields) goes; the position stays as a
+# fence with no version field. Returns {keys that existed, the versions whose state went}.
 DELETE_LUA = (
     _ALLOW_OOM
     + """
-local existed = redis.call('EXISTS', KEYS[1], KEYS[2], KEYS[4])
-local pos = redis.call('HMGET', KEYS[3], 'seq', 'gen')
-local seq, gen = tonumber(pos[1] or '0'), tonumber(pos[2] or '0')
-redis.call('DEL', KEYS[1], KEYS[2], KEYS[4])
-if seq > 0 or existed > 0 then
-  redis.call('HSET', KEYS[3], 'seq', 0, 'applied', 0, 'len', 0, 'durable', 0, 'gen', gen + 1)
-  redis.call('EXPIRE', KEYS[3], tonumber(ARGV[1]))
+local existed = redis.call('EXISTS', KEYS[1], KEYS[3])
+local pos = redis.call('HGETALL', KEYS[2])
+local seq, gen, gone = 0, 0, {}
+for i = 1, #pos, 2 do
+  local f = pos[i]
+  if f == 'seq' then seq = tonumber(pos[i + 1]) end
+  if f == 'gen' then gen = tonumber(pos[i + 1]) end
+  if string.sub(f, 1, 8) == 'applied:' and redis.call('DEL', ARGV[2] .. string.sub(f, 9)) > 0 then
+    existed = existed + 1
+    gone[#gone + 1] = string.sub(f, 9)
+  end
 end
-return existed
+redis.call('DEL', KEYS[1], KEYS[2], KEYS[3])
+if seq > 0 or existed > 0 then
+  redis.call('HSET', KEYS[2], 'seq', 0, 'applied', 0, 'len', 0, 'durable', 0, 'gen', gen + 1)
+  redis.call('EXPIRE', KEYS[2], tonumber(ARGV[1]))
+end
+return {existed, unpack(gone)}
 """
 )
 
-# KEYS: state, tail, pos, ring. ARGV: expected seq ('' = no position), seq, ring.
+# KEYS: tail, pos, ring. ARGV: expected seq ('' = no position), seq, ring, the user's
+# state-key prefix. A version whose state covers more than seq loses its state.
 RESTORE_LUA = """
-local p = redis.call('HMGET', KEYS[3], 'seq', 'applied')
-if (p[1] or '') ~= ARGV[1] then return 0 end
-local seq, applied = tonumber(ARGV[2]), tonumber(p[2] or '0')
-if not p[1] or applied > seq then
-  redis.call('DEL', KEYS[1])
-  applied = 0
+local pos = redis.call('HGETALL', KEYS[2])
+local p = {}
+for i = 1, #pos, 2 do p[pos[i]] = pos[i + 1] end
+if (p['seq'] or '') ~= ARGV[1] then return 0 end
+local seq, top = tonumber(ARGV[2]), 0
+for f, v in pairs(p) do
+  if string.sub(f, 1, 8) == 'applied:' then
+    if tonumber(v) > seq then
+      redis.call('DEL', ARGV[4] .. string.sub(f, 9))
+      redis.call('HDEL', KEYS[2], f)
+    elseif tonumber(v) > top then
+      top = tonumber(v)
+    end
+  end
 end
-redis.call('DEL', KEYS[2])
-redis.call('SET', KEYS[4], ARGV[3])
-redis.call('HSET', KEYS[3], 'seq', seq, 'applied', applied, 'durable', seq, 'len', 0)
-redis.call('PERSIST', KEYS[3])
+redis.call('DEL', KEYS[1])
+redis.call('SET', KEYS[3], ARGV[3])
+redis.call('HSET', KEYS[2], 'seq', seq, 'applied', top, 'durable', seq, 'len', 0)
+redis.call('PERSIST', KEYS[2])
 return 1
 """
+
+# KEYS: state of the version, pos. ARGV: the version's position field. Forget one user's
+# state under a retired version.
+RETIRE_LUA = (
+    _ALLOW_OOM
+    + """
+redis.call('HDEL', KEYS[2], ARGV[1])
+return redis.call('DEL', KEYS[1])
+"""
+)

@@ -11,12 +11,13 @@ shortens) head chunks, so no write copies the tail whole. The dedup ring is one 
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Sequence
 from typing import Any, cast
 
 from redis.asyncio.cluster import RedisCluster
 
-from service.errors import StoreBusy
+from service.errors import StoreBusy, StoreError
 from service.store.base import (
     CHUNK_RECORDS,
     AppendRequest,
@@ -29,7 +30,13 @@ from service.store.base import (
 )
 from service.store.dedup_ring import BLOCK
 from service.store.eventlog import RECORD_SIZE
-from service.store.keys import user_keys
+from service.store.keys import (
+    KEY_PREFIX,
+    applied_field,
+    state_key_pattern,
+    user_keys,
+    validate_model_version,
+)
 from service.store.redis_client import RedisClient, redis_errors
 from service.store.redis_scripts import (
     APPEND_LUA,
@@ -38,13 +45,20 @@ from service.store.redis_scripts import (
     DURABLE_LUA,
     READ_LUA,
     RESTORE_LUA,
+    RETIRE_LUA,
 )
 
-__all__ = ["DELETED_FENCE_TTL_S", "RedisStore"]
+__all__ = ["DELETED_FENCE_TTL_S", "STATE_COUNTS_KEY", "RedisStore"]
+
+# hash: model version → users with a state under it (kept at creation and deletion, so the
+# states-per-version gauge costs one HGETALL at any number of users)
+STATE_COUNTS_KEY = f"{KEY_PREFIX}:models:states"
 
 DELETED_FENCE_TTL_S = 7 * 24 * 3600  # a deleted user's position outlives any late applier
 
 _CHUNK_BYTES = CHUNK_RECORDS * RECORD_SIZE
+
+logger = logging.getLogger(__name__)
 
 
 def _append_script_input(
@@ -55,7 +69,7 @@ def _append_script_input(
     deadline = "" if not_after_s is None else f"{not_after_s:.6f}"
     flag = "1" if create else "0"
     args = [request.records, request.digests, dedup_window, _CHUNK_BYTES, BLOCK, deadline, flag]
-    return [keys.log, keys.pos, keys.dedup, keys.state], args
+    return [keys.log, keys.pos, keys.dedup], args
 
 
 def _append_result(reply: Any) -> AppendResult:
@@ -91,6 +105,7 @@ class RedisStore(ObservedStore):
         self._commit = client.register_script(COMMIT_LUA)
         self._delete = client.register_script(DELETE_LUA)
         self._restore = client.register_script(RESTORE_LUA)
+        self._retire = client.register_script(RETIRE_LUA)
 
     async def _call(self, op: str, script: Any, keys: list[str], args: list[Any]) -> Any:
         async with self._timed(op), redis_errors(op, self.url):
@@ -147,22 +162,26 @@ class RedisStore(ObservedStore):
         calls = [([user_keys(u).pos, user_keys(u).log], [seq, _CHUNK_BYTES]) for u, seq in marks]
         await self._script_batch("mark_durable", self._durable, calls)
 
-    async def get_state(self, user_id: str) -> bytes | None:
-        key = user_keys(user_id).state
+    async def get_state(self, user_id: str, version: str) -> bytes | None:
+        key = user_keys(user_id).state(version)
         async with self._timed("get_state"), redis_errors("get_state", self.url):
             state = await self._client.get(key)
         return cast("bytes | None", state)  # decode_responses is off: replies are bytes
 
-    async def position(self, user_id: str) -> UserPosition:
+    async def position(self, user_id: str, version: str) -> UserPosition:
         key = user_keys(user_id).pos
         async with self._timed("position"), redis_errors("position", self.url):
-            seq, applied = await self._client.hmget(key, ["seq", "applied"])
+            seq, applied = await self._client.hmget(key, ["seq", applied_field(version)])
         return UserPosition(int(seq or 0), int(applied or 0))
 
-    async def read_log(self, user_id: str, *, unapplied_only: bool) -> LogSlice:
+    async def read_log(
+        self, user_id: str, version: str | None, *, unapplied_only: bool
+    ) -> LogSlice:
         keys = user_keys(user_id)
-        args = ["unapplied" if unapplied_only else "all", _CHUNK_BYTES]
-        reply = await self._call("read_log", self._read, [keys.state, keys.log, keys.pos], args)
+        field = "" if version is None else applied_field(version)
+        script_keys = [keys.log, keys.pos] + ([] if version is None else [keys.state(version)])
+        args = ["unapplied" if unapplied_only else "all", _CHUNK_BYTES, field]
+        reply = await self._call("read_log", self._read, script_keys, args)
         state, seq, applied, gen, length, records, durable, exists = reply
         return LogSlice(
             state,
@@ -176,12 +195,22 @@ class RedisStore(ObservedStore):
         )
 
     async def commit_state(
-        self, user_id: str, state: bytes, *, gen: int, expected_applied: int, applied: int
+        self,
+        user_id: str,
+        version: str,
+        state: bytes,
+        *,
+        gen: int,
+        expected_applied: int,
+        applied: int,
     ) -> bool:
         keys = user_keys(user_id)
-        args = [bytes(state), gen, expected_applied, applied, _CHUNK_BYTES]
-        ok = await self._call("commit", self._commit, [keys.state, keys.pos, keys.log], args)
-        return self._cas_result(bool(ok))
+        args = [bytes(state), gen, expected_applied, applied, _CHUNK_BYTES, applied_field(version)]
+        script_keys = [keys.state(version), keys.pos, keys.log]
+        done = int(await self._call("commit", self._commit, script_keys, args))
+        if done == 2:
+            await self._count_states({version: 1})
+        return self._cas_result(done > 0)
 
     async def restore(
         self, user_id: str, *, expected_seq: int | None, seq: int, ring: bytes
@@ -191,20 +220,49 @@ class RedisStore(ObservedStore):
         ok = await self._call(
             "restore",
             self._restore,
-            [keys.state, keys.log, keys.pos, keys.dedup],
-            [expected, seq, ring],
+            [keys.log, keys.pos, keys.dedup],
+            [expected, seq, ring, keys.state_prefix],
         )
         return bool(ok)
 
     async def delete(self, user_id: str) -> bool:
         keys = user_keys(user_id)
-        existed = await self._call(
+        existed, *versions = await self._call(
             "delete",
             self._delete,
-            [keys.state, keys.log, keys.pos, keys.dedup],
-            [DELETED_FENCE_TTL_S],
+            [keys.log, keys.pos, keys.dedup],
+            [DELETED_FENCE_TTL_S, keys.state_prefix],
         )
+        await self._count_states({bytes(v).decode(): -1 for v in versions})
         return int(existed) > 0
+
+    async def retire(self, version: str) -> int:
+        """Delete every user's state under ``version`` (SCAN on every master of a cluster)."""
+        field = applied_field(version)
+        deleted = 0
+        async with redis_errors("retire", self.url):
+            async for key in self._client.scan_iter(match=state_key_pattern(version), count=1_000):
+                pos = key.decode().rsplit(":state:", 1)[0] + ":pos"
+                deleted += int(await self._retire(keys=[key, pos], args=[field]))
+            await self._client.hdel(STATE_COUNTS_KEY, version)
+        return deleted
+
+    async def state_counts(self) -> dict[str, int]:
+        """Users with a state, per model version."""
+        async with redis_errors("state_counts", self.url):
+            counts = await self._client.hgetall(STATE_COUNTS_KEY)
+        return {(k.decode() if isinstance(k, bytes) else k): int(v) for k, v in counts.items()}
+
+    async def _count_states(self, deltas: dict[str, int]) -> None:
+        """Keep the per-version state counts; best effort: the write it follows has happened
+        (a full or unreachable Redis leaves the gauge off by one, never fails the write)."""
+        try:
+            async with redis_errors("state_counts", self.url):
+                for version, delta in deltas.items():
+                    version = validate_model_version(version)
+                    await self._client.hincrby(STATE_COUNTS_KEY, version, delta)
+        except StoreError as exc:
+            logger.warning("per-version state counts not updated: %s", exc)
 
     async def ping(self) -> None:
         async with self._timed("ping"), redis_errors("ping", self.url):

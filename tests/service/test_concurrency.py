@@ -82,7 +82,7 @@ async def test_concurrent_ingest_on_two_replicas_equals_a_batch_recompute(
         store = RedisStore(await connect_redis(redis_url), redis_url)
         try:
             for u in USERS:
-                record = await store.read_log(u, unapplied_only=False)
+                record = await store.read_log(u, app_a.state.model.version, unapplied_only=False)
                 assert record.state is not None and record.seq == record.applied
                 state = LowRankState.from_bytes(record.state)
                 log = decode_log((await app_a.state.history.read(u)).records)

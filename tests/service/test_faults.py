@@ -22,6 +22,7 @@ import numpy as np
 import pytest
 import redis
 
+from model.checkpoint import checkpoint_version
 from model.states import LowRankState
 from service.history.postgres import PostgresHistory
 from service.store.eventlog import decode_log, event_id_key
@@ -110,13 +111,15 @@ def _check_exactly_once(
         if cluster
         else redis.Redis.from_url(url)
     )
+    version = checkpoint_version(checkpoint_dir)
     try:
         for user, distinct in by_user.items():
-            blob = raw.get(f"solar:{{{user}}}:state")
+            blob = raw.get(f"solar:{{{user}}}:state:{version}")
             assert blob is not None, user
             state = LowRankState.from_bytes(blob)
             pos = raw.hgetall(f"solar:{{{user}}}:pos")
-            assert state.n == len(distinct) == int(pos[b"seq"]) == int(pos[b"applied"]), user
+            applied = int(pos[f"applied:{version}".encode()])
+            assert state.n == len(distinct) == int(pos[b"seq"]) == applied, user
             ref = reference_state(str(checkpoint_dir), list(distinct.values()))
             np.testing.assert_allclose(gram(state), gram(ref), rtol=1e-5, atol=atol)
     finally:
@@ -385,8 +388,10 @@ def test_each_hot_key_deleted_by_hand_is_rebuilt_from_the_durable_tier(
             _wait_applied(client, users)
             worker.stop()
             _post_collecting(client, thirds[1], statuses)  # pending: the tails hold them
+            version = checkpoint_version(checkpoint_dir)
             for key, user in victims.items():
-                assert raw.delete(f"solar:{{{user}}}:{key}") == 1, (key, user)
+                name = f"state:{version}" if key == "state" else key
+                assert raw.delete(f"solar:{{{user}}}:{name}") == 1, (key, user)
             for user in users:  # the rank path never answers 500 meanwhile
                 response = client.post("/rank", json={"user_id": user, "candidates": [1, 2]})
                 statuses.append(response.status_code)
@@ -472,12 +477,14 @@ def test_a_serve_killed_between_store_and_announce_leaves_no_user_pending(
     finally:
         worker.stop()
     raw = redis.Redis.from_url(redis_url)
+    version = checkpoint_version(checkpoint_dir)
     try:
         for user in users:
             pos = raw.hgetall(f"solar:{{{user}}}:pos")
-            blob = raw.get(f"solar:{{{user}}}:state")
+            blob = raw.get(f"solar:{{{user}}}:state:{version}")
             n = 0 if blob is None else LowRankState.from_bytes(blob).n
-            seqs = [int(pos.get(f, b"0")) for f in (b"seq", b"applied", b"durable")]
+            fields = (b"seq", f"applied:{version}".encode(), b"durable")
+            seqs = [int(pos.get(f, b"0")) for f in fields]
             assert seqs == [n] * 3, (user, n, seqs)
     finally:
         raw.close()

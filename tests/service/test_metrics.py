@@ -26,6 +26,12 @@ DESIGN_METRICS = {
     "solar_unknown_items": ("counter", set()),
     "solar_factor_residual_ratio": ("histogram", set()),
     "solar_model_info": ("gauge", {"version", "rank", "dim"}),
+    "solar_state_rebuilds": ("counter", {"reason", "version", "path"}),
+    "solar_model_states": ("gauge", {"version"}),
+    "solar_applied_versions": ("gauge", set()),
+    "solar_backfill_users_total": ("gauge", {"version"}),
+    "solar_backfill_users_done": ("gauge", {"version"}),
+    "solar_backfill_events": ("counter", {"version"}),
 }
 
 

@@ -86,7 +86,7 @@ def test_the_rule_is_written_only_in_its_home() -> None:
 def test_every_rendering_accepts_a_good_id(user_id: str) -> None:
     assert all(_renderings(user_id).values()), _renderings(user_id)
     assert validate_user_id(user_id) == user_id
-    assert user_keys(user_id).state == f"solar:{{{user_id}}}:state"
+    assert user_keys(user_id).state("v1") == f"solar:{{{user_id}}}:state:v1"
 
 
 @pytest.mark.parametrize("user_id", BAD)

@@ -195,16 +195,16 @@ async def test_body_limit_is_enforced_while_reading(make_settings: SettingsFacto
 class _DownStore(MemoryStore):
     """A store whose every operation fails as if Redis were unreachable."""
 
-    async def get_state(self, user_id: str) -> bytes | None:
+    async def get_state(self, user_id: str, version: str) -> bytes | None:
         raise StoreUnavailable("down")
 
-    async def read_log(self, user_id: str, **kwargs: Any) -> Any:
+    async def read_log(self, user_id: str, *args: Any, **kwargs: Any) -> Any:
         raise StoreUnavailable("down")
 
     async def append_batch(self, *args: Any, **kwargs: Any) -> Any:
         raise StoreUnavailable("down")
 
-    async def position(self, user_id: str) -> Any:
+    async def position(self, user_id: str, version: str) -> Any:
         raise StoreUnavailable("down")
 
     async def delete(self, user_id: str) -> bool:

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import redis
 
+from model.checkpoint import checkpoint_version
 from model.states import Decay, LowRankState
 from service.core.applier import Applier
 from service.core.ingest import EventColumns, Ingestor, IngestResult
@@ -20,6 +21,7 @@ from service.metrics import Metrics
 from service.store.eventlog import decode_log, make_records
 from service.store.keys import partition_of
 from service.store.memory import MemoryStore
+from service.store.models import MemoryModels
 from service.stream.memory import MemoryStream
 from tests.service.conftest import SettingsFactory
 from tests.service.support import event, gram, ingest, reference_state, running_app
@@ -60,10 +62,22 @@ class Pipeline:
         self.model = load_serving_model(settings)
         self.history = history if history is not None else MemoryHistory()
         self.ingestor = Ingestor(
-            self.store, self.stream, self.metrics, self.history, settings.dedup_window, 0.5
+            self.store,
+            self.stream,
+            self.metrics,
+            self.history,
+            settings.dedup_window,
+            self.model.version,
+            0.5,
         )
         self.applier = Applier.create(
-            settings, self.store, self.stream, self.model, self.metrics, history=self.history
+            settings,
+            self.store,
+            self.stream,
+            self.model,
+            self.metrics,
+            history=self.history,
+            models=MemoryModels(),
         )
         self.users = self.applier.users
 
@@ -84,14 +98,13 @@ class Pipeline:
         return seen
 
     async def state(self, user_id: str) -> LowRankState:
-        blob = await self.store.get_state(user_id)
+        blob = await self.store.get_state(user_id, self.model.version)
         assert blob is not None
         return LowRankState.from_bytes(blob)
 
-    def rebuilds(self, reason: str) -> float | None:
-        return self.metrics.registry.get_sample_value(
-            "solar_state_rebuilds_total", {"reason": reason}
-        )
+    def rebuilds(self, reason: str, path: str = "apply") -> float | None:
+        labels = {"reason": reason, "version": self.model.version, "path": path}
+        return self.metrics.registry.get_sample_value("solar_state_rebuilds_total", labels)
 
 
 def test_events_are_grouped_by_user_in_arrival_order() -> None:
@@ -128,14 +141,16 @@ async def test_the_request_updates_no_factor_and_the_applier_coalesces(
     for start in range(0, 30, 5):
         result = await pipe.ingest(raw[start : start + 5], apply=False)
         assert result.accepted == 5
-    assert await pipe.store.get_state("u") is None  # nothing applied in the requests
-    assert (await pipe.store.position("u")).pending == 30
+    assert (
+        await pipe.store.get_state("u", pipe.model.version) is None
+    )  # nothing applied in the requests
+    assert (await pipe.store.position("u", pipe.model.version)).pending == 30
     assert await pipe.drain() == 6  # six notices ...
     registry = pipe.metrics.registry
     assert registry.get_sample_value("solar_apply_batch_events_count") == 1  # ... one update
     assert registry.get_sample_value("solar_apply_batch_events_sum") == 30
     assert registry.get_sample_value("solar_apply_lag_seconds_count") == 1
-    assert (await pipe.store.position("u")).pending == 0
+    assert (await pipe.store.position("u", pipe.model.version)).pending == 0
     ref = reference_state(str(checkpoint_dir), raw)
     np.testing.assert_allclose(gram(await pipe.state("u")), gram(ref), atol=1e-4)
     assert await pipe.drain() == 0
@@ -181,7 +196,7 @@ async def test_wait_returns_once_applied_or_times_out(make_settings: SettingsFac
     try:
         result = await pipe.ingestor.ingest(_events([event("u", 2, 2.0)]), wait=True)
         assert result.accepted == 1
-        assert (await pipe.store.position("u")).pending == 0
+        assert (await pipe.store.position("u", pipe.model.version)).pending == 0
         assert (await pipe.state("u")).n == 2
     finally:
         pipe.applier.stop()
@@ -191,12 +206,12 @@ async def test_wait_returns_once_applied_or_times_out(make_settings: SettingsFac
 async def test_the_history_is_durable_and_the_tail_short(make_settings: SettingsFactory) -> None:
     pipe = Pipeline(make_settings)
     await pipe.ingest([event("u", i, float(i)) for i in range(1, 4)], apply=False)
-    snapshot = await pipe.store.read_log("u", unapplied_only=False)
+    snapshot = await pipe.store.read_log("u", pipe.model.version, unapplied_only=False)
     assert (snapshot.length, snapshot.durable, snapshot.applied) == (3, 3, 0)  # acknowledged
     assert (await pipe.history.read("u")).last_seq == 3  # ... only once durable
     await pipe.drain()
     await pipe.ingest([event("u", i, float(i)) for i in range(4, 9)])
-    assert (await pipe.store.read_log("u", unapplied_only=False)).length == 0
+    assert (await pipe.store.read_log("u", pipe.model.version, unapplied_only=False)).length == 0
     stored = await pipe.history.read("u")
     assert list(decode_log(stored.records)["ts"]) == [float(i) for i in range(1, 9)]
     assert (await pipe.state("u")).n == 8
@@ -209,35 +224,40 @@ async def test_a_rebuild_reads_the_whole_history_or_the_operators_cap(
         pipe = Pipeline(make_settings, log_cap=cap)
         await pipe.ingest([event("u", i, float(i)) for i in range(1, 31)])
         assert await pipe.store.commit_state(
-            "u", b"garbage", gen=0, expected_applied=30, applied=30
+            "u", pipe.model.version, b"garbage", gen=0, expected_applied=30, applied=30
         )
         assert (await pipe.ingest([event("u", 31, 31.0)])).accepted == 1
         assert (await pipe.state("u")).n == expected
         assert pipe.rebuilds("corrupt") == 1
 
 
-async def test_state_of_another_model_is_rebuilt_from_the_log(
+async def test_a_new_model_builds_its_own_state_from_the_whole_history(
     make_settings: SettingsFactory, other_checkpoint_dir: Path, checkpoint_dir: Path
 ) -> None:
+    """States per model version: the new version's first state is the batch state of the
+    whole history (no rebuild counted), and the old version's state is left as it was."""
     store = MemoryStore()
     old = Pipeline(make_settings, store=store, model_path=other_checkpoint_dir)
     raw = [event("u", i, float(i), "share") for i in range(1, 11)]
     await old.ingest(raw[:6])
     new = Pipeline(make_settings, store=store, history=old.history)
-    assert (await new.state("u")).tag == old.model.version
+    assert await store.get_state("u", new.model.version) is None
     await new.ingest(raw[6:])
     state = await new.state("u")
     assert state.tag == new.model.version and state.n == 10
     ref = reference_state(str(checkpoint_dir), raw)
     np.testing.assert_allclose(gram(state), gram(ref), atol=1e-4)
-    assert new.rebuilds("model_version") == 1
+    assert (await old.state("u")).n == 6  # never rewritten by the other version
+    assert new.rebuilds("model_version") is None and old.rebuilds("model_version") is None
 
 
 async def test_corrupt_state_is_rebuilt(make_settings: SettingsFactory) -> None:
     pipe = Pipeline(make_settings)
     await pipe.ingest([event("u", 1, 1.0), event("u", 2, 2.0)])
-    snapshot = await pipe.store.read_log("u", unapplied_only=False)
-    assert await pipe.store.commit_state("u", b"garbage", gen=0, expected_applied=2, applied=2)
+    snapshot = await pipe.store.read_log("u", pipe.model.version, unapplied_only=False)
+    assert await pipe.store.commit_state(
+        "u", pipe.model.version, b"garbage", gen=0, expected_applied=2, applied=2
+    )
     assert (await pipe.ingest([event("u", 3, 3.0)])).accepted == 1
     assert (await pipe.state("u")).n == 3
     assert pipe.rebuilds("corrupt") == 1
@@ -262,11 +282,11 @@ class _RacingStore(MemoryStore):
         super().__init__()
         self.losses = losses
 
-    async def commit_state(self, user_id: str, state: bytes, **fence: int) -> bool:
+    async def commit_state(self, user_id: str, version: str, state: bytes, **fence: int) -> bool:
         if self.losses > 0:
             self.losses -= 1
             return False
-        return await super().commit_state(user_id, state, **fence)
+        return await super().commit_state(user_id, version, state, **fence)
 
 
 async def test_lost_commits_are_retried(make_settings: SettingsFactory) -> None:
@@ -287,19 +307,19 @@ async def test_too_many_lost_commits_leave_the_notice_pending(
     notices = await pipe.stream.read(k, "a", 10, block_s=0)
     assert not await pipe.applier.apply(k, notices)  # failed: not acknowledged
     assert await pipe.stream.backlog(k) == 1
-    assert await pipe.store.get_state("u") is None
+    assert await pipe.store.get_state("u", pipe.model.version) is None
 
 
 @pytest.mark.parametrize("path", ["ingest", "rank"])
 async def test_lost_state_key_is_rebuilt_from_the_log(
-    make_settings: SettingsFactory, redis_url: str, path: str
+    make_settings: SettingsFactory, redis_url: str, path: str, checkpoint_dir: Path
 ) -> None:
     """Only the state key gone (an eviction): history comes back from the log, not from zero."""
     history = [event("u1", item, 100.0 + i) for i, item in enumerate([1, 2, 3, 4, 5, 6])]
     async with running_app(make_settings(redis_url=redis_url)) as (_, client):
         await ingest(client, history)
         with redis.Redis.from_url(redis_url) as raw:
-            assert raw.delete("solar:{u1}:state") == 1
+            assert raw.delete(f"solar:{{u1}}:state:{checkpoint_version(checkpoint_dir)}") == 1
         if path == "ingest":
             await ingest(client, [event("u1", 7, 200.0)])
             expected = len(history) + 1
@@ -310,7 +330,9 @@ async def test_lost_state_key_is_rebuilt_from_the_log(
         user = (await client.get("/users/u1")).json()
         assert user["history_length"] == expected
         metrics = (await client.get("/metrics")).text
-        assert 'solar_state_rebuilds_total{reason="missing"} 1.0' in metrics
+        where = "apply" if path == "ingest" else "rank"
+        assert f'reason="missing",version="{checkpoint_version(checkpoint_dir)}"' in metrics
+        assert f'path="{where}"' in metrics
 
 
 async def test_changed_half_life_rebuilds_instead_of_mixing_weights(

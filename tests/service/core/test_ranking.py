@@ -98,12 +98,14 @@ async def test_concurrent_requests_in_mixed_modes_match_sequential_ones(
             assert score == pytest.approx(sequential[i % 3][c], abs=1e-5)
 
 
-async def test_state_of_another_model_is_rebuilt_on_rank(
+async def test_a_new_model_builds_its_state_once_on_rank(
     make_settings: SettingsFactory,
     redis_url: str,
     other_checkpoint_dir: Path,
     shared_history: dict[str, str],
 ) -> None:
+    """A user the new version has no state for yet is rebuilt once from the durable history
+    on its first /rank (reason new_version), and the old version's state is left alone."""
     history = [event("u", i, float(i)) for i in range(1, 15)]
     old_settings = make_settings(
         redis_url=redis_url, model_path=other_checkpoint_dir, **shared_history
@@ -112,16 +114,17 @@ async def test_state_of_another_model_is_rebuilt_on_rank(
         await ingest(old, history)
         old_version = (await old.get("/model")).json()["version"]
     async with running_app(make_settings(redis_url=redis_url, **shared_history)) as (app, new):
-        assert (await new.get("/users/u")).json()["model_version"] == old_version
         body = await _rank(new, "svd")
         assert body["history_length"] == len(history)
         user = (await new.get("/users/u")).json()
         assert user["model_version"] == body["model_version"] != old_version
         registry = app.state.metrics.registry
-        rebuilds = {"reason": "model_version"}
+        rebuilds = {"reason": "new_version", "version": body["model_version"], "path": "rank"}
         assert registry.get_sample_value("solar_state_rebuilds_total", rebuilds) == 1
         await _rank(new, "softmax")  # already rebuilt: no second rebuild
         assert registry.get_sample_value("solar_state_rebuilds_total", rebuilds) == 1
+    async with running_app(old_settings) as (_, old):
+        assert (await old.get("/users/u")).json()["model_version"] == old_version
 
 
 async def test_a_history_shorter_than_r_ranks_the_same_whatever_the_served_rank(

@@ -4,6 +4,7 @@ events but never announced them (service.core.applier)."""
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import pytest
@@ -16,6 +17,7 @@ from service.history.memory import MemoryHistory
 from service.metrics import Metrics
 from service.store.keys import partition_of
 from service.store.memory import MemoryStore
+from service.store.models import MemoryModels
 from service.store.redis_client import connect_redis
 from service.store.redis_store import RedisStore
 from service.stream.memory import MemoryStream
@@ -49,9 +51,10 @@ async def test_a_lost_hot_key_is_rebuilt_and_nothing_applies_twice(
     store = RedisStore(await connect_redis(redis_url), redis_url)
     raw = aioredis.Redis.from_url(redis_url)
     history, stream, metrics = MemoryHistory(), MemoryStream(4), Metrics()
-    ingestor = Ingestor(store, stream, metrics, history, settings.dedup_window)
+    model = load_serving_model(settings)
+    ingestor = Ingestor(store, stream, metrics, history, settings.dedup_window, model.version)
     applier = Applier.create(
-        settings, store, stream, load_serving_model(settings), metrics, history=history
+        settings, store, stream, model, metrics, history=history, models=MemoryModels()
     )
     try:
         assert (await ingestor.ingest(_columns("u", range(1, 41)))).accepted == 40
@@ -60,7 +63,7 @@ async def test_a_lost_hot_key_is_rebuilt_and_nothing_applies_twice(
         assert (again.accepted, again.duplicates) == (20, 20)
         assert metrics.hot_repairs.labels(outcome="restored")._value.get() == 1
         assert (await applier.users.apply_pending("u")).events == 60
-        snapshot = await store.read_log("u", unapplied_only=False)
+        snapshot = await store.read_log("u", model.version, unapplied_only=False)
         assert (snapshot.seq, snapshot.applied, snapshot.durable) == (60, 60, 60)
         assert (await history.read("u")).events == 60
     finally:
@@ -74,16 +77,21 @@ async def test_the_sweeper_applies_stored_but_unannounced_users(
     settings = make_settings(sweep_grace_s=0.001)
     store, history, metrics = MemoryStore(), MemoryHistory(), Metrics()
     stream = _DiesBeforeAnnouncing(4)
-    ingestor = Ingestor(store, stream, metrics, history, settings.dedup_window, grace_s=5.0)
+    model = load_serving_model(settings)
+    ingestor = Ingestor(
+        store, stream, metrics, history, settings.dedup_window, model.version, grace_s=5.0
+    )
     with pytest.raises(ConnectionError):
         await ingestor.ingest(_columns("u", range(1, 11)))
-    assert (await store.position("u")).pending == 10 and await stream.backlog(0) == 0
+    assert (await store.position("u", model.version)).pending == 10
+    assert await stream.backlog(0) == 0
     applier = Applier.create(
-        settings, store, stream, load_serving_model(settings), metrics, history=history
+        settings, store, stream, model, metrics, history=history, models=MemoryModels()
     )
     k = partition_of("u", 4)
     assert await stream.dirty_count(k) == 1  # marked before storing: the sweeper's net
+    await asyncio.sleep(0.01)  # the mark is older than the grace
     assert await applier.sweep(k) == 10
-    assert (await store.position("u")).pending == 0
+    assert (await store.position("u", model.version)).pending == 0
     assert metrics.ingest_unannounced.labels(partition=str(k))._value.get() == 10
     assert await stream.dirty_count(k) == 0 and await applier.sweep(k) == 0

@@ -11,8 +11,8 @@ import pytest
 
 from model.states import Decay, LowRankState, StateBuilder, UserState
 from service.core.serving_model import ServingModel, load_serving_model
-from service.core.users import UserStates, parse_state, served_singular_values
-from service.errors import StateUnreadable, UnknownUser
+from service.core.users import RebuildGate, UserStates, parse_state, served_singular_values
+from service.errors import RebuildsBusy, StateUnreadable, UnknownUser
 from service.history.base import HistoryChunk
 from service.history.memory import MemoryHistory
 from service.metrics import Metrics
@@ -192,14 +192,16 @@ async def test_a_state_stored_by_the_previous_release_is_used_and_rewritten_in_f
         assert isinstance(old, LowRankState)
         legacy = legacy_blob(old)
         assert legacy[4:6] == b"\x01\x00"
-        assert await users.store.commit_state("u", legacy, gen=0, expected_applied=0, applied=7)
+        assert await users.store.commit_state(
+            "u", model.version, legacy, gen=0, expected_applied=0, applied=7
+        )
         assert parse_state(legacy, model).rebuild is None
         loaded = (await users.load("u")).state
         assert isinstance(loaded, LowRankState) and loaded.n == 7
         np.testing.assert_array_equal(loaded.V, LowRankState.from_bytes(old.to_bytes()).V)
         await _append(users, second)
         assert await users.apply_pending("u") == (5, None)  # updated, not rebuilt
-        blob = await users.store.get_state("u")
+        blob = await users.store.get_state("u", model.version)
         assert blob is not None and blob[4:6] == b"\x03\x00"
         ref = users.from_log(np.concatenate([first, second]))
         np.testing.assert_allclose(gram(LowRankState.from_bytes(blob)), gram(ref), atol=1e-5)
@@ -229,7 +231,9 @@ async def test_load_rebuilds_a_corrupt_state_once_and_writes_it_back(
     users = await _users(model, store_url)
     try:
         await _append(users, _records(9))
-        assert await users.store.commit_state("u", b"garbage", gen=0, expected_applied=0, applied=9)
+        assert await users.store.commit_state(
+            "u", model.version, b"garbage", gen=0, expected_applied=0, applied=9
+        )
         with pytest.raises(StateUnreadable):
             await users.view("u")
         loaded = await users.load("u")
@@ -238,7 +242,8 @@ async def test_load_rebuilds_a_corrupt_state_once_and_writes_it_back(
         assert view.history_length == 9 and view.model_version == model.version
         assert len(view.singular_values) == model.rank  # the r served values, not ℓ
         rebuilt = users.metrics.registry.get_sample_value(
-            "solar_state_rebuilds_total", {"reason": "corrupt"}
+            "solar_state_rebuilds_total",
+            {"reason": "corrupt", "version": model.version, "path": "rank"},
         )
         assert rebuilt == 1
         with pytest.raises(UnknownUser):
@@ -257,7 +262,7 @@ async def test_a_deleted_user_is_not_brought_back_by_an_apply(
         await _append(users, _records(4))
         assert await users.forget("u")
         assert (await users.apply_pending("u")).events == 0
-        assert await users.store.get_state("u") is None
+        assert await users.store.get_state("u", model.version) is None
         with pytest.raises(UnknownUser):
             await users.view("u")
     finally:
@@ -274,15 +279,22 @@ async def test_forget_removes_state_and_log_and_fences_a_late_applier(
         await _append(users, _records(6))
         assert (await users.apply_pending("u")).events == 6
         await _append(users, _records(3, start=7))
-        late = await users.store.read_log("u", unapplied_only=True)  # the applier's read
+        late = await users.store.read_log(
+            "u", model.version, unapplied_only=True
+        )  # the applier's read
         state = users.from_log(_records(9))
         assert await users.forget("u") is True
         assert await users.forget("u") is False  # nothing stored any more
         assert not await users.store.commit_state(  # the applier's fenced write: refused
-            "u", state.to_bytes(), gen=late.gen, expected_applied=late.applied, applied=late.seq
+            "u",
+            model.version,
+            state.to_bytes(),
+            gen=late.gen,
+            expected_applied=late.applied,
+            applied=late.seq,
         )
-        assert await users.store.get_state("u") is None
-        gone = await users.store.read_log("u", unapplied_only=False)
+        assert await users.store.get_state("u", model.version) is None
+        gone = await users.store.read_log("u", model.version, unapplied_only=False)
         assert (gone.length, gone.records) == (0, b"")
         assert (await users.load("u")).state is None
         with pytest.raises(UnknownUser):
@@ -295,3 +307,29 @@ def test_served_singular_values_drop_rounding_noise() -> None:
     sigma = np.array([2.0, 1.0, 3e-7, 8.8e-17, 5.0])  # ℓ = 5 (the tail beyond r unused)
     assert served_singular_values(sigma, 4) == [2.0, 1.0, 0.0, 0.0]
     assert served_singular_values(np.zeros(3), 2) == [0.0, 0.0]  # no history at all
+
+
+@pytest.mark.anyio
+async def test_rank_path_rebuilds_of_a_new_version_are_rate_limited(model: ServingModel) -> None:
+    """A user the version has no state for is rebuilt once on load (reason new_version); past
+    the gate's slots and queue, the next one is refused with RebuildsBusy (503), not queued."""
+    users = UserStates(
+        MemoryStore(),
+        model,
+        Metrics(),
+        history=MemoryHistory(),
+        dedup_window=1_000,
+        rebuild_gate=RebuildGate(concurrent=1, queue=0),
+    )
+    await _append(users, _records(9))
+    loaded = await users.load("u")
+    assert loaded.state is not None and loaded.state.n == 9
+    labels = {"reason": "new_version", "version": model.version, "path": "rank"}
+    registry = users.metrics.registry
+    assert registry.get_sample_value("solar_state_rebuilds_total", labels) == 1
+    assert (await users.load("u")).state is not None  # written back: no second rebuild
+    assert registry.get_sample_value("solar_state_rebuilds_total", labels) == 1
+    async with users.rebuild_gate.turn():  # the one slot is taken
+        with pytest.raises(RebuildsBusy):
+            async with users.rebuild_gate.turn():
+                pass

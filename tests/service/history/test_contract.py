@@ -169,3 +169,15 @@ async def test_delete_forgets_one_user(history: HistoryStore) -> None:
     assert await history.last_seq("v") == 2
     await history.append([HistoryChunk("u", 1, recs(1, 3, salt=2))])
     assert (await history.read("u")).records == recs(1, 3, salt=2)
+
+
+async def test_users_pages_through_every_user_with_a_history(history: HistoryStore) -> None:
+    names = [f"u{i:03d}" for i in range(25)]
+    await history.append([HistoryChunk(u, 1, recs(1, 2)) for u in names])
+    await history.delete("u007")
+    pages, after = [], ""
+    while page := await history.users(after=after, limit=10):
+        pages.append(page)
+        after = page[-1]
+    assert [len(p) for p in pages] == [10, 10, 4]
+    assert [u for p in pages for u in p] == [u for u in names if u != "u007"]

@@ -212,7 +212,7 @@ def test_store_dedup_matches_the_pairwise_definition(log: list[Event], new: list
             digs = digests(identity_keys(records))
             request = AppendRequest("u", records.tobytes(), digs)
             await store.append_batch([request], dedup_window=window, create=True)
-        return (await store.read_log("u", unapplied_only=False)).records
+        return (await store.read_log("u", None, unapplied_only=False)).records
 
     kept_log = [e for e, dup in zip(log, _reference_mask([], log, window), strict=True) if not dup]
     kept_new = [

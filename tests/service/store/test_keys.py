@@ -4,12 +4,16 @@ import re
 
 import pytest
 
-from service.errors import InvalidUserId
+from service.errors import InvalidModelVersion, InvalidUserId
 from service.store.keys import (
+    applied_field,
+    backfill_keys,
     lease_key,
     partition_of,
+    state_key_pattern,
     stream_key,
     user_keys,
+    validate_model_version,
     validate_user_id,
 )
 from service.user_ids import USER_ID_PATTERN
@@ -24,17 +28,20 @@ def _hash_tag(key: str) -> str:
 def test_key_layout() -> None:
     keys = user_keys("alice@example.com")
     assert keys == (
-        "solar:{alice@example.com}:state",
         "solar:{alice@example.com}:log",
         "solar:{alice@example.com}:pos",
         "solar:{alice@example.com}:dedup",
+        "solar:{alice@example.com}:state:",
     )
-    assert (keys.state, keys.log, keys.pos, keys.dedup) == tuple(keys)
+    assert keys.state("3f2a9c") == "solar:{alice@example.com}:state:3f2a9c"
+    assert state_key_pattern("3f2a9c") == "solar:{*}:state:3f2a9c"
+    assert applied_field("3f2a9c") == "applied:3f2a9c"
 
 
 @pytest.mark.parametrize("user_id", ["a", "A-Z_0.9:x@y", "x" * 128, "123", "user:42"])
 def test_keys_of_one_user_share_one_hash_tag(user_id: str) -> None:
-    tags = {_hash_tag(k) for k in user_keys(user_id)}
+    keys = user_keys(user_id)
+    tags = {_hash_tag(k) for k in (*keys, keys.state("v1"), keys.state("v2"))}
     assert tags == {user_id}
 
 
@@ -77,3 +84,16 @@ def test_non_strings_are_rejected(user_id: object) -> None:
 def test_user_keys_validate() -> None:
     with pytest.raises(InvalidUserId):
         user_keys("bad}id")
+
+
+@pytest.mark.parametrize("version", ["", "a" * 65, "a:b", "a{b}", "a*", "a b", "é"])
+def test_model_versions_that_would_break_a_key_are_refused(version: str) -> None:
+    with pytest.raises(InvalidModelVersion):
+        validate_model_version(version)
+    with pytest.raises(InvalidModelVersion):
+        user_keys("u").state(version)
+
+
+def test_backfill_keys_share_their_own_hash_tag() -> None:
+    keys = backfill_keys("3f2a9c")
+    assert {_hash_tag(k) for k in keys} == {"backfill:3f2a9c"}

@@ -18,6 +18,7 @@ from service.store.redis_store import RedisStore
 from solar_tools.redis_server import RedisServer, free_port
 
 pytestmark = pytest.mark.anyio
+V1 = "v1"  # the model version of the states written here
 
 
 def _one_event() -> tuple[bytes, bytes]:
@@ -41,11 +42,11 @@ async def test_unavailable_while_stopped_then_recovers(redis_server: RedisServer
         redis_server.stop()
         for call in (
             store.ping,
-            lambda: store.get_state("u"),
-            lambda: store.position("u"),
-            lambda: store.read_log("u", unapplied_only=True),
+            lambda: store.get_state("u", V1),
+            lambda: store.position("u", V1),
+            lambda: store.read_log("u", V1, unapplied_only=True),
             lambda: _append(store, recs, idents),
-            lambda: store.commit_state("u", b"S", gen=0, expected_applied=0, applied=1),
+            lambda: store.commit_state("u", V1, b"S", gen=0, expected_applied=0, applied=1),
             lambda: store.delete("u"),
         ):
             start = time.perf_counter()
@@ -75,11 +76,11 @@ async def test_timeout_of_a_frozen_server_is_unavailable(redis_server: RedisServ
         try:
             start = time.perf_counter()
             with pytest.raises(StoreUnavailable):
-                await store.get_state("u")
+                await store.get_state("u", V1)
             assert time.perf_counter() - start < 3.0
         finally:
             redis_server.resume()
-        assert await store.get_state("u") is None
+        assert await store.get_state("u", V1) is None
     finally:
         await store.close()
 
@@ -156,8 +157,8 @@ async def test_a_full_redis_refuses_appends_as_store_full_but_still_frees(
             await _append(store, *_one_event_at(2.0))
         assert info.value.reason == "store_full" and "full" in str(info.value)
         await store.mark_durable([("u", first.seq)])
-        assert await store.commit_state("u", b"S", gen=0, expected_applied=0, applied=first.seq)
-        assert (await store.read_log("u", unapplied_only=False)).length == 0  # trimmed
+        assert await store.commit_state("u", V1, b"S", gen=0, expected_applied=0, applied=first.seq)
+        assert (await store.read_log("u", V1, unapplied_only=False)).length == 0  # trimmed
     finally:
         raw.config_set("maxmemory", "0")
         raw.close()

@@ -35,6 +35,7 @@ from service.store.redis_store import RedisStore
 pytestmark = pytest.mark.anyio
 
 WINDOW = 100
+V1 = "v1"  # the model version of the states written here
 
 
 class RecordingObserver:
@@ -97,9 +98,9 @@ def counts(result: AppendResult) -> tuple[int, int, int, int, int]:
 
 
 async def test_unknown_user(store: Store) -> None:
-    assert await store.get_state("nobody") is None
-    assert await store.position("nobody") == UserPosition(0, 0)
-    snapshot = await store.read_log("nobody", unapplied_only=False)
+    assert await store.get_state("nobody", V1) is None
+    assert await store.position("nobody", V1) == UserPosition(0, 0)
+    snapshot = await store.read_log("nobody", V1, unapplied_only=False)
     assert snapshot[:6] == LogSlice(None, 0, 0, 0, 0, b"")[:6] and not snapshot.exists
     assert await store.delete("nobody") is False
 
@@ -111,10 +112,10 @@ async def test_append_numbers_events_and_drops_duplicates(store: Store) -> None:
     second = await append(store, 3, 4, 4, 5)
     assert counts(second) == (2, 2, 0, 5, 0) and second.durable == 0
     assert ts_of(second.undurable) == [1.0, 2.0, 3.0, 4.0, 5.0]
-    snapshot = await store.read_log("u", unapplied_only=False)
+    snapshot = await store.read_log("u", V1, unapplied_only=False)
     assert ts_of(snapshot.records) == [1.0, 2.0, 3.0, 4.0, 5.0]
     assert (snapshot.seq, snapshot.applied, snapshot.durable, snapshot.length) == (5, 0, 5, 5)
-    assert await store.position("u") == UserPosition(5, 0)
+    assert await store.position("u", V1) == UserPosition(5, 0)
 
 
 async def test_identity_without_event_id_is_the_whole_event(store: Store) -> None:
@@ -155,43 +156,43 @@ async def test_the_tail_keeps_what_is_not_durable_or_not_applied(store: Store) -
     n = 3 * CHUNK_RECORDS + 17
     for start in range(1, n + 1, 100):
         await append(store, *range(start, min(start + 100, n + 1)), window=1_000)
-    snapshot = await store.read_log("u", unapplied_only=False)
+    snapshot = await store.read_log("u", V1, unapplied_only=False)
     assert snapshot.length == n and snapshot.seq == n and snapshot.durable == n
     assert ts_of(snapshot.records) == [float(i) for i in range(1, n + 1)]
-    assert await store.commit_state("u", b"S", gen=0, expected_applied=0, applied=n - 5)
-    snapshot = await store.read_log("u", unapplied_only=False)
+    assert await store.commit_state("u", V1, b"S", gen=0, expected_applied=0, applied=n - 5)
+    snapshot = await store.read_log("u", V1, unapplied_only=False)
     assert snapshot.length == 5 and ts_of(snapshot.records) == [
         float(i) for i in range(n - 4, n + 1)
     ]
-    assert await store.commit_state("u", b"S", gen=0, expected_applied=n - 5, applied=n)
-    assert (await store.read_log("u", unapplied_only=False)).length == 0
+    assert await store.commit_state("u", V1, b"S", gen=0, expected_applied=n - 5, applied=n)
+    assert (await store.read_log("u", V1, unapplied_only=False)).length == 0
 
 
 async def test_a_state_never_covers_events_not_yet_durable(store: Store) -> None:
     await append(store, 1, 2, 3, durable=False)
-    assert not await store.commit_state("u", b"S", gen=0, expected_applied=0, applied=3)
+    assert not await store.commit_state("u", V1, b"S", gen=0, expected_applied=0, applied=3)
     await store.mark_durable([("u", 2)])
-    assert await store.commit_state("u", b"S", gen=0, expected_applied=0, applied=2)
-    snapshot = await store.read_log("u", unapplied_only=False)
+    assert await store.commit_state("u", V1, b"S", gen=0, expected_applied=0, applied=2)
+    snapshot = await store.read_log("u", V1, unapplied_only=False)
     assert ts_of(snapshot.records) == [3.0] and ts_of(snapshot.undurable) == [3.0]
 
 
 async def test_unapplied_records_and_the_fenced_commit(store: Store) -> None:
     await append(store, 1, 2, 3)
-    first = await store.read_log("u", unapplied_only=True)
+    first = await store.read_log("u", V1, unapplied_only=True)
     assert ts_of(first.records) == [1.0, 2.0, 3.0] and not first.truncated
-    assert await store.commit_state("u", b"S3", gen=0, expected_applied=0, applied=3)
-    assert await store.get_state("u") == b"S3"
+    assert await store.commit_state("u", V1, b"S3", gen=0, expected_applied=0, applied=3)
+    assert await store.get_state("u", V1) == b"S3"
     await append(store, 4, 5)
-    second = await store.read_log("u", unapplied_only=True)
+    second = await store.read_log("u", V1, unapplied_only=True)
     assert ts_of(second.records) == [4.0, 5.0] and second.state == b"S3"
     # A writer that read before the first commit loses; so does one claiming unseen events.
-    assert not await store.commit_state("u", b"late", gen=0, expected_applied=0, applied=3)
-    assert not await store.commit_state("u", b"ahead", gen=0, expected_applied=3, applied=9)
-    assert await store.get_state("u") == b"S3"
-    assert await store.commit_state("u", b"S5", gen=0, expected_applied=3, applied=5)
-    assert await store.position("u") == UserPosition(5, 5)
-    assert ts_of((await store.read_log("u", unapplied_only=True)).records) == []
+    assert not await store.commit_state("u", V1, b"late", gen=0, expected_applied=0, applied=3)
+    assert not await store.commit_state("u", V1, b"ahead", gen=0, expected_applied=3, applied=9)
+    assert await store.get_state("u", V1) == b"S3"
+    assert await store.commit_state("u", V1, b"S5", gen=0, expected_applied=3, applied=5)
+    assert await store.position("u", V1) == UserPosition(5, 5)
+    assert ts_of((await store.read_log("u", V1, unapplied_only=True)).records) == []
 
 
 async def test_restore_rebuilds_the_hot_keys_once(store: Store) -> None:
@@ -199,7 +200,7 @@ async def test_restore_rebuilds_the_hot_keys_once(store: Store) -> None:
     ring = DedupRing.replay(WINDOW, decode_log(events(1, 2, 3, 4)[0]), last_seq=4)
     assert not await store.restore("u", expected_seq=2, seq=4, ring=ring.to_bytes())
     assert await store.restore("u", expected_seq=3, seq=4, ring=ring.to_bytes())
-    snapshot = await store.read_log("u", unapplied_only=False)
+    snapshot = await store.read_log("u", V1, unapplied_only=False)
     assert (snapshot.seq, snapshot.durable, snapshot.length) == (4, 4, 0)
     assert counts(await append(store, 4, 5))[:4] == (1, 1, 0, 5)  # 4 is in the rebuilt ring
     assert await store.restore("v", expected_seq=None, seq=0, ring=DedupRing(WINDOW).to_bytes())
@@ -207,27 +208,96 @@ async def test_restore_rebuilds_the_hot_keys_once(store: Store) -> None:
 
 async def test_delete_is_atomic_and_a_late_writer_cannot_resurrect(store: Store) -> None:
     await append(store, 1, 2)
-    before = await store.read_log("u", unapplied_only=True)
+    before = await store.read_log("u", V1, unapplied_only=True)
     assert await store.delete("u") is True
-    assert await store.get_state("u") is None
-    assert await store.position("u") == UserPosition(0, 0)  # nothing pending any more
+    assert await store.get_state("u", V1) is None
+    assert await store.position("u", V1) == UserPosition(0, 0)  # nothing pending any more
     fence = {"gen": before.gen, "expected_applied": before.applied, "applied": before.seq}
-    assert not await store.commit_state("u", b"zombie", **fence)
-    assert await store.get_state("u") is None
-    assert (await store.read_log("u", unapplied_only=False)).records == b""
+    assert not await store.commit_state("u", V1, b"zombie", **fence)
+    assert await store.get_state("u", V1) is None
+    assert (await store.read_log("u", V1, unapplied_only=False)).records == b""
     # The user comes back as new: its old events are no longer duplicates.
     assert counts(await append(store, 1)) == (1, 0, 0, 1, 0)
-    after = await store.read_log("u", unapplied_only=True)
+    after = await store.read_log("u", V1, unapplied_only=True)
     assert ts_of(after.records) == [1.0] and after.gen == before.gen + 1
-    assert await store.commit_state("u", b"S", gen=after.gen, expected_applied=0, applied=1)
+    assert await store.commit_state("u", V1, b"S", gen=after.gen, expected_applied=0, applied=1)
+
+
+# ---- states per model version (docs/DESIGN.md §3, "Rollouts") -----------------------------
+V2 = "v2"
+
+
+async def test_each_version_has_its_own_state_and_fence(store: Store) -> None:
+    """Two versions advance from their own covered positions; neither touches the other's."""
+    await append(store, 1, 2, 3)
+    assert await store.commit_state("u", V1, b"A3", gen=0, expected_applied=0, applied=3)
+    assert await store.position("u", V2) == UserPosition(3, 0)  # B has everything pending
+    late = await store.read_log("u", V2, unapplied_only=True)
+    assert late.state is None and late.applied == 0
+    assert ts_of(late.records) == []  # the tail dropped what A applied: B reads the history
+    assert late.truncated
+    assert await store.commit_state("u", V2, b"B2", gen=0, expected_applied=0, applied=2)
+    assert not await store.commit_state("u", V2, b"Bx", gen=0, expected_applied=0, applied=3)
+    assert not await store.commit_state("u", V1, b"Ax", gen=0, expected_applied=2, applied=3)
+    assert (await store.get_state("u", V1), await store.get_state("u", V2)) == (b"A3", b"B2")
+    await append(store, 4)
+    snap_a = await store.read_log("u", V1, unapplied_only=True)
+    snap_b = await store.read_log("u", V2, unapplied_only=True)
+    assert (snap_a.state, snap_a.applied, ts_of(snap_a.records)) == (b"A3", 3, [4.0])
+    assert (snap_b.state, snap_b.applied, snap_b.truncated) == (b"B2", 2, True)
+    assert await store.commit_state("u", V2, b"B4", gen=0, expected_applied=2, applied=4)
+    assert await store.position("u", V1) == UserPosition(4, 3)
+    assert await store.position("u", V2) == UserPosition(4, 4)
+    # The tail keeps what no version applied yet only while it is not durable.
+    assert (await store.read_log("u", None, unapplied_only=False)).length == 0
+    assert await store.state_counts() == {V1: 1, V2: 1}
+
+
+async def test_delete_restore_and_retire_cover_every_version(store: Store) -> None:
+    for user in ("u", "w"):
+        await append(store, 1, 2, user=user)
+        for version in (V1, V2):
+            assert await store.commit_state(
+                user, version, b"S", gen=0, expected_applied=0, applied=2
+            )
+    assert await store.retire(V1) == 2
+    assert await store.get_state("u", V1) is None and await store.get_state("w", V1) is None
+    assert await store.position("u", V1) == UserPosition(2, 0)  # rebuilt from the history
+    assert await store.get_state("u", V2) == b"S"
+    assert await store.retire(V1) == 0
+    assert await store.state_counts() == {V2: 2}
+    assert await store.delete("u") is True
+    assert await store.get_state("u", V2) is None
+    assert await store.state_counts() == {V2: 1}
+    # A restore to a shorter history drops the states that cover more than it.
+    ring = DedupRing.replay(WINDOW, decode_log(events(1)[0]), last_seq=1)
+    assert await store.restore("w", expected_seq=2, seq=1, ring=ring.to_bytes())
+    assert await store.get_state("w", V2) is None
+    assert await store.position("w", V2) == UserPosition(1, 0)
+
+
+async def test_a_state_without_its_position_field_is_ignored(store: Store) -> None:
+    """A user whose position was lost and re-created: a leftover blob covers unknown events,
+    so it reads as no state (built again from the history), never as covering nothing."""
+    await append(store, 1, 2)
+    assert await store.commit_state("u", V1, b"S", gen=0, expected_applied=0, applied=2)
+    assert await store.restore("u", expected_seq=2, seq=2, ring=DedupRing(WINDOW).to_bytes())
+    assert (await store.read_log("u", V1, unapplied_only=False)).state == b"S"  # kept: 2 ≤ 2
+    if isinstance(store, MemoryStore):
+        return  # no way to lose one key of the embedded store
+    raw = store._client  # noqa: SLF001 - the test removes one key as an eviction would
+    await raw.delete("solar:{u}:pos")
+    await append(store, 3)
+    snapshot = await store.read_log("u", V1, unapplied_only=False)
+    assert snapshot.state is None and snapshot.applied == 0
 
 
 async def test_users_are_isolated_and_blobs_are_binary_safe(store: Store) -> None:
     blob = bytes(range(256)) * 3
     await append(store, 1)
     await append(store, 1, user="v")
-    assert await store.commit_state("v", blob, gen=0, expected_applied=0, applied=1)
-    assert await store.get_state("v") == blob and await store.get_state("u") is None
+    assert await store.commit_state("v", V1, blob, gen=0, expected_applied=0, applied=1)
+    assert await store.get_state("v", V1) == blob and await store.get_state("u", V1) is None
 
 
 async def test_invalid_arguments_are_rejected_before_any_change(store: Store) -> None:
@@ -244,15 +314,15 @@ async def test_invalid_arguments_are_rejected_before_any_change(store: Store) ->
         await store.append_batch([AppendRequest("u", recs, digs)], dedup_window=BLOCK + 1)
     for bad in ("", "a}b", "x" * 129):
         with pytest.raises(InvalidUserId):
-            await store.get_state(bad)
-    assert await store.position("u") == UserPosition(0, 0)
+            await store.get_state(bad, V1)
+    assert await store.position("u", V1) == UserPosition(0, 0)
 
 
 async def test_a_user_without_keys_is_created_only_when_asked(store: Store) -> None:
     recs, digs = events(1)
     (result,) = await store.append_batch([AppendRequest("u", recs, digs)], dedup_window=WINDOW)
     assert result.unknown and result.accepted == 0
-    assert await store.position("u") == UserPosition(0, 0)
+    assert await store.position("u", V1) == UserPosition(0, 0)
     assert counts(await append(store, 1)) == (1, 0, 0, 1, 0)
     (again,) = await store.append_batch([AppendRequest("u", *events(2))], dedup_window=WINDOW)
     assert not again.unknown and again.accepted == 1  # known now: no flag needed
@@ -264,7 +334,7 @@ async def test_a_late_append_is_refused_whole(store: Store) -> None:
         await store.append_batch(
             [AppendRequest("u", recs, digs)], dedup_window=WINDOW, not_after_s=1.0
         )
-    assert await store.position("u") == UserPosition(0, 0)
+    assert await store.position("u", V1) == UserPosition(0, 0)
 
 
 async def test_concurrent_appends_number_every_event_once(store: Store) -> None:
@@ -275,7 +345,7 @@ async def test_concurrent_appends_number_every_event_once(store: Store) -> None:
     assert sum(r.accepted for r in results) == 200 and sum(r.duplicates for r in results) == 20
     seqs = sorted(r.seq for r in results)
     assert seqs[-1] == 200 and len(set(seqs)) == 20
-    assert sorted(ts_of((await store.read_log("u", unapplied_only=False)).records)) == [
+    assert sorted(ts_of((await store.read_log("u", V1, unapplied_only=False)).records)) == [
         float(i) for i in range(1, 201)
     ]
 
@@ -286,8 +356,8 @@ async def test_records_are_20_bytes_and_the_observer_sees_every_op() -> None:
     recs, _ = events(1)
     assert len(recs) == RECORD_SIZE
     await append(store, 1)
-    await store.read_log("u", unapplied_only=True)
-    assert not await store.commit_state("u", b"S", gen=0, expected_applied=5, applied=1)
+    await store.read_log("u", V1, unapplied_only=True)
+    assert not await store.commit_state("u", V1, b"S", gen=0, expected_applied=5, applied=1)
     assert observer.ops == ["append_batch", "mark_durable", "read_log", "commit"]
     assert observer.conflicts == 1
 
@@ -307,11 +377,12 @@ async def test_redis_key_layout_and_memory(redis_url: str) -> None:
         parsed = DedupRing.from_bytes(ring)
         assert parsed.to_bytes() == ring and events(300)[1] in parsed
         await store.mark_durable([("u", 300)])
-        assert await store.commit_state("u", b"S", gen=0, expected_applied=0, applied=300)
+        assert await store.commit_state("u", V1, b"S", gen=0, expected_applied=0, applied=300)
         assert sorted(k.decode() for k in await client.keys("*")) == [
+            "solar:models:states",  # users with a state, per version
             "solar:{u}:dedup",
             "solar:{u}:pos",
-            "solar:{u}:state",
+            "solar:{u}:state:v1",
         ]
     finally:
         await store.close()
