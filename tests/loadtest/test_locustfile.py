@@ -312,7 +312,9 @@ def test_headless_run_writes_a_summary(stub_url: str, tmp_path: Path) -> None:
     assert 0.65 <= endpoints["/rank"]["requests"] / total <= 0.95
     assert endpoints["total"]["failures"] == 0 and endpoints["/rank"]["p99_ms"] > 0
     decode = document["server"]["solar_rank_stage_seconds"]["decode"]  # the server's side
-    assert decode["count"] == endpoints["/rank"]["requests"]
+    # The server sees every request the client counted, plus at most one in flight per
+    # locust user when the run stopped (answered after the client's stats closed).
+    assert 0 <= decode["count"] - endpoints["/rank"]["requests"] <= 5
     assert document["config"]["arrivals"] == "poisson"
     rank_bodies = [b for b in _Stub.bodies if "candidates" in b]
     assert all(len(b["candidates"]) == 16 for b in rank_bodies)
