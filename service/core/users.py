@@ -43,7 +43,7 @@ from service.history.base import HistoryStore
 from service.metrics import Metrics
 from service.settings import Settings
 from service.store.base import LogSlice, Store
-from service.store.eventlog import LogFormatError, decode_log
+from service.store.eventlog import RECORD_SIZE, LogFormatError, decode_log
 
 __all__ = [
     "Applied",
@@ -120,6 +120,17 @@ def _parse(snapshot: LogSlice, model: ServingModel) -> ParsedState:
     return parse_state(snapshot.state, model, applied_in_log=snapshot.applied > 0)
 
 
+def _durable_prefix(snapshot: LogSlice, through_seq: int | None) -> LogSlice:
+    """``snapshot`` cut at its durable position when that covers ``through_seq`` and the tail
+    holds every unapplied record; else ``snapshot`` itself."""
+    if through_seq is None or not through_seq <= snapshot.durable < snapshot.seq:
+        return snapshot
+    if snapshot.truncated or snapshot.durable < snapshot.applied:
+        return snapshot
+    keep = (snapshot.durable - snapshot.applied) * RECORD_SIZE
+    return snapshot._replace(seq=snapshot.durable, records=snapshot.records[:keep])
+
+
 @dataclass
 class UserStates:
     """Loads, updates, rebuilds and writes back user states in one store for one model."""
@@ -132,6 +143,8 @@ class UserStates:
     history: HistoryStore = field(kw_only=True)
     dedup_window: int = field(kw_only=True)
     log_cap: int | None = field(default=None, kw_only=True)  # the operator's cap on reads
+    # Blocks of at most this many events are applied on the event loop, not in a thread.
+    inline_block_events: int = field(default=0, kw_only=True)
 
     @classmethod
     def create(
@@ -153,6 +166,7 @@ class UserStates:
             history=history,
             dedup_window=settings.dedup_window,
             log_cap=settings.log_cap,
+            inline_block_events=settings.apply_inline_events,
         )
 
     # ------------------------------------------------------------------ compute
@@ -178,19 +192,24 @@ class UserStates:
         return state
 
     # ------------------------------------------------------------------ the applier's step
-    async def apply_pending(self, user_id: str) -> Applied:
+    async def apply_pending(self, user_id: str, *, through_seq: int | None = None) -> Applied:
         """Fold every unapplied event of the user into its state as one block update (or a
         rebuild when the state is stale) and commit it, fenced on the position read.
 
-        The tail's undurable records are first made durable. Re-running it applies nothing
-        twice: the state covers a prefix of the history.
+        The tail's undurable records are first made durable, unless ``through_seq`` (the
+        latest event the caller's notices announce) is durable already: the undurable rest
+        then belongs to an ingest still writing it durably, whose own notice follows, and only
+        the durable prefix is applied. Re-running it applies nothing twice: the state covers a
+        prefix of the history.
 
         Raises:
             StoreBusy: ``commit_attempts`` fenced writes lost in a row.
             StoreUnavailable / HistoryUnavailable: a tier failed.
         """
         for _ in range(self.commit_attempts):
-            snapshot = await self.store.read_log(user_id, unapplied_only=True)
+            snapshot = _durable_prefix(
+                await self.store.read_log(user_id, unapplied_only=True), through_seq
+            )
             parsed = _parse(snapshot, self.model)
             reason = parsed.rebuild
             if reason is None and snapshot.seq == snapshot.applied:
@@ -207,7 +226,10 @@ class UserStates:
                 continue
             if reason is None:
                 update = functools.partial(self._updated, parsed.state, records)
-                state = await asyncio.to_thread(self._timed, update)
+                if records.shape[0] <= self.inline_block_events:
+                    state = self._timed(update)  # ~0.3 ms: cheaper than a thread hand-off
+                else:
+                    state = await asyncio.to_thread(self._timed, update)
                 if state.residual_ratio > self.rebuild_residual_ratio:
                     reason = "residual"
                 elif await self._commit(user_id, snapshot, state):
