@@ -150,7 +150,7 @@ class Settings(BaseSettings):
         "the announcing ingest's durable mark lands first (0: apply at once)",
     )
     apply_inline_events: int = Field(
-        default=0,
+        default=16,
         ge=0,
         description="an applier updates blocks of at most this many events on its event loop "
         "instead of a thread (0: always a thread)",
