@@ -1,8 +1,8 @@
 """The applier's CPU step for one user and one block, per block size, against a base revision in
 the same run (issue 22).
 
-    .venv/bin/python -m bench.micro.applier_step --base main
-    .venv/bin/python -m bench.micro.applier_step --base main --rounds 3 --sizes 1 2 5 10 20
+    .venv/bin/python -m bench.e2e.applier_step --base main
+    .venv/bin/python -m bench.e2e.applier_step --base main --rounds 3 --sizes 1 2 5 10 20
 
 The step is what ``UserStates.apply_pending`` computes between its two store round trips:
 decode and check the stored blob (``parse_state``), map the log records to embedding rows
@@ -44,16 +44,16 @@ def child(model_dir: str, sizes: Sequence[int], repeats: int) -> dict[int, float
     torch.set_num_threads(1)
     model = load_serving_model(Settings(model_path=model_dir))
     rng = np.random.default_rng(0)
-    items = rng.integers(1, 10_000, STATE_EVENTS)
+    vocab = model.checkpoint.vocab.items
+    items = rng.integers(1, len(vocab) + 1, STATE_EVENTS)  # rows (0: the OOV row)
     ts = np.sort(rng.uniform(0.0, 1e6, STATE_EVENTS))
     blob = model.states.from_events(items, items * 0 + 1, ts).to_bytes()
-    vocab = [str(i) for i in range(1, 10_001)]
     out: dict[int, float] = {}
     for b in sizes:
         blocks = [
             make_records(
                 [2e6 + j for j in range(b)],
-                [vocab[int(i)] for i in rng.integers(0, 10_000, b)],
+                [vocab[int(i)] for i in rng.integers(0, len(vocab), b)],
                 ["click"] * b,
                 [None] * b,
             )
@@ -127,7 +127,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     from bench.common import harness
     from bench.common.markdown import write_section
-    from bench.e2e.ab import export
+    from bench.e2e.ab import export  # (bench.e2e: a same-run comparison with a revision)
 
     load_before = os.getloadavg()[0]
     results: dict[str, list[dict[int, float]]] = {"base": [], "this": []}
@@ -138,7 +138,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             for side in ("base", "this") if r % 2 == 0 else ("this", "base"):
                 results[side].append(_run_side(trees[side], model, args.sizes, args.repeats))
                 print(f"round {r} {side}: {results[side][-1]}", flush=True)
-    command = shlex.join([".venv/bin/python", "-m", "bench.micro.applier_step", *raw])
+    command = shlex.join([".venv/bin/python", "-m", "bench.e2e.applier_step", *raw])
     text = markdown(results, args.sizes, args.base, command, (load_before, os.getloadavg()[0]))
     print(text)
     if args.markdown is not None:
