@@ -175,6 +175,12 @@ class Applier:
                 await self.stream.release(k, self.consumer)
             except StoreError:
                 pass  # the lease expires by itself
+        try:
+            # Else the others count this applier live for 3 leases and leave its share of the
+            # partitions unowned that long (a restarted worker took half of them for 15 s).
+            await self.stream.leave(self.consumer)
+        except StoreError:
+            pass  # the heartbeat expires by itself
 
     async def _partition(self, k: int) -> None:
         claim = True  # a new owner first takes over what the last one left pending
