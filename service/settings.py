@@ -126,6 +126,13 @@ class Settings(BaseSettings):
         le=65_535,
         description="`solar worker`: serve /metrics on this port (unset: no endpoint)",
     )
+    worker_nice: int = Field(
+        default=0,
+        ge=0,
+        le=19,
+        description="`solar worker`: raise its nice value by this at start-up, so a serve "
+        "process on the same cores is scheduled first (0: unchanged)",
+    )
     sweep_s: float = Field(
         default=1.0, gt=0, description="how often an applier sweeps its partitions' marked users"
     )
@@ -134,6 +141,19 @@ class Settings(BaseSettings):
         gt=0,
         description="an ingest's store step must run within this of its mark; the sweeper "
         "applies users marked longer ago (a serve killed before announcing)",
+    )
+    apply_linger_ms: float = Field(
+        default=5.0,
+        ge=0,
+        le=50,
+        description="an applier waits this long after notices arrive before applying them, so "
+        "the announcing ingest's durable mark lands first (0: apply at once)",
+    )
+    apply_inline_events: int = Field(
+        default=16,
+        ge=0,
+        description="an applier updates blocks of at most this many events on its event loop "
+        "instead of a thread (0: always a thread)",
     )
     apply_lease_s: float = Field(
         default=5.0,

@@ -48,6 +48,8 @@ async def run_worker(settings: Settings) -> None:
     from service.runtime import freeze_heap
 
     torch.set_num_threads(settings.torch_threads)
+    if settings.worker_nice:
+        os.nice(settings.worker_nice)  # the whole process: the event loop and its threads
     model = await asyncio.to_thread(load_serving_model, settings)
     backends = await open_backends(settings, metrics.store_observer(), shares_redis="solar worker")
     if settings.gc_freeze:

@@ -4,8 +4,9 @@
     .venv/bin/python -m bench.e2e.ab --base main --rounds 3
 
 The base revision is exported with ``git archive`` into a temporary directory and served
-from there with the same environment, model and Redis. One private Redis is seeded once
-(U users × N events through POST /ingest); then, round by round and alternating the two
+from there with the same environment, model, Redis and PostgreSQL history. One private Redis
+and one private PostgreSQL (the durable tier every side reads `softmax` histories from) are
+seeded once (U users × N events through POST /ingest); then, round by round and alternating the two
 sides (so that a busy machine hurts both alike), a fresh `solar serve` of each side gets:
 sequential `/rank` (one client, M candidates, top_k=100, svd): p50 / p99; and closed-loop
 saturation throughput (``--concurrency`` clients) in svd and in softmax, and their ratio.
@@ -122,7 +123,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         model = harness.random_checkpoint(Path(tmp) / "model", n_items=10_000)
         items = harness.vocabulary(model)
         users = [f"ab{u}" for u in range(args.users)]
-        with harness.redis_server() as redis_url:
+        # The history must outlive each serve process: the embedded one dies with the seeding
+        # serve, and `softmax` would then attend to an empty history (a 1× "ratio").
+        with harness.redis_server() as redis_url, harness.postgres_history() as history_url:
+            args.env["SOLAR_HISTORY_URL"] = history_url
             with harness.service(model, redis_url, env=args.env) as base:
                 harness.seed_users(base, users, args.events, items, concurrency=1)
             for r in range(args.rounds):

@@ -31,11 +31,14 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import redis
+
 from bench.common import harness
 from bench.common.markdown import write_section
 from bench.common.mixed import MixedLoad, measure_mixed
 from bench.e2e.ab import export
 from loadtest.server_metrics import fetch, run_figures
+from service.store.keys import APPLIERS_KEY
 
 logger = logging.getLogger("bench.e2e.loadrange")
 Row = dict[str, Any]
@@ -82,10 +85,16 @@ def one_side(
     """The rates, then the saturation rate, against fresh processes of ``tree``."""
     env = {**args.env, "SOLAR_APPLIER": "external"}
     rows = []
+    # The last side's worker is stopped: a base revision's worker did not remove its
+    # heartbeat, which would hold this side's worker to half the partitions for 15 s.
+    client = redis.Redis.from_url(redis_url)
+    client.delete(APPLIERS_KEY)
+    client.close()
     with (
         harness.service(model, redis_url, tree=tree, env=env) as base,
         harness.worker(model, redis_url, tree=tree, env=env) as worker_url,
     ):
+        _drain(worker_url)  # the last side's saturation run may leave notices behind
         time.sleep(2.0)  # both started: let their start-up's last CPU settle
         for rate in [*args.rates, None]:
             before = fetch(f"{base}/metrics"), fetch(worker_url)
@@ -110,12 +119,18 @@ def _seed(model: Path, redis_url: str, users: list[str], args: argparse.Namespac
     with harness.service(model, redis_url, env=args.env) as base:
         seeded = harness.seed_users(base, users[: args.seed_users], args.events, items, kinds=kinds)
         logger.info("seeded %d events in %.1f s", seeded.events, seeded.seconds)
-        deadline = time.monotonic() + 180
-        while time.monotonic() < deadline:  # every partition drained: no backlog left over
-            pending = gauge_sum(fetch(f"{base}/metrics"), "solar_ingest_pending")
-            if pending is not None and pending == 0:
-                break
-            time.sleep(0.5)
+        _drain(f"{base}/metrics")
+
+
+def _drain(metrics_url: str, timeout_s: float = 180.0) -> None:
+    """Wait (at most ``timeout_s``) until the applier behind ``metrics_url`` reports every
+    partition drained, so no measurement starts with a backlog."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        pending = gauge_sum(fetch(metrics_url), "solar_ingest_pending")
+        if pending is not None and pending == 0:
+            return
+        time.sleep(0.5)
 
 
 def gauge_sum(text: str, name: str) -> float | None:

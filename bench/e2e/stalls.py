@@ -41,7 +41,7 @@ def cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def _pid(pattern: str, marker: str) -> int:
+def process_pid(pattern: str, marker: str) -> int:
     """The process whose command line matches ``pattern`` and environment holds ``marker``."""
     found = subprocess.run(["pgrep", "-f", pattern], capture_output=True, text=True).stdout
     for pid in map(int, found.split()):
@@ -88,8 +88,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                     time.sleep(0.5)
                 print(f"seeded {seeded.events} events ({args.env or 'defaults'})", flush=True)
                 port = base.rsplit(":", 1)[1]
-                serve = _pid(f"service.cli serve --host 127.0.0.1 --port {port}", tmp)
-                worker = _pid("service.cli worker", tmp)
+                serve = process_pid(f"service.cli serve --host 127.0.0.1 --port {port}", tmp)
+                worker = process_pid("service.cli worker", tmp)
                 for rate in args.rates:
                     before = fetch(f"{base}/metrics"), fetch(worker_url)
                     cpu0 = cpu_s(serve), cpu_s(worker)

@@ -24,7 +24,21 @@ Embed = Callable[[IntArray, IntArray], Array]
 
 
 def ranker_embed(ranker: Ranker) -> Embed:
-    """Event rows through ``ranker``'s item and action tables, on its device, as float64."""
+    """Event rows through ``ranker``'s item and action tables, on its device, as float64.
+
+    On the CPU the tables are read through numpy views of the weights (shared memory, so a
+    later change of the weights is seen): the same float32 sum as ``Ranker.embed_events``,
+    without torch's per-call overhead (~25 µs, a tenth of a one-event update)."""
+    weight = ranker.item_emb.weight
+    if weight.device.type == "cpu" and weight.dtype == torch.float32:
+        item_table = ranker.item_emb.weight.detach().numpy()  # (n_items, d) float32, shared
+        action_table = ranker.action_emb.weight.detach().numpy()  # (n_actions, d)
+
+        def embed_cpu(items: IntArray, actions: IntArray) -> Array:
+            rows = item_table[np.asarray(items)] + action_table[np.asarray(actions)]  # (N, d)
+            return rows.astype(np.float64)
+
+        return embed_cpu
 
     def embed(items: IntArray, actions: IntArray) -> Array:
         device = ranker.item_emb.weight.device

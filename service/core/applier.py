@@ -68,6 +68,7 @@ class ApplierConfig:
     users_in_flight: int = 16  # users applied concurrently within a partition batch
     sweep_s: float = 1.0  # how often a partition's marked users are swept
     sweep_grace_s: float = 5.0  # the sweeper applies users marked longer ago than this
+    linger_s: float = 0.005  # wait after notices arrive, before reading their users' logs
 
 
 def applier_id() -> str:
@@ -107,6 +108,7 @@ class Applier:
             lease_s=settings.apply_lease_s,
             sweep_s=settings.sweep_s,
             sweep_grace_s=settings.sweep_grace_s,
+            linger_s=settings.apply_linger_ms / 1e3,
         )
         versions = AppliedVersions(users, models, settings, store, history, metrics)
         return cls(users, stream, metrics, config, versions)
@@ -189,15 +191,22 @@ class Applier:
                 await self.stream.release(k, self.consumer)
             except StoreError:
                 pass  # the lease expires by itself
+        try:
+            # Else the others count this applier live for 3 leases and leave its share of the
+            # partitions unowned that long (a restarted worker took half of them for 15 s).
+            await self.stream.leave(self.consumer)
+        except StoreError:
+            pass  # the heartbeat expires by itself
 
     async def _partition(self, k: int) -> None:
         claim = True  # a new owner first takes over what the last one left pending
-        next_sweep = time.monotonic() + self.config.sweep_s
+        next_sweep = time.monotonic()  # the first round sweeps and sets the pending gauge
         while k in self._held and not self._stopping:
             try:
                 if time.monotonic() >= next_sweep:
                     next_sweep = time.monotonic() + self.config.sweep_s
                     await self.sweep(k)
+                    await self._report_backlog(k)
                 if claim:
                     notices = await self.stream.claim(k, self.consumer, self.config.read_count)
                     claim = len(notices) == self.config.read_count
@@ -205,14 +214,23 @@ class Applier:
                     notices = await self.stream.read(
                         k, self.consumer, self.config.read_count, self.config.block_s
                     )
+                    if notices and self.config.linger_s > 0:
+                        # A notice can overtake its ingest's durable mark (both are sent at
+                        # once); applying then would write the events to the durable tier a
+                        # second time. A few ms let the mark land (12-25% of blocks raced).
+                        await asyncio.sleep(self.config.linger_s)
                 if notices:
                     claim = not await self.apply(k, notices) or claim
-                backlog = await self.stream.backlog(k) + await self.stream.dirty_count(k)
-                self.metrics.ingest_pending.labels(partition=str(k)).set(backlog)
             except StoreError as exc:
                 logger.warning("applier %s partition %d: %s", self.consumer, k, exc)
                 claim = True
                 await asyncio.sleep(_FAILURE_PAUSE_S)
+
+    async def _report_backlog(self, k: int) -> None:
+        """Set the partition's pending gauge: notices not acknowledged plus users marked dirty
+        (two round trips: once per sweep, not once per batch)."""
+        backlog = await self.stream.backlog(k) + await self.stream.dirty_count(k)
+        self.metrics.ingest_pending.labels(partition=str(k)).set(backlog)
 
     async def apply(self, partition: int, notices: list[Notice]) -> bool:
         """Apply every notified user once and acknowledge their notices; False when some
@@ -224,7 +242,8 @@ class Applier:
 
         async def one(user_id: str, user_notices: list[Notice]) -> list[str]:
             async with gate:
-                applied = await self._apply_user(user_id)
+                through_seq = max(n.seq for n in user_notices)
+                applied = await self._apply_user(user_id, through_seq)
                 if applied is None:
                     return []
             if applied.events:
@@ -238,13 +257,15 @@ class Applier:
         await self.stream.ack(partition, acked)
         return len(acked) == len(notices)
 
-    async def _apply_user(self, user_id: str) -> Applied | None:
+    async def _apply_user(self, user_id: str, through_seq: int | None = None) -> Applied | None:
         """``UserStates.apply_pending`` for every version, isolated to the user: None (logged)
         when it failed, so one broken user never blocks the rest of its batch nor ends the
         partition task. The own version's outcome."""
         states = [self.users] if self.versions is None else self.versions.current
         try:
-            outcomes = [await users.apply_pending(user_id) for users in states]
+            outcomes = [
+                await users.apply_pending(user_id, through_seq=through_seq) for users in states
+            ]
             return outcomes[0]
         except (StoreError, ServiceError) as exc:  # a tier down, fence races: retried later
             logger.warning("apply %s failed, will retry: %s", user_id, exc)

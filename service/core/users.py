@@ -49,7 +49,7 @@ from service.history.base import HistoryStore
 from service.metrics import Metrics
 from service.settings import Settings
 from service.store.base import LogSlice, Store
-from service.store.eventlog import LogFormatError, decode_log
+from service.store.eventlog import RECORD_SIZE, LogFormatError, decode_log
 
 __all__ = [
     "Applied",
@@ -157,6 +157,17 @@ class RebuildGate:
             self._inside -= 1
 
 
+def _durable_prefix(snapshot: LogSlice, through_seq: int | None) -> LogSlice:
+    """``snapshot`` cut at its durable position when that covers ``through_seq`` and the tail
+    holds every unapplied record; else ``snapshot`` itself."""
+    if through_seq is None or not through_seq <= snapshot.durable < snapshot.seq:
+        return snapshot
+    if snapshot.truncated or snapshot.durable < snapshot.applied:
+        return snapshot
+    keep = (snapshot.durable - snapshot.applied) * RECORD_SIZE
+    return snapshot._replace(seq=snapshot.durable, records=snapshot.records[:keep])
+
+
 @dataclass
 class UserStates:
     """Loads, updates, rebuilds and writes back user states in one store for one model."""
@@ -170,6 +181,8 @@ class UserStates:
     dedup_window: int = field(kw_only=True)
     log_cap: int | None = field(default=None, kw_only=True)  # the operator's cap on reads
     rebuild_gate: RebuildGate = field(default_factory=RebuildGate, kw_only=True)
+    # Blocks of at most this many events are applied on the event loop, not in a thread.
+    inline_block_events: int = field(default=0, kw_only=True)
 
     @property
     def version(self) -> str:
@@ -200,6 +213,7 @@ class UserStates:
             dedup_window=settings.dedup_window,
             log_cap=settings.log_cap,
             rebuild_gate=gate,
+            inline_block_events=settings.apply_inline_events,
         )
 
     # ------------------------------------------------------------------ compute
@@ -225,20 +239,26 @@ class UserStates:
         return state
 
     # ------------------------------------------------------------------ the applier's step
-    async def apply_pending(self, user_id: str) -> Applied:
+    async def apply_pending(self, user_id: str, *, through_seq: int | None = None) -> Applied:
         """Fold every event of the user not yet in this version's state into it as one block
         update (the whole history in one batch for the version's first state; a rebuild when
         the state is stale) and commit it, fenced on the version's position read.
 
-        The tail's undurable records are first made durable. Re-running it applies nothing
-        twice: the state covers a prefix of the history.
+        The tail's undurable records are first made durable, unless ``through_seq`` (the
+        latest event the caller's notices announce) is durable already: the undurable rest
+        then belongs to an ingest still writing it durably, whose own notice follows, and only
+        the durable prefix is applied. Re-running it applies nothing twice: the state covers a
+        prefix of the history.
 
         Raises:
             StoreBusy: ``commit_attempts`` fenced writes lost in a row.
             StoreUnavailable / HistoryUnavailable: a tier failed.
         """
         for _ in range(self.commit_attempts):
-            snapshot = await self.store.read_log(user_id, self.version, unapplied_only=True)
+            snapshot = _durable_prefix(
+                await self.store.read_log(user_id, self.version, unapplied_only=True),
+                through_seq,
+            )
             parsed = _parse(snapshot, self.model)
             reason = parsed.rebuild
             if reason is None and snapshot.seq == snapshot.applied:
@@ -254,11 +274,7 @@ class UserStates:
                 )
                 continue
             if reason is None:
-                if parsed.state is None:  # the version's first state: the batch state
-                    compute = functools.partial(self.from_log, records)
-                else:
-                    compute = functools.partial(self._updated, parsed.state, records)
-                state = await asyncio.to_thread(self._timed, compute)
+                state = await self._advanced(parsed.state, records)
                 if state.residual_ratio > self.rebuild_residual_ratio:
                     reason = "residual"
                 elif await self._commit(user_id, snapshot, state):
@@ -268,6 +284,16 @@ class UserStates:
             if (await self._rebuild(user_id, reason, snapshot, path="apply"))[1]:
                 return Applied(snapshot.seq - snapshot.applied, reason)
         raise StoreBusy(self.commit_attempts)
+
+    async def _advanced(self, state: UserState | None, records: np.ndarray) -> UserState:
+        """``state`` with ``records`` folded in as one block; the batch state of ``records``
+        for the version's first state (None). Small blocks run on the event loop."""
+        if state is None:
+            return await asyncio.to_thread(self._timed, functools.partial(self.from_log, records))
+        update = functools.partial(self._updated, state, records)
+        if records.shape[0] <= self.inline_block_events:
+            return self._timed(update)  # ~0.3 ms: cheaper than a thread hand-off
+        return await asyncio.to_thread(self._timed, update)
 
     async def _commit(self, user_id: str, snapshot: LogSlice, state: UserState) -> bool:
         return await self.store.commit_state(

@@ -13,7 +13,7 @@ Semantics shared by both implementations:
   acknowledging; or after a failed apply, to retry).
 - ``backlog`` counts the notices not yet acknowledged (delivered or not).
 - ``heartbeat`` records that an applier is alive and returns how many are (for sharing the
-  partitions out).
+  partitions out); ``leave`` forgets a stopping one.
 - ``mark`` (the sweeper's net): /ingest marks its users dirty BEFORE storing, scored by the
   time it began; ``dirty`` lists a partition's users marked before a time, and ``clean``
   unmarks a user iff its mark did not move since it was listed. A serve killed between the
@@ -65,6 +65,11 @@ class IngestStream(Protocol):
     async def backlog(self, partition: int) -> int: ...
 
     async def heartbeat(self, consumer: str, ttl_s: float) -> int: ...
+
+    async def leave(self, consumer: str) -> None:
+        """Forget ``consumer``'s heartbeat (a graceful stop), so the appliers left count it out
+        of their shares at once instead of after its heartbeat's ttl."""
+        ...
 
     async def mark(self, user_ids: Sequence[str], now_s: float) -> None:
         """Mark the users dirty at ``now_s`` (unix seconds), in one round trip."""

@@ -95,6 +95,9 @@ class MemoryStream:
         self._alive = {c: t for c, t in self._alive.items() if t > now - ttl_s}
         return len(self._alive)
 
+    async def leave(self, consumer: str) -> None:
+        self._alive.pop(consumer, None)
+
     async def mark(self, user_ids: Sequence[str], now_s: float) -> None:
         for user_id in user_ids:
             self._parts[partition_of(user_id, self.partitions)].dirty[user_id] = now_s

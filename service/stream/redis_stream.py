@@ -182,6 +182,10 @@ class RedisStream:
             )
         return int(live)
 
+    async def leave(self, consumer: str) -> None:
+        async with redis_errors("leave", self.url):
+            await self._client.zrem(APPLIERS_KEY, consumer)
+
     async def mark(self, user_ids: Sequence[str], now_s: float) -> None:
         if not user_ids:
             return

@@ -244,9 +244,9 @@ class LowRankState:
 
         ``weights`` (b,) as in :meth:`from_rows`. With ``ts`` and ``decay`` the state is first
         decayed to max(t_ref, max(ts)) and each new row weighted by its age from there, so
-        events may arrive out of order. Cost O(b·d·ℓ + (ℓ+b)³) in chunks of d - ℓ rows, or
-        O(b·d² + d³) for a large block (``svd.brand.block_update``), independent of history
-        length.
+        events may arrive out of order. Cost O(d·ℓ + ℓ²) for one row (Brand's update through
+        the secular equation), O((ℓ+b)·d²) for a block of b ≥ 2 (one SVD of the stacked rows,
+        ``svd.brand.block_update``), independent of history length.
         """
         B = as_rows(rows, self.d)
         w, clock = _weighted(weights, ts, B.shape[0], self.t_ref, decay)

@@ -178,6 +178,47 @@ async def test_apply_then_load_gives_the_batch_factors(
         await users.store.close()
 
 
+async def _append_undurable(users: UserStates, records: np.ndarray) -> int:
+    """Store ``records`` in the Redis tail only, as an ingest does before its durable write
+    landed; returns the user's new seq."""
+    request = AppendRequest("u", records.tobytes(), digests(identity_keys(records)))
+    (result,) = await users.store.append_batch([request], dedup_window=1_000, create=True)
+    return result.seq
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("inline_block_events", [0, 32])
+async def test_an_apply_whose_notices_are_durable_leaves_a_later_ingests_tail_to_it(
+    model: ServingModel, store_url: str | None, inline_block_events: int
+) -> None:
+    """The applier's notices announce events up to seq 7, durable; a second ingest has put
+    events 8–12 in the tail and not yet written them durably. The apply folds 1–7 in and
+    writes nothing to the durable tier (that ingest does); without ``through_seq`` (the
+    sweeper) it makes 8–12 durable itself and applies them all."""
+    users = await _users(model, store_url)
+    users.inline_block_events = inline_block_events
+    try:
+        first, second = _records(7), _records(5, start=8)
+        await _append(users, first)
+        assert await _append_undurable(users, second) == 12
+        assert await users.apply_pending("u", through_seq=7) == (7, None)
+        assert (await users.history.read("u")).last_seq == 7  # not written by the applier
+        assert (await users.view("u")).pending == 5
+        assert await users.apply_pending("u", through_seq=7) == (0, None)  # nothing twice
+        assert await users.apply_pending("u", through_seq=12) == (5, None)  # its own: persisted
+        assert (await users.history.read("u")).last_seq == 12
+        loaded = await users.load("u")
+        assert loaded.state is not None and loaded.state.n == 12
+        ref = users.from_log(np.concatenate([first, second]))
+        np.testing.assert_allclose(gram(loaded.state), gram(ref), atol=1e-5)
+        third = _records(3, start=13)
+        await _append_undurable(users, third)
+        assert await users.apply_pending("u") == (3, None)  # the sweeper: persists, applies
+        assert (await users.history.read("u")).last_seq == 15
+    finally:
+        await users.store.close()
+
+
 @pytest.mark.anyio
 async def test_a_state_stored_by_the_previous_release_is_used_and_rewritten_in_format_3(
     model: ServingModel, store_url: str | None

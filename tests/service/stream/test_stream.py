@@ -92,3 +92,11 @@ async def test_heartbeats_count_live_appliers(stream: IngestStream) -> None:
     assert await stream.heartbeat("b", ttl_s=0.3) == 2
     await asyncio.sleep(0.4)
     assert await stream.heartbeat("b", ttl_s=0.3) == 1
+
+
+async def test_an_applier_that_leaves_is_counted_out_at_once(stream: IngestStream) -> None:
+    assert await stream.heartbeat("a", ttl_s=60.0) == 1
+    assert await stream.heartbeat("b", ttl_s=60.0) == 2
+    await stream.leave("a")
+    await stream.leave("nobody")  # (a no-op)
+    assert await stream.heartbeat("b", ttl_s=60.0) == 1

@@ -374,20 +374,17 @@ def test_bad_ranks_are_rejected() -> None:
             Decay(half_life)
 
 
-def test_a_large_block_takes_one_svd_and_matches_chunked_updates() -> None:
-    """Blocks over BLOCK_UPDATE_CHUNKS chunks go through ``block_update``: same factors."""
-    from model.states.svd.brand import BLOCK_UPDATE_CHUNKS
-
+def test_a_block_takes_one_svd_and_matches_one_row_updates() -> None:
+    """Blocks of b ≥ 2 rows go through ``block_update``; one row at a time through Brand's
+    update: the same factors."""
     rng = np.random.default_rng(11)
     X = low_rank_rows(rng, 400)
     base = LowRankState.from_rows(X[:100], R)
-    chunk = base.d - base.ell
     block = X[100:]
-    assert block.shape[0] > BLOCK_UPDATE_CHUNKS * chunk
     one = base.append(block)
     chunked = base
-    for start in range(0, block.shape[0], chunk):
-        chunked = chunked.append(block[start : start + chunk])
+    for row in block:
+        chunked = chunked.append(row[None, :])
     ref = LowRankState.from_rows(X, R)
     assert one.n == chunked.n == 400
     np.testing.assert_allclose(one.sigma[:R], ref.sigma[:R], rtol=1e-6)
