@@ -106,6 +106,9 @@ async def open_history(settings: Settings) -> HistoryStore:
         table=settings.history_table,
         pool_size=settings.history_pool_size,
         timeout_s=settings.history_timeout_s,
+        segment_events=settings.history_segment_events,
+        compact_after=settings.history_compact_events,
+        compact_idle_s=settings.history_compact_idle_s,
         retries=settings.store_connect_retries,
         backoff_s=settings.store_backoff_s,
     )

@@ -34,7 +34,7 @@ from typing import NamedTuple
 
 import httpx
 
-from bench.harness import random_checkpoint
+from bench.common.harness import random_checkpoint
 from service.core.applier import Applier
 from service.core.ingest import EventColumns, Ingestor
 from service.core.serving_model import ServingModel, load_serving_model

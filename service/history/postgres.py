@@ -14,9 +14,10 @@ overhead once; its ``data`` is ``codec.encode_segment``'s columnar, deflated blo
 nothing when one would leave a gap, COMMIT; ``statements``). An append stores one segment
 per user; a small one (an /ingest body spread over many users gives ~20 events per user) is
 stored plain, 20 B per event, because encoding it would cost more CPU than the rest of the
-append; after ``compact_after`` small appends of a user this process merges the user's small
-segments in the background (``compact``: compact segments of up to ``segment_events``
-events). Connection failures and timeouts raise ``HistoryUnavailable`` (503, safe to retry).
+append; once a user has ``compact_after`` events in small appends this process merges the
+user's small segments in the background (``compact``: size-tiered, into compact segments of
+up to ``segment_events`` events). Connection failures and timeouts raise
+``HistoryUnavailable`` (503, safe to retry).
 """
 
 from __future__ import annotations
@@ -103,7 +104,7 @@ class PostgresHistory:
         retries: int = 5,
         backoff_s: float = 0.2,
         segment_events: int = 2_048,
-        compact_after: int = 4,
+        compact_after: int = 256,
         compact_idle_s: float = 10.0,
     ) -> PostgresHistory:
         """Connect (with ``retries`` retries, the delay doubling from ``backoff_s``) and
@@ -111,8 +112,8 @@ class PostgresHistory:
 
         Args:
             segment_events: events per segment that compaction aims at.
-            compact_after: small segments appended for a user before this process compacts
-                them (0: never on its own; ``compact`` still works).
+            compact_after: events appended for a user in small segments before this process
+                compacts them (0: never on its own; ``compact`` still works).
             compact_idle_s: a user with fewer small appends is compacted this long after its
                 last one.
 
@@ -198,7 +199,13 @@ class PostgresHistory:
             user_id, first_seq, stored = gaps[0]
             raise HistoryGap(user_id, first_seq, stored)
         limit = self.segment_events * RECORD_SIZE
-        self._compactor.note([run.user_id for run in runs if len(run.records) < limit])
+        self._compactor.note(
+            [
+                (run.user_id, len(run.records) // RECORD_SIZE)
+                for run in runs
+                if len(run.records) < limit
+            ]
+        )
 
     async def read(self, user_id: str, *, after_seq: int = 0) -> HistorySlice:
         validate_user_id(user_id)

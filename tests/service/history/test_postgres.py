@@ -204,7 +204,7 @@ async def test_compaction_merges_small_segments_and_keeps_every_byte(
 
 async def test_small_appends_are_compacted_in_the_background(postgres_url: str) -> None:
     history = await PostgresHistory.open(
-        postgres_url, table=f"auto_{next(_tables)}", compact_after=4, segment_events=100
+        postgres_url, table=f"auto_{next(_tables)}", compact_after=40, segment_events=100
     )
     try:
         for first in range(1, 200, 10):  # 20 appends of 10 events

@@ -117,6 +117,30 @@ async def test_append_numbers_events_and_drops_duplicates(store: Store) -> None:
     assert await store.position("u") == UserPosition(5, 0)
 
 
+async def test_a_batch_answers_each_user_as_if_alone(store: Store) -> None:
+    """Many users in one call (one script call on a single Redis): counts, positions and
+    undurable records per user, in request order, a user twice in order, an unknown user
+    refused without touching the others."""
+    await append(store, 1, 2, 3, user="a")
+    await append(store, 7, user="b", durable=False)
+    batch = [
+        AppendRequest("a", *events(3, 4)),
+        AppendRequest("n", *events(1)),
+        AppendRequest("b", *events(7)),
+        AppendRequest("a", *events(4, 5)),
+    ]
+    a1, n, b, a2 = await store.append_batch(batch, dedup_window=WINDOW)
+    assert counts(a1) == (1, 1, 0, 4, 0) and ts_of(a1.undurable) == [4.0] and a1.durable == 3
+    assert n.unknown and not (a1.unknown or b.unknown or a2.unknown)
+    assert counts(b) == (0, 1, 0, 1, 0) and ts_of(b.undurable) == [7.0]  # not durable yet
+    assert counts(a2) == (1, 1, 0, 5, 0) and ts_of(a2.undurable) == [4.0, 5.0]
+    await store.mark_durable([("a", 5), ("b", 1)])
+    snapshot = await store.read_log("a", unapplied_only=False)
+    assert ts_of(snapshot.records) == [1.0, 2.0, 3.0, 4.0, 5.0] and snapshot.durable == 5
+    assert (await store.read_log("b", unapplied_only=False)).durable == 1
+    assert await store.position("n") == UserPosition(0, 0)
+
+
 async def test_identity_without_event_id_is_the_whole_event(store: Store) -> None:
     recs, digs = events(1, 2, with_event_id=False)
     request = [AppendRequest("u", recs, digs)]
