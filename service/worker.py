@@ -48,7 +48,12 @@ async def run_worker(settings: Settings) -> None:
 
     torch.set_num_threads(settings.torch_threads)
     model = await asyncio.to_thread(load_serving_model, settings)
-    backends = await open_backends(settings, metrics.store_observer(), shares_redis="solar worker")
+    backends = await open_backends(
+        settings,
+        metrics.store_observer(),
+        history_observer=metrics.history_observer(),
+        shares_redis="solar worker",
+    )
     if settings.gc_freeze:
         freeze_heap()
     applier = Applier.create(
