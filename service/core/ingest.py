@@ -43,8 +43,8 @@ from service.errors import ApplyTimeout, UserRepairing
 from service.history.base import HistoryChunk, HistoryGap, HistoryStore
 from service.metrics import Metrics
 from service.store.base import AppendRequest, AppendResult, Store
-from service.store.dedup_ring import digests
-from service.store.eventlog import identity_keys, make_records
+from service.store.dedup_ring import DIGEST_SIZE, digests
+from service.store.eventlog import RECORD_SIZE, identity_keys, make_records
 from service.stream.base import IngestStream
 
 __all__ = ["EventColumns", "IngestResult", "Ingestor"]
@@ -70,12 +70,22 @@ class EventColumns(NamedTuple):
         cost more than the events of a 5-event user)."""
         records = make_records(self.ts, self.items, self.actions, self.event_ids)  # (n,)
         digs = np.frombuffer(digests(identity_keys(records)), dtype="<u8")  # (n,)
-        positions: dict[str, list[int]] = {}
-        for i, user_id in enumerate(self.user_ids):
-            positions.setdefault(user_id, []).append(i)
+        codes: dict[str, int] = {}  # user → its rank of first appearance
+        user_codes = np.fromiter(
+            (codes.setdefault(u, len(codes)) for u in self.user_ids), np.int64, len(records)
+        )  # (n,)
+        order = np.argsort(user_codes, kind="stable")  # (n,) users' events together, in order
+        counts = np.bincount(user_codes, minlength=len(codes))  # (users,)
+        ends = np.cumsum(counts)  # (users,)
+        starts = (ends - counts).tolist()
+        grouped, grouped_digs = records[order].tobytes(), digs[order].tobytes()
         return [
-            AppendRequest(user_id, records[idx].tobytes(), digs[idx].tobytes())
-            for user_id, idx in positions.items()
+            AppendRequest(
+                user_id,
+                grouped[start * RECORD_SIZE : end * RECORD_SIZE],
+                grouped_digs[start * DIGEST_SIZE : end * DIGEST_SIZE],
+            )
+            for user_id, start, end in zip(codes, starts, ends.tolist(), strict=True)
         ]
 
 
