@@ -181,7 +181,7 @@ class Settings(BaseSettings):
         description="events per compacted history segment (what compaction merges up to)",
     )
     history_compact_events: int = Field(
-        default=256,
+        default=1_024,
         ge=0,
         description="events a process appends for a user in small (plain) segments before it "
         "compacts them in the background; 0: never",

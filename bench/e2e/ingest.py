@@ -42,10 +42,12 @@ import httpx
 import redis
 
 from bench.common import harness
+from bench.common.load import server_cpu_s
 from bench.e2e.ab import export
 
 logger = logging.getLogger("bench.e2e.ingest")
 BODY_EVENTS = 1_000
+FIGURES = ("acknowledged/s", "serve CPU µs/event", "applied/s", "worker CPU µs/event")
 
 
 def _bodies(users: list[str], count: int, seed: int) -> list[bytes]:
@@ -62,9 +64,9 @@ def _bodies(users: list[str], count: int, seed: int) -> list[bytes]:
     return bodies
 
 
-async def _blast(base: str, bodies: list[list[bytes]], seconds: float) -> tuple[int, float]:
-    """(events acknowledged, seconds taken): each client posts its bodies until the time is
-    up or its bodies run out."""
+async def _blast(base: str, bodies: list[list[bytes]], seconds: float) -> tuple[int, float, float]:
+    """(events acknowledged, seconds taken, the serve's CPU seconds): each client posts its
+    bodies until the time is up or its bodies run out."""
     deadline = time.monotonic() + seconds
     acked = 0
 
@@ -80,9 +82,20 @@ async def _blast(base: str, bodies: list[list[bytes]], seconds: float) -> tuple[
                     raise RuntimeError(f"/ingest {response.status_code}: {response.text}")
                 acked += response.json()["accepted"]
 
-    start = time.monotonic()
-    await asyncio.gather(*(client_loop(own) for own in bodies))
-    return acked, time.monotonic() - start
+    async with httpx.AsyncClient(base_url=base, timeout=60) as probe:
+        cpu_s = await server_cpu_s(probe)
+        start = time.monotonic()
+        await asyncio.gather(*(client_loop(own) for own in bodies))
+        took_s = time.monotonic() - start
+        return acked, took_s, await server_cpu_s(probe) - cpu_s
+
+
+def _cpu_s(metrics_url: str) -> float:
+    """``process_cpu_seconds_total`` on a /metrics page."""
+    for line in httpx.get(metrics_url, timeout=5).text.splitlines():
+        if line.startswith("process_cpu_seconds_total "):
+            return float(line.split()[1])
+    return float("nan")
 
 
 def _applied(url: str, users: list[str]) -> int:
@@ -104,19 +117,27 @@ def one_side(
     users: list[str],
     seconds: float,
 ) -> dict[str, float]:
-    """Acknowledged and applied events/s of ``tree`` on a flushed Redis."""
+    """Acknowledged and applied events/s of ``tree`` on a flushed Redis, and the serve's and
+    the worker's CPU µs per event (what an event costs whatever else runs on the machine)."""
     with redis.Redis.from_url(redis_url) as raw:
         raw.flushall()
     with harness.service(model, redis_url, env=env, tree=tree) as base:
-        acked, took_s = asyncio.run(_blast(base, bodies, seconds))
-    with harness.worker(model, redis_url, env=env, tree=tree):
+        acked, took_s, serve_cpu_s = asyncio.run(_blast(base, bodies, seconds))
+    with harness.worker(model, redis_url, env=env, tree=tree) as metrics_url:
+        cpu_s = _cpu_s(metrics_url)
         start = time.monotonic()
         while _applied(redis_url, users) < acked:
             if time.monotonic() - start > 600:
                 raise RuntimeError("the worker did not drain the backlog in 600 s")
             time.sleep(0.05)
         apply_s = time.monotonic() - start
-    return {"acknowledged/s": acked / took_s, "applied/s": acked / apply_s, "events": acked}
+        worker_cpu_s = _cpu_s(metrics_url) - cpu_s
+    return {
+        "acknowledged/s": acked / took_s,
+        "serve CPU µs/event": 1e6 * serve_cpu_s / acked,
+        "applied/s": acked / apply_s,
+        "worker CPU µs/event": 1e6 * worker_cpu_s / acked,
+    }
 
 
 async def _paced(base: str, rate: float, seconds: float) -> None:
@@ -251,18 +272,19 @@ def markdown(
         f"Command: `{command}` ({os.cpu_count()} CPUs, load average {load[0]:.1f} → "
         f"{load_after[0]:.1f}). One serve (`SOLAR_APPLIER=external`), {args.clients} clients × "
         f"1,000-event bodies over {args.users} users for {args.seconds:g} s, then one worker "
-        "drains the backlog; private Redis and PostgreSQL (fsync on). Each cell: the rounds' "
-        "values (median first).",
+        "drains the backlog; private Redis and PostgreSQL (fsync on). CPU µs/event: the "
+        "process's CPU time over the events (1e6 / it = events/s one fully used core "
+        "sustains). Each cell: the rounds' values (median first).",
         "",
-        "| side | acknowledged events/s, one serve | applied events/s, one worker |",
-        "| --- | --- | --- |",
+        "| side | " + " | ".join(FIGURES) + " |",
+        "|" + " --- |" * (len(FIGURES) + 1),
     ]
     labels = {"base": f"`{args.base}`", "this": "this checkout"}
     for side in ("base", "this"):
         if side not in results:
             continue
         cells = []
-        for figure in ("acknowledged/s", "applied/s"):
+        for figure in FIGURES:
             values = [r[figure] for r in results[side]]
             cells.append(
                 f"{statistics.median(values):,.0f} (" + ", ".join(f"{v:,.0f}" for v in values) + ")"

@@ -114,7 +114,7 @@ class PostgresHistory:
         retries: int = 5,
         backoff_s: float = 0.2,
         segment_events: int = 2_048,
-        compact_after: int = 256,
+        compact_after: int = 1_024,
         compact_idle_s: float = 10.0,
         observer: HistoryObserver | None = None,
     ) -> PostgresHistory:
