@@ -47,7 +47,13 @@ from bench.e2e.ab import export
 
 logger = logging.getLogger("bench.e2e.ingest")
 BODY_EVENTS = 1_000
-FIGURES = ("acknowledged/s", "serve CPU µs/event", "applied/s", "worker CPU µs/event")
+FIGURES = (
+    "acknowledged/s",
+    "serve CPU µs/event",
+    "Redis CPU µs/event",
+    "applied/s",
+    "worker CPU µs/event",
+)
 
 
 def _bodies(users: list[str], count: int, seed: int) -> list[bytes]:
@@ -90,6 +96,12 @@ async def _blast(base: str, bodies: list[list[bytes]], seconds: float) -> tuple[
         return acked, took_s, await server_cpu_s(probe) - cpu_s
 
 
+def _redis_cpu_s(raw: redis.Redis) -> float:
+    """CPU seconds the Redis server has used (user + system)."""
+    info = raw.info("cpu")
+    return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
+
+
 def _cpu_s(metrics_url: str) -> float:
     """``process_cpu_seconds_total`` on a /metrics page."""
     for line in httpx.get(metrics_url, timeout=5).text.splitlines():
@@ -121,8 +133,10 @@ def one_side(
     the worker's CPU µs per event (what an event costs whatever else runs on the machine)."""
     with redis.Redis.from_url(redis_url) as raw:
         raw.flushall()
-    with harness.service(model, redis_url, env=env, tree=tree) as base:
-        acked, took_s, serve_cpu_s = asyncio.run(_blast(base, bodies, seconds))
+        with harness.service(model, redis_url, env=env, tree=tree) as base:
+            redis_cpu_s = _redis_cpu_s(raw)
+            acked, took_s, serve_cpu_s = asyncio.run(_blast(base, bodies, seconds))
+            redis_cpu_s = _redis_cpu_s(raw) - redis_cpu_s
     with harness.worker(model, redis_url, env=env, tree=tree) as metrics_url:
         cpu_s = _cpu_s(metrics_url)
         start = time.monotonic()
@@ -135,6 +149,7 @@ def one_side(
     return {
         "acknowledged/s": acked / took_s,
         "serve CPU µs/event": 1e6 * serve_cpu_s / acked,
+        "Redis CPU µs/event": 1e6 * redis_cpu_s / acked,
         "applied/s": acked / apply_s,
         "worker CPU µs/event": 1e6 * worker_cpu_s / acked,
     }
