@@ -141,6 +141,21 @@ async def test_a_batch_answers_each_user_as_if_alone(store: Store) -> None:
     assert await store.position("n") == UserPosition(0, 0)
 
 
+async def test_a_batch_of_many_users_keeps_each_users_order(store: Store) -> None:
+    """More users than one script call takes (several calls in one pipeline on Redis): every
+    user's answer in request order, a user's second request after its first."""
+    batch = [AppendRequest(f"u{k}", *events(1, 2)) for k in range(70)]
+    batch.append(AppendRequest("u3", *events(2, 3)))
+    results = await store.append_batch(batch, dedup_window=WINDOW, create=True)
+    assert [counts(r) for r in results[:70]] == [(2, 0, 0, 2, 0)] * 70
+    assert counts(results[70]) == (1, 1, 0, 3, 0) and ts_of(results[70].undurable) == [1, 2, 3]
+    await store.mark_durable([(f"u{k}", 2) for k in range(70)])
+    assert [(await store.read_log(f"u{k}", unapplied_only=False)).durable for k in (0, 69)] == [
+        2,
+        2,
+    ]
+
+
 async def test_identity_without_event_id_is_the_whole_event(store: Store) -> None:
     recs, digs = events(1, 2, with_event_id=False)
     request = [AppendRequest("u", recs, digs)]
