@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 from typing import NamedTuple
 
-from service.history.base import HistoryStore
+from service.history.base import HistoryObserver, HistoryStore
 from service.history.memory import MemoryHistory
 from service.history.postgres import PostgresHistory, redact_url
 from service.settings import Settings
@@ -57,7 +57,11 @@ class UnsharedHistory(ValueError):
 
 
 async def open_backends(
-    settings: Settings, observer: StoreObserver | None = None, *, shares_redis: str | None = None
+    settings: Settings,
+    observer: StoreObserver | None = None,
+    *,
+    history_observer: HistoryObserver | None = None,
+    shares_redis: str | None = None,
 ) -> Backends:
     """Embedded store and stream without ``SOLAR_REDIS_URL``; else Redis, once it answers;
     the history tier of ``open_history``.
@@ -72,7 +76,7 @@ async def open_backends(
     """
     if settings.redis_url and shares_redis and not settings.history_url:
         raise UnsharedHistory(shares_redis)
-    history = await open_history(settings)
+    history = await open_history(settings, history_observer)
     if not settings.redis_url:
         logger.info("store: embedded (in-process, not shared, not persistent)")
         return Backends(
@@ -98,7 +102,7 @@ async def open_backends(
     )
 
 
-async def open_history(settings: Settings) -> HistoryStore:
+async def open_history(settings: Settings, observer: HistoryObserver | None = None) -> HistoryStore:
     """The embedded history without ``SOLAR_HISTORY_URL``; else PostgreSQL, once it answers
     (its schema and table created if absent).
 
@@ -114,6 +118,10 @@ async def open_history(settings: Settings) -> HistoryStore:
         table=settings.history_table,
         pool_size=settings.history_pool_size,
         timeout_s=settings.history_timeout_s,
+        segment_events=settings.history_segment_events,
+        compact_after=settings.history_compact_events,
+        compact_idle_s=settings.history_compact_idle_s,
+        observer=observer,
         retries=settings.store_connect_retries,
         backoff_s=settings.store_backoff_s,
     )

@@ -153,6 +153,29 @@ class Metrics:
             buckets=_FAST_BUCKETS_S,
             registry=reg,
         )
+        self.history_seconds = Histogram(
+            "solar_history_seconds",
+            "Durable history tier operation latency by operation (failed ones included)",
+            ["op"],
+            buckets=_FAST_BUCKETS_S,
+            registry=reg,
+        )
+        self.history_errors = Counter(
+            "solar_history_errors",
+            "Durable history tier failures: unavailable (503), corrupt segment, gap",
+            ["kind"],
+            registry=reg,
+        )
+        self.history_compacted_segments = Counter(
+            "solar_history_compacted_segments",
+            "Segments removed (net) by background and explicit compactions",
+            registry=reg,
+        )
+        self.history_compacted_events = Counter(
+            "solar_history_compacted_events",
+            "Events re-encoded by compactions (write amplification: over appended events)",
+            registry=reg,
+        )
         self.store_conflicts = Counter(
             "solar_store_conflicts_total",
             "Compare-and-set writes that lost a race and were retried",
@@ -298,6 +321,9 @@ class Metrics:
     def store_observer(self) -> StoreMetrics:
         return StoreMetrics(self)
 
+    def history_observer(self) -> HistoryMetrics:
+        return HistoryMetrics(self)
+
 
 class StoreMetrics:
     """Adapter implementing ``service.store.StoreObserver`` on top of :class:`Metrics`."""
@@ -310,3 +336,20 @@ class StoreMetrics:
 
     def conflict(self) -> None:
         self._metrics.store_conflicts.inc()
+
+
+class HistoryMetrics:
+    """Adapter implementing ``service.history.base.HistoryObserver`` on :class:`Metrics`."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self._metrics = metrics
+
+    def op_seconds(self, op: str, seconds: float) -> None:
+        self._metrics.history_seconds.labels(op=op).observe(seconds)
+
+    def error(self, kind: str) -> None:
+        self._metrics.history_errors.labels(kind=kind).inc()
+
+    def compacted(self, segments: int, events: int) -> None:
+        self._metrics.history_compacted_segments.inc(segments)
+        self._metrics.history_compacted_events.inc(events)

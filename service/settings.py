@@ -219,6 +219,23 @@ class Settings(BaseSettings):
     history_timeout_s: float = Field(
         default=2.0, gt=0, description="PostgreSQL connect / statement timeout, seconds"
     )
+    history_segment_events: int = Field(
+        default=2_048,
+        ge=1,
+        description="events per compacted history segment (what compaction merges up to)",
+    )
+    history_compact_events: int = Field(
+        default=1_024,
+        ge=0,
+        description="events a process appends for a user in small (plain) segments before it "
+        "compacts them in the background; 0: never",
+    )
+    history_compact_idle_s: float = Field(
+        default=10.0,
+        gt=0,
+        description="a user with fewer small-segment events is compacted this long after "
+        "its last append, seconds",
+    )
 
     @field_validator("redis_url")
     @classmethod

@@ -51,7 +51,12 @@ async def run_worker(settings: Settings) -> None:
     if settings.worker_nice:
         os.nice(settings.worker_nice)  # the whole process: the event loop and its threads
     model = await asyncio.to_thread(load_serving_model, settings)
-    backends = await open_backends(settings, metrics.store_observer(), shares_redis="solar worker")
+    backends = await open_backends(
+        settings,
+        metrics.store_observer(),
+        history_observer=metrics.history_observer(),
+        shares_redis="solar worker",
+    )
     if settings.gc_freeze:
         freeze_heap()
     applier = Applier.create(

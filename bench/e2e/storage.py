@@ -35,6 +35,7 @@ from typing import NamedTuple
 import httpx
 
 from bench.common.harness import random_checkpoint
+from bench.e2e.history import relation_bytes
 from service.core.applier import Applier
 from service.core.ingest import EventColumns, Ingestor
 from service.core.serving_model import ServingModel, load_serving_model
@@ -197,12 +198,14 @@ async def run(args: argparse.Namespace, redis_url: str, pg_url: str, workdir: Pa
                 f"| {total:,} |"
             )
         rows = sum(args.sizes)
-        async with history._pool.connection() as conn:  # noqa: SLF001 (a benchmark's peek)
-            cur = await conn.execute("SELECT pg_total_relation_size('solar.history_segments')")
-            (table_bytes,) = await cur.fetchone()
+        as_appended = relation_bytes(pg_url, history.table_name)
+        await asyncio.wait_for(history.compacted(), 120)
+        compacted = relation_bytes(pg_url, history.table_name, vacuum_full=True)
         print(
-            f"\ndurable tier (PostgreSQL table + TOAST + indexes): {table_bytes:,} B for "
-            f"{rows:,} events = {table_bytes / rows:.1f} B/event"
+            f"\ndurable tier (PostgreSQL table + TOAST + indexes) for {rows:,} events: "
+            f"{as_appended / rows:.1f} B/event as appended (compactions in flight and their "
+            f"dead rows included), {compacted / rows:.1f} B/event once the background "
+            "compaction is done (VACUUM FULL)"
         )
         acked, applied = await throughput(t, args.users, args.body, args.seconds)
         print(

@@ -69,7 +69,10 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     metrics.set_model(model.version, model.rank, model.dim)
     shared = settings.applier == "external" or settings.workers > 1
     backends = await open_backends(
-        settings, metrics.store_observer(), shares_redis="solar serve" if shared else None
+        settings,
+        metrics.store_observer(),
+        history_observer=metrics.history_observer(),
+        shares_redis="solar serve" if shared else None,
     )
     applier: Applier | None = None
     applier_task: asyncio.Task[None] | None = None

@@ -33,6 +33,7 @@ __all__ = [
     "HistoryChunk",
     "HistoryCorrupt",
     "HistoryGap",
+    "HistoryObserver",
     "HistorySlice",
     "HistoryStore",
     "HistoryUnavailable",
@@ -99,6 +100,21 @@ class HistoryCorrupt(StoreError):
     def __init__(self, user_id: str, what: str) -> None:
         super().__init__(f"history of {user_id!r} is corrupt: {what}")
         self.user_id = user_id
+
+
+class HistoryObserver(Protocol):
+    """Receives what a history tier does (``service.metrics.HistoryMetrics`` records it)."""
+
+    def op_seconds(self, op: str, seconds: float) -> None:
+        """One operation (``append``, ``read``, ``last_seq``, ``delete``, ``compact``, …) took
+        ``seconds``, failed or not."""
+
+    def error(self, kind: str) -> None:
+        """An operation failed: ``unavailable`` (503), ``corrupt`` (a segment that does not
+        decode) or ``gap`` (an append that would leave seqs missing)."""
+
+    def compacted(self, segments: int, events: int) -> None:
+        """A compaction removed ``segments`` segments net, re-encoding ``events`` events."""
 
 
 @runtime_checkable

@@ -1,8 +1,12 @@
-"""When to compact: count each user's small appends, compact users in the background.
+"""When to compact: count each user's events in small appends, compact users in the background.
 
-A process counts the small segments it appended per user; at ``after`` of them the user is
-queued, and so is a user with fewer whose last append is ``idle_s`` old (else the last few
-small appends of every user would stay small: a fifth of a 100-event user's history). One
+A process counts the events it appended per user in small segments; at ``after`` of them the
+user is queued, and so is a user with fewer whose last append is ``idle_s`` old (else the last
+few small appends of every user would stay small: a fifth of a 100-event user's history).
+Counting events, not appends, keeps the work per event bounded whatever the body size: an
+/ingest body spread over 200 users appends ~5 events per user, and compacting after every
+few such appends re-encoded a user's growing small segment over and over (29% of a serve
+process's CPU under ingest load, before this and ``segments.plan_compaction``'s tiers). One
 background task compacts queued users ``batch`` at a time (one transaction, so one commit,
 for the batch: compacting user by user would wait for a disk flush each).
 The counts are hints held in memory (at most ``max_tracked`` users, then dropped): a
@@ -25,12 +29,14 @@ logger = logging.getLogger(__name__)
 
 
 class BackgroundCompactor:
-    """Calls ``compact(*users)`` in the background for users with ``after`` small appends.
+    """Calls ``compact(*users)`` in the background for users with ``after`` events in small
+    appends.
 
     Args:
         compact: merges the given users' small segments (``PostgresHistory.compact``).
-        after: small appends of a user before it is queued; 0 turns the compactor off.
-        idle_s: a user with fewer small appends is queued this long after its last one.
+        after: events of a user in small appends before it is queued; 0 turns the compactor
+            off.
+        idle_s: a user with fewer is queued this long after its last small append.
         batch: most users per ``compact`` call.
         max_tracked: most users counted at once (the counts are cleared beyond it).
     """
@@ -49,7 +55,7 @@ class BackgroundCompactor:
         self._idle_s = idle_s
         self._batch = batch
         self._max_tracked = max_tracked
-        # user → (small segments appended since compacted, monotonic time of the last one)
+        # user → (events appended in small segments since compacted, monotonic time of the last)
         self._counts: dict[str, tuple[int, float]] = {}
         self._queued: set[str] = set()
         self._queue: asyncio.Queue[str] = asyncio.Queue()
@@ -61,19 +67,19 @@ class BackgroundCompactor:
             self._queued.add(user_id)
             self._queue.put_nowait(user_id)
 
-    def note(self, users: Sequence[str]) -> None:
-        """Count one small append for each of ``users``; queue those reaching ``after``."""
+    def note(self, appends: Sequence[tuple[str, int]]) -> None:
+        """Count the small appends ``(user, events)``; queue the users reaching ``after``."""
         if self._after <= 0:
             return
         if len(self._counts) > self._max_tracked:
             self._counts.clear()
         now = time.monotonic()
-        for user_id in users:
-            count = self._counts.get(user_id, (0, now))[0] + 1
+        for user_id, events in appends:
+            count = self._counts.get(user_id, (0, now))[0] + events
             self._counts[user_id] = (count, now)
             if count >= self._after:
                 self._enqueue(user_id)
-        if users and not self._tasks:
+        if appends and not self._tasks:
             self._tasks = [asyncio.create_task(self._run()), asyncio.create_task(self._sweep())]
 
     def forget(self, users: Sequence[str]) -> None:

@@ -14,9 +14,10 @@ overhead once; its ``data`` is ``codec.encode_segment``'s columnar, deflated blo
 nothing when one would leave a gap, COMMIT; ``statements``). An append stores one segment
 per user; a small one (an /ingest body spread over many users gives ~20 events per user) is
 stored plain, 20 B per event, because encoding it would cost more CPU than the rest of the
-append; after ``compact_after`` small appends of a user this process merges the user's small
-segments in the background (``compact``: compact segments of up to ``segment_events``
-events). Connection failures and timeouts raise ``HistoryUnavailable`` (503, safe to retry).
+append; once a user has ``compact_after`` events in small appends this process merges the
+user's small segments in the background (``compact``: size-tiered, into compact segments of
+up to ``segment_events`` events). Connection failures and timeouts raise
+``HistoryUnavailable`` (503, safe to retry).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any, TypeVar
@@ -33,7 +35,14 @@ from psycopg import sql
 
 from service.errors import HistoryUnavailable
 from service.history import statements
-from service.history.base import HistoryChunk, HistoryGap, HistorySlice, normalize_chunks
+from service.history.base import (
+    HistoryChunk,
+    HistoryCorrupt,
+    HistoryGap,
+    HistoryObserver,
+    HistorySlice,
+    normalize_chunks,
+)
 from service.history.codec import encode_segment
 from service.history.compaction import BackgroundCompactor
 from service.history.pool import ConnectionPool
@@ -78,8 +87,10 @@ class PostgresHistory:
         segment_events: int,
         compact_after: int,
         compact_idle_s: float,
+        observer: HistoryObserver | None = None,
     ) -> None:
         self._pool = pool
+        self._observer = observer
         self._url = redact_url(url)
         self._timeout_s = timeout_s
         self._schema = _identifier(schema)
@@ -103,18 +114,20 @@ class PostgresHistory:
         retries: int = 5,
         backoff_s: float = 0.2,
         segment_events: int = 2_048,
-        compact_after: int = 4,
+        compact_after: int = 1_024,
         compact_idle_s: float = 10.0,
+        observer: HistoryObserver | None = None,
     ) -> PostgresHistory:
         """Connect (with ``retries`` retries, the delay doubling from ``backoff_s``) and
         create the schema and table if absent.
 
         Args:
             segment_events: events per segment that compaction aims at.
-            compact_after: small segments appended for a user before this process compacts
-                them (0: never on its own; ``compact`` still works).
+            compact_after: events appended for a user in small segments before this process
+                compacts them (0: never on its own; ``compact`` still works).
             compact_idle_s: a user with fewer small appends is compacted this long after its
                 last one.
+            observer: receives op latencies, errors and compaction counts (metrics).
 
         Raises:
             HistoryUnavailable: PostgreSQL did not answer within the retries.
@@ -129,6 +142,7 @@ class PostgresHistory:
             segment_events=segment_events,
             compact_after=compact_after,
             compact_idle_s=compact_idle_s,
+            observer=observer,
         )
         for attempt in range(retries + 1):
             try:
@@ -168,8 +182,23 @@ class PostgresHistory:
             async with self._pool.connection() as conn:
                 return await body(conn)
 
-        async with self._translated(op):
-            return await asyncio.wait_for(use(), self._timeout_s)
+        start = time.perf_counter()
+        try:
+            async with self._translated(op):
+                return await asyncio.wait_for(use(), self._timeout_s)
+        except HistoryUnavailable:
+            self._error("unavailable")
+            raise
+        except HistoryCorrupt:
+            self._error("corrupt")
+            raise
+        finally:
+            if self._observer is not None:
+                self._observer.op_seconds(op, time.perf_counter() - start)
+
+    def _error(self, kind: str) -> None:
+        if self._observer is not None:
+            self._observer.error(kind)
 
     async def append(self, chunks: Sequence[HistoryChunk]) -> None:
         runs = normalize_chunks(chunks)
@@ -196,9 +225,16 @@ class PostgresHistory:
         gaps = await self._run("append", store)
         if gaps:
             user_id, first_seq, stored = gaps[0]
+            self._error("gap")
             raise HistoryGap(user_id, first_seq, stored)
         limit = self.segment_events * RECORD_SIZE
-        self._compactor.note([run.user_id for run in runs if len(run.records) < limit])
+        self._compactor.note(
+            [
+                (run.user_id, len(run.records) // RECORD_SIZE)
+                for run in runs
+                if len(run.records) < limit
+            ]
+        )
 
     async def read(self, user_id: str, *, after_seq: int = 0) -> HistorySlice:
         validate_user_id(user_id)
@@ -209,7 +245,12 @@ class PostgresHistory:
             cursor = await conn.execute(query, (user_id, after_seq), binary=True)
             return [SegmentRow(*row) for row in await cursor.fetchall()]
 
-        return stitch(user_id, await self._run("read", fetch), after_seq)
+        rows = await self._run("read", fetch)
+        try:
+            return stitch(user_id, rows, after_seq)
+        except HistoryCorrupt:
+            self._error("corrupt")
+            raise
 
     async def last_seq(self, user_id: str) -> int:
         validate_user_id(user_id)
@@ -251,7 +292,7 @@ class PostgresHistory:
         users = sorted({validate_user_id(user_id) for user_id in user_ids})
         lock = self._sql(statements.LOCK, seed=sql.Literal(statements.LOCK_SEED))
 
-        async def merge(conn: psycopg.AsyncConnection) -> int:
+        async def merge(conn: psycopg.AsyncConnection) -> tuple[int, int]:
             async with conn.transaction():
                 await conn.execute(lock, (users,))
                 query = self._sql(statements.SMALL_SEGMENTS)
@@ -269,7 +310,7 @@ class PostgresHistory:
                 ]
                 runs = [run for plan in plans for run in plan.add]
                 if not gone:
-                    return 0
+                    return 0, 0
                 removed = ([u for u, _ in gone], [last for _, last in gone])
                 await conn.execute(self._sql(statements.REMOVE), removed)
                 add = (
@@ -279,10 +320,12 @@ class PostgresHistory:
                     [encode_segment(run.records) for run in runs],
                 )
                 await conn.execute(self._sql(statements.INSERT), add, binary=True)
-                return len(gone) - len(runs)
+                return len(gone) - len(runs), sum(len(r.records) for r in runs) // RECORD_SIZE
 
-        removed = await self._run("compact", merge) if users else 0
+        removed, events = await self._run("compact", merge) if users else (0, 0)
         self._compactor.forget(users)
+        if self._observer is not None and removed:
+            self._observer.compacted(removed, events)
         return removed
 
     async def compacted(self, *, tails: bool = True) -> None:

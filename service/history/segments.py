@@ -58,9 +58,14 @@ def stitch(user_id: str, rows: Sequence[SegmentRow], after_seq: int) -> HistoryS
 def plan_compaction(
     user_id: str, small: Sequence[SegmentRow], segment_events: int
 ) -> CompactionPlan:
-    """Merge each run of adjacent small segments into compact segments of ``segment_events``
-    events (the last one of a run possibly smaller); a lone small segment is rewritten only
-    when it is plain (``codec.RAW``).
+    """Merge runs of adjacent small segments into compact segments of ``segment_events``
+    events (the last one of a run possibly smaller), size-tiered so that an event is
+    rewritten about log2(``segment_events`` / first size) times, not once per compaction.
+
+    Within each run of adjacent small segments, from the newest back: every plain segment
+    (``codec.RAW``) is merged, and a compact one is merged only when it holds no more events
+    than the newer segments merged with it; a larger one starts a new tier. A tier of one
+    compact segment is left as it is.
 
     Args:
         small: the user's segments of fewer than ``segment_events`` events, by last seq;
@@ -77,13 +82,30 @@ def plan_compaction(
         else:
             groups.append([row])
     plan = CompactionPlan([], [])
-    for group in groups:
-        if len(group) < 2 and group[0].data[:1] != bytes([RAW]):
+    step = segment_events * RECORD_SIZE
+    for tier in (tier for group in groups for tier in _tiers(group)):
+        if len(tier) < 2 and tier[0].data[:1] != bytes([RAW]):
             continue
-        joined = stitch(user_id, group, group[0].first_seq - 1)
-        plan.remove.extend(row.last_seq for row in group)
-        step = segment_events * RECORD_SIZE
+        joined = stitch(user_id, tier, tier[0].first_seq - 1)
+        plan.remove.extend(row.last_seq for row in tier)
         for start in range(0, len(joined.records), step):
             first = joined.first_seq + start // RECORD_SIZE
             plan.add.append(UserRun(user_id, first, joined.records[start : start + step]))
     return plan
+
+
+def _tiers(group: Sequence[SegmentRow]) -> list[list[SegmentRow]]:
+    """``group`` (adjacent small segments, by last seq) cut into the runs to merge, oldest
+    first (see ``plan_compaction``)."""
+    tiers: list[list[SegmentRow]] = []
+    tier: list[SegmentRow] = []
+    events = 0
+    for row in reversed(group):
+        size = row.last_seq - row.first_seq + 1
+        if tier and row.data[:1] != bytes([RAW]) and size > events:
+            tiers.append(tier[::-1])
+            tier, events = [], 0
+        tier.append(row)
+        events += size
+    tiers.append(tier[::-1])
+    return tiers[::-1]

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Sequence
+from functools import lru_cache
 
 import numpy as np
 import numpy.typing as npt
@@ -51,11 +52,13 @@ class LogFormatError(ValueError):
         self.length = length
 
 
+@lru_cache(maxsize=1 << 16, typed=True)  # popular items recur in every /ingest body
 def item_key(item_id: int | str) -> bytes:
     """6-byte digest of ``str(item_id)``: the ints 123 and the string "123" are one item."""
     return hashlib.blake2b(str(item_id).encode("utf-8"), digest_size=6).digest()
 
 
+@lru_cache(maxsize=256)
 def action_key(action: str | None) -> int:
     """Action code in 1..255, or 0 for no action (``None`` or ``""``)."""
     if not action:

@@ -25,6 +25,8 @@ TOOLS = (
     "bench.e2e.serve",
     "bench.e2e.ingest",
     "bench.e2e.ab",
+    "bench.e2e.squeeze",
+    "bench.e2e.rank_ab",
     "bench.e2e.loadrange",
     "bench.e2e.stalls",
     "bench.e2e.report",

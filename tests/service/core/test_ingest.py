@@ -18,7 +18,8 @@ from service.core.serving_model import load_serving_model
 from service.errors import ApplyTimeout, StoreBusy
 from service.history.memory import MemoryHistory
 from service.metrics import Metrics
-from service.store.eventlog import decode_log, make_records
+from service.store.dedup_ring import digests
+from service.store.eventlog import decode_log, identity_keys, make_records
 from service.store.keys import partition_of
 from service.store.memory import MemoryStore
 from service.store.models import MemoryModels
@@ -109,13 +110,14 @@ class Pipeline:
 
 def test_events_are_grouped_by_user_in_arrival_order() -> None:
     events = _events([event("b", 1, 1.0), event("a", 2, 2.0), event("b", 3, 3.0)])
-    groups = events.by_user()
-    assert list(groups) == ["b", "a"]
-    assert groups["b"]["ts"].tolist() == [1.0, 3.0] and groups["a"]["ts"].tolist() == [2.0]
+    requests = events.by_user()
+    assert [r.user_id for r in requests] == ["b", "a"]
+    b, a = (decode_log(r.records) for r in requests)
+    assert b["ts"].tolist() == [1.0, 3.0] and a["ts"].tolist() == [2.0]
     assert (
-        groups["b"]["item"].tolist()
-        == make_records([0, 0], [1, 3], [None] * 2, [None] * 2)["item"].tolist()
+        b["item"].tolist() == make_records([0, 0], [1, 3], [None] * 2, [None] * 2)["item"].tolist()
     )
+    assert requests[0].digests == digests(identity_keys(b)) and len(requests[1].digests) == 8
 
 
 async def test_factors_equal_a_batch_recompute(

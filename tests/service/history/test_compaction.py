@@ -25,15 +25,15 @@ class Recorder:
         return len(users)
 
 
-async def test_a_user_is_compacted_after_its_nth_small_append() -> None:
+async def test_a_user_is_compacted_once_its_small_appends_reach_after_events() -> None:
     compact = Recorder()
-    compactor = BackgroundCompactor(compact, after=3, idle_s=60)
+    compactor = BackgroundCompactor(compact, after=30, idle_s=60)
     try:
-        compactor.note(["a", "b"])
-        compactor.note(["a"])
+        compactor.note([("a", 10), ("b", 25)])
+        compactor.note([("a", 19)])
         await asyncio.sleep(0.05)
         assert compact.calls == []
-        compactor.note(["a"])
+        compactor.note([("a", 1)])
         await _until(lambda: bool(compact.calls))
         assert compact.calls == [("a",)]
     finally:
@@ -44,7 +44,7 @@ async def test_an_idle_user_is_compacted_with_fewer_appends() -> None:
     compact = Recorder()
     compactor = BackgroundCompactor(compact, after=100, idle_s=0.2)
     try:
-        compactor.note(["a"])
+        compactor.note([("a", 1)])
         await asyncio.sleep(0.1)
         assert compact.calls == []  # not idle long enough yet
         await _until(lambda: bool(compact.calls))
@@ -58,8 +58,8 @@ async def test_users_are_compacted_in_batches_each_once() -> None:
     compactor = BackgroundCompactor(compact, after=1, idle_s=60, batch=64)
     try:
         users = [f"u{k}" for k in range(150)]
-        compactor.note(users)
-        compactor.note(users[:10])  # queued already: not twice
+        compactor.note([(u, 1) for u in users])
+        compactor.note([(u, 1) for u in users[:10]])  # queued already: not twice
         await _until(lambda: sum(len(c) for c in compact.calls) >= 150)
         assert max(len(c) for c in compact.calls) <= 64
         assert sorted(u for c in compact.calls for u in c) == sorted(users)
@@ -73,9 +73,9 @@ async def test_a_failed_compaction_is_logged_and_the_task_goes_on(
     compact = Recorder(fail=True)
     compactor = BackgroundCompactor(compact, after=1, idle_s=60)
     try:
-        compactor.note(["a"])
+        compactor.note([("a", 1)])
         await _until(lambda: len(compact.calls) == 1)
-        compactor.note(["b"])
+        compactor.note([("b", 1)])
         await _until(lambda: len(compact.calls) == 2)
         await asyncio.wait_for(compactor.idle(), 1)  # failed users are not counted any more
         assert "compacting 1 users failed" in caplog.text
@@ -86,7 +86,7 @@ async def test_a_failed_compaction_is_logged_and_the_task_goes_on(
 async def test_off_when_after_is_zero() -> None:
     compact = Recorder()
     compactor = BackgroundCompactor(compact, after=0, idle_s=0.01)
-    compactor.note(["a"] * 10)
+    compactor.note([("a", 5)] * 10)
     await asyncio.sleep(0.05)
     await asyncio.wait_for(compactor.idle(), 1)
     assert compact.calls == []
@@ -112,9 +112,9 @@ async def test_a_bug_in_a_compaction_is_logged_and_the_task_goes_on(
 
     compactor = BackgroundCompactor(broken, after=1, idle_s=60)
     try:
-        compactor.note(["a"])
+        compactor.note([("a", 1)])
         await _until(lambda: len(calls) == 1)
-        compactor.note(["b"])
+        compactor.note([("b", 1)])
         await asyncio.wait_for(compactor.idle(), 1)
         assert calls == [("a",), ("b",)] and "a bug" in caplog.text
     finally:

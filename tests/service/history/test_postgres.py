@@ -13,11 +13,13 @@ import pytest
 
 from service.errors import HistoryUnavailable
 from service.history import statements
-from service.history.base import HistoryChunk, HistoryCorrupt, HistorySlice
+from service.history.base import HistoryChunk, HistoryCorrupt, HistoryGap, HistorySlice
 from service.history.codec import FORMAT, RAW, encode_segment
+from service.history.pool import ConnectionPool
 from service.history.postgres import PostgresHistory
 from service.store.eventlog import make_records
 from solar_tools.postgres_server import PostgresServer
+from solar_tools.redis_server import free_port
 
 pytestmark = pytest.mark.anyio
 _tables = itertools.count()
@@ -204,7 +206,7 @@ async def test_compaction_merges_small_segments_and_keeps_every_byte(
 
 async def test_small_appends_are_compacted_in_the_background(postgres_url: str) -> None:
     history = await PostgresHistory.open(
-        postgres_url, table=f"auto_{next(_tables)}", compact_after=4, segment_events=100
+        postgres_url, table=f"auto_{next(_tables)}", compact_after=40, segment_events=100
     )
     try:
         for first in range(1, 200, 10):  # 20 appends of 10 events
@@ -276,3 +278,59 @@ async def test_one_compaction_call_serves_many_users(history: PostgresHistory) -
         expected = b"".join(recs(f, f + 9, seed=k) for f in (1, 11, 21))
         assert (await history.read(u)).records == expected
     assert (await history.read("d")).records == recs(1, 400)
+
+
+class RecordingObserver:
+    def __init__(self) -> None:
+        self.ops: list[str] = []
+        self.errors: list[str] = []
+        self.compactions: list[tuple[int, int]] = []
+
+    def op_seconds(self, op: str, seconds: float) -> None:
+        assert seconds >= 0
+        self.ops.append(op)
+
+    def error(self, kind: str) -> None:
+        self.errors.append(kind)
+
+    def compacted(self, segments: int, events: int) -> None:
+        self.compactions.append((segments, events))
+
+
+async def test_operations_errors_and_compactions_are_reported(postgres_url: str) -> None:
+    """What `solar_history_seconds{op}`, `solar_history_errors_total{kind}` and the
+    compaction counters are fed with."""
+    observer = RecordingObserver()
+    history = await PostgresHistory.open(
+        postgres_url, table=f"observed_{next(_tables)}", compact_after=0, observer=observer
+    )
+    try:
+        for first in (1, 11, 21):
+            await history.append([HistoryChunk("u", first, recs(first, first + 9))])
+        with pytest.raises(HistoryGap):
+            await history.append([HistoryChunk("u", 40, recs(40, 41))])
+        assert await history.compact("u") == 2
+        assert observer.compactions == [(2, 30)]
+        with psycopg.connect(postgres_url, autocommit=True) as admin:
+            admin.execute(f"UPDATE {history.table_name} SET data = '\\x01dead'")
+        with pytest.raises(HistoryCorrupt):
+            await history.read("u")
+        assert observer.ops.count("append") == 4 and observer.ops[-2:] == ["compact", "read"]
+        assert observer.errors == ["gap", "corrupt"]
+    finally:
+        await history.close()
+    down = PostgresHistory(
+        ConnectionPool(f"postgresql://postgres@127.0.0.1:{free_port()}/x", size=1, timeout_s=1),
+        postgres_url,
+        schema="solar",
+        table="down",
+        timeout_s=1.0,
+        segment_events=100,
+        compact_after=0,
+        compact_idle_s=1.0,
+        observer=observer,
+    )
+    with pytest.raises(HistoryUnavailable):
+        await down.last_seq("u")
+    await down.close()
+    assert observer.errors[-1] == "unavailable" and observer.ops[-1] == "last_seq"

@@ -118,6 +118,45 @@ async def test_append_numbers_events_and_drops_duplicates(store: Store) -> None:
     assert await store.position("u", V1) == UserPosition(5, 0)
 
 
+async def test_a_batch_answers_each_user_as_if_alone(store: Store) -> None:
+    """Many users in one call (one script call on a single Redis): counts, positions and
+    undurable records per user, in request order, a user twice in order, an unknown user
+    refused without touching the others."""
+    await append(store, 1, 2, 3, user="a")
+    await append(store, 7, user="b", durable=False)
+    batch = [
+        AppendRequest("a", *events(3, 4)),
+        AppendRequest("n", *events(1)),
+        AppendRequest("b", *events(7)),
+        AppendRequest("a", *events(4, 5)),
+    ]
+    a1, n, b, a2 = await store.append_batch(batch, dedup_window=WINDOW)
+    assert counts(a1) == (1, 1, 0, 4, 0) and ts_of(a1.undurable) == [4.0] and a1.durable == 3
+    assert n.unknown and not (a1.unknown or b.unknown or a2.unknown)
+    assert counts(b) == (0, 1, 0, 1, 0) and ts_of(b.undurable) == [7.0]  # not durable yet
+    assert counts(a2) == (1, 1, 0, 5, 0) and ts_of(a2.undurable) == [4.0, 5.0]
+    await store.mark_durable([("a", 5), ("b", 1)])
+    snapshot = await store.read_log("a", V1, unapplied_only=False)
+    assert ts_of(snapshot.records) == [1.0, 2.0, 3.0, 4.0, 5.0] and snapshot.durable == 5
+    assert (await store.read_log("b", V1, unapplied_only=False)).durable == 1
+    assert await store.position("n", V1) == UserPosition(0, 0)
+
+
+async def test_a_batch_of_many_users_keeps_each_users_order(store: Store) -> None:
+    """More users than one script call takes (several calls in one pipeline on Redis): every
+    user's answer in request order, a user's second request after its first."""
+    batch = [AppendRequest(f"u{k}", *events(1, 2)) for k in range(70)]
+    batch.append(AppendRequest("u3", *events(2, 3)))
+    results = await store.append_batch(batch, dedup_window=WINDOW, create=True)
+    assert [counts(r) for r in results[:70]] == [(2, 0, 0, 2, 0)] * 70
+    assert counts(results[70]) == (1, 1, 0, 3, 0) and ts_of(results[70].undurable) == [1, 2, 3]
+    await store.mark_durable([(f"u{k}", 2) for k in range(70)])
+    assert [(await store.read_log(f"u{k}", V1, unapplied_only=False)).durable for k in (0, 69)] == [
+        2,
+        2,
+    ]
+
+
 async def test_identity_without_event_id_is_the_whole_event(store: Store) -> None:
     recs, digs = events(1, 2, with_event_id=False)
     request = [AppendRequest("u", recs, digs)]
