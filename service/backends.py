@@ -13,13 +13,19 @@ from service.settings import Settings
 from service.store.base import Store, StoreObserver
 from service.store.memory import MemoryStore
 from service.store.models import MemoryModels, ModelRegistry, RedisModels
-from service.store.redis_client import connect_redis, redact
+from service.store.redis_client import RedisClient, connect_redis, redact
 from service.store.redis_store import RedisStore
 from service.stream.base import IngestStream
 from service.stream.memory import MemoryStream
 from service.stream.redis_stream import RedisStream
 
-__all__ = ["Backends", "UnsharedHistory", "open_backends", "open_history"]
+__all__ = [
+    "Backends",
+    "UnsharedHistory",
+    "connect_shared_redis",
+    "open_backends",
+    "open_history",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -56,6 +62,24 @@ class UnsharedHistory(ValueError):
         )
 
 
+async def connect_shared_redis(settings: Settings) -> RedisClient:
+    """A client of ``SOLAR_REDIS_URL`` (one Redis or a cluster) once it answers, with the
+    configured timeout and connection retries.
+
+    Raises:
+        StoreUnavailable: Redis did not answer within the configured retries.
+    """
+    if not settings.redis_url:
+        raise ValueError("SOLAR_REDIS_URL is not set")
+    return await connect_redis(
+        settings.redis_url,
+        cluster=settings.redis_cluster,
+        timeout_s=settings.store_timeout_s,
+        retries=settings.store_connect_retries,
+        backoff_s=settings.store_backoff_s,
+    )
+
+
 async def open_backends(
     settings: Settings,
     observer: StoreObserver | None = None,
@@ -85,13 +109,7 @@ async def open_backends(
             history,
             MemoryModels(),
         )
-    client = await connect_redis(
-        settings.redis_url,
-        cluster=settings.redis_cluster,
-        timeout_s=settings.store_timeout_s,
-        retries=settings.store_connect_retries,
-        backoff_s=settings.store_backoff_s,
-    )
+    client = await connect_shared_redis(settings)
     url = redact(settings.redis_url)
     logger.info("store: redis at %s (%d ingest partitions)", url, settings.partitions)
     return Backends(

@@ -42,9 +42,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from pydantic import ValidationError
-
-from service.settings import Settings
+from service.settings import Settings, settings_from_environment
 
 if TYPE_CHECKING:  # imported where used: `solar backfill --help` loads no torch
     from service.core.users import UserStates
@@ -181,12 +179,12 @@ async def run_backfill(settings: Settings, options: BackfillOptions, parent_pid:
     consumes too) or, with ``--join``, a consumer only. The exit code."""
     import torch
 
-    from service.backends import open_backends
+    from service.backends import connect_shared_redis, open_backends
     from service.core.model_versions import register_model
     from service.core.serving_model import load_serving_model
     from service.core.users import UserStates
     from service.metrics import Metrics
-    from service.store.redis_client import connect_redis, redact
+    from service.store.redis_client import redact
     from service.stream.backfill import BackfillQueue
 
     torch.set_num_threads(settings.torch_threads)
@@ -197,13 +195,7 @@ async def run_backfill(settings: Settings, options: BackfillOptions, parent_pid:
         settings, metrics.store_observer(), shares_redis="solar backfill"
     )
     assert settings.redis_url is not None
-    client = await connect_redis(
-        settings.redis_url,
-        cluster=settings.redis_cluster,
-        timeout_s=settings.store_timeout_s,
-        retries=settings.store_connect_retries,
-        backoff_s=settings.store_backoff_s,
-    )
+    client = await connect_shared_redis(settings)
     queue = BackfillQueue(client, redact(settings.redis_url), model.version)
     users = UserStates.create(settings, backends.store, model, metrics, history=backends.history)
     rate_per_s = options.max_events_per_s / options.processes
@@ -299,10 +291,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--parent-pid", type=int, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(list(argv) if argv is not None else None)
-    try:
-        settings = Settings()
-    except ValidationError as exc:
-        logger.error("invalid SOLAR_* configuration:\n%s", exc)
+    settings = settings_from_environment()
+    if settings is None:
         return 2
     if not settings.redis_url or not settings.history_url:
         logger.error("solar backfill needs SOLAR_REDIS_URL and SOLAR_HISTORY_URL (shared tiers)")

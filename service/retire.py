@@ -19,9 +19,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from pydantic import ValidationError
-
-from service.settings import Settings
+from service.settings import Settings, settings_from_environment
 
 __all__ = ["main"]
 
@@ -30,13 +28,13 @@ logger = logging.getLogger(__name__)
 
 async def retire(settings: Settings, version: str, *, force: bool) -> int:
     """Retire ``version``; the exit code (0 done, 1 refused)."""
-    from service.backends import open_backends
-    from service.store.redis_client import connect_redis, redact
+    from service.backends import connect_shared_redis, open_backends
+    from service.store.redis_client import redact
     from service.stream.backfill import BackfillQueue
 
     backends = await open_backends(settings)
     assert settings.redis_url is not None
-    client = await connect_redis(settings.redis_url, cluster=settings.redis_cluster)
+    client = await connect_shared_redis(settings)
     try:
         active = {a.version: a for a in await backends.models.active()}
         entry = active.get(version)
@@ -75,10 +73,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--force", action="store_true", help="retire even if a replica registered it lately"
     )
     args = parser.parse_args(list(argv) if argv is not None else None)
-    try:
-        settings = Settings()
-    except ValidationError as exc:
-        logger.error("invalid SOLAR_* configuration:\n%s", exc)
+    settings = settings_from_environment()
+    if settings is None:
         return 2
     if not settings.redis_url:
         logger.error("solar retire needs the shared store: set SOLAR_REDIS_URL")

@@ -7,13 +7,16 @@ passed down; no other module reads the environment. Units are in the names (``_s
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-__all__ = ["DEFAULT_MODEL_PATH", "Settings"]
+__all__ = ["DEFAULT_MODEL_PATH", "Settings", "settings_from_environment"]
+
+logger = logging.getLogger(__name__)
 
 DEFAULT_MODEL_PATH = Path("artifacts/default-model")
 
@@ -258,3 +261,13 @@ class Settings(BaseSettings):
         if self.api_token is None or not self.api_token.get_secret_value():
             return None
         return self.api_token.get_secret_value()
+
+
+def settings_from_environment() -> Settings | None:
+    """A command's settings from ``SOLAR_*``, or None once it logged what is invalid (the
+    command then exits 2)."""
+    try:
+        return Settings()
+    except ValidationError as exc:
+        logger.error("invalid SOLAR_* configuration:\n%s", exc)
+        return None

@@ -16,9 +16,7 @@ import os
 import signal
 from collections.abc import Sequence
 
-from pydantic import ValidationError
-
-from service.settings import Settings
+from service.settings import Settings, settings_from_environment
 
 __all__ = ["main"]
 
@@ -98,10 +96,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         prog="solar worker", description="apply ingested events to user states (needs Redis)"
     )
     parser.parse_args(list(argv) if argv is not None else None)
-    try:
-        settings = Settings()
-    except ValidationError as exc:
-        logger.error("invalid SOLAR_* configuration:\n%s", exc)
+    settings = settings_from_environment()
+    if settings is None:
         return 2
     if not settings.redis_url:
         logger.error("solar worker needs a shared store: set SOLAR_REDIS_URL")

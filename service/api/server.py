@@ -12,9 +12,7 @@ import logging
 import os
 from collections.abc import Sequence
 
-from pydantic import ValidationError
-
-from service.settings import Settings
+from service.settings import Settings, settings_from_environment
 
 __all__ = ["main"]
 
@@ -42,10 +40,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     from service.core.serving_model import ModelUnavailable, require_checkpoint
 
-    try:
-        settings = Settings()
-    except ValidationError as exc:
-        logger.error("invalid SOLAR_* configuration:\n%s", exc)
+    settings = settings_from_environment()
+    if settings is None:
         return 2
     args = _parser(settings).parse_args(list(argv) if argv is not None else None)
     try:
