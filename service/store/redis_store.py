@@ -17,6 +17,7 @@ from typing import Any, cast
 
 import numpy as np
 from redis.asyncio.cluster import RedisCluster
+from redis.exceptions import NoScriptError
 
 from service.errors import StoreBusy, StoreError
 from service.store.base import (
@@ -169,12 +170,26 @@ class RedisStore(ObservedStore):
                     return await self._call(op, script, keys, args)
 
             return list(await asyncio.gather(*(one(k, a) for k, a in calls)))
+        if len(calls) == 1:  # one EVALSHA: a pipeline would cost a round trip more (below)
+            return [await self._call(op, script, *calls[0])]
         async with self._timed(op), redis_errors(op, self.url):
-            pipe: Any
-            async with self._client.pipeline(transaction=False) as pipe:  # closed on failure
-                for keys, args in calls:
-                    await script(keys=keys, args=args, client=pipe)
-                return list(await pipe.execute())
+            try:
+                return await self._evalsha_pipeline(script, calls)
+            except NoScriptError:  # a restarted or flushed Redis: load it, run them all again
+                script.sha = await self._client.script_load(script.script)
+                return await self._evalsha_pipeline(script, calls)
+
+    async def _evalsha_pipeline(
+        self, script: Any, calls: list[tuple[list[str], list[Any]]]
+    ) -> list[Any]:
+        """The calls as bare EVALSHAs in one pipeline: redis-py's script objects in a
+        pipeline first send SCRIPT EXISTS, a second round trip on every batch. Every call runs
+        the same script, so a NOSCRIPT means none of them ran."""
+        pipe: Any
+        async with self._client.pipeline(transaction=False) as pipe:  # closed on failure
+            for keys, args in calls:
+                pipe.evalsha(script.sha, len(keys), *keys, *args)
+            return list(await pipe.execute())
 
     async def append_batch(
         self,

@@ -323,6 +323,31 @@ async def test_batched_reads_and_commits_answer_each_user_as_if_alone(store: Sto
     )
 
 
+async def test_batched_scripts_survive_a_flushed_script_cache(redis_url: str) -> None:
+    """The batched calls are bare EVALSHAs in one pipeline (no SCRIPT EXISTS first): after a
+    Redis restart or SCRIPT FLUSH they load the script and run the whole batch again."""
+    client = await connect_redis(redis_url)
+    store = RedisStore(client, redis_url)
+    try:
+        await append(store, 1, 2, user="flushed-a")
+        await append(store, 3, user="flushed-b")
+        await client.script_flush()
+        reads = [("flushed-a", V1), ("flushed-b", V1)]
+        got = await store.read_logs(reads, unapplied_only=True)
+        assert [ts_of(s.records) for s in got] == [[1.0, 2.0], [3.0]]
+        await client.script_flush()
+        commits = [
+            StateCommit("flushed-a", V1, b"A", gen=0, expected_applied=0, applied=2),
+            StateCommit("flushed-b", V1, b"B", gen=0, expected_applied=0, applied=1),
+        ]
+        assert await store.commit_states(commits) == [True, True]
+        assert await store.get_state("flushed-b", V1) == b"B"
+    finally:
+        for user in ("flushed-a", "flushed-b"):
+            await store.delete(user)
+        await store.close()
+
+
 async def test_delete_restore_and_retire_cover_every_version(store: Store) -> None:
     for user in ("u", "w"):
         await append(store, 1, 2, user=user)
