@@ -238,30 +238,73 @@ class Applier:
         by_user: dict[str, list[Notice]] = {}
         for notice in notices:
             by_user.setdefault(notice.user_id, []).append(notice)
-        gate = asyncio.Semaphore(self.config.users_in_flight)
-
-        async def one(user_id: str, user_notices: list[Notice]) -> list[str]:
-            async with gate:
-                through_seq = max(n.seq for n in user_notices)
-                applied = await self._apply_user(user_id, through_seq)
-                if applied is None:
-                    return []
+        through = [(u, max(n.seq for n in ns)) for u, ns in by_user.items()]
+        acked: list[str] = []
+        outcomes = await self._apply_users(through)
+        for (user_id, _), (applied, applied_s) in zip(through, outcomes, strict=True):
+            if applied is None:
+                continue
+            user_notices = by_user[user_id]
             if applied.events:
                 self.metrics.apply_batch_events.observe(applied.events)
                 oldest_s = min(n.posted_s for n in user_notices)
-                self.metrics.apply_lag_seconds.observe(max(0.0, time.time() - oldest_s))
-            return [n.entry_id for n in user_notices]
-
-        done = await asyncio.gather(*(one(u, ns) for u, ns in by_user.items()))
-        acked = [entry for entries in done for entry in entries]
+                self.metrics.apply_lag_seconds.observe(max(0.0, applied_s - oldest_s))
+            acked += [n.entry_id for n in user_notices]
         await self.stream.ack(partition, acked)
         return len(acked) == len(notices)
 
-    async def _apply_user(self, user_id: str, through_seq: int | None = None) -> Applied | None:
-        """``UserStates.apply_pending`` for every version, isolated to the user: None (logged)
-        when it failed, so one broken user never blocks the rest of its batch nor ends the
-        partition task. The own version's outcome."""
+    async def _apply_users(
+        self, through: list[tuple[str, int]]
+    ) -> list[tuple[Applied | None, float]]:
+        """Every (user, through_seq) applied for every version: per version, the users' reads
+        in one round trip and their commits in one pipeline
+        (``UserStates.apply_pending_many``); the users that path leaves unsettled are applied
+        alone, isolated, ``users_in_flight`` at a time. Per user: the own version's outcome
+        (None when it failed, logged, in some version) and when its last version was
+        written (unix seconds: what the apply lag counts to)."""
         states = [self.users] if self.versions is None else self.versions.current
+        outcomes: list[Applied | None] = [Applied(0, None)] * len(through)
+        applied_s = [0.0] * len(through)
+        failed = [False] * len(through)
+        gate = asyncio.Semaphore(self.config.users_in_flight)
+
+        async def alone(users: UserStates, i: int) -> tuple[Applied | None, float]:
+            async with gate:
+                user_id, through_seq = through[i]
+                applied = await self._apply_user(user_id, through_seq, [users])
+                return applied, time.time()
+
+        for v, users in enumerate(states):
+            try:
+                settled = await users.apply_pending_many(through)
+            except Exception as exc:
+                # One user's key can fail the whole round trip: each is then applied alone,
+                # so a broken user never holds back the rest of its batch.
+                logger.warning("batched apply of %d users failed: %s", len(through), exc)
+                settled = [None] * len(through)
+            settled_s = [time.time()] * len(through)
+            rest = [i for i, applied in enumerate(settled) if applied is None and not failed[i]]
+            alone_outcomes = await asyncio.gather(*(alone(users, i) for i in rest))
+            for i, (applied, at_s) in zip(rest, alone_outcomes, strict=True):
+                settled[i], settled_s[i] = applied, at_s
+            for i, applied in enumerate(settled):
+                failed[i] = failed[i] or applied is None
+                applied_s[i] = settled_s[i]
+                if v == 0 and applied is not None:
+                    outcomes[i] = applied
+        return [(None if failed[i] else outcomes[i], applied_s[i]) for i in range(len(through))]
+
+    async def _apply_user(
+        self,
+        user_id: str,
+        through_seq: int | None = None,
+        states: list[UserStates] | None = None,
+    ) -> Applied | None:
+        """``UserStates.apply_pending`` for every version (or those of ``states``), isolated
+        to the user: None (logged) when it failed, so one broken user never blocks the rest of
+        its batch nor ends the partition task. The first version's outcome."""
+        if states is None:
+            states = [self.users] if self.versions is None else self.versions.current
         try:
             outcomes = [
                 await users.apply_pending(user_id, through_seq=through_seq) for users in states

@@ -33,7 +33,7 @@ import contextlib
 import functools
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
@@ -48,7 +48,7 @@ from service.errors import RebuildsBusy, StateUnreadable, StoreBusy, UnknownUser
 from service.history.base import HistoryStore
 from service.metrics import Metrics
 from service.settings import Settings
-from service.store.base import LogSlice, Store
+from service.store.base import LogSlice, StateCommit, Store
 from service.store.eventlog import RECORD_SIZE, LogFormatError, decode_log
 
 __all__ = [
@@ -284,6 +284,59 @@ class UserStates:
             if (await self._rebuild(user_id, reason, snapshot, path="apply"))[1]:
                 return Applied(snapshot.seq - snapshot.applied, reason)
         raise StoreBusy(self.commit_attempts)
+
+    async def apply_pending_many(
+        self, through: Sequence[tuple[str, int | None]]
+    ) -> list[Applied | None]:
+        """``apply_pending`` of every (user, through_seq) of an applier's batch, with the
+        users' reads in one round trip and their commits in one pipeline (each still fenced
+        on its own read). A user this common path does not settle is None, for the caller to
+        run ``apply_pending`` alone: one whose tail must first be made durable or read from
+        the durable tier, whose state needs a rebuild or a repair, or whose fence was lost.
+
+        Raises:
+            StoreUnavailable: the batched read or commit failed (no user of it is settled).
+        """
+        snapshots = await self.store.read_logs(
+            [(user_id, self.version) for user_id, _ in through], unapplied_only=True
+        )
+        outcomes: list[Applied | None] = [None] * len(through)
+        commits: list[StateCommit] = []
+        staged: list[tuple[int, int]] = []  # (index into through, events folded)
+        for i, ((user_id, through_seq), read) in enumerate(zip(through, snapshots, strict=True)):
+            snapshot = _durable_prefix(read, through_seq)
+            try:
+                parsed = _parse(snapshot, self.model)
+                if parsed.rebuild is None and snapshot.seq == snapshot.applied:
+                    outcomes[i] = Applied(0, None)
+                    continue
+                if parsed.rebuild is not None or parsed.state is None:
+                    continue
+                if snapshot.seq > snapshot.durable or snapshot.truncated:
+                    continue
+                records = decode_log(snapshot.records)
+                state = await self._advanced(parsed.state, records)
+            except Exception:  # apply_pending repeats it alone, where the applier isolates it
+                continue
+            if state.residual_ratio > self.rebuild_residual_ratio:
+                continue
+            commits.append(
+                StateCommit(
+                    user_id,
+                    self.version,
+                    state.to_bytes(),
+                    snapshot.gen,
+                    snapshot.applied,
+                    snapshot.seq,
+                )
+            )
+            staged.append((i, int(records.shape[0])))
+        if commits:
+            held = await self.store.commit_states(commits)
+            for (i, events), ok in zip(staged, held, strict=True):
+                if ok:
+                    outcomes[i] = Applied(events, None)
+        return outcomes
 
     async def _advanced(self, state: UserState | None, records: np.ndarray) -> UserState:
         """``state`` with ``records`` folded in as one block; the batch state of ``records``

@@ -56,6 +56,7 @@ __all__ = [
     "AppendResult",
     "LogSlice",
     "ObservedStore",
+    "StateCommit",
     "Store",
     "StoreObserver",
     "UserPosition",
@@ -142,6 +143,17 @@ class LogSlice(NamedTuple):
         return self.records[-want:] if 0 < want <= len(self.records) else b""
 
 
+class StateCommit(NamedTuple):
+    """One fenced state write of ``Store.commit_states`` (the arguments of ``commit_state``)."""
+
+    user_id: str
+    version: str
+    state: bytes
+    gen: int
+    expected_applied: int
+    applied: int
+
+
 class StoreObserver(Protocol):
     """Receives store measurements; implemented in ``service.metrics``."""
 
@@ -187,6 +199,13 @@ class Store(Protocol):
         self, user_id: str, version: str | None, *, unapplied_only: bool
     ) -> LogSlice: ...
 
+    async def read_logs(
+        self, reads: Sequence[tuple[str, str | None]], *, unapplied_only: bool
+    ) -> list[LogSlice]:
+        """``read_log`` of every (user, version), in order, in one round trip (each user's
+        snapshot consistent on its own)."""
+        ...
+
     async def commit_state(
         self,
         user_id: str,
@@ -197,6 +216,11 @@ class Store(Protocol):
         expected_applied: int,
         applied: int,
     ) -> bool: ...
+
+    async def commit_states(self, commits: Sequence[StateCommit]) -> list[bool]:
+        """``commit_state`` of every commit, in order, in one round trip; each is fenced on
+        its own (a lost fence is False for that commit alone)."""
+        ...
 
     async def delete(self, user_id: str) -> bool: ...
 

@@ -19,6 +19,7 @@ from service.store.base import (
     AppendResult,
     LogSlice,
     ObservedStore,
+    StateCommit,
     StoreObserver,
     UserPosition,
     check_append,
@@ -178,6 +179,11 @@ class MemoryStore(ObservedStore):
                 durable=user.durable,
             )
 
+    async def read_logs(
+        self, reads: Sequence[tuple[str, str | None]], *, unapplied_only: bool
+    ) -> list[LogSlice]:
+        return [await self.read_log(u, v, unapplied_only=unapplied_only) for u, v in reads]
+
     async def commit_state(
         self,
         user_id: str,
@@ -205,6 +211,19 @@ class MemoryStore(ObservedStore):
             user.applied = max(user.applied, applied)
             user.trim()
             return self._cas_result(True)
+
+    async def commit_states(self, commits: Sequence[StateCommit]) -> list[bool]:
+        return [
+            await self.commit_state(
+                c.user_id,
+                c.version,
+                c.state,
+                gen=c.gen,
+                expected_applied=c.expected_applied,
+                applied=c.applied,
+            )
+            for c in commits
+        ]
 
     async def restore(
         self, user_id: str, *, expected_seq: int | None, seq: int, ring: bytes

@@ -17,6 +17,7 @@ from typing import Any, cast
 
 import numpy as np
 from redis.asyncio.cluster import RedisCluster
+from redis.exceptions import NoScriptError
 
 from service.errors import StoreBusy, StoreError
 from service.store.base import (
@@ -25,6 +26,7 @@ from service.store.base import (
     AppendResult,
     LogSlice,
     ObservedStore,
+    StateCommit,
     StoreObserver,
     UserPosition,
     check_append,
@@ -168,12 +170,26 @@ class RedisStore(ObservedStore):
                     return await self._call(op, script, keys, args)
 
             return list(await asyncio.gather(*(one(k, a) for k, a in calls)))
+        if len(calls) == 1:  # one EVALSHA: a pipeline would cost a round trip more (below)
+            return [await self._call(op, script, *calls[0])]
         async with self._timed(op), redis_errors(op, self.url):
-            pipe: Any
-            async with self._client.pipeline(transaction=False) as pipe:  # closed on failure
-                for keys, args in calls:
-                    await script(keys=keys, args=args, client=pipe)
-                return list(await pipe.execute())
+            try:
+                return await self._evalsha_pipeline(script, calls)
+            except NoScriptError:  # a restarted or flushed Redis: load it, run them all again
+                script.sha = await self._client.script_load(script.script)
+                return await self._evalsha_pipeline(script, calls)
+
+    async def _evalsha_pipeline(
+        self, script: Any, calls: list[tuple[list[str], list[Any]]]
+    ) -> list[Any]:
+        """The calls as bare EVALSHAs in one pipeline: redis-py's script objects in a
+        pipeline first send SCRIPT EXISTS, a second round trip on every batch. Every call runs
+        the same script, so a NOSCRIPT means none of them ran."""
+        pipe: Any
+        async with self._client.pipeline(transaction=False) as pipe:  # closed on failure
+            for keys, args in calls:
+                pipe.evalsha(script.sha, len(keys), *keys, *args)
+            return list(await pipe.execute())
 
     async def append_batch(
         self,
@@ -248,22 +264,15 @@ class RedisStore(ObservedStore):
     async def read_log(
         self, user_id: str, version: str | None, *, unapplied_only: bool
     ) -> LogSlice:
-        keys = user_keys(user_id)
-        field = "" if version is None else applied_field(version)
-        script_keys = [keys.log, keys.pos] + ([] if version is None else [keys.state(version)])
-        args = ["unapplied" if unapplied_only else "all", _CHUNK_BYTES, field]
-        reply = await self._call("read_log", self._read, script_keys, args)
-        state, seq, applied, gen, length, records, durable, exists = reply
-        return LogSlice(
-            state,
-            int(seq),
-            int(applied),
-            int(gen),
-            int(length),
-            bytes(records or b""),
-            durable=int(durable),
-            exists=bool(int(exists)),
-        )
+        keys, args = _read_script_input(user_id, version, unapplied_only)
+        return _log_slice(await self._call("read_log", self._read, keys, args))
+
+    async def read_logs(
+        self, reads: Sequence[tuple[str, str | None]], *, unapplied_only: bool
+    ) -> list[LogSlice]:
+        calls = [_read_script_input(u, v, unapplied_only) for u, v in reads]
+        replies = await self._script_batch("read_log", self._read, calls)
+        return [_log_slice(reply) for reply in replies]
 
     async def commit_state(
         self,
@@ -275,13 +284,23 @@ class RedisStore(ObservedStore):
         expected_applied: int,
         applied: int,
     ) -> bool:
-        keys = user_keys(user_id)
-        args = [bytes(state), gen, expected_applied, applied, _CHUNK_BYTES, applied_field(version)]
-        script_keys = [keys.state(version), keys.pos, keys.log]
-        done = int(await self._call("commit", self._commit, script_keys, args))
-        if done == 2:
-            await self._count_states({version: 1})
-        return self._cas_result(done > 0)
+        commit = StateCommit(user_id, version, state, gen, expected_applied, applied)
+        return (await self.commit_states([commit]))[0]
+
+    async def commit_states(self, commits: Sequence[StateCommit]) -> list[bool]:
+        calls = [_commit_script_input(c) for c in commits]
+        if len(calls) == 1:
+            replies = [await self._call("commit", self._commit, *calls[0])]
+        else:
+            replies = await self._script_batch("commit", self._commit, calls)
+        done = [int(reply) for reply in replies]
+        created: dict[str, int] = {}
+        for c, d in zip(commits, done, strict=True):
+            if d == 2:
+                created[c.version] = created.get(c.version, 0) + 1
+        if created:
+            await self._count_states(created)
+        return [self._cas_result(d > 0) for d in done]
 
     async def restore(
         self, user_id: str, *, expected_seq: int | None, seq: int, ring: bytes
@@ -342,3 +361,34 @@ class RedisStore(ObservedStore):
     async def close(self) -> None:
         """Close the client and its connections; safe to call more than once."""
         await self._client.aclose()
+
+
+def _read_script_input(
+    user_id: str, version: str | None, unapplied_only: bool
+) -> tuple[list[str], list[Any]]:
+    """The keys and arguments of ``READ_LUA`` for one user."""
+    keys = user_keys(user_id)
+    field = "" if version is None else applied_field(version)
+    script_keys = [keys.log, keys.pos] + ([] if version is None else [keys.state(version)])
+    return script_keys, ["unapplied" if unapplied_only else "all", _CHUNK_BYTES, field]
+
+
+def _log_slice(reply: Any) -> LogSlice:
+    state, seq, applied, gen, length, records, durable, exists = reply
+    return LogSlice(
+        state,
+        int(seq),
+        int(applied),
+        int(gen),
+        int(length),
+        bytes(records or b""),
+        durable=int(durable),
+        exists=bool(int(exists)),
+    )
+
+
+def _commit_script_input(c: StateCommit) -> tuple[list[str], list[Any]]:
+    """The keys and arguments of ``COMMIT_LUA`` for one commit."""
+    keys = user_keys(c.user_id)
+    args = [bytes(c.state), c.gen, c.expected_applied, c.applied, _CHUNK_BYTES]
+    return [keys.state(c.version), keys.pos, keys.log], [*args, applied_field(c.version)]

@@ -339,7 +339,10 @@ def test_eviction_squeeze_at_20mb_doubles_loses_and_fails_nothing(
     statuses: list[int] = []
 
     def add_memory() -> None:
-        if statuses.count(503) == 20:  # the squeeze was felt: the operator adds memory
+        # The squeeze was felt: the operator adds memory. Not after 20 refusals: since the
+        # applier reads and commits a batch's users in one round trip each, the squeeze at
+        # 20 MB has eased by itself after 9-12 (most likely the tails trimmed sooner).
+        if statuses.count(503) == 5:
             raw.config_set("maxmemory", "128mb")
 
     def post(batch: list[dict[str, Any]]) -> int:
@@ -357,7 +360,7 @@ def test_eviction_squeeze_at_20mb_doubles_loses_and_fails_nothing(
                 response = client.post("/rank", json={"user_id": user, "candidates": [1, 2]})
                 statuses.append(response.status_code)
         _statuses_ok(statuses)
-        assert statuses.count(503) >= 20, "Redis was never full: no squeeze"
+        assert statuses.count(503) >= 5, "Redis was never full: no squeeze"
         # sequential block updates drift ~2e-6 in float32 (the counts are exact)
         _check_exactly_once(server.url, checkpoint_dir, sent, atol=1e-5)
     finally:

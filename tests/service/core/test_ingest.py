@@ -18,11 +18,14 @@ from service.core.serving_model import load_serving_model
 from service.errors import ApplyTimeout, StoreBusy
 from service.history.memory import MemoryHistory
 from service.metrics import Metrics
+from service.store.base import Store
 from service.store.dedup_ring import digests
 from service.store.eventlog import decode_log, identity_keys, make_records
 from service.store.keys import partition_of
 from service.store.memory import MemoryStore
 from service.store.models import MemoryModels
+from service.store.redis_client import connect_redis
+from service.store.redis_store import RedisStore
 from service.stream.memory import MemoryStream
 from tests.service.conftest import SettingsFactory
 from tests.service.support import event, gram, ingest, reference_state, running_app
@@ -52,13 +55,13 @@ class Pipeline:
     def __init__(
         self,
         make_settings: SettingsFactory,
-        store: MemoryStore | None = None,
+        store: Store | None = None,
         history: MemoryHistory | None = None,
         **kw: Any,
     ) -> None:
         settings = make_settings(**kw)
         self.metrics = Metrics()
-        self.store = store if store is not None else MemoryStore()
+        self.store: Store = store if store is not None else MemoryStore()
         self.stream = MemoryStream(settings.partitions)
         self.model = load_serving_model(settings)
         self.history = history if history is not None else MemoryHistory()
@@ -275,6 +278,45 @@ async def test_residual_over_threshold_triggers_a_rebuild(make_settings: Setting
     assert rebuilds is not None and rebuilds >= 1
     state = await pipe.state("u")
     assert state.n == 38 and state.ell == 2
+
+
+class _CountingObserver:
+    """Counts the store's operations (one per round trip on Redis)."""
+
+    def __init__(self) -> None:
+        self.ops: dict[str, int] = {}
+
+    def op_seconds(self, op: str, seconds: float) -> None:
+        self.ops[op] = self.ops.get(op, 0) + 1
+
+    def conflict(self) -> None:
+        pass
+
+
+async def test_a_batch_of_users_is_read_and_committed_in_one_round_trip_each(
+    make_settings: SettingsFactory, redis_url: str
+) -> None:
+    """Four users' notices in one partition batch: on Redis, one read and one commit for
+    all of them (docs/DESIGN.md §3), and each state equals the batch recompute."""
+    observer = _CountingObserver()
+    store = RedisStore(await connect_redis(redis_url), redis_url, observer=observer)
+    pipe = Pipeline(make_settings, store=store, partitions=1)
+    users = [f"batched-{i}" for i in range(4)]
+    try:
+        await pipe.ingest([event(u, i + 1, float(i)) for u in users for i in range(5)])
+        await pipe.ingest([event(u, i + 1, 10.0 + i) for u in users for i in range(3)], apply=False)
+        observer.ops.clear()
+        notices = await pipe.stream.read(0, pipe.applier.consumer, 100, block_s=0)
+        assert len(notices) == len(users)
+        assert await pipe.applier.apply(0, notices)
+        assert (observer.ops.get("read_log"), observer.ops.get("commit")) == (1, 1)
+        for u in users:
+            assert (await pipe.state(u)).n == 8
+        assert (await pipe.users.view(users[0])).pending == 0
+    finally:
+        for u in users:
+            await store.delete(u)
+        await store.close()
 
 
 class _RacingStore(MemoryStore):

@@ -146,11 +146,11 @@ async def _users(model: ServingModel, store_url: str | None) -> UserStates:
     return UserStates.create(settings, backends.store, model, Metrics(), history=backends.history)
 
 
-async def _append(users: UserStates, records: np.ndarray) -> None:
-    request = AppendRequest("u", records.tobytes(), digests(identity_keys(records)))
+async def _append(users: UserStates, records: np.ndarray, user: str = "u") -> None:
+    request = AppendRequest(user, records.tobytes(), digests(identity_keys(records)))
     (result,) = await users.store.append_batch([request], dedup_window=1_000, create=True)
-    await users.history.append([HistoryChunk("u", result.durable + 1, result.undurable)])
-    await users.store.mark_durable([("u", result.seq)])
+    await users.history.append([HistoryChunk(user, result.durable + 1, result.undurable)])
+    await users.store.mark_durable([(user, result.seq)])
 
 
 @pytest.mark.anyio
@@ -178,10 +178,10 @@ async def test_apply_then_load_gives_the_batch_factors(
         await users.store.close()
 
 
-async def _append_undurable(users: UserStates, records: np.ndarray) -> int:
+async def _append_undurable(users: UserStates, records: np.ndarray, user: str = "u") -> int:
     """Store ``records`` in the Redis tail only, as an ingest does before its durable write
     landed; returns the user's new seq."""
-    request = AppendRequest("u", records.tobytes(), digests(identity_keys(records)))
+    request = AppendRequest(user, records.tobytes(), digests(identity_keys(records)))
     (result,) = await users.store.append_batch([request], dedup_window=1_000, create=True)
     return result.seq
 
@@ -215,6 +215,47 @@ async def test_an_apply_whose_notices_are_durable_leaves_a_later_ingests_tail_to
         await _append_undurable(users, third)
         assert await users.apply_pending("u") == (3, None)  # the sweeper: persists, applies
         assert (await users.history.read("u")).last_seq == 15
+    finally:
+        await users.store.close()
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("inline_block_events", [0, 32])
+async def test_a_batch_apply_settles_the_common_users_and_leaves_the_rest_alone(
+    model: ServingModel, store_url: str | None, inline_block_events: int
+) -> None:
+    """``apply_pending_many``: a user with a state and durable pending events is folded in
+    and committed, a later ingest's undurable tail left to it; nothing pending is (0, None);
+    a user without a state yet (the batch state of the whole history) is left to
+    ``apply_pending``, and so is a second entry of a user whose fence the first one moved.
+    The states equal the batch factors of the events applied."""
+    users = await _users(model, store_url)
+    users.inline_block_events = inline_block_events
+    try:
+        for user in ("a", "b", "idle"):
+            await _append(users, _records(6), user)
+            assert (await users.apply_pending(user)).events == 6
+        await _append(users, _records(4, start=7), "a")
+        await _append(users, _records(3, start=7), "b")
+        assert await _append_undurable(users, _records(2, start=10), "b") == 11
+        await _append(users, _records(5), "new")
+        through = [("a", 10), ("b", 9), ("idle", 6), ("new", 5), ("a", 10)]
+        assert await users.apply_pending_many(through) == [
+            (4, None),
+            (3, None),
+            (0, None),
+            None,  # no state yet: apply_pending builds it
+            None,  # read before the first entry's commit: its fence is lost
+        ]
+        assert (await users.view("new")).pending == 5
+        assert (await users.view("b")).pending == 2  # the undurable tail: its ingest's notice
+        assert (await users.history.read("b")).last_seq == 9
+        for user, n in (("a", 10), ("b", 9)):
+            loaded = await users.load(user)
+            assert loaded.state is not None and loaded.state.n == n
+            ref = users.from_log(np.concatenate([_records(6), _records(n - 6, start=7)]))
+            np.testing.assert_allclose(gram(loaded.state), gram(ref), atol=1e-5)
+        assert await users.apply_pending_many([("a", 10), ("idle", 6)]) == [(0, None)] * 2
     finally:
         await users.store.close()
 

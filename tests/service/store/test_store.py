@@ -17,6 +17,7 @@ from service.store.base import (
     AppendRequest,
     AppendResult,
     LogSlice,
+    StateCommit,
     Store,
     UserPosition,
 )
@@ -290,6 +291,61 @@ async def test_each_version_has_its_own_state_and_fence(store: Store) -> None:
     # The tail keeps what no version applied yet only while it is not durable.
     assert (await store.read_log("u", None, unapplied_only=False)).length == 0
     assert await store.state_counts() == {V1: 1, V2: 1}
+
+
+async def test_batched_reads_and_commits_answer_each_user_as_if_alone(store: Store) -> None:
+    """``read_logs`` / ``commit_states`` (the applier's one round trip each per batch) give
+    what ``read_log`` / ``commit_state`` give user by user; a lost fence fails only its own
+    commit, and new states are counted."""
+    await append(store, 1, 2, 3, user="a")
+    await append(store, 4, 5, user="b")
+    assert await store.commit_state("b", V1, b"B1", gen=0, expected_applied=0, applied=1)
+    reads = [("a", V1), ("b", V1), ("nobody", V1), ("a", None)]
+    batched = await store.read_logs(reads, unapplied_only=True)
+    alone = [await store.read_log(u, v, unapplied_only=True) for u, v in reads]
+    assert batched == alone
+    assert [ts_of(s.records) for s in batched] == [[1.0, 2.0, 3.0], [5.0], [], [1.0, 2.0, 3.0]]
+    assert (batched[1].state, batched[2].exists) == (b"B1", False)
+    held = await store.commit_states(
+        [
+            StateCommit("a", V1, b"A3", gen=0, expected_applied=0, applied=3),
+            StateCommit("b", V1, b"late", gen=0, expected_applied=0, applied=2),  # read before B1
+            StateCommit("b", V2, b"C2", gen=0, expected_applied=0, applied=2),
+        ]
+    )
+    assert held == [True, False, True]
+    assert await store.get_state("a", V1) == b"A3"
+    assert (await store.get_state("b", V1), await store.get_state("b", V2)) == (b"B1", b"C2")
+    assert await store.position("a", V1) == UserPosition(3, 3)
+    assert await store.state_counts() == {V1: 2, V2: 1}
+    assert (
+        await store.commit_states([]) == [] and await store.read_logs([], unapplied_only=True) == []
+    )
+
+
+async def test_batched_scripts_survive_a_flushed_script_cache(redis_url: str) -> None:
+    """The batched calls are bare EVALSHAs in one pipeline (no SCRIPT EXISTS first): after a
+    Redis restart or SCRIPT FLUSH they load the script and run the whole batch again."""
+    client = await connect_redis(redis_url)
+    store = RedisStore(client, redis_url)
+    try:
+        await append(store, 1, 2, user="flushed-a")
+        await append(store, 3, user="flushed-b")
+        await client.script_flush()
+        reads = [("flushed-a", V1), ("flushed-b", V1)]
+        got = await store.read_logs(reads, unapplied_only=True)
+        assert [ts_of(s.records) for s in got] == [[1.0, 2.0], [3.0]]
+        await client.script_flush()
+        commits = [
+            StateCommit("flushed-a", V1, b"A", gen=0, expected_applied=0, applied=2),
+            StateCommit("flushed-b", V1, b"B", gen=0, expected_applied=0, applied=1),
+        ]
+        assert await store.commit_states(commits) == [True, True]
+        assert await store.get_state("flushed-b", V1) == b"B"
+    finally:
+        for user in ("flushed-a", "flushed-b"):
+            await store.delete(user)
+        await store.close()
 
 
 async def test_delete_restore_and_retire_cover_every_version(store: Store) -> None:
