@@ -1,8 +1,8 @@
 """The quality study's training step of one row: steps/s with the for-loop AdamW (torch's CPU
 default, the baseline) and with the fused AdamW the trainer uses, alternating in one run.
 
-    python -m bench.micro.train_step                                  # lifelong, complete-journey
-    python -m bench.micro.train_step --row lifelong+hl30d --users 400 --rounds 8
+    python -m bench.quality.train_step                                  # lifelong, complete-journey
+    python -m bench.quality.train_step --row lifelong+hl30d --users 400 --rounds 8
 
 Both arms start from the same weights and draw the same batches (the study's own
 ``model.train._step``, its row config and its user sample); rounds of ``--steps`` steps
