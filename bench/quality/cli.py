@@ -42,6 +42,7 @@ ROWS: tuple[Row, ...] = (
     Row("lifelong@64", "lifelong", None, {"recent_tokens": 64}),
     # time-aware long-term channel: the factors decay with a 30-day half-life
     Row("lifelong+hl30d", "lifelong", None, {"recent_tokens": 32, "half_life_s": 30 * 86_400.0}),
+    Row("lifelong@64+hl30d", "lifelong", None, {"recent_tokens": 64, "half_life_s": 30 * 86_400.0}),
     Row("svd", "svd"),
     Row("svd+recent16", "svd", None, {"recent_tokens": 16}),
     Row("elastic", "elastic"),

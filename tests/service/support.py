@@ -3,6 +3,7 @@ batch reference the stored factors must match."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -78,10 +79,11 @@ async def ingest(client: httpx.AsyncClient, events: Sequence[dict[str, Any]]) ->
     return body
 
 
-def small_checkpoint(directory: Path, seed: int, **config: Any) -> Path:
+def small_checkpoint(directory: Path, seed: int, weight_gain: float = 1.0, **config: Any) -> Path:
     """A random checkpoint of the test vocabulary (d = DIM, r = RANK, 2 heads) with
     ``config`` (e.g. ``recent_tokens``, ``mode``) and non-trivial action rows, saved in
-    ``directory``."""
+    ``directory``; ``weight_gain`` scales the attention and MLP matrices (a larger gain makes
+    the scores depend more on the context, so a test can see a small change in it)."""
     torch.manual_seed(seed)
     ranker = Ranker(
         RankerConfig(
@@ -97,6 +99,10 @@ def small_checkpoint(directory: Path, seed: int, **config: Any) -> Path:
     )
     with torch.no_grad():
         ranker.action_emb.weight.normal_(0.0, 0.3)
+        for module in (ranker.attn, ranker.mlp):
+            for weight in module.parameters():
+                if weight.dim() == 2:
+                    weight.mul_(weight_gain)
     save_checkpoint(directory, ranker, Vocabulary(ITEMS, ACTIONS))
     return directory
 
@@ -104,14 +110,20 @@ def small_checkpoint(directory: Path, seed: int, **config: Any) -> Path:
 def offline_scores(
     directory: Path, history: Sequence[dict[str, Any]], candidates: Sequence[Any], mode: str
 ) -> list[float]:
-    """The training path's scores of ``candidates`` for the time-sorted ``history``."""
+    """The training path's scores of ``candidates`` for the time-sorted ``history``, its
+    events weighted by the checkpoint's ``half_life_s`` (age from the latest event) as in
+    ``model.events.windows.history_batch``."""
     ckpt = load_checkpoint(directory)
     ordered = sorted(history, key=lambda e: e["ts"])
     items = torch.tensor([[ckpt.vocab.item_row(e["item_id"]) for e in ordered]])
     actions = torch.tensor([[ckpt.vocab.action_row(e.get("action")) for e in ordered]])
-    batch = HistoryBatch(
-        items, actions, torch.ones_like(items, dtype=torch.bool), torch.ones(items.shape)
-    )
+    weights = torch.ones(items.shape)
+    half_life_s = ckpt.ranker.config.half_life_s
+    if half_life_s is not None:
+        ts = torch.tensor([[float(e["ts"]) for e in ordered]], dtype=torch.float64)
+        age = ts[:, -1:] - ts
+        weights = torch.exp(-age * math.log(2.0) / half_life_s).float()
+    batch = HistoryBatch(items, actions, torch.ones_like(items, dtype=torch.bool), weights)
     cands = torch.tensor([[ckpt.vocab.item_row(c) for c in candidates]])
     with torch.no_grad():
         return [float(x) for x in ckpt.ranker(cands, batch, mode)[0]]

@@ -1,7 +1,8 @@
 """A `lifelong` model (two channels: the factors' interest tokens and the L latest events)
 served over HTTP: the applier keeps the window beside the factors, incrementally; scores
 equal the training path on the time-sorted history within 1e-4, for one-shot ingestion and
-for shuffled blocks, on the embedded store and on Redis."""
+for shuffled blocks, on the embedded store and on Redis; with the time-aware long-term channel
+too (the checkpoint's ``half_life_s``: the factors decay, the window does not)."""
 
 from __future__ import annotations
 
@@ -20,10 +21,15 @@ L = 4
 CANDIDATES: list[Any] = [1, 5, 9, "alpha", 17, 23, 42]
 
 
-@pytest.fixture(scope="module")
-def lifelong_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+@pytest.fixture(scope="module", params=[None, 5.0], ids=["no-decay", "half-life-5s"])
+def lifelong_dir(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> Path:
     return small_checkpoint(
-        tmp_path_factory.mktemp("lifelong"), 7, mode="lifelong", recent_tokens=L
+        tmp_path_factory.mktemp("lifelong"),
+        7,
+        mode="lifelong",
+        recent_tokens=L,
+        half_life_s=request.param,
+        weight_gain=3.0,  # scores move by ~0.02 when the decay is dropped: far above 1e-4
     )
 
 
