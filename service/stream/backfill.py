@@ -27,6 +27,7 @@ from redis import exceptions as redis_exc
 
 from service.store.keys import backfill_keys
 from service.store.redis_client import RedisClient, redis_errors
+from service.stream.redis_stream import _text
 
 __all__ = ["GROUP", "BackfillItem", "BackfillProgress", "BackfillQueue"]
 
@@ -79,10 +80,6 @@ class BackfillProgress(NamedTuple):
     @property
     def complete(self) -> bool:
         return self.listed and self.remaining == 0
-
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 class BackfillQueue:
