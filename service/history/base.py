@@ -158,16 +158,10 @@ class HistoryStore(Protocol):
     async def close(self) -> None: ...
 
 
-class UserRun(NamedTuple):
+class UserRun(HistoryChunk):
     """One user's chunks of an ``append`` call merged into one contiguous run."""
 
-    user_id: str
-    first_seq: int
-    records: bytes
-
-    @property
-    def last_seq(self) -> int:
-        return self.first_seq - 1 + len(self.records) // RECORD_SIZE
+    __slots__ = ()
 
 
 def normalize_chunks(chunks: Sequence[HistoryChunk]) -> list[UserRun]:
