@@ -31,11 +31,11 @@ from collections.abc import Sequence
 import numpy as np
 import psycopg
 
+from bench.common.harness import postgres_history
 from service.history.base import HistoryChunk, HistoryStore
 from service.history.memory import MemoryHistory
 from service.history.postgres import PostgresHistory
 from service.store.eventlog import RECORD_SIZE, make_records
-from solar_tools.postgres_server import PostgresServer
 
 ACTIONS = ("view", "click", "buy")
 
@@ -146,10 +146,7 @@ async def append_rates(url: str, total: int, body: int, spread: int) -> list[str
 
 
 async def run(args: argparse.Namespace) -> None:
-    server = PostgresServer(fsync=True)
-    server.start()
-    try:
-        url = server.url()
+    with postgres_history() as url:
         sizes = (100, 1_000, 10_000) if args.quick else (100, 1_000, 10_000, 100_000)
         print(
             f"Bytes per event on disk (PostgreSQL 15, pg_total_relation_size; ~{args.events:,} "
@@ -173,8 +170,6 @@ async def run(args: argparse.Namespace) -> None:
         print("| --- | --- | --- | --- |")
         for row in await append_rates(url, args.rate_events, args.body, args.spread):
             print(row)
-    finally:
-        server.destroy()
 
 
 def main() -> int:
