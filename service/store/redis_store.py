@@ -21,6 +21,8 @@ from redis.exceptions import NoScriptError
 
 from service.errors import StoreBusy, StoreError
 from service.store.base import (
+    APPEND_REPAIR,
+    APPEND_UNKNOWN,
     CHUNK_RECORDS,
     AppendRequest,
     AppendResult,
@@ -98,9 +100,9 @@ def _batch_results(reply: Any, users: int) -> list[AppendResult]:
     for row, end in zip(header.tolist(), ends, strict=True):
         status, accepted, duplicates, refused, seq, applied, durable, length = row
         if status == -1:
-            results.append(AppendResult(0, 0, 0, 0, 0, 0, b"", repair=True))
+            results.append(APPEND_REPAIR)
         elif status == -3:
-            results.append(AppendResult(0, 0, 0, 0, 0, 0, b"", unknown=True))
+            results.append(APPEND_UNKNOWN)
         else:
             records = undurable[end - length : end]
             results.append(
@@ -114,9 +116,9 @@ def _append_result(reply: Any) -> AppendResult:
     if int(reply[0]) == -2:
         raise StoreBusy(1)
     if int(reply[0]) == -1:
-        return AppendResult(0, 0, 0, 0, 0, 0, b"", repair=True)
+        return APPEND_REPAIR
     if int(reply[0]) == -3:
-        return AppendResult(0, 0, 0, 0, 0, 0, b"", unknown=True)
+        return APPEND_UNKNOWN
     k, dups, refused, seq, applied, durable = (int(x) for x in reply[:6])
     return AppendResult(k, dups, refused, seq, applied, durable, bytes(reply[6] or b""))
 
