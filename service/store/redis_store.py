@@ -77,10 +77,14 @@ def _append_script_input(
     request: AppendRequest, dedup_window: int, not_after_s: float | None, create: bool
 ) -> tuple[list[str], list[Any]]:
     """KEYS and ARGV of ``APPEND_LUA`` for one user's records."""
-    deadline = "" if not_after_s is None else f"{not_after_s:.6f}"
-    flag = "1" if create else "0"
-    args = [request.records, request.digests, dedup_window, _CHUNK_BYTES, BLOCK, deadline, flag]
+    args = [request.records, request.digests, *_append_head(dedup_window, not_after_s, create)]
     return _append_keys(request.user_id), args
+
+
+def _append_head(dedup_window: int, not_after_s: float | None, create: bool) -> list[Any]:
+    """The ARGV both append scripts share: window, chunk bytes, block, not-after, create flag."""
+    deadline = "" if not_after_s is None else f"{not_after_s:.6f}"
+    return [dedup_window, _CHUNK_BYTES, BLOCK, deadline, "1" if create else "0"]
 
 
 def _append_keys(user_id: str) -> list[str]:
@@ -206,8 +210,7 @@ class RedisStore(ObservedStore):
         if not requests:
             return []
         if self._batched:
-            deadline = "" if not_after_s is None else f"{not_after_s:.6f}"
-            head: list[Any] = [dedup_window, _CHUNK_BYTES, BLOCK, deadline, "1" if create else "0"]
+            head = _append_head(dedup_window, not_after_s, create)
             parts = [requests[i : i + _BATCH_USERS] for i in range(0, len(requests), _BATCH_USERS)]
             batches = [
                 (
