@@ -42,7 +42,7 @@ from service.store.keys import (
     user_keys,
     validate_model_version,
 )
-from service.store.redis_client import RedisClient, redis_errors
+from service.store.redis_client import RedisClient, as_text, redis_errors
 from service.store.redis_scripts import (
     APPEND_BATCH_LUA,
     APPEND_LUA,
@@ -346,7 +346,7 @@ class RedisStore(ObservedStore):
         """Users with a state, per model version."""
         async with redis_errors("state_counts", self.url):
             counts = await self._client.hgetall(STATE_COUNTS_KEY)
-        return {(k.decode() if isinstance(k, bytes) else k): int(v) for k, v in counts.items()}
+        return {as_text(k): int(v) for k, v in counts.items()}
 
     async def _count_states(self, deltas: dict[str, int]) -> None:
         """Keep the per-version state counts; best effort: the write it follows has happened
