@@ -113,6 +113,10 @@ class Applier:
         versions = AppliedVersions(users, models, settings, store, history, metrics)
         return cls(users, stream, metrics, config, versions)
 
+    def _states(self) -> list[UserStates]:
+        """The user states applied to: every registered version's, or the own one's."""
+        return [self.users] if self.versions is None else self.versions.current
+
     @property
     def owned(self) -> list[int]:
         """Partitions this applier holds now."""
@@ -262,7 +266,7 @@ class Applier:
         alone, isolated, ``users_in_flight`` at a time. Per user: the own version's outcome
         (None when it failed, logged, in some version) and when its last version was
         written (unix seconds: what the apply lag counts to)."""
-        states = [self.users] if self.versions is None else self.versions.current
+        states = self._states()
         outcomes: list[Applied | None] = [Applied(0, None)] * len(through)
         applied_s = [0.0] * len(through)
         failed = [False] * len(through)
@@ -304,7 +308,7 @@ class Applier:
         to the user: None (logged) when it failed, so one broken user never blocks the rest of
         its batch nor ends the partition task. The first version's outcome."""
         if states is None:
-            states = [self.users] if self.versions is None else self.versions.current
+            states = self._states()
         try:
             outcomes = [
                 await users.apply_pending(user_id, through_seq=through_seq) for users in states

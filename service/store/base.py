@@ -51,6 +51,8 @@ from service.store.dedup_ring import DIGEST_SIZE, check_window
 from service.store.eventlog import RECORD_SIZE, LogFormatError
 
 __all__ = [
+    "APPEND_REPAIR",
+    "APPEND_UNKNOWN",
     "CHUNK_RECORDS",
     "AppendRequest",
     "AppendResult",
@@ -86,6 +88,11 @@ class AppendResult(NamedTuple):
     undurable: bytes = b""
     repair: bool = False
     unknown: bool = False
+
+
+# The two appends that wrote nothing (their counts are 0): hot keys to repair, or no user.
+APPEND_REPAIR = AppendResult(0, 0, 0, 0, 0, 0, repair=True)
+APPEND_UNKNOWN = AppendResult(0, 0, 0, 0, 0, 0, unknown=True)
 
 
 class AppendRequest(NamedTuple):

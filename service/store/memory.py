@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 
 from service.errors import StoreBusy
 from service.store.base import (
+    APPEND_REPAIR,
+    APPEND_UNKNOWN,
     CHUNK_RECORDS,
     AppendRequest,
     AppendResult,
@@ -92,14 +94,14 @@ class MemoryStore(ObservedStore):
     def _append(self, request: AppendRequest, dedup_window: int, create: bool) -> AppendResult:
         validate_user_id(request.user_id)
         if request.user_id not in self._users and not create:
-            return AppendResult(0, 0, 0, 0, 0, 0, b"", unknown=True)
+            return APPEND_UNKNOWN
         user = self._users.setdefault(request.user_id, _User())
         if user.ring is None:
             if user.seq > 0:
-                return AppendResult(0, 0, 0, 0, 0, 0, b"", repair=True)
+                return APPEND_REPAIR
             user.ring = DedupRing(dedup_window)
         elif user.ring.window != dedup_window:
-            return AppendResult(0, 0, 0, 0, 0, 0, b"", repair=True)
+            return APPEND_REPAIR
         records = decode_log(request.records)
         counts = user.ring.admit(user.seq, request.digests, records["ts"])
         if counts.fresh:

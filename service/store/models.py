@@ -18,7 +18,7 @@ from typing import Any, NamedTuple, Protocol, runtime_checkable
 
 from service.errors import TooManyModelVersions
 from service.store.keys import MODELS_KEY, validate_model_version
-from service.store.redis_client import RedisClient, redis_errors
+from service.store.redis_client import RedisClient, as_text, redis_errors
 
 __all__ = ["ActiveVersion", "MemoryModels", "ModelRegistry", "RedisModels"]
 
@@ -67,10 +67,6 @@ def _entry(model_path: str) -> str:
     return json.dumps({"path": model_path, "seen_ms": int(time.time() * 1_000)})
 
 
-def _text(value: str | bytes) -> str:
-    return value.decode() if isinstance(value, bytes) else value
-
-
 def _parse(version: str, raw: str | bytes) -> ActiveVersion:
     entry: dict[str, Any] = json.loads(raw)
     return ActiveVersion(version, str(entry["path"]), int(entry["seen_ms"]))
@@ -114,7 +110,7 @@ class RedisModels:
     async def active(self) -> list[ActiveVersion]:
         async with redis_errors("models", self.url):
             entries = await self._client.hgetall(MODELS_KEY)
-        return sorted(_parse(_text(k), v) for k, v in entries.items())
+        return sorted(_parse(as_text(k), v) for k, v in entries.items())
 
     async def remove(self, version: str) -> bool:
         async with redis_errors("retire_model", self.url):

@@ -24,7 +24,7 @@ from redis.backoff import NoBackoff
 
 from service.errors import StoreError, StoreFull, StoreUnavailable
 
-__all__ = ["CLUSTER_SCHEME", "RedisClient", "connect_redis", "redact", "redis_errors"]
+__all__ = ["CLUSTER_SCHEME", "RedisClient", "as_text", "connect_redis", "redact", "redis_errors"]
 
 logger = logging.getLogger(__name__)
 
@@ -43,6 +43,11 @@ _UNAVAILABLE = (
     redis_exc.RedisClusterException,  # "cannot be connected": no node answered
     OSError,  # includes the builtin (and asyncio) TimeoutError
 )
+
+
+def as_text(value: Any) -> str:
+    """A reply's value as text (a client without ``decode_responses`` answers bytes)."""
+    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 def redact(url: str) -> str:

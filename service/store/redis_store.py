@@ -21,6 +21,8 @@ from redis.exceptions import NoScriptError
 
 from service.errors import StoreBusy, StoreError
 from service.store.base import (
+    APPEND_REPAIR,
+    APPEND_UNKNOWN,
     CHUNK_RECORDS,
     AppendRequest,
     AppendResult,
@@ -40,7 +42,7 @@ from service.store.keys import (
     user_keys,
     validate_model_version,
 )
-from service.store.redis_client import RedisClient, redis_errors
+from service.store.redis_client import RedisClient, as_text, redis_errors
 from service.store.redis_scripts import (
     APPEND_BATCH_LUA,
     APPEND_LUA,
@@ -75,10 +77,14 @@ def _append_script_input(
     request: AppendRequest, dedup_window: int, not_after_s: float | None, create: bool
 ) -> tuple[list[str], list[Any]]:
     """KEYS and ARGV of ``APPEND_LUA`` for one user's records."""
-    deadline = "" if not_after_s is None else f"{not_after_s:.6f}"
-    flag = "1" if create else "0"
-    args = [request.records, request.digests, dedup_window, _CHUNK_BYTES, BLOCK, deadline, flag]
+    args = [request.records, request.digests, *_append_head(dedup_window, not_after_s, create)]
     return _append_keys(request.user_id), args
+
+
+def _append_head(dedup_window: int, not_after_s: float | None, create: bool) -> list[Any]:
+    """The ARGV both append scripts share: window, chunk bytes, block, not-after, create flag."""
+    deadline = "" if not_after_s is None else f"{not_after_s:.6f}"
+    return [dedup_window, _CHUNK_BYTES, BLOCK, deadline, "1" if create else "0"]
 
 
 def _append_keys(user_id: str) -> list[str]:
@@ -98,9 +104,9 @@ def _batch_results(reply: Any, users: int) -> list[AppendResult]:
     for row, end in zip(header.tolist(), ends, strict=True):
         status, accepted, duplicates, refused, seq, applied, durable, length = row
         if status == -1:
-            results.append(AppendResult(0, 0, 0, 0, 0, 0, b"", repair=True))
+            results.append(APPEND_REPAIR)
         elif status == -3:
-            results.append(AppendResult(0, 0, 0, 0, 0, 0, b"", unknown=True))
+            results.append(APPEND_UNKNOWN)
         else:
             records = undurable[end - length : end]
             results.append(
@@ -114,9 +120,9 @@ def _append_result(reply: Any) -> AppendResult:
     if int(reply[0]) == -2:
         raise StoreBusy(1)
     if int(reply[0]) == -1:
-        return AppendResult(0, 0, 0, 0, 0, 0, b"", repair=True)
+        return APPEND_REPAIR
     if int(reply[0]) == -3:
-        return AppendResult(0, 0, 0, 0, 0, 0, b"", unknown=True)
+        return APPEND_UNKNOWN
     k, dups, refused, seq, applied, durable = (int(x) for x in reply[:6])
     return AppendResult(k, dups, refused, seq, applied, durable, bytes(reply[6] or b""))
 
@@ -204,8 +210,7 @@ class RedisStore(ObservedStore):
         if not requests:
             return []
         if self._batched:
-            deadline = "" if not_after_s is None else f"{not_after_s:.6f}"
-            head: list[Any] = [dedup_window, _CHUNK_BYTES, BLOCK, deadline, "1" if create else "0"]
+            head = _append_head(dedup_window, not_after_s, create)
             parts = [requests[i : i + _BATCH_USERS] for i in range(0, len(requests), _BATCH_USERS)]
             batches = [
                 (
@@ -341,7 +346,7 @@ class RedisStore(ObservedStore):
         """Users with a state, per model version."""
         async with redis_errors("state_counts", self.url):
             counts = await self._client.hgetall(STATE_COUNTS_KEY)
-        return {(k.decode() if isinstance(k, bytes) else k): int(v) for k, v in counts.items()}
+        return {as_text(k): int(v) for k, v in counts.items()}
 
     async def _count_states(self, deltas: dict[str, int]) -> None:
         """Keep the per-version state counts; best effort: the write it follows has happened

@@ -17,7 +17,7 @@ from redis import exceptions as redis_exc
 from redis.asyncio.cluster import RedisCluster
 
 from service.store.keys import APPLIERS_KEY, dirty_key, lease_key, partition_of, stream_key
-from service.store.redis_client import RedisClient, redis_errors
+from service.store.redis_client import RedisClient, as_text, redis_errors
 from service.stream.base import Notice
 
 __all__ = ["GROUP", "RedisStream"]
@@ -69,10 +69,6 @@ return 1
 """
 
 
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
-
-
 class RedisStream:
     """Redis Streams implementation of ``service.stream.base.IngestStream``."""
 
@@ -108,10 +104,10 @@ class RedisStream:
         for entry_id, fields in entries or ():
             if not fields:  # deleted while pending: nothing left to apply
                 continue
-            values = {_text(k): _text(v) for k, v in fields.items()}
+            values = {as_text(k): as_text(v) for k, v in fields.items()}
             notices.append(
                 Notice(
-                    partition, _text(entry_id), values["u"], int(values["s"]), float(values["t"])
+                    partition, as_text(entry_id), values["u"], int(values["s"]), float(values["t"])
                 )
             )
         return notices
@@ -225,7 +221,7 @@ class RedisStream:
             reply: Any = await self._client.zrangebyscore(
                 dirty_key(partition), "-inf", before_s, start=0, num=count, withscores=True
             )
-        return [(_text(member), float(score)) for member, score in reply]
+        return [(as_text(member), float(score)) for member, score in reply]
 
     async def clean(self, partition: int, marks: Sequence[tuple[str, float]]) -> None:
         if not marks:
