@@ -23,11 +23,9 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
-from redis import exceptions as redis_exc
-
 from service.store.keys import backfill_keys
-from service.store.redis_client import RedisClient, redis_errors
-from service.stream.redis_stream import _text
+from service.store.redis_client import RedisClient, as_text, redis_errors
+from service.stream.redis_stream import create_group
 
 __all__ = ["GROUP", "BackfillItem", "BackfillProgress", "BackfillQueue"]
 
@@ -94,17 +92,12 @@ class BackfillQueue:
 
     async def ensure_group(self) -> None:
         async with redis_errors("backfill_group", self.url):
-            try:
-                await self._client.xgroup_create(self.keys.stream, GROUP, id="0", mkstream=True)
-            except redis_exc.ResponseError as exc:
-                if "BUSYGROUP" not in str(exc):
-                    raise
+            await create_group(self._client, self.keys.stream, GROUP)
 
     async def progress(self) -> BackfillProgress:
         async with redis_errors("backfill_progress", self.url):
-            meta = {
-                _text(k): _text(v) for k, v in (await self._client.hgetall(self.keys.meta)).items()
-            }
+            fields = await self._client.hgetall(self.keys.meta)
+            meta = {as_text(k): as_text(v) for k, v in fields.items()}
             remaining = int(await self._client.xlen(self.keys.stream))
         return BackfillProgress(
             cursor=meta.get("cursor", ""),
@@ -140,9 +133,9 @@ class BackfillQueue:
                 entries = reply[0][1] if reply else []
         for entry_id, fields in entries:
             if fields:  # an entry deleted while pending comes back without fields
-                users = _text(fields.get(b"users", fields.get("users", ""))).split("\n")
-                return BackfillItem(_text(entry_id), [u for u in users if u])
-            await self.done(BackfillItem(_text(entry_id), []), 0)
+                users = as_text(fields.get(b"users", fields.get("users", ""))).split("\n")
+                return BackfillItem(as_text(entry_id), [u for u in users if u])
+            await self.done(BackfillItem(as_text(entry_id), []), 0)
         return None
 
     async def done(self, item: BackfillItem, events: int) -> bool:

@@ -20,7 +20,7 @@ from service.store.keys import APPLIERS_KEY, dirty_key, lease_key, partition_of,
 from service.store.redis_client import RedisClient, as_text, redis_errors
 from service.stream.base import Notice
 
-__all__ = ["GROUP", "RedisStream"]
+__all__ = ["GROUP", "RedisStream", "create_group"]
 
 GROUP = "appliers"
 
@@ -69,6 +69,16 @@ return 1
 """
 
 
+async def create_group(client: RedisClient, stream: str, group: str) -> None:
+    """The consumer group ``group`` of ``stream`` from its start, creating the stream if
+    missing; one that exists already is kept."""
+    try:
+        await client.xgroup_create(stream, group, id="0", mkstream=True)
+    except redis_exc.ResponseError as exc:
+        if "BUSYGROUP" not in str(exc):
+            raise
+
+
 class RedisStream:
     """Redis Streams implementation of ``service.stream.base.IngestStream``."""
 
@@ -88,11 +98,7 @@ class RedisStream:
     async def _ensure_group(self, partition: int) -> None:
         if partition in self._groups:
             return
-        try:
-            await self._client.xgroup_create(stream_key(partition), GROUP, id="0", mkstream=True)
-        except redis_exc.ResponseError as exc:
-            if "BUSYGROUP" not in str(exc):
-                raise
+        await create_group(self._client, stream_key(partition), GROUP)
         self._groups.add(partition)
 
     def _forget_group_if_gone(self, partition: int, exc: redis_exc.ResponseError) -> None:
