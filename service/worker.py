@@ -27,7 +27,7 @@ async def run_worker(settings: Settings) -> None:
     """Apply until a termination signal arrives."""
     from service.backends import open_backends
     from service.core.applier import Applier
-    from service.core.model_versions import keep_registered, register_model
+    from service.core.model_versions import model_registered
     from service.core.serving_model import load_serving_model
     from service.metrics import Metrics
 
@@ -66,26 +66,21 @@ async def run_worker(settings: Settings) -> None:
         history=backends.history,
         models=backends.models,
     )
-    await register_model(backends.models, settings, model)
-    registration = asyncio.create_task(
-        keep_registered(backends.models, settings, model, settings.apply_lease_s)
-    )
     loop = asyncio.get_running_loop()
-    task = asyncio.create_task(applier.run(), name="solar-worker")
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, applier.stop)
-    logger.info(
-        "solar worker %s: model %s, %d partitions",
-        applier.consumer,
-        model.version,
-        settings.partitions,
-    )
     try:
-        await task
-        logger.info("solar worker %s: stopped", applier.consumer)
+        async with model_registered(backends.models, settings, model):
+            task = asyncio.create_task(applier.run(), name="solar-worker")
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(sig, applier.stop)
+            logger.info(
+                "solar worker %s: model %s, %d partitions",
+                applier.consumer,
+                model.version,
+                settings.partitions,
+            )
+            await task
+            logger.info("solar worker %s: stopped", applier.consumer)
     finally:
-        registration.cancel()
-        await asyncio.gather(registration, return_exceptions=True)
         await backends.close()
 
 

@@ -31,7 +31,7 @@ from service.api.routes import (
 from service.api.schemas import IngestRequest, RankRequest
 from service.backends import open_backends
 from service.core.applier import Applier
-from service.core.model_versions import keep_registered, register_model
+from service.core.model_versions import model_registered
 from service.core.serving_model import load_serving_model
 from service.core.users import RebuildGate
 from service.metrics import Metrics
@@ -77,67 +77,64 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     applier: Applier | None = None
     applier_task: asyncio.Task[None] | None = None
     stalls = StallMonitor(metrics)
-    registration: asyncio.Task[None] | None = None
     try:
-        await register_model(backends.models, settings, model)
-        registration = asyncio.create_task(
-            keep_registered(backends.models, settings, model, settings.apply_lease_s),
-            name="solar-model-registration",
-        )
-        ranker = model.checkpoint.ranker
-        dtype = await asyncio.to_thread(choose_dtype, ranker, model.rank, settings.serve_dtype)
-        scorer = BatchScorer(ranker, settings.history_batch_elements, dtype, metrics)
-        batcher: MicroBatcher[RankJob, Ranked] = MicroBatcher(
-            scorer,
-            max_batch=settings.max_batch,
-            max_wait_s=settings.max_wait_s,
-            max_queue=settings.max_queue,
-            workers=settings.batch_threads,
-            metrics=metrics,
-        )
-        batcher.start()
-        if settings.warmup:
-            await batcher.prime(
-                lambda: scorer.warm_up(
-                    model.rank, model.served_modes, settings.warmup_candidates, settings.max_batch
+        async with model_registered(backends.models, settings, model):
+            ranker = model.checkpoint.ranker
+            dtype = await asyncio.to_thread(choose_dtype, ranker, model.rank, settings.serve_dtype)
+            scorer = BatchScorer(ranker, settings.history_batch_elements, dtype, metrics)
+            batcher: MicroBatcher[RankJob, Ranked] = MicroBatcher(
+                scorer,
+                max_batch=settings.max_batch,
+                max_wait_s=settings.max_wait_s,
+                max_queue=settings.max_queue,
+                workers=settings.batch_threads,
+                metrics=metrics,
+            )
+            batcher.start()
+            if settings.warmup:
+                await batcher.prime(
+                    lambda: scorer.warm_up(
+                        model.rank,
+                        model.served_modes,
+                        settings.warmup_candidates,
+                        settings.max_batch,
+                    )
                 )
+            if settings.gc_freeze:
+                freeze_heap()
+            stalls.start()
+            if settings.applier == "inline":
+                applier = Applier.create(
+                    settings,
+                    backends.store,
+                    backends.stream,
+                    model,
+                    metrics,
+                    history=backends.history,
+                    models=backends.models,
+                )
+                applier_task = asyncio.create_task(applier.run(), name="solar-applier")
+            app.state.model = model
+            app.state.store = backends.store
+            app.state.stream = backends.stream
+            app.state.history = backends.history
+            app.state.batcher = batcher
+            app.state.rebuild_gate = RebuildGate(
+                settings.read_rebuilds, settings.read_rebuild_queue
             )
-        if settings.gc_freeze:
-            freeze_heap()
-        stalls.start()
-        if settings.applier == "inline":
-            applier = Applier.create(
-                settings,
-                backends.store,
-                backends.stream,
-                model,
-                metrics,
-                history=backends.history,
-                models=backends.models,
+            logger.info(
+                "solar ready: model %s, max_batch %d, applier %s",
+                model.version,
+                settings.max_batch,
+                settings.applier,
             )
-            applier_task = asyncio.create_task(applier.run(), name="solar-applier")
-        app.state.model = model
-        app.state.store = backends.store
-        app.state.stream = backends.stream
-        app.state.history = backends.history
-        app.state.batcher = batcher
-        app.state.rebuild_gate = RebuildGate(settings.read_rebuilds, settings.read_rebuild_queue)
-        logger.info(
-            "solar ready: model %s, max_batch %d, applier %s",
-            model.version,
-            settings.max_batch,
-            settings.applier,
-        )
-        try:
-            yield
-        finally:
-            await batcher.stop()
-            app.state.model = app.state.batcher = None
+            try:
+                yield
+            finally:
+                await batcher.stop()
+                app.state.model = app.state.batcher = None
     finally:
         await stalls.stop()
-        if registration is not None:
-            registration.cancel()
-            await asyncio.gather(registration, return_exceptions=True)
         if applier is not None and applier_task is not None:
             applier.stop()
             await asyncio.gather(applier_task, return_exceptions=True)

@@ -15,7 +15,9 @@ catch up from their own covered position (never wrong, only late).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,7 +30,7 @@ from service.settings import Settings
 from service.store.base import Store
 from service.store.models import ModelRegistry
 
-__all__ = ["AppliedVersions", "keep_registered", "register_model"]
+__all__ = ["AppliedVersions", "keep_registered", "model_registered", "register_model"]
 
 logger = logging.getLogger(__name__)
 
@@ -41,6 +43,28 @@ async def register_model(models: ModelRegistry, settings: Settings, model: Servi
     """
     path = str(Path(settings.model_path).resolve())
     await models.register(model.version, path, limit=settings.max_model_versions)
+
+
+@contextlib.asynccontextmanager
+async def model_registered(
+    models: ModelRegistry, settings: Settings, model: ServingModel
+) -> AsyncIterator[None]:
+    """The process's model version registered now and again every lease while inside (what
+    serve and worker do for as long as they run).
+
+    Raises:
+        TooManyModelVersions: ``settings.max_model_versions`` others are registered.
+    """
+    await register_model(models, settings, model)
+    renewal = asyncio.create_task(
+        keep_registered(models, settings, model, settings.apply_lease_s),
+        name="solar-model-registration",
+    )
+    try:
+        yield
+    finally:
+        renewal.cancel()
+        await asyncio.gather(renewal, return_exceptions=True)
 
 
 async def keep_registered(
