@@ -10,6 +10,10 @@ DEFAULT_OVERSAMPLE = 16
 # Interest tokens with σ_k ≤ LIVE_TOKEN_RTOL·σ_1 carry no information and are masked out of
 # the softmax, in training (model.layers) and serving (model.states.svd) alike (docs/DESIGN.md §2).
 LIVE_TOKEN_RTOL = 1e-6
+# Rows of `lifelong`'s hashed item counts (model.repeats, which imports it from here).
+REPEAT_HASHES = 2
+# The most buckets a row of `lifelong`'s item counts may have (2 rows of float32: 512 KiB).
+MAX_REPEAT_BUCKETS = 65_536
 
 # The names of the registry's entries (``model.modes``: what each mode is and does).
 AttentionMode = Literal["svd", "svd_exact", "softmax", "linear", "elastic", "mean", "lifelong"]
@@ -38,6 +42,9 @@ class RankerConfig:
         recent_tokens: `svd` hybrid: the user's last k raw events join the r interest tokens
             (kept in the state as k item/action rows; 0 = plain SVD-Attention); `lifelong`:
             the window L of its short-term channel (≥ 1).
+        repeat_buckets: `lifelong` only: K buckets a row of the repeat channel's hashed item
+            counts (``model.repeats``; the state keeps 2·K float32), whose two features per
+            candidate join the scoring MLP's input; 0 = no repeat channel.
     """
 
     n_items: int
@@ -51,6 +58,7 @@ class RankerConfig:
     half_life_s: float | None = None
     elastic_tokens: int = 32
     recent_tokens: int = 0
+    repeat_buckets: int = 0
 
     def __post_init__(self) -> None:
         if self.n_items < 1 or self.n_actions < 1:
@@ -65,6 +73,7 @@ class RankerConfig:
             raise ConfigError(
                 f"recent_tokens must be ≥ {least} in mode {self.mode!r}, got {self.recent_tokens}"
             )
+        self._check_repeats()
         if self.oversample < 0:
             raise ConfigError(f"oversample must be ≥ 0, got {self.oversample}")
         if self.dim % self.heads:
@@ -75,6 +84,21 @@ class RankerConfig:
             raise ConfigError(f"unknown mode {self.mode!r}; expected one of {ATTENTION_MODES}")
         if self.half_life_s is not None and not self.half_life_s > 0:
             raise ConfigError(f"half_life_s must be positive or None, got {self.half_life_s}")
+
+    def _check_repeats(self) -> None:
+        """``repeat_buckets``: in range, `lifelong` only, H·K whole rows of d."""
+        if not 0 <= self.repeat_buckets <= MAX_REPEAT_BUCKETS:
+            raise ConfigError(
+                f"repeat_buckets must be in [0, {MAX_REPEAT_BUCKETS}], got {self.repeat_buckets}"
+            )
+        if self.repeat_buckets and self.mode != "lifelong":
+            raise ConfigError(f"repeat_buckets needs mode 'lifelong', not {self.mode!r}")
+        if (REPEAT_HASHES * self.repeat_buckets) % self.dim:
+            # the state's features carry the counts as whole rows of d (model.states.builders)
+            raise ConfigError(
+                f"{REPEAT_HASHES}·repeat_buckets must be a multiple of dim={self.dim}, "
+                f"got repeat_buckets={self.repeat_buckets}"
+            )
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -22,18 +22,19 @@ class ScoringMLP(nn.Module):
     """score = out(gelu(fc2(gelu(fc1([e_c, o_c, e_c ⊙ o_c]))))): (…, 3d) → (…,) logits.
 
     With ``channels`` = C attention outputs (`lifelong`: a long-term and a short-term channel)
-    the input is [e_c, o¹_c, e_c ⊙ o¹_c, …, o^C_c, e_c ⊙ o^C_c]: (…, (1 + 2C)·d).
+    the input is [e_c, o¹_c, e_c ⊙ o¹_c, …, o^C_c, e_c ⊙ o^C_c]: (…, (1 + 2C)·d), followed by
+    ``extra`` per-candidate features (`lifelong`'s repeat features, ``model.repeats``).
     """
 
-    def __init__(self, dim: int, hidden: int, channels: int = 1) -> None:
+    def __init__(self, dim: int, hidden: int, channels: int = 1, extra: int = 0) -> None:
         super().__init__()
-        self.fc1 = nn.Linear((1 + 2 * channels) * dim, hidden)
+        self.fc1 = nn.Linear((1 + 2 * channels) * dim + extra, hidden)
         self.fc2 = nn.Linear(hidden, hidden // 2)
         self.out = nn.Linear(hidden // 2, 1)
         self.act = nn.GELU()
 
     def forward(self, features: Tensor) -> Tensor:
-        """features (…, (1 + 2C)·d) → logits (…)."""
+        """features (…, (1 + 2C)·d + extra) → logits (…)."""
         return self.after_fc1(self.fc1(features))
 
     def after_fc1(self, hidden: Tensor) -> Tensor:

@@ -19,6 +19,7 @@ from model.config import RankerConfig
 from model.heads import ScoringMLP
 from model.layers import TargetAttention
 from model.modes import HostBuffers, RankerInputError, ScoreRequest, mode_spec, served_modes
+from model.repeats import REPEAT_FEATURES, repeat_counts, repeat_features
 from model.serving import ServingPass
 
 __all__ = [
@@ -65,7 +66,8 @@ class Ranker(nn.Module):
         nn.init.zeros_(self.action_emb.weight)
         self.attn = TargetAttention(d, config.heads)  # shared by svd, svd_exact, softmax
         self.baselines = baseline_heads(config)  # {trained mode: head} for a baseline mode
-        self.mlp = ScoringMLP(d, config.mlp_hidden, mode_spec(config.mode).channels)
+        extra = REPEAT_FEATURES if config.repeat_buckets else 0
+        self.mlp = ScoringMLP(d, config.mlp_hidden, mode_spec(config.mode).channels, extra)
 
     # ------------------------------------------------------------------ embeddings
     def embed_events(self, items: Tensor, actions: Tensor) -> Tensor:
@@ -76,13 +78,26 @@ class Ranker(nn.Module):
         """(…, M) candidate rows → (…, M, d)."""
         return self.item_emb(items)
 
-    def score_outputs(self, cand: Tensor, out: Tensor) -> Tensor:
+    def score_outputs(self, cand: Tensor, out: Tensor, extra: Tensor | None = None) -> Tensor:
         """cand (B, M, d), out (B, M, C·d) → logits (B, M): the scoring MLP on
-        [e_c, o_c, e_c ⊙ o_c] for each of the C attention outputs o_c (one per channel)."""
+        [e_c, o_c, e_c ⊙ o_c] for each of the C attention outputs o_c (one per channel),
+        then the ``extra`` (B, M, F) per-candidate features (the repeat features)."""
         parts = [cand]
         for o in out.split(cand.shape[-1], dim=-1):
             parts += [o, cand * o]
+        if extra is not None:
+            parts.append(extra.to(cand.dtype))
         return self.mlp(torch.cat(parts, dim=-1))
+
+    def repeat_features(self, candidates: Tensor, history: HistoryBatch) -> Tensor | None:
+        """(B, M, 2) repeat features of candidates (B, M) in their contexts (training path,
+        ``model.repeats``), or None for a model without a repeat channel."""
+        buckets = self.config.repeat_buckets
+        if not buckets:
+            return None
+        weights = history.weights * history.mask.to(history.weights.dtype)
+        counts, total = repeat_counts(candidates, history.items, weights, buckets)
+        return repeat_features(counts, total)
 
     def serving_pass(self) -> ServingPass:
         """The fused float32 serving pass of this ranker (made once, follows weight updates)."""
@@ -101,7 +116,8 @@ class Ranker(nn.Module):
     def forward(self, candidates: Tensor, history: HistoryBatch, mode: str | None = None) -> Tensor:
         """candidates (B, M) long → logits (B, M), in ``mode`` (default: the trained mode)."""
         cand = self.embed_items(candidates)  # (B, M, d)
-        return self.score_outputs(cand, self.attend(mode or self.config.mode, cand, history))
+        out = self.attend(mode or self.config.mode, cand, history)
+        return self.score_outputs(cand, out, self.repeat_features(candidates, history))
 
     # ------------------------------------------------------------------ serving path
     def score_requests(self, mode: str, requests: Sequence[ScoreRequest]) -> list[Tensor]:

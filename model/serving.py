@@ -59,7 +59,8 @@ class ServingWeights(NamedTuple):
         features: (n_items, 2d + hidden) rows [e | W_Q e | W1[:, :d] e + b1].
         actions: (n_actions, d) action embeddings (event rows of the history modes).
         kv: (d, 2d) [W_Kᵀ | W_Vᵀ]. o: (d, d) W_Oᵀ.
-        fc1: (2C·d, hidden) W1[:, d:]ᵀ, applied to [o, e ⊙ o] of each of the C channels.
+        fc1: (2C·d + F, hidden) W1[:, d:]ᵀ, applied to [o, e ⊙ o] of each of the C channels
+            and the F extra features (the repeat features; F = 0 without them).
         fc2: (hidden, hidden/2) W2ᵀ; fc2_bias (hidden/2,). out: (hidden/2,); out_bias ().
     """
 
@@ -223,13 +224,16 @@ class ServingPass:
         token_mask: Tensor,
         recent: Tensor,
         recent_mask: Tensor,
+        extra: Tensor | None = None,
     ) -> Tensor:
         """`lifelong`: two softmaxes, one over the long-term interest tokens and one over the
-        short-term rows of the latest events, each output into its own slot of the MLP input.
+        short-term rows of the latest events, each output into its own slot of the MLP input,
+        then the candidates' repeat features.
 
         Args:
             rows: (B, M) long candidate rows. tokens: (B, r, d) interest tokens, token_mask
                 (B, r) bool. recent: (B, L, d) rows of the latest events, recent_mask (B, L).
+            extra: (B, M, F) the candidates' repeat features, or None (a model without them).
         Returns:
             (B, M) float32 logits.
         """
@@ -237,12 +241,16 @@ class ServingPass:
         B, M = rows.shape
         d = w.o.shape[0]
         feats = self._gather(w, space, rows)
-        x = space.take("x", B * M, 4 * d)  # [o_long, e ⊙ o_long, o_short, e ⊙ o_short]
+        F_extra = 0 if extra is None else extra.shape[-1]
+        # [o_long, e ⊙ o_long, o_short, e ⊙ o_short, extra]
+        x = space.take("x", B * M, 4 * d + F_extra)
         for slot, (context, mask) in enumerate(((tokens, token_mask), (recent, recent_mask))):
             out = x[:, 2 * slot * d : (2 * slot + 1) * d]
             # No padding: SDPA's faster path without a mask.
             self._attend_tokens(w, feats, context, None if bool(mask.all()) else mask, out)
-        return self._tail(w, feats, x, space).view(B, M)
+        if extra is not None:
+            x[:, 4 * d :] = extra.reshape(B * M, F_extra)
+        return self._tail(w, feats, x, space, channel_columns=4 * d).view(B, M)
 
     # ------------------------------------------------------------------ pieces
     def _gather(self, w: ServingWeights, space: Workspace, rows: Tensor) -> Tensor:
@@ -291,12 +299,21 @@ class ServingPass:
         heads = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)  # (B, H, M, d_h)
         torch.mm(heads.transpose(1, 2).reshape(B * M, d), w.o, out=out)
 
-    def _tail(self, w: ServingWeights, feats: Tensor, x: Tensor, space: Workspace) -> Tensor:
-        """The MLP after the per-item share: x (B·M, 2C·d) holding each channel's o at
-        columns 2c·d → (B·M,)."""
+    def _tail(
+        self,
+        w: ServingWeights,
+        feats: Tensor,
+        x: Tensor,
+        space: Workspace,
+        channel_columns: int | None = None,
+    ) -> Tensor:
+        """The MLP after the per-item share: x (B·M, 2C·d + F) holding each channel's o at
+        columns 2c·d (the first ``channel_columns`` = 2C·d; None: all), then F extra
+        features → (B·M,)."""
         d = w.o.shape[0]
         rows = x.shape[0]
-        for lo in range(0, x.shape[1], 2 * d):  # e ⊙ o right of each o
+        end = x.shape[1] if channel_columns is None else channel_columns
+        for lo in range(0, end, 2 * d):  # e ⊙ o right of each o
             torch.mul(feats[:, :d], x[:, lo : lo + d], out=x[:, lo + d : lo + 2 * d])
         hidden = space.take("hidden", rows, w.fc1.shape[1])
         torch.addmm(feats[:, 2 * d :], x, w.fc1, out=hidden)

@@ -298,6 +298,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--recent-tokens", type=int, default=0, help="svd hybrid: the k latest events as tokens"
     )
+    p.add_argument(
+        "--repeat-buckets",
+        type=int,
+        default=0,
+        help="lifelong: buckets a row of the repeat channel's hashed item counts (0: none)",
+    )
     p.add_argument("--epochs", type=int, default=TrainConfig.epochs)
     p.add_argument("--batch-size", type=int, default=TrainConfig.batch_size)
     p.add_argument("--lr", type=float, default=TrainConfig.lr)
@@ -357,6 +363,7 @@ def main(argv: list[str] | None = None) -> int:
         mode=args.mode,
         half_life_s=args.half_life_s,
         recent_tokens=args.recent_tokens,
+        repeat_buckets=args.repeat_buckets,
     )
     cfg = TrainConfig(
         epochs=args.epochs,

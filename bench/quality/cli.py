@@ -19,14 +19,16 @@ from __future__ import annotations
 import argparse
 import ast
 import dataclasses
+import itertools
 import json
 import sys
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any
 
+from bench.quality import journal
 from bench.quality.doc import doc_header, document, plot
 from bench.quality.results import dataset_results
 from bench.quality.run import RunResult, Skipped, run_one
@@ -36,13 +38,21 @@ from model.lifelong import LifelongConfig
 
 REPO = Path(__file__).resolve().parents[2]
 
-LIFELONG_ROW = "lifelong"  # the row the targets are about (results.json's "lifelong_row")
+LIFELONG_ROW = "lifelong+rep"  # the row the targets are about (results.json's "lifelong_row")
 ROWS: tuple[Row, ...] = (
-    Row(LIFELONG_ROW, "lifelong", None, {"recent_tokens": 32}),
+    Row("lifelong", "lifelong", None, {"recent_tokens": 32}),
     Row("lifelong@64", "lifelong", None, {"recent_tokens": 64}),
     # time-aware long-term channel: the factors decay with a 30-day half-life
     Row("lifelong+hl30d", "lifelong", None, {"recent_tokens": 32, "half_life_s": 30 * 86_400.0}),
     Row("lifelong@64+hl30d", "lifelong", None, {"recent_tokens": 64, "half_life_s": 30 * 86_400.0}),
+    # the repeat channel: the candidate's own count over the whole history (hashed, 2×2,048)
+    Row(LIFELONG_ROW, "lifelong", None, {"recent_tokens": 32, "repeat_buckets": 2_048}),
+    Row(
+        "lifelong+rep+hl30d",
+        "lifelong",
+        None,
+        {"recent_tokens": 32, "repeat_buckets": 2_048, "half_life_s": 30 * 86_400.0},
+    ),
     Row("svd", "svd"),
     Row("svd+recent16", "svd", None, {"recent_tokens": 16}),
     Row("elastic", "elastic"),
@@ -150,12 +160,16 @@ def _jobs(args: argparse.Namespace, rows: Sequence[Row]) -> list[Job]:
     return sorted(jobs, key=lambda j: (j.row.mode != "softmax", -(j.row.context or 10**9)))
 
 
-def _run(jobs: list[Job], workers: int) -> Iterator[RunResult | Skipped]:
+def _run(jobs: list[Job], workers: int) -> Iterator[tuple[Job, RunResult | Skipped]]:
+    """(job, result) of every job, as each finishes."""
     if workers <= 1:
-        yield from map(run_one, jobs)
+        for job in jobs:
+            yield job, run_one(job)
         return
     with ProcessPoolExecutor(workers) as pool:
-        yield from pool.map(run_one, jobs)
+        futures = {pool.submit(run_one, job): job for job in jobs}
+        for future in as_completed(futures):
+            yield futures[future], future.result()
 
 
 def _select(labels: Iterable[str] | None) -> list[Row]:
@@ -191,6 +205,13 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--eval-users", type=int, default=None, help="cap the test users")
     p.add_argument("--data-dir", type=Path, default=REPO / "data")
     p.add_argument("--out", type=Path, default=REPO / "docs")
+    p.add_argument(
+        "--journal",
+        type=Path,
+        default=None,
+        help="append each finished run to this file and reuse the runs it already holds for "
+        "identical jobs (resume an interrupted study)",
+    )
     return p
 
 
@@ -202,7 +223,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     start = time.perf_counter()
     runs: list[RunResult] = []
     skipped: list[Skipped] = []
-    for out in _run(_jobs(args, rows), args.workers):
+    jobs = _jobs(args, rows)
+    done = journal.recorded(args.journal) if args.journal else []
+    reused = [(job, out) for job, out in done if job in jobs]
+    if reused:
+        print(f"{len(reused)} run(s) reused from {args.journal}", flush=True)
+    reused_jobs = [job for job, _ in reused]
+    todo = [job for job in jobs if job not in reused_jobs]
+    for job, out in itertools.chain(reused, _run(todo, args.workers)):
+        if args.journal and job not in reused_jobs:
+            journal.append(args.journal, job, out)
         if isinstance(out, Skipped):
             print(f"{out.dataset:20s} {out.label:14s} skipped: {out.reason}", flush=True)
             if out not in skipped:

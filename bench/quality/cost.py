@@ -38,8 +38,10 @@ from model.events.interactions import Interactions
 from model.events.windows import history_batch
 from model.layers import ElasticDispatcher, LinearTargetAttention, elu_feature, log_weights
 from model.ranker import HistoryBatch, Ranker
+from model.repeats import served_repeat_features
 from model.serving import ServingWeights
 from model.states import LowRankState, RecentEvents
+from model.states.svd.repeats import RepeatCounts
 
 log = logging.getLogger(__name__)
 M_CANDIDATES = 2_048
@@ -132,17 +134,25 @@ def _lifelong(
     ranker: Ranker, state: LowRankState, hist: HistoryBatch, x: Tensor, rows: Tensor
 ) -> Request:
     """`lifelong`'s call: the r tokens and the L latest rows (x (1, N, d)), both kept in the
-    state, in two channels."""
-    r, L = ranker.config.rank, ranker.config.recent_tokens
+    state, in two channels; with item counts, the candidates' repeat features read from them
+    inside the call (as ``Mode.request`` does per request)."""
+    r, L, K = ranker.config.rank, ranker.config.recent_tokens, ranker.config.repeat_buckets
     tokens = torch.as_tensor(state.interests(r), dtype=torch.float32)[None]  # (1, r, d)
     recent = x[:, -L:].float()  # (1, L', d)
     state = dataclasses.replace(state, recent=_window(hist, L))
+    if K:
+        counted = hist.items[0][hist.mask[0]].numpy()
+        state = dataclasses.replace(state, repeats=RepeatCounts.empty(K).merged(counted, None))
+    counts = None if state.repeats is None else state.repeats.counts
     t_mask = torch.ones(tokens.shape[:2], dtype=torch.bool)
     r_mask = torch.ones(recent.shape[:2], dtype=torch.bool)
     serving = ranker.serving_pass()
-    return Request(
-        lambda: serving.channels(rows, tokens, t_mask, recent, r_mask), len(state.to_bytes())
-    )
+
+    def call() -> Tensor:
+        extra = None if counts is None else served_repeat_features(rows[0], counts)[None]
+        return serving.channels(rows, tokens, t_mask, recent, r_mask, extra)
+
+    return Request(call, len(state.to_bytes()))
 
 
 def _summary(ranker: Ranker, mode: str, hist: HistoryBatch, x: Tensor, rows: Tensor) -> Request:

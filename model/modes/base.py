@@ -62,6 +62,8 @@ class ScoreRequest:
             (d,) weighted mean row (`mean`).
         recent: (L', d) rows of the user's latest events, L' ≤ L (`lifelong`'s short-term
             channel; its ``interests`` are then the live interest tokens alone).
+        repeats: (M, 2) the candidates' repeat features (`lifelong` with item counts,
+            ``model.repeats.repeat_features``).
     """
 
     candidates: Tensor
@@ -72,6 +74,7 @@ class ScoreRequest:
     basis: Tensor | None = None
     summary: Tensor | None = None
     recent: Tensor | None = None
+    repeats: Tensor | None = None
 
 
 class Mode(Protocol):

@@ -5,7 +5,9 @@ Every kind is written in format 3: header (``_HEADER``: magic, version, kind cod
 n_eff, t_ref, three dimensions, len(tag)), the UTF-8 tag, then the optional sections the
 flags announce: ρ, the energy a truncating kind dropped (float64; ``_FLAG_HAS_RESIDUAL``), and
 the window of latest events (``_FLAG_HAS_WINDOW``: capacity k and count n as uint16, n int32
-item rows, n int32 action rows, n float64 times, 16 bytes an event); then the kind's values
+item rows, n int32 action rows, n float64 times, 16 bytes an event), the hashed item counts
+of `lifelong` (``_FLAG_HAS_REPEATS``: rows H as uint16 and buckets K as uint32, then H·K
+float32); then the kind's values
 as float32 up to the CRC32 of everything before it. The svd factors are (d, ℓ, rank) and
 σ (ℓ), V (d·ℓ, row-major), s (d): 39 + 8 + 4·(ℓ + d·ℓ + d) + 4 = 12,787 bytes at d=64, ℓ=48
 plus the tag (+ 4 + 16·n with a window), the sizes formats 1 and 2 had.
@@ -31,8 +33,10 @@ from typing import NamedTuple
 import numpy as np
 from numpy.typing import NDArray
 
+from model.repeats import REPEAT_HASHES
 from model.states.errors import StateError, StateFormatError
 from model.states.svd.recent import RecentEvents
+from model.states.svd.repeats import RepeatCounts
 
 __all__ = [
     "FAMILY_VERSION",
@@ -58,10 +62,12 @@ _LEGACY_HEADER = struct.Struct("<4sHHHHHQdddB")
 _RESIDUAL = struct.Struct("<d")
 _WINDOW_HEADER = struct.Struct("<HH")
 _WINDOW_EVENT_BYTES = 16
+_REPEATS_HEADER = struct.Struct("<HI")
 _CRC = struct.Struct("<I")
 _FLAG_HAS_T_REF = 1
 _FLAG_HAS_RESIDUAL = 2
 _FLAG_HAS_WINDOW = 4
+_FLAG_HAS_REPEATS = 8
 _MAX_TAG_BYTES = 64
 _F32_MAX = float(np.finfo(np.float32).max)
 # Codes of the kinds in the format-3 header (formats 1 and 2 are svd and carry no kind).
@@ -78,6 +84,7 @@ class Blob(NamedTuple):
         values: (count,) float64 (read from float32), in the kind's layout.
         residual: ρ of a truncating kind (0.0 when the blob holds none).
         window: the latest events it holds (the svd hybrid), or None.
+        repeats: the hashed item counts it holds (`lifelong`'s repeat channel), or None.
     """
 
     kind: str
@@ -89,6 +96,7 @@ class Blob(NamedTuple):
     values: Array
     residual: float = 0.0
     window: RecentEvents | None = None
+    repeats: RepeatCounts | None = None
 
 
 def blob_version(blob: bytes) -> int:
@@ -110,6 +118,7 @@ def encode_blob(
     *,
     residual: float | None = None,
     window: RecentEvents | None = None,
+    repeats: RepeatCounts | None = None,
 ) -> bytes:
     """The format-3 blob of one state; ``values`` are stored as float32, ``residual`` (None:
     the kind drops nothing) as float64.
@@ -122,12 +131,15 @@ def encode_blob(
         raise StateError(f"state tag longer than {_MAX_TAG_BYTES} bytes: {raw_tag!r}")
     wide = np.asarray(values, dtype=np.float64).reshape(-1)
     finite = math.isfinite(n_eff) and (residual is None or math.isfinite(residual))
+    if repeats is not None:
+        finite = finite and bool(np.all(np.abs(repeats.counts) <= _F32_MAX))
     if not (np.all(np.abs(wide) <= _F32_MAX) and finite):  # NaN fails too
         raise StateError(f"{kind} state holds values that are not finite in float32")
     flags = (
         (_FLAG_HAS_T_REF if t_ref is not None else 0)
         | (_FLAG_HAS_RESIDUAL if residual is not None else 0)
         | (_FLAG_HAS_WINDOW if window is not None else 0)
+        | (_FLAG_HAS_REPEATS if repeats is not None else 0)
     )
     header = _HEADER.pack(
         _MAGIC,
@@ -146,6 +158,7 @@ def encode_blob(
             raw_tag,
             b"" if residual is None else _RESIDUAL.pack(residual),
             b"" if window is None else _encode_window(window),
+            b"" if repeats is None else _encode_repeats(repeats),
             wide.astype("<f4").tobytes(),
         )
     )
@@ -161,6 +174,11 @@ def _encode_window(window: RecentEvents) -> bytes:
             window.ts.astype("<f8").tobytes(),
         )
     )
+
+
+def _encode_repeats(repeats: RepeatCounts) -> bytes:
+    hashes, buckets = repeats.counts.shape
+    return _REPEATS_HEADER.pack(hashes, buckets) + repeats.counts.astype("<f4").tobytes()
 
 
 # ----------------------------------------------------------------------------- decoding
@@ -217,6 +235,9 @@ def _decode_family(blob: bytes) -> Blob:
     window = None
     if flags & _FLAG_HAS_WINDOW:
         window, offset = _decode_window(blob, offset, end)
+    repeats = None
+    if flags & _FLAG_HAS_REPEATS:
+        repeats, offset = _decode_repeats(blob, offset, end)
     payload = end - offset
     if payload % 4:
         raise StateFormatError(f"state blob has {len(blob)} bytes: truncated or padded")
@@ -236,6 +257,7 @@ def _decode_family(blob: bytes) -> Blob:
         values=values,
         residual=residual,
         window=window,
+        repeats=repeats,
     )
 
 
@@ -257,6 +279,22 @@ def _decode_window(blob: bytes, offset: int, end: int) -> tuple[RecentEvents, in
     if np.any(np.diff(ts) < 0):
         raise StateFormatError("recent events are not in time order")
     return RecentEvents(capacity, items, actions, ts), offset + _WINDOW_EVENT_BYTES * n
+
+
+def _decode_repeats(blob: bytes, offset: int, end: int) -> tuple[RepeatCounts, int]:
+    """The hashed item counts at ``offset`` and the offset after them (at most ``end``)."""
+    if offset + _REPEATS_HEADER.size > end:
+        raise StateFormatError("state blob truncated in its item counts")
+    hashes, buckets = _REPEATS_HEADER.unpack_from(blob, offset)
+    offset += _REPEATS_HEADER.size
+    if hashes != REPEAT_HASHES or buckets < 1:
+        raise StateFormatError(f"item counts of {hashes} rows of {buckets} buckets")
+    if offset + 4 * hashes * buckets > end:
+        raise StateFormatError(f"state blob has {len(blob)} bytes for {hashes}×{buckets} counts")
+    counts = _float32s(blob, offset, hashes * buckets).reshape(hashes, buckets)
+    if not np.all(np.isfinite(counts)) or np.any(counts < 0):
+        raise StateFormatError("item counts hold negative or non-finite values")
+    return RepeatCounts(counts), offset + 4 * hashes * buckets
 
 
 def _decode_legacy(blob: bytes, version: int) -> Blob:

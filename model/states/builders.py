@@ -21,14 +21,15 @@ from numpy.typing import NDArray
 
 from model.heads import ElasticHead, LinearHead
 from model.modes import state_kind
-from model.modes.channels import LONG_TERM, SHORT_TERM
+from model.modes.channels import LONG_TERM, REPEATS, SHORT_TERM
 from model.ranker import Ranker
-from model.states.base import Decay, UserState
+from model.states.base import Decay, UserState, advance
 from model.states.elastic import ElasticSpec, ElasticState
 from model.states.errors import StateError
 from model.states.linear import LinearSpec, LinearState
 from model.states.mean import MeanState
 from model.states.svd.recent import RecentEvents
+from model.states.svd.repeats import RepeatCounts
 from model.states.svd.state import LowRankState
 from model.states.weights import Embed, IntArray, elastic_spec, linear_spec, ranker_embed
 
@@ -128,17 +129,24 @@ class SvdBuilder(_FromEvents):
     tag: str
     kind: str = "svd"
     recent_tokens: int = 0  # the hybrid's window of latest events (0: none)
+    repeat_buckets: int = 0  # `lifelong`'s hashed item counts: K buckets a row (0: none)
 
     def empty(self) -> LowRankState:
         state = LowRankState.empty(self.dim, self.rank, self.oversample, self.tag)
-        k = self.recent_tokens
-        return dataclasses.replace(state, recent=RecentEvents.empty(k)) if k else state
+        k, K = self.recent_tokens, self.repeat_buckets
+        return dataclasses.replace(
+            state,
+            recent=RecentEvents.empty(k) if k else None,
+            repeats=RepeatCounts.empty(K) if K else None,
+        )
 
     def from_events(self, items: IntArray, actions: IntArray, ts: Array) -> UserState:
-        return self._windowed(super().from_events(items, actions, ts), items, actions, ts)
+        state = super().from_events(items, actions, ts)
+        return self._tracked(state, None, items, actions, ts)
 
     def append(self, state: UserState, items: IntArray, actions: IntArray, ts: Array) -> UserState:
-        return self._windowed(super().append(state, items, actions, ts), items, actions, ts)
+        before = _own(state, LowRankState).t_ref
+        return self._tracked(super().append(state, items, actions, ts), before, items, actions, ts)
 
     def _from_rows(self, rows: Array, ts: Array) -> LowRankState:
         return LowRankState.from_rows(
@@ -148,15 +156,27 @@ class SvdBuilder(_FromEvents):
     def _append(self, state: UserState, rows: Array, ts: Array) -> LowRankState:
         return _own(state, LowRankState).append(rows, ts=ts, decay=self.decay)
 
-    def _windowed(
-        self, state: UserState, items: IntArray, actions: IntArray, ts: Array
+    def _tracked(
+        self,
+        state: UserState,
+        t_ref_before: float | None,
+        items: IntArray,
+        actions: IntArray,
+        ts: Array,
     ) -> UserState:
-        """``state`` with the events merged into its window (the hybrid only)."""
-        k, svd = self.recent_tokens, _own(state, LowRankState)
-        if not k or np.shape(ts)[0] == 0:
+        """``state`` (the factors after a block) with the block merged into its window of
+        latest events and its item counts, weighed from ``t_ref_before`` (the state's t_ref
+        before the block) on the factors' clock; each only where the model keeps it."""
+        k, K, svd = self.recent_tokens, self.repeat_buckets, _own(state, LowRankState)
+        if not (k or K) or np.shape(ts)[0] == 0:
             return svd
-        window = svd.recent if svd.recent is not None else RecentEvents.empty(k)
-        return dataclasses.replace(svd, recent=window.merged(items, actions, ts))
+        recent, repeats = svd.recent, svd.repeats
+        if k:
+            recent = (recent or RecentEvents.empty(k)).merged(items, actions, ts)
+        if K:
+            clock = advance(t_ref_before, np.asarray(ts, dtype=np.float64), self.decay)
+            repeats = (repeats or RepeatCounts.empty(K)).merged(items, clock)
+        return dataclasses.replace(svd, recent=recent, repeats=repeats)
 
     def features(self, state: UserState) -> Array:
         tokens, rows = self._tokens_and_rows(_own(state, LowRankState))
@@ -177,33 +197,45 @@ class SvdBuilder(_FromEvents):
         return np.ascontiguousarray(_own(state, LowRankState).V[:, : self.rank])  # (d, r)
 
     def fits(self, state: UserState) -> bool:
-        """Same rank and shape, and a window of latest events of the model's size (none for
-        a plain svd model)."""
+        """Same rank and shape, a window of latest events and item counts of the model's
+        sizes (none for a plain svd model)."""
         if not isinstance(state, LowRankState):
             return False
         ell = min(self.rank + self.oversample, self.dim)
         window = 0 if state.recent is None else state.recent.capacity
-        return (state.rank, state.ell, state.d, window) == (
+        buckets = 0 if state.repeats is None else state.repeats.buckets
+        return (state.rank, state.ell, state.d, window, buckets) == (
             self.rank,
             ell,
             self.dim,
             self.recent_tokens,
+            self.repeat_buckets,
         )
 
 
 @dataclass(frozen=True)
 class LifelongBuilder(SvdBuilder):
-    """`lifelong`: the svd state with its window of the L latest events; its features keep
-    the two channels apart (``model.modes.channels``)."""
+    """`lifelong`: the svd state with its window of the L latest events (and, with
+    ``repeat_buckets``, its hashed item counts); its features keep the channels apart
+    (``model.modes.channels``)."""
 
     kind: str = "lifelong"
 
     def features(self, state: UserState) -> Array:
-        """(live + L', d + 1): the live interest tokens then the window's rows, the last
-        column LONG_TERM or SHORT_TERM (no rows at all for a user with no history)."""
-        tokens, rows = self._tokens_and_rows(_own(state, LowRankState))
-        marks = np.concatenate((np.full(len(tokens), LONG_TERM), np.full(len(rows), SHORT_TERM)))
-        return np.concatenate((np.concatenate((tokens, rows)), marks[:, None]), axis=1)
+        """(live + L' + c, d + 1): the live interest tokens, the window's rows, then the item
+        counts (H, K) flattened row-major into c = H·K / d rows (the config keeps H·K a
+        multiple of d); the last column LONG_TERM, SHORT_TERM or REPEATS (no token or window
+        rows for a user with no history; the counts' rows whenever the model keeps counts)."""
+        svd = _own(state, LowRankState)
+        tokens, rows = self._tokens_and_rows(svd)
+        parts = [tokens, rows]
+        marks = [np.full(len(tokens), LONG_TERM), np.full(len(rows), SHORT_TERM)]
+        if self.repeat_buckets:
+            counts = svd.repeats or RepeatCounts.empty(self.repeat_buckets)
+            rows_of_d = counts.counts.reshape(-1, self.dim)
+            parts.append(rows_of_d)
+            marks.append(np.full(len(rows_of_d), REPEATS))
+        return np.concatenate((np.concatenate(parts), np.concatenate(marks)[:, None]), axis=1)
 
 
 @dataclass(frozen=True)
@@ -308,5 +340,13 @@ def make_builder(
         return MeanBuilder(embed, config.dim, decay, tag)
     svd = LifelongBuilder if kind == "lifelong" else SvdBuilder
     return svd(
-        embed, config.dim, rank, oversample, decay, tag, kind, recent_tokens=config.recent_tokens
+        embed,
+        config.dim,
+        rank,
+        oversample,
+        decay,
+        tag,
+        kind,
+        recent_tokens=config.recent_tokens,
+        repeat_buckets=config.repeat_buckets,
     )

@@ -1,9 +1,12 @@
 """The `lifelong` mode: a long-term channel (interest tokens) and a short-term channel (the L
-latest raw events), each with its own softmax and its own output into the MLP. Serving from
-the state (factors + window, built by the state builder in blocks out of order) gives the
-scores of the training path; the two channels are really apart."""
+latest raw events), each with its own softmax and its own output into the MLP, and, with
+``repeat_buckets``, the repeat channel (the candidate's own count, from hashed item counts).
+Serving from the state (factors + window + counts, built by the state builder in blocks out
+of order) gives the scores of the training path; the two channels are really apart."""
 
 from __future__ import annotations
+
+import dataclasses
 
 import numpy as np
 import pytest
@@ -12,7 +15,7 @@ import torch
 from model.config import ConfigError, RankerConfig
 from model.modes import mode_spec, served_modes, state_kind
 from model.ranker import HistoryBatch, Ranker
-from model.states import make_builder
+from model.states import LowRankState, make_builder
 from tests.model.modes.support import state_user
 
 L = 3
@@ -30,10 +33,13 @@ CONFIG = RankerConfig(
 LENGTHS = (0, 1, 2, 3, 12, 30)  # none, shorter than L, exactly L, longer than r + L
 
 
-@pytest.fixture(scope="module")
-def ranker() -> Ranker:
+REPEAT_BUCKETS = 24  # 2·24 counts = 3 rows of d = 16
+
+
+@pytest.fixture(scope="module", params=[0, REPEAT_BUCKETS], ids=["two-channels", "repeats"])
+def ranker(request: pytest.FixtureRequest) -> Ranker:
     torch.manual_seed(0)
-    model = Ranker(CONFIG)
+    model = Ranker(dataclasses.replace(CONFIG, repeat_buckets=request.param))
     torch.nn.init.normal_(model.action_emb.weight, std=0.3)
     return model.eval()
 
@@ -84,7 +90,9 @@ def test_serving_from_the_state_equals_the_training_path(ranker: Ranker) -> None
         else:  # no history: both outputs are zero
             with torch.no_grad():
                 cand = ranker.embed_items(cands[None])
-                trained = ranker.score_outputs(cand, torch.zeros(1, cands.numel(), 2 * 16))[0]
+                out = torch.zeros(1, cands.numel(), 2 * 16)
+                extra = ranker.repeat_features(cands[None], _history(items, actions))
+                trained = ranker.score_outputs(cand, out, extra)[0]
         served = _served(ranker, items, actions, seed, cands)
         torch.testing.assert_close(served, trained, atol=1e-5, rtol=1e-5)
 
@@ -122,3 +130,37 @@ def test_the_channels_have_their_own_softmax(ranker: Ranker) -> None:
     torch.testing.assert_close(out[..., 16:], alone)
     # the hybrid's single softmax mixes them: its output differs from either channel
     assert not torch.allclose(out[..., :16], out[..., 16:])
+
+
+def test_the_repeat_channel_reads_each_candidates_own_count() -> None:
+    """Without collisions the served counts are the exact counts of each candidate in the
+    history; the features move the scores (a pass that dropped them would fail the equality
+    test above); the counts survive the blob; a config that cannot carry them is refused."""
+    torch.manual_seed(3)
+    config = dataclasses.replace(CONFIG, repeat_buckets=2_048)  # 40 items: no collision
+    model = Ranker(config).eval()
+    builder = make_builder(model, rank=config.rank, oversample=4, decay=None, tag="")
+    items = np.array([5, 5, 5, 7, 9, 9, 0])  # 0: OOV, counted nowhere
+    state = builder.from_events(items, np.zeros(7, dtype=np.int64), np.arange(7.0))
+    state = builder.append(state, np.array([7]), np.array([1]), np.array([2.5]))  # out of order
+    cands = torch.tensor([5, 7, 9, 11, 0])
+    request = mode_spec("lifelong").request(cands, state_user(model, state, config.rank))
+    assert request.repeats is not None
+    counts = torch.expm1(request.repeats[:, 0])
+    torch.testing.assert_close(counts, torch.tensor([3.0, 2.0, 2.0, 0.0, 0.0]))
+    torch.testing.assert_close(request.repeats[:, 1], counts / 7.0)
+    with torch.inference_mode():
+        served = model.score_requests("lifelong", [request])[0]
+        blind = dataclasses.replace(request, repeats=torch.zeros_like(request.repeats))
+        without = model.score_requests("lifelong", [blind])[0]
+    assert (served - without)[:3].abs().min() > 1e-3
+    assert torch.equal((served - without)[3:], torch.zeros(2))
+    assert isinstance(state, LowRankState) and state.repeats is not None
+    again = LowRankState.from_bytes(state.to_bytes())
+    assert again.repeats is not None
+    np.testing.assert_array_equal(again.repeats.counts, state.repeats.counts)
+    assert builder.fits(again) and not builder.fits(dataclasses.replace(again, repeats=None))
+    with pytest.raises(ConfigError, match="lifelong"):
+        RankerConfig(n_items=4, repeat_buckets=32)
+    with pytest.raises(ConfigError, match="multiple of dim"):
+        dataclasses.replace(CONFIG, repeat_buckets=20)

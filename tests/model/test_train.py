@@ -114,6 +114,11 @@ def test_cli_trains_from_a_file(tmp_path: Path, data: Interactions) -> None:
     ckpt = load_checkpoint(out)
     assert ckpt.ranker.config.mode == "softmax" and ckpt.meta["dataset"] == str(path)
     assert main(["--dataset", str(tmp_path / "absent.tsv"), "--out", str(out)]) == 1
+    lifelong = ["--mode", "lifelong", "--recent-tokens", "4", "--repeat-buckets", "64"]
+    argv = ["--dataset", str(path), "--out", str(out), "--epochs", "1", *lifelong]
+    assert main([*argv, "--device", "cpu", "--max-len", "10"]) == 0
+    config = load_checkpoint(out).ranker.config
+    assert (config.mode, config.recent_tokens, config.repeat_buckets) == ("lifelong", 4, 64)
 
 
 def _shop_log(path: Path, data: Interactions, users: int = 10, events: int = 30) -> Path:

@@ -30,6 +30,7 @@ from model.states.blob import Blob, decode_blob, encode_blob, expect_count, expe
 from model.states.errors import StateError, StateFormatError
 from model.states.svd.brand import orient, update_factors
 from model.states.svd.recent import RecentEvents
+from model.states.svd.repeats import RepeatCounts
 
 __all__ = ["DEFAULT_OVERSAMPLE", "LIVE_TOKEN_RTOL", "LowRankState"]
 
@@ -76,6 +77,8 @@ class LowRankState:
         recent: the user's latest events (item/action rows) for the `svd` hybrid, or None;
             the svd builder keeps it up to date (:meth:`RecentEvents.merged`), the factors
             ignore it.
+        repeats: `lifelong`'s hashed item counts, or None; kept up to date by the svd
+            builder like ``recent`` (:meth:`RepeatCounts.merged`).
     """
 
     rank: int
@@ -88,6 +91,7 @@ class LowRankState:
     residual: float = 0.0
     tag: str = ""
     recent: RecentEvents | None = None
+    repeats: RepeatCounts | None = None
 
     kind: ClassVar[str] = "svd"  # its kind in the compressed-state family (model.states)
 
@@ -284,6 +288,7 @@ class LowRankState:
             values,
             residual=self.residual,
             window=self.recent,
+            repeats=self.repeats,
         )
 
     @classmethod
@@ -309,6 +314,7 @@ class LowRankState:
             residual=blob.residual,
             tag=blob.tag,
             recent=blob.window,
+            repeats=blob.repeats,
         )
 
     @classmethod

@@ -25,9 +25,11 @@ def quality() -> types.ModuleType:
 
 
 @pytest.mark.parametrize(
-    "mode", ["svd", "svd_exact", "elastic", "linear", "mean", "softmax", "lifelong"]
+    ("mode", "repeat_buckets"),
+    [(m, 0) for m in ("svd", "svd_exact", "elastic", "linear", "mean", "softmax", "lifelong")]
+    + [("lifelong", 32)],
 )
-def test_cost_call_scores_like_the_model(mode: str) -> None:
+def test_cost_call_scores_like_the_model(mode: str, repeat_buckets: int) -> None:
     cost = importlib.import_module("bench.quality.cost")
     torch.manual_seed(0)
     recent = 8 if mode == "lifelong" else 0
@@ -38,9 +40,10 @@ def test_cost_call_scores_like_the_model(mode: str) -> None:
             rank=8,
             elastic_tokens=4,
             recent_tokens=recent,
+            repeat_buckets=repeat_buckets,
         )
     ).eval()
-    items = torch.randint(1, 60, (1, 40))
+    items = torch.randint(1, 60, (1, 40))  # 40 draws of 59 items: repeats to count
     hist = HistoryBatch(
         items, torch.zeros_like(items), torch.ones(1, 40, dtype=torch.bool), torch.ones(1, 40)
     )
@@ -167,18 +170,40 @@ def test_quick_run_documents_every_row(quality: types.ModuleType, tmp_path: Path
     assert len(re.findall(r"\*\*(met|missed)\*\*", text)) == 10
     results = json.loads((tmp_path / "results.json").read_text())["datasets"]
     entry = results["synthetic-lifelong"]
-    assert entry["lifelong_row"] == "lifelong"
+    assert entry["lifelong_row"] == quality.LIFELONG_ROW == "lifelong+rep"
     assert set(entry["rows"]) == {r.label for r in quality.ROWS}
     for row in entry["rows"].values():
         assert len(row["gauc"]) == 1 and row["gauc_mean"] == row["gauc"][0]
         assert row["state_bytes"] > 0 and row["us_per_request"] > 0
-    for key in ("lifelong - softmax@50", "lifelong - mean", "svd - softmax@all"):
+    for key in ("lifelong+rep - softmax@50", "lifelong+rep - mean", "svd - softmax@all"):
         diff = entry["paired"][key]
         lo, hi = diff["ci95"]
         assert lo <= diff["mean"] <= hi and diff["users"] > 0
-    a, b = entry["rows"]["lifelong"], entry["rows"]["softmax@50"]
+    a, b = entry["rows"]["lifelong+rep"], entry["rows"]["softmax@50"]
     # the paired mean over users is the difference of the rows' GAUCs
-    assert entry["paired"]["lifelong - softmax@50"]["mean"] == pytest.approx(
+    assert entry["paired"]["lifelong+rep - softmax@50"]["mean"] == pytest.approx(
         a["gauc_mean"] - b["gauc_mean"], abs=1e-9
     )
     assert "runs stopped at a step / epoch ceiling" in text  # 4 quick steps: not converged
+
+
+def test_a_journal_resumes_a_study_and_retrains_a_changed_job(
+    quality: types.ModuleType, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Runs finished before an interruption are reused for identical jobs only: the second
+    study reuses its two runs and trains only the new row; a changed setting trains all."""
+    journal = tmp_path / "runs.pkl"
+    argv = ["--quick", "--datasets", "synthetic-lifelong", "--workers", "1"]
+    argv += ["--journal", str(journal), "--out", str(tmp_path)]
+    assert quality.main([*argv, "--rows", "mean", "softmax@50"]) == 0
+    first = json.loads((tmp_path / "results.json").read_text())["datasets"]
+    capsys.readouterr()
+    assert quality.main([*argv, "--rows", "mean", "softmax@50", "linear"]) == 0
+    printed = capsys.readouterr().out
+    assert "2 run(s) reused" in printed and printed.count(" seed 0 GAUC ") == 3
+    second = json.loads((tmp_path / "results.json").read_text())["datasets"]
+    for label in ("mean", "softmax@50"):
+        entry = second["synthetic-lifelong"]["rows"][label]
+        assert entry["gauc"] == first["synthetic-lifelong"]["rows"][label]["gauc"]
+    assert quality.main([*argv, "--rows", "mean", "--set", "negatives=7"]) == 0
+    assert "reused" not in capsys.readouterr().out

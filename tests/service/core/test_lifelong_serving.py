@@ -2,7 +2,8 @@
 served over HTTP: the applier keeps the window beside the factors, incrementally; scores
 equal the training path on the time-sorted history within 1e-4, for one-shot ingestion and
 for shuffled blocks, on the embedded store and on Redis; with the time-aware long-term channel
-too (the checkpoint's ``half_life_s``: the factors decay, the window does not)."""
+too (the checkpoint's ``half_life_s``: the factors decay, the window does not) and with the
+repeat channel (``repeat_buckets``: hashed item counts, decayed like the factors)."""
 
 from __future__ import annotations
 
@@ -21,14 +22,20 @@ L = 4
 CANDIDATES: list[Any] = [1, 5, 9, "alpha", 17, 23, 42]
 
 
-@pytest.fixture(scope="module", params=[None, 5.0], ids=["no-decay", "half-life-5s"])
+@pytest.fixture(
+    scope="module",
+    params=[(None, 0), (5.0, 0), (None, 64), (5.0, 64)],
+    ids=["no-decay", "half-life-5s", "repeats", "repeats-half-life-5s"],
+)
 def lifelong_dir(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> Path:
+    half_life_s, repeat_buckets = request.param
     return small_checkpoint(
         tmp_path_factory.mktemp("lifelong"),
         7,
         mode="lifelong",
         recent_tokens=L,
-        half_life_s=request.param,
+        half_life_s=half_life_s,
+        repeat_buckets=repeat_buckets,
         weight_gain=3.0,  # scores move by ~0.02 when the decay is dropped: far above 1e-4
     )
 
@@ -36,11 +43,12 @@ def lifelong_dir(tmp_path_factory: pytest.TempPathFactory, request: pytest.Fixtu
 async def test_lifelong_scores_equal_the_training_path_whatever_the_arrival_order(
     make_settings: SettingsFactory, lifelong_dir: Path, store_url: str | None
 ) -> None:
-    history = [event("u", t % 43 + 1, float(t), ("click", None)[t % 2]) for t in range(20)]
+    # items 1..20 then 1..9 again: repeats for the repeat channel to count
+    history = [event("u", t % 20 + 1, float(t), ("click", None)[t % 2]) for t in range(29)]
     shuffled = history[:]
     random.Random(1).shuffle(shuffled)
     expected = offline_scores(lifelong_dir, history, CANDIDATES, "lifelong")
-    arrivals = {"whole": [history], "blocks": [shuffled[i : i + 3] for i in range(0, 20, 3)]}
+    arrivals = {"whole": [history], "blocks": [shuffled[i : i + 3] for i in range(0, 29, 3)]}
     settings = make_settings(model_path=lifelong_dir, redis_url=store_url)
     async with running_app(settings) as (_, client):
         model = (await client.get("/model")).json()
