@@ -10,7 +10,6 @@ stale). The scoring itself runs in the micro-batcher (``service.scoring``).
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -91,25 +90,16 @@ class Ranking:
                 f"mode {mode!r} is not served by this model (trained as "
                 f"{model.checkpoint.ranker.config.mode!r}); served modes: {served}",
             )
-        spec = mode_spec(mode)
-        # The store read goes out first and the ids are mapped while it is in flight, so the
-        # round trip and the lookups (2,048 dict probes, cache-cold after a pass) overlap
-        # instead of adding up on the sequential path. One loop turn lets the read be sent.
-        loading = asyncio.ensure_future(self.users.load(user_id, with_log=spec.reads_log))
-        try:
-            await asyncio.sleep(0)
-            mapping = time.perf_counter()
-            found = candidate_rows(candidates, model.item_index, checked=checked)
-            mapped = time.perf_counter()
-            self.metrics.stage("lookup", mapped - mapping)
-            user = await loading
-        except BaseException:
-            loading.cancel()  # a refused id or a cancelled caller: nobody awaits the read
-            raise
-        self.metrics.stage("store", time.perf_counter() - mapped)
+        mapping = time.perf_counter()
+        found = candidate_rows(candidates, model.item_index, checked=checked)
+        self.metrics.stage("lookup", time.perf_counter() - mapping)
         self.metrics.rank_candidates.observe(found.rows.shape[0])
         self.metrics.unknown_items.inc(len(found.unknown))
         cand = torch.from_numpy(found.rows)  # (M,)
+        spec = mode_spec(mode)
+        loading = time.perf_counter()
+        user = await self.users.load(user_id, with_log=spec.reads_log)
+        self.metrics.stage("store", time.perf_counter() - loading)
         request = spec.request(cand, _UserInputs(model, user))
         k = top_k if top_k is not None else found.rows.shape[0]
         ranked = await self.batcher.submit(RankJob(mode, request, k))

@@ -13,10 +13,8 @@ import torch
 
 from model.checkpoint import load_checkpoint
 from model.modes import MODES, ScoreRequest, mode_spec
-from service.core.items import CandidateRows, candidate_rows
 from service.core.ranking import Ranking
-from service.core.users import LoadedUser, UserStates
-from service.errors import InvalidInput
+from service.core.users import UserStates
 from tests.model.modes.support import StrongestInterest, state_user
 from tests.service.conftest import SettingsFactory
 from tests.service.support import RANK, event, ingest, reference_state, running_app
@@ -176,63 +174,3 @@ async def test_a_new_registry_entry_is_ranked_without_touching_the_service(
     for c, expected in zip(CANDIDATES, logits.tolist(), strict=True):
         assert got[c] == pytest.approx(expected, abs=1e-4)
     assert float((logits - full).abs().max()) > 3e-4  # not svd: 3× the tolerance above
-
-
-async def test_the_state_read_is_in_flight_while_the_ids_are_mapped(
-    make_settings: SettingsFactory, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """The read goes out before the lookups start, so its round trip overlaps them."""
-    order: list[str] = []
-
-    class Recording(UserStates):
-        async def load(self, user_id: str, *, with_log: bool = False) -> LoadedUser:
-            order.append("read sent")
-            user = await super().load(user_id, with_log=with_log)
-            order.append("read done")
-            return user
-
-    def recording_rows(*args: Any, **kw: Any) -> CandidateRows:
-        order.append("lookup")
-        return candidate_rows(*args, **kw)
-
-    monkeypatch.setattr("service.core.ranking.candidate_rows", recording_rows)
-    settings = make_settings()
-    async with running_app(settings) as (app, client):
-        await ingest(client, [event("u", 1, 1.0)])
-        users = Recording.create(
-            settings, app.state.store, app.state.model, app.state.metrics, history=app.state.history
-        )
-        ranking = Ranking(users=users, metrics=app.state.metrics, batcher=app.state.batcher)
-        outcome = await ranking.rank("u", CANDIDATES, 3, "svd")
-    assert order.index("read sent") < order.index("lookup") < len(order)
-    assert len(outcome.items) == 3
-
-
-async def test_a_refused_id_cancels_the_read_in_flight(
-    make_settings: SettingsFactory, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """An invalid candidate is a 422 before the read's answer is used; the read is cancelled,
-    not left running unawaited."""
-    started = asyncio.Event()
-    cancelled = asyncio.Event()
-
-    class Hanging(UserStates):
-        async def load(self, user_id: str, *, with_log: bool = False) -> LoadedUser:
-            started.set()
-            try:
-                await asyncio.sleep(60)
-            except asyncio.CancelledError:
-                cancelled.set()
-                raise
-            raise AssertionError("not reached")
-
-    settings = make_settings()
-    async with running_app(settings) as (app, _):
-        users = Hanging.create(
-            settings, app.state.store, app.state.model, app.state.metrics, history=app.state.history
-        )
-        ranking = Ranking(users=users, metrics=app.state.metrics, batcher=app.state.batcher)
-        with pytest.raises(InvalidInput):
-            await ranking.rank("u", [1, True], 3, "svd")
-        await asyncio.wait_for(cancelled.wait(), 1.0)
-    assert started.is_set()
