@@ -11,10 +11,11 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Proc
 __all__ = ["RANK_STAGES", "REQUEST_BUCKETS_S", "Metrics", "StoreMetrics"]
 
 # The stages of one /rank request, in order (``solar_rank_stage_seconds{stage}``): reading
-# the body, decoding it, the store GET of the user's state, waiting in the micro-batch queue,
-# the batched pass (the whole batch's compute, as each of its requests waited for it), the
-# hand-back from the batch thread to the event loop, encoding the answer.
-RANK_STAGES = ("receive", "decode", "store", "queue", "pass", "handoff", "encode")
+# the body, decoding it, mapping the candidate ids to rows, the store GET of the user's state
+# (and its decoding), waiting in the micro-batch queue, the batched pass (the whole batch's
+# compute, as each of its requests waited for it), the hand-back from the batch thread to the
+# event loop, encoding the answer.
+RANK_STAGES = ("receive", "decode", "lookup", "store", "queue", "pass", "handoff", "encode")
 
 # 0.5 ms … 1 s (docs/DESIGN.md §6).
 REQUEST_BUCKETS_S = (

@@ -35,6 +35,7 @@ from bench.common.load import (
     RankResult,
     measure_healthz,
     measure_rank,
+    measure_sequential,
     percentile,
 )
 from solar_tools.client import AsyncSolarClient, SolarClient, SolarUnavailable
@@ -49,6 +50,7 @@ __all__ = [
     "actions",
     "measure_healthz",
     "measure_rank",
+    "measure_sequential",
     "percentile",
     "random_checkpoint",
     "redis_server",

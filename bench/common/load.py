@@ -3,7 +3,9 @@ request rate), 127.0.0.1 only, bounded in requests and time. Used through ``benc
 
 Raw httpx with request bodies encoded before the clock starts, not ``solar_tools.client``:
 the client's JSON encoding and answer decoding (2,048 candidates per request) would be
-charged to the service's latency, and a load generator must not retry its 503s.
+charged to the service's latency, and a load generator must not retry its 503s. Sequential
+latency (one request at a time) goes through the leaner ``bench.common.keepalive`` instead:
+httpx's own time per request adds straight to it.
 """
 
 from __future__ import annotations
@@ -18,8 +20,18 @@ from dataclasses import dataclass, field
 
 import httpx
 
-__all__ = ["RankResult", "headers", "measure_healthz", "measure_rank", "percentile"]
+from bench.common.keepalive import KeepAliveClient
 
+__all__ = [
+    "RankResult",
+    "headers",
+    "measure_healthz",
+    "measure_rank",
+    "measure_sequential",
+    "percentile",
+]
+
+JSON = "application/json"
 _CANDIDATE_POOL = 32  # distinct pre-encoded candidate lists cycled through by the clients
 
 Send = Callable[[int, float], Awaitable[None]]
@@ -27,10 +39,11 @@ Send = Callable[[int, float], Awaitable[None]]
 
 def headers(token: str | None) -> dict[str, str]:
     """JSON content type, plus the bearer token when the service requires one."""
-    values = {"content-type": "application/json"}
-    if token:
-        values["authorization"] = f"Bearer {token}"
-    return values
+    return {"content-type": JSON, **_auth(token)}
+
+
+def _auth(token: str | None) -> dict[str, str]:
+    return {"authorization": f"Bearer {token}"} if token else {}
 
 
 def percentile(values: Sequence[float], q: float) -> float:
@@ -100,6 +113,20 @@ def measure_rank(
     schedule, at most ``concurrency`` in flight, and latency counts from the scheduled start
     (so a server that falls behind is charged for it).
     """
+    bodies = _rank_bodies(users, items, candidates, top_k, mode, seed)
+    limit = max_requests if max_requests is not None else 10**9
+    return asyncio.run(
+        _measure(
+            base_url, bodies, mode, concurrency, limit, max_seconds, rate, warmup_requests, token
+        )
+    )
+
+
+def _rank_bodies(
+    users: Sequence[str], items: Sequence[str], candidates: int, top_k: int, mode: str, seed: int
+) -> list[str]:
+    """``_CANDIDATE_POOL`` /rank bodies (JSON), each for a random user of ``users`` with
+    ``candidates`` random ids of ``items``."""
     rng = random.Random(seed)
     pool = list(items)
 
@@ -110,7 +137,7 @@ def measure_rank(
             return rng.sample(pool, candidates)
         return rng.choices(pool, k=candidates)
 
-    bodies = [
+    return [
         json.dumps(
             {
                 "user_id": rng.choice(list(users)),
@@ -121,12 +148,50 @@ def measure_rank(
         )
         for _ in range(_CANDIDATE_POOL)
     ]
-    limit = max_requests if max_requests is not None else 10**9
-    return asyncio.run(
-        _measure(
-            base_url, bodies, mode, concurrency, limit, max_seconds, rate, warmup_requests, token
-        )
-    )
+
+
+def measure_sequential(
+    base_url: str,
+    users: Sequence[str],
+    items: Sequence[str],
+    *,
+    candidates: int = 2_048,
+    top_k: int = 100,
+    mode: str = "svd",
+    max_requests: int = 300,
+    max_seconds: float = 60.0,
+    warmup_requests: int = 5,
+    seed: int = 0,
+    token: str | None = None,
+) -> RankResult:
+    """Sequential /rank over one keep-alive connection, through the lean
+    ``bench.common.keepalive`` client rather than httpx (whose own ~0.75 ms per request, and
+    more for a 2,048-id body, would be charged to the service): the same bodies as
+    :func:`measure_rank`, sent back to back, ``max_requests`` or ``max_seconds`` whichever
+    comes first."""
+    bodies = _rank_bodies(users, items, candidates, top_k, mode, seed)
+    result = RankResult(mode=mode)
+    with KeepAliveClient(base_url, headers=_auth(token)) as client:
+        requests = [client.prepare("POST", "/rank", b.encode(), JSON) for b in bodies]
+        for request in requests[:warmup_requests]:
+            client.send(request)
+        server_cpu = _cpu_s(client.get("/metrics")[1])
+        client_cpu = time.process_time()
+        start = time.perf_counter()
+        deadline = start + max_seconds
+        for i in range(max_requests):
+            sent = time.perf_counter()
+            if sent >= deadline:
+                break
+            status, _ = client.send(requests[i % len(requests)])
+            if status == 200:
+                result.latencies_s.append(time.perf_counter() - sent)
+            else:
+                result.failures += 1
+        result.seconds = time.perf_counter() - start
+        result.client_cpu_s = time.process_time() - client_cpu
+        result.server_cpu_s = _cpu_s(client.get("/metrics")[1]) - server_cpu
+    return result
 
 
 async def _measure(
@@ -174,25 +239,30 @@ async def _measure(
 
 
 def measure_healthz(base_url: str, requests: int = 200) -> float:
-    """p50 ms of ``requests`` sequential GET /healthz: the HTTP floor (server and client
-    framework, loopback, no work) to read /rank latencies against."""
-
-    async def run() -> list[float]:
-        latencies = []
-        async with httpx.AsyncClient(base_url=base_url, timeout=10.0) as client:
-            for i in range(requests + 5):
-                start = time.perf_counter()
-                (await client.get("/healthz")).raise_for_status()
-                if i >= 5:  # the first requests open the connection
-                    latencies.append(time.perf_counter() - start)
-        return latencies
-
-    return 1_000.0 * percentile(asyncio.run(run()), 50)
+    """p50 ms of ``requests`` sequential GET /healthz over one keep-alive connection (the
+    lean client of :func:`measure_sequential`): the HTTP floor (the server's framework,
+    loopback, no work) to read sequential /rank latencies against."""
+    latencies = []
+    with KeepAliveClient(base_url, timeout_s=10.0) as client:
+        request = client.prepare("GET", "/healthz")
+        for i in range(requests + 5):
+            start = time.perf_counter()
+            status, _ = client.send(request)
+            if status != 200:
+                raise RuntimeError(f"GET /healthz answered {status}")
+            if i >= 5:
+                latencies.append(time.perf_counter() - start)
+    return 1_000.0 * percentile(latencies, 50)
 
 
 async def server_cpu_s(client: httpx.AsyncClient) -> float:
     """``process_cpu_seconds_total`` of the service (GET /metrics), NaN if absent."""
-    for line in (await client.get("/metrics")).text.splitlines():
+    return _cpu_s((await client.get("/metrics")).content)
+
+
+def _cpu_s(metrics_text: bytes) -> float:
+    """``process_cpu_seconds_total`` in a /metrics answer, NaN if absent."""
+    for line in metrics_text.decode().splitlines():
         if line.startswith("process_cpu_seconds_total "):
             return float(line.split()[1])
     return math.nan

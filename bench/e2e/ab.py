@@ -8,7 +8,9 @@ from there with the same environment, model, Redis and PostgreSQL history. One p
 and one private PostgreSQL (the durable tier every side reads `softmax` histories from) are
 seeded once (U users × N events through POST /ingest); then, round by round and alternating the two
 sides (so that a busy machine hurts both alike), a fresh `solar serve` of each side gets:
-sequential `/rank` (one client, M candidates, top_k=100, svd): p50 / p99; and closed-loop
+sequential `/rank` (one keep-alive connection through ``bench.common.keepalive``, M
+candidates, top_k=100, svd): p50 / p99, and the p50 of the same through httpx (whose own
+Python time per request adds to it: the figure before the lean client); and closed-loop
 saturation throughput (``--concurrency`` clients) in svd and in softmax, and their ratio.
 "server CPU ms" is the service process's CPU time per request (``process_cpu_seconds_total``):
 what a request costs whatever else runs on the machine.
@@ -38,6 +40,7 @@ FIGURES = (
     "seq p50 ms",
     "seq p99 ms",
     "seq server CPU ms",
+    "seq p50 ms, httpx",
     "svd req/s",
     "svd server CPU ms",
     "softmax req/s",
@@ -65,7 +68,10 @@ def one_side(
 ) -> dict[str, float]:
     """The figures of one fresh service of ``tree``."""
     with harness.service(model, redis_url, tree=tree, env=args.env) as base:
-        seq = harness.measure_rank(
+        seq = harness.measure_sequential(
+            base, users, items, candidates=args.m, max_requests=args.sequential
+        )
+        seq_httpx = harness.measure_rank(
             base,
             users,
             items,
@@ -91,6 +97,7 @@ def one_side(
         seq.p50_ms,
         seq.p99_ms,
         seq.cpu_ms_per_request[0],
+        seq_httpx.p50_ms,
         svd,
         closed["svd"].cpu_ms_per_request[0],
         soft,
@@ -150,7 +157,9 @@ def markdown(
         "",
         f"Command: `{command}` ({os.cpu_count()} CPUs, load average {load:.1f} → "
         f"{os.getloadavg()[0]:.1f}). {args.users} users × {args.events:,} events, M = "
-        f"{args.m:,}, top_k = 100; sequential: one client; throughput: {args.concurrency} "
+        f"{args.m:,}, top_k = 100; sequential: one keep-alive connection, lean client "
+        "(`bench.common.keepalive`; the httpx column: the same through httpx); throughput: "
+        f"{args.concurrency} "
         "closed-loop clients, load generator on the same cores. Each cell: the rounds' values "
         "(median first).",
         "",

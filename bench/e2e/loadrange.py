@@ -42,7 +42,7 @@ from service.store.keys import APPLIERS_KEY
 
 logger = logging.getLogger("bench.e2e.loadrange")
 Row = dict[str, Any]
-STAGES = ("decode", "store", "queue", "pass", "handoff", "encode")
+STAGES = ("decode", "lookup", "store", "queue", "pass", "handoff", "encode")
 
 
 def _p99(figures: dict[str, dict[str, dict[str, Any]]], name: str, key: str = "all") -> Any:

@@ -78,13 +78,12 @@ def one_side(
     out = {}
     with harness.service(model, redis_url, env=env, tree=tree) as base:
         for mode in MODES:
-            result = harness.measure_rank(
+            result = harness.measure_sequential(
                 base,
                 users,
                 items,
                 candidates=args.m,
                 mode=mode,
-                concurrency=1,
                 max_requests=args.requests,
                 max_seconds=300.0,
             )
@@ -154,7 +153,8 @@ def markdown(
         "",
         f"Command: `{command}` ({os.cpu_count()} CPUs, load average {load:.1f} → "
         f"{os.getloadavg()[0]:.1f}). {args.users} users × {args.events:,} events, M = "
-        f"{args.m:,}, top_k = 100, one client, {args.requests} requests per mode, side and "
+        f"{args.m:,}, top_k = 100, one keep-alive connection (lean client, "
+        f"`bench.common.keepalive`), {args.requests} requests per mode, side and "
         "round; each side its own Redis and PostgreSQL history schema (fsync on). Each cell: "
         "the rounds' values in ms (median first).",
         "",

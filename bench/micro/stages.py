@@ -116,14 +116,8 @@ def http_latency(model_dir: Path, ms: Sequence[int], requests: int) -> list[Http
         harness.seed_users(base, users, 1_000, items, concurrency=1)
         for m in ms:
             floor = harness.measure_healthz(base, requests)
-            result = harness.measure_rank(
-                base,
-                users,
-                items,
-                candidates=m,
-                concurrency=1,
-                max_requests=requests,
-                max_seconds=30.0,
+            result = harness.measure_sequential(
+                base, users, items, candidates=m, max_requests=requests, max_seconds=30.0
             )
             out.append(HttpRow(m, len(result.latencies_s), result.p50_ms, result.p99_ms, floor))
             logger.info(
@@ -162,7 +156,8 @@ def markdown(rows: Sequence[StageRow], http: Sequence[HttpRow], meta: dict[str, 
     if http:
         lines += [
             "",
-            "Sequential `/rank` over HTTP (`solar serve` + Redis, one client, svd, top_k=100):",
+            "Sequential `/rank` over HTTP (`solar serve` + Redis, one keep-alive connection, lean "
+            "client `bench.common.keepalive`, svd, top_k=100):",
             "",
             "| M | requests | p50 ms | p99 ms | GET /healthz p50 ms (same run) |",
             "| --- | --- | --- | --- | --- |",

@@ -90,7 +90,9 @@ class Ranking:
                 f"mode {mode!r} is not served by this model (trained as "
                 f"{model.checkpoint.ranker.config.mode!r}); served modes: {served}",
             )
+        mapping = time.perf_counter()
         found = candidate_rows(candidates, model.item_index, checked=checked)
+        self.metrics.stage("lookup", time.perf_counter() - mapping)
         self.metrics.rank_candidates.observe(found.rows.shape[0])
         self.metrics.unknown_items.inc(len(found.unknown))
         cand = torch.from_numpy(found.rows)  # (M,)

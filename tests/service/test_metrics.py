@@ -7,7 +7,7 @@ import pytest
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from service.metrics import Metrics, StoreMetrics
+from service.metrics import RANK_STAGES, Metrics, StoreMetrics
 from service.store.base import StoreObserver
 from tests.service.support import event, ingest
 
@@ -119,6 +119,8 @@ async def test_metrics_move_with_traffic(client: httpx.AsyncClient) -> None:
     assert value("solar_request_duration_seconds_count", route="unmatched", status="404") == 1
     assert not any("u1" in str(key) or "u2" in str(key) for key in values)  # never by user
     assert value("solar_rank_candidates_count") == 1
+    for stage in RANK_STAGES:  # every stage of the /rank that was served (lookup included)
+        assert value("solar_rank_stage_seconds_count", stage=stage) >= 1, stage
     assert value("solar_unknown_items_total") == 1
     assert value("solar_batch_size_count") >= 1
     assert value("solar_factor_update_seconds_count") >= 1

@@ -47,3 +47,9 @@ def test_seed_and_measure_end_to_end(tmp_path: Path) -> None:
         )
         assert len(paced.latencies_s) + paced.failures + paced.unsent == 20
         assert paced.failures == 0 and paced.offered_rate == 40
+        seq = harness.measure_sequential(
+            base, ["a", "b"], items, candidates=150, top_k=10, max_requests=12
+        )
+        assert (len(seq.latencies_s), seq.failures) == (12, 0) and seq.p99_ms >= seq.p50_ms > 0
+        assert seq.cpu_ms_per_request[0] > 0
+        assert 0 < harness.measure_healthz(base, requests=20) < seq.p50_ms
