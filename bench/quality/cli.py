@@ -247,7 +247,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
     wall = time.perf_counter() - start
     shown = " ".join(argv if argv is not None else sys.argv[1:])
-    header = doc_header(f"python -m bench.quality {shown}", wall, args.workers)
+    reused_s = sum(out.wall_s for _, out in reused if isinstance(out, RunResult))
+    header = doc_header(
+        f"python -m bench.quality {shown}", wall, args.workers, len(reused), reused_s
+    )
     if (
         args.quick
         or args.users

@@ -139,12 +139,24 @@ def targets(summaries: Mapping[str, Summary]) -> list[str]:
     return lines
 
 
-def doc_header(command: str, wall_s: float, workers: int) -> list[str]:
-    """The document's opening lines: command, wall time, machine, protocol, columns."""
+def doc_header(
+    command: str, wall_s: float, workers: int, reused: int = 0, reused_run_s: float = 0.0
+) -> list[str]:
+    """The document's opening lines: command, wall time, machine, protocol, columns.
+
+    ``reused`` runs came from the journal (``--journal``): their ``reused_run_s`` (the sum of
+    their own wall times) is stated beside this invocation's wall time."""
     model = RankerConfig(n_items=2)
+    wall = f"- Wall time: {wall_s / 60:.1f} min with {workers} worker process(es)"
+    if reused:
+        wall += (
+            f" for this invocation, which reused {reused} run(s) from its journal; those took "
+            f"{reused_run_s / 60:.1f} min of run time (the sum over runs: about "
+            f"{reused_run_s / 60 / max(workers, 1):.0f} min of wall time with {workers} workers)"
+        )
     return [
         f"- Command: `{command}` (after `make data`)",
-        f"- Wall time: {wall_s / 60:.1f} min with {workers} worker process(es)",
+        wall,
         f"- Machine: {platform.platform()}, {os.cpu_count()} CPU cores (shared with other "
         f"jobs), torch {torch.__version__}, one torch thread per run",
         "- Every run: its row's mode, AdamW, BCE on the next item + sampled negatives, early "

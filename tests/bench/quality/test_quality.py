@@ -201,6 +201,7 @@ def test_a_journal_resumes_a_study_and_retrains_a_changed_job(
     assert quality.main([*argv, "--rows", "mean", "softmax@50", "linear"]) == 0
     printed = capsys.readouterr().out
     assert "2 run(s) reused" in printed and printed.count(" seed 0 GAUC ") == 3
+    assert "which reused 2 run(s) from its journal" in (tmp_path / "RESULTS.md").read_text()
     second = json.loads((tmp_path / "results.json").read_text())["datasets"]
     for label in ("mean", "softmax@50"):
         entry = second["synthetic-lifelong"]["rows"][label]
