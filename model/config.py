@@ -20,6 +20,11 @@ AttentionMode = Literal["svd", "svd_exact", "softmax", "linear", "elastic", "mea
 ATTENTION_MODES: tuple[str, ...] = get_args(AttentionMode)
 
 
+# Fields added after checkpoints were first written, with their defaults: left out of
+# ``to_dict`` at the default (a release that predates a field refuses unknown keys).
+OPTIONAL_FIELDS: dict[str, Any] = {"repeat_buckets": 0}
+
+
 class ConfigError(ValueError):
     """An invalid ranker configuration value."""
 
@@ -101,7 +106,14 @@ class RankerConfig:
             )
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """The fields, less those of :data:`OPTIONAL_FIELDS` at their default, so a checkpoint
+        of a model that does not use a newer field stays loadable by earlier releases (and
+        keeps its model version)."""
+        data = asdict(self)
+        for name, default in OPTIONAL_FIELDS.items():
+            if data[name] == default:
+                del data[name]
+        return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> RankerConfig:

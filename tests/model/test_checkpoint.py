@@ -229,3 +229,17 @@ def test_a_checkpoint_says_which_modes_it_serves(
     ranker = Ranker(RankerConfig(n_items=4, dim=8, heads=2, rank=2, mode=mode))  # type: ignore[arg-type]
     save_checkpoint(tmp_path, ranker, Vocabulary(("a", "b", "c")))
     assert load_checkpoint(tmp_path).served_modes == served
+
+
+def test_a_newer_field_at_its_default_is_left_out_for_earlier_releases(tmp_path: Path) -> None:
+    """A model without the repeat channel writes no ``repeat_buckets`` (a release that
+    predates the field refuses unknown keys, and the model version stays what it was); one
+    with the channel writes it, and both load back equal."""
+    plain = json.loads(json.dumps(CONFIG.to_dict()))
+    assert "repeat_buckets" not in plain and RankerConfig.from_dict(plain) == CONFIG
+    lifelong = RankerConfig(n_items=20, mode="lifelong", recent_tokens=4, repeat_buckets=32)
+    data = lifelong.to_dict()
+    assert data["repeat_buckets"] == 32 and RankerConfig.from_dict(data) == lifelong
+    directory = tmp_path / "lifelong"
+    save_checkpoint(directory, Ranker(lifelong), Vocabulary(tuple(map(str, range(19))), ()))
+    assert load_checkpoint(directory).ranker.config == lifelong
