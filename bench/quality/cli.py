@@ -224,6 +224,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     runs: list[RunResult] = []
     skipped: list[Skipped] = []
     jobs = _jobs(args, rows)
+    labels = [r.label for r in rows]
+    order = {key: i for i, key in enumerate(itertools.product(args.datasets, labels))}
     done = journal.recorded(args.journal) if args.journal else []
     reused = [(job, out) for job, out in done if job in jobs]
     if reused:
@@ -245,6 +247,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"{out.contexts_per_s:,.0f} ctx/s ({out.wall_s:.0f}s)",
             flush=True,
         )
+    # runs finish in any order: document them in the order of datasets, rows and seeds
+    runs.sort(key=lambda r: (order.get((r.dataset, r.label), len(order)), r.seed))
     wall = time.perf_counter() - start
     shown = " ".join(argv if argv is not None else sys.argv[1:])
     reused_s = sum(out.wall_s for _, out in reused if isinstance(out, RunResult))

@@ -19,19 +19,26 @@ __all__ = ["append", "recorded"]
 
 
 def recorded(path: Path) -> list[tuple[Job, RunResult | Skipped]]:
-    """The (job, result) pairs appended to ``path`` so far (none if it does not exist; a last
-    record cut short by a crash is dropped)."""
+    """The (job, result) pairs appended to ``path`` so far, one per job (none if the file
+    does not exist). A record that does not load (cut short by a crash, or written by another
+    version of the study) ends the journal: the file is truncated before it, so the runs
+    appended next are readable, and its job trains again."""
     if not path.exists():
         return []
     out: list[tuple[Job, RunResult | Skipped]] = []
-    with path.open("rb") as f:
+    with path.open("r+b") as f:
         while True:
+            good = f.tell()
             try:
-                out.append(pickle.load(f))
+                job, result = pickle.load(f)
             except EOFError:
-                return out
-            except pickle.UnpicklingError:  # a record cut short by a crash
-                return out
+                break
+            except Exception:  # noqa: BLE001 - any torn or foreign record ends the journal
+                f.truncate(good)
+                break
+            if all(job != seen for seen, _ in out):
+                out.append((job, result))
+    return out
 
 
 def append(path: Path, job: Job, result: RunResult | Skipped) -> None:

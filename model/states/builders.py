@@ -172,10 +172,11 @@ class SvdBuilder(_FromEvents):
             return svd
         recent, repeats = svd.recent, svd.repeats
         if k:
-            recent = (recent or RecentEvents.empty(k)).merged(items, actions, ts)
+            window = RecentEvents.empty(k) if recent is None else recent
+            recent = window.merged(items, actions, ts)
         if K:
             clock = advance(t_ref_before, np.asarray(ts, dtype=np.float64), self.decay)
-            repeats = (repeats or RepeatCounts.empty(K)).merged(items, clock)
+            repeats = (RepeatCounts.empty(K) if repeats is None else repeats).merged(items, clock)
         return dataclasses.replace(svd, recent=recent, repeats=repeats)
 
     def features(self, state: UserState) -> Array:
@@ -231,7 +232,9 @@ class LifelongBuilder(SvdBuilder):
         parts = [tokens, rows]
         marks = [np.full(len(tokens), LONG_TERM), np.full(len(rows), SHORT_TERM)]
         if self.repeat_buckets:
-            counts = svd.repeats or RepeatCounts.empty(self.repeat_buckets)
+            counts = svd.repeats
+            if counts is None:
+                counts = RepeatCounts.empty(self.repeat_buckets)
             rows_of_d = counts.counts.reshape(-1, self.dim)
             parts.append(rows_of_d)
             marks.append(np.full(len(rows_of_d), REPEATS))

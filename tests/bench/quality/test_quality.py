@@ -208,3 +208,20 @@ def test_a_journal_resumes_a_study_and_retrains_a_changed_job(
         assert entry["gauc"] == first["synthetic-lifelong"]["rows"][label]["gauc"]
     assert quality.main([*argv, "--rows", "mean", "--set", "negatives=7"]) == 0
     assert "reused" not in capsys.readouterr().out
+
+
+def test_a_torn_journal_record_is_cut_off_so_later_runs_stay_readable(tmp_path: Path) -> None:
+    """A crash mid-append leaves a torn last record: it is dropped and cut off the file, so
+    the runs appended after it are read back; a job recorded twice is reused once."""
+    from bench.quality import journal
+
+    path = tmp_path / "runs.pkl"
+    journal.append(path, "job1", "r1")  # type: ignore[arg-type]
+    journal.append(path, "job2", "r2")  # type: ignore[arg-type]
+    whole = path.read_bytes()
+    for cut in range(len(whole) - 1, len(whole) // 2, -7):  # inside job2's record
+        path.write_bytes(whole[:cut])
+        assert journal.recorded(path) == [("job1", "r1")]
+        journal.append(path, "job2", "r2b")  # type: ignore[arg-type]
+        journal.append(path, "job1", "again")  # type: ignore[arg-type]
+        assert journal.recorded(path) == [("job1", "r1"), ("job2", "r2b")]
