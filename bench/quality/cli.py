@@ -143,6 +143,7 @@ def _assignment(text: str) -> tuple[str, Any]:
 
 def _jobs(args: argparse.Namespace, rows: Sequence[Row]) -> list[Job]:
     """Every (dataset, row, seed), the costliest rows (long softmax contexts) first."""
+    code = journal.code_version(REPO) if args.journal else ""
     jobs = [
         Job(
             name,
@@ -152,6 +153,7 @@ def _jobs(args: argparse.Namespace, rows: Sequence[Row]) -> list[Job]:
             args.columns,
             args.sort,
             str(args.data_dir),
+            code,
         )
         for name in args.datasets
         for row in rows

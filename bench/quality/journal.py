@@ -4,18 +4,43 @@ A study of three datasets, three seeds and a dozen rows runs for hours on a 2-co
 crash or a stopped session must not throw the finished runs away. With ``--journal PATH``
 each run is appended (pickled with the job that made it) as it finishes; a later study with
 the same journal reuses a recorded run only for a job equal to it in every field (dataset,
-settings, row, seed, loader options), so a changed setting trains again.
+settings, row, seed, loader options, and the code that trains and tests it:
+:func:`code_version`), so a changed setting or a changed model trains again.
 """
 
 from __future__ import annotations
 
+import hashlib
 import pickle
+import subprocess
 from pathlib import Path
 
 from bench.quality.run import RunResult, Skipped
 from bench.quality.setup import Job
 
-__all__ = ["append", "recorded"]
+__all__ = ["CODE_PATHS", "append", "code_version", "recorded"]
+
+CODE_PATHS = ("model", "bench/quality")  # what a run's figures depend on
+
+
+def code_version(repo: Path) -> str:
+    """The version of the code under :data:`CODE_PATHS`: their git tree ids at HEAD, plus a
+    digest of their uncommitted changes ("" outside a git checkout: nothing is reused)."""
+    try:
+        trees = subprocess.run(
+            ["git", "rev-parse", *(f"HEAD:{p}" for p in CODE_PATHS)],
+            cwd=repo,
+            capture_output=True,
+            check=True,
+            text=True,
+        ).stdout.split()
+        diff = subprocess.run(
+            ["git", "diff", "HEAD", "--", *CODE_PATHS], cwd=repo, capture_output=True, check=True
+        ).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return ""
+    dirty = f"+{hashlib.sha256(diff).hexdigest()[:12]}" if diff else ""
+    return ",".join(t[:12] for t in trees) + dirty
 
 
 def recorded(path: Path) -> list[tuple[Job, RunResult | Skipped]]:

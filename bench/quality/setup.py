@@ -81,6 +81,7 @@ class Job(NamedTuple):
     columns: Mapping[str, str] | None = None
     sort: bool = False
     data_dir: str = "data"
+    code: str = ""  # the code's version (``journal.code_version``): a journal reuses same-code runs
 
 
 def train_config(job: Job, context: int) -> TrainConfig:

@@ -188,10 +188,17 @@ def test_quick_run_documents_every_row(quality: types.ModuleType, tmp_path: Path
 
 
 def test_a_journal_resumes_a_study_and_retrains_a_changed_job(
-    quality: types.ModuleType, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    quality: types.ModuleType,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """Runs finished before an interruption are reused for identical jobs only: the second
-    study reuses its two runs and trains only the new row; a changed setting trains all."""
+    study reuses its two runs and trains only the new row; a changed setting, or changed
+    code under model/ or bench/quality/, trains all."""
+    from bench.quality import journal as study_journal
+
+    monkeypatch.setattr(study_journal, "code_version", lambda repo: "code-1")
     journal = tmp_path / "runs.pkl"
     argv = ["--quick", "--datasets", "synthetic-lifelong", "--workers", "1"]
     argv += ["--journal", str(journal), "--out", str(tmp_path)]
@@ -207,6 +214,9 @@ def test_a_journal_resumes_a_study_and_retrains_a_changed_job(
         entry = second["synthetic-lifelong"]["rows"][label]
         assert entry["gauc"] == first["synthetic-lifelong"]["rows"][label]["gauc"]
     assert quality.main([*argv, "--rows", "mean", "--set", "negatives=7"]) == 0
+    assert "reused" not in capsys.readouterr().out
+    monkeypatch.setattr(study_journal, "code_version", lambda repo: "code-2")
+    assert quality.main([*argv, "--rows", "mean", "softmax@50"]) == 0
     assert "reused" not in capsys.readouterr().out
 
 
