@@ -10,9 +10,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import numpy as np
+from numpy.typing import NDArray
+
 from model.ranker import NO_ACTION, OOV_ITEM
 
-__all__ = ["Vocabulary", "VocabularyError", "canonical_int"]
+__all__ = ["DENSE_ID_LIMIT", "Vocabulary", "VocabularyError", "canonical_int"]
+
+# The largest integer id a dense id → row table covers (8 MiB of int64 at most); a
+# vocabulary with a larger or a negative integer id maps its ids through the dict alone.
+DENSE_ID_LIMIT = 1 << 20
 
 
 class VocabularyError(ValueError):
@@ -44,13 +51,16 @@ class Vocabulary:
     actions: tuple[str, ...] = ()
     _item_index: dict[int | str, int] = field(init=False, repr=False, compare=False)
     _action_index: dict[str, int] = field(init=False, repr=False, compare=False)
+    _int_rows: NDArray[np.int64] | None = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         action_index = {action: i + 1 for i, action in enumerate(self.actions)}
         if len(set(self.items)) != len(self.items) or len(action_index) != len(self.actions):
             raise VocabularyError("vocabulary holds duplicate ids")
-        object.__setattr__(self, "_item_index", _item_index(self.items))
+        index = _item_index(self.items)
+        object.__setattr__(self, "_item_index", index)
         object.__setattr__(self, "_action_index", action_index)
+        object.__setattr__(self, "_int_rows", _int_rows(index))
 
     @property
     def n_items(self) -> int:
@@ -66,6 +76,14 @@ class Vocabulary:
         """External id → row (the one mapping; read-only by convention). Decimal ids are
         keyed by their int too, so a lookup needs no ``str()`` per id."""
         return self._item_index
+
+    @property
+    def int_rows(self) -> NDArray[np.int64] | None:
+        """The index's integer ids as one array: ``int_rows[i]`` is the row of integer id i
+        (``OOV_ITEM`` where i is not an id), for i up to the largest integer id; None when
+        the vocabulary has no integer id, a negative one, or one above DENSE_ID_LIMIT. Maps
+        a request's integer ids with one gather instead of a dict probe per id."""
+        return self._int_rows
 
     def item_row(self, item_id: int | str) -> int:
         """Row of an external item id, ``OOV_ITEM`` when unknown."""
@@ -83,3 +101,12 @@ def _item_index(items: tuple[str, ...]) -> dict[int | str, int]:
         if number is not None:
             index[number] = row
     return index
+
+
+def _int_rows(index: dict[int | str, int]) -> NDArray[np.int64] | None:
+    ids = np.fromiter((k for k in index if isinstance(k, int)), dtype=np.int64)
+    if ids.size == 0 or ids.min() < 0 or ids.max() > DENSE_ID_LIMIT:
+        return None
+    table = np.full(int(ids.max()) + 1, OOV_ITEM, dtype=np.int64)
+    table[ids] = [index[int(i)] for i in ids]
+    return table

@@ -106,7 +106,10 @@ class RankPath:
 
     def _request(self, m: int, user: int) -> ScoreRequest:
         query = decode_rank_body(self.body(m, user), JSON)
-        found = candidate_rows(query.candidates, self.model.item_index, checked=query.checked)
+        vocab = self.model.checkpoint.vocab
+        found = candidate_rows(
+            query.candidates, vocab.item_index, checked=query.checked, int_rows=vocab.int_rows
+        )
         loaded = parse_state(self.blobs[user], self.model).state
         assert loaded is not None
         interests = torch.from_numpy(self.model.states.features(loaded).astype(np.float32))

@@ -75,22 +75,45 @@ class CandidateRows(NamedTuple):
 
 
 def candidate_rows(
-    candidates: Sequence[object], index: dict[int | str, int], *, checked: bool = False
+    candidates: Sequence[object],
+    index: dict[int | str, int],
+    *,
+    checked: bool = False,
+    int_rows: np.ndarray | None = None,
 ) -> CandidateRows:
     """Validate candidate ids (unless ``checked``) and map them to model rows.
 
     The lookup runs in C (``map`` of the index's ``get`` straight into ``np.fromiter``): no
-    Python bytecode and no Python object per candidate. ``checked``: the caller's decoder
-    already guaranteed every id is an int or a 1-256 character string.
+    Python bytecode and no Python object per candidate. When every id is an int and the
+    vocabulary has a dense integer table (``int_rows``: ``Vocabulary.int_rows``), one gather
+    from it replaces the dict probes (each of which reads the key and value objects: cache
+    misses after a pass has evicted them). ``checked``: the caller's decoder already
+    guaranteed every id is an int or a 1-256 character string.
 
     Raises:
         InvalidInput: naming ``body.candidates.<i>`` for the first id that is not an integer
             or a 1-256 character string.
     """
     ids = cast("list[ItemId]", list(candidates)) if checked else _checked_ids(candidates)
-    rows = np.fromiter(map(index.get, ids, repeat(OOV_ITEM)), dtype=np.int64, count=len(ids))
+    rows = None if int_rows is None else _gathered(ids, int_rows)
+    if rows is None:
+        rows = np.fromiter(map(index.get, ids, repeat(OOV_ITEM)), dtype=np.int64, count=len(ids))
     unknown = [ids[i] for i in np.flatnonzero(rows == OOV_ITEM).tolist()]
     return CandidateRows(ids, rows, unknown)
+
+
+def _gathered(ids: list[ItemId], int_rows: np.ndarray) -> np.ndarray | None:
+    """Rows of ``ids`` from the dense integer table, or None unless every id is an int that
+    fits int64 (ids past the table, or negative, are OOV: the table covers every integer id
+    of the vocabulary)."""
+    if not ids or set(map(type, ids)) != {int}:
+        return None
+    try:
+        wanted = np.fromiter(cast("list[int]", ids), dtype=np.int64, count=len(ids))
+    except OverflowError:  # an id past int64: no vocabulary id, but leave it to the dict
+        return None
+    inside = (wanted >= 0) & (wanted < int_rows.shape[0])
+    return np.where(inside, int_rows[np.where(inside, wanted, 0)], OOV_ITEM)
 
 
 def _checked_ids(candidates: Sequence[object]) -> list[ItemId]:

@@ -91,7 +91,10 @@ class Ranking:
                 f"{model.checkpoint.ranker.config.mode!r}); served modes: {served}",
             )
         mapping = time.perf_counter()
-        found = candidate_rows(candidates, model.item_index, checked=checked)
+        vocab = model.checkpoint.vocab
+        found = candidate_rows(
+            candidates, vocab.item_index, checked=checked, int_rows=vocab.int_rows
+        )
         self.metrics.stage("lookup", time.perf_counter() - mapping)
         self.metrics.rank_candidates.observe(found.rows.shape[0])
         self.metrics.unknown_items.inc(len(found.unknown))

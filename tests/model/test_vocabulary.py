@@ -53,3 +53,14 @@ def test_decimal_ids_are_ints_too_but_padded_ones_are_not() -> None:
 )
 def test_canonical_int_is_the_int_whose_str_is_the_text(text: str, expected: int | None) -> None:
     assert canonical_int(text) == expected
+
+
+def test_int_rows_is_the_dense_table_of_the_integer_ids() -> None:
+    from model.vocabulary import DENSE_ID_LIMIT
+
+    vocab = Vocabulary(("5", "2", "x", "007"))
+    assert vocab.int_rows is not None
+    assert vocab.int_rows.tolist() == [0, 0, 2, 0, 0, 1]  # "007" is a string id, not 7
+    assert Vocabulary(("x", "y")).int_rows is None  # no integer id
+    assert Vocabulary(("-1", "4")).int_rows is None  # a negative id
+    assert Vocabulary(("1", str(DENSE_ID_LIMIT + 1))).int_rows is None  # too sparse

@@ -6,6 +6,7 @@ from typing import Any
 
 import pytest
 
+from model.vocabulary import Vocabulary
 from service.core.items import candidate_rows, item_id_or_none
 from service.errors import InvalidInput
 
@@ -51,3 +52,26 @@ def test_a_string_only_request_takes_the_fast_path_and_still_checks_lengths() ->
     with pytest.raises(InvalidInput) as info:
         candidate_rows(["a", "b", ""], index)
     assert info.value.field == "body.candidates.2"
+
+
+@pytest.mark.parametrize("checked", [False, True])
+def test_the_dense_integer_table_maps_as_the_dict_does(checked: bool) -> None:
+    """Integer ids go through one gather from ``Vocabulary.int_rows`` and get exactly the
+    dict's rows: known, unknown, past the table, negative, past int64; a request with any
+    string falls back to the dict."""
+    vocab = Vocabulary(("7", "0", "alpha", "3", "007"))
+    assert vocab.int_rows is not None
+    table = vocab.int_rows
+    cases: list[list[Any]] = [
+        [7, 0, 3, 5, 8, 10**6, -1, 7],
+        [10**30, 7],
+        [7, "007", "alpha", 3],
+    ]
+    for ids in cases:
+        dense = _mapped(ids, vocab.item_index, checked=checked, int_rows=table)
+        assert dense == _mapped(ids, vocab.item_index, checked=checked)
+    assert _mapped([7, 0, 3, 99], vocab.item_index, int_rows=table)[1] == [1, 2, 4, 0]
+    broken = table.copy()
+    broken[7] = 5  # a wrong table shows: the gather is really used for all-int requests
+    assert _mapped([7], vocab.item_index, int_rows=broken)[1] == [5]
+    assert _mapped([7, "x"], vocab.item_index, int_rows=broken)[1] == [1, 0]
