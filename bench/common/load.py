@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 import httpx
 
 from bench.common.keepalive import KeepAliveClient
+from service.core.items import ItemId, external_id
 
 __all__ = [
     "RankResult",
@@ -126,11 +127,12 @@ def _rank_bodies(
     users: Sequence[str], items: Sequence[str], candidates: int, top_k: int, mode: str, seed: int
 ) -> list[str]:
     """``_CANDIDATE_POOL`` /rank bodies (JSON), each for a random user of ``users`` with
-    ``candidates`` random ids of ``items``."""
+    ``candidates`` random ids of ``items``, written as the API writes them (``external_id``:
+    decimal ids as JSON integers, what a client reading ``GET /model/items`` sends back)."""
     rng = random.Random(seed)
-    pool = list(items)
+    pool = [external_id(item) for item in items]
 
-    def draw() -> list[str]:
+    def draw() -> list[ItemId]:
         # A vocabulary smaller than M (ml-100k has 1,682 items) is sampled with replacement,
         # so that every request really carries M candidates.
         if candidates <= len(pool):
