@@ -6,9 +6,12 @@ from __future__ import annotations
 import logging
 from typing import NamedTuple
 
+from service.core.applier import Applier
+from service.core.serving_model import ServingModel
 from service.history.base import HistoryObserver, HistoryStore
 from service.history.memory import MemoryHistory
 from service.history.postgres import PostgresHistory, redact_url
+from service.metrics import Metrics
 from service.settings import Settings
 from service.store.base import Store, StoreObserver
 from service.store.memory import MemoryStore
@@ -38,6 +41,18 @@ class Backends(NamedTuple):
     stream: IngestStream
     history: HistoryStore
     models: ModelRegistry
+
+    def applier(self, settings: Settings, model: ServingModel, metrics: Metrics) -> Applier:
+        """The applier of a process (a worker, or a serve's inline one) over these backends."""
+        return Applier.create(
+            settings,
+            self.store,
+            self.stream,
+            model,
+            metrics,
+            history=self.history,
+            models=self.models,
+        )
 
     async def close(self) -> None:
         await self.stream.close()

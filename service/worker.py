@@ -26,7 +26,6 @@ logger = logging.getLogger(__name__)
 async def run_worker(settings: Settings) -> None:
     """Apply until a termination signal arrives."""
     from service.backends import open_backends
-    from service.core.applier import Applier
     from service.core.model_versions import model_registered
     from service.core.serving_model import load_serving_model
     from service.metrics import Metrics
@@ -57,15 +56,7 @@ async def run_worker(settings: Settings) -> None:
     )
     if settings.gc_freeze:
         freeze_heap()
-    applier = Applier.create(
-        settings,
-        backends.store,
-        backends.stream,
-        model,
-        metrics,
-        history=backends.history,
-        models=backends.models,
-    )
+    applier = backends.applier(settings, model, metrics)
     loop = asyncio.get_running_loop()
     try:
         async with model_registered(backends.models, settings, model):

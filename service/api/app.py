@@ -104,15 +104,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
                 freeze_heap()
             stalls.start()
             if settings.applier == "inline":
-                applier = Applier.create(
-                    settings,
-                    backends.store,
-                    backends.stream,
-                    model,
-                    metrics,
-                    history=backends.history,
-                    models=backends.models,
-                )
+                applier = backends.applier(settings, model, metrics)
                 applier_task = asyncio.create_task(applier.run(), name="solar-applier")
             app.state.model = model
             app.state.store = backends.store
