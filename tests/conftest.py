@@ -13,19 +13,42 @@ pg_ctl on a free port, never the shared server on 5432) started once per session
 PostgreSQL fails them with a clear message instead of skipping them.
 
 ``device`` is the torch device of the device-aware tests (``SOLAR_TEST_DEVICE``, default cpu).
+``serve_http`` starts a threaded stdlib HTTP server on a free loopback port for a handler
+class (a stub of the service for client-side tests), shut down after the test.
 """
 
 from __future__ import annotations
 
 import os
+import threading
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 import torch
 
 from solar_tools.postgres_server import PostgresServer
 from solar_tools.redis_server import RedisClusterServers, RedisServer
+
+ServeHttp = Callable[[type[BaseHTTPRequestHandler]], str]
+
+
+@pytest.fixture
+def serve_http() -> Iterator[ServeHttp]:
+    """``serve_http(Handler)`` → the base URL of a server running ``Handler`` in a thread."""
+    servers: list[ThreadingHTTPServer] = []
+
+    def start(handler: type[BaseHTTPRequestHandler]) -> str:
+        server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        servers.append(server)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        return f"http://127.0.0.1:{server.server_address[1]}"
+
+    yield start
+    for server in servers:
+        server.shutdown()
+        server.server_close()
 
 
 @pytest.fixture(scope="session")

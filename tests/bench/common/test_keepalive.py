@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import threading
-from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 
 import pytest
 
 from bench.common.keepalive import KeepAliveClient, UnsupportedResponse
+from tests.conftest import ServeHttp
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -41,15 +40,8 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 @pytest.fixture
-def base_url() -> Iterator[str]:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
+def base_url(serve_http: ServeHttp) -> str:
+    return serve_http(_Handler)
 
 
 def test_requests_share_one_connection_and_read_whole_bodies(base_url: str) -> None:
