@@ -73,17 +73,17 @@ class LifelongMode:
         reads the candidates' counts (M,) from them into repeat features (M, 2)."""
         features = user.features()
         channel = features[:, -1]
-        rows = torch.from_numpy(features[:, :-1].astype(np.float32))
+
+        def rows(mark: float) -> Tensor:  # one copy, to float32, of one channel's rows
+            return torch.from_numpy(np.asarray(features[channel == mark, :-1], dtype=np.float32))
+
         counted = channel == REPEATS
         repeats = None
-        if counted.any():
+        if counted.any():  # the counts stay float64: only the candidates' are read
             counts = features[counted, :-1].reshape(REPEAT_HASHES, -1)
             repeats = served_repeat_features(candidates, counts)
         return ScoreRequest(
-            candidates,
-            interests=rows[torch.from_numpy(channel == LONG_TERM)],
-            recent=rows[torch.from_numpy(channel == SHORT_TERM)],
-            repeats=repeats,
+            candidates, interests=rows(LONG_TERM), recent=rows(SHORT_TERM), repeats=repeats
         )
 
     def example(self, config: RankerConfig, rank: int, candidates: Tensor) -> ScoreRequest:
