@@ -106,9 +106,9 @@ class RankPath:
 
     def _request(self, m: int, user: int) -> ScoreRequest:
         query = decode_rank_body(self.body(m, user), JSON)
-        vocab = self.model.checkpoint.vocab
+        model = self.model
         found = candidate_rows(
-            query.candidates, vocab.item_index, checked=query.checked, int_rows=vocab.int_rows
+            query.candidates, model.item_index, checked=query.checked, int_rows=model.item_int_rows
         )
         loaded = parse_state(self.blobs[user], self.model).state
         assert loaded is not None

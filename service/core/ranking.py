@@ -91,9 +91,8 @@ class Ranking:
                 f"{model.checkpoint.ranker.config.mode!r}); served modes: {served}",
             )
         mapping = time.perf_counter()
-        vocab = model.checkpoint.vocab
         found = candidate_rows(
-            candidates, vocab.item_index, checked=checked, int_rows=vocab.int_rows
+            candidates, model.item_index, checked=checked, int_rows=model.item_int_rows
         )
         self.metrics.stage("lookup", time.perf_counter() - mapping)
         self.metrics.rank_candidates.observe(found.rows.shape[0])

@@ -119,6 +119,11 @@ class ServingModel:
         return self.checkpoint.vocab.item_index
 
     @property
+    def item_int_rows(self) -> np.ndarray | None:
+        """Integer item id → row as one array (``Vocabulary.int_rows``), or None."""
+        return self.checkpoint.vocab.int_rows
+
+    @property
     def state_tag(self) -> StateTag:
         """Tag of the states this model writes."""
         return StateTag(self.version, None if self.decay is None else self.decay.half_life_s)
