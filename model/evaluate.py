@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,7 +25,7 @@ from model.datasets import COLUMNS_HELP, GENERATED, DatasetError, columns_argume
 from model.events.interactions import Interactions
 from model.events.windows import history_batch
 from model.metrics import RankingMetrics, ranking_metrics
-from model.ranker import Ranker
+from model.ranker import HistoryBatch, Ranker
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +76,11 @@ def _candidates(
     return torch.from_numpy(np.stack(rows))
 
 
+Scorer = Callable[[torch.Tensor, HistoryBatch], torch.Tensor]
+"""Logits (B, M) of candidate rows (B, M) given the users' histories (a ranker in one mode,
+or a counting reference such as ``bench.quality.references``)."""
+
+
 @torch.no_grad()
 def score_split(
     ranker: Ranker, data: Interactions, mode: str, spec: EvalSpec
@@ -82,6 +88,15 @@ def score_split(
     """Target logits (U,) and per-user negative logits of the evaluated users."""
     ranker.eval()
     device = ranker.item_emb.weight.device
+    return score_with(lambda cands, hist: ranker(cands, hist, mode), data, spec, device)
+
+
+@torch.no_grad()
+def score_with(
+    scorer: Scorer, data: Interactions, spec: EvalSpec, device: torch.device | str = "cpu"
+) -> tuple[NDArray[np.float64], list[NDArray[np.float64]]]:
+    """:func:`score_split` for any ``scorer``: the same users, targets and negatives (all
+    drawn from ``spec`` alone), so scorers compare user by user."""
     users = eval_users(data, spec)
     shift = 1 if spec.split == "test" else 2
     rng = np.random.default_rng(spec.seed)
@@ -92,7 +107,7 @@ def score_split(
         targets = data.offsets[batch + 1] - shift  # flat index of each target
         cands = _candidates(data, batch, targets, spec, rng)
         hist = history_batch(data, batch, targets, spec.max_len, spec.half_life_s, device)
-        logits = ranker(cands.to(device), hist, mode).double().cpu().numpy()  # (B, M)
+        logits = scorer(cands.to(device), hist).double().cpu().numpy()  # (B, M)
         for i, (u, t) in enumerate(zip(batch, targets, strict=True)):
             if spec.negatives is None:
                 if data.items[t] == 0:  # an OOV target is not in the catalogue: nothing to rank

@@ -7,9 +7,10 @@ as it is. A missing section is appended at the end.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
-__all__ = ["replace_section", "write_section"]
+__all__ = ["replace_section", "sections", "write_section"]
 
 
 def _markers(name: str) -> tuple[str, str]:
@@ -33,3 +34,14 @@ def write_section(path: Path, name: str, body: str) -> None:
     existing = path.read_text() if path.is_file() else ""
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(replace_section(existing, name, body))
+
+
+def sections(document: str) -> dict[str, str]:
+    """Every complete section of ``document``: name → body (as ``replace_section`` takes it)."""
+    found: dict[str, str] = {}
+    for match in _SECTION.finditer(document):
+        found[match.group(1)] = match.group(2).strip()
+    return found
+
+
+_SECTION = re.compile(r"<!-- begin:([^ ]+) -->\n(.*?)\n<!-- end:\1 -->", re.DOTALL)

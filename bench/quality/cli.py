@@ -28,6 +28,7 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any
 
+from bench.common.markdown import replace_section, sections
 from bench.quality import journal
 from bench.quality.doc import doc_header, document, plot
 from bench.quality.results import dataset_results
@@ -131,14 +132,28 @@ def settings_for(
 
 
 def _assignment(text: str) -> tuple[str, Any]:
-    """argparse ``type=`` of ``--set``: KEY=VALUE with VALUE a Python literal."""
+    """argparse ``type=`` of ``--set``: [DATASET:]KEY=VALUE with VALUE a Python literal (a
+    DATASET prefix limits the field to that dataset's runs)."""
     key, sep, value = text.partition("=")
-    if not sep or not key.isidentifier():
-        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    field = key.rpartition(":")[2]
+    if not sep or not field.isidentifier():
+        raise argparse.ArgumentTypeError(f"expected [DATASET:]KEY=VALUE, got {text!r}")
     try:
         return key, ast.literal_eval(value)
     except (ValueError, SyntaxError) as exc:
         raise argparse.ArgumentTypeError(f"{value!r} is not a Python literal") from exc
+
+
+def train_fields(name: str, assignments: Sequence[tuple[str, Any]]) -> dict[str, Any]:
+    """The ``--set`` fields of dataset ``name``: the unprefixed ones, then those prefixed
+    ``name:`` (which win)."""
+    shared = {key: value for key, value in assignments if ":" not in key}
+    own = {
+        key.rpartition(":")[2]: value
+        for key, value in assignments
+        if key.rpartition(":")[0] == name
+    }
+    return {**shared, **own}
 
 
 def _jobs(args: argparse.Namespace, rows: Sequence[Row]) -> list[Job]:
@@ -147,7 +162,9 @@ def _jobs(args: argparse.Namespace, rows: Sequence[Row]) -> list[Job]:
     jobs = [
         Job(
             name,
-            settings_for(name, args.quick, dict(args.set), args.users, args.eval_users),
+            settings_for(
+                name, args.quick, train_fields(name, args.set), args.users, args.eval_users
+            ),
             row,
             seed,
             args.columns,
@@ -201,7 +218,8 @@ def _parser() -> argparse.ArgumentParser:
         type=_assignment,
         default=[],
         metavar="KEY=VALUE",
-        help="TrainConfig fields of every run, e.g. max_steps=300 negatives=127",
+        help="TrainConfig fields of every run, e.g. max_steps=300 negatives=127; "
+        "DATASET:KEY=VALUE for one dataset's runs (ml-1m:max_steps=6000)",
     )
     p.add_argument("--users", type=int, default=None, help="cap the user sample (reduced run)")
     p.add_argument("--eval-users", type=int, default=None, help="cap the test users")
@@ -271,7 +289,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             "protocol `python -m bench.quality --workers 2`): not the published figures",
         )
     names = {
-        name: settings_for(name, args.quick, dict(args.set), args.users, args.eval_users)
+        name: settings_for(
+            name, args.quick, train_fields(name, args.set), args.users, args.eval_users
+        )
         for name in args.datasets
     }
     results = {
@@ -283,9 +303,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     plot(rows, runs, args.out / "quality_vs_cost.png")
     (args.out / "results.json").write_text(json.dumps(results, indent=1) + "\n")
-    (args.out / "RESULTS.md").write_text(
-        document(rows, runs, skipped, names, header, results["datasets"])
-    )
+    path = args.out / "RESULTS.md"
+    text = document(rows, runs, skipped, names, header, results["datasets"])
+    # Sections other tools write into the document (bench.quality.references) stay.
+    for name, body in sections(path.read_text() if path.is_file() else "").items():
+        text = replace_section(text, name, body)
+    path.write_text(text)
     print(f"wrote {args.out / 'RESULTS.md'} in {wall:.0f}s")
     return 0
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from bench.common.markdown import replace_section, write_section
+from bench.common.markdown import replace_section, sections, write_section
 
 
 def test_a_missing_section_is_appended() -> None:
@@ -22,3 +22,10 @@ def test_only_the_named_section_changes(tmp_path: Path) -> None:
     assert "stages v1" in text
     assert text.index("report v2") < text.index("stages v1")  # kept in place
     assert text.count("<!-- begin:report -->") == 1
+
+
+def test_sections_reads_back_what_replace_section_wrote() -> None:
+    document = replace_section(replace_section("# Title\n\nprose\n", "a", "x\n\ny"), "b", "z")
+    assert sections(document) == {"a": "x\n\ny", "b": "z"}
+    assert sections(replace_section("# Other\n", "a", sections(document)["a"])) == {"a": "x\n\ny"}
+    assert sections("<!-- begin:a -->\nno end\n") == {}  # an unfinished section is no section
