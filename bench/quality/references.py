@@ -29,6 +29,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -137,39 +138,41 @@ def evaluate_references(name: str, data_dir: Path) -> dict[str, RankingMetrics]:
     return {ref: ranking_metrics(*score_with(scorers[ref], data, spec)) for ref in REFERENCES}
 
 
-def _learned(results: Path, name: str) -> dict[str, float]:
-    """Seed 0's GAUC of the study's rows on ``name`` (docs/results.json), by label."""
+def _study_rows(results: Path, name: str) -> dict[str, dict[str, Any]]:
+    """The study's rows on dataset ``name`` (docs/results.json), by label; {} without it."""
     if not results.is_file():
         return {}
-    rows = json.loads(results.read_text())["datasets"].get(name, {}).get("rows", {})
-    return {label: row["gauc"][0] for label, row in rows.items() if row.get("gauc")}
+    rows: dict[str, dict[str, Any]] = (
+        json.loads(results.read_text())["datasets"].get(name, {}).get("rows", {})
+    )
+    return rows
 
 
 def markdown(found: dict[str, dict[str, RankingMetrics]], results: Path, command: str) -> str:
+    learned = (LIFELONG_ROW, "softmax@50", "mean")
     lines = [
         "## Counting references",
         "",
         f"Command: `{command}`. The study's test users, targets and negatives of seed 0; no "
-        "training. GAUC of the learned rows: seed 0 of docs/results.json.",
+        "training. The learned rows: seed 0 of docs/results.json.",
         "",
         "| dataset | popularity | repeats | transitions | "
-        f"`{LIFELONG_ROW}` | `softmax@50` | `mean` | NDCG@10 transitions / `{LIFELONG_ROW}` |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+        + " | ".join(f"`{label}`" for label in learned)
+        + f" | NDCG@10 transitions / `{LIFELONG_ROW}` |",
+        "| --- |" + " --- |" * (len(REFERENCES) + len(learned) + 1),
     ]
     for name, metrics in found.items():
-        learned = _learned(results, name)
-        row_ndcg = "–"
-        if results.is_file():
-            rows = json.loads(results.read_text())["datasets"].get(name, {}).get("rows", {})
-            if LIFELONG_ROW in rows:
-                row_ndcg = f"{rows[LIFELONG_ROW]['ndcg10_mean']:.4f}"
+        rows = _study_rows(results, name)
         cells = [f"{metrics[ref].gauc:.4f}" for ref in REFERENCES]
-        cells += [
-            f"{learned[label]:.4f}" if label in learned else "–"
-            for label in (LIFELONG_ROW, "softmax@50", "mean")
-        ]
-        ndcg = f"{metrics['transitions'].ndcg_at_10:.4f} / {row_ndcg}"
-        lines.append(f"| {name} | " + " | ".join(cells) + f" | {ndcg} |")
+        cells += [f"{rows[label]['gauc'][0]:.4f}" if label in rows else "–" for label in learned]
+        row_ndcg = rows.get(LIFELONG_ROW, {}).get("ndcg10_mean")
+        cells.append(
+            f"{metrics['transitions'].ndcg_at_10:.4f} / "
+            + ("–" if row_ndcg is None else f"{row_ndcg:.4f}")
+        )
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    lines.append("")
+    lines.append("Columns: GAUC, except the last (NDCG@10; the learned row's over all seeds).")
     return "\n".join(lines) + "\n"
 
 

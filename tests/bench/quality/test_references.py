@@ -3,10 +3,19 @@ study's own split."""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import numpy as np
 import torch
 
-from bench.quality.references import TransitionCounts, reference_scorers, training_events
+from bench.quality.references import (
+    REFERENCES,
+    TransitionCounts,
+    markdown,
+    reference_scorers,
+    training_events,
+)
 from model.evaluate import EvalSpec, score_with
 from model.events.interactions import Interactions
 from model.metrics import ranking_metrics
@@ -82,3 +91,17 @@ def test_references_score_on_the_evaluation_split() -> None:
     # nothing ever led to 3 in training (every 3 is a test target): transitions cannot tell
     # it from the other unseen items beyond popularity, which never counted 3 either
     assert ranking_metrics(positives, negatives).gauc < 0.5
+
+
+def test_the_table_sets_the_references_beside_the_study_rows(tmp_path: Path) -> None:
+    metrics = ranking_metrics(np.array([1.0, 0.0]), [np.array([0.5]), np.array([0.5])])
+    results = tmp_path / "results.json"
+    row = {"gauc": [0.81, 0.9], "ndcg10_mean": 0.05}
+    results.write_text(json.dumps({"datasets": {"d": {"rows": {"lifelong+rep": row}}}}))
+    found = {"d": dict.fromkeys(REFERENCES, metrics), "e": dict.fromkeys(REFERENCES, metrics)}
+    lines = markdown(found, results, "cmd").splitlines()
+    d_row = next(line for line in lines if line.startswith("| d |"))
+    assert d_row.split(" | ")[1:5] == ["0.5000", "0.5000", "0.5000", "0.8100"]  # seed 0's GAUC
+    ndcg = f"{metrics.ndcg_at_10:.4f}"
+    assert d_row.endswith(f"| – | – | {ndcg} / 0.0500 |")  # rows the study did not run
+    assert next(line for line in lines if line.startswith("| e |")).endswith("– / – |")
