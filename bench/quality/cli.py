@@ -156,15 +156,25 @@ def train_fields(name: str, assignments: Sequence[tuple[str, Any]]) -> dict[str,
     return {**shared, **own}
 
 
-def _jobs(args: argparse.Namespace, rows: Sequence[Row]) -> list[Job]:
+def _dataset_settings(args: argparse.Namespace) -> dict[str, DatasetSettings]:
+    """Each dataset's settings under the command line (``--quick``, ``--set``, the caps)."""
+    return {
+        name: settings_for(
+            name, args.quick, train_fields(name, args.set), args.users, args.eval_users
+        )
+        for name in args.datasets
+    }
+
+
+def _jobs(
+    args: argparse.Namespace, rows: Sequence[Row], settings: Mapping[str, DatasetSettings]
+) -> list[Job]:
     """Every (dataset, row, seed), the costliest rows (long softmax contexts) first."""
     code = journal.code_version(REPO) if args.journal else ""
     jobs = [
         Job(
             name,
-            settings_for(
-                name, args.quick, train_fields(name, args.set), args.users, args.eval_users
-            ),
+            dataset_settings,
             row,
             seed,
             args.columns,
@@ -172,7 +182,7 @@ def _jobs(args: argparse.Namespace, rows: Sequence[Row]) -> list[Job]:
             str(args.data_dir),
             code,
         )
-        for name in args.datasets
+        for name, dataset_settings in settings.items()
         for row in rows
         for seed in args.seeds
     ]
@@ -243,7 +253,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     start = time.perf_counter()
     runs: list[RunResult] = []
     skipped: list[Skipped] = []
-    jobs = _jobs(args, rows)
+    names = _dataset_settings(args)
+    jobs = _jobs(args, rows, names)
     labels = [r.label for r in rows]
     order = {key: i for i, key in enumerate(itertools.product(args.datasets, labels))}
     done = journal.recorded(args.journal) if args.journal else []
@@ -288,12 +299,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             "- **Reduced run** (fewer users, rows, seeds or steps than the committed "
             "protocol `python -m bench.quality --workers 2`): not the published figures",
         )
-    names = {
-        name: settings_for(
-            name, args.quick, train_fields(name, args.set), args.users, args.eval_users
-        )
-        for name in args.datasets
-    }
     results = {
         "datasets": {
             name: dataset_results(rows, [r for r in runs if r.dataset == name], LIFELONG_ROW)

@@ -93,6 +93,9 @@ class TransitionCounts:
         return out
 
 
+REFERENCES = ("popularity", "repeats", "transitions")  # the table's column order
+
+
 def reference_scorers(data: Interactions) -> dict[str, Scorer]:
     """Every reference's scorer on ``data`` (counts from :func:`training_events`)."""
     keep = training_events(data)
@@ -120,9 +123,6 @@ def reference_scorers(data: Interactions) -> dict[str, Scorer]:
     }
 
 
-REFERENCES = ("popularity", "repeats", "transitions")
-
-
 def evaluate_references(name: str, data_dir: Path) -> dict[str, RankingMetrics]:
     """Each reference's metrics on dataset ``name``'s test split (the study's settings)."""
     settings = settings_for(name, quick=False)
@@ -138,14 +138,12 @@ def evaluate_references(name: str, data_dir: Path) -> dict[str, RankingMetrics]:
     return {ref: ranking_metrics(*score_with(scorers[ref], data, spec)) for ref in REFERENCES}
 
 
-def _study_rows(results: Path, name: str) -> dict[str, dict[str, Any]]:
-    """The study's rows on dataset ``name`` (docs/results.json), by label; {} without it."""
+def _study_rows(results: Path) -> dict[str, dict[str, dict[str, Any]]]:
+    """The study's rows (docs/results.json) by dataset, then by label; {} without it."""
     if not results.is_file():
         return {}
-    rows: dict[str, dict[str, Any]] = (
-        json.loads(results.read_text())["datasets"].get(name, {}).get("rows", {})
-    )
-    return rows
+    datasets: dict[str, dict[str, Any]] = json.loads(results.read_text())["datasets"]
+    return {name: entry.get("rows", {}) for name, entry in datasets.items()}
 
 
 def markdown(found: dict[str, dict[str, RankingMetrics]], results: Path, command: str) -> str:
@@ -156,13 +154,14 @@ def markdown(found: dict[str, dict[str, RankingMetrics]], results: Path, command
         f"Command: `{command}`. The study's test users, targets and negatives of seed 0; no "
         "training. The learned rows: seed 0 of docs/results.json.",
         "",
-        "| dataset | popularity | repeats | transitions | "
-        + " | ".join(f"`{label}`" for label in learned)
+        "| dataset | "
+        + " | ".join([*REFERENCES, *(f"`{label}`" for label in learned)])
         + f" | NDCG@10 transitions / `{LIFELONG_ROW}` |",
         "| --- |" + " --- |" * (len(REFERENCES) + len(learned) + 1),
     ]
+    study = _study_rows(results)
     for name, metrics in found.items():
-        rows = _study_rows(results, name)
+        rows = study.get(name, {})
         cells = [f"{metrics[ref].gauc:.4f}" for ref in REFERENCES]
         cells += [f"{rows[label]['gauc'][0]:.4f}" if label in rows else "–" for label in learned]
         row_ndcg = rows.get(LIFELONG_ROW, {}).get("ndcg10_mean")
