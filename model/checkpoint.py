@@ -20,7 +20,6 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor
 
 from model.config import RankerConfig
-from model.modes import served_modes
 from model.ranker import Ranker
 from model.vocabulary import Vocabulary
 
@@ -66,9 +65,10 @@ class Checkpoint:
 
     @property
     def served_modes(self) -> tuple[str, ...]:
-        """The modes this checkpoint serves, from the state its trained mode keeps: svd,
-        svd_exact and softmax from the factors, or its own baseline mode from its state."""
-        return served_modes(self.ranker.config.mode)
+        """The modes this checkpoint serves: svd, svd_exact and softmax from the factors, or
+        its own baseline mode from its state, or `lifelong` (and the svd family through its
+        read-out, if it has one). Its trained mode is the /rank default."""
+        return self.ranker.served_modes()
 
 
 def save_checkpoint(

@@ -22,7 +22,7 @@ ATTENTION_MODES: tuple[str, ...] = get_args(AttentionMode)
 
 # Fields added after checkpoints were first written, with their defaults: left out of
 # ``to_dict`` at the default (a release that predates a field refuses unknown keys).
-OPTIONAL_FIELDS: dict[str, Any] = {"repeat_buckets": 0}
+OPTIONAL_FIELDS: dict[str, Any] = {"repeat_buckets": 0, "svd_readout": False}
 
 
 class ConfigError(ValueError):
@@ -50,6 +50,10 @@ class RankerConfig:
         repeat_buckets: `lifelong` only: K buckets a row of the repeat channel's hashed item
             counts (``model.repeats``; the state keeps 2·K float32), whose two features per
             candidate join the scoring MLP's input; 0 = no repeat channel.
+        svd_readout: `lifelong` only: a second, one-channel scoring MLP trained beside the
+            model on its detached `svd` attention outputs, so the checkpoint also serves
+            `svd`, `svd_exact` and `softmax` from the same state (the lifelong weights are
+            those of a model trained without it).
     """
 
     n_items: int
@@ -64,6 +68,7 @@ class RankerConfig:
     elastic_tokens: int = 32
     recent_tokens: int = 0
     repeat_buckets: int = 0
+    svd_readout: bool = False
 
     def __post_init__(self) -> None:
         if self.n_items < 1 or self.n_actions < 1:
@@ -91,13 +96,15 @@ class RankerConfig:
             raise ConfigError(f"half_life_s must be positive or None, got {self.half_life_s}")
 
     def _check_repeats(self) -> None:
-        """``repeat_buckets``: in range, `lifelong` only, H·K whole rows of d."""
+        """``repeat_buckets``: in range, `lifelong` only, H·K whole rows of d; ``svd_readout``:
+        `lifelong` only."""
         if not 0 <= self.repeat_buckets <= MAX_REPEAT_BUCKETS:
             raise ConfigError(
                 f"repeat_buckets must be in [0, {MAX_REPEAT_BUCKETS}], got {self.repeat_buckets}"
             )
-        if self.repeat_buckets and self.mode != "lifelong":
-            raise ConfigError(f"repeat_buckets needs mode 'lifelong', not {self.mode!r}")
+        for name in ("repeat_buckets", "svd_readout"):
+            if getattr(self, name) and self.mode != "lifelong":
+                raise ConfigError(f"{name} needs mode 'lifelong', not {self.mode!r}")
         if (REPEAT_HASHES * self.repeat_buckets) % self.dim:
             # the state's features carry the counts as whole rows of d (model.states.builders)
             raise ConfigError(

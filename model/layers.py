@@ -153,9 +153,11 @@ def live_tokens(sigma: Tensor) -> Tensor:
     return sigma > LIVE_TOKEN_RTOL * sigma[:, :1].clamp_min(1e-30)
 
 
-def interest_tokens(
-    rows: Tensor, mask: Tensor, weights: Tensor, rank: int
-) -> tuple[Tensor, Tensor]:
+# What ``interest_tokens`` returns: (B, r, d) tokens and their (B, r) bool live mask.
+Interests = tuple[Tensor, Tensor]
+
+
+def interest_tokens(rows: Tensor, mask: Tensor, weights: Tensor, rank: int) -> Interests:
     """Training-time SVD-Attention tokens I = U_rᵀ (W^{1/2} X) / sqrt(n_eff), U_r detached.
 
     Numerically equal to diag(σ_r) V_rᵀ / sqrt(n_eff) (what the serving state holds), with

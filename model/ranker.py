@@ -11,14 +11,17 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 from torch import Tensor, nn
 
 from model.config import RankerConfig
 from model.heads import ScoringMLP
-from model.layers import TargetAttention
+from model.layers import TargetAttention, interest_tokens
 from model.modes import HostBuffers, RankerInputError, ScoreRequest, mode_spec, served_modes
+from model.modes.channels import LifelongMode
+from model.modes.tokens import SvdMode
 from model.repeats import REPEAT_FEATURES, repeat_counts, repeat_features
 from model.serving import ServingPass
 
@@ -29,11 +32,20 @@ __all__ = [
     "Ranker",
     "RankerInputError",
     "ScoreRequest",
+    "TrainingLogits",
     "baseline_heads",
 ]
 
 OOV_ITEM = 0
 NO_ACTION = 0
+
+
+class TrainingLogits(NamedTuple):
+    """What a training step scores: the trained mode's logits (B, M) and the svd read-out's
+    (B, M), or None for a model without one."""
+
+    trained: Tensor
+    readout: Tensor | None
 
 
 @dataclass(frozen=True)
@@ -68,6 +80,8 @@ class Ranker(nn.Module):
         self.baselines = baseline_heads(config)  # {trained mode: head} for a baseline mode
         extra = REPEAT_FEATURES if config.repeat_buckets else 0
         self.mlp = ScoringMLP(d, config.mlp_hidden, mode_spec(config.mode).channels, extra)
+        # Made last, so the random draws of every other weight are a plain lifelong model's.
+        self.readout = ScoringMLP(d, config.mlp_hidden) if config.svd_readout else None
 
     # ------------------------------------------------------------------ embeddings
     def embed_events(self, items: Tensor, actions: Tensor) -> Tensor:
@@ -78,16 +92,27 @@ class Ranker(nn.Module):
         """(…, M) candidate rows → (…, M, d)."""
         return self.item_emb(items)
 
-    def score_outputs(self, cand: Tensor, out: Tensor, extra: Tensor | None = None) -> Tensor:
-        """cand (B, M, d), out (B, M, C·d) → logits (B, M): the scoring MLP on
-        [e_c, o_c, e_c ⊙ o_c] for each of the C attention outputs o_c (one per channel),
-        then the ``extra`` (B, M, F) per-candidate features (the repeat features)."""
+    def served_modes(self) -> tuple[str, ...]:
+        """The /rank modes this model serves (``model.modes.served_modes``)."""
+        return served_modes(self.config.mode, self.config.svd_readout)
+
+    def reads_out(self, mode: str) -> bool:
+        """Whether ``mode`` is scored by the svd read-out rather than the trained MLP: an svd
+        family mode of a `lifelong` model trained with ``svd_readout``."""
+        return self.readout is not None and mode_spec(mode).state_kind == "svd"
+
+    def score_outputs(
+        self, cand: Tensor, out: Tensor, extra: Tensor | None = None, mlp: ScoringMLP | None = None
+    ) -> Tensor:
+        """cand (B, M, d), out (B, M, C·d) → logits (B, M): the scoring MLP (``mlp``, default
+        the trained one) on [e_c, o_c, e_c ⊙ o_c] for each of the C attention outputs o_c (one
+        per channel), then the ``extra`` (B, M, F) per-candidate features (repeat features)."""
         parts = [cand]
         for o in out.split(cand.shape[-1], dim=-1):
             parts += [o, cand * o]
         if extra is not None:
             parts.append(extra.to(cand.dtype))
-        return self.mlp(torch.cat(parts, dim=-1))
+        return (mlp or self.mlp)(torch.cat(parts, dim=-1))
 
     def repeat_features(self, candidates: Tensor, history: HistoryBatch) -> Tensor | None:
         """(B, M, 2) repeat features of candidates (B, M) in their contexts (training path,
@@ -99,11 +124,14 @@ class Ranker(nn.Module):
         counts, total = repeat_counts(candidates, history.items, weights, buckets)
         return repeat_features(counts, total)
 
-    def serving_pass(self) -> ServingPass:
-        """The fused float32 serving pass of this ranker (made once, follows weight updates)."""
-        serving: ServingPass | None = self.__dict__.get("_serving")
+    def serving_pass(self, mode: str | None = None) -> ServingPass:
+        """The fused float32 serving pass of ``mode`` (default: the trained one), through the
+        MLP that scores it (made once per MLP, follows weight updates)."""
+        readout = self.reads_out(mode or self.config.mode)
+        key = "_serving_readout" if readout else "_serving"
+        serving: ServingPass | None = self.__dict__.get(key)
         if serving is None:
-            serving = self.__dict__["_serving"] = ServingPass(self)
+            serving = self.__dict__[key] = ServingPass(self, readout=readout)
         return serving
 
     # ------------------------------------------------------------------ training path
@@ -114,10 +142,32 @@ class Ranker(nn.Module):
         return mode_spec(mode).attend(self, cand, rows, history.mask, history.weights)
 
     def forward(self, candidates: Tensor, history: HistoryBatch, mode: str | None = None) -> Tensor:
-        """candidates (B, M) long → logits (B, M), in ``mode`` (default: the trained mode)."""
+        """candidates (B, M) long → logits (B, M), in ``mode`` (default: the trained mode;
+        an svd family mode of a lifelong model with a read-out: through the read-out)."""
+        mode = mode or self.config.mode
         cand = self.embed_items(candidates)  # (B, M, d)
-        out = self.attend(mode or self.config.mode, cand, history)
+        out = self.attend(mode, cand, history)
+        if self.reads_out(mode):
+            return self.score_outputs(cand, out, mlp=self.readout)
         return self.score_outputs(cand, out, self.repeat_features(candidates, history))
+
+    def training_logits(self, candidates: Tensor, history: HistoryBatch) -> TrainingLogits:
+        """candidates (B, M) long → the trained mode's logits (B, M) and, for a lifelong model
+        with a read-out, the read-out's `svd` logits (B, M) on the same interest tokens (one
+        batch SVD), detached: the read-out's loss trains the read-out alone, never the
+        embeddings or the attention the lifelong model learns."""
+        if self.readout is None:
+            return TrainingLogits(self(candidates, history), None)
+        lifelong, svd = mode_spec(self.config.mode), mode_spec("svd")
+        assert isinstance(lifelong, LifelongMode) and isinstance(svd, SvdMode)  # RankerConfig
+        cand = self.embed_items(candidates)  # (B, M, d)
+        rows = self.embed_events(history.items, history.actions)  # (B, N, d)
+        interests = interest_tokens(rows, history.mask, history.weights, self.config.rank)
+        out = lifelong.attend_interests(self, cand, interests, rows, history.mask)
+        logits = self.score_outputs(cand, out, self.repeat_features(candidates, history))
+        with torch.no_grad():
+            svd_out = svd.attend_interests(self, cand, interests, rows, history.mask)
+        return TrainingLogits(logits, self.score_outputs(cand.detach(), svd_out, mlp=self.readout))
 
     # ------------------------------------------------------------------ serving path
     def score_requests(self, mode: str, requests: Sequence[ScoreRequest]) -> list[Tensor]:
@@ -127,14 +177,14 @@ class Ranker(nn.Module):
         into plain host arrays) and the same fused pass (:class:`model.serving.ServingPass`),
         without the top k.
         """
-        served = served_modes(self.config.mode)
+        served = self.served_modes()
         if mode not in served:
             raise RankerInputError(f"serving mode must be one of {served}, got {mode!r}")
         if not requests:
             return []
         spec = mode_spec(mode)
         packed = spec.pack(requests, self.config.dim, HostBuffers(self.item_emb.weight.device))
-        logits = spec.score(self.serving_pass(), packed.send())  # (B, M_max)
+        logits = spec.score(self.serving_pass(mode), packed.send())  # (B, M_max)
         return [logits[i, : req.candidates.shape[0]].clone() for i, req in enumerate(requests)]
 
 

@@ -47,6 +47,7 @@ class Scorable(Protocol):
     action_emb: nn.Embedding
     attn: TargetAttention
     mlp: ScoringMLP
+    readout: ScoringMLP | None
     baselines: nn.ModuleDict
 
     def parameters(self, recurse: bool = True) -> Iterator[nn.Parameter]: ...
@@ -75,9 +76,14 @@ class ServingWeights(NamedTuple):
     out_bias: Tensor
 
     @classmethod
-    def of(cls, ranker: Scorable, dtype: torch.dtype) -> ServingWeights:
+    def of(cls, ranker: Scorable, dtype: torch.dtype, readout: bool = False) -> ServingWeights:
+        """``readout``: through the ranker's svd read-out instead of its trained MLP."""
         d = ranker.config.dim
         attn, mlp = ranker.attn, ranker.mlp
+        if readout:
+            if ranker.readout is None:
+                raise ValueError("this ranker has no svd read-out")
+            mlp = ranker.readout
         with torch.inference_mode(False), torch.no_grad():  # plain tensors, usable anywhere
             emb = ranker.item_emb.weight
             features = torch.cat(
@@ -123,11 +129,16 @@ class ServingPass:
         ranker: the model (its weights are copied, in ``dtype``, on its device, and copied
             again whenever one of them changes).
         dtype: compute dtype; logits are returned in float32 whatever it is.
+        readout: score through the ranker's svd read-out (a lifelong model's svd family)
+            instead of its trained MLP.
     """
 
-    def __init__(self, ranker: Scorable, dtype: torch.dtype = torch.float32) -> None:
+    def __init__(
+        self, ranker: Scorable, dtype: torch.dtype = torch.float32, readout: bool = False
+    ) -> None:
         self.ranker = ranker
         self.dtype = dtype
+        self.readout = readout
         self.heads = ranker.config.heads
         self._key: tuple[object, ...] | None = None
         self._weights: ServingWeights | None = None
@@ -144,7 +155,8 @@ class ServingPass:
         key = tuple((p.data_ptr(), p._version) for p in self.ranker.parameters())
         with self._lock:
             if self._weights is None or key != self._key:
-                self._weights, self._key = ServingWeights.of(self.ranker, self.dtype), key
+                self._weights = ServingWeights.of(self.ranker, self.dtype, self.readout)
+                self._key = key
             return self._weights
 
     def _workspace(self) -> Workspace:

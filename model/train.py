@@ -173,7 +173,8 @@ def _step(
     sampler: NegativeSampler,
 ) -> float:
     """One optimiser step on the targets ``idx``: each context (built once) scores its
-    positive and ``cfg.negatives`` sampled items; returns the BCE loss."""
+    positive and ``cfg.negatives`` sampled items; returns the BCE loss of the trained mode
+    (an svd read-out's own loss, on detached inputs, trains the read-out alone)."""
     device = ranker.item_emb.weight.device
     users, positions = examples
     u, pos = users[idx], positions[idx]
@@ -181,10 +182,13 @@ def _step(
     cands = np.concatenate((data.items[pos][:, None], sampler((idx.size, cfg.negatives))), 1)
     labels = torch.zeros(cands.shape, device=device)  # (B, 1+K)
     labels[:, 0] = 1.0
-    logits = ranker(torch.from_numpy(cands).to(device), hist, ranker.config.mode)  # (B, 1+K)
-    loss = F.binary_cross_entropy_with_logits(logits, labels)
+    logits = ranker.training_logits(torch.from_numpy(cands).to(device), hist)  # (B, 1+K)
+    loss = F.binary_cross_entropy_with_logits(logits.trained, labels)
+    total = loss
+    if logits.readout is not None:
+        total = loss + F.binary_cross_entropy_with_logits(logits.readout, labels)
     opt.zero_grad(set_to_none=True)
-    loss.backward()
+    total.backward()
     opt.step()
     return float(loss.detach())
 
@@ -304,6 +308,12 @@ def _parser() -> argparse.ArgumentParser:
         default=0,
         help="lifelong: buckets a row of the repeat channel's hashed item counts (0: none)",
     )
+    p.add_argument(
+        "--svd-readout",
+        action="store_true",
+        help="lifelong: also train a one-channel read-out, so the model serves svd, "
+        "svd_exact and softmax too",
+    )
     p.add_argument("--epochs", type=int, default=TrainConfig.epochs)
     p.add_argument("--batch-size", type=int, default=TrainConfig.batch_size)
     p.add_argument("--lr", type=float, default=TrainConfig.lr)
@@ -364,6 +374,7 @@ def main(argv: list[str] | None = None) -> int:
         half_life_s=args.half_life_s,
         recent_tokens=args.recent_tokens,
         repeat_buckets=args.repeat_buckets,
+        svd_readout=args.svd_readout,
     )
     cfg = TrainConfig(
         epochs=args.epochs,

@@ -121,7 +121,7 @@ class SolarClient(ClientBase):
         top_k: int | None = None,
         mode: str | None = None,
     ) -> RankResult:
-        """Score ``candidates`` for the user (mode: svd | svd_exact | softmax)."""
+        """Score ``candidates`` for the user in ``mode`` (None: the model's default mode)."""
         body = rank_body(user_id, candidates, top_k, mode)
         return RankResult.from_json(self._call("POST", "/rank", json=body))
 

@@ -168,6 +168,7 @@ class ModelInfo:
     actions: tuple[str, ...]
     modes: tuple[str, ...]
     device: str
+    default_mode: str = "svd"  # a /rank without a mode; servers before it existed: svd
 
     @classmethod
     def from_json(cls, body: Mapping[str, Any]) -> ModelInfo:
@@ -182,6 +183,7 @@ class ModelInfo:
             actions=tuple(str(a) for a in _get(body, "actions")),
             modes=tuple(str(m) for m in _get(body, "modes")),
             device=str(_get(body, "device")),
+            default_mode=str(body.get("default_mode", "svd")),
         )
 
 

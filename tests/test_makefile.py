@@ -27,6 +27,18 @@ def test_first_run_model_has_a_step_budget_not_a_wall_clock_one(tmp_path: Path) 
     assert "--datasets ml-100k" in recipe  # only the dataset the model needs is fetched
 
 
+def test_the_default_model_is_the_studys_winning_row(tmp_path: Path) -> None:
+    from bench.quality.cli import LIFELONG_ROW, ROWS
+
+    recipe = _dry_run("model", f"MODEL_DIR={tmp_path / 'model'}").replace("\\\n", " ")
+    train = next(line for line in recipe.splitlines() if "solar train" in line)
+    row = next(row for row in ROWS if row.label == LIFELONG_ROW)
+    assert f"--mode {row.mode}" in train
+    for name, value in row.fields.items():  # e.g. recent_tokens 32 → --recent-tokens 32
+        assert f"--{name.replace('_', '-')} {value}" in train, (name, train)
+    assert "--svd-readout" in train  # and the svd family from the same state
+
+
 def test_run_trains_once_then_serves(tmp_path: Path) -> None:
     model = tmp_path / "model"
     assert "solar train" in _dry_run("run", f"MODEL_DIR={model}")

@@ -142,7 +142,13 @@ class RankPath:
         lengths = {"lengths": torch.tensor([m])}
         (ranked,) = self.scorer.top_k(logits.clone(), lengths, [job])
         outcome = RankOutcome(
-            found.ids, ranked.positions, ranked.scores, found.unknown, HISTORY, self.model.version
+            found.ids,
+            ranked.positions,
+            ranked.scores,
+            found.unknown,
+            HISTORY,
+            self.model.version,
+            "svd",
         )
         raw = median_s(lambda: msgspec.json.decode(body), budget_s)
         typed = median_s(lambda: decode_rank_body(body, JSON), budget_s)

@@ -48,6 +48,8 @@ ROWS: tuple[Row, ...] = (
     Row("lifelong@64+hl30d", "lifelong", None, {"recent_tokens": 64, "half_life_s": 30 * 86_400.0}),
     # the repeat channel: the candidate's own count over the whole history (hashed, 2×2,048)
     Row(LIFELONG_ROW, "lifelong", None, {"recent_tokens": 32, "repeat_buckets": 2_048}),
+    # fewer buckets (2×1,792): the state in jemalloc's 28 KiB class, a user within 64 KiB of Redis
+    Row("lifelong+rep1792", "lifelong", None, {"recent_tokens": 32, "repeat_buckets": 1_792}),
     Row(
         "lifelong+rep+hl30d",
         "lifelong",

@@ -28,7 +28,7 @@ from torch import Tensor
 
 from model.config import RankerConfig
 from model.flops import PassFlops, attention_flops
-from model.layers import interest_tokens
+from model.layers import Interests, interest_tokens
 from model.modes.base import HeadFactory, RankerInputError, ScoreRequest
 from model.modes.inputs import UserSource
 from model.modes.packing import Buffers, PackedBatch, candidate_layout, fill, fill_candidates
@@ -61,7 +61,14 @@ class LifelongMode:
     def attend(
         self, ranker: Scorable, cand: Tensor, rows: Tensor, mask: Tensor, weights: Tensor
     ) -> Tensor:
-        tokens, live = interest_tokens(rows, mask, weights, ranker.config.rank)  # (B, r, d)
+        interests = interest_tokens(rows, mask, weights, ranker.config.rank)
+        return self.attend_interests(ranker, cand, interests, rows, mask)
+
+    def attend_interests(
+        self, ranker: Scorable, cand: Tensor, interests: Interests, rows: Tensor, mask: Tensor
+    ) -> Tensor:
+        """o (B, M, 2d) from the users' interest tokens already made (``interest_tokens``)."""
+        tokens, live = interests  # (B, r, d), (B, r)
         L = ranker.config.recent_tokens  # histories are right-aligned: the last L are latest
         queries = ranker.attn.w_q(cand)  # (B, M, d): projected once for both channels
         long_term = ranker.attn.attend(queries, tokens, live)  # (B, M, d)

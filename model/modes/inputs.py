@@ -42,6 +42,11 @@ class UserSource(Protocol):
         """(d, r) V_r of the user's svd factors (zeros for a user with no history)."""
         ...
 
+    def tokens(self) -> Array:
+        """What `svd` attends to (``StateBuilder.tokens``): the svd features, also of a
+        `lifelong` state (served through a read-out)."""
+        ...
+
     def events(self) -> LoggedEvents:
         """The user's whole event log as rows and recency weights."""
         ...
@@ -50,11 +55,13 @@ class UserSource(Protocol):
 @dataclass(frozen=True)
 class UserArrays:
     """A :class:`UserSource` over arrays already at hand (e.g. a builder's ``features`` and
-    ``basis`` of a state); reading one that was not given is a ValueError naming it."""
+    ``basis`` of a state); reading one that was not given is a ValueError naming it.
+    ``state_tokens`` defaults to the features (the same rows for every kind but lifelong)."""
 
     state_features: Array | None = None
     state_basis: Array | None = None
     logged: LoggedEvents | None = None
+    state_tokens: Array | None = None
 
     def features(self) -> Array:
         if self.state_features is None:
@@ -65,6 +72,9 @@ class UserArrays:
         if self.state_basis is None:
             raise ValueError("this user has no svd basis")
         return self.state_basis
+
+    def tokens(self) -> Array:
+        return self.features() if self.state_tokens is None else self.state_tokens
 
     def events(self) -> LoggedEvents:
         if self.logged is None:

@@ -55,11 +55,13 @@ def state_kind(mode: str) -> str:
     return mode_spec(mode).state_kind
 
 
-def served_modes(mode: str) -> tuple[str, ...]:
+def served_modes(mode: str, svd_readout: bool = False) -> tuple[str, ...]:
     """The /rank modes a model trained in ``mode`` serves: those of its state kind (svd,
-    svd_exact and softmax from the factors and the log; a baseline only its own)."""
-    kind = state_kind(mode)
-    return tuple(name for name, entry in MODES.items() if entry.state_kind == kind)
+    svd_exact and softmax from the factors and the log; a baseline only its own), and with
+    an svd read-out (`lifelong`'s ``svd_readout``, whose state holds the factors) the svd
+    family too."""
+    kinds = {state_kind(mode), "svd"} if svd_readout else {state_kind(mode)}
+    return tuple(name for name, entry in MODES.items() if entry.state_kind in kinds)
 
 
 def serving_flops(

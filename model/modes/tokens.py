@@ -20,7 +20,7 @@ from torch import Tensor
 from model.config import RankerConfig
 from model.flops import PassFlops, attention_flops
 from model.heads import ElasticHead
-from model.layers import interest_tokens
+from model.layers import Interests, interest_tokens
 from model.modes.base import HeadFactory, RankerInputError, ScoreRequest, own_head
 from model.modes.inputs import UserSource
 from model.modes.packing import (
@@ -46,9 +46,8 @@ class TokenMode:
     channels = 1
 
     def request(self, candidates: Tensor, user: UserSource) -> ScoreRequest:
-        """The tokens the state builder reads of the user's state (``features``): `svd` its
-        live interest tokens, then the hybrid's latest rows ((r, d) zeros for no history, so
-        o = 0); `elastic` its k dispatcher tokens."""
+        """The tokens the state builder reads of the user's state (``features``): `elastic`
+        its k dispatcher tokens (`svd` reads ``tokens``)."""
         tokens = torch.from_numpy(user.features().astype(np.float32))  # (T, d)
         return ScoreRequest(candidates, interests=tokens)
 
@@ -82,10 +81,23 @@ class SvdMode(TokenMode):
     state_kind: str = "svd"
     head: HeadFactory | None = None
 
+    def request(self, candidates: Tensor, user: UserSource) -> ScoreRequest:
+        """The user's live interest tokens, then the hybrid's latest rows ((r, d) zeros for
+        no history, so o = 0), read by ``tokens``: also of a lifelong state (its read-out)."""
+        tokens = torch.from_numpy(user.tokens().astype(np.float32))  # (T, d)
+        return ScoreRequest(candidates, interests=tokens)
+
     def attend(
         self, ranker: Scorable, cand: Tensor, rows: Tensor, mask: Tensor, weights: Tensor
     ) -> Tensor:
-        tokens, live = interest_tokens(rows, mask, weights, ranker.config.rank)  # (B, r, d)
+        interests = interest_tokens(rows, mask, weights, ranker.config.rank)
+        return self.attend_interests(ranker, cand, interests, rows, mask)
+
+    def attend_interests(
+        self, ranker: Scorable, cand: Tensor, interests: Interests, rows: Tensor, mask: Tensor
+    ) -> Tensor:
+        """o (B, M, d) from the users' interest tokens already made (``interest_tokens``)."""
+        tokens, live = interests  # (B, r, d), (B, r)
         k = ranker.config.recent_tokens
         if k:  # hybrid: the last k events (histories are right-aligned) join the tokens
             tokens = torch.cat((tokens, rows[:, -k:]), dim=1)  # (B, r + k', d)

@@ -81,6 +81,12 @@ class StateBuilder(Protocol):
         StateError for the kinds that keep none)."""
         ...
 
+    def tokens(self, state: UserState) -> Array:
+        """What `svd` attends to in ``state``: the svd features above, also of a `lifelong`
+        state (its live tokens and window rows in one block, without the channel marks or
+        the counts; StateError for the kinds that keep no factors)."""
+        ...
+
 
 def _own(state: UserState, cls: type[_S]) -> _S:
     """``state`` as the builder's kind; StateError if it is another (never a silent misuse)."""
@@ -114,6 +120,9 @@ class _FromEvents:
 
     def basis(self, state: UserState) -> Array:
         raise StateError(f"{state.kind} states keep no singular vectors (svd_exact needs svd)")
+
+    def tokens(self, state: UserState) -> Array:
+        raise StateError(f"{state.kind} states keep no interest tokens (svd needs svd)")
 
 
 @dataclass(frozen=True)
@@ -180,6 +189,9 @@ class SvdBuilder(_FromEvents):
         return dataclasses.replace(svd, recent=recent, repeats=repeats)
 
     def features(self, state: UserState) -> Array:
+        return SvdBuilder.tokens(self, state)
+
+    def tokens(self, state: UserState) -> Array:
         tokens, rows = self._tokens_and_rows(_own(state, LowRankState))
         if not len(tokens) and not len(rows):
             # No history: (r, d) zeros, so o = 0 (the scorer masks padding up to the batch's r).

@@ -39,7 +39,7 @@ class _FastRank(msgspec.Struct, forbid_unknown_fields=True):
         msgspec.Meta(min_length=1),
     ]
     top_k: Annotated[int, msgspec.Meta(ge=1, le=MAX_TOP_K)] | None = None
-    mode: Mode = Mode.svd
+    mode: Mode | None = None
 
 
 _DECODER = msgspec.json.Decoder(_FastRank)
@@ -53,7 +53,7 @@ class RankQuery(NamedTuple):
     user_id: str
     candidates: list[Any]
     top_k: int | None
-    mode: Mode
+    mode: Mode | None  # None: the model's default (its trained mode)
     checked: bool
 
 
@@ -132,7 +132,7 @@ def encode_rank_response(query: RankQuery, outcome: RankOutcome) -> bytes:
     document: dict[str, Any] = {
         "user_id": query.user_id,
         "model_version": outcome.model_version,
-        "mode": query.mode.value,
+        "mode": outcome.mode,
         "history_length": outcome.history_length,
         "items": items,
         "unknown_items": outcome.unknown_items,

@@ -117,14 +117,16 @@ class RankRequest(_Strict):
     top_k: TopK | None = Field(
         None, description="return the k best candidates; default: all, best first"
     )
-    mode: Mode = Field(
-        Mode.svd,
+    mode: Mode | None = Field(
+        None,
         strict=False,  # FastAPI validates parsed JSON: the enum arrives as a string
-        description="svd: factors only (fast); svd_exact: softmax over all events through "
+        description="default: the loaded model's trained mode (GET /model: default_mode). "
+        "svd: factors only (fast); svd_exact: softmax over all events through "
         "the factors; softmax: full attention over the event log (exact baseline); elastic, "
         "linear, mean: the compressed state of a model trained in that mode; lifelong: the "
-        "factors and the latest events in two channels, for a model trained so. A mode the "
-        "loaded model does not serve is a 422 naming the served ones (GET /model)",
+        "factors and the latest events in two channels, for a model trained so (with an "
+        "svd read-out it serves svd, svd_exact and softmax too). A mode the loaded model "
+        "does not serve is a 422 naming the served ones (GET /model)",
     )
 
 
@@ -224,7 +226,10 @@ class ModelInfo(BaseModel):
     n_items: int = Field(description="rows of the item table: vocabulary_size + the OOV row")
     actions: list[str] = Field(description="action names the model knows (others: no action)")
     modes: list[Mode] = Field(description="attention modes /rank serves for this model")
-    state_kind: str = Field(description="per-user state kept: svd, elastic, linear or mean")
+    default_mode: Mode = Field(description="the mode of a /rank without one: the trained mode")
+    state_kind: str = Field(
+        description="per-user state kept: svd, lifelong, elastic, linear or mean"
+    )
     device: str = Field(description="torch device scoring the candidates")
 
 

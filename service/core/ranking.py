@@ -37,6 +37,7 @@ class RankOutcome(NamedTuple):
         ids: the request's candidate ids, in request order.
         positions: (k,) int64 positions into ``ids`` of the top k, best first.
         scores: (k,) float32 logits of those candidates.
+        mode: the attention mode that scored them.
     """
 
     ids: list[ItemId]
@@ -45,6 +46,7 @@ class RankOutcome(NamedTuple):
     unknown_items: list[ItemId]
     history_length: int
     model_version: str
+    mode: str
 
     @property
     def items(self) -> list[tuple[ItemId, float]]:
@@ -68,11 +70,12 @@ class Ranking:
         user_id: str,
         candidates: Sequence[object],
         top_k: int | None,
-        mode: str,
+        mode: str | None,
         *,
         checked: bool = False,
     ) -> RankOutcome:
-        """Score ``candidates`` for ``user_id`` in ``mode``; unknown ids use the OOV row.
+        """Score ``candidates`` for ``user_id`` in ``mode`` (None: the model's trained mode);
+        unknown ids use the OOV row.
 
         ``checked``: every candidate is already known to be an int or a 1-256 character
         string (the API's decoder checked them), so the per-id check is skipped.
@@ -83,6 +86,7 @@ class Ranking:
             StoreError, QueueFull, BatcherClosed: 503, try again.
         """
         model = self.users.model
+        mode = mode or model.default_mode
         if mode not in model.served_modes:
             served = ", ".join(model.served_modes)
             raise InvalidInput(
@@ -112,6 +116,7 @@ class Ranking:
             unknown_items=found.unknown,
             history_length=0 if user.state is None else user.state.n,
             model_version=model.version,
+            mode=mode,
         )
 
 
@@ -126,6 +131,10 @@ class _UserInputs:
         states = self.model.states
         state = self.user.state if self.user.state is not None else states.empty()
         return states.features(state)  # no history: the empty state's (o_c = 0)
+
+    def tokens(self) -> np.ndarray:
+        states = self.model.states
+        return states.tokens(self.user.state if self.user.state is not None else states.empty())
 
     def basis(self) -> np.ndarray:
         if self.user.state is None:

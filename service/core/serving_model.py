@@ -138,6 +138,11 @@ class ServingModel:
         return self.checkpoint.served_modes
 
     @property
+    def default_mode(self) -> str:
+        """The /rank mode of a request without one: the model's trained mode."""
+        return self.checkpoint.ranker.config.mode
+
+    @property
     def state_kind(self) -> str:
         """The kind of per-user state this model keeps (``svd``, ``elastic``, ...)."""
         return state_kind(self.checkpoint.ranker.config.mode)

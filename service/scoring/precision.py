@@ -82,7 +82,8 @@ def choose_dtype(
     device = ranker.item_emb.weight.device
     if setting == "float32" or (setting == "auto" and device.type != "cuda"):
         return torch.float32
-    if mode_spec(ranker.config.mode).head is not None:  # calibrated: the shared attention only
+    spec = mode_spec(ranker.config.mode)
+    if spec.head is not None or spec.channels != 1:  # calibrated: one-channel attention only
         logger.info("serving in float32: bfloat16 is not calibrated for %s", ranker.config.mode)
         return torch.float32
     error = max_bf16_error(ranker, rank)

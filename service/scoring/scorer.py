@@ -101,6 +101,8 @@ class BatchScorer:
         self.ranker = ranker
         self.history_batch_elements = history_batch_elements
         self.serving = ServingPass(ranker, dtype)
+        # A lifelong model's svd family is scored through its read-out MLP (model.ranker).
+        self.readout = ServingPass(ranker, dtype, readout=True) if ranker.readout else None
         self._metrics = metrics
         self._local = threading.local()
         self.shapes: set[tuple[object, ...]] = set()  # padded shapes passed so far
@@ -136,7 +138,7 @@ class BatchScorer:
         shape = (spec.name, *((name, *t.shape) for name, t in sorted(inputs.items())))
         new = shape not in self.shapes
         self.shapes.add(shape)
-        ranked = self.top_k(spec.score(self.serving, inputs), inputs, jobs)
+        ranked = self.top_k(spec.score(self._pass(spec.name), inputs), inputs, jobs)
         if self._metrics is not None:
             self._metrics.pass_seconds.labels(shape="new" if new else "seen").observe(
                 time.perf_counter() - start
@@ -153,7 +155,13 @@ class BatchScorer:
 
     def logits(self, mode: str, inputs: dict[str, Tensor]) -> Tensor:
         """(B, M) float32 logits of the mode's fused pass (a view into its workspace)."""
-        return mode_spec(mode).score(self.serving, inputs)
+        return mode_spec(mode).score(self._pass(mode), inputs)
+
+    def _pass(self, mode: str) -> ServingPass:
+        """The fused pass that scores ``mode``: the read-out's or the trained MLP's."""
+        if self.readout is not None and self.ranker.reads_out(mode):
+            return self.readout
+        return self.serving
 
     def top_k(
         self, logits: Tensor, inputs: dict[str, Tensor], jobs: Sequence[RankJob]

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from model.config import ConfigError, RankerConfig
-from model.modes import mode_spec, served_modes, state_kind
+from model.modes import LoggedEvents, mode_spec, served_modes, state_kind
 from model.ranker import HistoryBatch, Ranker
 from model.states import LowRankState, make_builder
 from tests.model.modes.support import state_user
@@ -73,9 +73,39 @@ def _served(
 def test_the_mode_is_registered_with_its_own_state_kind() -> None:
     assert state_kind("lifelong") == "lifelong"
     assert served_modes("lifelong") == ("lifelong",)
+    assert served_modes("lifelong", svd_readout=True) == ("svd", "svd_exact", "softmax", "lifelong")
     assert mode_spec("lifelong").channels == 2
     with pytest.raises(ConfigError, match="recent_tokens"):
         RankerConfig(n_items=4, mode="lifelong")
+    with pytest.raises(ConfigError, match="svd_readout needs mode 'lifelong'"):
+        RankerConfig(n_items=4, svd_readout=True)
+
+
+def test_the_svd_readout_serves_the_svd_family_from_the_lifelong_state() -> None:
+    torch.manual_seed(0)
+    ranker = Ranker(dataclasses.replace(CONFIG, repeat_buckets=REPEAT_BUCKETS, svd_readout=True))
+    torch.nn.init.normal_(ranker.action_emb.weight, std=0.3)
+    ranker.eval()
+    rng = np.random.default_rng(2)
+    cands = torch.arange(1, 15)
+    builder = make_builder(ranker, rank=CONFIG.rank, oversample=4, decay=None, tag="")
+    for n in (1, 12, 30):
+        items = rng.integers(1, CONFIG.n_items, n)
+        actions = rng.integers(0, CONFIG.n_actions, n)
+        ts = np.arange(n, dtype=np.float64)
+        state = builder.append(builder.empty(), items, actions, ts)
+        logged = LoggedEvents(items, actions, np.ones(n))
+        user = state_user(ranker, state, CONFIG.rank, logged)
+        scores = {}
+        for mode in ranker.served_modes():
+            with torch.no_grad():
+                trained = ranker(cands[None], _history(items, actions), mode)[0]
+            request = mode_spec(mode).request(cands, user)
+            with torch.inference_mode():
+                scores[mode] = ranker.score_requests(mode, [request])[0]
+            torch.testing.assert_close(scores[mode], trained, atol=1e-5, rtol=1e-5)
+        # the svd family goes through the read-out: not the lifelong MLP's scores
+        assert not torch.allclose(scores["svd"], scores["lifelong"], atol=1e-3)
 
 
 def test_serving_from_the_state_equals_the_training_path(ranker: Ranker) -> None:

@@ -121,6 +121,37 @@ def test_cli_trains_from_a_file(tmp_path: Path, data: Interactions) -> None:
     assert (config.mode, config.recent_tokens, config.repeat_buckets) == ("lifelong", 4, 64)
 
 
+def test_an_svd_readout_learns_and_leaves_the_lifelong_model_as_it_was(
+    data: Interactions,
+) -> None:
+    lifelong = RankerConfig(
+        n_items=data.vocab.n_items,
+        n_actions=data.vocab.n_actions,
+        dim=32,
+        rank=8,
+        mode="lifelong",
+        recent_tokens=4,
+        repeat_buckets=64,
+    )
+    cfg = dataclasses.replace(FAST, max_steps=40)
+    torch.manual_seed(0)
+    plain = train(lifelong, data, cfg).ranker
+    torch.manual_seed(0)
+    both = train(dataclasses.replace(lifelong, svd_readout=True), data, cfg).ranker
+    assert plain.readout is None and both.readout is not None
+    readout = {k for k in both.state_dict() if k.startswith("readout.")}
+    assert readout and set(both.state_dict()) - readout == set(plain.state_dict())
+    for name, weight in plain.state_dict().items():  # the read-out's loss moved none of them
+        assert torch.equal(weight, both.state_dict()[name]), name
+    assert both.served_modes() == ("svd", "svd_exact", "softmax", "lifelong")
+    spec = EvalSpec(negatives=200, max_len=40)
+    untrained = Ranker(dataclasses.replace(lifelong, svd_readout=True))
+    untrained.load_state_dict({**untrained.state_dict(), **plain.state_dict()})
+    trained_auc = evaluate(both, data, "svd", spec).auc
+    assert trained_auc > evaluate(untrained, data, "svd", spec).auc + 0.05  # it learned
+    assert trained_auc > 0.7
+
+
 def _shop_log(path: Path, data: Interactions, users: int = 10, events: int = 30) -> Path:
     """The first users of ``data`` as a shop's export: other column names, ISO 8601 times."""
     lines = ["customer_id,sku,event_time,kind"]

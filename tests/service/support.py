@@ -99,8 +99,8 @@ def small_checkpoint(directory: Path, seed: int, weight_gain: float = 1.0, **con
     )
     with torch.no_grad():
         ranker.action_emb.weight.normal_(0.0, 0.3)
-        for module in (ranker.attn, ranker.mlp):
-            for weight in module.parameters():
+        for module in (ranker.attn, ranker.mlp, ranker.readout):
+            for weight in () if module is None else module.parameters():
                 if weight.dim() == 2:
                     weight.mul_(weight_gain)
     save_checkpoint(directory, ranker, Vocabulary(ITEMS, ACTIONS))

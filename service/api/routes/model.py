@@ -20,8 +20,9 @@ DEFAULT_ITEMS_PAGE = 1_000
 
 @router.get("/model", response_model=ModelInfo, responses=errors(503), summary="The loaded model")
 async def model_info(model: ModelDep) -> ModelInfo:
-    """Version (content hash), d, r, oversampling, half-life, vocabulary size, actions and the
-    served modes. Not the vocabulary itself: page through it with ``GET /model/items``."""
+    """Version (content hash), d, r, oversampling, half-life, vocabulary size, actions, the
+    served modes and the default one. Not the vocabulary itself: page through it with
+    ``GET /model/items``."""
     config = model.checkpoint.ranker.config
     vocab = model.checkpoint.vocab
     return ModelInfo(
@@ -36,6 +37,7 @@ async def model_info(model: ModelDep) -> ModelInfo:
         n_items=vocab.n_items,
         actions=list(vocab.actions),
         modes=[Mode(mode) for mode in model.served_modes],
+        default_mode=Mode(config.mode),
         state_kind=model.state_kind,
         device=str(model.device),
     )

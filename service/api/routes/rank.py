@@ -63,7 +63,11 @@ async def rank(
     if len(query.candidates) > settings.max_candidates:
         raise PayloadTooLarge("candidates per request", settings.max_candidates)
     outcome = await ranking.rank(
-        query.user_id, query.candidates, query.top_k, query.mode.value, checked=query.checked
+        query.user_id,
+        query.candidates,
+        query.top_k,
+        None if query.mode is None else query.mode.value,
+        checked=query.checked,
     )
     encoding = time.perf_counter()
     answer = encode_rank_response(query, outcome)

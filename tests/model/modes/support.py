@@ -40,7 +40,9 @@ class StrongestInterest(SvdMode):
 def state_user(
     ranker: Ranker, state: UserState, rank: int, logged: LoggedEvents | None = None
 ) -> UserArrays:
-    """``state`` as the service reads it: its builder's features and, for svd, its basis."""
+    """``state`` as the service reads it: its builder's features and, for the kinds with
+    factors (svd, lifelong), its basis and svd tokens."""
     builder = make_builder(ranker, rank=rank, oversample=0, decay=None, tag="")
-    basis = builder.basis(state) if builder.kind == "svd" else None
-    return UserArrays(builder.features(state), basis, logged)
+    if builder.kind not in ("svd", "lifelong"):
+        return UserArrays(builder.features(state), None, logged)
+    return UserArrays(builder.features(state), builder.basis(state), logged, builder.tokens(state))
