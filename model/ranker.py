@@ -20,8 +20,7 @@ from model.config import RankerConfig
 from model.heads import ScoringMLP
 from model.layers import TargetAttention, interest_tokens
 from model.modes import HostBuffers, RankerInputError, ScoreRequest, mode_spec, served_modes
-from model.modes.channels import LifelongMode
-from model.modes.tokens import SvdMode
+from model.modes.base import FromInterests
 from model.repeats import REPEAT_FEATURES, repeat_counts, repeat_features
 from model.serving import ServingPass
 
@@ -159,7 +158,7 @@ class Ranker(nn.Module):
         if self.readout is None:
             return TrainingLogits(self(candidates, history), None)
         lifelong, svd = mode_spec(self.config.mode), mode_spec("svd")
-        assert isinstance(lifelong, LifelongMode) and isinstance(svd, SvdMode)  # RankerConfig
+        assert isinstance(lifelong, FromInterests) and isinstance(svd, FromInterests)
         cand = self.embed_items(candidates)  # (B, M, d)
         rows = self.embed_events(history.items, history.actions)  # (B, N, d)
         interests = interest_tokens(rows, history.mask, history.weights, self.config.rank)

@@ -20,11 +20,13 @@ from torch import Tensor
 from model.config import RankerConfig
 from model.flops import PassFlops
 from model.heads import BaselineHead
+from model.layers import Interests, interest_tokens
 from model.modes.inputs import UserSource
 from model.modes.packing import Buffers, PackedBatch
 from model.serving import Scorable, ServingPass
 
 __all__ = [
+    "FromInterests",
     "HeadFactory",
     "Mode",
     "RankerInputError",
@@ -148,3 +150,24 @@ def own_head(ranker: Scorable, mode: str) -> BaselineHead:
             f"mode {mode!r} is not available for a model trained as {ranker.config.mode!r}"
         )
     return cast(BaselineHead, ranker.baselines[mode])
+
+
+class FromInterests:
+    """The training path of a mode that reads the users' svd interest tokens (`svd`,
+    `lifelong`): ``attend`` makes them (one batch SVD), ``attend_interests`` reads them, so a
+    caller that already made them (the svd read-out's training step) does not make them twice.
+    """
+
+    def attend(
+        self, ranker: Scorable, cand: Tensor, rows: Tensor, mask: Tensor, weights: Tensor
+    ) -> Tensor:
+        interests = interest_tokens(rows, mask, weights, ranker.config.rank)
+        return self.attend_interests(ranker, cand, interests, rows, mask)
+
+    def attend_interests(
+        self, ranker: Scorable, cand: Tensor, interests: Interests, rows: Tensor, mask: Tensor
+    ) -> Tensor:
+        """o (B, M, C·d) of candidates cand (B, M, d) from the users' interest tokens
+        (``interest_tokens``: (B, r, d) and their (B, r) live mask), event rows (B, N, d) and
+        mask (B, N)."""
+        raise NotImplementedError

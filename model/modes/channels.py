@@ -28,8 +28,8 @@ from torch import Tensor
 
 from model.config import RankerConfig
 from model.flops import PassFlops, attention_flops
-from model.layers import Interests, interest_tokens
-from model.modes.base import HeadFactory, RankerInputError, ScoreRequest
+from model.layers import Interests
+from model.modes.base import FromInterests, HeadFactory, RankerInputError, ScoreRequest
 from model.modes.inputs import UserSource
 from model.modes.packing import Buffers, PackedBatch, candidate_layout, fill, fill_candidates
 from model.repeats import REPEAT_FEATURES, REPEAT_HASHES, served_repeat_features
@@ -43,7 +43,7 @@ LONG_TERM, SHORT_TERM, REPEATS = 0.0, 1.0, 2.0
 
 
 @dataclass(frozen=True)
-class LifelongMode:
+class LifelongMode(FromInterests):
     """`lifelong`: candidates attend to the interest tokens and, apart, to the latest rows.
 
     Batch arrays: ``tokens`` (B, r_max, d) with ``token_mask`` (B, r_max) bool and
@@ -57,12 +57,6 @@ class LifelongMode:
     reads_log: bool = False
     head: HeadFactory | None = None
     channels: int = 2
-
-    def attend(
-        self, ranker: Scorable, cand: Tensor, rows: Tensor, mask: Tensor, weights: Tensor
-    ) -> Tensor:
-        interests = interest_tokens(rows, mask, weights, ranker.config.rank)
-        return self.attend_interests(ranker, cand, interests, rows, mask)
 
     def attend_interests(
         self, ranker: Scorable, cand: Tensor, interests: Interests, rows: Tensor, mask: Tensor

@@ -20,8 +20,8 @@ from torch import Tensor
 from model.config import RankerConfig
 from model.flops import PassFlops, attention_flops
 from model.heads import ElasticHead
-from model.layers import Interests, interest_tokens
-from model.modes.base import HeadFactory, RankerInputError, ScoreRequest, own_head
+from model.layers import Interests
+from model.modes.base import FromInterests, HeadFactory, RankerInputError, ScoreRequest, own_head
 from model.modes.inputs import UserSource
 from model.modes.packing import (
     TOKEN_BUCKET,
@@ -74,7 +74,7 @@ class TokenMode:
 
 
 @dataclass(frozen=True)
-class SvdMode(TokenMode):
+class SvdMode(FromInterests, TokenMode):
     """`svd`: candidates attend to the user's live interest tokens (+ the hybrid's rows)."""
 
     name: str = "svd"
@@ -86,12 +86,6 @@ class SvdMode(TokenMode):
         no history, so o = 0), read by ``tokens``: also of a lifelong state (its read-out)."""
         tokens = torch.from_numpy(user.tokens().astype(np.float32))  # (T, d)
         return ScoreRequest(candidates, interests=tokens)
-
-    def attend(
-        self, ranker: Scorable, cand: Tensor, rows: Tensor, mask: Tensor, weights: Tensor
-    ) -> Tensor:
-        interests = interest_tokens(rows, mask, weights, ranker.config.rank)
-        return self.attend_interests(ranker, cand, interests, rows, mask)
 
     def attend_interests(
         self, ranker: Scorable, cand: Tensor, interests: Interests, rows: Tensor, mask: Tensor
