@@ -29,14 +29,16 @@ model: $(MODEL_DIR)/model.safetensors
 # thread), ~25 s on the 2-core box, so the first `make run` answers within a minute. More
 # steps (e.g. MODEL_STEPS=1200, about three epochs) give a better model; see docs/OPERATIONS.md.
 # The winning row of docs/RESULTS.md, `lifelong+rep` (a short-term channel over the 32 latest
-# events, the interest tokens, the candidate's own count in 2x2,048 hashed buckets), served
-# by default; its svd read-out serves svd, svd_exact and softmax from the same state.
+# events, the interest tokens, the candidate's own count in hashed buckets), with 2x1,792
+# buckets instead of 2x2,048 so that a user's Redis keys stay within 64 KiB (row
+# `lifelong+rep1792`, docs/TRAINING.md); its svd read-out serves svd, svd_exact and softmax
+# from the same state.
 MODEL_STEPS ?= 150
 $(MODEL_DIR)/model.safetensors: | $(INSTALLED)
 	$(PY) -m model.datasets fetch --out data --datasets ml-100k
 	$(VENV)/bin/solar train --dataset ml-100k --data-dir data --out $(MODEL_DIR) \
 		--epochs 10 --max-steps $(MODEL_STEPS) --mode lifelong --recent-tokens 32 \
-		--repeat-buckets 2048 --svd-readout --seed 0 --threads 1
+		--repeat-buckets 1792 --svd-readout --seed 0 --threads 1
 
 run: install model
 	@echo "solar: serving on http://$(HOST):$(PORT) (embedded store; docs at /docs)"

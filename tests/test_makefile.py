@@ -28,11 +28,15 @@ def test_first_run_model_has_a_step_budget_not_a_wall_clock_one(tmp_path: Path) 
 
 
 def test_the_default_model_is_the_studys_winning_row(tmp_path: Path) -> None:
-    from bench.quality.cli import LIFELONG_ROW, ROWS
+    from bench.quality.cli import DEFAULT_MODEL_ROW, LIFELONG_ROW, ROWS
 
     recipe = _dry_run("model", f"MODEL_DIR={tmp_path / 'model'}").replace("\\\n", " ")
     train = next(line for line in recipe.splitlines() if "solar train" in line)
-    row = next(row for row in ROWS if row.label == LIFELONG_ROW)
+    rows = {r.label: r for r in ROWS}
+    row, winner = rows[DEFAULT_MODEL_ROW], rows[LIFELONG_ROW]
+    # the winner's mode and channels; only the count buckets are sized for Redis
+    assert row.mode == winner.mode and row.context == winner.context
+    assert {**row.fields, "repeat_buckets": 0} == {**winner.fields, "repeat_buckets": 0}
     assert f"--mode {row.mode}" in train
     for name, value in row.fields.items():  # e.g. recent_tokens 32 → --recent-tokens 32
         assert f"--{name.replace('_', '-')} {value}" in train, (name, train)
