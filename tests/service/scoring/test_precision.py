@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -39,3 +41,15 @@ def test_state_modes_are_served_in_float32(mode: str, device: torch.device) -> N
     config = RankerConfig(n_items=300, dim=32, heads=4, rank=8, mlp_hidden=32, mode=mode)
     ranker = Ranker(config).eval().to(device)
     assert choose_dtype(ranker, 8, "bfloat16", tolerance=10.0) == torch.float32
+
+
+def test_a_lifelong_model_is_served_in_float32(device: torch.device) -> None:
+    """Its two-channel MLP is not what the one-channel calibration passes score (they would
+    fail on its shapes), with or without an svd read-out."""
+    torch.manual_seed(0)
+    config = RankerConfig(
+        n_items=300, dim=32, heads=4, rank=8, mlp_hidden=32, mode="lifelong", recent_tokens=4
+    )
+    for readout in (False, True):
+        ranker = Ranker(dataclasses.replace(config, svd_readout=readout)).eval().to(device)
+        assert choose_dtype(ranker, 8, "bfloat16", tolerance=10.0) == torch.float32
