@@ -27,7 +27,8 @@ SOLAR_LT_RANK_WEIGHT       80        relative weight of /rank
 SOLAR_LT_INGEST_WEIGHT     20        relative weight of /ingest
 SOLAR_LT_CANDIDATES        2048      candidates per /rank
 SOLAR_LT_TOP_K             100       top_k per /rank
-SOLAR_LT_MODE              svd       attention mode sent with /rank (svd, svd_exact, softmax)
+SOLAR_LT_MODE              svd       attention mode sent with /rank (any the model serves:
+                                     svd, svd_exact, softmax; lifelong for a lifelong model)
 SOLAR_LT_USERS             20        size of the user population (ids 0..USERS-1)
 SOLAR_LT_USER_PREFIX       u         user id prefix
 SOLAR_LT_ZIPF_S            1.1       Zipf exponent (0 = uniform)

@@ -102,6 +102,8 @@ class RankerConfig:
             raise ConfigError(
                 f"repeat_buckets must be in [0, {MAX_REPEAT_BUCKETS}], got {self.repeat_buckets}"
             )
+        if not isinstance(self.svd_readout, bool):  # from_dict: never 1 or "false"
+            raise ConfigError(f"svd_readout must be true or false, got {self.svd_readout!r}")
         for name in ("repeat_buckets", "svd_readout"):
             if getattr(self, name) and self.mode != "lifelong":
                 raise ConfigError(f"{name} needs mode 'lifelong', not {self.mode!r}")

@@ -111,7 +111,7 @@ class Ranker(nn.Module):
             parts += [o, cand * o]
         if extra is not None:
             parts.append(extra.to(cand.dtype))
-        return (mlp or self.mlp)(torch.cat(parts, dim=-1))
+        return (self.mlp if mlp is None else mlp)(torch.cat(parts, dim=-1))
 
     def repeat_features(self, candidates: Tensor, history: HistoryBatch) -> Tensor | None:
         """(B, M, 2) repeat features of candidates (B, M) in their contexts (training path,
@@ -158,7 +158,8 @@ class Ranker(nn.Module):
         if self.readout is None:
             return TrainingLogits(self(candidates, history), None)
         lifelong, svd = mode_spec(self.config.mode), mode_spec("svd")
-        assert isinstance(lifelong, FromInterests) and isinstance(svd, FromInterests)
+        if not (isinstance(lifelong, FromInterests) and isinstance(svd, FromInterests)):
+            raise TypeError("an svd read-out needs modes that read the interest tokens")
         cand = self.embed_items(candidates)  # (B, M, d)
         rows = self.embed_events(history.items, history.actions)  # (B, N, d)
         interests = interest_tokens(rows, history.mask, history.weights, self.config.rank)

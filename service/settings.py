@@ -42,7 +42,8 @@ class Settings(BaseSettings):
     serve_dtype: ServeDtype = Field(
         default="auto",
         description="dtype of the /rank pass: auto = bfloat16 on CUDA if it keeps logits within "
-        "1e-2 of float32 (checked at start-up), float32 otherwise",
+        "1e-2 of float32 (checked at start-up; svd family models only: lifelong and baseline "
+        "models are always served in float32), float32 otherwise",
     )
     rank: int | None = Field(
         default=None, ge=1, description="served rank r; unset: the checkpoint's rank"

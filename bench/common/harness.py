@@ -56,6 +56,7 @@ __all__ = [
     "redis_server",
     "seed_users",
     "service",
+    "trained_mode",
     "user_events",
     "vocabulary",
     "worker",
@@ -238,8 +239,15 @@ def actions(model_dir: str | Path) -> list[str]:
     return [str(action) for action in document.get("actions", [])]
 
 
+def trained_mode(model_dir: str | Path) -> str:
+    """The mode a checkpoint was trained in: what /rank scores without a mode."""
+    document = json.loads((Path(model_dir) / "config.json").read_text())
+    return str(document["config"].get("mode", "svd"))
+
+
 def random_checkpoint(directory: str | Path, n_items: int = 1_682, seed: int = 0) -> Path:
-    """A random (untrained) default-shaped model: d=64, 4 heads, r=32, ``n_items`` items."""
+    """A random (untrained) `svd` model of the default shapes: d=64, 4 heads, r=32,
+    ``n_items`` items (the default model itself is a `lifelong` one since issue 21)."""
     import torch
 
     from model.checkpoint import save_checkpoint

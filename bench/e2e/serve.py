@@ -83,6 +83,13 @@ def _row(name: str, r: harness.RankResult) -> str:
     )
 
 
+def _modes(model: Path) -> tuple[str, ...]:
+    """svd and softmax (the targets' ratio), then the model's own mode when it is another
+    (the default model's `lifelong`: what a /rank without a mode costs)."""
+    trained = harness.trained_mode(model)
+    return ("svd", "softmax") + (() if trained in ("svd", "softmax") else (trained,))
+
+
 def _capacity(r: harness.RankResult, cores: int) -> float:
     """Requests/s that ``cores`` idle cores could sustain at the measured CPU cost."""
     server_ms, client_ms = r.cpu_ms_per_request
@@ -109,7 +116,7 @@ def run(args: argparse.Namespace, model: Path) -> dict[str, Any]:
             "max_seconds": args.seconds,
             "max_requests": args.max_requests,
         }
-        for mode in ("svd", "softmax"):
+        for mode in _modes(model):
             logger.info("%s: open loop at %.0f req/s", mode, args.rate)
             paced = harness.measure_rank(
                 base,
@@ -146,6 +153,7 @@ def report(args: argparse.Namespace, model: Path, results: dict[str, Any], secon
         _row("svd", svd["closed"]),
         _row("softmax", soft["open"]),
         _row("softmax", soft["closed"]),
+        *(_row(m, results[m][load]) for m in _modes(model)[2:] for load in ("open", "closed")),
         "",
         f"svd p99 at {args.rate:.0f} req/s: {svd['open'].p99_ms:.1f} ms (target <= "
         f"{TARGET_P99_MS:.0f} ms)",
@@ -176,7 +184,7 @@ def _document(args: argparse.Namespace, results: dict[str, Any], seconds: float)
             "client_cpu_ms_per_request": client_ms,
         }
 
-    modes = {m: {k: summary(v) for k, v in results[m].items()} for m in ("svd", "softmax")}
+    modes = {m: {k: summary(v) for k, v in results[m].items()} for m in results if m != "ingest"}
     ratio = modes["svd"]["closed"]["requests_per_s"] / modes["softmax"]["closed"]["requests_per_s"]
     return {
         "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},

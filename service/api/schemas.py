@@ -203,7 +203,9 @@ class UserInfo(BaseModel):
     residual_ratio: float = Field(description="ρ / (Σσ² + ρ): energy dropped by truncation")
     last_ts: float | None = Field(description="latest event time, unix seconds")
     model_version: str = Field(description="model whose embeddings produced the factors")
-    state_kind: str = Field(description="kind of the stored state: svd, elastic, linear or mean")
+    state_kind: str = Field(
+        description="kind of the stored state: svd, lifelong, elastic, linear or mean"
+    )
     state_bytes: int = Field(description="size of the stored state blob, bytes")
 
 

@@ -102,7 +102,9 @@ class BatchScorer:
         self.history_batch_elements = history_batch_elements
         self.serving = ServingPass(ranker, dtype)
         # A lifelong model's svd family is scored through its read-out MLP (model.ranker).
-        self.readout = ServingPass(ranker, dtype, readout=True) if ranker.readout else None
+        self.readout = (
+            ServingPass(ranker, dtype, readout=True) if ranker.readout is not None else None
+        )
         self._metrics = metrics
         self._local = threading.local()
         self.shapes: set[tuple[object, ...]] = set()  # padded shapes passed so far

@@ -221,12 +221,25 @@ def test_corrupt_weights_are_checkpoint_errors(saved: tuple[Path, Ranker, str]) 
         ("elastic", ("elastic",)),
         ("linear", ("linear",)),
         ("mean", ("mean",)),
+        ("lifelong", ("lifelong",)),
+        ("lifelong+readout", ("svd", "svd_exact", "softmax", "lifelong")),
     ],
 )
 def test_a_checkpoint_says_which_modes_it_serves(
     mode: str, served: tuple[str, ...], tmp_path: Path
 ) -> None:
-    ranker = Ranker(RankerConfig(n_items=4, dim=8, heads=2, rank=2, mode=mode))  # type: ignore[arg-type]
+    trained, readout = mode.removesuffix("+readout"), mode.endswith("+readout")
+    recent = 1 if trained == "lifelong" else 0  # lifelong: a window of at least one event
+    config = RankerConfig(
+        n_items=4,
+        dim=8,
+        heads=2,
+        rank=2,
+        mode=trained,  # type: ignore[arg-type]
+        recent_tokens=recent,
+        svd_readout=readout,
+    )
+    ranker = Ranker(config)
     save_checkpoint(tmp_path, ranker, Vocabulary(("a", "b", "c")))
     assert load_checkpoint(tmp_path).served_modes == served
 
@@ -237,9 +250,21 @@ def test_a_newer_field_at_its_default_is_left_out_for_earlier_releases(tmp_path:
     with the channel writes it, and both load back equal."""
     plain = json.loads(json.dumps(CONFIG.to_dict()))
     assert "repeat_buckets" not in plain and RankerConfig.from_dict(plain) == CONFIG
+    assert "svd_readout" not in plain  # nor the read-out, at its default
     lifelong = RankerConfig(n_items=20, mode="lifelong", recent_tokens=4, repeat_buckets=32)
     data = lifelong.to_dict()
     assert data["repeat_buckets"] == 32 and RankerConfig.from_dict(data) == lifelong
     directory = tmp_path / "lifelong"
     save_checkpoint(directory, Ranker(lifelong), Vocabulary(tuple(map(str, range(19))), ()))
     assert load_checkpoint(directory).ranker.config == lifelong
+
+
+def test_a_readout_is_saved_and_loaded_with_its_weights(tmp_path: Path) -> None:
+    config = RankerConfig(n_items=20, mode="lifelong", recent_tokens=4, svd_readout=True)
+    assert config.to_dict()["svd_readout"] is True
+    ranker = Ranker(config)
+    save_checkpoint(tmp_path, ranker, Vocabulary(tuple(map(str, range(19))), ()))
+    loaded = load_checkpoint(tmp_path).ranker
+    assert loaded.config == config and loaded.readout is not None and ranker.readout is not None
+    for mine, theirs in zip(ranker.readout.parameters(), loaded.readout.parameters(), strict=True):
+        assert torch.equal(mine, theirs)

@@ -46,23 +46,25 @@ def test_user_model_and_page() -> None:
         }
     )
     assert user.singular_values == (2.0, 1.0) and user.last_ts is None
-    model = ModelInfo.from_json(
-        {
-            "version": "v",
-            "d": 64,
-            "r": 32,
-            "dim": 64,
-            "rank": 32,
-            "oversample": 16,
-            "half_life_s": None,
-            "vocabulary_size": 9,
-            "n_items": 10,
-            "actions": ["click"],
-            "modes": ["svd"],
-            "device": "cpu",
-        }
-    )
+    document = {
+        "version": "v",
+        "d": 64,
+        "r": 32,
+        "dim": 64,
+        "rank": 32,
+        "oversample": 16,
+        "half_life_s": None,
+        "vocabulary_size": 9,
+        "n_items": 10,
+        "actions": ["click"],
+        "modes": ["svd"],
+        "device": "cpu",
+    }
+    model = ModelInfo.from_json(document)
     assert (model.d, model.r, model.vocabulary_size, model.actions) == (64, 32, 9, ("click",))
+    assert model.default_mode == "svd"  # a server from before the field: svd
+    lifelong = ModelInfo.from_json({**document, "modes": ["lifelong"], "default_mode": "lifelong"})
+    assert lifelong.default_mode == "lifelong"
     page = ItemsPage.from_json({"offset": 0, "limit": 2, "total": 3, "items": [1, "b"]})
     assert not page.last and ItemsPage(2, 2, 3, ("c",)).last and ItemsPage(0, 5, 0).last
     assert IngestResult.from_json({"accepted": 1, "duplicates": 2, "users": 1}).duplicates == 2

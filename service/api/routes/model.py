@@ -37,7 +37,7 @@ async def model_info(model: ModelDep) -> ModelInfo:
         n_items=vocab.n_items,
         actions=list(vocab.actions),
         modes=[Mode(mode) for mode in model.served_modes],
-        default_mode=Mode(config.mode),
+        default_mode=Mode(model.default_mode),
         state_kind=model.state_kind,
         device=str(model.device),
     )

@@ -39,6 +39,8 @@ BODIES: list[tuple[bytes, str | None]] = [
     (b'{"user_id": "u1\\n", "candidates": [1]}', JSON),
     (b'{"user_id": "a{b}", "candidates": [1], "top_k": 0, "mode": "linear"}', JSON),
     (b'{"user_id": "u1", "candidates": []}', JSON),
+    (b'{"user_id": "u1", "candidates": [1], "mode": null}', JSON),  # the model's default
+    (b'{"user_id": "u1", "candidates": [1], "mode": "bogus"}', JSON),
     (b'{"user_id": "u1", "candidates": [1], "debug": true}', JSON),
     (b'{"user_id": "u1", "candidates": [1], "top_k": true}', JSON),
     (b'{"user_id": "u1", "user_id": "b{", "candidates": [1]}', JSON),  # the last key wins

@@ -27,6 +27,7 @@ async def test_model_info_is_small_and_complete(
     assert info["version"] == load_checkpoint(checkpoint_dir).version
     assert (info["d"], info["r"]) == (info["dim"], info["rank"]) == (16, RANK)
     assert info["modes"] == ["svd", "svd_exact", "softmax"]
+    assert info["default_mode"] == "svd"  # an svd model's /rank without a mode
     assert info["state_kind"] == "svd"
     assert info["vocabulary_size"] == len(ITEMS)
     assert info["n_items"] == len(ITEMS) + 1  # + the OOV row
