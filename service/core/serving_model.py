@@ -132,9 +132,10 @@ class ServingModel:
     def dim(self) -> int:
         return self.checkpoint.ranker.config.dim
 
-    @property
+    @cached_property
     def served_modes(self) -> tuple[str, ...]:
-        """The /rank modes this checkpoint serves (``model.modes.served_modes``)."""
+        """The /rank modes this checkpoint serves (``model.modes.served_modes``; read on every
+        /rank, so derived once)."""
         return self.checkpoint.served_modes
 
     @property
