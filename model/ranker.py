@@ -123,14 +123,19 @@ class Ranker(nn.Module):
         counts, total = repeat_counts(candidates, history.items, weights, buckets)
         return repeat_features(counts, total)
 
-    def serving_pass(self, mode: str | None = None) -> ServingPass:
-        """The fused float32 serving pass of ``mode`` (default: the trained one), through the
-        MLP that scores it (made once per MLP, follows weight updates)."""
+    def serving_pass(
+        self, mode: str | None = None, dtype: torch.dtype = torch.float32
+    ) -> ServingPass:
+        """The fused serving pass of ``mode`` (default: the trained one) in ``dtype``, through
+        the MLP that scores it: the one place a mode picks its MLP's pass (made once per MLP
+        and dtype, follows weight updates)."""
         readout = self.reads_out(mode or self.config.mode)
-        key = "_serving_readout" if readout else "_serving"
-        serving: ServingPass | None = self.__dict__.get(key)
+        passes: dict[tuple[bool, torch.dtype], ServingPass] = self.__dict__.setdefault(
+            "_serving", {}
+        )
+        serving = passes.get((readout, dtype))
         if serving is None:
-            serving = self.__dict__[key] = ServingPass(self, readout=readout)
+            serving = passes[readout, dtype] = ServingPass(self, dtype, readout=readout)
         return serving
 
     # ------------------------------------------------------------------ training path

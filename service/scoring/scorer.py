@@ -100,11 +100,7 @@ class BatchScorer:
     ) -> None:
         self.ranker = ranker
         self.history_batch_elements = history_batch_elements
-        self.serving = ServingPass(ranker, dtype)
-        # A lifelong model's svd family is scored through its read-out MLP (model.ranker).
-        self.readout = (
-            ServingPass(ranker, dtype, readout=True) if ranker.readout is not None else None
-        )
+        self.serving = ranker.serving_pass(dtype=dtype)  # the trained mode's
         self._metrics = metrics
         self._local = threading.local()
         self.shapes: set[tuple[object, ...]] = set()  # padded shapes passed so far
@@ -160,10 +156,9 @@ class BatchScorer:
         return mode_spec(mode).score(self._pass(mode), inputs)
 
     def _pass(self, mode: str) -> ServingPass:
-        """The fused pass that scores ``mode``: the read-out's or the trained MLP's."""
-        if self.readout is not None and self.ranker.reads_out(mode):
-            return self.readout
-        return self.serving
+        """The fused pass that scores ``mode`` (``Ranker.serving_pass``: a lifelong model's
+        svd family through its read-out)."""
+        return self.ranker.serving_pass(mode, self.serving.dtype)
 
     def top_k(
         self, logits: Tensor, inputs: dict[str, Tensor], jobs: Sequence[RankJob]
