@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from model.modes import LoggedEvents, mode_spec
+from model.states import UserState
 from service.core.items import ItemId, candidate_rows
 from service.core.serving_model import ServingModel
 from service.core.users import LoadedUser, UserStates
@@ -127,14 +128,15 @@ class _UserInputs:
     model: ServingModel
     user: LoadedUser
 
+    def _state(self) -> UserState:
+        """The user's state; no history: the empty state (whose features give o_c = 0)."""
+        return self.user.state if self.user.state is not None else self.model.states.empty()
+
     def features(self) -> np.ndarray:
-        states = self.model.states
-        state = self.user.state if self.user.state is not None else states.empty()
-        return states.features(state)  # no history: the empty state's (o_c = 0)
+        return self.model.states.features(self._state())
 
     def tokens(self) -> np.ndarray:
-        states = self.model.states
-        return states.tokens(self.user.state if self.user.state is not None else states.empty())
+        return self.model.states.tokens(self._state())
 
     def basis(self) -> np.ndarray:
         if self.user.state is None:
