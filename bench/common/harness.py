@@ -28,6 +28,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -228,21 +229,24 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
 
 
 # --------------------------------------------------------------------------------- model
+def _checkpoint_document(model_dir: str | Path) -> dict[str, Any]:
+    """A checkpoint's ``config.json``: vocabulary, actions, ranker configuration."""
+    document: dict[str, Any] = json.loads((Path(model_dir) / "config.json").read_text())
+    return document
+
+
 def vocabulary(model_dir: str | Path) -> list[str]:
     """Item ids of a checkpoint's vocabulary (``config.json``), as strings."""
-    document = json.loads((Path(model_dir) / "config.json").read_text())
-    return [str(item) for item in document["items"]]
+    return [str(item) for item in _checkpoint_document(model_dir)["items"]]
 
 
 def actions(model_dir: str | Path) -> list[str]:
-    document = json.loads((Path(model_dir) / "config.json").read_text())
-    return [str(action) for action in document.get("actions", [])]
+    return [str(action) for action in _checkpoint_document(model_dir).get("actions", [])]
 
 
 def trained_mode(model_dir: str | Path) -> str:
     """The mode a checkpoint was trained in: what /rank scores without a mode."""
-    document = json.loads((Path(model_dir) / "config.json").read_text())
-    return str(document["config"].get("mode", "svd"))
+    return str(_checkpoint_document(model_dir)["config"].get("mode", "svd"))
 
 
 def random_checkpoint(directory: str | Path, n_items: int = 1_682, seed: int = 0) -> Path:

@@ -90,6 +90,11 @@ def _modes(model: Path) -> tuple[str, ...]:
     return ("svd", "softmax") + (() if trained in ("svd", "softmax") else (trained,))
 
 
+def _own_modes(results: dict[str, Any]) -> list[str]:
+    """The measured modes beyond svd and softmax (``_modes``' third, when there is one)."""
+    return [m for m in results if m not in ("ingest", "svd", "softmax")]
+
+
 def _capacity(r: harness.RankResult, cores: int) -> float:
     """Requests/s that ``cores`` idle cores could sustain at the measured CPU cost."""
     server_ms, client_ms = r.cpu_ms_per_request
@@ -153,7 +158,7 @@ def report(args: argparse.Namespace, model: Path, results: dict[str, Any], secon
         _row("svd", svd["closed"]),
         _row("softmax", soft["open"]),
         _row("softmax", soft["closed"]),
-        *(_row(m, results[m][load]) for m in _modes(model)[2:] for load in ("open", "closed")),
+        *(_row(m, results[m][load]) for m in _own_modes(results) for load in ("open", "closed")),
         "",
         f"svd p99 at {args.rate:.0f} req/s: {svd['open'].p99_ms:.1f} ms (target <= "
         f"{TARGET_P99_MS:.0f} ms)",
