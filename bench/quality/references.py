@@ -72,7 +72,7 @@ class TransitionCounts:
 
     def __init__(self, data: Interactions, keep: NDArray[np.bool_]) -> None:
         n = data.vocab.n_items
-        user = np.repeat(np.arange(data.n_users), np.diff(data.offsets))  # (E,)
+        user = np.repeat(np.arange(data.n_users), data.lengths)  # (E,)
         keys, weights = [], []
         for lag in LAGS:
             src = np.arange(data.n_events - lag)
