@@ -57,8 +57,8 @@ def test_a_string_only_request_takes_the_fast_path_and_still_checks_lengths() ->
 @pytest.mark.parametrize("checked", [False, True])
 def test_the_dense_integer_table_maps_as_the_dict_does(checked: bool) -> None:
     """Integer ids go through one gather from ``Vocabulary.int_rows`` and get exactly the
-    dict's rows: known, unknown, past the table, negative, past int64; a request with any
-    string falls back to the dict."""
+    dict's rows: known, unknown, past the table, negative, past int64; the strings of a
+    mostly-int request probe the dict, a mostly-string one goes to the dict whole."""
     vocab = Vocabulary(("7", "0", "alpha", "3", "007"))
     assert vocab.int_rows is not None
     table = vocab.int_rows
@@ -66,6 +66,9 @@ def test_the_dense_integer_table_maps_as_the_dict_does(checked: bool) -> None:
         [7, 0, 3, 5, 8, 10**6, -1, 7],
         [10**30, 7],
         [7, "007", "alpha", 3],
+        [7, "alpha", 3, "beta", 0, 3, 10**6],
+        ["alpha", "007", 7],
+        [10**30, "alpha", 7],
     ]
     for ids in cases:
         dense = _mapped(ids, vocab.item_index, checked=checked, int_rows=table)
@@ -74,4 +77,5 @@ def test_the_dense_integer_table_maps_as_the_dict_does(checked: bool) -> None:
     broken = table.copy()
     broken[7] = 5  # a wrong table shows: the gather is really used for all-int requests
     assert _mapped([7], vocab.item_index, int_rows=broken)[1] == [5]
-    assert _mapped([7, "x"], vocab.item_index, int_rows=broken)[1] == [1, 0]
+    assert _mapped([7, "x", 0], vocab.item_index, int_rows=broken)[1] == [5, 0, 2]
+    assert _mapped(["alpha", "x", 7], vocab.item_index, int_rows=broken)[1] == [3, 0, 1]
