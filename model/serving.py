@@ -3,9 +3,10 @@
 Scores equal :meth:`model.ranker.Ranker.forward` (to float rounding, ≤ 1e-5), computed with
 less work per request:
 
-* one gather of a per-item table [e | W_Q e | W1[:, :d] e + b1] (``features``), so the query
-  projection and the candidate's share of the MLP's first layer cost no FLOPs at request
-  time, and the three reads are one contiguous row;
+* two gathers of per-item tables, [e | W_Q e] (``features``) and W1[:, :d] e + b1
+  (``first_share``, gathered straight into the first layer's output buffer, which the
+  layer's GEMM then accumulates into: no bias copy), so the query projection and the
+  candidate's share of the MLP's first layer cost no FLOPs at request time;
 * K and V of the context in one GEMM ([W_K; W_V]), attention in one
   ``F.scaled_dot_product_attention`` over all heads (its CPU output is already laid out as
   (B, M, H, d_h), so merging the heads copies nothing), W_O written straight into the left
@@ -57,7 +58,9 @@ class ServingWeights(NamedTuple):
     """The ranker's weights rearranged for the fused pass, on one device and dtype.
 
     Attributes:
-        features: (n_items, 2d + hidden) rows [e | W_Q e | W1[:, :d] e + b1].
+        features: (n_items, 2d) rows [e | W_Q e].
+        first_share: (n_items, hidden) rows W1[:, :d] e + b1, the candidate's share of the
+            MLP's first layer.
         actions: (n_actions, d) action embeddings (event rows of the history modes).
         kv: (d, 2d) [W_Kᵀ | W_Vᵀ]. o: (d, d) W_Oᵀ.
         fc1: (2C·d + F, hidden) W1[:, d:]ᵀ, applied to [o, e ⊙ o] of each of the C channels
@@ -66,6 +69,7 @@ class ServingWeights(NamedTuple):
     """
 
     features: Tensor
+    first_share: Tensor
     actions: Tensor
     kv: Tensor
     o: Tensor
@@ -86,11 +90,9 @@ class ServingWeights(NamedTuple):
             mlp = ranker.readout
         with torch.inference_mode(False), torch.no_grad():  # plain tensors, usable anywhere
             emb = ranker.item_emb.weight
-            features = torch.cat(
-                (emb, emb @ attn.w_q.weight.T, emb @ mlp.fc1.weight[:, :d].T + mlp.fc1.bias), 1
-            )
             tensors = (
-                features,
+                torch.cat((emb, emb @ attn.w_q.weight.T), 1),
+                emb @ mlp.fc1.weight[:, :d].T + mlp.fc1.bias,
                 ranker.action_emb.weight,
                 torch.cat((attn.w_k.weight, attn.w_v.weight)).T,
                 attn.w_o.weight.T,
@@ -175,10 +177,10 @@ class ServingPass:
         """
         w, space = self.weights, self._workspace()
         B, M = rows.shape
-        feats = self._gather(w, space, rows)
+        feats, hidden = self._gather(w, space, rows)
         x = space.take("x", B * M, 2 * w.o.shape[0])
         self._attend_tokens(w, feats, tokens, token_mask, x[:, : w.o.shape[0]])
-        return self._tail(w, feats, x, space).view(B, M)
+        return self._tail(w, feats, hidden, x, space).view(B, M)
 
     @torch.no_grad()
     def history(
@@ -202,7 +204,7 @@ class ServingPass:
         w, space = self.weights, self._workspace()
         B, M = rows.shape
         d = w.o.shape[0]
-        feats = self._gather(w, space, rows)
+        feats, hidden = self._gather(w, space, rows)
         items, actions = events
         context = F.embedding(items, w.features[:, :d]) + F.embedding(actions, w.actions)
         if basis is not None:
@@ -211,7 +213,7 @@ class ServingPass:
         x = space.take("x", B * M, 2 * d)
         self._attend(w, feats, context, logit_mask(mask, log_weights, self.dtype), x[:, :d])
         x[:, :d].view(B, M, d).mul_(mask.any(-1).to(self.dtype)[:, None, None])  # no events: o = 0
-        return self._tail(w, feats, x, space).view(B, M)
+        return self._tail(w, feats, hidden, x, space).view(B, M)
 
     @torch.no_grad()
     def state(self, rows: Tensor, outputs: Callable[[Tensor], Tensor]) -> Tensor:
@@ -223,10 +225,10 @@ class ServingPass:
         w, space = self.weights, self._workspace()
         B, M = rows.shape
         d = w.o.shape[0]
-        feats = self._gather(w, space, rows)
+        feats, hidden = self._gather(w, space, rows)
         x = space.take("x", B * M, 2 * d)
         x[:, :d] = outputs(feats[:, :d].view(B, M, d)).reshape(B * M, d)
-        return self._tail(w, feats, x, space).view(B, M)
+        return self._tail(w, feats, hidden, x, space).view(B, M)
 
     @torch.no_grad()
     def channels(
@@ -252,7 +254,7 @@ class ServingPass:
         w, space = self.weights, self._workspace()
         B, M = rows.shape
         d = w.o.shape[0]
-        feats = self._gather(w, space, rows)
+        feats, hidden = self._gather(w, space, rows)
         F_extra = 0 if extra is None else extra.shape[-1]
         # [o_long, e ⊙ o_long, o_short, e ⊙ o_short, extra]
         x = space.take("x", B * M, 4 * d + F_extra)
@@ -262,14 +264,19 @@ class ServingPass:
             self._attend_tokens(w, feats, context, None if bool(mask.all()) else mask, out)
         if extra is not None:
             x[:, 4 * d :] = extra.reshape(B * M, F_extra)
-        return self._tail(w, feats, x, space, channel_columns=4 * d).view(B, M)
+        return self._tail(w, feats, hidden, x, space, channel_columns=4 * d).view(B, M)
 
     # ------------------------------------------------------------------ pieces
-    def _gather(self, w: ServingWeights, space: Workspace, rows: Tensor) -> Tensor:
-        """The candidates' rows (B·M, 2d + hidden) of the per-item feature table."""
-        feats = space.take("features", rows.numel(), w.features.shape[1])
-        torch.index_select(w.features, 0, rows.reshape(-1), out=feats)
-        return feats
+    def _gather(self, w: ServingWeights, space: Workspace, rows: Tensor) -> tuple[Tensor, Tensor]:
+        """The candidates' rows of the per-item tables: features (B·M, 2d) [e | W_Q e] and
+        the first layer's buffer (B·M, hidden) holding their share of it, which
+        :meth:`_tail` accumulates the rest into."""
+        flat = rows.reshape(-1)
+        feats = space.take("features", flat.numel(), w.features.shape[1])
+        torch.index_select(w.features, 0, flat, out=feats)
+        hidden = space.take("hidden", flat.numel(), w.first_share.shape[1])
+        torch.index_select(w.first_share, 0, flat, out=hidden)
+        return feats, hidden
 
     def _attend_tokens(
         self,
@@ -298,7 +305,7 @@ class ServingPass:
         """Attention output W_O softmax(q Kᵀ/√d_h) V into ``out`` (B·M, d), a column slice of
         the MLP input x.
 
-        feats (B·M, 2d + hidden) gathered rows, context (B, T, d) tokens or event rows,
+        feats (B·M, 2d) gathered rows, context (B, T, d) tokens or event rows,
         bias (B, 1, 1, T) additive logit mask or None.
         """
         d, H = w.o.shape[0], self.heads
@@ -315,20 +322,21 @@ class ServingPass:
         self,
         w: ServingWeights,
         feats: Tensor,
+        hidden: Tensor,
         x: Tensor,
         space: Workspace,
         channel_columns: int | None = None,
     ) -> Tensor:
         """The MLP after the per-item share: x (B·M, 2C·d + F) holding each channel's o at
         columns 2c·d (the first ``channel_columns`` = 2C·d; None: all), then F extra
-        features → (B·M,)."""
+        features; ``hidden`` (B·M, hidden) holds the per-item share of the first layer
+        (:meth:`_gather`) and is overwritten → (B·M,)."""
         d = w.o.shape[0]
         rows = x.shape[0]
         end = x.shape[1] if channel_columns is None else channel_columns
         for lo in range(0, end, 2 * d):  # e ⊙ o right of each o
             torch.mul(feats[:, :d], x[:, lo : lo + d], out=x[:, lo + d : lo + 2 * d])
-        hidden = space.take("hidden", rows, w.fc1.shape[1])
-        torch.addmm(feats[:, 2 * d :], x, w.fc1, out=hidden)
+        hidden.addmm_(x, w.fc1)  # in place onto the per-item share: no bias copy
         torch.ops.aten.gelu_(hidden)
         second = space.take("second", rows, w.fc2.shape[1])
         torch.addmm(w.fc2_bias, hidden, w.fc2, out=second)

@@ -72,14 +72,15 @@ def functional_pass(w: ServingWeights, heads: int) -> Pass:
     def run(rows: Tensor, tokens: Tensor) -> Tensor:
         B, M = rows.shape
         d = w.o.shape[0]
-        feats = w.features[rows.reshape(-1)]  # (B·M, 2d + hidden)
+        flat = rows.reshape(-1)
+        feats = w.features[flat]  # (B·M, 2d)
         kv = tokens @ w.kv  # (B, r, 2d)
         k = kv[..., :d].reshape(B, -1, heads, d // heads).transpose(1, 2)
         v = kv[..., d:].reshape(B, -1, heads, d // heads).transpose(1, 2)
         q = feats[:, d : 2 * d].reshape(B, M, heads, d // heads).transpose(1, 2)
         o = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(B * M, d) @ w.o
         x = torch.cat((o, feats[:, :d] * o), 1)
-        hidden = F.gelu(torch.addmm(feats[:, 2 * d :], x, w.fc1))
+        hidden = F.gelu(torch.addmm(w.first_share[flat], x, w.fc1))
         second = F.gelu(torch.addmm(w.fc2_bias, hidden, w.fc2))
         return (second @ w.out + w.out_bias).view(B, M)
 

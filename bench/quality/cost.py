@@ -83,10 +83,11 @@ def median_us(fn: Callable[[], object], budget_s: float, max_repeats: int = 50) 
 def baseline_logits(w: ServingWeights, rows: Tensor, o: Tensor) -> Tensor:
     """The serving pass's MLP tail: rows (B, M) long, o (B, M, d) attention output → (B, M)."""
     d = w.o.shape[0]
-    feats = w.features[rows.reshape(-1)]  # (B·M, 2d + hidden) = [e | W_Q e | W1_e e + b1]
+    flat = rows.reshape(-1)
+    feats = w.features[flat]  # (B·M, 2d) = [e | W_Q e]
     o_flat = o.reshape(-1, d)
     x = torch.cat((o_flat, feats[:, :d] * o_flat), 1)  # (B·M, 2d) = [o, e ⊙ o]
-    hidden = F.gelu(torch.addmm(feats[:, 2 * d :], x, w.fc1))
+    hidden = F.gelu(torch.addmm(w.first_share[flat], x, w.fc1))  # onto W1_e e + b1
     second = F.gelu(torch.addmm(w.fc2_bias, hidden, w.fc2))
     return (second @ w.out + w.out_bias).view(rows.shape)
 
