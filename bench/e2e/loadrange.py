@@ -70,6 +70,7 @@ def _row(rate: float | None, result: Any, server: dict[str, Any], worker: dict[s
         "apply_lag_p99_ms": _p99(worker, "solar_apply_lag_seconds"),
         "serve_cpu_ms": None if cpu["serve"] is None else 1_000.0 * cpu["serve"] / done,
         "worker_cpu_ms": None if cpu["worker"] is None else 1_000.0 * cpu["worker"] / done,
+        "generator_cpu_ms": 1_000.0 * result.generator_cpu_s / done,
         "loop_lag_p99_ms": _p99(server, "solar_event_loop_lag_seconds"),
         "stage_p99_ms": {s: _p99(server, "solar_rank_stage_seconds", s) for s in STAGES},
         "gc_pauses": {g: (v["count"], v["p99"]) for g, v in sorted(gc.items())},
@@ -219,15 +220,16 @@ def markdown(
         "over rounds (the rounds' values). Server columns: p99 from the service's histograms "
         "over the run (bucket-interpolated; – where that side has no such metric); CPU "
         "ms/req: the process's CPU over the run per completed request (rank and ingest), "
-        "what a request costs whatever else runs on the machine.",
+        "what a request costs whatever else runs on the machine (the load generator's: its "
+        "own process, on the same cores).",
         "",
         "![p50 and p99 of /rank against the offered rate](bench_load_range.png)",
         "",
         "| side | offered req/s | rank/s | /rank p50 ms | /rank p99 ms | max ms | failures | "
-        "apply lag p99 ms | serve CPU ms/req | worker CPU ms/req | "
+        "apply lag p99 ms | serve CPU ms/req | worker CPU ms/req | generator CPU ms/req | "
         + " | ".join(f"{s} p99" for s in STAGES)
         + " | loop lag p99 |",
-        "|" + " --- |" * (11 + len(STAGES)),
+        "|" + " --- |" * (12 + len(STAGES)),
     ]
     for side, label in (("base", f"`{args.base}`"), ("this", "this branch")):
         rounds = results[side]
@@ -245,6 +247,7 @@ def markdown(
                 _fmt([r["apply_lag_p99_ms"] for r in rows]),
                 _fmt([r["serve_cpu_ms"] for r in rows]),
                 _fmt([r["worker_cpu_ms"] for r in rows]),
+                _fmt([r.get("generator_cpu_ms") for r in rows]),
                 *(_fmt([r["stage_p99_ms"][s] for r in rows]) for s in STAGES),
                 _fmt([r["loop_lag_p99_ms"] for r in rows]),
             ]

@@ -7,9 +7,10 @@ figures, each process's CPU and, optionally, sampling profiles of serve and work
 
 The load and the seeding are ``bench.e2e.loadrange``'s (one side, no baseline: compare
 settings with ``--env`` in separate runs close in time, and quote the load average). Per rate
-it prints the client's /rank p50/p99, the CPU cores serve and worker used (``/proc``), and
-the run's histograms of the service and the worker (``loadtest/server_metrics.py``): stage
-p99s, passes of a new shape, GC pauses, event-loop lag, apply lag. ``--profile PREFIX``
+it prints the client's /rank p50/p99, the CPU cores serve and worker used (``/proc``) and the
+load generator's own, and the run's histograms of the service and the worker
+(``loadtest/server_metrics.py``): stage p99s, passes of a new shape, GC pauses, event-loop
+lag, apply lag. ``--profile PREFIX``
 records ``py-spy`` (raw collapsed stacks, 50 Hz) of both processes while each rate runs.
 """
 
@@ -128,7 +129,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                         f"rate {rate:.0f}/s: /rank p50 {result.rank_ms(50):.1f} ms, p99 "
                         f"{result.rank_ms(99):.1f} ms, {len(result.rank_s)} ok, {result.failures} "
                         f"failed; CPU serve {(cpu1[0] - cpu0[0]) / result.seconds:.2f} cores, "
-                        f"worker {(cpu1[1] - cpu0[1]) / result.seconds:.2f}; load average "
+                        f"worker {(cpu1[1] - cpu0[1]) / result.seconds:.2f}, load generator "
+                        f"{result.generator_cpu_s / result.seconds:.2f}; load average "
                         f"{os.getloadavg()[0]:.1f}"
                     )
                     print(json.dumps(figures, indent=1), flush=True)

@@ -1,12 +1,14 @@
-"""bench.common.keepalive against a tiny local HTTP/1.1 server: requests, keep-alive, refusals."""
+"""bench.common.keepalive against a tiny local HTTP/1.1 server: requests, keep-alive, refusals,
+for the blocking client and the asyncio pool."""
 
 from __future__ import annotations
 
+import asyncio
 from http.server import BaseHTTPRequestHandler
 
 import pytest
 
-from bench.common.keepalive import KeepAliveClient, UnsupportedResponse
+from bench.common.keepalive import AsyncKeepAlivePool, KeepAliveClient, UnsupportedResponse
 from tests.conftest import ServeHttp
 
 
@@ -35,8 +37,13 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_POST(self) -> None:
         body = self.rfile.read(int(self.headers["Content-Length"]))
+        if self.path == "/nolength":
+            self._answer(200, b"x", length=False)
+            return
         echo = f"{self.headers['content-type']} {self.headers['authorization']} ".encode()
         self._answer(201, echo + body)
+        if self.path == "/last":  # answer, then close the connection (a keep-alive timeout)
+            self.close_connection = True
 
 
 @pytest.fixture
@@ -63,3 +70,50 @@ def test_an_answer_without_content_length_is_refused(base_url: str) -> None:
 def test_only_plain_http_urls() -> None:
     with pytest.raises(ValueError, match="http://host:port"):
         KeepAliveClient("https://127.0.0.1:1")
+
+
+def test_the_pool_reuses_connections_and_opens_one_per_request_in_flight(base_url: str) -> None:
+    _Handler.connections.clear()
+    headers = {"content-type": "application/json", "authorization": "Bearer t"}
+
+    async def run() -> list[tuple[int, bytes]]:
+        pool = AsyncKeepAlivePool(base_url, headers=headers)
+        try:
+            first = [await pool.post("/rank", b'{"a": %d}' % i) for i in range(3)]
+            together = await asyncio.gather(*(pool.post("/rank", b"[]") for _ in range(3)))
+            return first + list(together)
+        finally:
+            await pool.aclose()
+
+    answers = asyncio.run(run())
+    assert answers[:3] == [(201, b'application/json Bearer t {"a": %d}' % i) for i in range(3)]
+    assert answers[3:] == [(201, b"application/json Bearer t []")] * 3
+    assert 1 < len(_Handler.connections) <= 3  # one at first, at most one per request in flight
+
+
+def test_the_pool_replaces_a_connection_the_server_closed_while_idle(base_url: str) -> None:
+    _Handler.connections.clear()
+
+    async def run() -> list[tuple[int, bytes]]:
+        pool = AsyncKeepAlivePool(base_url, headers={"content-type": "x"})
+        try:
+            closed = await pool.post("/last", b"1")  # the server closes it after answering
+            await asyncio.sleep(0.05)
+            return [closed, await pool.post("/rank", b"2"), await pool.post("/rank", b"3")]
+        finally:
+            await pool.aclose()
+
+    assert asyncio.run(run()) == [(201, b"x None 1"), (201, b"x None 2"), (201, b"x None 3")]
+    assert len(_Handler.connections) == 2
+
+
+def test_the_pool_refuses_an_answer_without_content_length(base_url: str) -> None:
+    async def run() -> None:
+        pool = AsyncKeepAlivePool(base_url)
+        try:
+            await pool.post("/nolength", b"")
+        finally:
+            await pool.aclose()
+
+    with pytest.raises(UnsupportedResponse):
+        asyncio.run(run())

@@ -10,7 +10,9 @@ from bench.e2e import loadrange
 
 
 def _row(rate: float | None, p99_s: float) -> dict[str, Any]:
-    result = MixedResult(offered_rate=rate, seconds=10.0, rank_s=[0.001] * 98 + [p99_s] * 2)
+    result = MixedResult(
+        offered_rate=rate, seconds=10.0, rank_s=[0.001] * 98 + [p99_s] * 2, generator_cpu_s=0.5
+    )
     server = {
         "solar_rank_stage_seconds": {"pass": {"count": 100, "p50": 1.0, "p99": 7.5}},
         "solar_gc_pause_seconds": {"0": {"count": 3, "p50": 0.5, "p99": 0.9}},
@@ -24,6 +26,7 @@ def test_a_row_holds_the_client_and_server_figures() -> None:
     assert row["rank_per_s"] == 10.0 and row["rank_p99_ms"] > 1.0
     assert row["stage_p99_ms"]["pass"] == 7.5 and row["stage_p99_ms"]["store"] is None
     assert row["apply_lag_p99_ms"] == 40.0 and row["gc_pauses"] == {"0": (3, 0.9)}
+    assert row["generator_cpu_ms"] == 5.0  # 0.5 s of the generator's CPU over 100 requests
 
 
 def test_markdown_shows_each_rate_with_the_median_and_every_round() -> None:
