@@ -131,11 +131,12 @@ class Settings(BaseSettings):
         description="`solar worker`: serve /metrics on this port (unset: no endpoint)",
     )
     worker_nice: int = Field(
-        default=0,
+        default=19,
         ge=0,
         le=19,
         description="`solar worker`: raise its nice value by this at start-up, so a serve "
-        "process on the same cores is scheduled first (0: unchanged)",
+        "process on the same cores is scheduled first (0: unchanged; no effect on a worker "
+        "with cores of its own)",
     )
     sweep_s: float = Field(
         default=1.0, gt=0, description="how often an applier sweeps its partitions' marked users"
