@@ -45,8 +45,6 @@ async def run_worker(settings: Settings) -> None:
     from service.runtime import freeze_heap
 
     torch.set_num_threads(settings.torch_threads)
-    if settings.worker_nice:
-        os.nice(settings.worker_nice)  # the whole process: the event loop and its threads
     model = await asyncio.to_thread(load_serving_model, settings)
     backends = await open_backends(
         settings,
@@ -96,6 +94,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     from service.core.serving_model import ModelUnavailable, require_checkpoint
     from service.errors import StoreUnavailable, TooManyModelVersions
 
+    if settings.worker_nice:
+        # Before any thread starts: Linux keeps a nice value per thread, and new threads
+        # inherit their creator's (the metrics server's, the loop's executor's).
+        os.nice(settings.worker_nice)
     try:
         require_checkpoint(settings.model_path)
         asyncio.run(run_worker(settings))

@@ -26,6 +26,7 @@ import redis
 from model.checkpoint import checkpoint_version
 from model.states import LowRankState
 from service.history.postgres import PostgresHistory
+from service.settings import Settings
 from service.store.eventlog import decode_log, event_id_key
 from solar_tools.postgres_server import PostgresServer
 from solar_tools.processes import Serve, Worker
@@ -263,19 +264,33 @@ def test_two_serves_and_two_workers_on_hot_users(
             process.stop()
 
 
+def _thread_nices(pid: int) -> set[int]:
+    """The nice values of process ``pid``'s threads (Linux keeps one per thread)."""
+    tasks = Path(f"/proc/{pid}/task").iterdir()
+    return {int((t / "stat").read_text().rsplit(")", 1)[1].split()[16]) for t in tasks}
+
+
 def test_end_to_end_on_a_redis_cluster(
     checkpoint_dir: Path, cluster_url: str, tmp_path: Path, shared_history: dict[str, str]
 ) -> None:
-    env = _env(checkpoint_dir, cluster_url, shared_history, SOLAR_APPLIER="external")
+    env = _env(
+        checkpoint_dir,
+        cluster_url,
+        shared_history,
+        SOLAR_APPLIER="external",
+        # The default, whatever the shell exports (Worker serves /metrics from a thread).
+        SOLAR_WORKER_NICE=str(Settings.model_fields["worker_nice"].default),
+    )
     serve = Serve(env, tmp_path / "serve.log")
     worker = Worker(env, tmp_path / "worker.log")
     users = [f"c{i}" for i in range(12)]
     sent = _events(users, 20, seed=4)
     try:
-        # The worker yields the cores to serve by default (SOLAR_WORKER_NICE=10).
+        # The worker yields the cores to serve (SOLAR_WORKER_NICE, 10 by default): every
+        # thread of it, the metrics server's included.
         own = os.getpriority(os.PRIO_PROCESS, 0)
-        assert os.getpriority(os.PRIO_PROCESS, worker.proc.pid) == min(own + 10, 19)
-        assert os.getpriority(os.PRIO_PROCESS, serve.proc.pid) == own
+        assert _thread_nices(worker.proc.pid) == {min(own + 10, 19)}
+        assert _thread_nices(serve.proc.pid) == {own}
         with httpx.Client(base_url=serve.base, timeout=30) as client:
             response = client.post("/ingest?wait=true", json={"events": sent})
             assert response.status_code == 200, response.text
