@@ -22,12 +22,22 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
-from bench.common.keepalive import AsyncKeepAlivePool
+from bench.common.keepalive import AsyncKeepAlivePool, UnsupportedResponse
 from bench.common.load import headers, percentile
 
 __all__ = ["MixedLoad", "MixedResult", "measure_mixed"]
 
 _CANDIDATE_POOL = 32
+# What a request of the pool can raise: each counts as a failed request (in the open loop an
+# exception escaping a request's task would be lost, not counted).
+_FAILURES = (
+    OSError,
+    asyncio.IncompleteReadError,
+    asyncio.LimitOverrunError,
+    asyncio.TimeoutError,
+    ValueError,
+    UnsupportedResponse,
+)
 
 
 @dataclass(frozen=True)
@@ -150,8 +160,8 @@ async def _run(
         path, body = ("/rank", bodies.rank()) if is_rank else ("/ingest", bodies.ingest())
         try:
             ok = (await client.post(path, body.encode()))[0] == 200
-        except (OSError, asyncio.IncompleteReadError, TimeoutError, ValueError):
-            ok = False  # (UnsupportedResponse, a RuntimeError, is a bug here: it propagates)
+        except _FAILURES:
+            ok = False
         if ok:
             (result.rank_s if is_rank else result.ingest_s).append(time.perf_counter() - started)
         else:

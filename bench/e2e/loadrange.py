@@ -247,7 +247,7 @@ def markdown(
                 _fmt([r["apply_lag_p99_ms"] for r in rows]),
                 _fmt([r["serve_cpu_ms"] for r in rows]),
                 _fmt([r["worker_cpu_ms"] for r in rows]),
-                _fmt([r.get("generator_cpu_ms") for r in rows]),
+                _fmt([r["generator_cpu_ms"] for r in rows]),
                 *(_fmt([r["stage_p99_ms"][s] for r in rows]) for s in STAGES),
                 _fmt([r["loop_lag_p99_ms"] for r in rows]),
             ]

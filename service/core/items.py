@@ -106,12 +106,12 @@ def candidate_rows(
 def _gathered(
     ids: list[ItemId], index: dict[int | str, int], int_rows: np.ndarray
 ) -> np.ndarray | None:
-    """Rows of ``ids`` with the ints from the dense integer table and the strings from
-    ``index``, or None (the caller's dict path) when there are no ints, fewer ints than
-    strings, or an int past int64. Ints past the table, or negative, are OOV: the table
-    covers every integer id of the vocabulary."""
+    """(M,) int64 rows of ``ids`` with the ints from the dense integer table and the strings
+    from ``index``, or None (the caller's dict path) when there are no ints, fewer ints than
+    strings, an int past int64, or anything but ints and strings. Ints past the table, or
+    negative, are OOV: the table covers every integer id of the vocabulary."""
     kinds = set(map(type, ids))
-    if int not in kinds:
+    if int not in kinds or not kinds <= {int, str}:
         return None
     strings: list[int] = []
     values = cast("list[object]", ids)

@@ -15,16 +15,17 @@ from tests.conftest import ServeHttp
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"  # keep-alive
     connections: set[int] = set()
+    received: list[bytes] = []
 
     def log_message(self, *args: object) -> None:
         pass
 
-    def _answer(self, status: int, body: bytes, length: bool = True) -> None:
-        _Handler.connections.add(id(self.connection))
+    def _answer(self, status: int, body: bytes, length: bool = True, close: bool = False) -> None:
+        _Handler.connections.add(self.client_address[1])  # the client port: one per connection
         self.send_response(status)
         if length:
             self.send_header("Content-Length", str(len(body)))
-        else:
+        if close or not length:
             self.send_header("Connection", "close")
         self.end_headers()
         self.wfile.write(body)
@@ -37,13 +38,17 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_POST(self) -> None:
         body = self.rfile.read(int(self.headers["Content-Length"]))
+        _Handler.received.append(body)
+        if self.path == "/drop":  # read, then close without answering
+            self.close_connection = True
+            return
         if self.path == "/nolength":
             self._answer(200, b"x", length=False)
             return
         echo = f"{self.headers['content-type']} {self.headers['authorization']} ".encode()
-        self._answer(201, echo + body)
-        if self.path == "/last":  # answer, then close the connection (a keep-alive timeout)
-            self.close_connection = True
+        closes = self.path == "/last"  # answer with Connection: close, then close
+        self._answer(201, echo + body, close=closes)
+        self.close_connection = closes
 
 
 @pytest.fixture
@@ -89,6 +94,28 @@ def test_the_pool_reuses_connections_and_opens_one_per_request_in_flight(base_ur
     assert answers[:3] == [(201, b'application/json Bearer t {"a": %d}' % i) for i in range(3)]
     assert answers[3:] == [(201, b"application/json Bearer t []")] * 3
     assert 1 < len(_Handler.connections) <= 3  # one at first, at most one per request in flight
+
+
+def test_the_pool_drops_connections_idle_too_long_and_never_resends(base_url: str) -> None:
+    """A connection idle past ``max_idle_s`` is not reused (the server may be closing it); a
+    request whose connection the server closed without answering fails, sent once."""
+    _Handler.connections.clear()
+    _Handler.received.clear()
+
+    async def run() -> None:
+        pool = AsyncKeepAlivePool(base_url, headers={"content-type": "x"}, max_idle_s=0.0)
+        try:
+            assert [await pool.post("/rank", b"%d" % i) for i in range(3)] == [
+                (201, b"x None %d" % i) for i in range(3)
+            ]
+            with pytest.raises(asyncio.IncompleteReadError):
+                await pool.post("/drop", b"once")
+        finally:
+            await pool.aclose()
+
+    asyncio.run(run())
+    assert len(_Handler.connections) == 3  # one per request: none was idle for < 0 s
+    assert _Handler.received == [b"0", b"1", b"2", b"once"]
 
 
 def test_the_pool_replaces_a_connection_the_server_closed_while_idle(base_url: str) -> None:

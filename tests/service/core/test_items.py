@@ -79,3 +79,5 @@ def test_the_dense_integer_table_maps_as_the_dict_does(checked: bool) -> None:
     assert _mapped([7], vocab.item_index, int_rows=broken)[1] == [5]
     assert _mapped([7, "x", 0], vocab.item_index, int_rows=broken)[1] == [5, 0, 2]
     assert _mapped(["alpha", "x", 7], vocab.item_index, int_rows=broken)[1] == [3, 0, 1]
+    # Anything but ints and strings (a caller that broke ``checked``) goes to the dict whole.
+    assert _mapped([7, 3.5], vocab.item_index, checked=True, int_rows=broken)[1] == [1, 0]
