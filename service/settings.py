@@ -131,7 +131,7 @@ class Settings(BaseSettings):
         description="`solar worker`: serve /metrics on this port (unset: no endpoint)",
     )
     worker_nice: int = Field(
-        default=10,
+        default=0,
         ge=0,
         le=19,
         description="`solar worker`: raise its nice value by this at start-up, so a serve "

@@ -26,7 +26,6 @@ import redis
 from model.checkpoint import checkpoint_version
 from model.states import LowRankState
 from service.history.postgres import PostgresHistory
-from service.settings import Settings
 from service.store.eventlog import decode_log, event_id_key
 from solar_tools.postgres_server import PostgresServer
 from solar_tools.processes import Serve, Worker
@@ -278,16 +277,14 @@ def test_end_to_end_on_a_redis_cluster(
         cluster_url,
         shared_history,
         SOLAR_APPLIER="external",
-        # The default, whatever the shell exports (Worker serves /metrics from a thread).
-        SOLAR_WORKER_NICE=str(Settings.model_fields["worker_nice"].default),
+        SOLAR_WORKER_NICE="10",  # (Worker serves /metrics from a thread of its own)
     )
     serve = Serve(env, tmp_path / "serve.log")
     worker = Worker(env, tmp_path / "worker.log")
     users = [f"c{i}" for i in range(12)]
     sent = _events(users, 20, seed=4)
     try:
-        # The worker yields the cores to serve (SOLAR_WORKER_NICE, 10 by default): every
-        # thread of it, the metrics server's included.
+        # SOLAR_WORKER_NICE lowers every thread of the worker, the metrics server's included.
         own = os.getpriority(os.PRIO_PROCESS, 0)
         assert _thread_nices(worker.proc.pid) == {min(own + 10, 19)}
         assert _thread_nices(serve.proc.pid) == {own}
