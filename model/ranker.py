@@ -128,14 +128,16 @@ class Ranker(nn.Module):
     ) -> ServingPass:
         """The fused serving pass of ``mode`` (default: the trained one) in ``dtype``, through
         the MLP that scores it: the one place a mode picks its MLP's pass (made once per MLP
-        and dtype, follows weight updates)."""
+        and dtype, follows weight updates; a read-out pass shares the trained pass's
+        per-item table and attention weights)."""
         readout = self.reads_out(mode or self.config.mode)
         passes: dict[tuple[bool, torch.dtype], ServingPass] = self.__dict__.setdefault(
             "_serving", {}
         )
         serving = passes.get((readout, dtype))
         if serving is None:
-            serving = passes[readout, dtype] = ServingPass(self, dtype, readout=readout)
+            trained = self.serving_pass(self.config.mode, dtype) if readout else None
+            serving = passes[readout, dtype] = ServingPass(self, dtype, readout, shares=trained)
         return serving
 
     # ------------------------------------------------------------------ training path

@@ -80,8 +80,16 @@ class ServingWeights(NamedTuple):
     out_bias: Tensor
 
     @classmethod
-    def of(cls, ranker: Scorable, dtype: torch.dtype, readout: bool = False) -> ServingWeights:
-        """``readout``: through the ranker's svd read-out instead of its trained MLP."""
+    def of(
+        cls,
+        ranker: Scorable,
+        dtype: torch.dtype,
+        readout: bool = False,
+        attention: ServingWeights | None = None,
+    ) -> ServingWeights:
+        """``readout``: through the ranker's svd read-out instead of its trained MLP.
+        ``attention``: weights of the same ranker and dtype whose MLP-independent tensors
+        (``features``, ``actions``, ``kv``, ``o``) are taken as they are, not built again."""
         d = ranker.config.dim
         attn, mlp = ranker.attn, ranker.mlp
         if readout:
@@ -90,19 +98,35 @@ class ServingWeights(NamedTuple):
             mlp = ranker.readout
         with torch.inference_mode(False), torch.no_grad():  # plain tensors, usable anywhere
             emb = ranker.item_emb.weight
-            tensors = (
-                torch.cat((emb, emb @ attn.w_q.weight.T), 1),
+            if attention is None:
+                features, actions, kv, o = (
+                    t.detach().to(dtype).contiguous()
+                    for t in (
+                        torch.cat((emb, emb @ attn.w_q.weight.T), 1),
+                        ranker.action_emb.weight,
+                        torch.cat((attn.w_k.weight, attn.w_v.weight)).T,
+                        attn.w_o.weight.T,
+                    )
+                )
+            else:
+                features, actions, kv, o = (
+                    attention.features,
+                    attention.actions,
+                    attention.kv,
+                    attention.o,
+                )
+            own = (
                 emb @ mlp.fc1.weight[:, :d].T + mlp.fc1.bias,
-                ranker.action_emb.weight,
-                torch.cat((attn.w_k.weight, attn.w_v.weight)).T,
-                attn.w_o.weight.T,
                 mlp.fc1.weight[:, d:].T,
                 mlp.fc2.weight.T,
                 mlp.fc2.bias,
                 mlp.out.weight[0],
                 mlp.out.bias[0],
             )
-            return cls(*(t.detach().to(dtype).contiguous() for t in tensors))
+            first_share, fc1, fc2, fc2_bias, out, out_bias = (
+                t.detach().to(dtype).contiguous() for t in own
+            )
+            return cls(features, first_share, actions, kv, o, fc1, fc2, fc2_bias, out, out_bias)
 
 
 class Workspace:
@@ -133,14 +157,24 @@ class ServingPass:
         dtype: compute dtype; logits are returned in float32 whatever it is.
         readout: score through the ranker's svd read-out (a lifelong model's svd family)
             instead of its trained MLP.
+        shares: the pass of the same ranker and dtype through the trained MLP, whose
+            per-item [e | W_Q e] table and attention weights this one uses instead of copies
+            of its own (a read-out pass); None: build them.
     """
 
     def __init__(
-        self, ranker: Scorable, dtype: torch.dtype = torch.float32, readout: bool = False
+        self,
+        ranker: Scorable,
+        dtype: torch.dtype = torch.float32,
+        readout: bool = False,
+        shares: ServingPass | None = None,
     ) -> None:
-        self.ranker = ranker
-        self.dtype = dtype
+        self.ranker: Scorable = ranker
+        self.dtype: torch.dtype = dtype
+        if shares is not None and (shares.ranker is not ranker or shares.dtype != dtype):
+            raise ValueError("a pass shares the weights of the same ranker and dtype only")
         self.readout = readout
+        self._shares = shares
         self.heads = ranker.config.heads
         self._key: tuple[object, ...] | None = None
         self._weights: ServingWeights | None = None
@@ -157,7 +191,8 @@ class ServingPass:
         key = tuple((p.data_ptr(), p._version) for p in self.ranker.parameters())
         with self._lock:
             if self._weights is None or key != self._key:
-                self._weights = ServingWeights.of(self.ranker, self.dtype, self.readout)
+                attention = None if self._shares is None else self._shares.weights
+                self._weights = ServingWeights.of(self.ranker, self.dtype, self.readout, attention)
                 self._key = key
             return self._weights
 
