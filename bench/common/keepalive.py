@@ -21,7 +21,7 @@ import time
 from typing import NamedTuple
 from urllib.parse import urlsplit
 
-__all__ = ["AsyncKeepAlivePool", "KeepAliveClient", "UnsupportedResponse"]
+__all__ = ["REQUEST_ERRORS", "AsyncKeepAlivePool", "KeepAliveClient", "UnsupportedResponse"]
 
 
 class UnsupportedResponse(RuntimeError):
@@ -142,6 +142,17 @@ class KeepAliveClient:
         self.close()
 
 
+# What :meth:`AsyncKeepAlivePool.post` raises when a request fails (its connection closed).
+REQUEST_ERRORS: tuple[type[BaseException], ...] = (
+    OSError,
+    asyncio.IncompleteReadError,
+    asyncio.LimitOverrunError,
+    asyncio.TimeoutError,
+    ValueError,
+    UnsupportedResponse,
+)
+
+
 class AsyncKeepAlivePool:
     """Keep-alive connections to ``base_url`` on asyncio streams, opened as requests need
     them and reused: as many as requests were ever in flight at once.
@@ -177,9 +188,7 @@ class AsyncKeepAlivePool:
         """POST ``body`` to ``path``: (status code, body).
 
         Raises:
-            OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError,
-            asyncio.TimeoutError, ValueError, UnsupportedResponse: the request failed (its
-            connection is closed).
+            One of :data:`REQUEST_ERRORS`: the request failed (its connection is closed).
         """
         request = _request_head("POST", path, self._host, self._headers, body) + body
         return await asyncio.wait_for(self._send(request), self.timeout_s)

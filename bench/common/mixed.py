@@ -22,22 +22,12 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
-from bench.common.keepalive import AsyncKeepAlivePool, UnsupportedResponse
+from bench.common.keepalive import REQUEST_ERRORS, AsyncKeepAlivePool
 from bench.common.load import headers, percentile
 
 __all__ = ["MixedLoad", "MixedResult", "measure_mixed"]
 
 _CANDIDATE_POOL = 32
-# What a request of the pool can raise: each counts as a failed request (in the open loop an
-# exception escaping a request's task would be lost, not counted).
-_FAILURES = (
-    OSError,
-    asyncio.IncompleteReadError,
-    asyncio.LimitOverrunError,
-    asyncio.TimeoutError,
-    ValueError,
-    UnsupportedResponse,
-)
 
 
 @dataclass(frozen=True)
@@ -158,9 +148,11 @@ async def _run(
     async def one(started: float) -> None:
         is_rank = rng.random() < load.rank_share
         path, body = ("/rank", bodies.rank()) if is_rank else ("/ingest", bodies.ingest())
+        # Every request error is a counted failure: in the open loop, one left to escape a
+        # request's task would be lost.
         try:
             ok = (await client.post(path, body.encode()))[0] == 200
-        except _FAILURES:
+        except REQUEST_ERRORS:
             ok = False
         if ok:
             (result.rank_s if is_rank else result.ingest_s).append(time.perf_counter() - started)

@@ -10,8 +10,8 @@ settings with ``--env`` in separate runs close in time, and quote the load avera
 it prints the client's /rank p50/p99, the CPU cores serve and worker used (``/proc``) and the
 load generator's own, and the run's histograms of the service and the worker
 (``loadtest/server_metrics.py``): stage p99s, passes of a new shape, GC pauses, event-loop
-lag, apply lag. ``--profile PREFIX``
-records ``py-spy`` (raw collapsed stacks, 50 Hz) of both processes while each rate runs.
+lag, apply lag. ``--profile PREFIX`` records ``py-spy`` (raw collapsed stacks, 50 Hz) of both
+processes while each rate runs.
 """
 
 from __future__ import annotations
