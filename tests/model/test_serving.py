@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 
 from model.config import RankerConfig
@@ -102,16 +104,7 @@ def test_weights_follow_parameter_updates(device: torch.device) -> None:
 def test_a_readout_pass_shares_the_trained_pass_tables_and_scores_through_the_readout() -> None:
     """The read-out pass uses the trained pass's [e | W_Q e] table and attention weights (no
     copies), its own MLP tensors, and still equals the read-out's reference scores."""
-    config = RankerConfig(
-        n_items=50,
-        dim=32,
-        heads=4,
-        rank=8,
-        mlp_hidden=32,
-        mode="lifelong",
-        recent_tokens=4,
-        svd_readout=True,
-    )
+    config = dataclasses.replace(CONFIG, mode="lifelong", recent_tokens=4, svd_readout=True)
     torch.manual_seed(0)
     ranker = Ranker(config).eval()
     trained, readout = ranker.serving_pass(), ranker.serving_pass("svd")
@@ -120,7 +113,7 @@ def test_a_readout_pass_shares_the_trained_pass_tables_and_scores_through_the_re
     for name in ("features", "actions", "kv", "o"):
         assert getattr(own, name) is getattr(shared, name), name
     assert not torch.equal(own.fc2, shared.fc2)  # the read-out's MLP, not the trained one
-    rows = torch.randint(1, 51, (2, 12))
+    rows = torch.randint(1, CONFIG.n_items, (2, 12))
     tokens = torch.randn(2, 8, 32)
     with torch.no_grad():
         cand = ranker.embed_items(rows)
