@@ -5,9 +5,11 @@ One ``Applier`` per process (``solar worker``, or inside ``solar serve`` unless
 ``SOLAR_APPLIER=external``). Every ``lease_s / 3`` it heartbeats, renews the leases it holds
 and takes free ones up to its share, ``ceil(P / live appliers)``; each partition it holds runs
 a task that first claims the partition's pending notices (a dead owner's), then reads new
-ones, coalesces them per user, applies each user ONCE (``UserStates.apply_pending``: all of
-the user's unapplied records as one block update, fenced on the position read) and only then
-acknowledges. A user whose apply failed keeps its notices pending; the task claims them again.
+ones. Notices the tasks read within ``linger_s`` of each other form one round: coalesced per
+user, each user applied ONCE (``UserStates.apply_pending``: all of the user's unapplied
+records as one block update, fenced on the position read), and only then acknowledged, with
+one read, one commit and one acknowledgement round trip for the whole round. A user whose
+apply failed keeps its notices pending; the task claims them again.
 A task whose lease was lost stops after its current batch; the fence keeps the overlap safe.
 Stopping is a flag (:meth:`Applier.stop`), not cancellation; see there.
 
@@ -38,6 +40,7 @@ import os
 import socket
 import time
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from service.core.model_versions import AppliedVersions
@@ -71,6 +74,15 @@ class ApplierConfig:
     linger_s: float = 0.005  # wait after notices arrive, before reading their users' logs
 
 
+@dataclass
+class _Round:
+    """Notices of several partitions applied together (``Applier._apply_in_round``):
+    ``{partition: notices}`` and, once applied, each partition's outcome."""
+
+    outcome: asyncio.Future[dict[int, bool]]
+    batches: dict[int, list[Notice]] = field(default_factory=dict)
+
+
 def applier_id() -> str:
     """A consumer name unique to this process: host, pid and a random suffix."""
     return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
@@ -88,6 +100,8 @@ class Applier:
     _held: set[int] = field(default_factory=set, init=False, repr=False)
     _stopping: bool = field(default=False, init=False, repr=False)
     _wake: asyncio.Event | None = field(default=None, init=False, repr=False)
+    _round: _Round | None = field(default=None, init=False, repr=False)
+    _round_tasks: set[asyncio.Task[None]] = field(default_factory=set, init=False, repr=False)
 
     @classmethod
     def create(
@@ -214,17 +228,14 @@ class Applier:
                 if claim:
                     notices = await self.stream.claim(k, self.consumer, self.config.read_count)
                     claim = len(notices) == self.config.read_count
+                    if notices:
+                        claim = not await self.apply(k, notices) or claim
                 else:
                     notices = await self.stream.read(
                         k, self.consumer, self.config.read_count, self.config.block_s
                     )
-                    if notices and self.config.linger_s > 0:
-                        # A notice can overtake its ingest's durable mark (both are sent at
-                        # once); applying then would write the events to the durable tier a
-                        # second time. A few ms let the mark land (12-25% of blocks raced).
-                        await asyncio.sleep(self.config.linger_s)
-                if notices:
-                    claim = not await self.apply(k, notices) or claim
+                    if notices:
+                        claim = not await self._apply_in_round(k, notices) or claim
             except StoreError as exc:
                 logger.warning("applier %s partition %d: %s", self.consumer, k, exc)
                 claim = True
@@ -239,11 +250,23 @@ class Applier:
     async def apply(self, partition: int, notices: list[Notice]) -> bool:
         """Apply every notified user once and acknowledge their notices; False when some
         user failed (its notices stay pending)."""
+        return (await self.apply_partitions({partition: notices}))[partition]
+
+    async def apply_partitions(self, batches: Mapping[int, list[Notice]]) -> dict[int, bool]:
+        """:meth:`apply` of the notices of several partitions at once: their users' reads,
+        their commits and the acknowledgements cost one round trip each for all of them.
+        Per partition: False when some user failed (its notices stay pending).
+
+        Raises:
+            StoreError: the acknowledgement failed (every notice stays pending; applying
+                them again applies nothing twice).
+        """
         by_user: dict[str, list[Notice]] = {}
-        for notice in notices:
-            by_user.setdefault(notice.user_id, []).append(notice)
+        for notices in batches.values():
+            for notice in notices:
+                by_user.setdefault(notice.user_id, []).append(notice)
         through = [(u, max(n.seq for n in ns)) for u, ns in by_user.items()]
-        acked: list[str] = []
+        acked: dict[int, list[str]] = {k: [] for k in batches}
         outcomes = await self._apply_users(through)
         for (user_id, _), (applied, applied_s) in zip(through, outcomes, strict=True):
             if applied is None:
@@ -253,9 +276,39 @@ class Applier:
                 self.metrics.apply_batch_events.observe(applied.events)
                 oldest_s = min(n.posted_s for n in user_notices)
                 self.metrics.apply_lag_seconds.observe(max(0.0, applied_s - oldest_s))
-            acked += [n.entry_id for n in user_notices]
-        await self.stream.ack(partition, acked)
-        return len(acked) == len(notices)
+            for n in user_notices:
+                acked[n.partition].append(n.entry_id)
+        await self.stream.ack(acked)
+        return {k: len(acked[k]) == len(notices) for k, notices in batches.items()}
+
+    async def _apply_in_round(self, partition: int, notices: list[Notice]) -> bool:
+        """:meth:`apply` of notices just read, in the round open now or in a new one: the
+        round waits ``linger_s``, then applies together what every partition task brought it
+        meanwhile (:meth:`apply_partitions`). An ingest's users spread over the partitions,
+        so alone each task paid three round trips for one or two users.
+
+        The linger itself is older: a notice can overtake its ingest's durable mark (both are
+        sent at once), and applying then would write the events to the durable tier a second
+        time (12-25% of blocks raced without it).
+        """
+        current = self._round
+        if current is None:
+            current = self._round = _Round(asyncio.get_running_loop().create_future())
+            task = asyncio.create_task(self._run_round(current), name="apply-round")
+            self._round_tasks.add(task)  # held until done: the loop keeps weak references
+            task.add_done_callback(self._round_tasks.discard)
+        current.batches[partition] = notices
+        # Shielded: a partition task cancelled while it waits leaves the round to the others.
+        return (await asyncio.shield(current.outcome))[partition]
+
+    async def _run_round(self, current: _Round) -> None:
+        await asyncio.sleep(self.config.linger_s)
+        if self._round is current:
+            self._round = None  # notices read from now on open the next round
+        try:
+            current.outcome.set_result(await self.apply_partitions(current.batches))
+        except Exception as exc:  # each partition task meets it, as when it applied alone
+            current.outcome.set_exception(exc)
 
     async def _apply_users(
         self, through: list[tuple[str, int]]

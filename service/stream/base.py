@@ -22,7 +22,7 @@ Semantics shared by both implementations:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import NamedTuple, Protocol, runtime_checkable
 
 __all__ = ["IngestStream", "Notice"]
@@ -60,7 +60,10 @@ class IngestStream(Protocol):
 
     async def claim(self, partition: int, consumer: str, count: int) -> list[Notice]: ...
 
-    async def ack(self, partition: int, entry_ids: list[str]) -> None: ...
+    async def ack(self, entries: Mapping[int, Sequence[str]]) -> None:
+        """Acknowledge and delete the entries ``{partition: entry ids}`` of one or more
+        partitions, in one round trip."""
+        ...
 
     async def backlog(self, partition: int) -> int: ...
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from service.store.keys import partition_of
@@ -80,11 +80,12 @@ class MemoryStream:
             part.pending[entry_id] = consumer
         return [part.entries[e] for e in taken]
 
-    async def ack(self, partition: int, entry_ids: list[str]) -> None:
-        part = self._parts[partition]
-        for entry_id in entry_ids:
-            part.pending.pop(entry_id, None)
-            part.entries.pop(entry_id, None)
+    async def ack(self, entries: Mapping[int, Sequence[str]]) -> None:
+        for partition, entry_ids in entries.items():
+            part = self._parts[partition]
+            for entry_id in entry_ids:
+                part.pending.pop(entry_id, None)
+                part.entries.pop(entry_id, None)
 
     async def backlog(self, partition: int) -> int:
         return len(self._parts[partition].entries)

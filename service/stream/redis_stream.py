@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from redis import exceptions as redis_exc
@@ -185,13 +185,17 @@ class RedisStream:
                 raise
         return self._notices(partition, reply[1])
 
-    async def ack(self, partition: int, entry_ids: list[str]) -> None:
-        if not entry_ids:
+    async def ack(self, entries: Mapping[int, Sequence[str]]) -> None:
+        entries = {k: ids for k, ids in entries.items() if ids}
+        if not entries:
             return
-        key = stream_key(partition)
         async with redis_errors("ack", self.url):
-            await self._client.xack(key, GROUP, *entry_ids)
-            await self._client.xdel(key, *entry_ids)
+            pipe: Any
+            async with self._client.pipeline(transaction=False) as pipe:  # closed on failure
+                for k, entry_ids in entries.items():
+                    pipe.xack(stream_key(k), GROUP, *entry_ids)
+                    pipe.xdel(stream_key(k), *entry_ids)
+                await pipe.execute()
 
     async def backlog(self, partition: int) -> int:
         async with redis_errors("backlog", self.url):

@@ -319,6 +319,42 @@ async def test_a_batch_of_users_is_read_and_committed_in_one_round_trip_each(
         await store.close()
 
 
+async def test_a_running_applier_applies_the_partitions_an_ingest_woke_in_one_round(
+    make_settings: SettingsFactory, redis_url: str
+) -> None:
+    """One ingest's users in four partitions: the four partition tasks it wakes bring their
+    notices to one round, so on Redis all four users cost one read and one commit."""
+    observer = _CountingObserver()
+    store = RedisStore(await connect_redis(redis_url), redis_url, observer=observer)
+    pipe = Pipeline(make_settings, store=store, partitions=4, apply_linger_ms=50.0)
+    by_partition = {partition_of(f"round-{i}", 4): f"round-{i}" for i in range(40)}
+    users = [by_partition[k] for k in range(4)]
+    await pipe.ingest([event(u, 1, 0.0) for u in users])  # known users (a first state: alone)
+    running = asyncio.create_task(pipe.applier.run())
+    try:
+        for _ in range(500):  # bounded: a hang fails
+            if len(pipe.applier.owned) == 4:
+                break
+            await asyncio.sleep(0.01)
+        observer.ops.clear()
+        await pipe.ingest([event(u, i + 2, 1.0 + i) for u in users for i in range(3)], apply=False)
+        for _ in range(500):
+            if [(await pipe.store.position(u, pipe.model.version)).pending for u in users] == [
+                0
+            ] * 4:
+                break
+            await asyncio.sleep(0.01)
+        assert [(await pipe.state(u)).n for u in users] == [4, 4, 4, 4]
+        assert (observer.ops.get("read_log"), observer.ops.get("commit")) == (1, 1)
+        assert [await pipe.stream.backlog(k) for k in range(4)] == [0, 0, 0, 0]
+    finally:
+        pipe.applier.stop()
+        await running
+        for u in users:
+            await store.delete(u)
+        await store.close()
+
+
 class _RacingStore(MemoryStore):
     """Loses the first ``losses`` fenced commits, as if another applier wrote first."""
 

@@ -53,14 +53,31 @@ async def test_notices_reach_one_reader_once_and_stay_pending_until_acked(
     ]
     assert all(n.partition == 1 for n in got)
     assert await stream.read(1, "b", count=10, block_s=0.05) == []  # delivered already
-    await stream.ack(1, [got[0].entry_id])
+    await stream.ack({1: [got[0].entry_id]})
     assert await stream.backlog(1) == 2
     # A take-over hands the unacknowledged ones to the new owner.
     claimed = await stream.claim(1, "b", count=10)
     assert [n.entry_id for n in claimed] == [n.entry_id for n in got[1:]]
-    await stream.ack(1, [n.entry_id for n in claimed])
+    await stream.ack({1: [n.entry_id for n in claimed]})
     assert await stream.backlog(1) == 0
     assert await stream.claim(1, "b", count=10) == []
+
+
+async def test_one_ack_settles_entries_of_several_partitions(stream: IngestStream) -> None:
+    users = {k: _users_of(k, 2) for k in (0, 2, 3)}
+    for two in users.values():
+        for seq, user in enumerate(two, start=1):
+            await stream.post(user, seq, 1.0)
+    got = {k: await stream.read(k, "a", count=10, block_s=0.05) for k in users}
+    # All of 0's, the first of 3's, none of 2's (an empty list is allowed).
+    await stream.ack({0: [n.entry_id for n in got[0]], 2: [], 3: [got[3][0].entry_id]})
+    assert [await stream.backlog(k) for k in (0, 2, 3)] == [0, 2, 1]
+    claimed = {k: await stream.claim(k, "b", count=10) for k in users}
+    assert {k: [n.entry_id for n in ns] for k, ns in claimed.items()} == {
+        0: [],
+        2: [n.entry_id for n in got[2]],
+        3: [got[3][1].entry_id],
+    }
 
 
 async def test_a_blocked_read_wakes_on_a_post(stream: IngestStream) -> None:
