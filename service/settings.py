@@ -151,8 +151,9 @@ class Settings(BaseSettings):
         default=5.0,
         ge=0,
         le=50,
-        description="an applier waits this long after notices arrive before applying them, so "
-        "the announcing ingest's durable mark lands first (0: apply at once)",
+        description="an applier waits this long after notices arrive, then applies together "
+        "what all its partitions read meanwhile; the wait also lets the announcing ingest's "
+        "durable mark land first (0: apply at once)",
     )
     apply_inline_events: int = Field(
         default=16,
