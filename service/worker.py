@@ -14,8 +14,7 @@ import asyncio
 import logging
 import os
 import signal
-from collections.abc import Coroutine, Sequence
-from typing import Any
+from collections.abc import Sequence
 
 from service.settings import Settings, settings_from_environment
 
@@ -74,18 +73,6 @@ async def run_worker(settings: Settings) -> None:
         await backends.close()
 
 
-def _run_loop(main_coroutine: Coroutine[Any, Any, None]) -> None:
-    """Run it on uvloop where that is installed (uvicorn's "auto", as `solar serve` runs):
-    the applier's many small Redis round trips cost less in its C transports; else on
-    asyncio's loop."""
-    try:
-        import uvloop
-    except ImportError:
-        asyncio.run(main_coroutine)
-        return
-    uvloop.run(main_coroutine)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Parse the arguments, check the configuration, run the applier; the exit code."""
     os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # tiny SVDs: threads only cost
@@ -113,7 +100,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         os.nice(settings.worker_nice)
     try:
         require_checkpoint(settings.model_path)
-        _run_loop(run_worker(settings))
+        asyncio.run(run_worker(settings))
     except (ModelUnavailable, StoreUnavailable, TooManyModelVersions) as exc:
         logger.error("%s", exc)
         return 1

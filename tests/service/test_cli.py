@@ -42,19 +42,3 @@ def test_usage_and_unknown_commands(capsys: pytest.CaptureFixture[str]) -> None:
     assert "serve" in capsys.readouterr().out
     assert main(["nope"]) == 2
     assert "unknown command 'nope'" in capsys.readouterr().err
-
-
-def test_the_worker_runs_on_uvloop_where_it_is_installed() -> None:
-    """As `solar serve` does under uvicorn: the applier's small Redis round trips cost less
-    in uvloop's transports (uvicorn[standard] installs it)."""
-    import asyncio
-
-    from service.worker import _run_loop
-
-    loops: list[str] = []
-
-    async def note_the_loop() -> None:
-        loops.append(type(asyncio.get_running_loop()).__module__)
-
-    _run_loop(note_the_loop())
-    assert loops == ["uvloop"]
