@@ -10,7 +10,7 @@ user, each user applied ONCE (``UserStates.apply_pending``: all of the user's un
 records as one block update, fenced on the position read), and only then acknowledged, with
 one read, one commit and one acknowledgement round trip for the whole round. A user whose
 apply failed keeps its notices pending; the task claims them again.
-A task whose lease was lost stops after its current batch; the fence keeps the overlap safe.
+A task whose lease was lost stops after its current round; the fence keeps the overlap safe.
 Stopping is a flag (:meth:`Applier.stop`), not cancellation; see there.
 
 Rollouts (docs/DESIGN.md §3): each lease round also follows the registry of model versions
@@ -68,7 +68,7 @@ class ApplierConfig:
     lease_s: float = 5.0  # a dead applier's partitions are taken over after this
     read_count: int = 512  # notices per read
     block_s: float = 0.2  # how long a read waits for notices
-    users_in_flight: int = 16  # users applied concurrently within a partition batch
+    users_in_flight: int = 16  # users applied alone concurrently within a round
     sweep_s: float = 1.0  # how often a partition's marked users are swept
     sweep_grace_s: float = 5.0  # the sweeper applies users marked longer ago than this
     linger_s: float = 0.005  # wait after notices arrive, before reading their users' logs
@@ -77,9 +77,11 @@ class ApplierConfig:
 @dataclass
 class _Round:
     """Notices of several partitions applied together (``Applier._apply_in_round``):
-    ``{partition: notices}`` and, once applied, each partition's outcome."""
+    ``{partition: notices}``, when the last of them joined (event-loop time, s) and, once
+    applied, each partition's outcome."""
 
     outcome: asyncio.Future[dict[int, bool]]
+    last_join_s: float
     batches: dict[int, list[Notice]] = field(default_factory=dict)
 
 
@@ -204,6 +206,11 @@ class Applier:
             _, late = await asyncio.wait(tasks.values(), timeout=4 * self.config.block_s + 1.0)
             for task in late:
                 task.cancel()
+        if self._round_tasks:  # a round outlives a cancelled partition task (it is shielded)
+            _, late = await asyncio.wait(set(self._round_tasks), timeout=1.0)
+            for task in late:
+                task.cancel()
+            await asyncio.gather(*late, return_exceptions=True)
         for k in tasks:
             try:
                 await self.stream.release(k, self.consumer)
@@ -258,14 +265,15 @@ class Applier:
         Per partition: False when some user failed (its notices stay pending).
 
         Raises:
-            StoreError: the acknowledgement failed (every notice stays pending; applying
-                them again applies nothing twice).
+            StoreError: the acknowledgement failed. It is not atomic: notices whose
+                acknowledgement landed are gone, the rest stay pending (applying them again
+                applies nothing twice).
         """
-        by_user: dict[str, list[Notice]] = {}
-        for notices in batches.values():
+        by_user: dict[str, list[tuple[int, Notice]]] = {}
+        for k, notices in batches.items():
             for notice in notices:
-                by_user.setdefault(notice.user_id, []).append(notice)
-        through = [(u, max(n.seq for n in ns)) for u, ns in by_user.items()]
+                by_user.setdefault(notice.user_id, []).append((k, notice))
+        through = [(u, max(n.seq for _, n in ns)) for u, ns in by_user.items()]
         acked: dict[int, list[str]] = {k: [] for k in batches}
         outcomes = await self._apply_users(through)
         for (user_id, _), (applied, applied_s) in zip(through, outcomes, strict=True):
@@ -274,41 +282,54 @@ class Applier:
             user_notices = by_user[user_id]
             if applied.events:
                 self.metrics.apply_batch_events.observe(applied.events)
-                oldest_s = min(n.posted_s for n in user_notices)
+                oldest_s = min(n.posted_s for _, n in user_notices)
                 self.metrics.apply_lag_seconds.observe(max(0.0, applied_s - oldest_s))
-            for n in user_notices:
-                acked[n.partition].append(n.entry_id)
+            for k, n in user_notices:
+                acked[k].append(n.entry_id)
         await self.stream.ack(acked)
         return {k: len(acked[k]) == len(notices) for k, notices in batches.items()}
 
     async def _apply_in_round(self, partition: int, notices: list[Notice]) -> bool:
-        """:meth:`apply` of notices just read, in the round open now or in a new one: the
-        round waits ``linger_s``, then applies together what every partition task brought it
-        meanwhile (:meth:`apply_partitions`). An ingest's users spread over the partitions,
-        so alone each task paid three round trips for one or two users.
+        """:meth:`apply` of notices just read, in the round open now or in a new one: a round
+        takes what every partition task brings it within ``linger_s`` of its opening, then
+        applies it together (:meth:`apply_partitions`) once the last notice that joined has
+        waited ``linger_s`` too (so at most 2 × ``linger_s`` after the round opened). An
+        ingest's users spread over the partitions, so alone each task paid three round trips
+        for one or two users.
 
-        The linger itself is older: a notice can overtake its ingest's durable mark (both are
+        The wait itself is older: a notice can overtake its ingest's durable mark (both are
         sent at once), and applying then would write the events to the durable tier a second
         time (12-25% of blocks raced without it).
         """
+        loop = asyncio.get_running_loop()
         current = self._round
         if current is None:
-            current = self._round = _Round(asyncio.get_running_loop().create_future())
+            current = self._round = _Round(loop.create_future(), loop.time())
             task = asyncio.create_task(self._run_round(current), name="apply-round")
             self._round_tasks.add(task)  # held until done: the loop keeps weak references
             task.add_done_callback(self._round_tasks.discard)
-        current.batches[partition] = notices
+        current.batches.setdefault(partition, []).extend(notices)
+        current.last_join_s = loop.time()
         # Shielded: a partition task cancelled while it waits leaves the round to the others.
         return (await asyncio.shield(current.outcome))[partition]
 
     async def _run_round(self, current: _Round) -> None:
-        await asyncio.sleep(self.config.linger_s)
-        if self._round is current:
-            self._round = None  # notices read from now on open the next round
+        loop = asyncio.get_running_loop()
         try:
+            await asyncio.sleep(self.config.linger_s)
+            if self._round is current:
+                self._round = None  # notices read from now on open the next round
+            late_s = current.last_join_s + self.config.linger_s - loop.time()
+            if late_s > 0:
+                await asyncio.sleep(late_s)
             current.outcome.set_result(await self.apply_partitions(current.batches))
         except Exception as exc:  # each partition task meets it, as when it applied alone
             current.outcome.set_exception(exc)
+        finally:  # cancelled (a shutdown): no partition task may wait on it, nor join it
+            if self._round is current:
+                self._round = None
+            if not current.outcome.done():
+                current.outcome.cancel()
 
     async def _apply_users(
         self, through: list[tuple[str, int]]

@@ -62,7 +62,8 @@ class IngestStream(Protocol):
 
     async def ack(self, entries: Mapping[int, Sequence[str]]) -> None:
         """Acknowledge and delete the entries ``{partition: entry ids}`` of one or more
-        partitions, in one round trip."""
+        partitions, in one round trip (one per node of a cluster, sent together). Not atomic:
+        when it raises, some of the entries may be acknowledged already."""
         ...
 
     async def backlog(self, partition: int) -> int: ...

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +16,7 @@ from model.states import Decay, LowRankState
 from service.core.applier import Applier
 from service.core.ingest import EventColumns, Ingestor, IngestResult
 from service.core.serving_model import load_serving_model
-from service.errors import ApplyTimeout, StoreBusy
+from service.errors import ApplyTimeout, StoreBusy, StoreUnavailable
 from service.history.memory import MemoryHistory
 from service.metrics import Metrics
 from service.store.base import Store
@@ -57,12 +58,13 @@ class Pipeline:
         make_settings: SettingsFactory,
         store: Store | None = None,
         history: MemoryHistory | None = None,
+        stream: MemoryStream | None = None,
         **kw: Any,
     ) -> None:
         settings = make_settings(**kw)
         self.metrics = Metrics()
         self.store: Store = store if store is not None else MemoryStore()
-        self.stream = MemoryStream(settings.partitions)
+        self.stream = stream if stream is not None else MemoryStream(settings.partitions)
         self.model = load_serving_model(settings)
         self.history = history if history is not None else MemoryHistory()
         self.ingestor = Ingestor(
@@ -319,40 +321,129 @@ async def test_a_batch_of_users_is_read_and_committed_in_one_round_trip_each(
         await store.close()
 
 
+async def _until(condition: Callable[[], Awaitable[bool]], what: str) -> None:
+    """Poll ``condition`` every 10 ms for at most 5 s (bounded: a hang fails)."""
+    for _ in range(500):
+        if await condition():
+            return
+        await asyncio.sleep(0.01)
+    pytest.fail(f"timed out waiting for {what}")
+
+
+async def _owning(applier: Applier, partitions: int) -> None:
+    async def owned() -> bool:
+        return len(applier.owned) == partitions
+
+    await _until(owned, "the partitions")
+
+
+def _one_user_per_partition(prefix: str, partitions: int) -> list[str]:
+    by_partition = {partition_of(f"{prefix}-{i}", partitions): f"{prefix}-{i}" for i in range(80)}
+    return [by_partition[k] for k in range(partitions)]
+
+
 async def test_a_running_applier_applies_the_partitions_an_ingest_woke_in_one_round(
     make_settings: SettingsFactory, redis_url: str
 ) -> None:
     """One ingest's users in four partitions: the four partition tasks it wakes bring their
-    notices to one round, so on Redis all four users cost one read and one commit."""
+    notices to one round, so on Redis all four users cost one read and one commit; the next
+    ingest opens a new round; the applier stops promptly."""
     observer = _CountingObserver()
     store = RedisStore(await connect_redis(redis_url), redis_url, observer=observer)
     pipe = Pipeline(make_settings, store=store, partitions=4, apply_linger_ms=50.0)
-    by_partition = {partition_of(f"round-{i}", 4): f"round-{i}" for i in range(40)}
-    users = [by_partition[k] for k in range(4)]
+    users = _one_user_per_partition("round", 4)
     await pipe.ingest([event(u, 1, 0.0) for u in users])  # known users (a first state: alone)
     running = asyncio.create_task(pipe.applier.run())
+
+    async def applied() -> bool:
+        positions = [await pipe.store.position(u, pipe.model.version) for u in users]
+        return all(p.pending == 0 for p in positions)
+
     try:
-        for _ in range(500):  # bounded: a hang fails
-            if len(pipe.applier.owned) == 4:
-                break
-            await asyncio.sleep(0.01)
-        observer.ops.clear()
-        await pipe.ingest([event(u, i + 2, 1.0 + i) for u in users for i in range(3)], apply=False)
-        for _ in range(500):
-            if [(await pipe.store.position(u, pipe.model.version)).pending for u in users] == [
-                0
-            ] * 4:
-                break
-            await asyncio.sleep(0.01)
-        assert [(await pipe.state(u)).n for u in users] == [4, 4, 4, 4]
-        assert (observer.ops.get("read_log"), observer.ops.get("commit")) == (1, 1)
-        assert [await pipe.stream.backlog(k) for k in range(4)] == [0, 0, 0, 0]
+        await _owning(pipe.applier, 4)
+        tasks = dict(pipe.applier._tasks)
+        for round_number, start in enumerate((2, 5), start=1):
+            observer.ops.clear()
+            batch = [event(u, start + i, float(start + i)) for u in users for i in range(3)]
+            await pipe.ingest(batch, apply=False)
+            await _until(applied, f"round {round_number}")
+            assert (observer.ops.get("read_log"), observer.ops.get("commit")) == (1, 1)
+            assert [(await pipe.state(u)).n for u in users] == [1 + 3 * round_number] * 4
+            assert [await pipe.stream.backlog(k) for k in range(4)] == [0, 0, 0, 0]
+        # Each round answered its partition tasks: none ended, none was started again.
+        assert pipe.applier._tasks == tasks and not any(t.done() for t in tasks.values())
     finally:
         pipe.applier.stop()
-        await running
+        await asyncio.wait_for(running, 1.0)  # no partition task left waiting on a round
         for u in users:
             await store.delete(u)
         await store.close()
+
+
+class _RefusingStore(MemoryStore):
+    """Loses every fenced commit of one user, as if another applier always wrote first."""
+
+    def __init__(self, user_id: str) -> None:
+        super().__init__()
+        self.user_id = user_id
+
+    async def commit_state(self, user_id: str, version: str, state: bytes, **fence: int) -> bool:
+        if user_id == self.user_id:
+            return False
+        return await super().commit_state(user_id, version, state, **fence)
+
+
+async def test_a_round_answers_per_partition_and_acknowledges_only_what_was_applied(
+    make_settings: SettingsFactory,
+) -> None:
+    good, bad = _one_user_per_partition("answer", 2)
+    pipe = Pipeline(make_settings, store=_RefusingStore(bad), partitions=2)
+    await pipe.ingestor.ingest(_events([event(good, 1, 1.0), event(bad, 2, 2.0)]))
+    batches = {k: await pipe.stream.read(k, "a", 10, block_s=0) for k in (0, 1)}
+    assert await pipe.applier.apply_partitions(batches) == {0: True, 1: False}
+    assert [await pipe.stream.backlog(k) for k in (0, 1)] == [0, 1]  # the failed one stays
+    assert (await pipe.state(good)).n == 1
+    assert await pipe.store.get_state(bad, pipe.model.version) is None
+
+
+class _AckFailsOnce(MemoryStream):
+    """Refuses the first acknowledgement that spans several partitions (a round's)."""
+
+    def __init__(self, partitions: int) -> None:
+        super().__init__(partitions)
+        self.refused = 0
+
+    async def ack(self, entries: Mapping[int, Sequence[str]]) -> None:
+        if not self.refused and len([k for k, ids in entries.items() if ids]) > 1:
+            self.refused += 1
+            raise StoreUnavailable("acknowledgement refused once")
+        await super().ack(entries)
+
+
+async def test_a_refused_round_acknowledgement_is_recovered_by_every_partition(
+    make_settings: SettingsFactory,
+) -> None:
+    """Every partition task of the round meets the failure, claims its notices again and
+    acknowledges them; nothing is applied twice."""
+    settings_kw: dict[str, Any] = {"partitions": 3, "apply_linger_ms": 50.0}
+    stream = _AckFailsOnce(3)
+    pipe = Pipeline(make_settings, stream=stream, **settings_kw)
+    users = _one_user_per_partition("refused", 3)
+    await pipe.ingest([event(u, 1, 0.0) for u in users])  # known users
+    running = asyncio.create_task(pipe.applier.run())
+
+    async def settled() -> bool:
+        return [await stream.backlog(k) for k in range(3)] == [0, 0, 0]
+
+    try:
+        await _owning(pipe.applier, 3)
+        await pipe.ingest([event(u, 2 + i, 1.0 + i) for u in users for i in range(2)], apply=False)
+        await _until(settled, "the claimed notices")
+        assert stream.refused == 1
+        assert [(await pipe.state(u)).n for u in users] == [3, 3, 3]
+    finally:
+        pipe.applier.stop()
+        await asyncio.wait_for(running, 1.0)
 
 
 class _RacingStore(MemoryStore):
