@@ -77,12 +77,12 @@ class ApplierConfig:
 @dataclass
 class _Round:
     """Notices of several partitions applied together (``Applier._apply_in_round``):
-    ``{partition: notices}``, when the last of them joined (event-loop time, s) and, once
-    applied, each partition's outcome."""
+    ``{partition: notices}``, when the last of them joined (event-loop time, s), and the task
+    applying them, whose result is each partition's outcome."""
 
-    outcome: asyncio.Future[dict[int, bool]]
     last_join_s: float
     batches: dict[int, list[Notice]] = field(default_factory=dict)
+    task: asyncio.Task[dict[int, bool]] = field(init=False)
 
 
 def applier_id() -> str:
@@ -103,7 +103,9 @@ class Applier:
     _stopping: bool = field(default=False, init=False, repr=False)
     _wake: asyncio.Event | None = field(default=None, init=False, repr=False)
     _round: _Round | None = field(default=None, init=False, repr=False)
-    _round_tasks: set[asyncio.Task[None]] = field(default_factory=set, init=False, repr=False)
+    _round_tasks: set[asyncio.Task[dict[int, bool]]] = field(
+        default_factory=set, init=False, repr=False
+    )
 
     @classmethod
     def create(
@@ -207,10 +209,10 @@ class Applier:
             for task in late:
                 task.cancel()
         if self._round_tasks:  # a round outlives a cancelled partition task (it is shielded)
-            _, late = await asyncio.wait(set(self._round_tasks), timeout=1.0)
-            for task in late:
-                task.cancel()
-            await asyncio.gather(*late, return_exceptions=True)
+            _, running = await asyncio.wait(set(self._round_tasks), timeout=1.0)
+            for round_task in running:
+                round_task.cancel()
+            await asyncio.gather(*running, return_exceptions=True)
         for k in tasks:
             try:
                 await self.stream.release(k, self.consumer)
@@ -304,32 +306,27 @@ class Applier:
         loop = asyncio.get_running_loop()
         current = self._round
         if current is None:
-            current = self._round = _Round(loop.create_future(), loop.time())
-            task = asyncio.create_task(self._run_round(current), name="apply-round")
-            self._round_tasks.add(task)  # held until done: the loop keeps weak references
-            task.add_done_callback(self._round_tasks.discard)
+            current = self._round = _Round(loop.time())
+            current.task = asyncio.create_task(self._run_round(current), name="apply-round")
+            self._round_tasks.add(current.task)  # held until done: the loop's refs are weak
+            current.task.add_done_callback(self._round_tasks.discard)
         current.batches.setdefault(partition, []).extend(notices)
         current.last_join_s = loop.time()
         # Shielded: a partition task cancelled while it waits leaves the round to the others.
-        return (await asyncio.shield(current.outcome))[partition]
+        # The round's error (or cancellation) reaches every task, as when each applied alone.
+        return (await asyncio.shield(current.task))[partition]
 
-    async def _run_round(self, current: _Round) -> None:
+    async def _run_round(self, current: _Round) -> dict[int, bool]:
         loop = asyncio.get_running_loop()
         try:
             await asyncio.sleep(self.config.linger_s)
-            if self._round is current:
-                self._round = None  # notices read from now on open the next round
-            late_s = current.last_join_s + self.config.linger_s - loop.time()
-            if late_s > 0:
-                await asyncio.sleep(late_s)
-            current.outcome.set_result(await self.apply_partitions(current.batches))
-        except Exception as exc:  # each partition task meets it, as when it applied alone
-            current.outcome.set_exception(exc)
-        finally:  # cancelled (a shutdown): no partition task may wait on it, nor join it
+        finally:  # cancelled too: notices read from now on open the next round
             if self._round is current:
                 self._round = None
-            if not current.outcome.done():
-                current.outcome.cancel()
+        late_s = current.last_join_s + self.config.linger_s - loop.time()
+        if late_s > 0:
+            await asyncio.sleep(late_s)
+        return await self.apply_partitions(current.batches)
 
     async def _apply_users(
         self, through: list[tuple[str, int]]
