@@ -1,10 +1,12 @@
-"""Helpers shared by the service tests: a running app with a client, event builders, and the
-batch reference the stored factors must match."""
+"""Helpers shared by the service tests: a running app with a client, event builders, the
+batch reference the stored factors must match, and a bounded wait for a condition."""
 
 from __future__ import annotations
 
+import asyncio
+import inspect
 import math
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -127,3 +129,21 @@ def offline_scores(
     cands = torch.tensor([[ckpt.vocab.item_row(c) for c in candidates]])
     with torch.no_grad():
         return [float(x) for x in ckpt.ranker(cands, batch, mode)[0]]
+
+
+async def until(condition: Callable[[], bool | Awaitable[bool]], timeout_s: float = 5.0) -> None:
+    """Poll ``condition`` (plain or async) every 10 ms until it holds.
+
+    Raises:
+        TimeoutError: it did not hold within ``timeout_s`` (bounded: a hang fails the test).
+    """
+
+    async def holds() -> bool:
+        value = condition()
+        return bool(await value) if inspect.isawaitable(value) else bool(value)
+
+    async def poll() -> None:
+        while not await holds():
+            await asyncio.sleep(0.01)
+
+    await asyncio.wait_for(poll(), timeout_s)

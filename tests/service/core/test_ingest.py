@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +29,7 @@ from service.store.redis_client import connect_redis
 from service.store.redis_store import RedisStore
 from service.stream.memory import MemoryStream
 from tests.service.conftest import SettingsFactory
-from tests.service.support import event, gram, ingest, reference_state, running_app
+from tests.service.support import event, gram, ingest, reference_state, running_app, until
 
 
 def encode_events(*columns: Any) -> bytes:
@@ -321,22 +321,6 @@ async def test_a_batch_of_users_is_read_and_committed_in_one_round_trip_each(
         await store.close()
 
 
-async def _until(condition: Callable[[], Awaitable[bool]], what: str) -> None:
-    """Poll ``condition`` every 10 ms for at most 5 s (bounded: a hang fails)."""
-    for _ in range(500):
-        if await condition():
-            return
-        await asyncio.sleep(0.01)
-    pytest.fail(f"timed out waiting for {what}")
-
-
-async def _owning(applier: Applier, partitions: int) -> None:
-    async def owned() -> bool:
-        return len(applier.owned) == partitions
-
-    await _until(owned, "the partitions")
-
-
 def _one_user_per_partition(prefix: str, partitions: int) -> list[str]:
     by_partition = {partition_of(f"{prefix}-{i}", partitions): f"{prefix}-{i}" for i in range(80)}
     return [by_partition[k] for k in range(partitions)]
@@ -360,13 +344,13 @@ async def test_a_running_applier_applies_the_partitions_an_ingest_woke_in_one_ro
         return all(p.pending == 0 for p in positions)
 
     try:
-        await _owning(pipe.applier, 4)
+        await until(lambda: len(pipe.applier.owned) == 4)
         tasks = dict(pipe.applier._tasks)
         for round_number, start in enumerate((2, 5), start=1):
             observer.ops.clear()
             batch = [event(u, start + i, float(start + i)) for u in users for i in range(3)]
             await pipe.ingest(batch, apply=False)
-            await _until(applied, f"round {round_number}")
+            await until(applied)
             assert (observer.ops.get("read_log"), observer.ops.get("commit")) == (1, 1)
             assert [(await pipe.state(u)).n for u in users] == [1 + 3 * round_number] * 4
             assert [await pipe.stream.backlog(k) for k in range(4)] == [0, 0, 0, 0]
@@ -436,9 +420,9 @@ async def test_a_refused_round_acknowledgement_is_recovered_by_every_partition(
         return [await stream.backlog(k) for k in range(3)] == [0, 0, 0]
 
     try:
-        await _owning(pipe.applier, 3)
+        await until(lambda: len(pipe.applier.owned) == 3)
         await pipe.ingest([event(u, 2 + i, 1.0 + i) for u in users for i in range(2)], apply=False)
-        await _until(settled, "the claimed notices")
+        await until(settled)
         assert stream.refused == 1
         assert [(await pipe.state(u)).n for u in users] == [3, 3, 3]
     finally:

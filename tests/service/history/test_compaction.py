@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
 
 import pytest
 
 from service.errors import HistoryUnavailable
 from service.history.compaction import BackgroundCompactor
+from tests.service.support import until
 
 pytestmark = pytest.mark.anyio
 
@@ -34,7 +34,7 @@ async def test_a_user_is_compacted_once_its_small_appends_reach_after_events() -
         await asyncio.sleep(0.05)
         assert compact.calls == []
         compactor.note([("a", 1)])
-        await _until(lambda: bool(compact.calls))
+        await until(lambda: bool(compact.calls))
         assert compact.calls == [("a",)]
     finally:
         await compactor.close()
@@ -47,7 +47,7 @@ async def test_an_idle_user_is_compacted_with_fewer_appends() -> None:
         compactor.note([("a", 1)])
         await asyncio.sleep(0.1)
         assert compact.calls == []  # not idle long enough yet
-        await _until(lambda: bool(compact.calls))
+        await until(lambda: bool(compact.calls))
         assert compact.calls == [("a",)]
     finally:
         await compactor.close()
@@ -60,7 +60,7 @@ async def test_users_are_compacted_in_batches_each_once() -> None:
         users = [f"u{k}" for k in range(150)]
         compactor.note([(u, 1) for u in users])
         compactor.note([(u, 1) for u in users[:10]])  # queued already: not twice
-        await _until(lambda: sum(len(c) for c in compact.calls) >= 150)
+        await until(lambda: sum(len(c) for c in compact.calls) >= 150)
         assert max(len(c) for c in compact.calls) <= 64
         assert sorted(u for c in compact.calls for u in c) == sorted(users)
     finally:
@@ -74,9 +74,9 @@ async def test_a_failed_compaction_is_logged_and_the_task_goes_on(
     compactor = BackgroundCompactor(compact, after=1, idle_s=60)
     try:
         compactor.note([("a", 1)])
-        await _until(lambda: len(compact.calls) == 1)
+        await until(lambda: len(compact.calls) == 1)
         compactor.note([("b", 1)])
-        await _until(lambda: len(compact.calls) == 2)
+        await until(lambda: len(compact.calls) == 2)
         await asyncio.wait_for(compactor.idle(), 1)  # failed users are not counted any more
         assert "compacting 1 users failed" in caplog.text
     finally:
@@ -93,14 +93,6 @@ async def test_off_when_after_is_zero() -> None:
     await compactor.close()
 
 
-async def _until(condition: Callable[[], bool]) -> None:
-    async def poll() -> None:
-        while not condition():
-            await asyncio.sleep(0.01)
-
-    await asyncio.wait_for(poll(), 5)
-
-
 async def test_a_bug_in_a_compaction_is_logged_and_the_task_goes_on(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
@@ -113,7 +105,7 @@ async def test_a_bug_in_a_compaction_is_logged_and_the_task_goes_on(
     compactor = BackgroundCompactor(broken, after=1, idle_s=60)
     try:
         compactor.note([("a", 1)])
-        await _until(lambda: len(calls) == 1)
+        await until(lambda: len(calls) == 1)
         compactor.note([("b", 1)])
         await asyncio.wait_for(compactor.idle(), 1)
         assert calls == [("a",), ("b",)] and "a bug" in caplog.text

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 
 import numpy as np
 import psycopg
@@ -20,6 +20,7 @@ from service.history.postgres import PostgresHistory
 from service.store.eventlog import make_records
 from solar_tools.postgres_server import PostgresServer
 from solar_tools.redis_server import free_port
+from tests.service.support import until
 
 pytestmark = pytest.mark.anyio
 _tables = itertools.count()
@@ -73,20 +74,13 @@ async def test_stopped_tier_raises_unavailable_and_loses_nothing_acknowledged(
             for u in users:
                 acked[u] += 10
 
-    async def until(condition: Callable[[], bool]) -> None:
-        async def poll() -> None:
-            while not condition():
-                await asyncio.sleep(0.01)
-
-        await asyncio.wait_for(poll(), 60)
-
     task = asyncio.create_task(writer())
     try:
-        await until(lambda: outcomes.count("ok") >= 5)
+        await until(lambda: outcomes.count("ok") >= 5, timeout_s=60)
         await asyncio.to_thread(postgres_server.stop, "immediate")  # a crash: no checkpoint
-        await until(lambda: "unavailable" in outcomes)
+        await until(lambda: "unavailable" in outcomes, timeout_s=60)
         await asyncio.to_thread(postgres_server.start)  # WAL recovery
-        await until(lambda: outcomes[-5:] == ["ok"] * 5)
+        await until(lambda: outcomes[-5:] == ["ok"] * 5, timeout_s=60)
     finally:
         done.set()
         await task
