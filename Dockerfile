@@ -32,10 +32,12 @@ COPY service ./service
 COPY solar_tools ./solar_tools
 COPY bench ./bench
 # The import check runs from / : in /src, `import service` would find the copied sources,
-# not the installed package the runtime stage ships.
+# not the installed package the runtime stage ships. The last line compiles the state
+# updates' numba kernels into the venv's cache (read-only to the runtime user, who loads them).
 RUN pip install --upgrade pip \
     && pip install --extra-index-url "${TORCH_INDEX_URL}" . \
-    && cd / && python -c "import torch, service.cli, bench.micro.kernels, solar_tools.replay; print('torch', torch.__version__)"
+    && cd / && python -c "import torch, service.cli, bench.micro.kernels, solar_tools.replay; print('torch', torch.__version__)" \
+    && python -c "from model.states import warm_up_kernels; warm_up_kernels()"
 
 # ---- runtime: the venv, a non-root user, nothing else ---------------------------------------
 FROM ${BASE_IMAGE} AS runtime

@@ -15,6 +15,8 @@ $(INSTALLED): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[dev,parquet]'
+	# numba compiles the state updates' kernels once (~10 s) into its cache, not on a first event.
+	$(PY) -c 'from model.states import warm_up_kernels; warm_up_kernels()'
 	touch $@
 
 # The study's files extracted from their wheels (MovieLens from recbole, Complete Journey

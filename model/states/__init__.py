@@ -12,6 +12,8 @@ a bad blob) and writes the one blob format of ``blob`` (which also reads the svd
 and 2 of earlier releases); :func:`decode_user_state` reads any blob back to its kind. A
 :class:`StateBuilder` (``make_builder``) creates and updates a model's kind from the events
 and gives the scoring pass what it reads, so the service treats every kind alike.
+:func:`warm_up_kernels` compiles the svd kind's numba kernels (``svd.brand``) before a
+process's first update needs them.
 """
 
 from model.states.base import Decay, UserState
@@ -21,6 +23,7 @@ from model.states.errors import StateError, StateFormatError
 from model.states.kinds import decode_user_state
 from model.states.linear import LinearState
 from model.states.mean import MeanState
+from model.states.svd.brand import warm_up as warm_up_kernels
 from model.states.svd.recent import RecentEvents
 from model.states.svd.state import LowRankState
 
@@ -37,4 +40,5 @@ __all__ = [
     "UserState",
     "decode_user_state",
     "make_builder",
+    "warm_up_kernels",
 ]

@@ -25,7 +25,7 @@ import torch
 from model.checkpoint import WEIGHTS_FILE, Checkpoint, CheckpointError, load_checkpoint
 from model.device import resolve_device as model_device
 from model.modes import state_kind
-from model.states import Decay, StateBuilder, make_builder
+from model.states import Decay, StateBuilder, make_builder, warm_up_kernels
 from service.settings import Settings
 from service.store.eventlog import action_key, item_key
 
@@ -244,6 +244,7 @@ def load_serving_model(settings: Settings) -> ServingModel:
         raise ModelUnavailable(f"SOLAR_RANK={rank} exceeds the model dimension {config.dim}")
     oversample = settings.oversample if settings.oversample is not None else config.oversample
     keys, rows = _item_tables(checkpoint)
+    warm_up_kernels()  # the state updates' compiled kernels, before the first event needs them
     logger.info(
         "model %s loaded from %s on %s (d=%d, r=%d, %d items)",
         checkpoint.version,

@@ -1,29 +1,37 @@
 """The Brand thin-SVD row update of a state's factors, and the helpers it needs (docs/DESIGN.md §2).
 
 Pure float64 array functions on (σ (ℓ,), V (d, ℓ)); :class:`model.states.LowRankState`
-composes them. U is never formed.
+composes them. U is never formed. Small blocks go row by row through a numba kernel (one
+rank-one update per row, the secular equation of ``secular`` at its core), larger ones and
+what the kernel declines through one LAPACK SVD.
 """
 
 from __future__ import annotations
 
 import math
 
+import numba
 import numpy as np
 from numpy.typing import NDArray
 
-from model.states.svd.secular import arrow_eigh
+from model.states.svd.secular import arrow_eigh_into
 
 __all__ = [
     "ORTHO_TOLERANCE",
+    "ROW_BY_ROW_MAX",
     "block_update",
-    "brand_update",
     "is_orthonormal",
     "orient",
+    "rank_one_rows",
     "reorthonormalize",
     "update_factors",
+    "warm_up",
 ]
 
 ORTHO_TOLERANCE = 1e-5
+# Blocks of up to this many rows are absorbed row by row through the secular equation; larger
+# ones in one LAPACK SVD (equal cost at ~8 rows on the development box).
+ROW_BY_ROW_MAX = 8
 
 Array = NDArray[np.float64]
 
@@ -35,92 +43,120 @@ def orient(V: Array, s: Array) -> Array:
 
 
 def is_orthonormal(V: Array) -> bool:
+    """max |VᵀV - I| ≤ ``ORTHO_TOLERANCE``."""
     gram = V.T @ V  # (ℓ, ℓ)
     gram.flat[:: gram.shape[0] + 1] -= 1.0
     return float(np.abs(gram).max()) <= ORTHO_TOLERANCE
 
 
-def brand_update(sigma: Array, V: Array, B: Array) -> tuple[Array, Array, float]:
-    """One Brand row update of diag(σ)Vᵀ by the rows B (b×d), b ≤ d - ℓ (or 1).
-
-    P = B V; H = B - P Vᵀ; Hᵀ = Q R; K = [[diag σ, 0], [P, Rᵀ]]; K = U_k diag(σ') W_kᵀ;
-    V ← [V, Q] W_k; keep the first ℓ. Returns (σ', V', dropped energy Σ dropped σ'²).
-    """
-    ell = sigma.shape[0]
-    b = B.shape[0]
-    P = B @ V  # (b, ℓ)
-    H = B - P @ V.T  # (b, d)
-    # A second projection (DGKS) keeps H orthogonal to V in floating point.
-    correction = H @ V  # (b, ℓ)
-    H -= correction @ V.T
-    P += correction
-    if b == 1:
-        fast = _rank_one_update(sigma, V, P[0], H[0])
-        if fast is not None:
-            return fast
-    Q, R = np.linalg.qr(H.T)  # Q (d, b), R (b, b)
-    K = np.zeros((ell + b, ell + b))
-    K[:ell, :ell] = np.diag(sigma)
-    K[ell:, :ell] = P
-    K[ell:, ell:] = R.T
-    _, sigma_k, Wt = np.linalg.svd(K)  # K = U_k diag(σ') W_kᵀ
-    V_new = np.hstack((V, Q)) @ Wt[:ell].T  # (d, ℓ)
-    return sigma_k[:ell].copy(), V_new, float(np.sum(sigma_k[ell:] ** 2))
-
-
 def update_factors(sigma: Array, V: Array, B: Array) -> tuple[Array, Array, float]:
     """Absorb the (weighted) rows B (b×d) into diag(σ)Vᵀ; returns (σ', V', dropped energy).
 
-    One row: :func:`brand_update` through the secular equation (~0.2 ms at ℓ = 48), checked
-    for orthonormality, since its rotations compound over many updates. Two rows or more:
-    :func:`block_update`, one SVD of the stacked (ℓ+b)×d matrix: the same factors and a V
-    orthonormal by construction, and cheaper than Brand's QR plus SVD of the (ℓ+b)² arrow
-    matrix at every b ≥ 2 (d = 64, ℓ = 48: 347 vs 384 µs at b = 2, 461 vs 973 µs at b = 20,
-    where Brand needs two chunks of at most d - ℓ rows).
+    Up to ``ROW_BY_ROW_MAX`` rows: Brand's update row by row through the secular equation
+    (:func:`rank_one_rows`, compiled: ~70 µs a row at d = 64, ℓ = 48); V is then checked for
+    orthonormality, since rotations compound over many updates, and restored if it drifted.
+    From the first row that path declines (a state of fewer than ℓ events, whose σ = 0 ties
+    need deflation; a row already in span(V)), and for larger blocks: :func:`block_update`,
+    one LAPACK SVD of the stacked (ℓ+b)×d matrix (~600 µs whatever b up to d; docs/
+    BENCHMARKS.md, issue 22 round 7).
     """
-    if B.shape[0] > 1:
+    if B.shape[0] > ROW_BY_ROW_MAX:
         return block_update(sigma, V, B)
-    sigma, V, dropped = brand_update(sigma, V, B)
-    # (A row already in span(V) leaves Q arbitrary; with ties at σ = 0 the SVD may mix it
-    # into V.)
+    sigma, V, dropped, absorbed = rank_one_rows(sigma, V, B)
+    if absorbed < B.shape[0]:
+        sigma, V, rest = block_update(sigma, V, B[absorbed:])
+        return sigma, V, dropped + rest
     if not is_orthonormal(V):
         sigma, V = reorthonormalize(sigma, V)
     return sigma, V, dropped
 
 
 def block_update(sigma: Array, V: Array, B: Array) -> tuple[Array, Array, float]:
-    """The same update as :func:`brand_update` for a large block B (b×d, any b), in one step.
-
-    The right factors of [diag(σ)Vᵀ; B] come from one thin SVD of that (ℓ+b)×d matrix: one
-    LAPACK call instead of ⌈b / (d - ℓ)⌉ SVDs of (ℓ+b)×(ℓ+b) chunks, and the truncation to ℓ
-    happens once, not after every chunk. (Not the Gram matrix's eigenvectors: squaring would
-    leave σ ≈ 0 wrong by ~1e-8·σ₁.)
+    """Brand's update by a block B (b×d, any b) in one step: the right factors of
+    [diag(σ)Vᵀ; B] from one thin SVD of that (ℓ+b)×d matrix (one LAPACK call instead of
+    ⌈b / (d - ℓ)⌉ SVDs of (ℓ+b)×(ℓ+b) arrow chunks), truncated to ℓ once. V is orthonormal
+    by construction. (Not the Gram matrix's eigenvectors: squaring would leave σ ≈ 0 wrong by
+    ~1e-8·σ₁.)
     """
     ell = sigma.shape[0]
     _, sv, Vt = np.linalg.svd(np.vstack((sigma[:, None] * V.T, B)), full_matrices=False)
     return sv[:ell].copy(), np.ascontiguousarray(Vt[:ell].T), float(np.sum(sv[ell:] ** 2))
 
 
-def _rank_one_update(
-    sigma: Array, V: Array, p: Array, h: Array
-) -> tuple[Array, Array, float] | None:
-    """The b = 1 case of :func:`brand_update` through the secular equation, or None.
+def warm_up() -> None:
+    """Compile the row-by-row kernels now (or load them from numba's cache, ~0.1 s) rather
+    than on a process's first event (a few seconds)."""
+    update_factors(np.array([1.0, 0.5]), np.eye(3)[:, :2], np.array([[0.3, 0.2, 0.9]]))
 
-    K = [[diag σ, 0], [p, ρ]] with ρ = ‖h‖: its right singular vectors are the eigenvectors
-    of diag(σ², 0) + z zᵀ, z = [p, ρ] (:mod:`model.states.svd.secular`): ~0.55× the time of
-    LAPACK's SVD.
+
+def rank_one_rows(sigma: Array, V: Array, B: Array) -> tuple[Array, Array, float, int]:
+    """Brand's update by the rows of B (b×d) one at a time, through the secular equation.
+
+    Returns (σ', V', dropped energy, rows absorbed): it stops at the first row whose arrow
+    problem needs deflation or is not certified (:mod:`model.states.svd.secular`), or that
+    lies in span(V) (ρ = 0), for the caller to absorb through LAPACK.
     """
-    ell = sigma.shape[0]
-    rho = math.sqrt(float(h @ h))
-    if rho == 0.0:
-        return None
-    eig = arrow_eigh(np.append(sigma, 0.0), np.append(p, rho))
-    if eig is None:
-        return None
-    lam, W = eig
-    V_new = V @ W[:ell, :ell]  # (d, ℓ)
-    V_new += np.multiply.outer(h / rho, W[ell, :ell])  # + q w_ℓᵀ, q = h / ρ
-    return np.sqrt(lam[:ell]), V_new, float(lam[ell])
+    sigma_out = np.ascontiguousarray(sigma, dtype=np.float64).copy()
+    V_out = np.ascontiguousarray(V, dtype=np.float64).copy()
+    rows = np.ascontiguousarray(B, dtype=np.float64)
+    dropped = np.zeros(1)
+    absorbed = _rank_one_rows(sigma_out, V_out, rows, dropped)
+    return sigma_out, V_out, float(dropped[0]), int(absorbed)
+
+
+@numba.njit(cache=True, nogil=True, error_model="numpy")
+def _project(V: Array, x: Array, p: Array, h: Array) -> None:
+    """p += Vᵀ x and h = x - V (Vᵀ x): one Gram–Schmidt step against V's columns."""
+    d, ell = V.shape
+    step = np.zeros(ell)
+    for i in range(d):
+        for k in range(ell):
+            step[k] += V[i, k] * x[i]
+    for i in range(d):
+        h[i] = x[i] - (V[i] * step).sum()
+    p += step
+
+
+@numba.njit(cache=True, nogil=True, error_model="numpy")
+def _rank_one_rows(sigma: Array, V: Array, B: Array, dropped: Array) -> int:
+    """In place on σ (ℓ,) and V (d, ℓ); adds each row's dropped energy to dropped[0]."""
+    d, ell = V.shape
+    n = ell + 1
+    sig = np.zeros(n)
+    z = np.empty(n)
+    lam = np.empty(n)
+    W = np.empty((n, n))
+    p = np.empty(ell)
+    h = np.empty(d)
+    h2 = np.empty(d)
+    V_new = np.empty((d, ell))
+    for r in range(B.shape[0]):
+        # p = Vᵀ b, h = b - V p, then a second projection (DGKS) keeps h ⟂ V in floating point.
+        p[:] = 0.0
+        _project(V, B[r], p, h)
+        _project(V, h, p, h2)
+        rho = math.sqrt((h2 * h2).sum())
+        if rho == 0.0:
+            return r
+        sig[:ell] = sigma
+        z[:ell] = p
+        z[ell] = rho
+        if not arrow_eigh_into(sig, z, lam, W):
+            return r
+        # V ← [V, h/ρ] W, first ℓ columns: K's right singular vectors in the old basis.
+        for i in range(d):
+            q = h2[i] / rho
+            for k in range(ell):
+                V_new[i, k] = q * W[ell, k]
+            for m in range(ell):
+                v = V[i, m]
+                for k in range(ell):
+                    V_new[i, k] += v * W[m, k]
+        V[:, :] = V_new
+        for k in range(ell):
+            sigma[k] = math.sqrt(lam[k])
+        dropped[0] += lam[ell]
+    return B.shape[0]
 
 
 def reorthonormalize(sigma: Array, V: Array) -> tuple[Array, Array]:

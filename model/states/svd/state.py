@@ -248,8 +248,9 @@ class LowRankState:
 
         ``weights`` (b,) as in :meth:`from_rows`. With ``ts`` and ``decay`` the state is first
         decayed to max(t_ref, max(ts)) and each new row weighted by its age from there, so
-        events may arrive out of order. Cost O(d·ℓ + ℓ²) for one row (Brand's update through
-        the secular equation), O((ℓ+b)·d²) for a block of b ≥ 2 (one SVD of the stacked rows,
+        events may arrive out of order. Cost O(d·ℓ²) a row for blocks of up to
+        ``svd.brand.ROW_BY_ROW_MAX`` rows (Brand's update through the secular equation, row by
+        row), O((ℓ+b)·d²) for a larger block (one SVD of the stacked rows,
         ``svd.brand.block_update``), independent of history length.
         """
         B = as_rows(rows, self.d)

@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 
 from model.config import DEFAULT_OVERSAMPLE
 from model.states import Decay, LowRankState, StateError
-from model.states.svd.brand import ORTHO_TOLERANCE
+from model.states.svd.brand import ORTHO_TOLERANCE, ROW_BY_ROW_MAX, block_update, rank_one_rows
 
 D, R = 64, 32
 SIGMA_RTOL = 1e-3  # DESIGN §10
@@ -375,8 +375,8 @@ def test_bad_ranks_are_rejected() -> None:
 
 
 def test_a_block_takes_one_svd_and_matches_one_row_updates() -> None:
-    """Blocks of b ≥ 2 rows go through ``block_update``; one row at a time through Brand's
-    update: the same factors."""
+    """Blocks of more than ``ROW_BY_ROW_MAX`` rows go through ``block_update``; one row at a
+    time through Brand's update: the same factors."""
     rng = np.random.default_rng(11)
     X = low_rank_rows(rng, 400)
     base = LowRankState.from_rows(X[:100], R)
@@ -391,3 +391,51 @@ def test_a_block_takes_one_svd_and_matches_one_row_updates() -> None:
     np.testing.assert_allclose(gram(one), gram(chunked), atol=1e-6 * ref.sigma[0] ** 2)
     assert abs(one.V.T @ one.V - np.eye(one.ell)).max() < 1e-10
     assert np.all(one.V.T @ one.s >= 0)  # the sign convention
+
+
+def test_row_by_row_updates_of_a_drifted_basis_are_restored() -> None:
+    """The compiled row-by-row path (a state of more than ℓ events, a small block) on a V
+    that drifted past the tolerance: V comes back orthonormal, the Gram matrix kept to the
+    drift's order."""
+    rng = np.random.default_rng(10)
+    X = low_rank_rows(rng, 103, d=16, rank=6)  # ℓ = 8: σ_7, σ_8 at the noise, nothing tied
+    state = LowRankState.from_rows(X[:100], 4, oversample=4)
+    drifted = replace(state, V=state.V + 1e-4 * rng.standard_normal(state.V.shape))
+    rows = X[100:]
+    assert rank_one_rows(drifted.sigma, drifted.V, rows)[3] == 3  # the compiled path's rows
+    after = drifted.append(rows)
+    np.testing.assert_allclose(after.V.T @ after.V, np.eye(8), atol=1e-12)
+    expected = gram(drifted) + rows.T @ rows
+    np.testing.assert_allclose(gram(after), expected, atol=1e-3 * np.abs(expected).max())
+
+
+@pytest.mark.parametrize("block", [1, 2, ROW_BY_ROW_MAX])
+def test_small_blocks_row_by_row_match_one_svd(block: int) -> None:
+    """A mature state (σ > 0 throughout): a block of up to ``ROW_BY_ROW_MAX`` rows goes
+    through the compiled rank-one updates, and gives the factors of one LAPACK SVD of the
+    stacked rows (``block_update``): the same σ, the same Gram matrix, V orthonormal."""
+    rng = np.random.default_rng(12)
+    X = low_rank_rows(rng, 300)
+    state = LowRankState.from_rows(X[:200], R)
+    assert state.sigma[-1] > 0
+    rows = X[200 : 200 + block]
+    sigma, V, _, absorbed = rank_one_rows(state.sigma, state.V, rows)
+    assert absorbed == block
+    ref_sigma, ref_V, _ = block_update(state.sigma, state.V, rows)
+    np.testing.assert_allclose(sigma[:R], ref_sigma[:R], rtol=1e-9)  # only noise is dropped
+    np.testing.assert_allclose(
+        (V * sigma**2) @ V.T, (ref_V * ref_sigma**2) @ ref_V.T, atol=1e-6 * sigma[0] ** 2
+    )
+    assert abs(V.T @ V - np.eye(V.shape[1])).max() < 1e-12
+
+
+def test_a_young_state_takes_one_svd() -> None:
+    """Fewer events than ℓ: σ has ties at 0, which the compiled path declines at once, and
+    the block goes through ``block_update`` whole: the batch factors exactly."""
+    rng = np.random.default_rng(13)
+    X = rng.standard_normal((9, D))
+    young = LowRankState.from_rows(X[:5], R)
+    assert rank_one_rows(young.sigma, young.V, X[5:])[3] == 0
+    after = young.append(X[5:])
+    assert_gram_close(after, X)
+    assert_invariants(after)
