@@ -290,9 +290,11 @@ class UserStates:
     ) -> list[Applied | None]:
         """``apply_pending`` of every (user, through_seq) of an applier's batch, with the
         users' reads in one round trip and their commits in one pipeline (each still fenced
-        on its own read). A user this common path does not settle is None, for the caller to
-        run ``apply_pending`` alone: one whose tail must first be made durable or read from
-        the durable tier, whose state needs a rebuild or a repair, or whose fence was lost.
+        on its own read); a user whose version has no state yet gets its first one here when
+        the tail holds its whole history. A user this common path does not settle is None,
+        for the caller to run ``apply_pending`` alone: one whose tail must first be made
+        durable or read from the durable tier, whose state needs a rebuild or a repair, or
+        whose fence was lost.
 
         Raises:
             StoreUnavailable: the batched read or commit failed (no user of it is settled).
@@ -310,10 +312,12 @@ class UserStates:
                 if parsed.rebuild is None and snapshot.seq == snapshot.applied:
                     outcomes[i] = Applied(0, None)
                     continue
-                if parsed.rebuild is not None or parsed.state is None:
+                if parsed.rebuild is not None:
                     continue
                 if snapshot.seq > snapshot.durable or snapshot.truncated:
                     continue
+                # An untruncated tail holds every unapplied event: all of them when the
+                # version has no state yet (applied = 0), whose first state is built here.
                 records = decode_log(snapshot.records)
                 state = await self._advanced(parsed.state, records)
             except Exception:  # apply_pending repeats it alone, where the applier isolates it
@@ -342,11 +346,12 @@ class UserStates:
         """``state`` with ``records`` folded in as one block; the batch state of ``records``
         for the version's first state (None). Small blocks run on the event loop."""
         if state is None:
-            return await asyncio.to_thread(self._timed, functools.partial(self.from_log, records))
-        update = functools.partial(self._updated, state, records)
+            compute = functools.partial(self.from_log, records)
+        else:
+            compute = functools.partial(self._updated, state, records)
         if records.shape[0] <= self.inline_block_events:
-            return self._timed(update)  # ~0.3 ms: cheaper than a thread hand-off
-        return await asyncio.to_thread(self._timed, update)
+            return self._timed(compute)  # ~0.3 ms: cheaper than a thread hand-off
+        return await asyncio.to_thread(self._timed, compute)
 
     async def _commit(self, user_id: str, snapshot: LogSlice, state: UserState) -> bool:
         return await self.store.commit_state(

@@ -226,9 +226,9 @@ async def test_a_batch_apply_settles_the_common_users_and_leaves_the_rest_alone(
 ) -> None:
     """``apply_pending_many``: a user with a state and durable pending events is folded in
     and committed, a later ingest's undurable tail left to it; nothing pending is (0, None);
-    a user without a state yet (the batch state of the whole history) is left to
-    ``apply_pending``, and so is a second entry of a user whose fence the first one moved.
-    The states equal the batch factors of the events applied."""
+    a user without a state yet whose tail holds its whole history gets its first state (the
+    batch state of that history); a second entry of a user whose fence the first one moved
+    is left to ``apply_pending``. The states equal the batch factors of the events applied."""
     users = await _users(model, store_url)
     users.inline_block_events = inline_block_events
     try:
@@ -244,10 +244,10 @@ async def test_a_batch_apply_settles_the_common_users_and_leaves_the_rest_alone(
             (4, None),
             (3, None),
             (0, None),
-            None,  # no state yet: apply_pending builds it
+            (5, None),  # no state yet, its whole history in the tail: the first state
             None,  # read before the first entry's commit: its fence is lost
         ]
-        assert (await users.view("new")).pending == 5
+        assert (await users.view("new")).pending == 0
         assert (await users.view("b")).pending == 2  # the undurable tail: its ingest's notice
         assert (await users.history.read("b")).last_seq == 9
         for user, n in (("a", 10), ("b", 9)):
@@ -255,6 +255,18 @@ async def test_a_batch_apply_settles_the_common_users_and_leaves_the_rest_alone(
             assert loaded.state is not None and loaded.state.n == n
             ref = users.from_log(np.concatenate([_records(6), _records(n - 6, start=7)]))
             np.testing.assert_allclose(gram(loaded.state), gram(ref), atol=1e-5)
+        first = (await users.load("new")).state
+        assert first is not None and first.n == 5
+        np.testing.assert_allclose(gram(first), gram(users.from_log(_records(5))), atol=1e-5)
+        # Another version applied a user's events, so the tail dropped them: this version's
+        # first state needs the durable tier, which is ``apply_pending``'s job.
+        await _append(users, _records(4), "moved")
+        gen = (await users.store.read_log("moved", None, unapplied_only=False)).gen
+        assert await users.store.commit_state(
+            "moved", "another-version", b"S", gen=gen, expected_applied=0, applied=4
+        )
+        assert await users.apply_pending_many([("moved", 4)]) == [None]
+        assert (await users.apply_pending("moved")).events == 4
         assert await users.apply_pending_many([("a", 10), ("idle", 6)]) == [(0, None)] * 2
     finally:
         await users.store.close()
