@@ -33,7 +33,9 @@ COPY solar_tools ./solar_tools
 COPY bench ./bench
 # The import check runs from / : in /src, `import service` would find the copied sources,
 # not the installed package the runtime stage ships. The last line compiles the state
-# updates' numba kernels into the venv's cache (read-only to the runtime user, who loads them).
+# updates' numba kernels into NUMBA_CACHE_DIR, for a generic x86-64 (the cache is keyed on the
+# CPU: built for the build host's, every other host would compile again at start, ~10 s).
+ENV NUMBA_CACHE_DIR=/opt/numba-cache NUMBA_CPU_NAME=generic
 RUN pip install --upgrade pip \
     && pip install --extra-index-url "${TORCH_INDEX_URL}" . \
     && cd / && python -c "import torch, service.cli, bench.micro.kernels, solar_tools.replay; print('torch', torch.__version__)" \
@@ -50,11 +52,16 @@ RUN if ! command -v python3 >/dev/null 2>&1; then \
     && useradd --system --uid 10001 --gid solar --home-dir /home/solar --create-home solar \
     && mkdir -p /models && chown solar:solar /models
 COPY --from=build /opt/venv /opt/venv
+# numba only uses a cache directory it can write to: the runtime user owns it. With a
+# read-only root filesystem, mount a writable volume there.
+COPY --from=build --chown=solar:solar /opt/numba-cache /opt/numba-cache
 # OPENBLAS_NUM_THREADS=1: factor updates are many tiny SVDs, which a multi-threaded
 # OpenBLAS makes far slower on a busy machine; torch keeps its own intra-op threads.
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     OPENBLAS_NUM_THREADS=1 \
+    NUMBA_CACHE_DIR=/opt/numba-cache \
+    NUMBA_CPU_NAME=generic \
     SOLAR_HOST=0.0.0.0 \
     SOLAR_PORT=8000 \
     SOLAR_MODEL_PATH=/models/default \

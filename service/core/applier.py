@@ -27,9 +27,7 @@ more than ``sweep_grace_s`` ago (``IngestStream.mark``), applies each (which als
 undurable tail to the durable tier) and clears the marks that did not move meanwhile. A serve
 killed between its store and announce steps leaves its users marked, so their events are
 applied within ``sweep_grace_s + sweep_s`` without any notice; ``solar_ingest_unannounced``
-counts the events a sweep found that way. An announced user's mark travels in its notice and
-is cleared with the notice's acknowledgement (the same condition), so the sweeper reads only
-the users whose notice never came (or whose mark a later ingest moved).
+counts the events a sweep found that way.
 """
 
 from __future__ import annotations
@@ -279,7 +277,6 @@ class Applier:
                 by_user.setdefault(notice.user_id, []).append((k, notice))
         through = [(u, max(n.seq for _, n in ns)) for u, ns in by_user.items()]
         acked: dict[int, list[str]] = {k: [] for k in batches}
-        unmarked: dict[int, list[tuple[str, float]]] = {k: [] for k in batches}
         outcomes = await self._apply_users(through)
         for (user_id, _), (applied, applied_s) in zip(through, outcomes, strict=True):
             if applied is None:
@@ -291,9 +288,7 @@ class Applier:
                 self.metrics.apply_lag_seconds.observe(max(0.0, applied_s - oldest_s))
             for k, n in user_notices:
                 acked[k].append(n.entry_id)
-                if n.marked_s is not None:  # its ingest's mark, unless a later one moved it
-                    unmarked[k].append((user_id, n.marked_s))
-        await self.stream.ack(acked, unmarked)
+        await self.stream.ack(acked)
         return {k: len(acked[k]) == len(notices) for k, notices in batches.items()}
 
     async def _apply_in_round(self, partition: int, notices: list[Notice]) -> bool:

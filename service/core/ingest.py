@@ -134,7 +134,7 @@ class Ingestor:
         unapplied = [(u, r.seq) for u, r in zip(users, results, strict=True) if r.seq > r.applied]
         await asyncio.gather(
             self.store.mark_durable([(c.user_id, c.last_seq) for c in chunks]),
-            self.stream.post_batch(unapplied, time.time(), marked_s),
+            self.stream.post_batch(unapplied, time.time()),
         )
         accepted = sum(r.accepted for r in results)
         duplicates = sum(r.duplicates for r in results)

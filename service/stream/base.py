@@ -17,10 +17,7 @@ Semantics shared by both implementations:
 - ``mark`` (the sweeper's net): /ingest marks its users dirty BEFORE storing, scored by the
   time it began; ``dirty`` lists a partition's users marked before a time, and ``clean``
   unmarks a user iff its mark did not move since it was listed. A serve killed between the
-  store and the announce leaves its users marked, so the sweeper applies them. A notice
-  carries its ingest's mark (``marked_s``), and the applier that applied it unmarks the user
-  with its acknowledgement (``ack``'s ``marks``, the same condition), so an announced user
-  costs the sweeper nothing.
+  store and the announce leaves its users marked, so the sweeper applies them.
 """
 
 from __future__ import annotations
@@ -32,15 +29,13 @@ __all__ = ["IngestStream", "Notice"]
 
 
 class Notice(NamedTuple):
-    """One stream entry: ``user_id`` has events up to ``seq``, acknowledged at ``posted_s``,
-    marked dirty by its ingest at ``marked_s`` (None: an entry posted without its mark)."""
+    """One stream entry: ``user_id`` has events up to ``seq``, acknowledged at ``posted_s``."""
 
     partition: int
     entry_id: str
     user_id: str
     seq: int
     posted_s: float  # unix seconds
-    marked_s: float | None = None  # unix seconds
 
 
 @runtime_checkable
@@ -49,15 +44,10 @@ class IngestStream(Protocol):
 
     partitions: int
 
-    async def post(
-        self, user_id: str, seq: int, posted_s: float, marked_s: float | None = None
-    ) -> None: ...
+    async def post(self, user_id: str, seq: int, posted_s: float) -> None: ...
 
-    async def post_batch(
-        self, notices: Sequence[tuple[str, int]], posted_s: float, marked_s: float | None = None
-    ) -> None:
-        """``post`` of many (user, seq) notices in one round trip; ``marked_s``: the mark the
-        ingest gave its users (``mark``), carried for ``ack`` to clear."""
+    async def post_batch(self, notices: Sequence[tuple[str, int]], posted_s: float) -> None:
+        """``post`` of many (user, seq) notices in one round trip."""
         ...
 
     async def acquire(self, partition: int, consumer: str, lease_s: float) -> bool: ...
@@ -70,15 +60,10 @@ class IngestStream(Protocol):
 
     async def claim(self, partition: int, consumer: str, count: int) -> list[Notice]: ...
 
-    async def ack(
-        self,
-        entries: Mapping[int, Sequence[str]],
-        marks: Mapping[int, Sequence[tuple[str, float]]] | None = None,
-    ) -> None:
+    async def ack(self, entries: Mapping[int, Sequence[str]]) -> None:
         """Acknowledge and delete the entries ``{partition: entry ids}`` of one or more
-        partitions, and ``clean`` the ``{partition: (user, mark)}`` of the users applied, in
-        one round trip (a cluster: one per node for the entries, one per partition for the
-        marks, sent together). Not atomic: when it raises, some of it may be done already."""
+        partitions, in one round trip (one per node of a cluster, sent together). Not atomic:
+        when it raises, some of the entries may be acknowledged already."""
         ...
 
     async def backlog(self, partition: int) -> int: ...

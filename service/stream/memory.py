@@ -34,22 +34,18 @@ class MemoryStream:
         self._next_id = 0
         self._alive: dict[str, float] = {}
 
-    async def post(
-        self, user_id: str, seq: int, posted_s: float, marked_s: float | None = None
-    ) -> None:
+    async def post(self, user_id: str, seq: int, posted_s: float) -> None:
         k = partition_of(user_id, self.partitions)
         self._next_id += 1
         entry_id = f"{self._next_id}-0"
         part = self._parts[k]
-        part.entries[entry_id] = Notice(k, entry_id, user_id, seq, posted_s, marked_s)
+        part.entries[entry_id] = Notice(k, entry_id, user_id, seq, posted_s)
         part.undelivered.append(entry_id)
         part.arrived.set()
 
-    async def post_batch(
-        self, notices: Sequence[tuple[str, int]], posted_s: float, marked_s: float | None = None
-    ) -> None:
+    async def post_batch(self, notices: Sequence[tuple[str, int]], posted_s: float) -> None:
         for user_id, seq in notices:
-            await self.post(user_id, seq, posted_s, marked_s)
+            await self.post(user_id, seq, posted_s)
 
     async def acquire(self, partition: int, consumer: str, lease_s: float) -> bool:
         part = self._parts[partition]
@@ -84,18 +80,12 @@ class MemoryStream:
             part.pending[entry_id] = consumer
         return [part.entries[e] for e in taken]
 
-    async def ack(
-        self,
-        entries: Mapping[int, Sequence[str]],
-        marks: Mapping[int, Sequence[tuple[str, float]]] | None = None,
-    ) -> None:
+    async def ack(self, entries: Mapping[int, Sequence[str]]) -> None:
         for partition, entry_ids in entries.items():
             part = self._parts[partition]
             for entry_id in entry_ids:
                 part.pending.pop(entry_id, None)
                 part.entries.pop(entry_id, None)
-        for partition, users in (marks or {}).items():
-            await self.clean(partition, users)
 
     async def backlog(self, partition: int) -> int:
         return len(self._parts[partition].entries)

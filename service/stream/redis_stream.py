@@ -59,16 +59,11 @@ return n
 """
 
 
-# KEYS: a partition's stream. ARGV: posted (unix s), the ingest's mark ("": none), then user,
-# seq per notice. One call per partition instead of one XADD per user: the client's cost is
-# per command.
+# KEYS: a partition's stream. ARGV: posted (unix s), then user, seq per notice. One call per
+# partition instead of one XADD per user: the client's cost is per command.
 _POST_LUA = """
-for i = 3, #ARGV, 2 do
-  if ARGV[2] == '' then
-    redis.call('XADD', KEYS[1], '*', 'u', ARGV[i], 's', ARGV[i + 1], 't', ARGV[1])
-  else
-    redis.call('XADD', KEYS[1], '*', 'u', ARGV[i], 's', ARGV[i + 1], 't', ARGV[1], 'm', ARGV[2])
-  end
+for i = 2, #ARGV, 2 do
+  redis.call('XADD', KEYS[1], '*', 'u', ARGV[i], 's', ARGV[i + 1], 't', ARGV[1])
 end
 return 1
 """
@@ -116,47 +111,30 @@ class RedisStream:
             if not fields:  # deleted while pending: nothing left to apply
                 continue
             values = {as_text(k): as_text(v) for k, v in fields.items()}
-            mark = values.get("m")  # absent in entries of a release before it was carried
             notices.append(
                 Notice(
-                    partition,
-                    as_text(entry_id),
-                    values["u"],
-                    int(values["s"]),
-                    float(values["t"]),
-                    None if mark is None else float(mark),
+                    partition, as_text(entry_id), values["u"], int(values["s"]), float(values["t"])
                 )
             )
         return notices
 
-    def _entry(
-        self, user_id: str, seq: int, posted_s: float, marked_s: float | None
-    ) -> tuple[str, dict[Any, Any]]:
+    def _entry(self, user_id: str, seq: int, posted_s: float) -> tuple[str, dict[Any, Any]]:
         """The stream key and fields of one notice (``_notices`` reads them back)."""
         key = stream_key(partition_of(user_id, self.partitions))
-        fields: dict[Any, Any] = {"u": user_id, "s": seq, "t": f"{posted_s:.6f}"}
-        if marked_s is not None:
-            fields["m"] = repr(marked_s)  # the exact double the dirty set scored
-        return key, fields
+        return key, {"u": user_id, "s": seq, "t": f"{posted_s:.6f}"}
 
-    async def post(
-        self, user_id: str, seq: int, posted_s: float, marked_s: float | None = None
-    ) -> None:
+    async def post(self, user_id: str, seq: int, posted_s: float) -> None:
         async with redis_errors("post", self.url):
-            key, fields = self._entry(user_id, seq, posted_s, marked_s)
+            key, fields = self._entry(user_id, seq, posted_s)
             await self._client.xadd(key, fields)
 
-    async def post_batch(
-        self, notices: Sequence[tuple[str, int]], posted_s: float, marked_s: float | None = None
-    ) -> None:
+    async def post_batch(self, notices: Sequence[tuple[str, int]], posted_s: float) -> None:
         if not notices:
             return
-        # ARGV of the post script: posted, mark ("" for none), then user, seq per notice.
-        head = [f"{posted_s:.6f}", "" if marked_s is None else repr(marked_s)]
         by_partition: dict[int, list[Any]] = {}
         for user_id, seq in notices:
             k = partition_of(user_id, self.partitions)
-            by_partition.setdefault(k, list(head)).extend((user_id, seq))
+            by_partition.setdefault(k, [f"{posted_s:.6f}"]).extend((user_id, seq))
         async with redis_errors("post_batch", self.url):
             if isinstance(self._client, RedisCluster):  # no scripts in a cluster pipeline
                 await asyncio.gather(
@@ -207,42 +185,17 @@ class RedisStream:
                 raise
         return self._notices(partition, reply[1])
 
-    async def ack(
-        self,
-        entries: Mapping[int, Sequence[str]],
-        marks: Mapping[int, Sequence[tuple[str, float]]] | None = None,
-    ) -> None:
+    async def ack(self, entries: Mapping[int, Sequence[str]]) -> None:
         entries = {k: ids for k, ids in entries.items() if ids}
-        cleans = {k: _clean_args(users) for k, users in (marks or {}).items() if users}
-        cluster = isinstance(self._client, RedisCluster)  # no scripts in a cluster pipeline
+        if not entries:
+            return
         async with redis_errors("ack", self.url):
-            sent: list[Any] = []
-            if entries or (cleans and not cluster):
-                sent.append(self._ack_pipeline(entries, {} if cluster else cleans))
-            if cluster:
-                sent += [self._clean(keys=[dirty_key(k)], args=a) for k, a in cleans.items()]
-            await asyncio.gather(*sent)
-
-    async def _ack_pipeline(
-        self, entries: Mapping[int, Sequence[str]], cleans: Mapping[int, list[str]]
-    ) -> None:
-        """XACK and XDEL of every partition's entries and the cleans as bare EVALSHAs (a
-        script object in a pipeline would first send SCRIPT EXISTS), in one pipeline."""
-        pipe: Any
-        async with self._client.pipeline(transaction=False) as pipe:  # closed on failure
-            for k, entry_ids in entries.items():
-                pipe.xack(stream_key(k), GROUP, *entry_ids)
-                pipe.xdel(stream_key(k), *entry_ids)
-            for k, args in cleans.items():
-                pipe.evalsha(self._clean.sha, 1, dirty_key(k), *args)
-            replies = await pipe.execute(raise_on_error=False)
-        errors = [r for r in replies if isinstance(r, Exception)]
-        if any(not isinstance(e, redis_exc.NoScriptError) for e in errors):
-            raise errors[0]
-        if errors:  # a restarted or flushed Redis: the script object loads it; cleans repeat
-            await asyncio.gather(
-                *(self._clean(keys=[dirty_key(k)], args=a) for k, a in cleans.items())
-            )
+            pipe: Any
+            async with self._client.pipeline(transaction=False) as pipe:  # closed on failure
+                for k, entry_ids in entries.items():
+                    pipe.xack(stream_key(k), GROUP, *entry_ids)
+                    pipe.xdel(stream_key(k), *entry_ids)
+                await pipe.execute()
 
     async def backlog(self, partition: int) -> int:
         async with redis_errors("backlog", self.url):
@@ -283,8 +236,9 @@ class RedisStream:
     async def clean(self, partition: int, marks: Sequence[tuple[str, float]]) -> None:
         if not marks:
             return
+        args = [x for user_id, mark in marks for x in (user_id, repr(mark))]  # exact doubles
         async with redis_errors("clean", self.url):
-            await self._clean(keys=[dirty_key(partition)], args=_clean_args(marks))
+            await self._clean(keys=[dirty_key(partition)], args=args)
 
     async def dirty_count(self, partition: int) -> int:
         async with redis_errors("dirty_count", self.url):
@@ -292,8 +246,3 @@ class RedisStream:
 
     async def close(self) -> None:
         return  # the client belongs to the store, which closes it
-
-
-def _clean_args(marks: Sequence[tuple[str, float]]) -> list[str]:
-    """The clean script's ARGV: user, mark per user, the marks as exact doubles."""
-    return [x for user_id, mark in marks for x in (user_id, repr(mark))]

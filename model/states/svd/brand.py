@@ -105,21 +105,27 @@ def rank_one_rows(sigma: Array, V: Array, B: Array) -> tuple[Array, Array, float
 
 
 @numba.njit(cache=True, nogil=True, error_model="numpy")
-def _project(V: Array, x: Array, p: Array, h: Array) -> None:
-    """p += Vᵀ x and h = x - V (Vᵀ x): one Gram–Schmidt step against V's columns."""
+def _project(V: Array, x: Array, p: Array, h: Array, step: Array) -> None:
+    """One Gram–Schmidt step of x (d,) against V's (d, ℓ) columns: p (ℓ,) += Vᵀ x and
+    h (d,) = x - V Vᵀ x; ``step`` (ℓ,) is scratch."""
     d, ell = V.shape
-    step = np.zeros(ell)
+    step[:] = 0.0
     for i in range(d):
         for k in range(ell):
             step[k] += V[i, k] * x[i]
     for i in range(d):
-        h[i] = x[i] - (V[i] * step).sum()
-    p += step
+        dot = 0.0
+        for k in range(ell):
+            dot += V[i, k] * step[k]
+        h[i] = x[i] - dot
+    for k in range(ell):
+        p[k] += step[k]
 
 
 @numba.njit(cache=True, nogil=True, error_model="numpy")
 def _rank_one_rows(sigma: Array, V: Array, B: Array, dropped: Array) -> int:
-    """In place on σ (ℓ,) and V (d, ℓ); adds each row's dropped energy to dropped[0]."""
+    """Brand's update of σ (ℓ,) and V (d, ℓ), in place, by the rows of B (b, d) in turn;
+    adds each row's dropped energy to dropped[0] (1,). Returns the rows absorbed."""
     d, ell = V.shape
     n = ell + 1
     sig = np.zeros(n)
@@ -129,12 +135,13 @@ def _rank_one_rows(sigma: Array, V: Array, B: Array, dropped: Array) -> int:
     p = np.empty(ell)
     h = np.empty(d)
     h2 = np.empty(d)
+    step = np.empty(ell)
     V_new = np.empty((d, ell))
     for r in range(B.shape[0]):
         # p = Vᵀ b, h = b - V p, then a second projection (DGKS) keeps h ⟂ V in floating point.
         p[:] = 0.0
-        _project(V, B[r], p, h)
-        _project(V, h, p, h2)
+        _project(V, B[r], p, h, step)
+        _project(V, h, p, h2, step)
         rho = math.sqrt((h2 * h2).sum())
         if rho == 0.0:
             return r

@@ -14,11 +14,12 @@ whatever the roots' accuracy, and they are the exact eigenvectors of diag(d) + �
 need deflation (repeated poles, negligible z_j) or fails the check is handed back to LAPACK
 by returning None.
 
-The solver is O(n²) scalar work compiled with numba: ``cache=True`` keeps the machine code
-beside this file (or in the user's cache directory where that is read-only), which loads in
-~0.3 s, against ~10 s for a first compile that ``model.states.warm_up_kernels`` lets a
-process pay at start (``make install`` and the image build pay it once); ``nogil`` lets other
-threads run meanwhile. At ℓ = 48 it takes ~35 µs, against ~260 µs for the same algorithm in
+The solver is O(n²) scalar work compiled with numba: ``cache=True`` keeps the machine code in
+numba's cache (beside this file, or in the user's cache directory when this one is not
+writable, or ``NUMBA_CACHE_DIR``: the image sets it), which loads in ~0.3 s, against ~10 s
+for a first compile that ``model.states.warm_up_kernels`` lets a process pay at start
+(``make install`` and the image build pay it once); ``nogil`` lets other threads run
+meanwhile. At ℓ = 48 it takes ~35–42 µs, against ~260–340 µs for the same algorithm in
 vectorised numpy and ~600 µs for LAPACK's SVD of the 49 × 49 arrow matrix (docs/
 BENCHMARKS.md, issue 22 round 7).
 """
@@ -170,7 +171,10 @@ def arrow_eigh_into(sig: Array, z: Array, lam: Array, W: Array) -> bool:  # noqa
         for i in range(n):
             W[j, i] = signed / (dl[origin[i], j] - sgn[i] * offset[i])
     for i in range(n):
-        norm = math.sqrt((W[:, i] * W[:, i]).sum())
+        norm2 = 0.0
+        for j in range(n):
+            norm2 += W[j, i] * W[j, i]
+        norm = math.sqrt(norm2)
         for j in range(n):
             W[j, i] /= norm
         lam[i] = sig[origin[i]] ** 2 + sgn[i] * offset[i]

@@ -397,15 +397,11 @@ class _AckFailsOnce(MemoryStream):
         super().__init__(partitions)
         self.refused = 0
 
-    async def ack(
-        self,
-        entries: Mapping[int, Sequence[str]],
-        marks: Mapping[int, Sequence[tuple[str, float]]] | None = None,
-    ) -> None:
+    async def ack(self, entries: Mapping[int, Sequence[str]]) -> None:
         if not self.refused and len([k for k, ids in entries.items() if ids]) > 1:
             self.refused += 1
             raise StoreUnavailable("acknowledgement refused once")
-        await super().ack(entries, marks)
+        await super().ack(entries)
 
 
 async def test_a_refused_round_acknowledgement_is_recovered_by_every_partition(

@@ -39,7 +39,7 @@ def _columns(user: str, ids: range) -> EventColumns:
 class _DiesBeforeAnnouncing(MemoryStream):
     """A stream whose announce never arrives, as if the serve died right after storing."""
 
-    async def post_batch(self, notices: Any, posted_s: float, marked_s: Any = None) -> None:
+    async def post_batch(self, notices: Any, posted_s: float) -> None:
         raise ConnectionError("killed")
 
 
@@ -95,32 +95,3 @@ async def test_the_sweeper_applies_stored_but_unannounced_users(
     assert (await store.position("u", model.version)).pending == 0
     assert metrics.ingest_unannounced.labels(partition=str(k))._value.get() == 10
     assert await stream.dirty_count(k) == 0 and await applier.sweep(k) == 0
-
-
-async def test_an_announced_user_is_unmarked_by_its_acknowledgement(
-    make_settings: SettingsFactory,
-) -> None:
-    """The notice carries its ingest's mark: applying and acknowledging it clears the mark,
-    so the sweeper has nothing to read for the user; a mark a later ingest moved stays."""
-    settings = make_settings(sweep_grace_s=0.001)
-    store, history, metrics, stream = MemoryStore(), MemoryHistory(), Metrics(), MemoryStream(4)
-    model = load_serving_model(settings)
-    ingestor = Ingestor(
-        store, stream, metrics, history, settings.dedup_window, model.version, grace_s=5.0
-    )
-    applier = Applier.create(
-        settings, store, stream, model, metrics, history=history, models=MemoryModels()
-    )
-    k = partition_of("u", 4)
-    await ingestor.ingest(_columns("u", range(1, 11)))
-    first = await stream.read(k, "a", count=10, block_s=0.0)
-    await ingestor.ingest(_columns("u", range(11, 16)))  # a later ingest moves the mark
-    assert await applier.apply(k, first)
-    assert (await store.position("u", model.version)).pending == 0  # all 15 applied
-    assert await stream.dirty_count(k) == 1  # the later mark: its own notice clears it
-    second = await stream.read(k, "a", count=10, block_s=0.0)
-    assert [n.marked_s is not None for n in first + second] == [True, True]
-    assert await applier.apply(k, second)
-    assert await stream.dirty_count(k) == 0
-    await asyncio.sleep(0.01)
-    assert await applier.sweep(k) == 0

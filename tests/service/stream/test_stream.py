@@ -80,40 +80,6 @@ async def test_one_ack_settles_entries_of_several_partitions(stream: IngestStrea
     }
 
 
-async def test_an_ack_unmarks_the_users_whose_mark_did_not_move(stream: IngestStream) -> None:
-    """A notice carries its ingest's mark, exactly; ``ack`` cleans the marks it is given
-    that still stand (the sweeper's net for announced users) and leaves a moved one."""
-    one, two = _users_of(1, 2)
-    first_s, later_s = 1_700_000_000.123456789, 1_700_000_001.5
-    await stream.mark([one, two], first_s)
-    await stream.post_batch([(one, 1), (two, 1)], 1_700_000_000.2, first_s)
-    await stream.post(one, 2, 1_700_000_000.3)  # posted without a mark
-    got = await stream.read(1, "a", count=10, block_s=0.05)
-    assert [n.marked_s for n in got] == [first_s, first_s, None]
-    await stream.mark([two], later_s)  # a later ingest of the second user
-    await stream.ack({1: [n.entry_id for n in got]}, {1: [(one, first_s), (two, first_s)]})
-    assert await stream.backlog(1) == 0
-    assert await stream.dirty(1, later_s, count=10) == [(two, later_s)]
-    await stream.ack({}, {1: [(two, later_s)]})  # marks alone
-    assert await stream.dirty_count(1) == 0
-
-
-async def test_an_ack_loads_its_script_after_a_flush(redis_url: str) -> None:
-    """A restarted or flushed Redis has no scripts: the acknowledgement still unmarks."""
-    client = await connect_redis(redis_url)
-    try:
-        stream = RedisStream(client, redis_url, P)
-        (user,) = _users_of(2, 1)
-        await stream.mark([user], 5.0)
-        await stream.post_batch([(user, 1)], 6.0, 5.0)
-        got = await stream.read(2, "a", count=10, block_s=0.05)
-        await client.script_flush()
-        await stream.ack({2: [n.entry_id for n in got]}, {2: [(user, 5.0)]})
-        assert (await stream.backlog(2), await stream.dirty_count(2)) == (0, 0)
-    finally:
-        await client.aclose()
-
-
 async def test_a_blocked_read_wakes_on_a_post(stream: IngestStream) -> None:
     user = _users_of(2, 1)[0]
     reader = asyncio.create_task(stream.read(2, "a", count=10, block_s=2.0))

@@ -19,7 +19,13 @@ from hypothesis import strategies as st
 
 from model.config import DEFAULT_OVERSAMPLE
 from model.states import Decay, LowRankState, StateError
-from model.states.svd.brand import ORTHO_TOLERANCE, ROW_BY_ROW_MAX, block_update, rank_one_rows
+from model.states.svd.brand import (
+    ORTHO_TOLERANCE,
+    ROW_BY_ROW_MAX,
+    block_update,
+    rank_one_rows,
+    update_factors,
+)
 
 D, R = 64, 32
 SIGMA_RTOL = 1e-3  # DESIGN §10
@@ -413,7 +419,8 @@ def test_row_by_row_updates_of_a_drifted_basis_are_restored() -> None:
 def test_small_blocks_row_by_row_match_one_svd(block: int) -> None:
     """A mature state (σ > 0 throughout): a block of up to ``ROW_BY_ROW_MAX`` rows goes
     through the compiled rank-one updates, and gives the factors of one LAPACK SVD of the
-    stacked rows (``block_update``): the same σ, the same Gram matrix, V orthonormal."""
+    stacked rows (``block_update``) to the order of what truncation drops (here only the
+    noise): the same σ, the same Gram matrix, V orthonormal."""
     rng = np.random.default_rng(12)
     X = low_rank_rows(rng, 300)
     state = LowRankState.from_rows(X[:200], R)
@@ -439,3 +446,22 @@ def test_a_young_state_takes_one_svd() -> None:
     after = young.append(X[5:])
     assert_gram_close(after, X)
     assert_invariants(after)
+
+
+def test_a_block_the_kernel_declines_midway_is_finished_by_one_svd() -> None:
+    """The kernel absorbs the first row, declines the second (it lies in the updated span:
+    ρ = 0 needs deflation) and ``update_factors`` absorbs the rest with ``block_update``: every
+    row counted, the Gram matrix of all rows, V orthonormal."""
+    rng = np.random.default_rng(14)
+    X = low_rank_rows(rng, 201)
+    state = LowRankState.from_rows(X[:200], R)
+    first = X[200:]
+    _, V_after, _, absorbed = rank_one_rows(state.sigma, state.V, first)
+    assert absorbed == 1
+    rows = np.vstack((first, 3.0 * V_after[:, 0], rng.standard_normal(D) * 0.1))
+    assert rank_one_rows(state.sigma, state.V, rows)[3] == 1  # declined at the second row
+    sigma, V, dropped = update_factors(state.sigma, state.V, rows)
+    expected = (state.V * state.sigma**2) @ state.V.T + rows.T @ rows
+    got = (V * sigma**2) @ V.T
+    np.testing.assert_allclose(got, expected, atol=1e-9 * np.abs(expected).max() + dropped)
+    assert abs(V.T @ V - np.eye(V.shape[1])).max() < 1e-12
