@@ -253,7 +253,7 @@ class Metrics:
         self.ingest_pending = Gauge(
             "solar_ingest_pending",
             "Work on an owned ingest partition not yet confirmed applied: notices not yet "
-            "acknowledged plus users marked by an ingest that the sweeper has not cleared",
+            "acknowledged plus ingest calls' marks of users not yet cleared",
             ["partition"],
             registry=reg,
         )

@@ -27,7 +27,10 @@ more than ``sweep_grace_s`` ago (``IngestStream.mark``), applies each (which als
 undurable tail to the durable tier) and clears the marks that did not move meanwhile. A serve
 killed between its store and announce steps leaves its users marked, so their events are
 applied within ``sweep_grace_s + sweep_s`` without any notice; ``solar_ingest_unannounced``
-counts the events a sweep found that way.
+counts the events a sweep found that way. A mark is one member per user and ingest call, and
+the call's notice carries its token: acknowledging the notice removes that call's member, so
+the sweeper reads only users whose notice never came, while a member of another call of the
+same user (which may still be storing) stays for that call's notice or the sweeper.
 """
 
 from __future__ import annotations
@@ -52,7 +55,7 @@ from service.metrics import Metrics
 from service.settings import Settings
 from service.store.base import Store
 from service.store.models import ModelRegistry
-from service.stream.base import IngestStream, Notice
+from service.stream.base import IngestStream, Notice, dirty_member, marked_user
 
 __all__ = ["Applier", "ApplierConfig"]
 
@@ -277,6 +280,7 @@ class Applier:
                 by_user.setdefault(notice.user_id, []).append((k, notice))
         through = [(u, max(n.seq for _, n in ns)) for u, ns in by_user.items()]
         acked: dict[int, list[str]] = {k: [] for k in batches}
+        unmark: dict[int, list[str]] = {k: [] for k in batches}
         outcomes = await self._apply_users(through)
         for (user_id, _), (applied, applied_s) in zip(through, outcomes, strict=True):
             if applied is None:
@@ -288,7 +292,9 @@ class Applier:
                 self.metrics.apply_lag_seconds.observe(max(0.0, applied_s - oldest_s))
             for k, n in user_notices:
                 acked[k].append(n.entry_id)
-        await self.stream.ack(acked)
+                if n.token:  # the call's own mark: another call's stays
+                    unmark[k].append(dirty_member(user_id, n.token))
+        await self.stream.ack(acked, unmark)
         return {k: len(acked[k]) == len(notices) for k, notices in batches.items()}
 
     async def _apply_in_round(self, partition: int, notices: list[Notice]) -> bool:
@@ -397,19 +403,22 @@ class Applier:
         announced but not applied in time)."""
         before_s = time.time() - self.config.sweep_grace_s
         marks = await self.stream.dirty(partition, before_s, self.config.read_count)
+        by_user: dict[str, list[tuple[str, float]]] = {}
+        for member, mark in marks:
+            by_user.setdefault(marked_user(member), []).append((member, mark))
         found = 0
         done: list[tuple[str, float]] = []
         gate = asyncio.Semaphore(self.config.users_in_flight)
 
-        async def one(user_id: str, mark: float) -> None:
+        async def one(user_id: str) -> None:
             nonlocal found
             async with gate:
                 applied = await self._apply_user(user_id)
             if applied is not None:
                 found += applied.events
-                done.append((user_id, mark))
+                done.extend(by_user[user_id])
 
-        await asyncio.gather(*(one(u, m) for u, m in marks))
+        await asyncio.gather(*(one(u) for u in by_user))
         await self.stream.clean(partition, done)
         self.metrics.ingest_unannounced.labels(partition=str(partition)).set(found)
         if found:

@@ -32,6 +32,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
@@ -121,7 +122,8 @@ class Ingestor:
         requests = events.by_user()
         users = [r.user_id for r in requests]
         marked_s = time.time()
-        await self.stream.mark(users, marked_s)
+        token = uuid.uuid4().hex[:16]  # this call's member of each user's dirty mark
+        await self.stream.mark(users, marked_s, token)
         results = await self._append(requests, marked_s + self.grace_s)
         chunks = [
             HistoryChunk(u, r.durable + 1, r.undurable)
@@ -134,7 +136,7 @@ class Ingestor:
         unapplied = [(u, r.seq) for u, r in zip(users, results, strict=True) if r.seq > r.applied]
         await asyncio.gather(
             self.store.mark_durable([(c.user_id, c.last_seq) for c in chunks]),
-            self.stream.post_batch(unapplied, time.time()),
+            self.stream.post_batch(unapplied, time.time(), token),
         )
         accepted = sum(r.accepted for r in results)
         duplicates = sum(r.duplicates for r in results)

@@ -15,9 +15,14 @@ Semantics shared by both implementations:
 - ``heartbeat`` records that an applier is alive and returns how many are (for sharing the
   partitions out); ``leave`` forgets a stopping one.
 - ``mark`` (the sweeper's net): /ingest marks its users dirty BEFORE storing, scored by the
-  time it began; ``dirty`` lists a partition's users marked before a time, and ``clean``
-  unmarks a user iff its mark did not move since it was listed. A serve killed between the
-  store and the announce leaves its users marked, so the sweeper applies them.
+  time it began, one member per user and ingest call (``dirty_member``: the user and the
+  call's token); ``dirty`` lists a partition's members marked before a time, and ``clean``
+  removes a member iff its mark did not move since it was listed. A serve killed between the
+  store and the announce leaves its users marked, so the sweeper applies them. A notice
+  carries its ingest call's token, and the applier that applied it removes that call's
+  member with its acknowledgement (``ack``'s ``unmark``): an announced user costs the sweeper
+  nothing, while another call's member of the same user (one that may still be storing)
+  stays for that call's own notice or the sweeper.
 """
 
 from __future__ import annotations
@@ -25,17 +30,34 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import NamedTuple, Protocol, runtime_checkable
 
-__all__ = ["IngestStream", "Notice"]
+__all__ = ["IngestStream", "Notice", "dirty_member", "marked_user"]
+
+# Between a user id and an ingest call's token in a dirty member: no user id has a space
+# (service.user_ids).
+_MARK_SEPARATOR = " "
+
+
+def dirty_member(user_id: str, token: str) -> str:
+    """The dirty set's member of one ingest call's mark of a user; an empty token gives the
+    bare user id (what releases before per-call marks wrote, still read by the sweeper)."""
+    return f"{user_id}{_MARK_SEPARATOR}{token}" if token else user_id
+
+
+def marked_user(member: str) -> str:
+    """The user of a dirty member."""
+    return member.split(_MARK_SEPARATOR, 1)[0]
 
 
 class Notice(NamedTuple):
-    """One stream entry: ``user_id`` has events up to ``seq``, acknowledged at ``posted_s``."""
+    """One stream entry: ``user_id`` has events up to ``seq``, acknowledged at ``posted_s``;
+    ``token``: its ingest call's mark token ("" in entries posted without one)."""
 
     partition: int
     entry_id: str
     user_id: str
     seq: int
     posted_s: float  # unix seconds
+    token: str = ""
 
 
 @runtime_checkable
@@ -44,10 +66,13 @@ class IngestStream(Protocol):
 
     partitions: int
 
-    async def post(self, user_id: str, seq: int, posted_s: float) -> None: ...
+    async def post(self, user_id: str, seq: int, posted_s: float, token: str = "") -> None: ...
 
-    async def post_batch(self, notices: Sequence[tuple[str, int]], posted_s: float) -> None:
-        """``post`` of many (user, seq) notices in one round trip."""
+    async def post_batch(
+        self, notices: Sequence[tuple[str, int]], posted_s: float, token: str = ""
+    ) -> None:
+        """``post`` of many (user, seq) notices in one round trip; ``token``: the ingest
+        call's, as given to ``mark``, carried for ``ack`` to unmark."""
         ...
 
     async def acquire(self, partition: int, consumer: str, lease_s: float) -> bool: ...
@@ -60,10 +85,15 @@ class IngestStream(Protocol):
 
     async def claim(self, partition: int, consumer: str, count: int) -> list[Notice]: ...
 
-    async def ack(self, entries: Mapping[int, Sequence[str]]) -> None:
+    async def ack(
+        self,
+        entries: Mapping[int, Sequence[str]],
+        unmark: Mapping[int, Sequence[str]] | None = None,
+    ) -> None:
         """Acknowledge and delete the entries ``{partition: entry ids}`` of one or more
-        partitions, in one round trip (one per node of a cluster, sent together). Not atomic:
-        when it raises, some of the entries may be acknowledged already."""
+        partitions, and remove the dirty members ``{partition: members}`` of the calls they
+        announced, in one round trip (one per node of a cluster, sent together). Not atomic:
+        when it raises, some of it may be done already."""
         ...
 
     async def backlog(self, partition: int) -> int: ...
@@ -75,20 +105,21 @@ class IngestStream(Protocol):
         of their shares at once instead of after its heartbeat's ttl."""
         ...
 
-    async def mark(self, user_ids: Sequence[str], now_s: float) -> None:
-        """Mark the users dirty at ``now_s`` (unix seconds), in one round trip."""
+    async def mark(self, user_ids: Sequence[str], now_s: float, token: str = "") -> None:
+        """Mark the users dirty at ``now_s`` (unix seconds), one member each for the ingest
+        call ``token`` (``dirty_member``), in one round trip."""
         ...
 
     async def dirty(self, partition: int, before_s: float, count: int) -> list[tuple[str, float]]:
-        """Up to ``count`` (user, mark) of the partition marked at or before ``before_s``."""
+        """Up to ``count`` (member, mark) of the partition marked at or before ``before_s``."""
         ...
 
     async def clean(self, partition: int, marks: Sequence[tuple[str, float]]) -> None:
-        """Unmark each user whose mark is still the one given."""
+        """Remove each (member, mark) whose mark is still the one given."""
         ...
 
     async def dirty_count(self, partition: int) -> int:
-        """Users of the partition marked dirty now."""
+        """Dirty members of the partition now."""
         ...
 
     async def close(self) -> None: ...

@@ -8,7 +8,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from service.store.keys import partition_of
-from service.stream.base import Notice
+from service.stream.base import Notice, dirty_member
 
 __all__ = ["MemoryStream"]
 
@@ -34,18 +34,20 @@ class MemoryStream:
         self._next_id = 0
         self._alive: dict[str, float] = {}
 
-    async def post(self, user_id: str, seq: int, posted_s: float) -> None:
+    async def post(self, user_id: str, seq: int, posted_s: float, token: str = "") -> None:
         k = partition_of(user_id, self.partitions)
         self._next_id += 1
         entry_id = f"{self._next_id}-0"
         part = self._parts[k]
-        part.entries[entry_id] = Notice(k, entry_id, user_id, seq, posted_s)
+        part.entries[entry_id] = Notice(k, entry_id, user_id, seq, posted_s, token)
         part.undelivered.append(entry_id)
         part.arrived.set()
 
-    async def post_batch(self, notices: Sequence[tuple[str, int]], posted_s: float) -> None:
+    async def post_batch(
+        self, notices: Sequence[tuple[str, int]], posted_s: float, token: str = ""
+    ) -> None:
         for user_id, seq in notices:
-            await self.post(user_id, seq, posted_s)
+            await self.post(user_id, seq, posted_s, token)
 
     async def acquire(self, partition: int, consumer: str, lease_s: float) -> bool:
         part = self._parts[partition]
@@ -80,12 +82,19 @@ class MemoryStream:
             part.pending[entry_id] = consumer
         return [part.entries[e] for e in taken]
 
-    async def ack(self, entries: Mapping[int, Sequence[str]]) -> None:
+    async def ack(
+        self,
+        entries: Mapping[int, Sequence[str]],
+        unmark: Mapping[int, Sequence[str]] | None = None,
+    ) -> None:
         for partition, entry_ids in entries.items():
             part = self._parts[partition]
             for entry_id in entry_ids:
                 part.pending.pop(entry_id, None)
                 part.entries.pop(entry_id, None)
+        for partition, members in (unmark or {}).items():
+            for member in members:
+                self._parts[partition].dirty.pop(member, None)
 
     async def backlog(self, partition: int) -> int:
         return len(self._parts[partition].entries)
@@ -99,9 +108,10 @@ class MemoryStream:
     async def leave(self, consumer: str) -> None:
         self._alive.pop(consumer, None)
 
-    async def mark(self, user_ids: Sequence[str], now_s: float) -> None:
+    async def mark(self, user_ids: Sequence[str], now_s: float, token: str = "") -> None:
         for user_id in user_ids:
-            self._parts[partition_of(user_id, self.partitions)].dirty[user_id] = now_s
+            member = dirty_member(user_id, token)
+            self._parts[partition_of(user_id, self.partitions)].dirty[member] = now_s
 
     async def dirty(self, partition: int, before_s: float, count: int) -> list[tuple[str, float]]:
         marks = sorted(self._parts[partition].dirty.items(), key=lambda m: m[1])
@@ -109,9 +119,9 @@ class MemoryStream:
 
     async def clean(self, partition: int, marks: Sequence[tuple[str, float]]) -> None:
         dirty = self._parts[partition].dirty
-        for user_id, mark in marks:
-            if dirty.get(user_id) == mark:
-                del dirty[user_id]
+        for member, mark in marks:
+            if dirty.get(member) == mark:
+                del dirty[member]
 
     async def dirty_count(self, partition: int) -> int:
         return len(self._parts[partition].dirty)

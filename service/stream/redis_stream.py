@@ -18,7 +18,7 @@ from redis.asyncio.cluster import RedisCluster
 
 from service.store.keys import APPLIERS_KEY, dirty_key, lease_key, partition_of, stream_key
 from service.store.redis_client import RedisClient, as_text, redis_errors
-from service.stream.base import Notice
+from service.stream.base import Notice, dirty_member
 
 __all__ = ["GROUP", "RedisStream", "create_group"]
 
@@ -59,11 +59,16 @@ return n
 """
 
 
-# KEYS: a partition's stream. ARGV: posted (unix s), then user, seq per notice. One call per
-# partition instead of one XADD per user: the client's cost is per command.
+# KEYS: a partition's stream. ARGV: posted (unix s), the ingest call's mark token ("":
+# none), then user, seq per notice. One call per partition instead of one XADD per user: the
+# client's cost is per command.
 _POST_LUA = """
-for i = 2, #ARGV, 2 do
-  redis.call('XADD', KEYS[1], '*', 'u', ARGV[i], 's', ARGV[i + 1], 't', ARGV[1])
+for i = 3, #ARGV, 2 do
+  if ARGV[2] == '' then
+    redis.call('XADD', KEYS[1], '*', 'u', ARGV[i], 's', ARGV[i + 1], 't', ARGV[1])
+  else
+    redis.call('XADD', KEYS[1], '*', 'u', ARGV[i], 's', ARGV[i + 1], 't', ARGV[1], 'm', ARGV[2])
+  end
 end
 return 1
 """
@@ -113,28 +118,40 @@ class RedisStream:
             values = {as_text(k): as_text(v) for k, v in fields.items()}
             notices.append(
                 Notice(
-                    partition, as_text(entry_id), values["u"], int(values["s"]), float(values["t"])
+                    partition,
+                    as_text(entry_id),
+                    values["u"],
+                    int(values["s"]),
+                    float(values["t"]),
+                    values.get("m", ""),  # absent in entries of a release before tokens
                 )
             )
         return notices
 
-    def _entry(self, user_id: str, seq: int, posted_s: float) -> tuple[str, dict[Any, Any]]:
+    def _entry(
+        self, user_id: str, seq: int, posted_s: float, token: str
+    ) -> tuple[str, dict[Any, Any]]:
         """The stream key and fields of one notice (``_notices`` reads them back)."""
         key = stream_key(partition_of(user_id, self.partitions))
-        return key, {"u": user_id, "s": seq, "t": f"{posted_s:.6f}"}
+        fields: dict[Any, Any] = {"u": user_id, "s": seq, "t": f"{posted_s:.6f}"}
+        if token:
+            fields["m"] = token
+        return key, fields
 
-    async def post(self, user_id: str, seq: int, posted_s: float) -> None:
+    async def post(self, user_id: str, seq: int, posted_s: float, token: str = "") -> None:
         async with redis_errors("post", self.url):
-            key, fields = self._entry(user_id, seq, posted_s)
+            key, fields = self._entry(user_id, seq, posted_s, token)
             await self._client.xadd(key, fields)
 
-    async def post_batch(self, notices: Sequence[tuple[str, int]], posted_s: float) -> None:
+    async def post_batch(
+        self, notices: Sequence[tuple[str, int]], posted_s: float, token: str = ""
+    ) -> None:
         if not notices:
             return
         by_partition: dict[int, list[Any]] = {}
         for user_id, seq in notices:
             k = partition_of(user_id, self.partitions)
-            by_partition.setdefault(k, [f"{posted_s:.6f}"]).extend((user_id, seq))
+            by_partition.setdefault(k, [f"{posted_s:.6f}", token]).extend((user_id, seq))
         async with redis_errors("post_batch", self.url):
             if isinstance(self._client, RedisCluster):  # no scripts in a cluster pipeline
                 await asyncio.gather(
@@ -185,9 +202,14 @@ class RedisStream:
                 raise
         return self._notices(partition, reply[1])
 
-    async def ack(self, entries: Mapping[int, Sequence[str]]) -> None:
+    async def ack(
+        self,
+        entries: Mapping[int, Sequence[str]],
+        unmark: Mapping[int, Sequence[str]] | None = None,
+    ) -> None:
         entries = {k: ids for k, ids in entries.items() if ids}
-        if not entries:
+        members = {k: ms for k, ms in (unmark or {}).items() if ms}
+        if not entries and not members:
             return
         async with redis_errors("ack", self.url):
             pipe: Any
@@ -195,6 +217,8 @@ class RedisStream:
                 for k, entry_ids in entries.items():
                     pipe.xack(stream_key(k), GROUP, *entry_ids)
                     pipe.xdel(stream_key(k), *entry_ids)
+                for k, ms in members.items():
+                    pipe.zrem(dirty_key(k), *ms)
                 await pipe.execute()
 
     async def backlog(self, partition: int) -> int:
@@ -213,12 +237,13 @@ class RedisStream:
         async with redis_errors("leave", self.url):
             await self._client.zrem(APPLIERS_KEY, consumer)
 
-    async def mark(self, user_ids: Sequence[str], now_s: float) -> None:
+    async def mark(self, user_ids: Sequence[str], now_s: float, token: str = "") -> None:
         if not user_ids:
             return
         by_partition: dict[int, dict[str, float]] = {}
         for user_id in user_ids:
-            by_partition.setdefault(partition_of(user_id, self.partitions), {})[user_id] = now_s
+            k = partition_of(user_id, self.partitions)
+            by_partition.setdefault(k, {})[dirty_member(user_id, token)] = now_s
         async with redis_errors("mark", self.url):
             pipe: Any
             async with self._client.pipeline(transaction=False) as pipe:

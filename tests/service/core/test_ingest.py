@@ -397,11 +397,15 @@ class _AckFailsOnce(MemoryStream):
         super().__init__(partitions)
         self.refused = 0
 
-    async def ack(self, entries: Mapping[int, Sequence[str]]) -> None:
+    async def ack(
+        self,
+        entries: Mapping[int, Sequence[str]],
+        unmark: Mapping[int, Sequence[str]] | None = None,
+    ) -> None:
         if not self.refused and len([k for k, ids in entries.items() if ids]) > 1:
             self.refused += 1
             raise StoreUnavailable("acknowledgement refused once")
-        await super().ack(entries)
+        await super().ack(entries, unmark)
 
 
 async def test_a_refused_round_acknowledgement_is_recovered_by_every_partition(

@@ -5,6 +5,7 @@ events but never announced them (service.core.applier)."""
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
 import pytest
@@ -20,6 +21,7 @@ from service.store.memory import MemoryStore
 from service.store.models import MemoryModels
 from service.store.redis_client import connect_redis
 from service.store.redis_store import RedisStore
+from service.stream.base import dirty_member
 from service.stream.memory import MemoryStream
 from tests.service.conftest import SettingsFactory
 
@@ -39,7 +41,7 @@ def _columns(user: str, ids: range) -> EventColumns:
 class _DiesBeforeAnnouncing(MemoryStream):
     """A stream whose announce never arrives, as if the serve died right after storing."""
 
-    async def post_batch(self, notices: Any, posted_s: float) -> None:
+    async def post_batch(self, notices: Any, posted_s: float, token: str = "") -> None:
         raise ConnectionError("killed")
 
 
@@ -95,3 +97,35 @@ async def test_the_sweeper_applies_stored_but_unannounced_users(
     assert (await store.position("u", model.version)).pending == 0
     assert metrics.ingest_unannounced.labels(partition=str(k))._value.get() == 10
     assert await stream.dirty_count(k) == 0 and await applier.sweep(k) == 0
+
+
+async def test_an_acknowledgement_removes_only_its_own_calls_mark(
+    make_settings: SettingsFactory,
+) -> None:
+    """Each ingest call marks its users with a member of its own, and acknowledging a call's
+    notice removes that member only. Another call's member of the same user (a call that
+    may still be storing, until its mark plus the grace) stays for the sweeper: with one
+    member per user, the later call's acknowledgement would have cleared it."""
+    settings = make_settings(sweep_grace_s=0.001)
+    store, history, metrics, stream = MemoryStore(), MemoryHistory(), Metrics(), MemoryStream(4)
+    model = load_serving_model(settings)
+    ingestor = Ingestor(
+        store, stream, metrics, history, settings.dedup_window, model.version, grace_s=5.0
+    )
+    applier = Applier.create(
+        settings, store, stream, model, metrics, history=history, models=MemoryModels()
+    )
+    k = partition_of("u", 4)
+    in_flight_s = time.time()
+    await stream.mark(["u"], in_flight_s, "in-flight")  # an earlier call, still storing
+    await ingestor.ingest(_columns("u", range(1, 11)))
+    notices = await stream.read(k, "a", count=10, block_s=0.0)
+    assert len(notices) == 1 and notices[0].token
+    assert await applier.apply(k, notices)
+    assert (await store.position("u", model.version)).pending == 0
+    assert await stream.dirty(k, time.time(), count=10) == [
+        (dirty_member("u", "in-flight"), in_flight_s)
+    ]
+    await asyncio.sleep(0.01)  # past the grace: the sweeper takes the other call's member
+    assert await applier.sweep(k) == 0
+    assert await stream.dirty_count(k) == 0

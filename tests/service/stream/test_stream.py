@@ -10,7 +10,7 @@ import pytest
 
 from service.store.keys import partition_of
 from service.store.redis_client import connect_redis
-from service.stream.base import IngestStream
+from service.stream.base import IngestStream, dirty_member, marked_user
 from service.stream.memory import MemoryStream
 from service.stream.redis_stream import RedisStream
 
@@ -78,6 +78,28 @@ async def test_one_ack_settles_entries_of_several_partitions(stream: IngestStrea
         2: [n.entry_id for n in got[2]],
         3: [got[3][1].entry_id],
     }
+
+
+async def test_an_ack_removes_the_members_of_the_calls_it_announced(
+    stream: IngestStream,
+) -> None:
+    """A mark is a member per user and ingest call, a notice carries its call's token, and
+    ``ack`` removes the members it is given: another call's member of a user stays."""
+    one, two = _users_of(1, 2)
+    await stream.mark([one, two], 10.0, "call-a")
+    await stream.mark([two], 11.0, "call-b")  # a second call of the second user
+    await stream.post_batch([(one, 1), (two, 1)], 12.0, "call-a")
+    await stream.post(one, 2, 13.0)  # posted without a token
+    got = await stream.read(1, "a", count=10, block_s=0.05)
+    assert [n.token for n in got] == ["call-a", "call-a", ""]
+    assert await stream.dirty_count(1) == 3
+    members = [dirty_member(n.user_id, n.token) for n in got if n.token]
+    await stream.ack({1: [n.entry_id for n in got]}, {1: members})
+    assert await stream.backlog(1) == 0
+    assert await stream.dirty(1, 20.0, count=10) == [(dirty_member(two, "call-b"), 11.0)]
+    assert marked_user(dirty_member(two, "call-b")) == two == marked_user(two)
+    await stream.ack({}, {1: [dirty_member(two, "call-b")]})  # members alone
+    assert await stream.dirty_count(1) == 0
 
 
 async def test_a_blocked_read_wakes_on_a_post(stream: IngestStream) -> None:
