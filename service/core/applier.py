@@ -254,8 +254,9 @@ class Applier:
                 await asyncio.sleep(_FAILURE_PAUSE_S)
 
     async def _report_backlog(self, k: int) -> None:
-        """Set the partition's pending gauge: notices not acknowledged plus users marked dirty
-        (two round trips: once per sweep, not once per batch)."""
+        """Set the partition's pending gauge: notices not acknowledged plus dirty members (one
+        per user and ingest call not yet cleared; two round trips: once per sweep, not once
+        per batch)."""
         backlog = await self.stream.backlog(k) + await self.stream.dirty_count(k)
         self.metrics.ingest_pending.labels(partition=str(k)).set(backlog)
 

@@ -134,9 +134,13 @@ class Ingestor:
         # Announce every user with unapplied events, duplicates-only ones included: a retry
         # after a failure between the steps then leaves nothing unannounced.
         unapplied = [(u, r.seq) for u, r in zip(users, results, strict=True) if r.seq > r.applied]
+        # A user left nothing unapplied is not announced: its member of this call's mark goes
+        # now (the store step is done), or every replayed call would leave one to sweep.
+        settled = [u for u, r in zip(users, results, strict=True) if r.seq <= r.applied]
         await asyncio.gather(
             self.store.mark_durable([(c.user_id, c.last_seq) for c in chunks]),
             self.stream.post_batch(unapplied, time.time(), token),
+            self.stream.unmark(settled, token),
         )
         accepted = sum(r.accepted for r in results)
         duplicates = sum(r.duplicates for r in results)

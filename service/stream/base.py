@@ -110,6 +110,11 @@ class IngestStream(Protocol):
         call ``token`` (``dirty_member``), in one round trip."""
         ...
 
+    async def unmark(self, user_ids: Sequence[str], token: str) -> None:
+        """Remove the ingest call ``token``'s members of these users, in one round trip (a
+        call that stored and left them nothing unapplied, so it announces nothing)."""
+        ...
+
     async def dirty(self, partition: int, before_s: float, count: int) -> list[tuple[str, float]]:
         """Up to ``count`` (member, mark) of the partition marked at or before ``before_s``."""
         ...

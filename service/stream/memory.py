@@ -113,6 +113,11 @@ class MemoryStream:
             member = dirty_member(user_id, token)
             self._parts[partition_of(user_id, self.partitions)].dirty[member] = now_s
 
+    async def unmark(self, user_ids: Sequence[str], token: str) -> None:
+        for user_id in user_ids:
+            member = dirty_member(user_id, token)
+            self._parts[partition_of(user_id, self.partitions)].dirty.pop(member, None)
+
     async def dirty(self, partition: int, before_s: float, count: int) -> list[tuple[str, float]]:
         marks = sorted(self._parts[partition].dirty.items(), key=lambda m: m[1])
         return [m for m in marks if m[1] <= before_s][:count]

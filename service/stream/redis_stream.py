@@ -63,10 +63,12 @@ return n
 # none), then user, seq per notice. One call per partition instead of one XADD per user: the
 # client's cost is per command.
 _POST_LUA = """
-for i = 3, #ARGV, 2 do
-  if ARGV[2] == '' then
+if ARGV[2] == '' then
+  for i = 3, #ARGV, 2 do
     redis.call('XADD', KEYS[1], '*', 'u', ARGV[i], 's', ARGV[i + 1], 't', ARGV[1])
-  else
+  end
+else
+  for i = 3, #ARGV, 2 do
     redis.call('XADD', KEYS[1], '*', 'u', ARGV[i], 's', ARGV[i + 1], 't', ARGV[1], 'm', ARGV[2])
   end
 end
@@ -251,6 +253,20 @@ class RedisStream:
                     pipe.zadd(dirty_key(k), members)
                 await pipe.execute()
 
+    async def unmark(self, user_ids: Sequence[str], token: str) -> None:
+        by_partition: dict[int, list[str]] = {}
+        for user_id in user_ids:
+            k = partition_of(user_id, self.partitions)
+            by_partition.setdefault(k, []).append(dirty_member(user_id, token))
+        if not by_partition:
+            return
+        async with redis_errors("unmark", self.url):
+            pipe: Any
+            async with self._client.pipeline(transaction=False) as pipe:
+                for k, members in by_partition.items():
+                    pipe.zrem(dirty_key(k), *members)
+                await pipe.execute()
+
     async def dirty(self, partition: int, before_s: float, count: int) -> list[tuple[str, float]]:
         async with redis_errors("dirty", self.url):
             reply: Any = await self._client.zrangebyscore(
@@ -261,7 +277,7 @@ class RedisStream:
     async def clean(self, partition: int, marks: Sequence[tuple[str, float]]) -> None:
         if not marks:
             return
-        args = [x for user_id, mark in marks for x in (user_id, repr(mark))]  # exact doubles
+        args = [x for member, mark in marks for x in (member, repr(mark))]  # exact doubles
         async with redis_errors("clean", self.url):
             await self._clean(keys=[dirty_key(partition)], args=args)
 

@@ -129,3 +129,77 @@ async def test_an_acknowledgement_removes_only_its_own_calls_mark(
     await asyncio.sleep(0.01)  # past the grace: the sweeper takes the other call's member
     assert await applier.sweep(k) == 0
     assert await stream.dirty_count(k) == 0
+
+
+class _StoresLateAndDies:
+    """The rest of an earlier ingest call whose mark is already in: it stores and writes
+    durably, then its serve dies before announcing."""
+
+    def __init__(self, stream: MemoryStream) -> None:
+        self._stream = stream
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
+
+    async def mark(self, user_ids: Any, now_s: float, token: str = "") -> None:
+        return None
+
+    async def post_batch(self, notices: Any, posted_s: float, token: str = "") -> None:
+        raise ConnectionError("killed")
+
+
+async def test_events_an_earlier_call_stores_after_a_later_calls_ack_are_swept(
+    make_settings: SettingsFactory,
+) -> None:
+    """The race a mark per user had: call Y marks u, call X marks u, stores, is announced,
+    applied and acknowledged; only then does Y store, and its serve dies before announcing.
+    Y's own member outlived X's acknowledgement, so the sweeper applies Y's events."""
+    settings = make_settings(sweep_grace_s=0.001)
+    store, history, metrics, stream = MemoryStore(), MemoryHistory(), Metrics(), MemoryStream(4)
+    model = load_serving_model(settings)
+    later = Ingestor(
+        store, stream, metrics, history, settings.dedup_window, model.version, grace_s=5.0
+    )
+    earlier = Ingestor(
+        store,
+        _StoresLateAndDies(stream),  # type: ignore[arg-type]
+        metrics,
+        history,
+        settings.dedup_window,
+        model.version,
+        grace_s=5.0,
+    )
+    applier = Applier.create(
+        settings, store, stream, model, metrics, history=history, models=MemoryModels()
+    )
+    k = partition_of("u", 4)
+    await stream.mark(["u"], time.time(), "call-y")  # Y's mark, before X's
+    await later.ingest(_columns("u", range(1, 11)))
+    assert await applier.apply(k, await stream.read(k, "a", count=10, block_s=0.0))
+    with pytest.raises(ConnectionError):
+        await earlier.ingest(_columns("u", range(11, 16)))  # Y stores late, then dies
+    assert (await store.position("u", model.version)).pending == 5
+    await asyncio.sleep(0.01)
+    assert await applier.sweep(k) == 5
+    assert (await store.position("u", model.version)).pending == 0
+    assert await stream.dirty_count(k) == 0
+
+
+async def test_a_replay_of_applied_events_leaves_no_mark(make_settings: SettingsFactory) -> None:
+    """A call that leaves a user nothing unapplied (a client's replay of applied events)
+    announces nothing and removes its own member at once: replays do not pile up members."""
+    settings = make_settings()
+    store, history, metrics, stream = MemoryStore(), MemoryHistory(), Metrics(), MemoryStream(4)
+    model = load_serving_model(settings)
+    ingestor = Ingestor(
+        store, stream, metrics, history, settings.dedup_window, model.version, grace_s=5.0
+    )
+    applier = Applier.create(
+        settings, store, stream, model, metrics, history=history, models=MemoryModels()
+    )
+    k = partition_of("u", 4)
+    await ingestor.ingest(_columns("u", range(1, 11)))
+    assert await applier.apply(k, await stream.read(k, "a", count=10, block_s=0.0))
+    for _ in range(3):
+        assert (await ingestor.ingest(_columns("u", range(1, 11)))).duplicates == 10
+    assert await stream.backlog(k) == 0 and await stream.dirty_count(k) == 0
