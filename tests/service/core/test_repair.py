@@ -5,6 +5,7 @@ events but never announced them (service.core.applier)."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from typing import Any
 
@@ -43,6 +44,20 @@ class _DiesBeforeAnnouncing(MemoryStream):
 
     async def post_batch(self, notices: Any, posted_s: float, token: str = "") -> None:
         raise ConnectionError("killed")
+
+
+def _marked_pipeline(settings: Any) -> tuple[MemoryStore, MemoryStream, Ingestor, Applier]:
+    """An in-process store, stream, ingest and applier (no durable tier of its own: memory)
+    for the mark tests."""
+    store, history, metrics, stream = MemoryStore(), MemoryHistory(), Metrics(), MemoryStream(4)
+    model = load_serving_model(settings)
+    ingestor = Ingestor(
+        store, stream, metrics, history, settings.dedup_window, model.version, grace_s=5.0
+    )
+    applier = Applier.create(
+        settings, store, stream, model, metrics, history=history, models=MemoryModels()
+    )
+    return store, stream, ingestor, applier
 
 
 @pytest.mark.parametrize("key", ["dedup", "pos", "log"])
@@ -107,14 +122,8 @@ async def test_an_acknowledgement_removes_only_its_own_calls_mark(
     may still be storing, until its mark plus the grace) stays for the sweeper: with one
     member per user, the later call's acknowledgement would have cleared it."""
     settings = make_settings(sweep_grace_s=0.001)
-    store, history, metrics, stream = MemoryStore(), MemoryHistory(), Metrics(), MemoryStream(4)
-    model = load_serving_model(settings)
-    ingestor = Ingestor(
-        store, stream, metrics, history, settings.dedup_window, model.version, grace_s=5.0
-    )
-    applier = Applier.create(
-        settings, store, stream, model, metrics, history=history, models=MemoryModels()
-    )
+    store, stream, ingestor, applier = _marked_pipeline(settings)
+    version = ingestor.model_version
     k = partition_of("u", 4)
     in_flight_s = time.time()
     await stream.mark(["u"], in_flight_s, "in-flight")  # an earlier call, still storing
@@ -122,7 +131,7 @@ async def test_an_acknowledgement_removes_only_its_own_calls_mark(
     notices = await stream.read(k, "a", count=10, block_s=0.0)
     assert len(notices) == 1 and notices[0].token
     assert await applier.apply(k, notices)
-    assert (await store.position("u", model.version)).pending == 0
+    assert (await store.position("u", version)).pending == 0
     assert await stream.dirty(k, time.time(), count=10) == [
         (dirty_member("u", "in-flight"), in_flight_s)
     ]
@@ -155,33 +164,19 @@ async def test_events_an_earlier_call_stores_after_a_later_calls_ack_are_swept(
     applied and acknowledged; only then does Y store, and its serve dies before announcing.
     Y's own member outlived X's acknowledgement, so the sweeper applies Y's events."""
     settings = make_settings(sweep_grace_s=0.001)
-    store, history, metrics, stream = MemoryStore(), MemoryHistory(), Metrics(), MemoryStream(4)
-    model = load_serving_model(settings)
-    later = Ingestor(
-        store, stream, metrics, history, settings.dedup_window, model.version, grace_s=5.0
-    )
-    earlier = Ingestor(
-        store,
-        _StoresLateAndDies(stream),  # type: ignore[arg-type]
-        metrics,
-        history,
-        settings.dedup_window,
-        model.version,
-        grace_s=5.0,
-    )
-    applier = Applier.create(
-        settings, store, stream, model, metrics, history=history, models=MemoryModels()
-    )
+    store, stream, later, applier = _marked_pipeline(settings)
+    version = later.model_version
+    earlier = dataclasses.replace(later, stream=_StoresLateAndDies(stream))
     k = partition_of("u", 4)
     await stream.mark(["u"], time.time(), "call-y")  # Y's mark, before X's
     await later.ingest(_columns("u", range(1, 11)))
     assert await applier.apply(k, await stream.read(k, "a", count=10, block_s=0.0))
     with pytest.raises(ConnectionError):
         await earlier.ingest(_columns("u", range(11, 16)))  # Y stores late, then dies
-    assert (await store.position("u", model.version)).pending == 5
+    assert (await store.position("u", version)).pending == 5
     await asyncio.sleep(0.01)
     assert await applier.sweep(k) == 5
-    assert (await store.position("u", model.version)).pending == 0
+    assert (await store.position("u", version)).pending == 0
     assert await stream.dirty_count(k) == 0
 
 
@@ -189,14 +184,7 @@ async def test_a_replay_of_applied_events_leaves_no_mark(make_settings: Settings
     """A call that leaves a user nothing unapplied (a client's replay of applied events)
     announces nothing and removes its own member at once: replays do not pile up members."""
     settings = make_settings()
-    store, history, metrics, stream = MemoryStore(), MemoryHistory(), Metrics(), MemoryStream(4)
-    model = load_serving_model(settings)
-    ingestor = Ingestor(
-        store, stream, metrics, history, settings.dedup_window, model.version, grace_s=5.0
-    )
-    applier = Applier.create(
-        settings, store, stream, model, metrics, history=history, models=MemoryModels()
-    )
+    _, stream, ingestor, applier = _marked_pipeline(settings)
     k = partition_of("u", 4)
     await ingestor.ingest(_columns("u", range(1, 11)))
     assert await applier.apply(k, await stream.read(k, "a", count=10, block_s=0.0))
