@@ -32,14 +32,15 @@ COPY service ./service
 COPY solar_tools ./solar_tools
 COPY bench ./bench
 # The import check runs from / : in /src, `import service` would find the copied sources,
-# not the installed package the runtime stage ships. The last line compiles the state
-# updates' numba kernels into NUMBA_CACHE_DIR, for a generic x86-64 (the cache is keyed on the
-# CPU: built for the build host's, every other host would compile again at start, ~10 s).
+# not the installed package the runtime stage ships. The last line compiles the numba kernels
+# (the state updates', the candidate scan's) into NUMBA_CACHE_DIR, for a generic x86-64 (the
+# cache is keyed on the CPU: built for the build host's, every other host would compile again
+# at start, ~11 s).
 ENV NUMBA_CACHE_DIR=/opt/numba-cache NUMBA_CPU_NAME=generic
 RUN pip install --upgrade pip \
     && pip install --extra-index-url "${TORCH_INDEX_URL}" . \
     && cd / && python -c "import torch, service.cli, bench.micro.kernels, solar_tools.replay; print('torch', torch.__version__)" \
-    && python -c "from model.states import warm_up_kernels; warm_up_kernels()"
+    && python -c "from model.states import warm_up_kernels; from service.core import raw_ids; warm_up_kernels(); raw_ids.warm_up()"
 
 # ---- runtime: the venv, a non-root user, nothing else ---------------------------------------
 FROM ${BASE_IMAGE} AS runtime

@@ -15,8 +15,9 @@ $(INSTALLED): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[dev,parquet]'
-	# numba compiles the state updates' kernels once (~10 s) into its cache, not on a first event.
-	$(PY) -c 'from model.states import warm_up_kernels; warm_up_kernels()'
+	# numba compiles its kernels (the state updates', the candidate scan's) once (~11 s) into its
+	# cache, not on a first event or request.
+	$(PY) -c 'from model.states import warm_up_kernels; from service.core import raw_ids; warm_up_kernels(); raw_ids.warm_up()'
 	touch $@
 
 # The study's files extracted from their wheels (MovieLens from recbole, Complete Journey

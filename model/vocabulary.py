@@ -104,9 +104,10 @@ def _item_index(items: tuple[str, ...]) -> dict[int | str, int]:
 
 
 def _int_rows(index: dict[int | str, int]) -> NDArray[np.int64] | None:
-    ids = np.fromiter((k for k in index if isinstance(k, int)), dtype=np.int64)
-    if ids.size == 0 or ids.min() < 0 or ids.max() > DENSE_ID_LIMIT:
+    numbers = [k for k in index if isinstance(k, int)]
+    if not numbers or min(numbers) < 0 or max(numbers) > DENSE_ID_LIMIT:  # before int64
         return None
+    ids = np.array(numbers, dtype=np.int64)
     table = np.full(int(ids.max()) + 1, OOV_ITEM, dtype=np.int64)
     table[ids] = [index[int(i)] for i in ids]
     return table

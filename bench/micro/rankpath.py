@@ -25,7 +25,6 @@ from bench.micro.roofline import median_s
 from model.ranker import ScoreRequest
 from service.api.rank_body import decode_rank_body, encode_rank_response
 from service.backends import open_backends
-from service.core.items import candidate_rows
 from service.core.ranking import RankOutcome
 from service.core.serving_model import ServingModel, load_serving_model
 from service.core.users import parse_state
@@ -106,10 +105,7 @@ class RankPath:
 
     def _request(self, m: int, user: int) -> ScoreRequest:
         query = decode_rank_body(self.body(m, user), JSON)
-        model = self.model
-        found = candidate_rows(
-            query.candidates, model.item_index, checked=query.checked, int_rows=model.item_int_rows
-        )
+        found = self.model.candidate_rows(query.candidates, checked=query.checked)
         loaded = parse_state(self.blobs[user], self.model).state
         assert loaded is not None
         interests = torch.from_numpy(self.model.states.features(loaded).astype(np.float32))
@@ -125,10 +121,10 @@ class RankPath:
         body = self.body(m)
         query = decode_rank_body(body, JSON)
         blob = self.blobs[0]
-        index, states = self.model.item_index, self.model.states
+        model, states = self.model, self.model.states
 
         def ids() -> object:
-            found = candidate_rows(query.candidates, index, checked=query.checked)
+            found = model.candidate_rows(query.candidates, checked=query.checked)
             return torch.from_numpy(found.rows)
 
         def state() -> object:
@@ -136,7 +132,7 @@ class RankPath:
             assert loaded is not None
             return torch.from_numpy(states.features(loaded).astype(np.float32))
 
-        found = candidate_rows(query.candidates, index, checked=query.checked)
+        found = model.candidate_rows(query.candidates, checked=query.checked)
         logits = torch.randn(1, m)
         job = RankJob("svd", ScoreRequest(torch.from_numpy(found.rows)), TOP_K)
         lengths = {"lengths": torch.tensor([m])}

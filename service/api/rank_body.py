@@ -1,8 +1,11 @@
 """POST /rank bodies in and out, without a Python object per candidate where it can be helped.
 
 In: a valid JSON body (the common case) is decoded and validated in one C pass by msgspec,
-into plain values whose candidates are already known to be ints or 1-256 character strings.
-msgspec's schema below is at least as strict as ``schemas.RankRequest``; anything it refuses
+with its candidates left as raw bytes that ``service.core.raw_ids`` scans and later maps to
+rows in compiled code (no Python object per candidate). Where that scan declines an element
+(a float, an escaped or non-ASCII string, ...), msgspec decodes the candidates into plain
+values, already known to be ints or 1-256 character strings. msgspec's schemas below are at
+least as strict as ``schemas.RankRequest``; anything they refuse
 (an error, but also what only pydantic accepts: ``1.0`` as an id, a UTF-16 body, a NaN)
 takes the slow path, which is exactly what FastAPI does for a ``RankRequest`` body
 (``json.loads``, then pydantic), so every 422 names the same fields with the same messages
@@ -25,8 +28,9 @@ from pydantic import TypeAdapter, ValidationError
 from starlette.exceptions import HTTPException
 
 from service.api.schemas import MAX_TOP_K, Mode, RankRequest
-from service.core.items import MAX_ITEM_ID_LENGTH
+from service.core.items import MAX_ITEM_ID_LENGTH, ids_at
 from service.core.ranking import RankOutcome
+from service.core.raw_ids import RawCandidates, scan_candidates
 from service.user_ids import USER_ID_PYTHON_REGEX
 
 __all__ = ["RankQuery", "decode_rank_body", "encode_rank_response"]
@@ -42,16 +46,27 @@ class _FastRank(msgspec.Struct, forbid_unknown_fields=True):
     mode: Mode | None = None
 
 
+class _RawRank(msgspec.Struct, forbid_unknown_fields=True):
+    """:class:`_FastRank` with the candidates' JSON text kept as it is."""
+
+    user_id: Annotated[str, msgspec.Meta(pattern=USER_ID_PYTHON_REGEX)]
+    candidates: msgspec.Raw
+    top_k: Annotated[int, msgspec.Meta(ge=1, le=MAX_TOP_K)] | None = None
+    mode: Mode | None = None
+
+
+_RAW_DECODER = msgspec.json.Decoder(_RawRank)
 _DECODER = msgspec.json.Decoder(_FastRank)
 _SLOW = TypeAdapter(RankRequest)
 
 
 class RankQuery(NamedTuple):
     """A valid /rank body as plain values; ``checked``: every candidate is an int or a
-    1-256 character string already (the fast path), else ``service.core.items`` checks."""
+    1-256 character string already (the fast paths), else ``service.core.items`` checks.
+    ``candidates`` are :class:`RawCandidates` where the raw scan took them all."""
 
     user_id: str
-    candidates: list[Any]
+    candidates: list[Any] | RawCandidates
     top_k: int | None
     mode: Mode | None  # None: the model's default (its trained mode)
     checked: bool
@@ -77,6 +92,14 @@ def decode_rank_body(body: bytes, content_type: str | None) -> RankQuery:
         HTTPException: 400 for a body that is not text (the error handler answers 422).
     """
     if _is_json(content_type):
+        try:
+            raw = _RAW_DECODER.decode(body)
+        except (msgspec.ValidationError, msgspec.DecodeError):
+            pass
+        else:
+            scanned = scan_candidates(raw.candidates)
+            if scanned is not None:
+                return RankQuery(raw.user_id, scanned, raw.top_k, raw.mode, True)
         try:
             fast = _DECODER.decode(body)
         except (msgspec.ValidationError, msgspec.DecodeError):
@@ -124,10 +147,10 @@ def _validated(value: Any) -> RankRequest:
 
 def encode_rank_response(query: RankQuery, outcome: RankOutcome) -> bytes:
     """The ``schemas.RankResponse`` JSON of ``outcome`` (items best first)."""
-    ids = outcome.ids
+    chosen = ids_at(outcome.ids, outcome.positions.tolist())
     items = [
-        {"item_id": ids[p], "score": s}
-        for p, s in zip(outcome.positions.tolist(), outcome.scores.tolist(), strict=True)
+        {"item_id": item, "score": s}
+        for item, s in zip(chosen, outcome.scores.tolist(), strict=True)
     ]
     document: dict[str, Any] = {
         "user_id": query.user_id,

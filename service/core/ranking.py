@@ -20,7 +20,8 @@ import torch
 
 from model.modes import LoggedEvents, mode_spec
 from model.states import UserState
-from service.core.items import ItemId, candidate_rows
+from service.core.items import ItemId, ids_at
+from service.core.raw_ids import RawCandidates
 from service.core.serving_model import ServingModel
 from service.core.users import LoadedUser, UserStates
 from service.errors import InvalidInput
@@ -35,13 +36,13 @@ class RankOutcome(NamedTuple):
     """The answer to one /rank request.
 
     Attributes:
-        ids: the request's candidate ids, in request order.
+        ids: the request's candidate ids, in request order (a lazy view for raw candidates).
         positions: (k,) int64 positions into ``ids`` of the top k, best first.
         scores: (k,) float32 logits of those candidates.
         mode: the attention mode that scored them.
     """
 
-    ids: list[ItemId]
+    ids: Sequence[ItemId]
     positions: np.ndarray
     scores: np.ndarray
     unknown_items: list[ItemId]
@@ -52,10 +53,8 @@ class RankOutcome(NamedTuple):
     @property
     def items(self) -> list[tuple[ItemId, float]]:
         """(item id, logit) pairs, best first."""
-        ids = self.ids
-        return [
-            (ids[p], s) for p, s in zip(self.positions.tolist(), self.scores.tolist(), strict=True)
-        ]
+        chosen = ids_at(self.ids, self.positions.tolist())
+        return list(zip(chosen, self.scores.tolist(), strict=True))
 
 
 @dataclass
@@ -69,7 +68,7 @@ class Ranking:
     async def rank(
         self,
         user_id: str,
-        candidates: Sequence[object],
+        candidates: Sequence[object] | RawCandidates,
         top_k: int | None,
         mode: str | None,
         *,
@@ -79,7 +78,8 @@ class Ranking:
         unknown ids use the OOV row.
 
         ``checked``: every candidate is already known to be an int or a 1-256 character
-        string (the API's decoder checked them), so the per-id check is skipped.
+        string (the API's decoder checked them), so the per-id check is skipped
+        (``ServingModel.candidate_rows``).
 
         Raises:
             InvalidInput: a candidate that is not an item id, or a mode this model does not
@@ -96,9 +96,7 @@ class Ranking:
                 f"{model.checkpoint.ranker.config.mode!r}); served modes: {served}",
             )
         mapping = time.perf_counter()
-        found = candidate_rows(
-            candidates, model.item_index, checked=checked, int_rows=model.item_int_rows
-        )
+        found = model.candidate_rows(candidates, checked=checked)
         self.metrics.stage("lookup", time.perf_counter() - mapping)
         self.metrics.rank_candidates.observe(found.rows.shape[0])
         self.metrics.unknown_items.inc(len(found.unknown))

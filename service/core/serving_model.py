@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -26,6 +27,9 @@ from model.checkpoint import WEIGHTS_FILE, Checkpoint, CheckpointError, load_che
 from model.device import resolve_device as model_device
 from model.modes import state_kind
 from model.states import Decay, StateBuilder, make_builder, warm_up_kernels
+from service.core.items import CandidateRows, candidate_rows
+from service.core.raw_ids import ByteIndex, RawCandidates
+from service.core.raw_ids import warm_up as warm_up_id_kernels
 from service.settings import Settings
 from service.store.eventlog import action_key, item_key
 
@@ -118,10 +122,33 @@ class ServingModel:
         """External item id → row (the vocabulary's index)."""
         return self.checkpoint.vocab.item_index
 
+    @cached_property
+    def item_bytes(self) -> ByteIndex:
+        """The same mapping keyed by the ids' bytes, for candidates scanned from a body
+        (``service.core.raw_ids``)."""
+        return ByteIndex(self.checkpoint.vocab.items)
+
     @property
     def item_int_rows(self) -> np.ndarray | None:
         """Integer item id → row as one array (``Vocabulary.int_rows``), or None."""
         return self.checkpoint.vocab.int_rows
+
+    def candidate_rows(
+        self, candidates: Sequence[object] | RawCandidates, *, checked: bool = False
+    ) -> CandidateRows:
+        """A request's candidates mapped to rows: spans of a body's bytes through
+        :attr:`item_bytes` (compiled), values through the index
+        (``service.core.items.candidate_rows``; ``checked``: already known to be ints or
+        1-256 character strings).
+
+        Raises:
+            InvalidInput: an unchecked candidate that is not an item id.
+        """
+        if isinstance(candidates, RawCandidates):
+            return self.item_bytes.rows(candidates)
+        return candidate_rows(
+            candidates, self.item_index, checked=checked, int_rows=self.item_int_rows
+        )
 
     @property
     def state_tag(self) -> StateTag:
@@ -245,6 +272,7 @@ def load_serving_model(settings: Settings) -> ServingModel:
     oversample = settings.oversample if settings.oversample is not None else config.oversample
     keys, rows = _item_tables(checkpoint)
     warm_up_kernels()  # the state updates' compiled kernels, before the first event needs them
+    warm_up_id_kernels()  # and the candidate scan's, before the first /rank
     logger.info(
         "model %s loaded from %s on %s (d=%d, r=%d, %d items)",
         checkpoint.version,
@@ -254,7 +282,7 @@ def load_serving_model(settings: Settings) -> ServingModel:
         rank,
         len(checkpoint.vocab.items),
     )
-    return ServingModel(
+    model = ServingModel(
         checkpoint=checkpoint,
         device=device,
         rank=rank,
@@ -264,3 +292,5 @@ def load_serving_model(settings: Settings) -> ServingModel:
         item_rows=rows,
         action_rows=_action_table(checkpoint),
     )
+    model.item_bytes  # noqa: B018 (built now, not on the first /rank: ~1 s per million ids)
+    return model

@@ -64,3 +64,4 @@ def test_int_rows_is_the_dense_table_of_the_integer_ids() -> None:
     assert Vocabulary(("x", "y")).int_rows is None  # no integer id
     assert Vocabulary(("-1", "4")).int_rows is None  # a negative id
     assert Vocabulary(("1", str(DENSE_ID_LIMIT + 1))).int_rows is None  # too sparse
+    assert Vocabulary(("1", str(1 << 64))).int_rows is None  # past int64: loads, no table

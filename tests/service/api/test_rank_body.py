@@ -14,6 +14,7 @@ from service.api.errors import handle_error, install_error_handlers
 from service.api.rank_body import decode_rank_body
 from service.api.routes.rank import OFF_LOOP_BYTES
 from service.api.schemas import Mode, RankRequest
+from service.core.raw_ids import RawCandidates
 from tests.service.support import event, ingest
 
 pytestmark = pytest.mark.anyio
@@ -35,6 +36,8 @@ def _reference_app() -> FastAPI:
 
 BODIES: list[tuple[bytes, str | None]] = [
     (b'{"user_id": "u1", "candidates": [1, "a"]}', JSON),
+    (b'{"user_id": "u1", "candidates": [ -5 , "a b",0]}', JSON),  # the raw scan's
+    (b'{"user_id": "u1", "candidates": [12345678901234567890, "a\\u0062", -0, "\xc3\xa9"]}', JSON),
     (b'{"user_id": "u1", "candidates": [1.0, 2], "top_k": 2.0}', JSON),  # pydantic only
     (b'{"user_id": "u1\\n", "candidates": [1]}', JSON),
     (b'{"user_id": "a{b}", "candidates": [1], "top_k": 0, "mode": "linear"}', JSON),
@@ -73,16 +76,19 @@ async def test_answers_match_the_fastapi_route(body: bytes, content_type: str | 
     assert expected.status_code == 200, expected.text
     got = {
         "user_id": query.user_id,
-        "candidates": query.candidates,
+        "candidates": list(query.candidates),
         "top_k": query.top_k,
         "mode": None if query.mode is None else query.mode.value,
     }
     assert got == expected.json()
 
 
-def test_the_fast_path_checks_candidates() -> None:
-    fast = decode_rank_body(b'{"user_id": "u1", "candidates": [7, "x"], "mode": "softmax"}', JSON)
-    assert fast.checked and fast.mode is Mode.softmax and fast.candidates == [7, "x"]
+def test_the_fast_paths_check_candidates() -> None:
+    raw = decode_rank_body(b'{"user_id": "u1", "candidates": [7, "x"], "mode": "softmax"}', JSON)
+    assert raw.checked and raw.mode is Mode.softmax and list(raw.candidates) == [7, "x"]
+    assert isinstance(raw.candidates, RawCandidates)  # scanned from the bytes
+    fast = decode_rank_body(b'{"user_id": "u1", "candidates": [7, "\\u0078"]}', JSON)
+    assert fast.checked and fast.candidates == [7, "x"]  # an escape: msgspec decodes them
     slow = decode_rank_body(b'{"user_id": "u1", "candidates": [7.0]}', JSON)
     assert not slow.checked  # the use case checks (and converts) these itself
 
