@@ -89,6 +89,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
                 max_queue=settings.max_queue,
                 workers=settings.batch_threads,
                 metrics=metrics,
+                split=scorer.passes,
             )
             batcher.start()
             if settings.warmup:

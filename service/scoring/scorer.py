@@ -115,18 +115,25 @@ class BatchScorer:
             staging = self._local.staging = Staging(self.device)
         return staging
 
-    def __call__(self, jobs: Sequence[RankJob]) -> list[Ranked]:
+    def passes(self, jobs: Sequence[RankJob]) -> list[list[int]]:
+        """The passes that score ``jobs``: positions grouped by mode (in order of first
+        appearance), each group split to bound its tensors (:func:`split_jobs`). The
+        micro-batcher's ``split``: each pass's callers are answered when it is done."""
         by_mode: dict[str, list[int]] = {}
         for i, job in enumerate(jobs):
             by_mode.setdefault(job.mode, []).append(i)
+        passes: list[list[int]] = []
+        for mode, idxs in by_mode.items():
+            limit = self.history_batch_elements if mode_spec(mode).reads_log else SVD_PASS_ROWS
+            passes += split_jobs(jobs, idxs, limit)
+        return passes
+
+    def __call__(self, jobs: Sequence[RankJob]) -> list[Ranked]:
         results: dict[int, Ranked] = {}
         with torch.inference_mode():
-            for mode, idxs in by_mode.items():
-                spec = mode_spec(mode)
-                limit = self.history_batch_elements if spec.reads_log else SVD_PASS_ROWS
-                for group in split_jobs(jobs, idxs, limit):
-                    ranked = self._score(spec, [jobs[i] for i in group])
-                    results.update(zip(group, ranked, strict=True))
+            for group in self.passes(jobs):
+                ranked = self._score(mode_spec(jobs[group[0]].mode), [jobs[i] for i in group])
+                results.update(zip(group, ranked, strict=True))
         return [results[i] for i in range(len(jobs))]
 
     def _score(self, spec: Mode, jobs: Sequence[RankJob]) -> list[Ranked]:

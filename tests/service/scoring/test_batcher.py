@@ -112,6 +112,57 @@ async def test_outputs_are_counted_against_inputs() -> None:
     assert all(isinstance(r, BatchSizeMismatch) for r in results)
 
 
+async def test_a_split_batch_answers_each_part_when_it_is_done() -> None:
+    """Parts run in the split's order; the callers of the first are answered while the
+    second still computes, and a part's failure reaches its own callers only."""
+    done_s: dict[int, float] = {}
+    calls: list[list[int]] = []
+
+    def slow_second(items: Sequence[int]) -> list[int]:
+        calls.append(list(items))
+        if 3 in items:
+            raise ValueError("part with 3")
+        time.sleep(0.0 if 2 in items else 0.3)
+        return [2 * x for x in items]
+
+    batcher: MicroBatcher[int, int] = MicroBatcher(
+        slow_second,
+        max_batch=8,
+        max_wait_s=0.05,
+        max_queue=8,
+        split=lambda items: [[2], [0, 1], [3]],
+    )
+
+    async def caller(i: int) -> int:
+        result = await batcher.submit(i)
+        done_s[i] = time.perf_counter()
+        return result
+
+    batcher.start()
+    try:
+        results = await asyncio.gather(*(caller(i) for i in range(4)), return_exceptions=True)
+    finally:
+        await batcher.stop()
+    assert results[:3] == [0, 2, 4] and isinstance(results[3], ValueError)
+    assert calls == [[2], [0, 1], [3]]
+    assert done_s[0] - done_s[2] > 0.2  # 2 did not wait for the 0.3 s part
+
+
+async def test_a_split_that_does_not_cover_the_batch_fails_it() -> None:
+    handler = Recorder()
+    batcher: MicroBatcher[int, int] = MicroBatcher(
+        handler, max_batch=8, max_wait_s=0.05, max_queue=8, split=lambda items: [[0], [0]]
+    )
+    batcher.start()
+    try:
+        results = await asyncio.gather(
+            *(batcher.submit(i) for i in range(2)), return_exceptions=True
+        )
+    finally:
+        await batcher.stop()
+    assert all(isinstance(r, ValueError) for r in results) and handler.batches == []
+
+
 async def test_cancelled_callers_are_skipped() -> None:
     handler = Recorder()
     batcher = _batcher(handler, max_wait_s=0.1)

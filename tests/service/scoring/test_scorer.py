@@ -49,6 +49,30 @@ def test_split_jobs_bounds_b_m_n() -> None:
     assert split_jobs(svd, list(range(5)), 8_192) == [[0, 1, 2, 3], [4]]  # N counts as 1
 
 
+def test_passes_group_by_mode_then_bound_each_pass(make_settings: SettingsFactory) -> None:
+    """The batcher's split: svd jobs of 2,048 candidates four to a pass, the log-reading
+    mode apart, in order of first appearance; the scorer's answers are the same by pass."""
+    model = load_serving_model(make_settings())
+    n_items = model.checkpoint.ranker.config.n_items
+    scorer = BatchScorer(model.checkpoint.ranker, history_batch_elements=10**9)
+    gen = torch.Generator().manual_seed(0)
+
+    def job(mode: str) -> RankJob:
+        rows = torch.randint(1, n_items, (2_048 if mode == "svd" else 8,), generator=gen)
+        if mode == "svd":
+            request = ScoreRequest(rows, interests=torch.randn(RANK, 16, generator=gen))
+        else:
+            request = ScoreRequest(rows, history_items=torch.arange(1, 6))
+        return RankJob(mode, request, 5)
+
+    jobs = [job("svd") for _ in range(3)] + [job("softmax")] + [job("svd") for _ in range(3)]
+    assert scorer.passes(jobs) == [[0, 1, 2, 4], [5, 6], [3]]
+    whole = scorer(jobs)
+    for part in scorer.passes(jobs):
+        for i, ranked in zip(part, scorer([jobs[i] for i in part]), strict=True):
+            assert ranked.positions.tolist() == whole[i].positions.tolist()
+
+
 def test_warm_up_scores_every_serving_mode(make_settings: SettingsFactory) -> None:
     model = load_serving_model(make_settings())
     seen: list[str] = []
