@@ -47,7 +47,7 @@ from service.metrics import Metrics
 from service.store.base import AppendRequest, AppendResult, Store
 from service.store.dedup_ring import DIGEST_SIZE, digests
 from service.store.eventlog import RECORD_SIZE, identity_keys, make_records
-from service.stream.base import IngestStream
+from service.stream.base import IngestStream, dirty_members
 
 __all__ = ["EventColumns", "IngestResult", "Ingestor"]
 
@@ -140,7 +140,7 @@ class Ingestor:
         await asyncio.gather(
             self.store.mark_durable([(c.user_id, c.last_seq) for c in chunks]),
             self.stream.post_batch(unapplied, time.time(), token),
-            self.stream.unmark(settled, token),
+            self.stream.ack({}, unmark=dirty_members(settled, token, self.stream.partitions)),
         )
         accepted = sum(r.accepted for r in results)
         duplicates = sum(r.duplicates for r in results)

@@ -30,7 +30,9 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import NamedTuple, Protocol, runtime_checkable
 
-__all__ = ["IngestStream", "Notice", "dirty_member", "marked_user"]
+from service.store.keys import partition_of
+
+__all__ = ["IngestStream", "Notice", "dirty_member", "dirty_members", "marked_user"]
 
 # Between a user id and an ingest call's token in a dirty member: no user id has a space
 # (service.user_ids).
@@ -41,6 +43,16 @@ def dirty_member(user_id: str, token: str) -> str:
     """The dirty set's member of one ingest call's mark of a user; an empty token gives the
     bare user id (what releases before per-call marks wrote, still read by the sweeper)."""
     return f"{user_id}{_MARK_SEPARATOR}{token}" if token else user_id
+
+
+def dirty_members(user_ids: Sequence[str], token: str, partitions: int) -> dict[int, list[str]]:
+    """The ingest call ``token``'s members of these users, by partition: what ``mark``
+    writes, and what ``ack(unmark=...)`` removes for a call that announces nothing."""
+    by_partition: dict[int, list[str]] = {}
+    for user_id in user_ids:
+        member = dirty_member(user_id, token)
+        by_partition.setdefault(partition_of(user_id, partitions), []).append(member)
+    return by_partition
 
 
 def marked_user(member: str) -> str:
@@ -108,11 +120,6 @@ class IngestStream(Protocol):
     async def mark(self, user_ids: Sequence[str], now_s: float, token: str = "") -> None:
         """Mark the users dirty at ``now_s`` (unix seconds), one member each for the ingest
         call ``token`` (``dirty_member``), in one round trip."""
-        ...
-
-    async def unmark(self, user_ids: Sequence[str], token: str) -> None:
-        """Remove the ingest call ``token``'s members of these users, in one round trip (a
-        call that stored and left them nothing unapplied, so it announces nothing)."""
         ...
 
     async def dirty(self, partition: int, before_s: float, count: int) -> list[tuple[str, float]]:

@@ -8,7 +8,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from service.store.keys import partition_of
-from service.stream.base import Notice, dirty_member
+from service.stream.base import Notice, dirty_members
 
 __all__ = ["MemoryStream"]
 
@@ -109,14 +109,8 @@ class MemoryStream:
         self._alive.pop(consumer, None)
 
     async def mark(self, user_ids: Sequence[str], now_s: float, token: str = "") -> None:
-        for user_id in user_ids:
-            member = dirty_member(user_id, token)
-            self._parts[partition_of(user_id, self.partitions)].dirty[member] = now_s
-
-    async def unmark(self, user_ids: Sequence[str], token: str) -> None:
-        for user_id in user_ids:
-            member = dirty_member(user_id, token)
-            self._parts[partition_of(user_id, self.partitions)].dirty.pop(member, None)
+        for k, members in dirty_members(user_ids, token, self.partitions).items():
+            self._parts[k].dirty.update(dict.fromkeys(members, now_s))
 
     async def dirty(self, partition: int, before_s: float, count: int) -> list[tuple[str, float]]:
         marks = sorted(self._parts[partition].dirty.items(), key=lambda m: m[1])

@@ -18,7 +18,7 @@ from redis.asyncio.cluster import RedisCluster
 
 from service.store.keys import APPLIERS_KEY, dirty_key, lease_key, partition_of, stream_key
 from service.store.redis_client import RedisClient, as_text, redis_errors
-from service.stream.base import Notice, dirty_member
+from service.stream.base import Notice, dirty_members
 
 __all__ = ["GROUP", "RedisStream", "create_group"]
 
@@ -242,29 +242,11 @@ class RedisStream:
     async def mark(self, user_ids: Sequence[str], now_s: float, token: str = "") -> None:
         if not user_ids:
             return
-        by_partition: dict[int, dict[str, float]] = {}
-        for user_id in user_ids:
-            k = partition_of(user_id, self.partitions)
-            by_partition.setdefault(k, {})[dirty_member(user_id, token)] = now_s
         async with redis_errors("mark", self.url):
             pipe: Any
             async with self._client.pipeline(transaction=False) as pipe:
-                for k, members in by_partition.items():
-                    pipe.zadd(dirty_key(k), members)
-                await pipe.execute()
-
-    async def unmark(self, user_ids: Sequence[str], token: str) -> None:
-        by_partition: dict[int, list[str]] = {}
-        for user_id in user_ids:
-            k = partition_of(user_id, self.partitions)
-            by_partition.setdefault(k, []).append(dirty_member(user_id, token))
-        if not by_partition:
-            return
-        async with redis_errors("unmark", self.url):
-            pipe: Any
-            async with self._client.pipeline(transaction=False) as pipe:
-                for k, members in by_partition.items():
-                    pipe.zrem(dirty_key(k), *members)
+                for k, members in dirty_members(user_ids, token, self.partitions).items():
+                    pipe.zadd(dirty_key(k), dict.fromkeys(members, now_s))
                 await pipe.execute()
 
     async def dirty(self, partition: int, before_s: float, count: int) -> list[tuple[str, float]]:
