@@ -76,6 +76,40 @@ def test_workspace_grows_only_when_too_small(device: torch.device) -> None:
     assert space.take("y", 3).shape == (3,)
 
 
+def test_workspace_views_are_reused_until_their_buffer_grows(device: torch.device) -> None:
+    space = Workspace(device, torch.float32)
+    a = space.take("x", 10, 4)
+    assert space.take("x", 10, 4) is a  # the same view: no torch call on the steady path
+    grown = space.take("x", 1_000)
+    again = space.take("x", 10, 4)
+    assert again is not a and again.data_ptr() == grown.data_ptr()  # of the new buffer
+    again.fill_(1.0)
+    assert float(grown[:40].sum()) == 40.0
+    with torch.inference_mode():  # a view taken in the mode is usable outside it, and back
+        b = space.take("y", 6)
+    b.add_(1.0)
+    with torch.inference_mode():
+        assert space.take("y", 6) is b
+
+
+def test_an_unpadded_token_mask_scores_as_no_mask(device: torch.device) -> None:
+    ranker = _ranker(device)
+    serving = ServingPass(ranker)
+    rows = torch.randint(0, CONFIG.n_items, (2, 50), device=device)
+    tokens = torch.randn(2, CONFIG.rank, CONFIG.dim, device=device) * 0.3
+    mask = torch.ones(2, CONFIG.rank, dtype=torch.bool, device=device)
+    padded = mask.clone()
+    padded[1, 3:] = False
+    with torch.inference_mode():
+        plain = serving.svd(rows, tokens).clone()
+        full = serving.svd(rows, tokens, mask).clone()
+        partial = serving.svd(rows, tokens, padded).clone()
+        cut = serving.svd(rows[1:], tokens[1:, :3]).clone()
+    torch.testing.assert_close(full, plain)
+    torch.testing.assert_close(partial[:1], plain[:1])
+    torch.testing.assert_close(partial[1:], cut, atol=1e-5, rtol=1e-5)  # padding masked
+
+
 def test_bf16_pass_is_close_and_returns_float32(device: torch.device) -> None:
     ranker = _ranker(device)
     rows = torch.randint(0, CONFIG.n_items, (2, 30), device=device)
