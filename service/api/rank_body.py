@@ -92,14 +92,17 @@ def decode_rank_body(body: bytes, content_type: str | None) -> RankQuery:
         HTTPException: 400 for a body that is not text (the error handler answers 422).
     """
     if _is_json(content_type):
-        try:
-            raw = _RAW_DECODER.decode(body)
-        except (msgspec.ValidationError, msgspec.DecodeError):
-            pass
-        else:
-            scanned = scan_candidates(raw.candidates)
-            if scanned is not None:
-                return RankQuery(raw.user_id, scanned, raw.top_k, raw.mode, True)
+        # The raw scan declines escapes and non-ASCII ids: such bodies skip it (two C scans
+        # of the bytes, ~2 µs for 2,048 ids) rather than pay for two decodes.
+        if body.isascii() and b"\\" not in body:
+            try:
+                raw = _RAW_DECODER.decode(body)
+            except (msgspec.ValidationError, msgspec.DecodeError):
+                pass
+            else:
+                scanned = scan_candidates(raw.candidates)
+                if scanned is not None:
+                    return RankQuery(raw.user_id, scanned, raw.top_k, raw.mode, True)
         try:
             fast = _DECODER.decode(body)
         except (msgspec.ValidationError, msgspec.DecodeError):

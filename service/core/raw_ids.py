@@ -85,11 +85,22 @@ def _integer_end(raw: Bytes, i: int) -> int:
 
 
 @numba.njit(cache=True, nogil=True)
+def _element(raw: Bytes, i: int) -> tuple[int, int, int]:
+    """(start, end, kind) of the element starting at raw[i]; end -1: not one this path maps."""
+    if raw[i] == 34:  # "
+        return i + 1, _string_end(raw, i), _STR
+    if raw[i] == 45 or 48 <= raw[i] <= 57:  # - or a digit
+        return i, _integer_end(raw, i), _INT
+    return i, -1, _INT
+
+
+@numba.njit(cache=True, nogil=True)
 def _scan(raw: Bytes, starts: Int64s, ends: Int64s, kinds: NDArray[np.int8]) -> int:
     """Spans of the elements of the JSON array ``raw``: element e is raw[starts[e]:ends[e]]
     (a string's span excludes its quotes), of kind ``kinds[e]``. Returns the element count,
     or -1 when an element is not one this path maps (module docstring) or the array is empty
-    or malformed. ``starts``, ``ends``, ``kinds``: room for (len(raw) + 1) // 2 elements."""
+    or malformed. Only the first len(starts) elements are written: a call with empty arrays
+    counts them, so that the caller can size its arrays exactly."""
     n = raw.shape[0]
     i = _skip_space(raw, 0)
     if i >= n or raw[i] != 91:  # [
@@ -99,16 +110,11 @@ def _scan(raw: Bytes, starts: Int64s, ends: Int64s, kinds: NDArray[np.int8]) -> 
         i = _skip_space(raw, i + 1)  # past [ or ,
         if i >= n:
             return -1
-        if raw[i] == 34:
-            end = _string_end(raw, i)
-            starts[count], ends[count], kinds[count] = i + 1, end, _STR
-        elif raw[i] == 45 or 48 <= raw[i] <= 57:
-            end = _integer_end(raw, i)
-            starts[count], ends[count], kinds[count] = i, end, _INT
-        else:
-            return -1
+        start, end, kind = _element(raw, i)
         if end < 0:
             return -1
+        if count < starts.shape[0]:
+            starts[count], ends[count], kinds[count] = start, end, kind
         count += 1
         i = _skip_space(raw, end + 1 if raw[i] == 34 else end)
         if i >= n or (raw[i] == 93 and _skip_space(raw, i + 1) != n):
@@ -210,15 +216,16 @@ class RawCandidates(Sequence[ItemId]):
     """The candidates of a JSON body as spans of its bytes; element i decodes on access to
     the id as sent (an int or a str).
 
-    Build with :func:`scan_candidates`. ``raw`` (uint8) is the array's JSON text; ``starts``,
-    ``ends`` (M,) int64 the spans; ``kinds`` (M,) int8 (0 int, 1 str).
+    Build with :func:`scan_candidates`. ``text`` is the array's JSON text and ``raw`` the same
+    bytes as a uint8 array (a view, not a copy); ``starts``, ``ends`` (M,) int64 the spans;
+    ``kinds`` (M,) int8 (0 int, 1 str). What it holds is the text plus 17 bytes an element.
     """
 
     __slots__ = ("ends", "kinds", "raw", "starts", "text")
 
-    def __init__(self, raw: Bytes, starts: Int64s, ends: Int64s, kinds: NDArray[np.int8]) -> None:
-        self.raw, self.starts, self.ends, self.kinds = raw, starts, ends, kinds
-        self.text = raw.tobytes()
+    def __init__(self, text: bytes, starts: Int64s, ends: Int64s, kinds: NDArray[np.int8]) -> None:
+        self.text, self.starts, self.ends, self.kinds = text, starts, ends, kinds
+        self.raw: Bytes = np.frombuffer(text, dtype=np.uint8)
 
     def __len__(self) -> int:
         return int(self.starts.shape[0])
@@ -255,16 +262,20 @@ class RawCandidates(Sequence[ItemId]):
 def scan_candidates(raw: bytes | memoryview) -> RawCandidates | None:
     """The elements of the JSON array ``raw`` as :class:`RawCandidates`, or None when any
     is not an id this path maps exactly (see the module docstring; the caller then decodes
-    the body the ordinary way). ``raw`` is kept, not copied."""
-    data = np.frombuffer(raw, dtype=np.uint8)
-    room = (data.shape[0] + 1) // 2
-    starts = np.empty(room, dtype=np.int64)
-    ends = np.empty(room, dtype=np.int64)
-    kinds = np.empty(room, dtype=np.int8)
-    count = _scan(data, starts, ends, kinds)
+    the body the ordinary way). Two scans: the first counts the elements, the second writes
+    their spans into arrays of exactly that size (an over-allocation would be held for the
+    whole request; a body padded with spaces or commas inside strings would inflate it)."""
+    text = bytes(raw)  # the array's text alone, not the body it was sliced from
+    data = np.frombuffer(text, dtype=np.uint8)
+    none = np.empty(0, dtype=np.int64)
+    count = _scan(data, none, none, np.empty(0, dtype=np.int8))
     if count < 0:
         return None
-    return RawCandidates(data, starts[:count], ends[:count], kinds[:count])
+    starts = np.empty(count, dtype=np.int64)
+    ends = np.empty(count, dtype=np.int64)
+    kinds = np.empty(count, dtype=np.int8)
+    _scan(data, starts, ends, kinds)
+    return RawCandidates(text, starts, ends, kinds)
 
 
 def warm_up() -> None:

@@ -216,8 +216,8 @@ class MicroBatcher(Generic[In, Out]):
             logger.exception("splitting a batch of %d failed", len(live))
             _fail(live, exc)
             return
-        for part in parts:
-            await self._run_part(part, now)
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(self._executor, self._run_parts, loop, parts, now)
 
     def _parts(self, live: list[_Pending[In, Out]]) -> list[list[_Pending[In, Out]]]:
         if self._split is None:
@@ -227,20 +227,41 @@ class MicroBatcher(Generic[In, Out]):
             raise ValueError(f"the split of a batch of {len(live)} does not cover it once")
         return [[live[i] for i in part] for part in positions if part]
 
-    async def _run_part(self, part: list[_Pending[In, Out]], started_s: float) -> None:
-        """One handler call on ``part``, its callers answered; ``started_s``: when the batch
-        started (the "pass" stage of a later part includes the earlier parts)."""
-        loop = asyncio.get_running_loop()
-        try:
-            outputs, computed_s = await loop.run_in_executor(
-                self._executor, self._call, [p.item for p in part]
-            )
-        except Exception as exc:  # every caller of the part gets the failure
-            logger.exception("batch of %d failed", len(part))
-            _fail(part, exc)
-            return
+    def _run_parts(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        parts: list[list[_Pending[In, Out]]],
+        started_s: float,
+    ) -> None:
+        """In the batch thread: the handler on each part in turn, each part's callers
+        answered through the loop as soon as it returns (the thread does not wait for the
+        loop between parts). A part whose callers have all gone is skipped (its futures'
+        state is read from this thread: at worst one pass too many)."""
+        for part in parts:
+            if all(p.future.done() for p in part):
+                continue
+            try:
+                outputs, computed_s = self._call([p.item for p in part])
+            except Exception as exc:  # every caller of the part gets the failure
+                loop.call_soon_threadsafe(self._fail_part, part, exc)
+                continue
+            loop.call_soon_threadsafe(self._answer, part, outputs, computed_s, started_s)
+
+    def _fail_part(self, part: list[_Pending[In, Out]], exc: Exception) -> None:
+        logger.error("batch of %d failed", len(part), exc_info=exc)
+        _fail(part, exc)
+
+    def _answer(
+        self,
+        part: list[_Pending[In, Out]],
+        outputs: Sequence[Out],
+        computed_s: float,
+        started_s: float,
+    ) -> None:
+        """On the loop: set the part's results; ``started_s``: when its batch started (the
+        "pass" stage of a later part includes the earlier parts)."""
         if self._metrics is not None:
-            # From the thread's end of compute to this coroutine resuming: the thread → loop
+            # From the thread's end of compute to the loop running this: the thread → loop
             # hand-off, which grows when the loop is busy or the GIL is held elsewhere.
             handoff_s = time.perf_counter() - computed_s
             for _ in part:

@@ -100,12 +100,16 @@ def test_an_unpadded_token_mask_scores_as_no_mask(device: torch.device) -> None:
     mask = torch.ones(2, CONFIG.rank, dtype=torch.bool, device=device)
     padded = mask.clone()
     padded[1, 3:] = False
+    extra = torch.cat((tokens, torch.randn(2, 1, CONFIG.dim, device=device)), 1)
+    masked = torch.cat((mask, torch.zeros(2, 1, dtype=torch.bool, device=device)), 1)
     with torch.inference_mode():
         plain = serving.svd(rows, tokens).clone()
-        full = serving.svd(rows, tokens, mask).clone()
+        full = serving.svd(rows, tokens, mask).clone()  # no padding: the unmasked kernel
+        through_mask = serving.svd(rows, extra, masked).clone()  # the masked kernel
         partial = serving.svd(rows, tokens, padded).clone()
         cut = serving.svd(rows[1:], tokens[1:, :3]).clone()
     torch.testing.assert_close(full, plain)
+    torch.testing.assert_close(through_mask, full, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(partial[:1], plain[:1])
     torch.testing.assert_close(partial[1:], cut, atol=1e-5, rtol=1e-5)  # padding masked
 

@@ -89,6 +89,8 @@ def test_the_fast_paths_check_candidates() -> None:
     assert isinstance(raw.candidates, RawCandidates)  # scanned from the bytes
     fast = decode_rank_body(b'{"user_id": "u1", "candidates": [7, "\\u0078"]}', JSON)
     assert fast.checked and fast.candidates == [7, "x"]  # an escape: msgspec decodes them
+    accented = decode_rank_body('{"user_id": "u1", "candidates": [7, "é"]}'.encode(), JSON)
+    assert accented.checked and accented.candidates == [7, "é"]  # non-ASCII: likewise
     slow = decode_rank_body(b'{"user_id": "u1", "candidates": [7.0]}', JSON)
     assert not slow.checked  # the use case checks (and converts) these itself
 

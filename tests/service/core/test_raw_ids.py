@@ -25,11 +25,35 @@ def _scanned(ids: list[Any]) -> RawCandidates:
     return found
 
 
-def _both(ids: list[Any]) -> tuple[tuple[list[Any], list[int], list[Any]], ...]:
+# Without negative or huge ids: the ordinary path maps its ints through the dense table.
+DENSE = Vocabulary(("7", "0", "alpha", "3", "007", "a b", "x" * 256))
+
+
+def _both(
+    ids: list[Any], vocab: Vocabulary = VOCAB
+) -> tuple[tuple[list[Any], list[int], list[Any]], ...]:
     """(ids, rows, unknown) of the raw path and of ``candidate_rows``."""
-    raw = ByteIndex(VOCAB.items).rows(_scanned(ids))
-    plain = candidate_rows(ids, VOCAB.item_index, int_rows=VOCAB.int_rows)
+    raw = ByteIndex(vocab.items).rows(_scanned(ids))
+    plain = candidate_rows(ids, vocab.item_index, int_rows=vocab.int_rows)
     return tuple((list(f.ids), f.rows.tolist(), list(f.unknown)) for f in (raw, plain))
+
+
+def test_the_dense_tables_vocabulary_maps_alike() -> None:
+    assert DENSE.int_rows is not None
+    ids: list[Any] = [7, "7", 0, 3, "007", 8, 10**6, "alpha", "x" * 256, -1]
+    raw, plain = _both(ids, DENSE)
+    assert raw == plain and raw[1] == [1, 1, 2, 4, 5, 0, 0, 3, 7, 0]
+
+
+def test_what_it_holds_is_sized_to_the_elements() -> None:
+    """A body padded with spaces or with commas inside a string holds no more than its text
+    and 17 bytes an element."""
+    for text in (b"[1" + b" " * 100_000 + b"]", b'["' + b"," * 250 + b'", 7]'):
+        found = scan_candidates(text)
+        assert found is not None
+        held = found.starts.nbytes + found.ends.nbytes + found.kinds.nbytes
+        assert held == 17 * len(found) and len(found.text) == len(text)
+        assert found.raw.base is not None  # a view of the text, not a copy
 
 
 def test_ints_and_strings_map_as_the_dict_maps_them() -> None:

@@ -148,6 +148,30 @@ async def test_a_split_batch_answers_each_part_when_it_is_done() -> None:
     assert done_s[0] - done_s[2] > 0.2  # 2 did not wait for the 0.3 s part
 
 
+async def test_a_part_whose_callers_left_is_not_computed() -> None:
+    calls: list[list[int]] = []
+
+    def slow(items: Sequence[int]) -> list[int]:
+        calls.append(list(items))
+        time.sleep(0.2)
+        return list(items)
+
+    batcher: MicroBatcher[int, int] = MicroBatcher(
+        slow, max_batch=8, max_wait_s=0.05, max_queue=8, split=lambda items: [[0], [1]]
+    )
+    batcher.start()
+    try:
+        first = asyncio.create_task(batcher.submit(0))
+        gone = asyncio.create_task(batcher.submit(1))
+        await asyncio.sleep(0.1)  # the batch started: part [0] computes
+        gone.cancel()
+        assert await first == 0
+        await asyncio.sleep(0.3)
+    finally:
+        await batcher.stop()
+    assert calls == [[0]]
+
+
 async def test_a_split_that_does_not_cover_the_batch_fails_it() -> None:
     handler = Recorder()
     batcher: MicroBatcher[int, int] = MicroBatcher(
