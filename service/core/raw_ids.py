@@ -85,13 +85,16 @@ def _integer_end(raw: Bytes, i: int) -> int:
 
 
 @numba.njit(cache=True, nogil=True)
-def _element(raw: Bytes, i: int) -> tuple[int, int, int]:
-    """(start, end, kind) of the element starting at raw[i]; end -1: not one this path maps."""
-    if raw[i] == 34:  # "
-        return i + 1, _string_end(raw, i), _STR
-    if raw[i] == 45 or 48 <= raw[i] <= 57:  # - or a digit
-        return i, _integer_end(raw, i), _INT
-    return i, -1, _INT
+def _count(raw: Bytes) -> int:
+    """1 + the commas of ``raw`` outside its strings: the elements of a JSON array without
+    escapes (an escaped quote throws the count off, but :func:`_scan` declines it first)."""
+    commas, inside = 0, False
+    for b in raw:
+        if b == 34:
+            inside = not inside
+        elif b == 44 and not inside:
+            commas += 1
+    return commas + 1
 
 
 @numba.njit(cache=True, nogil=True)
@@ -99,8 +102,8 @@ def _scan(raw: Bytes, starts: Int64s, ends: Int64s, kinds: NDArray[np.int8]) -> 
     """Spans of the elements of the JSON array ``raw``: element e is raw[starts[e]:ends[e]]
     (a string's span excludes its quotes), of kind ``kinds[e]``. Returns the element count,
     or -1 when an element is not one this path maps (module docstring) or the array is empty
-    or malformed. Only the first len(starts) elements are written: a call with empty arrays
-    counts them, so that the caller can size its arrays exactly."""
+    or malformed, or when it holds more elements than ``starts`` has room for (size the
+    arrays with :func:`_count`)."""
     n = raw.shape[0]
     i = _skip_space(raw, 0)
     if i >= n or raw[i] != 91:  # [
@@ -108,13 +111,18 @@ def _scan(raw: Bytes, starts: Int64s, ends: Int64s, kinds: NDArray[np.int8]) -> 
     count = 0
     while True:
         i = _skip_space(raw, i + 1)  # past [ or ,
-        if i >= n:
+        if i >= n or count >= starts.shape[0]:
             return -1
-        start, end, kind = _element(raw, i)
+        if raw[i] == 34:  # "
+            end = _string_end(raw, i)
+            starts[count], ends[count], kinds[count] = i + 1, end, _STR
+        elif raw[i] == 45 or 48 <= raw[i] <= 57:  # - or a digit
+            end = _integer_end(raw, i)
+            starts[count], ends[count], kinds[count] = i, end, _INT
+        else:
+            return -1
         if end < 0:
             return -1
-        if count < starts.shape[0]:
-            starts[count], ends[count], kinds[count] = start, end, kind
         count += 1
         i = _skip_space(raw, end + 1 if raw[i] == 34 else end)
         if i >= n or (raw[i] == 93 and _skip_space(raw, i + 1) != n):
@@ -262,20 +270,25 @@ class RawCandidates(Sequence[ItemId]):
 def scan_candidates(raw: bytes | memoryview) -> RawCandidates | None:
     """The elements of the JSON array ``raw`` as :class:`RawCandidates`, or None when any
     is not an id this path maps exactly (see the module docstring; the caller then decodes
-    the body the ordinary way). Two scans: the first counts the elements, the second writes
-    their spans into arrays of exactly that size (an over-allocation would be held for the
-    whole request; a body padded with spaces or commas inside strings would inflate it)."""
+    the body the ordinary way). The spans' arrays are sized by the commas outside strings, not
+    by the body's length: they are held for the whole request, and a body padded with spaces
+    would otherwise inflate them."""
     text = bytes(raw)  # the array's text alone, not the body it was sliced from
-    data = np.frombuffer(text, dtype=np.uint8)
-    none = np.empty(0, dtype=np.int64)
-    count = _scan(data, none, none, np.empty(0, dtype=np.int8))
-    if count < 0:
-        return None
-    starts = np.empty(count, dtype=np.int64)
-    ends = np.empty(count, dtype=np.int64)
-    kinds = np.empty(count, dtype=np.int8)
-    _scan(data, starts, ends, kinds)
-    return RawCandidates(text, starts, ends, kinds)
+    count, starts, ends, kinds = _spans(np.frombuffer(text, dtype=np.uint8))
+    return None if count < 0 else RawCandidates(text, starts, ends, kinds)
+
+
+@numba.njit(cache=True, nogil=True)
+def _spans(raw: Bytes) -> tuple[int, Int64s, Int64s, NDArray[np.int8]]:
+    """(count, starts, ends, kinds) of :func:`_scan`, the arrays allocated here at
+    :func:`_count` (one call from Python: one GIL hand-off); count -1: declined."""
+    room = _count(raw)
+    starts = np.empty(room, dtype=np.int64)
+    ends = np.empty(room, dtype=np.int64)
+    kinds = np.empty(room, dtype=np.int8)
+    count = _scan(raw, starts, ends, kinds)
+    size = max(count, 0)
+    return count, starts[:size], ends[:size], kinds[:size]
 
 
 def warm_up() -> None:

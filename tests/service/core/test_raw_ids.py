@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from model.vocabulary import Vocabulary
 from service.core.items import candidate_rows
-from service.core.raw_ids import ByteIndex, RawCandidates, scan_candidates
+from service.core.raw_ids import ByteIndex, RawCandidates, _scan, scan_candidates
 
 VOCAB = Vocabulary(
     ("7", "0", "alpha", "3", "007", "-5", "a b", "é", "x" * 256, "18446744073709551616")
@@ -80,6 +80,7 @@ def test_a_wrong_table_shows() -> None:
         b"[-0]",  # the int 0, whose text is "0"
         b"[01]",
         b'["a\\u0062"]',  # an escape
+        b'["\\",", 1, 2]',  # an escaped quote: the comma count is off, the scan declines
         b'["\xc3\xa9"]',  # non-ASCII
         b'[""]',
         b'["' + b"x" * 257 + b'"]',
@@ -98,6 +99,14 @@ def test_a_wrong_table_shows() -> None:
 )
 def test_what_the_scan_declines(text: bytes) -> None:
     assert scan_candidates(text) is None
+
+
+def test_the_scan_never_writes_past_its_arrays() -> None:
+    text = np.frombuffer(b"[1, 2, 3]", dtype=np.uint8)
+    short = np.full(2, -7, dtype=np.int64)
+    assert _scan(text, short, short.copy(), np.zeros(2, dtype=np.int8)) == -1
+    room = np.zeros(3, dtype=np.int64)
+    assert _scan(text, room, room.copy(), np.zeros(3, dtype=np.int8)) == 3
 
 
 def test_whitespace_and_the_longest_accepted_forms() -> None:
