@@ -40,7 +40,7 @@ ENV NUMBA_CACHE_DIR=/opt/numba-cache NUMBA_CPU_NAME=generic
 RUN pip install --upgrade pip \
     && pip install --extra-index-url "${TORCH_INDEX_URL}" . \
     && cd / && python -c "import torch, service.cli, bench.micro.kernels, solar_tools.replay; print('torch', torch.__version__)" \
-    && python -c "from model.states import warm_up_kernels; from service.core import raw_ids; warm_up_kernels(); raw_ids.warm_up()"
+    && python -c "from service.core.serving_model import warm_up_kernels; warm_up_kernels()"
 
 # ---- runtime: the venv, a non-root user, nothing else ---------------------------------------
 FROM ${BASE_IMAGE} AS runtime

@@ -17,7 +17,7 @@ $(INSTALLED): pyproject.toml
 	$(PY) -m pip install -q -e '.[dev,parquet]'
 	# numba compiles its kernels (the state updates', the candidate scan's) once (~11 s) into its
 	# cache, not on a first event or request.
-	$(PY) -c 'from model.states import warm_up_kernels; from service.core import raw_ids; warm_up_kernels(); raw_ids.warm_up()'
+	$(PY) -c 'from service.core.serving_model import warm_up_kernels; warm_up_kernels()'
 	touch $@
 
 # The study's files extracted from their wheels (MovieLens from recbole, Complete Journey

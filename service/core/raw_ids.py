@@ -29,12 +29,11 @@ import numpy as np
 from numpy.typing import NDArray
 
 from model.ranker import OOV_ITEM
-from service.core.items import CandidateRows, ItemId
+from service.core.items import MAX_ITEM_ID_LENGTH, CandidateRows, ItemId
 
 __all__ = ["MAX_INT_DIGITS", "ByteIndex", "RawCandidates", "scan_candidates", "warm_up"]
 
 MAX_INT_DIGITS = 18  # longer integers (past int64 at 19+) take the ordinary path
-_MAX_STRING = 256  # service.core.items.MAX_ITEM_ID_LENGTH, in bytes = characters (ASCII only)
 _INT, _STR = 0, 1  # element kinds
 
 Bytes = NDArray[np.uint8]
@@ -59,7 +58,8 @@ def _string_end(raw: Bytes, i: int) -> int:
         if b < 32 or b > 126 or b == 92:
             return -1
         j += 1
-    if j >= raw.shape[0] or j == i + 1 or j - i - 1 > _MAX_STRING:
+    # ASCII only: the length in bytes is the length in characters.
+    if j >= raw.shape[0] or j == i + 1 or j - i - 1 > MAX_ITEM_ID_LENGTH:
         return -1
     return j
 
@@ -229,11 +229,15 @@ class RawCandidates(Sequence[ItemId]):
     ``kinds`` (M,) int8 (0 int, 1 str). What it holds is the text plus 17 bytes an element.
     """
 
-    __slots__ = ("ends", "kinds", "raw", "starts", "text")
+    __slots__ = ("ends", "kinds", "starts", "text")
 
     def __init__(self, text: bytes, starts: Int64s, ends: Int64s, kinds: NDArray[np.int8]) -> None:
         self.text, self.starts, self.ends, self.kinds = text, starts, ends, kinds
-        self.raw: Bytes = np.frombuffer(text, dtype=np.uint8)
+
+    @property
+    def raw(self) -> Bytes:
+        """The text as a uint8 array (a view, not a copy), what the kernels read."""
+        return np.frombuffer(self.text, dtype=np.uint8)
 
     def __len__(self) -> int:
         return int(self.starts.shape[0])

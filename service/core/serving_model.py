@@ -26,7 +26,8 @@ import torch
 from model.checkpoint import WEIGHTS_FILE, Checkpoint, CheckpointError, load_checkpoint
 from model.device import resolve_device as model_device
 from model.modes import state_kind
-from model.states import Decay, StateBuilder, make_builder, warm_up_kernels
+from model.states import Decay, StateBuilder, make_builder
+from model.states import warm_up_kernels as warm_up_state_kernels
 from service.core.items import CandidateRows, candidate_rows
 from service.core.raw_ids import ByteIndex, RawCandidates
 from service.core.raw_ids import warm_up as warm_up_id_kernels
@@ -40,6 +41,7 @@ __all__ = [
     "load_serving_model",
     "require_checkpoint",
     "resolve_device",
+    "warm_up_kernels",
 ]
 
 logger = logging.getLogger(__name__)
@@ -242,6 +244,14 @@ def _decay(settings: Settings, checkpoint: Checkpoint) -> Decay | None:
     return Decay(half_life_s) if half_life_s else None
 
 
+def warm_up_kernels() -> None:
+    """Compile every numba kernel the service runs (the state updates', the candidate
+    scan's), or load them from numba's cache (~0.5 s): a model load calls it, and
+    ``make install`` and the image build call it once so that no process compiles (~11 s)."""
+    warm_up_state_kernels()
+    warm_up_id_kernels()
+
+
 def require_checkpoint(path: str | Path) -> Path:
     """``path`` if it holds a checkpoint, else ModelUnavailable saying how to make one."""
     path = Path(path)
@@ -271,8 +281,7 @@ def load_serving_model(settings: Settings) -> ServingModel:
         raise ModelUnavailable(f"SOLAR_RANK={rank} exceeds the model dimension {config.dim}")
     oversample = settings.oversample if settings.oversample is not None else config.oversample
     keys, rows = _item_tables(checkpoint)
-    warm_up_kernels()  # the state updates' compiled kernels, before the first event needs them
-    warm_up_id_kernels()  # and the candidate scan's, before the first /rank
+    warm_up_kernels()  # before the first event or /rank needs them
     logger.info(
         "model %s loaded from %s on %s (d=%d, r=%d, %d items)",
         checkpoint.version,
