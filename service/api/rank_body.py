@@ -28,7 +28,7 @@ from pydantic import TypeAdapter, ValidationError
 from starlette.exceptions import HTTPException
 
 from service.api.schemas import MAX_TOP_K, Mode, RankRequest
-from service.core.items import MAX_ITEM_ID_LENGTH, ids_at
+from service.core.items import MAX_ITEM_ID_LENGTH
 from service.core.ranking import RankOutcome
 from service.core.raw_ids import RawCandidates, scan_candidates
 from service.user_ids import USER_ID_PYTHON_REGEX
@@ -150,11 +150,7 @@ def _validated(value: Any) -> RankRequest:
 
 def encode_rank_response(query: RankQuery, outcome: RankOutcome) -> bytes:
     """The ``schemas.RankResponse`` JSON of ``outcome`` (items best first)."""
-    chosen = ids_at(outcome.ids, outcome.positions.tolist())
-    items = [
-        {"item_id": item, "score": s}
-        for item, s in zip(chosen, outcome.scores.tolist(), strict=True)
-    ]
+    items = [{"item_id": item, "score": s} for item, s in outcome.items]
     document: dict[str, Any] = {
         "user_id": query.user_id,
         "model_version": outcome.model_version,

@@ -24,7 +24,6 @@ __all__ = [
     "ItemId",
     "candidate_rows",
     "external_id",
-    "ids_at",
     "item_id_or_none",
     "vocabulary_page",
 ]
@@ -103,13 +102,6 @@ def candidate_rows(
         rows = np.fromiter(map(index.get, ids, repeat(OOV_ITEM)), dtype=np.int64, count=len(ids))
     unknown = [ids[i] for i in np.flatnonzero(rows == OOV_ITEM).tolist()]
     return CandidateRows(ids, rows, unknown)
-
-
-def ids_at(ids: Sequence[ItemId], positions: list[int]) -> list[ItemId]:
-    """``[ids[p] for p in positions]``, in one gather where ``ids`` can do one (a lazy view of
-    a body's bytes: ``service.core.raw_ids.RawCandidates.take``)."""
-    take = getattr(ids, "take", None)
-    return take(positions) if take is not None else [ids[p] for p in positions]
 
 
 def _gathered(

@@ -20,7 +20,7 @@ import torch
 
 from model.modes import LoggedEvents, mode_spec
 from model.states import UserState
-from service.core.items import ItemId, ids_at
+from service.core.items import ItemId
 from service.core.raw_ids import RawCandidates
 from service.core.serving_model import ServingModel
 from service.core.users import LoadedUser, UserStates
@@ -52,8 +52,12 @@ class RankOutcome(NamedTuple):
 
     @property
     def items(self) -> list[tuple[ItemId, float]]:
-        """(item id, logit) pairs, best first."""
-        chosen = ids_at(self.ids, self.positions.tolist())
+        """(item id, logit) pairs, best first (raw candidates decode only these k ids)."""
+        positions = self.positions.tolist()
+        ids = self.ids
+        chosen = (
+            ids.take(positions) if isinstance(ids, RawCandidates) else [ids[p] for p in positions]
+        )
         return list(zip(chosen, self.scores.tolist(), strict=True))
 
 
