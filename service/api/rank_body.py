@@ -36,23 +36,26 @@ from service.user_ids import USER_ID_PYTHON_REGEX
 __all__ = ["RankQuery", "decode_rank_body", "encode_rank_response"]
 
 
-class _FastRank(msgspec.Struct, forbid_unknown_fields=True):
+class _RankFields(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """The fields of a /rank body but its candidates (msgspec's errors are never shown: a
+    refused body takes the slow path, so field order does not matter)."""
+
     user_id: Annotated[str, msgspec.Meta(pattern=USER_ID_PYTHON_REGEX)]
+    top_k: Annotated[int, msgspec.Meta(ge=1, le=MAX_TOP_K)] | None = None
+    mode: Mode | None = None
+
+
+class _FastRank(_RankFields, kw_only=True):
     candidates: Annotated[
         list[int | Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_ITEM_ID_LENGTH)]],
         msgspec.Meta(min_length=1),
     ]
-    top_k: Annotated[int, msgspec.Meta(ge=1, le=MAX_TOP_K)] | None = None
-    mode: Mode | None = None
 
 
-class _RawRank(msgspec.Struct, forbid_unknown_fields=True):
-    """:class:`_FastRank` with the candidates' JSON text kept as it is."""
+class _RawRank(_RankFields, kw_only=True):
+    """The candidates' JSON text kept as it is (``service.core.raw_ids`` scans it)."""
 
-    user_id: Annotated[str, msgspec.Meta(pattern=USER_ID_PYTHON_REGEX)]
     candidates: msgspec.Raw
-    top_k: Annotated[int, msgspec.Meta(ge=1, le=MAX_TOP_K)] | None = None
-    mode: Mode | None = None
 
 
 _RAW_DECODER = msgspec.json.Decoder(_RawRank)
