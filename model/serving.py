@@ -305,8 +305,7 @@ class ServingPass:
         x = space.take("x", B * M, 4 * d + F_extra)
         for slot, (context, mask) in enumerate(((tokens, token_mask), (recent, recent_mask))):
             out = x[:, 2 * slot * d : (2 * slot + 1) * d]
-            # No padding: SDPA's faster path without a mask.
-            self._attend_tokens(w, feats, context, None if bool(mask.all()) else mask, out)
+            self._attend_tokens(w, feats, context, mask, out)
         if extra is not None:
             x[:, 4 * d :] = extra.reshape(B * M, F_extra)
         return self._tail(w, feats, hidden, x, space, channel_columns=4 * d).view(B, M)
