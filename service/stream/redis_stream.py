@@ -63,14 +63,8 @@ return n
 # none), then user, seq per notice. One call per partition instead of one XADD per user: the
 # client's cost is per command.
 _POST_LUA = """
-if ARGV[2] == '' then
-  for i = 3, #ARGV, 2 do
-    redis.call('XADD', KEYS[1], '*', 'u', ARGV[i], 's', ARGV[i + 1], 't', ARGV[1])
-  end
-else
-  for i = 3, #ARGV, 2 do
-    redis.call('XADD', KEYS[1], '*', 'u', ARGV[i], 's', ARGV[i + 1], 't', ARGV[1], 'm', ARGV[2])
-  end
+for i = 3, #ARGV, 2 do
+  redis.call('XADD', KEYS[1], '*', 'u', ARGV[i], 's', ARGV[i + 1], 't', ARGV[1], 'm', ARGV[2])
 end
 return 1
 """
@@ -135,10 +129,7 @@ class RedisStream:
     ) -> tuple[str, dict[Any, Any]]:
         """The stream key and fields of one notice (``_notices`` reads them back)."""
         key = stream_key(partition_of(user_id, self.partitions))
-        fields: dict[Any, Any] = {"u": user_id, "s": seq, "t": f"{posted_s:.6f}"}
-        if token:
-            fields["m"] = token
-        return key, fields
+        return key, {"u": user_id, "s": seq, "t": f"{posted_s:.6f}", "m": token}
 
     async def post(self, user_id: str, seq: int, posted_s: float, token: str = "") -> None:
         async with redis_errors("post", self.url):
