@@ -11,23 +11,46 @@ burst of one request (a 2,048-id list and its answer) does not trigger collectio
 :class:`StallMonitor` records what would otherwise be invisible in a request's stages: every
 collector pause (``gc.callbacks``) and how late a periodic event-loop tick runs (anything
 holding the loop or the GIL: decoding, the applier, a collection).
+
+:func:`name_os_thread` gives a thread a name the kernel shows (``/proc/<pid>/task/<tid>/comm``,
+``top -H``, ``ps -L``, py-spy): Python's thread names stay inside the interpreter, so without
+it every thread of a serve process reads "python", and the CPU time, run-queue waits and
+context switches of the batch thread cannot be told from the event loop's.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
+import ctypes.util
 import gc
+import sys
 import time
 from typing import Any
 
 from service.metrics import Metrics
 
-__all__ = ["GC_THRESHOLDS", "StallMonitor", "freeze_heap"]
+__all__ = ["GC_THRESHOLDS", "StallMonitor", "freeze_heap", "name_os_thread"]
 
 # (young, middle, old): the young threshold 50× CPython's 700, so a request's own allocations
 # rarely trigger one; the older two as in CPython.
 GC_THRESHOLDS = (35_000, 10, 10)
+
+
+_PR_SET_NAME = 15  # prctl(2): the calling thread's name, at most 15 bytes
+
+
+def name_os_thread(name: str) -> bool:
+    """Name the calling thread for the kernel (Linux ``prctl(PR_SET_NAME)``; the name is cut
+    to 15 bytes). Best effort: False where it is not supported or the call fails."""
+    if sys.platform != "linux":
+        return False
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        return int(libc.prctl(_PR_SET_NAME, name.encode()[:15], 0, 0, 0)) == 0
+    except (OSError, AttributeError):
+        return False
 
 
 def freeze_heap() -> None:

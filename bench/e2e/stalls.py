@@ -8,7 +8,11 @@ figures, each process's CPU and, optionally, sampling profiles of serve and work
 The load and the seeding are ``bench.e2e.loadrange``'s (one side, no baseline: compare
 settings with ``--env`` in separate runs close in time, and quote the load average). Per rate
 it prints the client's /rank p50/p99, the CPU cores serve and worker used (``/proc``) and the
-load generator's own, and the run's histograms of the service and the worker
+load generator's own; serve's threads apart (the event loop, each ``solar-batch-N`` thread,
+the rest; ``/proc/<pid>/task``): the cores each used, its run-queue wait (runnable, no core
+free) as a share of the run, its context switches per second, and the batch threads' CPU per
+scored /rank; the machine's steal time (a VM's cores taken by its host); and the run's
+histograms of the service and the worker
 (``loadtest/server_metrics.py``): stage p99s, passes of a new shape, GC pauses, event-loop
 lag, apply lag. ``--profile PREFIX`` records ``py-spy`` (raw collapsed stacks, 50 Hz) of both
 processes while each rate runs.
@@ -25,6 +29,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -40,6 +45,69 @@ def cpu_s(pid: int) -> float:
     """User + system CPU seconds of process ``pid``."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+@dataclass(frozen=True)
+class ThreadTimes:
+    """Totals of a group of threads: on-CPU and run-queue wait seconds (``schedstat``) and
+    context switches (``status``, voluntary + involuntary)."""
+
+    cpu_s: float = 0.0
+    wait_s: float = 0.0
+    switches: int = 0
+
+    def __add__(self, other: ThreadTimes) -> ThreadTimes:
+        return ThreadTimes(
+            self.cpu_s + other.cpu_s, self.wait_s + other.wait_s, self.switches + other.switches
+        )
+
+    def __sub__(self, other: ThreadTimes) -> ThreadTimes:
+        return ThreadTimes(
+            self.cpu_s - other.cpu_s, self.wait_s - other.wait_s, self.switches - other.switches
+        )
+
+
+def thread_times(pid: int) -> dict[str, ThreadTimes]:
+    """Process ``pid``'s threads grouped as "loop" (its main thread), "batch" (the kernel
+    names ``solar-batch-N``, ``service.runtime.name_os_thread``) and "other"."""
+    groups: dict[str, ThreadTimes] = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            name = (task / "comm").read_text().strip()
+            on_cpu_ns, wait_ns = map(int, (task / "schedstat").read_text().split()[:2])
+            status = (task / "status").read_text().splitlines()
+        except (OSError, ValueError):
+            continue  # the thread ended meanwhile
+        switches = sum(int(line.split()[1]) for line in status if "ctxt_switches" in line)
+        group = "loop" if task.name == str(pid) else "batch" if "solar-batch" in name else "other"
+        times = ThreadTimes(on_cpu_ns / 1e9, wait_ns / 1e9, switches)
+        groups[group] = groups.get(group, ThreadTimes()) + times
+    return groups
+
+
+def steal_s() -> float:
+    """Seconds of this machine's CPU time its hypervisor gave to others (``/proc/stat``)."""
+    fields = Path("/proc/stat").read_text().splitlines()[0].split()
+    return int(fields[8]) / os.sysconf("SC_CLK_TCK")
+
+
+def thread_line(
+    before: dict[str, ThreadTimes], after: dict[str, ThreadTimes], seconds: float, ranks: int
+) -> str:
+    """One line: per thread group, cores used, run-queue wait share, switches per second."""
+    parts = []
+    for group in ("loop", "batch", "other"):
+        if group not in after:
+            continue
+        used = after[group] - before.get(group, ThreadTimes())
+        parts.append(
+            f"{group} {used.cpu_s / seconds:.2f} cores (run-queue wait "
+            f"{100 * used.wait_s / seconds:.0f}% of the run, {used.switches / seconds:.0f} "
+            "switches/s)"
+        )
+    batch = after.get("batch", ThreadTimes()) - before.get("batch", ThreadTimes())
+    per_rank = f"; batch CPU {1e3 * batch.cpu_s / ranks:.2f} ms per /rank" if ranks else ""
+    return "serve threads: " + ", ".join(parts) + per_rank
 
 
 def process_pid(pattern: str, marker: str) -> int:
@@ -94,6 +162,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 for rate in args.rates:
                     before = fetch(f"{base}/metrics"), fetch(worker_url)
                     cpu0 = cpu_s(serve), cpu_s(worker)
+                    threads0, steal0 = thread_times(serve), steal_s()
                     spies = [
                         subprocess.Popen(
                             [
@@ -119,6 +188,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     ]
                     result = measure_mixed(base, load, rate=rate, seconds=args.seconds)
                     cpu1 = cpu_s(serve), cpu_s(worker)
+                    threads1, steal1 = thread_times(serve), steal_s()
                     for spy in spies:
                         spy.wait()
                     figures = {
@@ -131,8 +201,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                         f"failed; CPU serve {(cpu1[0] - cpu0[0]) / result.seconds:.2f} cores, "
                         f"worker {(cpu1[1] - cpu0[1]) / result.seconds:.2f}, load generator "
                         f"{result.generator_cpu_s / result.seconds:.2f}; load average "
-                        f"{os.getloadavg()[0]:.1f}"
+                        f"{os.getloadavg()[0]:.1f}; steal {(steal1 - steal0) / result.seconds:.2f} "
+                        "cores"
                     )
+                    print(thread_line(threads0, threads1, result.seconds, len(result.rank_s)))
                     print(json.dumps(figures, indent=1), flush=True)
     return 0
 

@@ -6,6 +6,7 @@ import asyncio
 import threading
 import time
 from collections.abc import Sequence
+from pathlib import Path
 
 import pytest
 
@@ -53,6 +54,26 @@ async def test_concurrent_submits_share_batches_off_the_loop_thread() -> None:
     assert results == [2 * i for i in range(10)]  # every caller gets its own output
     assert [len(b) for b in handler.batches] == [4, 4, 2]  # filled to max_batch, in order
     assert threading.get_ident() not in handler.threads
+
+
+async def test_the_batch_thread_is_named_for_the_kernel() -> None:
+    """`top -H`, py-spy and bench.e2e.stalls tell the batch thread from the loop by it."""
+    names: list[str] = []
+
+    def handler(items: Sequence[int]) -> list[int]:
+        tid = threading.get_native_id()
+        names.append(Path(f"/proc/self/task/{tid}/comm").read_text().strip())
+        return list(items)
+
+    batcher: MicroBatcher[int, int] = MicroBatcher(
+        handler, max_batch=1, max_wait_s=0.0, max_queue=4
+    )
+    batcher.start()
+    try:
+        assert await batcher.submit(7) == 7
+    finally:
+        await batcher.stop()
+    assert names == ["solar-batch-0"]
 
 
 async def test_a_lone_request_waits_at_most_max_wait() -> None:
