@@ -20,6 +20,7 @@ __all__ = ["STAGE_HISTOGRAMS", "cpu_seconds", "fetch", "histograms", "run_figure
 STAGE_HISTOGRAMS = (
     ("solar_rank_stage_seconds", "stage"),
     ("solar_pass_seconds", "shape"),
+    ("solar_pass_off_cpu_seconds", None),
     ("solar_gc_pause_seconds", "generation"),
     ("solar_event_loop_lag_seconds", None),
     ("solar_apply_lag_seconds", None),

@@ -309,6 +309,13 @@ class Metrics:
             buckets=_STAGE_BUCKETS_S,
             registry=reg,
         )
+        self.pass_off_cpu_seconds = Histogram(
+            "solar_pass_off_cpu_seconds",
+            "Wall time of one batched pass that its thread spent off the CPU: waiting for the "
+            "GIL (held by the event loop), for a free core, or for the device (CUDA)",
+            buckets=_STAGE_BUCKETS_S,
+            registry=reg,
+        )
 
     def stage(self, stage: str, seconds: float) -> None:
         """Record ``seconds`` spent in one /rank ``stage`` (one of RANK_STAGES)."""

@@ -88,7 +88,8 @@ class BatchScorer:
         dtype: compute dtype of the pass (bfloat16 only where it was checked to keep scores
             close, see ``service.scoring.precision``); logits are compared in float32.
         metrics: records each pass's time by whether its padded shape was new to the process
-            (a shape's first call pays the kernels' set-up: the evidence for warm-up).
+            (a shape's first call pays the kernels' set-up: the evidence for warm-up), and the
+            part of it the thread spent off the CPU (waiting for the GIL, a core or the device).
     """
 
     def __init__(
@@ -138,16 +139,18 @@ class BatchScorer:
 
     def _score(self, spec: Mode, jobs: Sequence[RankJob]) -> list[Ranked]:
         """One pass over ``jobs`` of one mode, top k on the device."""
-        start = time.perf_counter()
+        start, start_cpu = time.perf_counter(), time.thread_time()
         inputs = self._send(spec, jobs)
         shape = (spec.name, *((name, *t.shape) for name, t in sorted(inputs.items())))
         new = shape not in self.shapes
         self.shapes.add(shape)
         ranked = self.top_k(spec.score(self._pass(spec.name), inputs), inputs, jobs)
         if self._metrics is not None:
-            self._metrics.pass_seconds.labels(shape="new" if new else "seen").observe(
-                time.perf_counter() - start
-            )
+            wall_s = time.perf_counter() - start
+            self._metrics.pass_seconds.labels(shape="new" if new else "seen").observe(wall_s)
+            # Off the CPU: the GIL, the run queue or the device (see Metrics).
+            off_cpu_s = wall_s - (time.thread_time() - start_cpu)
+            self._metrics.pass_off_cpu_seconds.observe(max(0.0, off_cpu_s))
         return ranked
 
     def _send(self, spec: Mode, jobs: Sequence[RankJob]) -> dict[str, Tensor]:

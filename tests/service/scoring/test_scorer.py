@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+import time
 from typing import Any
 
 import pytest
@@ -10,6 +12,7 @@ import torch
 from model.modes import MODES, HostBuffers, ScoreRequest, mode_spec
 from model.modes.packing import bucket
 from service.core.serving_model import load_serving_model
+from service.metrics import Metrics
 from service.scoring.scorer import BatchScorer, RankJob, split_jobs
 from tests.service.conftest import SettingsFactory
 from tests.service.support import RANK
@@ -146,3 +149,47 @@ def test_the_service_and_the_reference_path_pack_the_same_batch(
         assert staged[name].dtype == array.dtype, name
         torch.testing.assert_close(staged[name], array, rtol=0, atol=0, msg=name)
     assert plain["rows"].shape == (3, 128) and plain["lengths"].tolist() == [5, 9, 3]
+
+
+def test_a_pass_records_the_time_its_thread_waited_off_the_cpu(
+    make_settings: SettingsFactory,
+) -> None:
+    """solar_pass_off_cpu_seconds: next to a thread that holds the GIL in long C calls (as the
+    event loop does while it decodes a body), whenever the pass gives the GIL up (a torch
+    call, or the switch interval's forced hand-off) it waits for the other thread's call to
+    end before it goes on: that wait is off the CPU."""
+    model = load_serving_model(make_settings())
+    metrics = Metrics()
+    scorer = BatchScorer(model.checkpoint.ranker, history_batch_elements=10**6, metrics=metrics)
+    n_items = model.checkpoint.ranker.config.n_items
+    # Ops long enough (~100 µs+) for the other thread to take the GIL while each one runs.
+    rows = 1 + torch.arange(20_000) % (n_items - 1)
+    job = RankJob("svd", ScoreRequest(rows, interests=torch.ones(RANK, 16)), 8)
+
+    def off_cpu() -> tuple[float, float]:
+        count = metrics.registry.get_sample_value("solar_pass_off_cpu_seconds_count")
+        total = metrics.registry.get_sample_value("solar_pass_off_cpu_seconds_sum")
+        return float(count or 0.0), float(total or 0.0)
+
+    scorer([job])
+    assert off_cpu()[0] == 1.0  # one pass, one observation
+    alone = off_cpu()[1]
+
+    stop = threading.Event()
+
+    def hold_the_gil() -> None:
+        while not stop.is_set():
+            sum(range(1_000_000))  # one C call of ~10 ms: the GIL is not given up inside it
+
+    holder = threading.Thread(target=hold_the_gil)
+    holder.start()
+    try:
+        time.sleep(0.01)
+        for _ in range(3):
+            scorer([job])
+    finally:
+        stop.set()
+        holder.join()
+    count, total = off_cpu()
+    assert count == 4.0
+    assert total - alone > 0.01  # several switch intervals of 5 ms
