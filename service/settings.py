@@ -109,6 +109,12 @@ class Settings(BaseSettings):
         description="torch intra-op threads per serve process; scale with SOLAR_WORKERS instead",
     )
     batch_threads: int = Field(default=1, ge=1, description="micro-batches scored concurrently")
+    pass_rows: int = Field(
+        default=8_192,
+        ge=1,
+        description="most candidate rows per scoring pass of a mode that does not read the log "
+        "(svd family, state modes); a request with more gets a pass of its own",
+    )
     history_batch_elements: int = Field(
         default=1 << 26,
         ge=1,

@@ -81,7 +81,9 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         async with model_registered(backends.models, settings, model):
             ranker = model.checkpoint.ranker
             dtype = await asyncio.to_thread(choose_dtype, ranker, model.rank, settings.serve_dtype)
-            scorer = BatchScorer(ranker, settings.history_batch_elements, dtype, metrics)
+            scorer = BatchScorer(
+                ranker, settings.history_batch_elements, dtype, metrics, settings.pass_rows
+            )
             batcher: MicroBatcher[RankJob, Ranked] = MicroBatcher(
                 scorer,
                 max_batch=settings.max_batch,

@@ -30,10 +30,10 @@ from service.scoring.staging import Staging
 
 __all__ = ["SVD_PASS_ROWS", "BatchScorer", "RankJob", "Ranked", "split_jobs"]
 
-# Candidate rows per `svd` pass (and per pass of every mode that does not read the log). Past
-# ~8k rows (4 requests of M=2,048) the MLP's activations leave the CPU caches and a request
-# costs ~20% more CPU than in a smaller pass (measured: 3.0 ms per request at B ≤ 4, 3.5 ms
-# at B = 8, one thread).
+# Default candidate rows per `svd` pass (and per pass of every mode that does not read the
+# log): SOLAR_PASS_ROWS. Past ~8k rows (4 requests of M=2,048) the MLP's activations leave
+# the CPU caches and a request costs ~20% more CPU than in a smaller pass (measured: 3.0 ms
+# per request at B ≤ 4, 3.5 ms at B = 8, one thread).
 SVD_PASS_ROWS = 8_192
 
 
@@ -87,6 +87,8 @@ class BatchScorer:
             (`svd_exact`, `softmax`).
         dtype: compute dtype of the pass (bfloat16 only where it was checked to keep scores
             close, see ``service.scoring.precision``); logits are compared in float32.
+        pass_rows: most candidate rows of one pass of a mode that does not read the log (a
+            request with more gets a pass of its own).
         metrics: records each pass's time by whether its padded shape was new to the process
             (a shape's first call pays the kernels' set-up: the evidence for warm-up), and the
             part of it the thread spent off the CPU (waiting for the GIL, a core or the device).
@@ -98,9 +100,13 @@ class BatchScorer:
         history_batch_elements: int,
         dtype: torch.dtype = torch.float32,
         metrics: Metrics | None = None,
+        pass_rows: int = SVD_PASS_ROWS,
     ) -> None:
+        if pass_rows < 1:
+            raise ValueError("pass_rows must be ≥ 1")
         self.ranker = ranker
         self.history_batch_elements = history_batch_elements
+        self.pass_rows = pass_rows
         self.serving = ranker.serving_pass(dtype=dtype)  # the trained mode's
         self._metrics = metrics
         self._local = threading.local()
@@ -125,7 +131,7 @@ class BatchScorer:
             by_mode.setdefault(job.mode, []).append(i)
         passes: list[list[int]] = []
         for mode, idxs in by_mode.items():
-            limit = self.history_batch_elements if mode_spec(mode).reads_log else SVD_PASS_ROWS
+            limit = self.history_batch_elements if mode_spec(mode).reads_log else self.pass_rows
             passes += split_jobs(jobs, idxs, limit)
         return passes
 
@@ -205,7 +211,7 @@ class BatchScorer:
         small = torch.arange(min(8, config.n_items), dtype=torch.long)  # (8,)
         self([RankJob(mode, mode_spec(mode).example(config, rank, small), 8) for mode in modes])
         full = torch.arange(candidates, dtype=torch.long) % config.n_items  # (M,)
-        most = max(1, min(max_batch, SVD_PASS_ROWS // candidates))
+        most = max(1, min(max_batch, self.pass_rows // candidates))
         for mode in modes:
             spec = mode_spec(mode)
             if spec.reads_log:

@@ -76,6 +76,30 @@ def test_passes_group_by_mode_then_bound_each_pass(make_settings: SettingsFactor
             assert ranked.positions.tolist() == whole[i].positions.tolist()
 
 
+def test_pass_rows_bounds_the_rows_of_a_pass_and_of_its_warm_up(
+    make_settings: SettingsFactory,
+) -> None:
+    """SOLAR_PASS_ROWS: with 2,048 rows each request of 2,048 candidates is a pass of its own
+    (and the warm-up scores B = 1 only), small requests still share one, and a request larger
+    than the bound gets a pass to itself."""
+    model = load_serving_model(make_settings())
+    ranker = model.checkpoint.ranker
+    scorer = BatchScorer(ranker, history_batch_elements=10**9, pass_rows=2_048)
+
+    def job(m: int) -> RankJob:
+        rows = 1 + torch.arange(m) % (ranker.config.n_items - 1)
+        return RankJob("svd", ScoreRequest(rows, interests=torch.ones(RANK, 16)), 5)
+
+    assert scorer.passes([job(2_048) for _ in range(3)]) == [[0], [1], [2]]
+    assert scorer.passes([job(100) for _ in range(20)]) == [list(range(20))]
+    assert scorer.passes([job(100), job(5_000), job(100)]) == [[0], [1], [2]]
+    scorer.warm_up(model.rank, modes=["svd"], candidates=2_048, max_batch=32)
+    batch_sizes = {{a[0]: a[1:] for a in shape[1:]}["rows"][0] for shape in scorer.shapes}
+    assert batch_sizes == {1}
+    with pytest.raises(ValueError, match="pass_rows"):
+        BatchScorer(ranker, history_batch_elements=1, pass_rows=0)
+
+
 def test_warm_up_scores_every_serving_mode(make_settings: SettingsFactory) -> None:
     model = load_serving_model(make_settings())
     seen: list[str] = []
