@@ -312,7 +312,8 @@ class Metrics:
         self.pass_off_cpu_seconds = Histogram(
             "solar_pass_off_cpu_seconds",
             "Wall time of one batched pass that its thread spent off the CPU: waiting for the "
-            "GIL (held by the event loop), for a free core, or for the device (CUDA)",
+            "GIL (held by the event loop) or for a free core (a CUDA synchronize spins, so it "
+            "counts as CPU; with several torch threads, waits at their barrier count here)",
             buckets=_STAGE_BUCKETS_S,
             registry=reg,
         )

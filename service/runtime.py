@@ -23,7 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
-import ctypes.util
+import functools
 import gc
 import sys
 import time
@@ -47,10 +47,15 @@ def name_os_thread(name: str) -> bool:
     if sys.platform != "linux":
         return False
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-        return int(libc.prctl(_PR_SET_NAME, name.encode()[:15], 0, 0, 0)) == 0
+        return int(_libc().prctl(_PR_SET_NAME, name.encode()[:15], 0, 0, 0)) == 0
     except (OSError, AttributeError):
         return False
+
+
+@functools.cache
+def _libc() -> ctypes.CDLL:
+    """The C library the interpreter is linked against (glibc or musl)."""
+    return ctypes.CDLL(None)
 
 
 def freeze_heap() -> None:

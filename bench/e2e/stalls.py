@@ -8,11 +8,11 @@ figures, each process's CPU and, optionally, sampling profiles of serve and work
 The load and the seeding are ``bench.e2e.loadrange``'s (one side, no baseline: compare
 settings with ``--env`` in separate runs close in time, and quote the load average). Per rate
 it prints the client's /rank p50/p99, the CPU cores serve and worker used (``/proc``) and the
-load generator's own; serve's threads apart (the event loop, each ``solar-batch-N`` thread,
-the rest; ``/proc/<pid>/task``): the cores each used, its run-queue wait (runnable, no core
-free) as a share of the run, its context switches per second, and the batch threads' CPU per
-scored /rank; the machine's steal time (a VM's cores taken by its host); and the run's
-histograms of the service and the worker
+load generator's own; serve's threads apart (the event loop, the ``solar-batch-N`` threads,
+the rest; ``/proc/<pid>/task``): the cores each group used, its run-queue wait (runnable, no
+core free) as a share of the run and its context switches per second (summed over the
+group), and the batch threads' CPU per scored /rank; the machine's steal time (a VM's cores
+taken by its host); and the run's histograms of the service and the worker
 (``loadtest/server_metrics.py``): stage p99s, passes of a new shape, GC pauses, event-loop
 lag, apply lag. ``--profile PREFIX`` records ``py-spy`` (raw collapsed stacks, 50 Hz) of both
 processes while each rate runs.
@@ -67,10 +67,11 @@ class ThreadTimes:
         )
 
 
-def thread_times(pid: int) -> dict[str, ThreadTimes]:
-    """Process ``pid``'s threads grouped as "loop" (its main thread), "batch" (the kernel
-    names ``solar-batch-N``, ``service.runtime.name_os_thread``) and "other"."""
-    groups: dict[str, ThreadTimes] = {}
+def thread_times(pid: int) -> dict[int, tuple[str, ThreadTimes]]:
+    """Process ``pid``'s threads by thread id: the group each belongs to, "loop" (its main
+    thread), "batch" (kernel name ``solar-batch-N``, ``service.runtime.name_os_thread``, and
+    threads those started) or "other", and its totals so far."""
+    threads: dict[int, tuple[str, ThreadTimes]] = {}
     for task in Path(f"/proc/{pid}/task").iterdir():
         try:
             name = (task / "comm").read_text().strip()
@@ -80,8 +81,19 @@ def thread_times(pid: int) -> dict[str, ThreadTimes]:
             continue  # the thread ended meanwhile
         switches = sum(int(line.split()[1]) for line in status if "ctxt_switches" in line)
         group = "loop" if task.name == str(pid) else "batch" if "solar-batch" in name else "other"
-        times = ThreadTimes(on_cpu_ns / 1e9, wait_ns / 1e9, switches)
-        groups[group] = groups.get(group, ThreadTimes()) + times
+        threads[int(task.name)] = (group, ThreadTimes(on_cpu_ns / 1e9, wait_ns / 1e9, switches))
+    return threads
+
+
+def group_deltas(
+    before: dict[int, tuple[str, ThreadTimes]], after: dict[int, tuple[str, ThreadTimes]]
+) -> dict[str, ThreadTimes]:
+    """Per group, what its threads did between the two readings (each thread's difference,
+    then summed: a thread started in between counts from zero, one that ended is left out)."""
+    groups: dict[str, ThreadTimes] = {}
+    for tid, (group, times) in after.items():
+        used = times - before[tid][1] if tid in before else times
+        groups[group] = groups.get(group, ThreadTimes()) + used
     return groups
 
 
@@ -92,20 +104,22 @@ def steal_s() -> float:
 
 
 def thread_line(
-    before: dict[str, ThreadTimes], after: dict[str, ThreadTimes], seconds: float, ranks: int
+    before: dict[int, tuple[str, ThreadTimes]],
+    after: dict[int, tuple[str, ThreadTimes]],
+    seconds: float,
+    ranks: int,
 ) -> str:
-    """One line: per thread group, cores used, run-queue wait share, switches per second."""
-    parts = []
-    for group in ("loop", "batch", "other"):
-        if group not in after:
-            continue
-        used = after[group] - before.get(group, ThreadTimes())
-        parts.append(
-            f"{group} {used.cpu_s / seconds:.2f} cores (run-queue wait "
-            f"{100 * used.wait_s / seconds:.0f}% of the run, {used.switches / seconds:.0f} "
-            "switches/s)"
-        )
-    batch = after.get("batch", ThreadTimes()) - before.get("batch", ThreadTimes())
+    """One line: per thread group, cores used, run-queue wait as a share of the run (summed
+    over the group's threads) and switches per second; the batch threads' CPU per /rank."""
+    used = group_deltas(before, after)
+    parts = [
+        f"{group} {used[group].cpu_s / seconds:.2f} cores (run-queue wait "
+        f"{100 * used[group].wait_s / seconds:.0f}% of the run, "
+        f"{used[group].switches / seconds:.0f} switches/s)"
+        for group in ("loop", "batch", "other")
+        if group in used
+    ]
+    batch = used.get("batch", ThreadTimes())
     per_rank = f"; batch CPU {1e3 * batch.cpu_s / ranks:.2f} ms per /rank" if ranks else ""
     return "serve threads: " + ", ".join(parts) + per_rank
 

@@ -29,7 +29,7 @@ from service.core.ranking import RankOutcome
 from service.core.serving_model import ServingModel, load_serving_model
 from service.core.users import parse_state
 from service.scoring.batcher import MicroBatcher
-from service.scoring.scorer import SVD_PASS_ROWS, BatchScorer, RankJob, split_jobs
+from service.scoring.scorer import BatchScorer, RankJob, split_jobs
 from service.settings import Settings
 from service.store.base import Store
 
@@ -71,7 +71,6 @@ class RankPath:
     users: list[str]
     blobs: list[bytes]  # the users' stored states, as GET returns them
     scorer: BatchScorer
-    pass_rows: int = SVD_PASS_ROWS
 
     @classmethod
     async def open(cls, model_dir: Path, redis_url: str, users: int) -> RankPath:
@@ -89,7 +88,9 @@ class RankPath:
                 name, model.version, state.to_bytes(), gen=0, expected_applied=0, applied=0
             )
         blobs = [await store.get_state(name, model.version) for name in names]
-        scorer = BatchScorer(model.checkpoint.ranker, settings.history_batch_elements)
+        scorer = BatchScorer(
+            model.checkpoint.ranker, settings.history_batch_elements, pass_rows=settings.pass_rows
+        )
         return cls(model, store, names, [b for b in blobs if b is not None], scorer)
 
     async def close(self) -> None:
@@ -192,6 +193,6 @@ class RankPath:
             self._jobs = [RankJob("svd", self._request(m, u), TOP_K) for u in range(b)]
             self._jobs_key = (m, b)
         with torch.inference_mode():
-            for group in split_jobs(self._jobs, list(range(b)), self.pass_rows):
+            for group in split_jobs(self._jobs, list(range(b)), self.scorer.pass_rows):
                 jobs = [self._jobs[i] for i in group]
                 self.scorer.logits("svd", self.scorer.send("svd", jobs))

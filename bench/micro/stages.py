@@ -90,7 +90,7 @@ async def profile(
         per_request = await path.request_stages(m, budget_s)
         for b in batches:
             batch = await path.batch_stages(m, b, budget_s)
-            chunk_rows = min(b * m, path.pass_rows)
+            chunk_rows = min(b * m, path.scorer.pass_rows)
             rate = gemm_rate_gflops(config, chunk_rows, budget_s)
             pass_s = median_s(lambda m=m, b=b: path.model_pass(m, b), budget_s)
             flops = serving_flops(config, "svd", m, path.model.rank).total

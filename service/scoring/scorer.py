@@ -91,7 +91,7 @@ class BatchScorer:
             request with more gets a pass of its own).
         metrics: records each pass's time by whether its padded shape was new to the process
             (a shape's first call pays the kernels' set-up: the evidence for warm-up), and the
-            part of it the thread spent off the CPU (waiting for the GIL, a core or the device).
+            part of it the thread spent off the CPU (waiting for the GIL or a core).
     """
 
     def __init__(
@@ -103,7 +103,7 @@ class BatchScorer:
         pass_rows: int = SVD_PASS_ROWS,
     ) -> None:
         if pass_rows < 1:
-            raise ValueError("pass_rows must be ≥ 1")
+            raise ValueError(f"pass_rows must be ≥ 1, got {pass_rows}")
         self.ranker = ranker
         self.history_batch_elements = history_batch_elements
         self.pass_rows = pass_rows
@@ -152,11 +152,10 @@ class BatchScorer:
         self.shapes.add(shape)
         ranked = self.top_k(spec.score(self._pass(spec.name), inputs), inputs, jobs)
         if self._metrics is not None:
-            wall_s = time.perf_counter() - start
+            wall_s, cpu_s = time.perf_counter() - start, time.thread_time() - start_cpu
             self._metrics.pass_seconds.labels(shape="new" if new else "seen").observe(wall_s)
-            # Off the CPU: the GIL, the run queue or the device (see Metrics).
-            off_cpu_s = wall_s - (time.thread_time() - start_cpu)
-            self._metrics.pass_off_cpu_seconds.observe(max(0.0, off_cpu_s))
+            # Off the CPU: waiting for the GIL or for a core (see Metrics).
+            self._metrics.pass_off_cpu_seconds.observe(max(0.0, wall_s - cpu_s))
         return ranked
 
     def _send(self, spec: Mode, jobs: Sequence[RankJob]) -> dict[str, Tensor]:

@@ -65,6 +65,7 @@ def test_empty_redis_url_means_embedded(monkeypatch: pytest.MonkeyPatch) -> None
     [
         ("SOLAR_DEVICE", "tpu"),
         ("SOLAR_MAX_BATCH", "0"),
+        ("SOLAR_PASS_ROWS", "0"),
         ("SOLAR_PORT", "70000"),
         ("SOLAR_RANK", "x"),
         ("SOLAR_SERVE_DTYPE", "float16"),

@@ -8,6 +8,7 @@ from pathlib import Path
 import httpx
 import pytest
 from fastapi import FastAPI
+from prometheus_client.parser import text_string_to_metric_families
 
 from model.checkpoint import load_checkpoint
 from tests.service.conftest import SettingsFactory
@@ -199,3 +200,21 @@ async def test_bearer_token(make_settings: SettingsFactory) -> None:
 async def test_app_fixture_exposes_state(app_client: tuple[FastAPI, httpx.AsyncClient]) -> None:
     app, _ = app_client
     assert app.state.model is not None and app.state.batcher is not None
+
+
+async def test_pass_rows_setting_reaches_the_scorer(make_settings: SettingsFactory) -> None:
+    """SOLAR_PASS_ROWS=2048: the warm-up (2,048 candidates a request) scores one request per
+    pass, so fewer new pass shapes than with the default of four to a pass."""
+
+    async def new_shapes(**overrides: object) -> float:
+        async with running_app(make_settings(**overrides)) as (_, client):
+            text = (await client.get("/metrics")).text
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                if sample.name == "solar_pass_seconds_count" and sample.labels["shape"] == "new":
+                    return sample.value
+        raise AssertionError("no solar_pass_seconds{shape=new} after the warm-up")
+
+    one_per_pass = await new_shapes(pass_rows=2_048)
+    four_per_pass = await new_shapes()
+    assert 0 < one_per_pass < four_per_pass
