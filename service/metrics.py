@@ -77,6 +77,7 @@ _STAGE_BUCKETS_S = (
 )
 _CANDIDATE_BUCKETS = (1, 10, 50, 100, 250, 500, 1_000, 2_048, 4_096, 10_000)
 _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+# Finer around the 100 ms apply-lag target (docs/DESIGN.md §10), where a p99 is read against it.
 _LAG_BUCKETS_S = (
     0.001,
     0.0025,
@@ -84,7 +85,10 @@ _LAG_BUCKETS_S = (
     0.01,
     0.025,
     0.05,
+    0.075,
     0.1,
+    0.125,
+    0.15,
     0.25,
     0.5,
     1.0,

@@ -80,6 +80,18 @@ def test_store_observer_adapter() -> None:
     assert registry.get_sample_value("solar_store_conflicts_total") == 1
 
 
+def test_apply_lag_buckets_resolve_the_100_ms_target() -> None:
+    """A lag of 110 ms reads as 100–125 ms, not "somewhere in 100–250": a p99 near the
+    target (docs/DESIGN.md §10) is interpolated within 25 ms either side of it."""
+    metrics = Metrics()
+    metrics.apply_lag_seconds.observe(0.11)
+
+    def below(le: str) -> float | None:
+        return metrics.registry.get_sample_value("solar_apply_lag_seconds_bucket", {"le": le})
+
+    assert (below("0.075"), below("0.1"), below("0.125")) == (0.0, 0.0, 1.0)
+
+
 def test_model_info_keeps_one_series() -> None:
     metrics = Metrics()
     metrics.set_model("v1", 32, 64)
