@@ -29,7 +29,7 @@ from service.core.ranking import RankOutcome
 from service.core.serving_model import ServingModel, load_serving_model
 from service.core.users import parse_state
 from service.scoring.batcher import MicroBatcher
-from service.scoring.scorer import BatchScorer, RankJob, split_jobs
+from service.scoring.scorer import BatchScorer, RankJob
 from service.settings import Settings
 from service.store.base import Store
 
@@ -193,6 +193,6 @@ class RankPath:
             self._jobs = [RankJob("svd", self._request(m, u), TOP_K) for u in range(b)]
             self._jobs_key = (m, b)
         with torch.inference_mode():
-            for group in split_jobs(self._jobs, list(range(b)), self.scorer.pass_rows):
+            for group in self.scorer.passes(self._jobs):
                 jobs = [self._jobs[i] for i in group]
                 self.scorer.logits("svd", self.scorer.send("svd", jobs))

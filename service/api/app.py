@@ -85,7 +85,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
                 ranker, settings.history_batch_elements, dtype, metrics, settings.pass_rows
             )
             batcher: MicroBatcher[RankJob, Ranked] = MicroBatcher(
-                scorer,
+                scorer.score_pass,
                 max_batch=settings.max_batch,
                 max_wait_s=settings.max_wait_s,
                 max_queue=settings.max_queue,

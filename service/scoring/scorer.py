@@ -1,10 +1,11 @@
 """The batch side of /rank: score a micro-batch of requests in one ranker pass per mode.
 
-:class:`BatchScorer` is the micro-batcher's handler: it runs in a worker thread under
-``torch.inference_mode``, groups the batch by mode and splits each group so that its tensors
-stay bounded. Per pass the mode's registry entry (``model.modes``) packs every input of the
-group into one host buffer, which moves to the device in one copy (``staging``), and runs its
-fused pass (``model.serving``); the top k of every request is taken on the device in one
+:class:`BatchScorer` serves the micro-batcher: ``passes`` groups a batch by mode and splits
+each group so that its tensors stay bounded (the batcher's ``split``), and ``score_pass``
+scores one such pass in the worker thread under ``torch.inference_mode`` (its handler). Per
+pass the mode's registry entry (``model.modes``) packs every input of the group into one host
+buffer, which moves to the device in one copy (``staging``), and runs its fused pass
+(``model.serving``); the top k of every request is taken on the device in one
 ``torch.topk`` over the padded logits, and the positions and logits come back in one wait.
 Results come back in input order as numpy arrays.
 """
@@ -136,12 +137,20 @@ class BatchScorer:
         return passes
 
     def __call__(self, jobs: Sequence[RankJob]) -> list[Ranked]:
+        """Every job of a batch, pass by pass (:meth:`passes`), in input order."""
         results: dict[int, Ranked] = {}
-        with torch.inference_mode():
-            for group in self.passes(jobs):
-                ranked = self._score(mode_spec(jobs[group[0]].mode), [jobs[i] for i in group])
-                results.update(zip(group, ranked, strict=True))
+        for group in self.passes(jobs):
+            results.update(zip(group, self.score_pass([jobs[i] for i in group]), strict=True))
         return [results[i] for i in range(len(jobs))]
+
+    def score_pass(self, jobs: Sequence[RankJob]) -> list[Ranked]:
+        """One pass: ``jobs`` are one part of :meth:`passes` (one mode, within its bounds).
+        The micro-batcher's handler, which has split the batch already."""
+        mode = jobs[0].mode
+        if any(job.mode != mode for job in jobs):
+            raise ValueError("one pass scores jobs of one mode (split with BatchScorer.passes)")
+        with torch.inference_mode():
+            return self._score(mode_spec(mode), jobs)
 
     def _score(self, spec: Mode, jobs: Sequence[RankJob]) -> list[Ranked]:
         """One pass over ``jobs`` of one mode, top k on the device."""

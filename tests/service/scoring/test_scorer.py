@@ -70,6 +70,8 @@ def test_passes_group_by_mode_then_bound_each_pass(make_settings: SettingsFactor
 
     jobs = [job("svd") for _ in range(3)] + [job("softmax")] + [job("svd") for _ in range(3)]
     assert scorer.passes(jobs) == [[0, 1, 2, 4], [5, 6], [3]]
+    with pytest.raises(ValueError, match="one mode"):  # a pass is one part of passes()
+        scorer.score_pass(jobs[2:4])
     whole = scorer(jobs)
     for part in scorer.passes(jobs):
         for i, ranked in zip(part, scorer([jobs[i] for i in part]), strict=True):
