@@ -72,7 +72,7 @@ class Ranking:
     async def rank(
         self,
         user_id: str,
-        candidates: Sequence[object] | RawCandidates,
+        candidates: Sequence[object],
         top_k: int | None,
         mode: str | None,
         *,

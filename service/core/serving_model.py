@@ -136,7 +136,7 @@ class ServingModel:
         return self.checkpoint.vocab.int_rows
 
     def candidate_rows(
-        self, candidates: Sequence[object] | RawCandidates, *, checked: bool = False
+        self, candidates: Sequence[object], *, checked: bool = False
     ) -> CandidateRows:
         """A request's candidates mapped to rows: spans of a body's bytes through
         :attr:`item_bytes` (compiled), values through the index
