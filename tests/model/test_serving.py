@@ -1,4 +1,4 @@
-"""The fused serving pass: equal to the reference, buffers reused, dtypes, masks."""
+"""The fused serving pass: equal to the reference, one native call, dtypes, masks."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import torch
 
 from model.config import RankerConfig
 from model.ranker import Ranker
-from model.serving import ServingPass, Workspace
+from model.serving import ServingPass
 
 CONFIG = RankerConfig(n_items=200, n_actions=3, dim=32, heads=4, rank=8, mlp_hidden=32)
 
@@ -53,43 +53,6 @@ def test_padded_tokens_are_masked(device: torch.device) -> None:
         again = serving.svd(rows, garbage, mask).clone()
     torch.testing.assert_close(padded[1], short[0], atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(again, padded)
-
-
-def test_buffers_are_reused_between_passes(device: torch.device) -> None:
-    ranker = _ranker(device)
-    serving = ServingPass(ranker)
-    rows = torch.randint(0, CONFIG.n_items, (2, 64), device=device)
-    tokens = torch.randn(2, CONFIG.rank, CONFIG.dim, device=device)
-    with torch.inference_mode():
-        first = serving.svd(rows, tokens)
-        pointer, values = first.data_ptr(), first.clone()
-        second = serving.svd(rows[:, :40], tokens)
-    assert second.data_ptr() == pointer  # the logits live in the same workspace buffer
-    torch.testing.assert_close(second, values[:, :40].contiguous(), atol=1e-6, rtol=1e-6)
-
-
-def test_workspace_grows_only_when_too_small(device: torch.device) -> None:
-    space = Workspace(device, torch.float32)
-    a = space.take("x", 10, 4)
-    assert space.take("x", 5, 8).data_ptr() == a.data_ptr()
-    assert space.take("x", 100, 4).shape == (100, 4)
-    assert space.take("y", 3).shape == (3,)
-
-
-def test_workspace_views_are_reused_until_their_buffer_grows(device: torch.device) -> None:
-    space = Workspace(device, torch.float32)
-    a = space.take("x", 10, 4)
-    assert space.take("x", 10, 4) is a  # the same view: no torch call on the steady path
-    grown = space.take("x", 1_000)
-    again = space.take("x", 10, 4)
-    assert again is not a and again.data_ptr() == grown.data_ptr()  # of the new buffer
-    again.fill_(1.0)
-    assert float(grown[:40].sum()) == 40.0
-    with torch.inference_mode():  # a view taken in the mode is usable outside it, and back
-        b = space.take("y", 6)
-    b.add_(1.0)
-    with torch.inference_mode():
-        assert space.take("y", 6) is b
 
 
 def test_an_unpadded_token_mask_scores_as_no_mask(device: torch.device) -> None:
