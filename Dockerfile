@@ -19,10 +19,14 @@ FROM ${BASE_IMAGE} AS build
 ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 DEBIAN_FRONTEND=noninteractive
 # CUDA base images have no Python: install the distribution's one (python:* images skip this).
-RUN if ! command -v python3 >/dev/null 2>&1; then \
-        apt-get update && apt-get install -y --no-install-recommends python3 python3-venv \
-        && rm -rf /var/lib/apt/lists/*; \
-    fi
+# g++ builds the serving pass's native module (model.native) here; the runtime stage gets the
+# built module only.
+RUN apt-get update \
+    && if ! command -v python3 >/dev/null 2>&1; then \
+        apt-get install -y --no-install-recommends python3 python3-venv python3-dev; \
+    fi \
+    && apt-get install -y --no-install-recommends g++ \
+    && rm -rf /var/lib/apt/lists/*
 RUN python3 -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
 WORKDIR /src
@@ -35,8 +39,8 @@ COPY bench ./bench
 # not the installed package the runtime stage ships. The last line compiles the numba kernels
 # (the state updates', the candidate scan's) into NUMBA_CACHE_DIR, for a generic x86-64 (the
 # cache is keyed on the CPU: built for the build host's, every other host would compile again
-# at start, ~11 s).
-ENV NUMBA_CACHE_DIR=/opt/numba-cache NUMBA_CPU_NAME=generic
+# at start, ~11 s), and builds the serving pass's native module into SOLAR_NATIVE_CACHE.
+ENV NUMBA_CACHE_DIR=/opt/numba-cache NUMBA_CPU_NAME=generic SOLAR_NATIVE_CACHE=/opt/solar-native
 RUN pip install --upgrade pip \
     && pip install --extra-index-url "${TORCH_INDEX_URL}" . \
     && cd / && python -c "import torch, service.cli, bench.micro.kernels, solar_tools.replay; print('torch', torch.__version__)" \
@@ -56,6 +60,9 @@ COPY --from=build /opt/venv /opt/venv
 # numba only uses a cache directory it can write to: the runtime user owns it. With a
 # read-only root filesystem, mount a writable volume there.
 COPY --from=build --chown=solar:solar /opt/numba-cache /opt/numba-cache
+# The serving pass's native module, built in the build stage for this venv's torch and Python
+# (model.native): the runtime needs no compiler.
+COPY --from=build /opt/solar-native /opt/solar-native
 # OPENBLAS_NUM_THREADS=1: factor updates are many tiny SVDs, which a multi-threaded
 # OpenBLAS makes far slower on a busy machine; torch keeps its own intra-op threads.
 ENV PATH=/opt/venv/bin:$PATH \
@@ -63,6 +70,7 @@ ENV PATH=/opt/venv/bin:$PATH \
     OPENBLAS_NUM_THREADS=1 \
     NUMBA_CACHE_DIR=/opt/numba-cache \
     NUMBA_CPU_NAME=generic \
+    SOLAR_NATIVE_CACHE=/opt/solar-native \
     SOLAR_HOST=0.0.0.0 \
     SOLAR_PORT=8000 \
     SOLAR_MODEL_PATH=/models/default \

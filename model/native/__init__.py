@@ -24,6 +24,8 @@ import shutil
 import sys
 import tempfile
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Protocol, cast
 
@@ -33,6 +35,7 @@ from torch import Tensor
 __all__ = ["NativeServing", "cache_dir", "serving_ops"]
 
 SOURCE = Path(__file__).with_name("serving.cpp")
+HEADERS = (Path(__file__).with_name("small_attention.h"),)
 CFLAGS = ("-O3",)
 
 
@@ -88,6 +91,8 @@ def cache_dir() -> Path:
 def module_name() -> str:
     """``solar_serving_<key>``: the key hashes what the built module depends on."""
     key = hashlib.sha256(SOURCE.read_bytes())
+    for header in HEADERS:
+        key.update(header.read_bytes())
     for part in (torch.__version__, sys.version, platform.machine(), " ".join(CFLAGS)):
         key.update(part.encode())
     return f"solar_serving_{key.hexdigest()[:16]}"
@@ -113,7 +118,7 @@ def serving_ops() -> NativeServing:
 def _import_or_build(name: str, cache: Path) -> object:
     built = cache / f"{name}.so"
     if not built.is_file():
-        _build(name, cache)
+        return _build(name, cache)
     spec = importlib.util.spec_from_file_location(name, built)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
@@ -121,14 +126,15 @@ def _import_or_build(name: str, cache: Path) -> object:
     return module
 
 
-def _build(name: str, cache: Path) -> None:
+def _build(name: str, cache: Path) -> object:
+    """Build ``name`` in a private directory of ``cache``, move it into place, return it."""
     from torch.utils.cpp_extension import load
 
     try:
         cache.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(prefix=f"{name}.", dir=cache) as private:
             with _ninja_on_path():
-                load(
+                module = load(
                     name,
                     [str(SOURCE)],
                     extra_cflags=list(CFLAGS),
@@ -136,6 +142,7 @@ def _build(name: str, cache: Path) -> None:
                     verbose=False,
                 )
             os.replace(Path(private) / f"{name}.so", cache / f"{name}.so")
+            return module
     except (OSError, RuntimeError, ImportError) as exc:
         raise RuntimeError(
             f"solar's native serving pass could not be built into {cache} (it needs a C++ "
@@ -151,18 +158,17 @@ def _first_error(exc: BaseException) -> str:
     return (errors or lines or [type(exc).__name__])[0]
 
 
-class _ninja_on_path:
+@contextmanager
+def _ninja_on_path() -> Iterator[None]:
     """PATH with the ninja that the ``ninja`` package installs, where none is on PATH (a
-    virtual environment run without being activated)."""
+    virtual environment run without being activated), for the build's duration."""
+    saved = os.environ.get("PATH", "")
+    if shutil.which("ninja") is None:
+        with suppress(ImportError):
+            import ninja
 
-    def __enter__(self) -> None:
-        self._saved = os.environ.get("PATH", "")
-        if shutil.which("ninja") is None:
-            try:
-                import ninja
-            except ImportError:
-                return
-            os.environ["PATH"] = os.pathsep.join((ninja.BIN_DIR, self._saved))
-
-    def __exit__(self, *exc: object) -> None:
-        os.environ["PATH"] = self._saved
+            os.environ["PATH"] = os.pathsep.join((ninja.BIN_DIR, saved))
+    try:
+        yield
+    finally:
+        os.environ["PATH"] = saved

@@ -10,12 +10,15 @@
 // (n_items, hidden), actions, kv (d, 2d), o (d, d), fc1 (2C·d + F, hidden), fc2
 // (hidden, hidden/2), fc2_bias, out (hidden/2,), out_bias ().
 #include <ATen/ATen.h>
+#include <ATen/Parallel.h>
 #include <c10/core/GradMode.h>
 #include <torch/csrc/utils/pybind.h>
 
 #include <optional>
 #include <utility>
 #include <vector>
+
+#include "small_attention.h"
 
 namespace {
 
@@ -58,19 +61,51 @@ void attend(const Weights& w, const Tensor& feats, const Tensor& context,
   at::mm_out(out, merged.transpose(1, 2).reshape({B * M, d}), w[kO]);
 }
 
+// `attend` of a few tokens on the CPU in float32 (small_attention.h) instead of SDPA.
+bool small_attention_applies(const Tensor& feats, const Tensor& tokens, int64_t heads) {
+  const int64_t d = feats.size(1) / 2;
+  return feats.device().is_cpu() && feats.scalar_type() == at::kFloat && feats.is_contiguous() &&
+         solar_native::small_attention_fits(tokens.size(1), d / heads);
+}
+
+void attend_small(const Weights& w, const Tensor& feats, const Tensor& tokens,
+                  const std::optional<Tensor>& bias, Tensor out, int64_t heads) {
+  const int64_t d = w[kO].size(0), B = tokens.size(0), T = tokens.size(1);
+  const int64_t M = feats.size(0) / B;
+  const Tensor kv = at::matmul(tokens, w[kKv]).contiguous();  // (B, T, 2d)
+  const Tensor rows_bias = bias ? bias->reshape({B, T}).contiguous() : Tensor();
+  Tensor merged = at::empty({B * M, d}, feats.options());  // heads side by side, before W_O
+  const int64_t ldq = feats.stride(0), ldo = merged.stride(0);
+  const auto parallel = [](int64_t rows, const auto& body) {
+    at::parallel_for(0, rows, 256, body);
+  };
+  for (int64_t b = 0; b < B; ++b) {
+    solar_native::small_attention(
+        feats.const_data_ptr<float>() + b * M * ldq + d, ldq,
+        kv.const_data_ptr<float>() + b * T * 2 * d, T, d,
+        bias ? rows_bias.const_data_ptr<float>() + b * T : nullptr,
+        merged.mutable_data_ptr<float>() + b * M * ldo, ldo, M, heads, parallel);
+  }
+  at::mm_out(out, merged, w[kO]);
+}
+
 // `attend` over tokens (B, T, d) with `mask` (B, T) marking the real ones (none: all real);
 // a request with no real token gets o = 0.
 void attend_tokens(const Weights& w, const Tensor& feats, const Tensor& tokens,
                    std::optional<Tensor> mask, Tensor out, int64_t heads) {
   if (mask && mask->device().is_cpu() && mask->all().item<bool>()) {
-    // No padding: SDPA's unmasked kernel (the same logits, ~3% faster). Not on CUDA, where
+    // No padding: the unmasked kernel (the same logits, ~3% faster). Not on CUDA, where
     // reading the mask would wait for the device.
     mask.reset();
   }
   const auto dtype = w[kFeatures].scalar_type();
   std::optional<Tensor> bias;
   if (mask) bias = token_bias(*mask, dtype);
-  attend(w, feats, tokens.to(dtype), bias, out, heads);
+  if (small_attention_applies(feats, tokens, heads)) {
+    attend_small(w, feats, tokens.to(dtype), bias, out, heads);
+  } else {
+    attend(w, feats, tokens.to(dtype), bias, out, heads);
+  }
   if (mask) {
     const int64_t B = tokens.size(0);
     out.view({B, feats.size(0) / B, -1}).mul_(mask->any(-1).unsqueeze(1).unsqueeze(1));

@@ -26,6 +26,7 @@ import torch
 from model.checkpoint import WEIGHTS_FILE, Checkpoint, CheckpointError, load_checkpoint
 from model.device import resolve_device as model_device
 from model.modes import state_kind
+from model.native import serving_ops
 from model.states import Decay, StateBuilder, make_builder
 from model.states import warm_up_kernels as warm_up_state_kernels
 from service.core.items import CandidateRows, candidate_rows
@@ -246,10 +247,12 @@ def _decay(settings: Settings, checkpoint: Checkpoint) -> Decay | None:
 
 def warm_up_kernels() -> None:
     """Compile every numba kernel the service runs (the state updates', the candidate
-    scan's), or load them from numba's cache (~0.5 s): a model load calls it, and
-    ``make install`` and the image build call it once so that no process compiles (~11 s)."""
+    scan's) and build the serving pass's native module (``model.native``), or load them from
+    their caches (~0.5 s): a model load calls it, and ``make install`` and the image build call
+    it once so that no process compiles (~11 s for numba, ~13 s for the C++)."""
     warm_up_state_kernels()
     warm_up_id_kernels()
+    serving_ops()
 
 
 def require_checkpoint(path: str | Path) -> Path:

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import dataclasses
 
+import pytest
 import torch
+from torch.overrides import TorchFunctionMode
 
 from model.config import RankerConfig
 from model.ranker import Ranker
@@ -121,3 +123,96 @@ def test_a_readout_pass_shares_the_trained_pass_tables_and_scores_through_the_re
         mask = torch.ones(2, 8, dtype=torch.bool)
         want = ranker.score_outputs(cand, ranker.attn(cand, tokens, mask), mlp=ranker.readout)
         assert torch.allclose(readout.svd(rows, tokens), want, atol=1e-5)
+
+
+class _TorchCalls(TorchFunctionMode):
+    """Counts the torch functions called from Python while active."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.names: list[str] = []
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+        self.names.append(getattr(func, "__name__", repr(func)))
+        return func(*args, **(kwargs or {}))
+
+
+def test_a_pass_makes_no_torch_call_from_python_beyond_its_weights_check(
+    device: torch.device,
+) -> None:
+    """The svd and lifelong passes are one native call each (the GIL released throughout): the
+    only torch calls Python makes are the weights' freshness check, not one per op."""
+    config = dataclasses.replace(CONFIG, mode="lifelong", recent_tokens=4)
+    torch.manual_seed(0)
+    svd_pass = ServingPass(_ranker(device))
+    lifelong_pass = Ranker(config).eval().to(device).serving_pass()
+    rows = torch.randint(1, CONFIG.n_items, (2, 30), device=device)
+    tokens = torch.randn(2, CONFIG.rank, CONFIG.dim, device=device)
+    mask = torch.ones(2, CONFIG.rank, dtype=torch.bool, device=device)
+    mask[1, 3:] = False
+    recent = torch.randn(2, 4, CONFIG.dim, device=device)
+    recent_mask = torch.ones(2, 4, dtype=torch.bool, device=device)
+    with torch.inference_mode():
+        assert svd_pass.weights is not None and lifelong_pass.weights is not None  # built
+        with _TorchCalls() as check:
+            assert svd_pass.weights is not None
+        with _TorchCalls() as svd:
+            svd_pass.svd(rows, tokens, mask)
+        with _TorchCalls() as lifelong_check:
+            assert lifelong_pass.weights is not None
+        with _TorchCalls() as lifelong:
+            lifelong_pass.channels(rows, tokens, mask, recent, recent_mask)
+    assert check.names and lifelong_check.names, "the counter sees the weights check's calls"
+    grad_mode = ["_set_grad_enabled"] * 2  # torch.no_grad around the pass: entered, left
+    assert svd.names == grad_mode[:1] + check.names + grad_mode[1:]
+    assert lifelong.names == grad_mode[:1] + lifelong_check.names + grad_mode[1:]
+
+
+def test_each_pass_returns_fresh_logits(device: torch.device) -> None:
+    ranker = _ranker(device)
+    serving = ServingPass(ranker)
+    rows = torch.randint(0, CONFIG.n_items, (2, 64), device=device)
+    tokens = torch.randn(2, CONFIG.rank, CONFIG.dim, device=device)
+    with torch.inference_mode():
+        first = serving.svd(rows, tokens)
+        values = first.clone()
+        second = serving.svd(rows[:, :40], tokens)
+    assert second.data_ptr() != first.data_ptr()
+    torch.testing.assert_close(first, values)  # a later pass leaves earlier logits alone
+    torch.testing.assert_close(second, values[:, :40].contiguous(), atol=1e-6, rtol=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("dim", "heads", "tokens"),
+    [(32, 4, 1), (32, 4, 5), (64, 4, 16), (64, 4, 17), (64, 4, 32), (64, 2, 48), (128, 4, 64)]
+    + [
+        (64, 8, 33),
+        (256, 4, 8),
+        (64, 4, 65),
+        (48, 4, 32),
+    ],  # d_h 8..64; past 64 tokens, d_h 12: SDPA
+)
+def test_the_pass_over_a_few_tokens_equals_the_modules(
+    device: torch.device, dim: int, heads: int, tokens: int
+) -> None:
+    """Every token count and head width the CPU's small-attention kernel takes (T ≤ 64,
+    d_h ∈ {8, 16, 32, 64}), and shapes past it, against TargetAttention and the MLP; with
+    padding masked, batches, a candidate count not a multiple of the kernel's 8 and one
+    large enough to be split over threads."""
+    config = dataclasses.replace(CONFIG, dim=dim, heads=heads)
+    torch.manual_seed(0)
+    ranker = Ranker(config).eval().to(device)
+    serving = ServingPass(ranker)
+    for batch, candidates in ((1, 13), (3, 50), (2, 700)):
+        rows = torch.randint(0, config.n_items, (batch, candidates), device=device)
+        context = torch.randn(batch, tokens, dim, device=device)
+        with torch.inference_mode():
+            fused = serving.svd(rows, context)
+        torch.testing.assert_close(fused, _reference(ranker, rows, context), atol=1e-5, rtol=1e-5)
+    if tokens > 1:
+        mask = torch.ones(batch, tokens, dtype=torch.bool, device=device)
+        mask[0, tokens // 2 :] = False
+        with torch.inference_mode():
+            padded = serving.svd(rows, context, mask)
+            short = serving.svd(rows[:1], context[:1, : tokens // 2])
+        torch.testing.assert_close(padded[:1], short, atol=1e-5, rtol=1e-5)
