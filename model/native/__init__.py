@@ -35,7 +35,7 @@ from torch import Tensor
 __all__ = ["NativeServing", "cache_dir", "serving_ops"]
 
 SOURCE = Path(__file__).with_name("serving.cpp")
-HEADERS = (Path(__file__).with_name("small_attention.h"),)
+HEADERS = tuple(sorted(SOURCE.parent.glob("*.h")))  # the kernels serving.cpp includes
 CFLAGS = ("-O3",)
 
 

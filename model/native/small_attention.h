@@ -7,66 +7,19 @@
 // Lanes run over tokens: a candidate's T logits are T/16 vectors of 16, so the softmax needs
 // no transpose, and eight candidates are interleaved so that their multiply-add chains hide
 // each other's latency. Vectors are GCC's generic vector extension, compiled for AVX-512,
-// AVX2 and baseline x86-64 and chosen at load (target_clones); exp is Cephes' expf polynomial
-// (relative error ~1e-7), so outputs differ from SDPA's by float rounding only.
+// AVX2 and baseline x86-64 and chosen at load (target_clones); exp is vector_math.h's, so
+// outputs differ from SDPA's by float rounding only.
 #pragma once
 
-#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
 
+#include "vector_math.h"
+
 namespace solar_native {
 
-constexpr int kLanes = 16;
 constexpr int64_t kMaxSmallTokens = 64;
-typedef float vf __attribute__((vector_size(kLanes * 4)));
-typedef int32_t vi __attribute__((vector_size(kLanes * 4)));
-template <int N>
-struct VecOf {
-  typedef float type __attribute__((vector_size(N * 4)));
-};
-
-#define SOLAR_INLINE __attribute__((always_inline)) inline
-
-// e^x per lane for x ≤ 0; lanes below -87 (e^x < 1.7e-38, masked tokens at -inf) give 0.
-SOLAR_INLINE vf exp_nonpositive(vf x) {
-  const vi dead = x < -87.0f;
-  const vf y = dead ? vf{} - 87.0f : x;
-  const vf n = (y * 1.44269504088896341f + 12582912.0f) - 12582912.0f;  // round(y / ln 2)
-  const vf r = y - n * 0.693359375f + n * 2.12194440e-4f;                 // y - n ln 2
-  vf p = vf{} + 1.9875691500e-4f;
-  p = p * r + 1.3981999507e-3f;
-  p = p * r + 8.3334519073e-3f;
-  p = p * r + 4.1665795894e-2f;
-  p = p * r + 1.6666665459e-1f;
-  p = p * r + 5.0000001201e-1f;
-  p = p * r * r + r + 1.0f;
-  const vi two_n = (__builtin_convertvector(n, vi) + 127) << 23;
-  return dead ? vf{} : p * (vf)two_n;
-}
-
-SOLAR_INLINE vf max_swap(vf v, vi order) {
-  const vf w = __builtin_shuffle(v, order);
-  return v > w ? v : w;
-}
-
-// The largest lane and the sum of the lanes, by halving swaps.
-SOLAR_INLINE float lane_max(vf v) {
-  v = max_swap(v, vi{8, 9, 10, 11, 12, 13, 14, 15, 0, 1, 2, 3, 4, 5, 6, 7});
-  v = max_swap(v, vi{4, 5, 6, 7, 0, 1, 2, 3, 12, 13, 14, 15, 8, 9, 10, 11});
-  v = max_swap(v, vi{2, 3, 0, 1, 6, 7, 4, 5, 10, 11, 8, 9, 14, 15, 12, 13});
-  v = max_swap(v, vi{1, 0, 3, 2, 5, 4, 7, 6, 9, 8, 11, 10, 13, 12, 15, 14});
-  return v[0];
-}
-
-SOLAR_INLINE float lane_sum(vf v) {
-  v += __builtin_shuffle(v, vi{8, 9, 10, 11, 12, 13, 14, 15, 0, 1, 2, 3, 4, 5, 6, 7});
-  v += __builtin_shuffle(v, vi{4, 5, 6, 7, 0, 1, 2, 3, 12, 13, 14, 15, 8, 9, 10, 11});
-  v += __builtin_shuffle(v, vi{2, 3, 0, 1, 6, 7, 4, 5, 10, 11, 8, 9, 14, 15, 12, 13});
-  v += __builtin_shuffle(v, vi{1, 0, 3, 2, 5, 4, 7, 6, 9, 8, 11, 10, 13, 12, 15, 14});
-  return v[0];
-}
 
 // R candidates' outputs of one head: q rows (stride ldq) → out rows (stride ldo), from the
 // scaled keys transposed into TV token vectors per query dimension (kt[j·TV + i]), the
