@@ -16,7 +16,7 @@ $(INSTALLED): pyproject.toml
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[dev,parquet]'
 	# numba compiles its kernels (the state updates', the candidate scan's) once (~11 s) into its
-	# cache, and the C++ compiler the serving pass's native module (~13 s, model.native) into
+	# cache, and the C++ compiler the serving pass's native module (~30 s, model.native) into
 	# ~/.cache/solar/native, not on a first event or request.
 	$(PY) -c 'from service.core.serving_model import warm_up_kernels; warm_up_kernels()'
 	touch $@

@@ -1,7 +1,7 @@
 """Native code of the serving pass: ``serving.cpp`` built once into a cache, then imported.
 
 The pass's ATen ops run in one call per pass with the GIL released (the reason, and the
-functions: ``serving.cpp``). The build (~10 s: a C++ compiler and ninja, through
+functions: ``serving.cpp``). The build (~30 s: a C++ compiler and ninja, through
 ``torch.utils.cpp_extension``) happens at ``make install``, at the image build, or else at the
 first model load. It lands in a directory keyed on the source, the torch and Python versions
 and the machine type, so a changed source or torch builds a new module and a process never

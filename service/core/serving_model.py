@@ -249,7 +249,7 @@ def warm_up_kernels() -> None:
     """Compile every numba kernel the service runs (the state updates', the candidate
     scan's) and build the serving pass's native module (``model.native``), or load them from
     their caches (~0.5 s): a model load calls it, and ``make install`` and the image build call
-    it once so that no process compiles (~11 s for numba, ~13 s for the C++)."""
+    it once so that no process compiles (~11 s for numba, ~30 s for the C++)."""
     warm_up_state_kernels()
     warm_up_id_kernels()
     serving_ops()
