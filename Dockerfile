@@ -18,15 +18,16 @@ FROM ${BASE_IMAGE} AS build
 # version itself (torch==2.13.0) is pinned by pyproject.toml.
 ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 DEBIAN_FRONTEND=noninteractive
-# CUDA base images have no Python: install the distribution's one (python:* images skip this).
+# CUDA base images have no Python: install the distribution's one (python:* images skip it).
 # g++ builds the serving pass's native module (model.native) here; the runtime stage gets the
-# built module only.
-RUN apt-get update \
-    && if ! command -v python3 >/dev/null 2>&1; then \
-        apt-get install -y --no-install-recommends python3 python3-venv python3-dev; \
-    fi \
-    && apt-get install -y --no-install-recommends g++ \
-    && rm -rf /var/lib/apt/lists/*
+# built module only. Each is installed only where missing.
+RUN missing=""; \
+    command -v python3 >/dev/null 2>&1 || missing="python3 python3-venv python3-dev"; \
+    command -v g++ >/dev/null 2>&1 || missing="$missing g++"; \
+    if [ -n "$missing" ]; then \
+        apt-get update && apt-get install -y --no-install-recommends $missing \
+        && rm -rf /var/lib/apt/lists/*; \
+    fi
 RUN python3 -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
 WORKDIR /src

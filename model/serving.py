@@ -1,4 +1,4 @@
-"""The ranker's serving pass, fused: one gather per candidate, one SDPA, one GEMM per layer.
+"""The ranker's serving pass, fused: one gather per candidate, one attention, one GEMM per layer.
 
 Scores equal :meth:`model.ranker.Ranker.forward` (to float rounding, ≤ 1e-5), computed with
 less work per request:
@@ -7,10 +7,10 @@ less work per request:
   (``first_share``, gathered straight into the first layer's output buffer, which the
   layer's GEMM then accumulates into: no bias copy), so the query projection and the
   candidate's share of the MLP's first layer cost no FLOPs at request time;
-* K and V of the context in one GEMM ([W_K; W_V]), attention in one
-  ``scaled_dot_product_attention`` over all heads (its CPU output is already laid out as
-  (B, M, H, d_h), so merging the heads copies nothing), W_O written straight into the left
-  half of the first layer's input;
+* K and V of the context in one GEMM ([W_K; W_V]), attention over all heads in one call
+  (on the CPU in float32 over a few tokens, T ≤ 64: a native kernel, ``small_attention.h``,
+  ~2× faster than SDPA there; else ``scaled_dot_product_attention``), W_O written straight
+  into the left half of the first layer's input;
 * the first layer as ONE GEMM on [o, e ⊙ o] (K = 2d) instead of two, GELU in place, the
   second layer and the output likewise in place.
 

@@ -121,7 +121,12 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> Path:
     tmp = tmp_path_factory.mktemp("image")
     venv, src, index = tmp / "opt-venv", tmp / "src", tmp / "empty-index"
     index.mkdir()
-    paths = {"/opt/venv": str(venv), "/src": str(src)}
+    paths = {
+        "/opt/venv": str(venv),
+        "/src": str(src),
+        "/opt/numba-cache": str(tmp / "opt-numba-cache"),
+        "/opt/solar-native": str(tmp / "opt-solar-native"),
+    }
     env = {k: v for k, v in os.environ.items() if not k.startswith(("VIRTUAL_ENV", "PYTHON"))}
     env["PATH"] = os.pathsep.join(
         p for p in env["PATH"].split(os.pathsep) if not p.startswith(str(ROOT))
@@ -189,13 +194,18 @@ def test_the_installed_copy_imports_outside_the_source_tree(built: Path, tmp_pat
 
 
 def test_the_installed_copy_serves(built: Path, tmp_path: Path, tiny_model: Path) -> None:
-    """What the runtime stage's CMD runs: `solar serve`, from the installed venv alone."""
+    """What the runtime stage's CMD runs: `solar serve`, from the installed venv alone, with
+    the native module the build stage built and no compiler (the runtime stage has none)."""
+    native = built.parent / "opt-solar-native"
+    assert list(native.glob("solar_serving_*.so")), "the build stage built no native module"
     port = free_port()
     env = {
         "PATH": f"{built / 'bin'}:/usr/bin:/bin",
         "SOLAR_MODEL_PATH": str(tiny_model),
         "SOLAR_WARMUP": "0",
         "OPENBLAS_NUM_THREADS": "1",
+        "SOLAR_NATIVE_CACHE": str(native),
+        "CXX": "/bin/false",  # a build would fail: the module must come from the cache
     }
     log = (tmp_path / "serve.log").open("w")
     proc = subprocess.Popen(

@@ -13,18 +13,22 @@ Variants, interleaved round by round so that a busy machine slows them alike:
   (inductor, C++ codegen; compile time reported; ``--freezing`` to fold weights).
 
 Reports the median ms per request of each (median over rounds of the per-round median), the
-same-run roofline (``bench.micro.roofline``) and the largest |Δ logit| to ``plain``. Writes section
-``fusions`` of docs/BENCHMARKS.md.
+same-run roofline (``bench.micro.roofline``) and the largest |Δ logit| to ``plain``; then each
+eager variant again beside a thread running Python (:class:`BusyPython`, what the event loop
+does under load): ``plain`` takes the GIL back after each of its torch calls, ``fused`` (one
+native call) once. Writes section ``fusions`` of docs/BENCHMARKS.md.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shlex
 import statistics
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -42,6 +46,7 @@ from model.ranker import Ranker
 from model.serving import ServingPass, ServingWeights
 
 Pass = Callable[[Tensor, Tensor], Tensor]
+EAGER = ("plain", "fused")  # the variants also timed beside a thread running Python
 
 
 def plain_pass(ranker: Ranker) -> Pass:
@@ -85,6 +90,31 @@ def functional_pass(w: ServingWeights, heads: int) -> Pass:
         return (second @ w.out + w.out_bias).view(B, M)
 
     return run
+
+
+class BusyPython:
+    """While active, a thread decodes a 2,048-id JSON body back to back: Python holding the
+    GIL between short C calls, as the event loop's thread does under load."""
+
+    BODY = json.dumps({"user_id": "u1", "candidates": [str(i) for i in range(2_048)]})
+
+    def __init__(self) -> None:
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="busy-python", daemon=True)
+        self.decodes = 0
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            json.loads(self.BODY)
+            self.decodes += 1
+
+    def __enter__(self) -> BusyPython:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
 
 
 def measure(
@@ -131,8 +161,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         "interleaved rounds; Δ = largest |logit − plain|.",
         "",
         "| M | B | " + " | ".join(f"{n} ms" for n in variants) + " | roofline ms | "
-        "fused ÷ roofline | " + " | ".join(f"Δ {n}" for n in variants if n != "plain") + " |",
-        "|" + " --- |" * (2 * len(variants) + 3),
+        "fused ÷ roofline | "
+        + " | ".join(f"Δ {n}" for n in variants if n != "plain")
+        + " | "
+        + " | ".join(f"{n} beside Python ms" for n in EAGER)
+        + " |",
+        "|" + " --- |" * (2 * len(variants) + 3 + len(EAGER)),
     ]
     for b in (int(x) for x in args.batches.split(",")):
         rows = torch.randint(1, ranker.config.n_items, (b, args.m), generator=gen)
@@ -142,6 +176,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             outputs = {name: fn(rows, tokens).clone() for name, fn in variants.items()}
             notes.append(f"first calls at B={b}: {time.perf_counter() - started:.1f} s")
         seconds = measure(variants, rows, tokens, args.rounds, args.budget_s)
+        with BusyPython() as busy:
+            beside = measure(
+                {n: variants[n] for n in EAGER}, rows, tokens, args.rounds, args.budget_s
+            )
+        if busy.decodes == 0:
+            raise RuntimeError("the busy thread never ran: the beside-Python figures are void")
         rate = gemm_rate_gflops(ranker.config, min(b * args.m, 8_192), args.budget_s)
         flops = serving_flops(ranker.config, "svd", args.m, ranker.config.rank).total
         roofline_ms = flops / rate / 1e6
@@ -153,6 +193,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"| {args.m:,} | {b} | {cells} | {roofline_ms:.2f} | "
             f"{1e3 * seconds['fused'] / b / roofline_ms:.2f}× | "
             + " | ".join(f"{x:.1e}" for x in deltas)
+            + " | "
+            + " | ".join(f"{1e3 * beside[n] / b:.2f}" for n in EAGER)
             + " |"
         )
     lines += ["", "; ".join(notes) + f"; load average {os.getloadavg()[0]:.1f} at the end."]

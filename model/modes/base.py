@@ -134,7 +134,7 @@ class Mode(Protocol):
         ...
 
     def score(self, serving: ServingPass, inputs: dict[str, Tensor]) -> Tensor:
-        """(B, M) float32 logits of the packed batch (a view into the pass's workspace)."""
+        """(B, M) float32 logits of the packed batch."""
         ...
 
     def flops(self, config: RankerConfig, candidates: int, rank: int, history: int) -> PassFlops:

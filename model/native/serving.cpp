@@ -1,9 +1,11 @@
 // The fused serving pass of model/serving.py as one native call per pass.
 //
-// Each function is the Python pass's ATen ops in the same order (the same logits, bit for
-// bit), run with the GIL released for the whole pass: the Python version handed the GIL back
-// and forth ~115 times per batch, once per torch call, and waited up to CPython's switch
-// interval for the event loop's thread at each (docs/DESIGN.md §8).
+// Each function runs the ATen ops of the Python pass it replaced, in the same order, with
+// the GIL released for the whole pass: the Python version handed the GIL back and forth ~115
+// times per batch, once per torch call, and waited up to CPython's switch interval for the
+// event loop's thread at each (docs/DESIGN.md §2, "The ranker"). The logits are the same bit
+// for bit, but where candidates attend to a few tokens on the CPU in float32: there
+// small_attention.h's kernel replaces SDPA (the same to float rounding, ≤ 1e-6).
 //
 // Shapes: B requests, M candidates, T context tokens, d = H·d_h, BM = B·M. `w` is a
 // model.serving.ServingWeights in field order: features (n_items, 2d), first_share
@@ -29,6 +31,19 @@ constexpr size_t kFields = 10;
 
 void check_weights(const Weights& w) {
   TORCH_CHECK(w.size() == kFields, "ServingWeights has ", kFields, " tensors, got ", w.size());
+}
+
+// rows (B, M) with B ≥ 1 and a context (B, T, d) of as many requests, mask (B, T) if any:
+// a mismatch would group candidates under another request's tokens.
+void check_context(const Tensor& rows, const Tensor& context, const std::optional<Tensor>& mask) {
+  TORCH_CHECK(rows.dim() == 2 && rows.size(0) >= 1, "rows must be (B, M) with B >= 1, got ",
+              rows.sizes());
+  TORCH_CHECK(context.dim() == 3 && context.size(0) == rows.size(0),
+              "the context must be (B, T, d) for the rows' B = ", rows.size(0), ", got ",
+              context.sizes());
+  TORCH_CHECK(!mask || (mask->dim() == 2 && mask->size(0) == context.size(0) &&
+                        mask->size(1) == context.size(1)),
+              "the mask must be (B, T) = (", context.size(0), ", ", context.size(1), ")");
 }
 
 // The candidates' rows of the per-item tables: features (BM, 2d) [e | W_Q e] and the first
@@ -61,7 +76,8 @@ void attend(const Weights& w, const Tensor& feats, const Tensor& context,
   at::mm_out(out, merged.transpose(1, 2).reshape({B * M, d}), w[kO]);
 }
 
-// `attend` of a few tokens on the CPU in float32 (small_attention.h) instead of SDPA.
+// Whether `attend_tokens` takes the few-token kernel (small_attention.h) instead of SDPA:
+// on the CPU in float32, for the token counts and head widths it has variants for.
 bool small_attention_applies(const Tensor& feats, const Tensor& tokens, int64_t heads) {
   const int64_t d = feats.size(1) / 2;
   return feats.device().is_cpu() && feats.scalar_type() == at::kFloat && feats.is_contiguous() &&
@@ -92,7 +108,7 @@ void attend_small(const Weights& w, const Tensor& feats, const Tensor& tokens,
 // `attend` over tokens (B, T, d) with `mask` (B, T) marking the real ones (none: all real);
 // a request with no real token gets o = 0.
 void attend_tokens(const Weights& w, const Tensor& feats, const Tensor& tokens,
-                   std::optional<Tensor> mask, Tensor out, int64_t heads) {
+                   std::optional<Tensor> mask, Tensor out, int64_t heads, bool small) {
   if (mask && mask->device().is_cpu() && mask->all().item<bool>()) {
     // No padding: the unmasked kernel (the same logits, ~3% faster). Not on CUDA, where
     // reading the mask would wait for the device.
@@ -101,7 +117,7 @@ void attend_tokens(const Weights& w, const Tensor& feats, const Tensor& tokens,
   const auto dtype = w[kFeatures].scalar_type();
   std::optional<Tensor> bias;
   if (mask) bias = token_bias(*mask, dtype);
-  if (small_attention_applies(feats, tokens, heads)) {
+  if (small) {
     attend_small(w, feats, tokens.to(dtype), bias, out, heads);
   } else {
     attend(w, feats, tokens.to(dtype), bias, out, heads);
@@ -137,10 +153,12 @@ Tensor tail(const Weights& w, const Tensor& feats, Tensor hidden, Tensor x,
 Tensor svd(const Weights& w, const Tensor& rows, const Tensor& tokens,
            const std::optional<Tensor>& token_mask, int64_t heads) {
   c10::NoGradGuard no_grad;
+  check_context(rows, tokens, token_mask);
   auto [feats, hidden] = gather(w, rows);
   const int64_t d = w[kO].size(0);
   Tensor x = at::empty({rows.numel(), 2 * d}, feats.options());
-  attend_tokens(w, feats, tokens, token_mask, x.slice(1, 0, d), heads);
+  attend_tokens(w, feats, tokens, token_mask, x.slice(1, 0, d), heads,
+                small_attention_applies(feats, tokens, heads));
   return tail(w, feats, hidden, x, 2 * d).view({rows.size(0), rows.size(1)});
 }
 
@@ -150,12 +168,16 @@ Tensor channels(const Weights& w, const Tensor& rows, const Tensor& tokens,
                 const Tensor& token_mask, const Tensor& recent, const Tensor& recent_mask,
                 const std::optional<Tensor>& extra, int64_t heads) {
   c10::NoGradGuard no_grad;
+  check_context(rows, tokens, token_mask);
+  check_context(rows, recent, recent_mask);
   auto [feats, hidden] = gather(w, rows);
   const int64_t d = w[kO].size(0), BM = rows.numel();
   const int64_t f_extra = extra ? extra->size(-1) : 0;
   Tensor x = at::empty({BM, 4 * d + f_extra}, feats.options());
-  attend_tokens(w, feats, tokens, token_mask, x.slice(1, 0, d), heads);
-  attend_tokens(w, feats, recent, recent_mask, x.slice(1, 2 * d, 3 * d), heads);
+  attend_tokens(w, feats, tokens, token_mask, x.slice(1, 0, d), heads,
+                small_attention_applies(feats, tokens, heads));
+  attend_tokens(w, feats, recent, recent_mask, x.slice(1, 2 * d, 3 * d), heads,
+                small_attention_applies(feats, recent, heads));
   if (extra) x.slice(1, 4 * d).copy_(extra->reshape({BM, f_extra}));
   return tail(w, feats, hidden, x, 4 * d).view({rows.size(0), rows.size(1)});
 }
@@ -165,6 +187,7 @@ Tensor channels(const Weights& w, const Tensor& rows, const Tensor& tokens,
 Tensor history(const Weights& w, const Tensor& rows, const Tensor& context, const Tensor& bias,
                const Tensor& mask, int64_t heads) {
   c10::NoGradGuard no_grad;
+  check_context(rows, context, mask);
   auto [feats, hidden] = gather(w, rows);
   const int64_t d = w[kO].size(0), B = rows.size(0), M = rows.size(1);
   Tensor x = at::empty({B * M, 2 * d}, feats.options());
@@ -184,6 +207,28 @@ Tensor state_tail(const Weights& w, const Tensor& feats, Tensor hidden, const Te
   return tail(w, feats, hidden, x, 2 * d);
 }
 
+// The svd pass's attention output o (BM, d), through the few-token kernel (`small`, where it
+// applies) or SDPA: lets the tests hold the kernel against SDPA. Not a serving path.
+Tensor attention_output(const Weights& w, const Tensor& rows, const Tensor& tokens,
+                        const std::optional<Tensor>& token_mask, int64_t heads, bool small) {
+  c10::NoGradGuard no_grad;
+  check_context(rows, tokens, token_mask);
+  const Tensor feats = gather(w, rows).first;
+  TORCH_CHECK(!small || small_attention_applies(feats, tokens, heads),
+              "the few-token kernel does not apply to these tokens");
+  Tensor out = at::empty({rows.numel(), w[kO].size(0)}, feats.options());
+  attend_tokens(w, feats, tokens, token_mask, out, heads, small);
+  return out;
+}
+
+bool intra_op_parallel() {
+#ifdef INTRA_OP_PARALLEL
+  return true;
+#else
+  return false;
+#endif
+}
+
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
@@ -193,4 +238,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("channels", &channels, no_gil);
   m.def("history", &history, no_gil);
   m.def("state_tail", &state_tail, no_gil);
+  m.def("attention_output", &attention_output, no_gil);
+  m.def("small_attention_applies", &small_attention_applies);
+  m.def("intra_op_parallel", &intra_op_parallel);
 }

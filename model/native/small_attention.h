@@ -2,7 +2,7 @@
 // float32: the svd family's r interest tokens and lifelong's latest-event rows (T ≤ 64,
 // d_h ∈ {8, 16, 32, 64}). SDPA's CPU kernel spends ~380 µs on the 16.8 MFLOP of one
 // 2,048-candidate request (H = 4, d_h = 16, T = 32), its blocking built for long sequences;
-// this one takes ~190 µs (docs/BENCHMARKS.md, round 10).
+// this one takes ~190 µs (docs/BENCHMARKS.md, "Issue 22, round 10").
 //
 // Lanes run over tokens: a candidate's T logits are T/16 vectors of 16, so the softmax needs
 // no transpose, and eight candidates are interleaved so that their multiply-add chains hide
@@ -13,19 +13,28 @@
 
 #include <cmath>
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
 
+// GCC on x86-64 only (__builtin_shuffle, target_clones); elsewhere every pass takes SDPA.
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define SOLAR_SMALL_ATTENTION 1
 #include "vector_math.h"
+#else
+#define SOLAR_SMALL_ATTENTION 0
+#endif
 
 namespace solar_native {
 
 constexpr int64_t kMaxSmallTokens = 64;
 
-// R candidates' outputs of one head: q rows (stride ldq) → out rows (stride ldo), from the
+#if SOLAR_SMALL_ATTENTION
+
+// The outputs of R candidates for one head: q rows (stride ldq) → out rows (stride ldo), from the
 // scaled keys transposed into TV token vectors per query dimension (kt[j·TV + i]), the
 // token bias vectors (padding lanes at -inf) and the T value rows.
 template <int TV, int DH, int R>
-SOLAR_INLINE void candidates(const float* q, int64_t ldq, const vf* kt, const vf* bias,
+SOLAR_INLINE void attend_rows(const float* q, int64_t ldq, const vf* kt, const vf* bias,
                              const typename VecOf<DH>::type* values, int64_t T, float* out,
                              int64_t ldo) {
   using vo = typename VecOf<DH>::type;
@@ -68,9 +77,9 @@ __attribute__((target_clones("avx512f", "avx2", "default"))) void head_rows(
   constexpr int R = 8;
   int64_t m = 0;
   for (; m + R <= rows; m += R)
-    candidates<TV, DH, R>(q + m * ldq, ldq, kt, bias, values, T, out + m * ldo, ldo);
+    attend_rows<TV, DH, R>(q + m * ldq, ldq, kt, bias, values, T, out + m * ldo, ldo);
   for (; m < rows; ++m)
-    candidates<TV, DH, 1>(q + m * ldq, ldq, kt, bias, values, T, out + m * ldo, ldo);
+    attend_rows<TV, DH, 1>(q + m * ldq, ldq, kt, bias, values, T, out + m * ldo, ldo);
 }
 
 // All heads of one request: q (M rows of stride ldq, head h at columns h·DH), kv (T rows of
@@ -111,13 +120,13 @@ inline bool small_attention_fits(int64_t T, int64_t dh) {
 
 template <int TV, typename Parallel>
 void small_attention_tv(const float* q, int64_t ldq, const float* kv, int64_t T, int64_t d,
-                        const float* bias, float* out, int64_t ldo, int64_t M, int64_t h,
+                        const float* bias, float* out, int64_t ldo, int64_t M, int64_t n_heads,
                         const Parallel& parallel) {
-  switch (d / h) {
-    case 8: return all_heads<TV, 8>(q, ldq, kv, T, d, bias, out, ldo, M, h, parallel);
-    case 16: return all_heads<TV, 16>(q, ldq, kv, T, d, bias, out, ldo, M, h, parallel);
-    case 32: return all_heads<TV, 32>(q, ldq, kv, T, d, bias, out, ldo, M, h, parallel);
-    default: return all_heads<TV, 64>(q, ldq, kv, T, d, bias, out, ldo, M, h, parallel);
+  switch (d / n_heads) {
+    case 8: return all_heads<TV, 8>(q, ldq, kv, T, d, bias, out, ldo, M, n_heads, parallel);
+    case 16: return all_heads<TV, 16>(q, ldq, kv, T, d, bias, out, ldo, M, n_heads, parallel);
+    case 32: return all_heads<TV, 32>(q, ldq, kv, T, d, bias, out, ldo, M, n_heads, parallel);
+    default: return all_heads<TV, 64>(q, ldq, kv, T, d, bias, out, ldo, M, n_heads, parallel);
   }
 }
 
@@ -125,14 +134,26 @@ void small_attention_tv(const float* q, int64_t ldq, const float* kv, int64_t T,
 // small_attention_fits(T, d / heads).
 template <typename Parallel>
 void small_attention(const float* q, int64_t ldq, const float* kv, int64_t T, int64_t d,
-                     const float* bias, float* out, int64_t ldo, int64_t M, int64_t h,
+                     const float* bias, float* out, int64_t ldo, int64_t M, int64_t n_heads,
                      const Parallel& parallel) {
   switch ((T + kLanes - 1) / kLanes) {
-    case 1: return small_attention_tv<1>(q, ldq, kv, T, d, bias, out, ldo, M, h, parallel);
-    case 2: return small_attention_tv<2>(q, ldq, kv, T, d, bias, out, ldo, M, h, parallel);
-    case 3: return small_attention_tv<3>(q, ldq, kv, T, d, bias, out, ldo, M, h, parallel);
-    default: return small_attention_tv<4>(q, ldq, kv, T, d, bias, out, ldo, M, h, parallel);
+    case 1: return small_attention_tv<1>(q, ldq, kv, T, d, bias, out, ldo, M, n_heads, parallel);
+    case 2: return small_attention_tv<2>(q, ldq, kv, T, d, bias, out, ldo, M, n_heads, parallel);
+    case 3: return small_attention_tv<3>(q, ldq, kv, T, d, bias, out, ldo, M, n_heads, parallel);
+    default: return small_attention_tv<4>(q, ldq, kv, T, d, bias, out, ldo, M, n_heads, parallel);
   }
 }
+
+#else  // no kernel on this compiler or machine: small_attention_fits says so
+
+inline bool small_attention_fits(int64_t, int64_t) { return false; }
+
+template <typename Parallel>
+void small_attention(const float*, int64_t, const float*, int64_t, int64_t, const float*, float*,
+                     int64_t, int64_t, int64_t, const Parallel&) {
+  std::abort();  // unreachable: callers check small_attention_fits first
+}
+
+#endif  // SOLAR_SMALL_ATTENTION
 
 }  // namespace solar_native

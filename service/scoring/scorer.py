@@ -176,7 +176,7 @@ class BatchScorer:
         return self._send(mode_spec(mode), jobs)
 
     def logits(self, mode: str, inputs: dict[str, Tensor]) -> Tensor:
-        """(B, M) float32 logits of the mode's fused pass (a view into its workspace)."""
+        """(B, M) float32 logits of the mode's fused pass."""
         return mode_spec(mode).score(self._pass(mode), inputs)
 
     def _pass(self, mode: str) -> ServingPass:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import threading
 
 import pytest
 import torch
@@ -216,3 +217,81 @@ def test_the_pass_over_a_few_tokens_equals_the_modules(
             padded = serving.svd(rows, context, mask)
             short = serving.svd(rows[:1], context[:1, : tokens // 2])
         torch.testing.assert_close(padded[:1], short, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize(("dim", "heads", "tokens"), [(64, 4, 32), (32, 4, 5), (256, 4, 64)])
+def test_the_few_token_kernel_equals_sdpa_and_serves_the_default_shapes(
+    dim: int, heads: int, tokens: int
+) -> None:
+    """On the CPU in float32 the svd and lifelong passes over r = 32 tokens take the kernel,
+    whose attention output equals SDPA's to float rounding, padding and empty users
+    included."""
+    config = dataclasses.replace(CONFIG, dim=dim, heads=heads)
+    torch.manual_seed(0)
+    serving = ServingPass(Ranker(config).eval())
+    native, w = serving._native, serving.weights
+    rows = torch.randint(0, config.n_items, (3, 37))
+    context = torch.randn(3, tokens, dim)
+    mask = torch.ones(3, tokens, dtype=torch.bool)
+    mask[1, tokens // 2 :] = False
+    mask[2] = False  # a user with no tokens: o = 0
+    assert native.small_attention_applies(w.features, context, heads)
+    for token_mask in (None, mask):
+        with torch.inference_mode():
+            kernel = native.attention_output(w, rows, context, token_mask, heads, True)
+            sdpa = native.attention_output(w, rows, context, token_mask, heads, False)
+        torch.testing.assert_close(kernel, sdpa, atol=2e-6, rtol=1e-5)
+    assert float(kernel.view(3, 37, dim)[2].abs().max()) == 0.0
+
+
+def test_the_kernel_is_not_taken_off_the_cpu_float32_path() -> None:
+    torch.manual_seed(0)
+    serving = ServingPass(_ranker(torch.device("cpu")))
+    native, w = serving._native, serving.weights
+    tokens = torch.randn(1, 8, CONFIG.dim)
+    assert native.small_attention_applies(w.features, tokens, CONFIG.heads)
+    assert not native.small_attention_applies(w.features.bfloat16(), tokens, CONFIG.heads)
+    assert not native.small_attention_applies(w.features, torch.randn(1, 65, 32), CONFIG.heads)
+    with pytest.raises(RuntimeError, match="does not apply"):
+        native.attention_output(
+            w, torch.zeros(1, 4, dtype=torch.long), torch.randn(1, 65, 32), None, CONFIG.heads, True
+        )
+
+
+def test_mismatched_requests_and_contexts_are_refused(device: torch.device) -> None:
+    serving = ServingPass(_ranker(device))
+    rows = torch.randint(0, CONFIG.n_items, (2, 10), device=device)
+    with torch.inference_mode(), pytest.raises(RuntimeError, match="for the rows' B = 2"):
+        serving.svd(rows, torch.randn(3, CONFIG.rank, CONFIG.dim, device=device))
+    with torch.inference_mode(), pytest.raises(RuntimeError, match="B >= 1"):
+        serving.svd(rows[:0], torch.randn(0, CONFIG.rank, CONFIG.dim, device=device))
+
+
+def test_passes_on_two_threads_at_once_equal_serial_passes(device: torch.device) -> None:
+    """The GIL is released for the whole pass: two threads scoring at once share nothing."""
+    serving = ServingPass(_ranker(device))
+    inputs = [
+        (
+            torch.randint(0, CONFIG.n_items, (2, 300), device=device),
+            torch.randn(2, CONFIG.rank, CONFIG.dim, device=device),
+        )
+        for _ in range(2)
+    ]
+    with torch.inference_mode():
+        serial = [serving.svd(rows, tokens).clone() for rows, tokens in inputs]
+    results: list[list[torch.Tensor]] = [[], []]
+
+    def score(k: int) -> None:
+        with torch.inference_mode():
+            for _ in range(20):
+                results[k].append(serving.svd(*inputs[k]).clone())
+
+    threads = [threading.Thread(target=score, args=(k,)) for k in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    for k in range(2):
+        assert len(results[k]) == 20
+        for got in results[k]:
+            assert torch.equal(got, serial[k])
