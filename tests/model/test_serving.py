@@ -7,6 +7,7 @@ import threading
 
 import pytest
 import torch
+from torch import Tensor
 from torch.overrides import TorchFunctionMode
 
 from model.config import RankerConfig
@@ -22,6 +23,12 @@ def _ranker(device: torch.device) -> Ranker:
     with torch.no_grad():
         model.item_emb.weight.normal_(0.0, 0.5)
     return model.eval().to(device)
+
+
+def _batch(device: torch.device, requests: int, candidates: int) -> tuple[Tensor, Tensor]:
+    """Random candidate rows (B, M) and interest tokens (B, r, d)."""
+    rows = torch.randint(0, CONFIG.n_items, (requests, candidates), device=device)
+    return rows, torch.randn(requests, CONFIG.rank, CONFIG.dim, device=device)
 
 
 def _reference(ranker: Ranker, rows: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
@@ -94,8 +101,7 @@ def test_bf16_pass_is_close_and_returns_float32(device: torch.device) -> None:
 def test_weights_follow_parameter_updates(device: torch.device) -> None:
     ranker = _ranker(device)
     serving = ServingPass(ranker)
-    rows = torch.randint(0, CONFIG.n_items, (1, 10), device=device)
-    tokens = torch.randn(1, CONFIG.rank, CONFIG.dim, device=device)
+    rows, tokens = _batch(device, 1, 10)
     with torch.inference_mode():
         before = serving.svd(rows, tokens).clone()
     with torch.no_grad():
@@ -170,10 +176,8 @@ def test_a_pass_makes_no_torch_call_from_python_beyond_its_weights_check(
 
 
 def test_each_pass_returns_fresh_logits(device: torch.device) -> None:
-    ranker = _ranker(device)
-    serving = ServingPass(ranker)
-    rows = torch.randint(0, CONFIG.n_items, (2, 64), device=device)
-    tokens = torch.randn(2, CONFIG.rank, CONFIG.dim, device=device)
+    serving = ServingPass(_ranker(device))
+    rows, tokens = _batch(device, 2, 64)
     with torch.inference_mode():
         first = serving.svd(rows, tokens)
         values = first.clone()
@@ -270,13 +274,7 @@ def test_mismatched_requests_and_contexts_are_refused(device: torch.device) -> N
 def test_passes_on_two_threads_at_once_equal_serial_passes(device: torch.device) -> None:
     """The GIL is released for the whole pass: two threads scoring at once share nothing."""
     serving = ServingPass(_ranker(device))
-    inputs = [
-        (
-            torch.randint(0, CONFIG.n_items, (2, 300), device=device),
-            torch.randn(2, CONFIG.rank, CONFIG.dim, device=device),
-        )
-        for _ in range(2)
-    ]
+    inputs = [_batch(device, 2, 300) for _ in range(2)]
     with torch.inference_mode():
         serial = [serving.svd(rows, tokens).clone() for rows, tokens in inputs]
     results: list[list[torch.Tensor]] = [[], []]
