@@ -28,14 +28,9 @@ from model.ranker import Ranker
 from model.serving import ServingPass
 from service.metrics import Metrics
 from service.scoring.staging import Staging
+from service.settings import SVD_PASS_ROWS
 
 __all__ = ["SVD_PASS_ROWS", "BatchScorer", "RankJob", "Ranked", "split_jobs"]
-
-# Default candidate rows per `svd` pass (and per pass of every mode that does not read the
-# log): SOLAR_PASS_ROWS. Past ~8k rows (4 requests of M=2,048) the MLP's activations leave
-# the CPU caches and a request costs ~20% more CPU than in a smaller pass (measured: 3.0 ms
-# per request at B ≤ 4, 3.5 ms at B = 8, one thread).
-SVD_PASS_ROWS = 8_192
 
 
 @dataclass(frozen=True)
