@@ -106,9 +106,11 @@ void attend_small(const Weights& w, const Tensor& feats, const Tensor& tokens,
 }
 
 // `attend` over tokens (B, T, d) with `mask` (B, T) marking the real ones (none: all real);
-// a request with no real token gets o = 0.
+// a request with no real token gets o = 0. Through the few-token kernel where it applies,
+// unless `sdpa_only` (`attention_output`'s check of the kernel against SDPA).
 void attend_tokens(const Weights& w, const Tensor& feats, const Tensor& tokens,
-                   std::optional<Tensor> mask, Tensor out, int64_t heads, bool small) {
+                   std::optional<Tensor> mask, Tensor out, int64_t heads,
+                   bool sdpa_only = false) {
   if (mask && mask->device().is_cpu() && mask->all().item<bool>()) {
     // No padding: the unmasked kernel (the same logits, ~3% faster). Not on CUDA, where
     // reading the mask would wait for the device.
@@ -117,7 +119,7 @@ void attend_tokens(const Weights& w, const Tensor& feats, const Tensor& tokens,
   const auto dtype = w[kFeatures].scalar_type();
   std::optional<Tensor> bias;
   if (mask) bias = token_bias(*mask, dtype);
-  if (small) {
+  if (!sdpa_only && small_attention_applies(feats, tokens, heads)) {
     attend_small(w, feats, tokens.to(dtype), bias, out, heads);
   } else {
     attend(w, feats, tokens.to(dtype), bias, out, heads);
@@ -157,8 +159,7 @@ Tensor svd(const Weights& w, const Tensor& rows, const Tensor& tokens,
   auto [feats, hidden] = gather(w, rows);
   const int64_t d = w[kO].size(0);
   Tensor x = at::empty({rows.numel(), 2 * d}, feats.options());
-  attend_tokens(w, feats, tokens, token_mask, x.slice(1, 0, d), heads,
-                small_attention_applies(feats, tokens, heads));
+  attend_tokens(w, feats, tokens, token_mask, x.slice(1, 0, d), heads);
   return tail(w, feats, hidden, x, 2 * d).view({rows.size(0), rows.size(1)});
 }
 
@@ -174,10 +175,8 @@ Tensor channels(const Weights& w, const Tensor& rows, const Tensor& tokens,
   const int64_t d = w[kO].size(0), BM = rows.numel();
   const int64_t f_extra = extra ? extra->size(-1) : 0;
   Tensor x = at::empty({BM, 4 * d + f_extra}, feats.options());
-  attend_tokens(w, feats, tokens, token_mask, x.slice(1, 0, d), heads,
-                small_attention_applies(feats, tokens, heads));
-  attend_tokens(w, feats, recent, recent_mask, x.slice(1, 2 * d, 3 * d), heads,
-                small_attention_applies(feats, recent, heads));
+  attend_tokens(w, feats, tokens, token_mask, x.slice(1, 0, d), heads);
+  attend_tokens(w, feats, recent, recent_mask, x.slice(1, 2 * d, 3 * d), heads);
   if (extra) x.slice(1, 4 * d).copy_(extra->reshape({BM, f_extra}));
   return tail(w, feats, hidden, x, 4 * d).view({rows.size(0), rows.size(1)});
 }
@@ -217,7 +216,7 @@ Tensor attention_output(const Weights& w, const Tensor& rows, const Tensor& toke
   TORCH_CHECK(!small || small_attention_applies(feats, tokens, heads),
               "the few-token kernel does not apply to these tokens");
   Tensor out = at::empty({rows.numel(), w[kO].size(0)}, feats.options());
-  attend_tokens(w, feats, tokens, token_mask, out, heads, small);
+  attend_tokens(w, feats, tokens, token_mask, out, heads, /*sdpa_only=*/!small);
   return out;
 }
 

@@ -50,7 +50,7 @@ SOLAR_INLINE void attend_rows(const float* q, int64_t ldq, const vf* kt, const v
   float inverse[R];
   for (int r = 0; r < R; ++r) {
     vf top = logits[r][0];
-    for (int i = 1; i < TV; ++i) top = logits[r][i] > top ? logits[r][i] : top;
+    for (int i = 1; i < TV; ++i) top = Larger{}(top, logits[r][i]);
     const float shift = lane_max(top);
     vf total = vf{};
     for (int i = 0; i < TV; ++i) {

@@ -36,26 +36,24 @@ SOLAR_INLINE vf exp_nonpositive(vf x) {
   return dead ? vf{} : p * (vf)two_n;
 }
 
-SOLAR_INLINE vf max_swap(vf v, vi order) {
-  const vf w = __builtin_shuffle(v, order);
-  return v > w ? v : w;
-}
+struct Larger {
+  SOLAR_INLINE vf operator()(vf a, vf b) const { return a > b ? a : b; }
+};
+struct Plus {
+  SOLAR_INLINE vf operator()(vf a, vf b) const { return a + b; }
+};
 
-// The largest lane and the sum of the lanes, by halving swaps.
-SOLAR_INLINE float lane_max(vf v) {
-  v = max_swap(v, vi{8, 9, 10, 11, 12, 13, 14, 15, 0, 1, 2, 3, 4, 5, 6, 7});
-  v = max_swap(v, vi{4, 5, 6, 7, 0, 1, 2, 3, 12, 13, 14, 15, 8, 9, 10, 11});
-  v = max_swap(v, vi{2, 3, 0, 1, 6, 7, 4, 5, 10, 11, 8, 9, 14, 15, 12, 13});
-  v = max_swap(v, vi{1, 0, 3, 2, 5, 4, 7, 6, 9, 8, 11, 10, 13, 12, 15, 14});
+// `combine` over the 16 lanes by halving swaps: the result in lane 0.
+template <typename Combine>
+SOLAR_INLINE float reduce_lanes(vf v, Combine combine) {
+  v = combine(v, __builtin_shuffle(v, vi{8, 9, 10, 11, 12, 13, 14, 15, 0, 1, 2, 3, 4, 5, 6, 7}));
+  v = combine(v, __builtin_shuffle(v, vi{4, 5, 6, 7, 0, 1, 2, 3, 12, 13, 14, 15, 8, 9, 10, 11}));
+  v = combine(v, __builtin_shuffle(v, vi{2, 3, 0, 1, 6, 7, 4, 5, 10, 11, 8, 9, 14, 15, 12, 13}));
+  v = combine(v, __builtin_shuffle(v, vi{1, 0, 3, 2, 5, 4, 7, 6, 9, 8, 11, 10, 13, 12, 15, 14}));
   return v[0];
 }
 
-SOLAR_INLINE float lane_sum(vf v) {
-  v += __builtin_shuffle(v, vi{8, 9, 10, 11, 12, 13, 14, 15, 0, 1, 2, 3, 4, 5, 6, 7});
-  v += __builtin_shuffle(v, vi{4, 5, 6, 7, 0, 1, 2, 3, 12, 13, 14, 15, 8, 9, 10, 11});
-  v += __builtin_shuffle(v, vi{2, 3, 0, 1, 6, 7, 4, 5, 10, 11, 8, 9, 14, 15, 12, 13});
-  v += __builtin_shuffle(v, vi{1, 0, 3, 2, 5, 4, 7, 6, 9, 8, 11, 10, 13, 12, 15, 14});
-  return v[0];
-}
+SOLAR_INLINE float lane_max(vf v) { return reduce_lanes(v, Larger{}); }
+SOLAR_INLINE float lane_sum(vf v) { return reduce_lanes(v, Plus{}); }
 
 }  // namespace solar_native
